@@ -1,0 +1,206 @@
+"""Turning raw RFC 5322 bytes into the texts rules scan and the model tokenizes.
+
+Uses the stdlib `compat32` parser (several times faster here than `policy.default`, which
+builds rich header objects we do not need) and never raises: anything the parser cannot
+take marks the message `malformed` and falls back to scanning the raw text.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.utils
+import html
+import re
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from email.policy import compat32
+from urllib.parse import urlsplit
+
+MAX_PARTS = 256          # MIME parts visited per message
+MAX_DEPTH = 32           # multipart nesting followed
+MAX_URIS = 512           # links collected per message
+MAX_HEADER_BYTES = 65536  # decoded header text kept per message
+
+_FOLD = re.compile(r"\r?\n[ \t]+")
+_WS = re.compile(r"\s+")
+_HTML_DROP = re.compile(r"<!--.*?-->|<(script|style)\b.*?</\1\s*>", re.S | re.I)
+_HTML_HREF = re.compile(r"""\b(?:href|src|action)\s*=\s*["']?([^"'\s>]+)""", re.I)
+_HTML_TAG = re.compile(r"<[^>]*>")
+_HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
+_TEXT_URI = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]{}]+""", re.I)
+
+
+@dataclass
+class ParsedMessage:
+    headers: list[tuple[str, str]]            # (name, decoded unfolded value), in order
+    header_map: dict[str, list[str]]          # lower-case name -> values
+    body_text: str                            # decoded text parts, HTML stripped, collapsed
+    html_present: bool
+    uris: list[str]
+    uri_hosts: list[str]
+    from_address: str
+    malformed: bool
+    part_count: int = 0
+    attachments: list[str] = field(default_factory=list)  # content types of non-text parts
+
+    def header(self, name: str) -> str:
+        values = self.header_map.get(name.lower())
+        return values[0] if values else ""
+
+
+def decode_header_value(value: str) -> str:
+    """Unfold and decode RFC 2047 encoded-words; never raises."""
+    value = _FOLD.sub(" ", value)
+    if "=?" not in value:
+        return value
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except Exception:  # malformed encoded-words, unknown charsets: keep the raw text
+        return value
+
+
+def _decode_payload(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, errors="replace")
+    except (LookupError, ValueError):
+        return payload.decode("latin-1")
+
+
+def html_to_text(markup: str, uris: list[str]) -> str:
+    """Strip HTML to its visible text; collect link targets into `uris`."""
+    markup = _HTML_DROP.sub(" ", markup)
+    if len(uris) < MAX_URIS:
+        uris.extend(_HTML_HREF.findall(markup)[: MAX_URIS - len(uris)])
+    markup = _HTML_BREAK.sub("\n", markup)
+    return html.unescape(_HTML_TAG.sub(" ", markup))
+
+
+def uri_host(uri: str) -> str | None:
+    if uri.lower().startswith("www."):
+        uri = "http://" + uri
+    try:
+        host = urlsplit(uri.strip()).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return host.rstrip(".").lower()
+
+
+def _walk(root: Message) -> list[Message]:
+    """Leaf parts, depth-first, bounded in depth and count (iterative: no recursion)."""
+    leaves: list[Message] = []
+    stack: list[tuple[Message, int]] = [(root, 0)]
+    visited = 0
+    while stack and visited < MAX_PARTS:
+        part, depth = stack.pop()
+        visited += 1
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            if depth < MAX_DEPTH:
+                stack.extend((child, depth + 1) for child in reversed(payload)
+                             if isinstance(child, Message))
+        else:
+            leaves.append(part)
+    return leaves
+
+
+def parse_message(raw: bytes, *, max_text_bytes: int = 262144) -> ParsedMessage:
+    """Parse `raw`; text beyond `max_text_bytes` is dropped. Never raises."""
+    try:
+        return _parse(raw, max_text_bytes)
+    except Exception:  # includes RecursionError from pathological nesting
+        return _fallback(raw, max_text_bytes)
+
+
+def _parse(raw: bytes, max_text_bytes: int) -> ParsedMessage:
+    msg = message_from_bytes(raw, policy=compat32)
+    headers: list[tuple[str, str]] = []
+    header_map: dict[str, list[str]] = {}
+    kept = 0
+    for name, value in msg.items():
+        if kept > MAX_HEADER_BYTES:
+            break
+        if not isinstance(value, str):  # compat32 may hand back Header objects
+            value = str(value)
+        decoded = decode_header_value(value)
+        kept += len(decoded)
+        headers.append((name, decoded))
+        header_map.setdefault(name.lower(), []).append(decoded)
+
+    texts: list[str] = []
+    size = 0
+    uris: list[str] = []
+    html_present = False
+    attachments: list[str] = []
+    leaves = _walk(msg)
+    for part in leaves:
+        ctype = part.get_content_type()
+        if part.get_content_maintype() != "text" or \
+                (str(part.get("content-disposition", "")).lower().startswith("attachment")
+                 and ctype not in ("text/plain", "text/html")):
+            attachments.append(ctype)
+            continue
+        if size >= max_text_bytes:
+            continue
+        text = _decode_payload(part)
+        if ctype == "text/html":
+            html_present = True
+            text = html_to_text(text, uris)
+        texts.append(text[: max_text_bytes - size])
+        size += len(texts[-1])
+    body = _WS.sub(" ", " ".join(texts)).strip()
+    malformed = any(_is_serious(d) for d in msg.defects) or \
+        any(any(_is_serious(d) for d in p.defects) for p in leaves)
+    return _finish(headers, header_map, body, html_present, uris, malformed,
+                   len(leaves), attachments)
+
+
+def _is_serious(defect: Exception) -> bool:
+    # Missing trailing boundaries and similar sloppiness are everyday mail; these are not.
+    return type(defect).__name__ in {
+        "StartBoundaryNotFoundDefect", "NoBoundaryInMultipartDefect",
+        "InvalidBase64CharactersDefect", "InvalidBase64PaddingDefect",
+        "InvalidBase64LengthDefect", "MultipartInvariantViolationDefect",
+        "MissingHeaderBodySeparatorDefect",
+    }
+
+
+def _fallback(raw: bytes, max_text_bytes: int) -> ParsedMessage:
+    head, _, body = raw.partition(b"\n\n")
+    headers: list[tuple[str, str]] = []
+    header_map: dict[str, list[str]] = {}
+    for line in _FOLD.sub(" ", head.decode("latin-1")).splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name and " " not in name:
+            headers.append((name, value.strip()))
+            header_map.setdefault(name.lower(), []).append(value.strip())
+    text = body[:max_text_bytes].decode("utf-8", errors="replace")
+    return _finish(headers, header_map, _WS.sub(" ", text).strip(), False, [], True, 0, [])
+
+
+def _finish(headers: list[tuple[str, str]], header_map: dict[str, list[str]], body: str,
+            html_present: bool, uris: list[str], malformed: bool, part_count: int,
+            attachments: list[str]) -> ParsedMessage:
+    if len(uris) < MAX_URIS:
+        uris.extend(_TEXT_URI.findall(body)[: MAX_URIS - len(uris)])
+    hosts: list[str] = []
+    seen: set[str] = set()
+    for uri in uris:
+        host = uri_host(uri)
+        if host and host not in seen:
+            seen.add(host)
+            hosts.append(host)
+    from_values = header_map.get("from")
+    from_address = ""
+    if from_values:
+        from_address = email.utils.parseaddr(from_values[0])[1].lower()
+    return ParsedMessage(headers=headers, header_map=header_map, body_text=body,
+                         html_present=html_present, uris=uris, uri_hosts=hosts,
+                         from_address=from_address, malformed=malformed,
+                         part_count=part_count, attachments=attachments)

@@ -1,0 +1,241 @@
+"""The one policy validator: used by `mailwarden policy validate`, the filter server before
+it swaps a policy in, the operator before it renders one, and the admission webhook.
+
+Every problem is reported with its path (`rules[3].pattern`) and reason; validation never
+stops at the first error and never raises on bad input.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+from filter_server.engine.patterns import pattern_error
+from filter_server.policy import meta, schema
+
+SYNTHETIC_RULES = frozenset({
+    "ALLOWLIST_SENDER", "ALLOWLIST_DOMAIN", "ALLOWLIST_URI_HOST",
+    "BLOCKLIST_SENDER", "BLOCKLIST_DOMAIN", "BLOCKLIST_URI_HOST",
+    "KNOWN_SPAM_SIGNATURE", "MIME_MALFORMED", "BAYES",
+})
+
+
+@dataclass(frozen=True)
+class PolicyError:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '<policy>'}: {self.reason}"
+
+
+class PolicyInvalid(ValueError):
+    """Raised by `load_policy*` when a policy does not validate; carries every error."""
+
+    def __init__(self, errors: list[PolicyError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+_STRICT = jsonschema.Draft202012Validator(schema.strict_json_schema())
+
+
+def _format_path(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _schema_errors(policy: Any) -> list[PolicyError]:
+    errors = []
+    for err in _STRICT.iter_errors(policy):
+        path = _format_path(err.absolute_path)
+        if err.validator == "additionalProperties":
+            unknown = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            for name in unknown:
+                errors.append(PolicyError(_format_path([*err.absolute_path, name]),
+                                          "unknown field"))
+            continue
+        if err.validator == "pattern" and err.absolute_path and \
+                err.absolute_path[-1] == "name":
+            reason = ("must start with a letter and hold only letters, digits and "
+                      "underscores (at most 64)")
+        elif err.validator == "pattern" and "sha256" in str(err.validator_value):
+            reason = "must be 'sha256:' followed by 64 lowercase hex digits"
+        elif err.validator == "pattern" and "A-Za-z0-9-" in str(err.validator_value):
+            reason = f"{err.instance!r} is not a valid host or domain name"
+        else:
+            reason = err.message
+        errors.append(PolicyError(path, reason))
+    errors.sort(key=lambda e: e.path)
+    return errors
+
+
+def apply_defaults(policy: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a (structurally valid) policy with every documented default filled in."""
+    out = copy.deepcopy(policy)
+    thresholds = out.setdefault("thresholds", {})
+    for key, value in schema.DEFAULT_THRESHOLDS.items():
+        thresholds.setdefault(key, value)
+    out.setdefault("rules", [])
+    out.setdefault("metaRules", [])
+    lists = out.setdefault("lists", {})
+    for kind, score in (("allow", schema.DEFAULT_ALLOW_SCORE),
+                        ("block", schema.DEFAULT_BLOCK_SCORE)):
+        block = lists.setdefault(kind, {})
+        for key in ("senders", "domains", "uriHosts"):
+            block.setdefault(key, [])
+        block.setdefault("score", score)
+    signatures = out.setdefault("signatures", {})
+    signatures.setdefault("digests", [])
+    signatures.setdefault("score", schema.DEFAULT_SIGNATURE_SCORE)
+    if "model" in out:
+        out["model"].setdefault("weight", schema.DEFAULT_MODEL_WEIGHT)
+        if "configMapRef" in out["model"]:
+            out["model"]["configMapRef"].setdefault("key", "model.json.gz")
+    limits = out.setdefault("limits", {})
+    limits.setdefault("maxScanBytes", schema.DEFAULT_MAX_SCAN_BYTES)
+    return out
+
+
+def validate_policy(policy: Any, *, base_dir: Path | None = None) -> list[PolicyError]:
+    """Every error in `policy` (a parsed document); empty when it is valid.
+
+    With `base_dir`, a `model.file` must exist there (the policy directory)."""
+    if not isinstance(policy, dict):
+        return [PolicyError("", f"a policy must be a mapping, not {type(policy).__name__}")]
+    errors = _schema_errors(policy)
+    if errors:
+        # Semantic checks below assume the structure is right.
+        return errors
+    policy = apply_defaults(policy)
+    t = policy["thresholds"]
+    if not t["tag"] <= t["quarantine"] <= t["reject"]:
+        errors.append(PolicyError("thresholds", "must satisfy tag <= quarantine <= reject "
+                                  f"(got {t['tag']}, {t['quarantine']}, {t['reject']})"))
+
+    defined: dict[str, str] = {name: "built-in" for name in SYNTHETIC_RULES}
+    for i, rule in enumerate(policy["rules"]):
+        path = f"rules[{i}]"
+        _check_name(rule["name"], path, defined, errors)
+        if rule["target"] == "header" and "header" not in rule:
+            errors.append(PolicyError(f"{path}.header",
+                                      "required when target is 'header'"))
+        if rule["target"] != "header" and "header" in rule:
+            errors.append(PolicyError(f"{path}.header",
+                                      f"only rules with target 'header' take a header "
+                                      f"(target is {rule['target']!r})"))
+        problem = pattern_error(rule["pattern"])
+        if problem:
+            errors.append(PolicyError(f"{path}.pattern", problem))
+
+    parsed: dict[str, meta.MetaExpression] = {}
+    for i, rule in enumerate(policy["metaRules"]):
+        path = f"metaRules[{i}]"
+        _check_name(rule["name"], path, defined, errors)
+        try:
+            parsed[rule["name"]] = meta.parse_meta(rule["expression"])
+        except meta.MetaSyntaxError as exc:
+            errors.append(PolicyError(f"{path}.expression", str(exc)))
+        except RecursionError:
+            errors.append(PolicyError(f"{path}.expression", "nested too deeply"))
+    for i, rule in enumerate(policy["metaRules"]):
+        expression = parsed.get(rule["name"])
+        if expression is None:
+            continue
+        for name in sorted(expression.names() - set(defined)):
+            errors.append(PolicyError(f"metaRules[{i}].expression",
+                                      f"refers to unknown rule {name!r}"))
+    cycle = _find_cycle(parsed)
+    if cycle:
+        where = next(i for i, r in enumerate(policy["metaRules"]) if r["name"] == cycle[0])
+        errors.append(PolicyError(f"metaRules[{where}].expression",
+                                  "meta rules form a cycle: " + " -> ".join(cycle)))
+
+    model = policy.get("model")
+    if model is not None:
+        if "file" not in model and "configMapRef" not in model:
+            errors.append(PolicyError("model", "needs either file or configMapRef"))
+        if "file" in model and "configMapRef" in model:
+            errors.append(PolicyError("model", "takes either file or configMapRef, not both"))
+        if base_dir is not None and "file" in model and not (base_dir / model["file"]).is_file():
+            errors.append(PolicyError("model.file",
+                                      f"{model['file']!r} not found in {base_dir}"))
+    return errors
+
+
+def _check_name(name: str, path: str, defined: dict[str, str],
+                errors: list[PolicyError]) -> None:
+    if name in defined:
+        other = defined[name]
+        reason = ("is a built-in rule name" if other == "built-in"
+                  else f"duplicate rule name {name!r} (first defined at {other})")
+        errors.append(PolicyError(f"{path}.name", reason))
+    else:
+        defined[name] = path
+
+
+def _find_cycle(parsed: dict[str, meta.MetaExpression]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    stack: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        stack.append(name)
+        for dep in sorted(parsed[name].names()):
+            if dep not in parsed:
+                continue
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[name] = 2
+        return None
+
+    for name in parsed:
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return None
+
+
+def parse_policy_text(text: str, source: str = "<policy>") -> Any:
+    """Parse YAML (or JSON) text; raises PolicyInvalid with a located message on bad syntax."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyInvalid([PolicyError("", f"{source}: {where}not valid YAML: {problem}")])
+    return unwrap_policy(document)
+
+
+def unwrap_policy(document: Any) -> Any:
+    """Accept a bare policy or a SpamPolicy resource (whose policy is `spec.policy`)."""
+    if isinstance(document, dict) and document.get("kind") == "SpamPolicy":
+        return (document.get("spec") or {}).get("policy", {})
+    return document
+
+
+def load_policy_file(path: Path, *, base_dir: Path | None = None) -> dict[str, Any]:
+    """Read, validate and default a policy file; raises PolicyInvalid with every error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyInvalid([PolicyError("", f"cannot read {path}: {exc}")]) from exc
+    policy = parse_policy_text(text, str(path))
+    errors = validate_policy(policy, base_dir=base_dir)
+    if errors:
+        raise PolicyInvalid(errors)
+    return apply_defaults(policy)

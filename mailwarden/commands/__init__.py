@@ -1,0 +1,1 @@
+"""One module per `mailwarden` subcommand; each exposes `register(subparsers)`."""
