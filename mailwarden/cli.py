@@ -14,6 +14,8 @@ COMMAND_MODULES = (
     "mailwarden.commands.train",
     "mailwarden.commands.policy",
     "mailwarden.commands.corpus",
+    "mailwarden.commands.unsubscribe",
+    "mailwarden.commands.token",
 )
 
 
