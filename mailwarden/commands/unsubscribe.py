@@ -93,6 +93,9 @@ def run_server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").disabled = True
+    # The pool warns on every failed reconnect attempt; the server logs each change of
+    # readiness (with the reason) instead, which says the same once.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     err = "mailwarden unsubscribe-server: "
     dsn = ""
     if args.store == "postgres":
