@@ -5,7 +5,9 @@ first statement of every write transaction, so there is one lock order and no de
 PostgreSQL keeps a committing transaction's locks and hides its rows until the commit —
 including the wait for a synchronous standby — is complete, so sequence numbers become
 visible strictly in order and without gaps: a reader that has seen sequence N has seen every
-change up to N. The price is one commit at a time; the benchmark reports what that costs.
+change up to N. The price is one commit at a time, so concurrent Unsubscribe requests are
+group-committed: those that queue up during a commit share the next transaction (a savepoint
+each) and are all acknowledged when its COMMIT returns.
 
 Every session runs with ``synchronous_commit = on``: COMMIT returns only once the WAL is
 flushed locally and, when the cluster names synchronous standbys, on the standby too. A
@@ -66,6 +68,9 @@ class PostgresStore(Store):
         self._syncrep_cancelled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._listener: asyncio.Task | None = None
         self._opened = False
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._writer: asyncio.Task | None = None
+        self.max_batch = 256
 
     # --- connections -------------------------------------------------------------------
     async def _configure(self, conn: psycopg.AsyncConnection) -> None:
@@ -91,6 +96,17 @@ class PostgresStore(Store):
             self._listener = asyncio.create_task(self._listen(), name="unsubscribe-listen")
 
     async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            try:
+                await self._writer
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._writer = None
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(StoreUnavailable("store is shutting down"))
         if self._listener is not None:
             self._listener.cancel()
             try:
@@ -240,7 +256,60 @@ class PostgresStore(Store):
                     "VALUES (%s, %s, %s, %s, %s, %s)",
                     (idempotency_key, fingerprint, result_seq, existed, address, scope))
             return UnsubscribeResult(result_seq, existed, address, scope), seq if used else seq - 1
-        return await self._write(body)
+        return await self._submit(body)
+
+    async def _submit(self, body):
+        """Queue a write for the batching writer and wait until it is committed."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((body, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_batches(), name="unsubscribe-writer")
+        return await future
+
+    async def _write_batches(self) -> None:
+        """Group commit: writes serialise on the sequence lock anyway, so the requests that
+        queued up while one transaction was committing go into the next transaction together
+        (each in its own savepoint, so one bad request does not sink the others) and are all
+        acknowledged once that single COMMIT — and its wait for the standby — is done."""
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [(body, fut) for body, fut in batch if not fut.cancelled()]
+            if not batch:
+                continue
+
+            async def run_all(conn, seq):
+                outcomes = []
+                for body, fut in batch:
+                    try:
+                        async with conn.transaction():  # a savepoint
+                            result, last = await body(conn, seq)
+                        seq = last + 1
+                        outcomes.append((fut, result, None))
+                    except IdempotencyConflict as exc:
+                        outcomes.append((fut, None, exc))
+                return outcomes, seq - 1
+
+            try:
+                outcomes = await self._write(run_all)
+            except asyncio.CancelledError:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(StoreUnavailable("store is shutting down"))
+                raise
+            except Exception as exc:  # nothing in the batch was committed
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for fut, result, exc in outcomes:  # only now: the COMMIT has returned
+                if fut.done():
+                    continue
+                if exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(result)
 
     async def resubscribe(self, address: str, scope: str, source: str) -> ResubscribeResult:
         async def body(conn, seq):
