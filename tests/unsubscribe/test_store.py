@@ -62,16 +62,17 @@ def test_idempotency_key_bound_to_its_request(store):
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-@pytest.mark.parametrize("address, scope, fragment", [
-    ("not-an-address", "news", "no '@'"),
-    ("a@example.com", "", "scope is required"),
-    ("a@example.com", "bad scope", "invalid"),
-])
-def test_bad_input_is_invalid_argument(store, address, scope, fragment):
+def test_bad_input_is_invalid_argument(store):
+    cases = [("not-an-address", "news", "no '@'"), ("a@example.com", "", "scope is required"),
+             ("a@example.com", "bad scope", "invalid"), ("a b@example.com", "news", "local part")]
+    for address, scope, fragment in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            unsub(store.stub(), address, scope=scope)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert fragment in info.value.details()
     with pytest.raises(grpc.RpcError) as info:
-        unsub(store.stub(), address, scope=scope)
+        store.stub().Check(pb.CheckRequest(addresses=["x@example.com"] * 1001))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert fragment in info.value.details()
 
 
 def test_complaint_escalates_and_check_applies_the_rules(backend, store, store_args):
