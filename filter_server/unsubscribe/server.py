@@ -29,7 +29,7 @@ from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 
 from . import metrics
-from .model import StoreUnavailable
+from .model import Readiness, StoreUnavailable
 from .oneclick import build_app
 from .service import ServerState, UnsubscribeService
 from .store import Store
@@ -66,7 +66,11 @@ def _bind(address: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"{address}: {exc.strerror or exc}") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -114,9 +118,12 @@ class UnsubscribeServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self._grpc)
-        self.ports["grpc"] = self._grpc.add_insecure_port(cfg.grpc_address)
+        try:
+            self.ports["grpc"] = self._grpc.add_insecure_port(cfg.grpc_address)
+        except RuntimeError:
+            self.ports["grpc"] = 0
         if not self.ports["grpc"]:
-            raise OSError(f"cannot listen on {cfg.grpc_address} for gRPC")
+            raise OSError(f"{cfg.grpc_address} (gRPC) is not available (in use?)")
         await self._set_health(False, "starting: connecting to the store")
         await self._grpc.start()
 
@@ -157,7 +164,11 @@ class UnsubscribeServer:
     async def _watch_readiness(self) -> None:
         await self._open_store()
         while not self._stop.is_set():
-            readiness = await self.store.readiness()
+            try:
+                readiness = await self.store.readiness()
+            except Exception as exc:  # never leave health stuck on an unexpected error
+                log.exception("readiness check failed")
+                readiness = Readiness(False, f"readiness check failed: {exc}")
             self.state.sync_standbys = readiness.sync_standbys
             metrics.SYNC_STANDBYS.set(readiness.sync_standbys)
             await self._set_health(readiness.ready, readiness.reason)
