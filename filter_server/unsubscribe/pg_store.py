@@ -289,6 +289,11 @@ class PostgresStore(Store):
                         outcomes.append((fut, result, None))
                     except IdempotencyConflict as exc:
                         outcomes.append((fut, None, exc))
+                    except _UNAVAILABLE:
+                        raise  # the connection is gone: the whole batch failed
+                    except psycopg.Error as exc:  # this request only (its savepoint rolled back)
+                        log.error("write failed: %s", _describe(exc))
+                        outcomes.append((fut, None, exc))
                 return outcomes, seq - 1
 
             try:

@@ -126,7 +126,8 @@ def test_watch_resume_after_server_kill_misses_nothing(backend, start_store, sto
             stub = pb_grpc.UnsubscribeStoreStub(channel)
             for i in range(total):
                 address, key = f"resume{i}@example.com", str(uuid.uuid4())
-                while True:  # retry through the outage with the same idempotency key
+                give_up = time.monotonic() + 120
+                while time.monotonic() < give_up:  # retry through the outage, same key
                     try:
                         acked.append((address, unsub(stub, address, key=key, timeout=5).sequence))
                         break
@@ -137,11 +138,14 @@ def test_watch_resume_after_server_kill_misses_nothing(backend, start_store, sto
 
     thread = threading.Thread(target=writer)
     thread.start()
+    deadline = time.monotonic() + 120
     while len(acked) < 40:
+        assert time.monotonic() < deadline, "writer made no progress:\n" + watched.log()
         time.sleep(0.01)
     watched.kill9()
     killed_at = len(acked)
     while backend == "postgres" and len(acked) < killed_at + 30:
+        assert time.monotonic() < deadline, "writer made no progress:\n" + writer_store.log()
         time.sleep(0.01)   # changes committed while the watched server is down
     watched.start()
     thread.join(120)

@@ -96,7 +96,9 @@ def test_primary_kill_loses_no_acknowledged_unsubscribe(start_store, tmp_path):
         threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 120
         while len(acked) < 100:
+            assert time.monotonic() < deadline, "writers made no progress:\n" + server.log()
             time.sleep(0.005)
         cluster.kill_primary()          # with writes in flight
         acked_at_kill = len(acked)
