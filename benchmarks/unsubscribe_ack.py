@@ -10,8 +10,8 @@
 3. Primary kill: writers running, SIGKILL to the primary, promote the standby; how many
    acknowledged unsubscribes are missing on the promoted standby (target: none).
 
-Usage: .venv/bin/python benchmarks/unsubscribe_ack.py [--seconds 10] [--clients 8]
-       [--samples 200]
+Usage: .venv/bin/python benchmarks/unsubscribe_ack.py [--seconds 5] [--clients 1,8,32]
+       [--samples 200] [--only throughput|propagation|kill]
 Everything runs on loopback; every process started is stopped at the end.
 """
 
@@ -102,34 +102,32 @@ def pg_args(workdir: Path, dsn: str, durability: str, name: str) -> list[str]:
     return ["--store", "postgres", "--dsn-file", str(dsn_file), "--durability", durability]
 
 
-def throughput(workdir: Path, seconds: float, clients: int) -> None:
-    print(f"\n== acknowledged unsubscribes (synchronous commit, fsync on, {clients} clients, "
-          f"{seconds:.0f}s each)")
+def throughput(workdir: Path, seconds: float, client_counts: list[int]) -> None:
+    print(f"\n== acknowledged unsubscribes (synchronous commit, fsync on, {seconds:.0f}s per run, "
+          "unique addresses, each with an idempotency key)")
     print(f"   load before: {uptime()}")
     rows = []
+
+    def runs(name: str, store: StoreProcess) -> None:
+        try:
+            for clients in client_counts:
+                rows.append((name, clients, hammer(store.target, seconds, clients)))
+        finally:
+            store.close()
     with PgCluster() as single:
-        store = start_store(workdir, pg_args(workdir, single.create_database("bench"), "local",
-                                             "single"), "single")
-        try:
-            rows.append(("postgres, single node", hammer(store.target, seconds, clients)))
-        finally:
-            store.close()
+        runs("postgres, single node", start_store(
+            workdir, pg_args(workdir, single.create_database("bench"), "local", "single"),
+            "single"))
     with PgCluster(standby=True) as pair:
-        store = start_store(workdir, pg_args(workdir, pair.create_database("bench"),
-                                             "replicated", "pair"), "pair")
-        try:
-            rows.append(("postgres, sync standby", hammer(store.target, seconds, clients)))
-        finally:
-            store.close()
-    store = start_store(workdir, ["--store", "sqlite", "--sqlite-path",
-                                  str(workdir / "bench.db")], "sqlite")
-    try:
-        rows.append(("sqlite (embedded)", hammer(store.target, seconds, clients)))
-    finally:
-        store.close()
-    for name, r in rows:
-        print(f"   {name:24s} {r['per_second']:8.1f} acks/s   p50 {r['p50_ms']:6.2f} ms   "
-              f"p99 {r['p99_ms']:6.2f} ms   ({r['acks']} acks, {r['errors']} errors)")
+        runs("postgres, sync standby", start_store(
+            workdir, pg_args(workdir, pair.create_database("bench"), "replicated", "pair"),
+            "pair"))
+    runs("sqlite (embedded)", start_store(
+        workdir, ["--store", "sqlite", "--sqlite-path", str(workdir / "bench.db")], "sqlite"))
+    for name, clients, r in rows:
+        print(f"   {name:24s} {clients:3d} clients {r['per_second']:8.1f} acks/s   "
+              f"p50 {r['p50_ms']:6.2f} ms   p99 {r['p99_ms']:7.2f} ms   "
+              f"({r['acks']} acks, {r['errors']} errors)")
     print(f"   load after:  {uptime()}")
 
 
@@ -264,8 +262,9 @@ def main() -> int:
         cache_worker(sys.argv[2], int(sys.argv[3]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
+    parser.add_argument("--clients", default="1,8,32",
+                        help="concurrent clients per throughput run, comma-separated")
     parser.add_argument("--samples", type=int, default=200, help="propagation samples")
     parser.add_argument("--only", choices=("throughput", "propagation", "kill"))
     args = parser.parse_args()
@@ -273,7 +272,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mailwarden-bench-") as tmp:
         workdir = Path(tmp)
         if args.only in (None, "throughput"):
-            throughput(workdir, args.seconds, args.clients)
+            throughput(workdir, args.seconds, [int(c) for c in args.clients.split(",")])
         if args.only in (None, "propagation"):
             propagation(workdir, args.samples)
         if args.only in (None, "kill"):
