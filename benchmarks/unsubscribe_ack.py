@@ -5,7 +5,7 @@
    PostgreSQL node, on a primary + synchronous standby (durability: replicated), and on the
    embedded SQLite store — concurrent gRPC clients, unique addresses, fsync on.
 2. Ack → visible in a SuppressionCache, p50/p99, across 3 caches in 3 separate processes
-   (like 3 filter pods). Both clocks are CLOCK_MONOTONIC, shared by all processes here.
+   (like 3 filter pods), idle and with background writers. Both clocks are CLOCK_MONOTONIC, shared by all processes here.
    A negative value means the cache applied the change before the client received its ack.
 3. Primary kill: writers running, SIGKILL to the primary, promote the standby; how many
    acknowledged unsubscribes are missing on the promoted standby (target: none).
@@ -131,52 +131,62 @@ def throughput(workdir: Path, seconds: float, client_counts: list[int]) -> None:
     print(f"   load after:  {uptime()}")
 
 
-def cache_worker(target: str, count: int) -> None:
-    """Child process: one SuppressionCache; prints 'sequence monotonic_time' per change."""
+def cache_worker(target: str) -> None:
+    """Child process: one SuppressionCache. Records (sequence, monotonic time) per applied
+    change; on 'STOP <sequence>' from stdin waits until that sequence is applied and prints
+    the records as JSON."""
     from filter_server.unsubscribe.cache import SuppressionCache
     seen: list[tuple[int, float]] = []
-    done = threading.Event()
-
-    def on_change(change) -> None:
-        seen.append((change.sequence, time.monotonic()))
-        if len(seen) >= count:
-            done.set()
-    cache = SuppressionCache(target, on_change=on_change).start()
+    cache = SuppressionCache(target, on_change=lambda c: seen.append((c.sequence,
+                                                                      time.monotonic())))
+    cache.start()
     if not cache.wait_ready(60):
         sys.exit("cache never became ready")
     print("READY", flush=True)
-    done.wait(300)
+    line = sys.stdin.readline().split()
+    cache.wait_for_sequence(int(line[1]), 300)
     cache.stop()
     print(json.dumps(seen), flush=True)
 
 
-def propagation(workdir: Path, samples: int) -> None:
+def propagation(workdir: Path, samples: int, background: int) -> None:
+    extra = f" while {background} other clients write flat out" if background else ""
     print(f"\n== ack -> visible in SuppressionCache, 3 caches in 3 processes, {samples} "
-          "unsubscribes at ~50/s (postgres with sync standby)")
+          f"unsubscribes at ~50/s{extra} (postgres with sync standby)")
     print(f"   load before: {uptime()}")
     with PgCluster(standby=True) as pair:
         store = start_store(workdir, pg_args(workdir, pair.create_database("prop"), "replicated",
                                              "prop"), "prop")
         workers = []
+        hammer_thread = None
         try:
             for _ in range(3):
                 workers.append(subprocess.Popen(
-                    [sys.executable, __file__, "--cache-worker", store.target, str(samples)],
-                    stdout=subprocess.PIPE, text=True, cwd=REPO))
+                    [sys.executable, __file__, "--cache-worker", store.target],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO))
             for w in workers:
                 assert w.stdout.readline().strip() == "READY"
+            if background:
+                hammer_thread = threading.Thread(
+                    target=hammer, args=(store.target, samples * 0.02 + 2, background))
+                hammer_thread.start()
+                time.sleep(1)
             acked: dict[int, float] = {}
             with grpc.insecure_channel(store.target) as channel:
                 stub = pb_grpc.UnsubscribeStoreStub(channel)
                 for i in range(samples):
                     r = stub.Unsubscribe(pb.UnsubscribeRequest(
-                        address=f"prop{i}@example.com", scope="news", source="bench"), timeout=10)
+                        address=f"prop{i}-{uuid.uuid4().hex[:6]}@example.com", scope="news",
+                        source="bench"), timeout=10)
                     acked[r.sequence] = time.monotonic()
                     time.sleep(0.02)
+                if hammer_thread is not None:
+                    hammer_thread.join()
+                head = stub.GetStatus(pb.GetStatusRequest(), timeout=10).head_sequence
             delays: list[float] = []
             per_cache = []
             for w in workers:
-                out, _ = w.communicate(timeout=120)
+                out, _ = w.communicate(f"STOP {head}\n", timeout=300)
                 seen = json.loads(out.strip().splitlines()[-1])
                 mine = [(t - acked[seq]) * 1000 for seq, t in seen if seq in acked]
                 per_cache.append(mine)
@@ -258,14 +268,16 @@ def _status_after(store: StoreProcess):
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--cache-worker":
-        cache_worker(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) == 3 and sys.argv[1] == "--cache-worker":
+        cache_worker(sys.argv[2])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
     parser.add_argument("--clients", default="1,8,32",
                         help="concurrent clients per throughput run, comma-separated")
     parser.add_argument("--samples", type=int, default=200, help="propagation samples")
+    parser.add_argument("--background", type=int, default=8,
+                        help="writers running during the second propagation run")
     parser.add_argument("--only", choices=("throughput", "propagation", "kill"))
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores; {uptime()}")
@@ -274,7 +286,8 @@ def main() -> int:
         if args.only in (None, "throughput"):
             throughput(workdir, args.seconds, [int(c) for c in args.clients.split(",")])
         if args.only in (None, "propagation"):
-            propagation(workdir, args.samples)
+            propagation(workdir, args.samples, 0)
+            propagation(workdir, args.samples, args.background)
         if args.only in (None, "kill"):
             primary_kill(workdir, 4)
     return 0

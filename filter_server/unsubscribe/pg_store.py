@@ -430,13 +430,15 @@ class PostgresStore(Store):
         except StoreUnavailable as exc:
             return Readiness(False, str(exc))
         except psycopg.errors.UndefinedTable:
-            return Readiness(False, "schema not migrated (run `mailwarden unsubscribe migrate`)")
+            return Readiness(False, "schema not migrated (run `mailwarden unsubscribe-server "
+                                    "--migrate-only`)")
         in_recovery, standby_names, in_sync, hidden, version = rows[0]
         if in_recovery:
             return Readiness(False, "connected to a read-only standby, not the primary")
         if version < migrations.LATEST:
             return Readiness(False, f"schema at version {version}, this server needs "
-                                    f"{migrations.LATEST} (run migrations)")
+                                    f"{migrations.LATEST} (run `mailwarden "
+                                    "unsubscribe-server --migrate-only`)")
         if self.durability == "replicated":
             if not standby_names.strip():
                 return Readiness(False, "durability is replicated but the database has no "
