@@ -68,9 +68,6 @@ class PostgresStore(Store):
         self._syncrep_cancelled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._listener: asyncio.Task | None = None
         self._opened = False
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._writer: asyncio.Task | None = None
-        self.max_batch = 256
 
     # --- connections -------------------------------------------------------------------
     async def _configure(self, conn: psycopg.AsyncConnection) -> None:
@@ -96,17 +93,7 @@ class PostgresStore(Store):
             self._listener = asyncio.create_task(self._listen(), name="unsubscribe-listen")
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            try:
-                await self._writer
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._writer = None
-        while not self._queue.empty():
-            _, fut = self._queue.get_nowait()
-            if not fut.done():
-                fut.set_exception(StoreUnavailable("store is shutting down"))
+        await self._stop_group_commit()
         if self._listener is not None:
             self._listener.cancel()
             try:
@@ -258,63 +245,25 @@ class PostgresStore(Store):
             return UnsubscribeResult(result_seq, existed, address, scope), seq if used else seq - 1
         return await self._submit(body)
 
-    async def _submit(self, body):
-        """Queue a write for the batching writer and wait until it is committed."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((body, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_batches(), name="unsubscribe-writer")
-        return await future
-
-    async def _write_batches(self) -> None:
-        """Group commit: writes serialise on the sequence lock anyway, so the requests that
-        queued up while one transaction was committing go into the next transaction together
-        (each in its own savepoint, so one bad request does not sink the others) and are all
-        acknowledged once that single COMMIT — and its wait for the standby — is done."""
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            batch = [(body, fut) for body, fut in batch if not fut.cancelled()]
-            if not batch:
-                continue
-
-            async def run_all(conn, seq):
-                outcomes = []
-                for body, fut in batch:
-                    try:
-                        async with conn.transaction():  # a savepoint
-                            result, last = await body(conn, seq)
-                        seq = last + 1
-                        outcomes.append((fut, result, None))
-                    except IdempotencyConflict as exc:
-                        outcomes.append((fut, None, exc))
-                    except _UNAVAILABLE:
-                        raise  # the connection is gone: the whole batch failed
-                    except psycopg.Error as exc:  # this request only (its savepoint rolled back)
-                        log.error("write failed: %s", _describe(exc))
-                        outcomes.append((fut, None, exc))
-                return outcomes, seq - 1
-
-            try:
-                outcomes = await self._write(run_all)
-            except asyncio.CancelledError:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(StoreUnavailable("store is shutting down"))
-                raise
-            except Exception as exc:  # nothing in the batch was committed
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for fut, result, exc in outcomes:  # only now: the COMMIT has returned
-                if fut.done():
-                    continue
-                if exc is not None:
-                    fut.set_exception(exc)
-                else:
-                    fut.set_result(result)
+    async def _commit_batch(self, bodies):
+        """One transaction for a group of queued writes, a savepoint each."""
+        async def run_all(conn, seq):
+            outcomes = []
+            for body in bodies:
+                try:
+                    async with conn.transaction():  # a savepoint
+                        result, last = await body(conn, seq)
+                    seq = last + 1
+                    outcomes.append((result, None))
+                except IdempotencyConflict as exc:
+                    outcomes.append((None, exc))
+                except _UNAVAILABLE:
+                    raise  # the connection is gone: the whole batch failed
+                except psycopg.Error as exc:  # this request only (its savepoint rolled back)
+                    log.error("write failed: %s", _describe(exc))
+                    outcomes.append((None, exc))
+            return outcomes, seq - 1
+        return await self._write(run_all)
 
     async def resubscribe(self, address: str, scope: str, source: str) -> ResubscribeResult:
         async def body(conn, seq):

@@ -3,7 +3,8 @@
 One connection, used from one dedicated thread, in WAL mode with ``synchronous=FULL`` (every
 commit is fsynced before it returns, so an acknowledgement survives a crash of the process
 or the machine). Writers use ``BEGIN IMMEDIATE``, which serialises them exactly like the
-postgres backend's sequence lock: sequences are gapless and commit-ordered. It is a single
+postgres backend's sequence lock: sequences are gapless and commit-ordered; concurrent
+Unsubscribe calls are group-committed (see ``store.Store``). It is a single
 file on a single disk, so it reports itself as not highly available and refuses
 ``durability: replicated``.
 """
@@ -82,6 +83,7 @@ class SqliteStore(Store):
             await self.migrate()
 
     async def close(self) -> None:
+        await self._stop_group_commit()
         if self._executor is not None:
             if self._conn is not None:
                 await self._run(self._conn.close)
@@ -181,7 +183,26 @@ class SqliteStore(Store):
                              (idempotency_key, fingerprint, result_seq, int(existed), address,
                               scope, _now()))
             return UnsubscribeResult(result_seq, existed, address, scope), seq if used else seq - 1
-        return await self._write(body)
+        return await self._submit(body)
+
+    def _batch_sync(self, conn: sqlite3.Connection, seq: int, bodies: list):
+        outcomes = []
+        for body in bodies:
+            conn.execute("SAVEPOINT one_request")
+            try:
+                result, last = body(conn, seq)
+            except (IdempotencyConflict, sqlite3.IntegrityError) as exc:
+                conn.execute("ROLLBACK TO one_request")
+                conn.execute("RELEASE one_request")
+                outcomes.append((None, exc))
+                continue
+            conn.execute("RELEASE one_request")
+            seq = last + 1
+            outcomes.append((result, None))
+        return outcomes, seq - 1
+
+    async def _commit_batch(self, bodies: list):
+        return await self._write(lambda conn, seq: self._batch_sync(conn, seq, bodies))
 
     async def resubscribe(self, address: str, scope: str, source: str) -> ResubscribeResult:
         def body(conn, seq):

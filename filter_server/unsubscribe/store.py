@@ -13,8 +13,8 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 
-from .model import (Change, ImportRow, Readiness, Reason, ResubscribeResult, Suppression,
-                    UnsubscribeResult)
+from .model import (Change, ImportRow, Readiness, Reason, ResubscribeResult, StoreUnavailable,
+                    Suppression, UnsubscribeResult)
 
 DURABILITIES = ("local", "replicated")
 
@@ -58,6 +58,69 @@ class Store(abc.ABC):
             raise ValueError(f"durability must be one of {DURABILITIES}, not {durability!r}")
         self.durability = durability
         self.notifier = ChangeNotifier()
+        self.max_batch = 256
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._writer: asyncio.Task | None = None
+
+    # --- group commit --------------------------------------------------------------------
+    # Both backends serialise writers (that is what keeps sequences gapless and in commit
+    # order), so one commit at a time. Requests that queue up while a commit is in flight go
+    # into the next transaction together — each in its own savepoint, so one bad request does
+    # not fail the others — and are all answered when that single COMMIT has returned.
+
+    async def _commit_batch(self, bodies: list) -> list[tuple[object, BaseException | None]]:
+        """Run ``bodies`` in one committed transaction; return (result, error) per body.
+        Raises (StoreUnavailable, ...) when nothing was committed."""
+        raise NotImplementedError
+
+    async def _submit(self, body) -> object:
+        """Queue a write and wait until it is committed."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((body, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_batches(), name="unsubscribe-writer")
+        return await future
+
+    async def _write_batches(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [(body, fut) for body, fut in batch if not fut.cancelled()]
+            if not batch:
+                continue
+            try:
+                outcomes = await self._commit_batch([body for body, _ in batch])
+            except asyncio.CancelledError:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(StoreUnavailable("store is shutting down"))
+                raise
+            except Exception as exc:  # nothing in the batch was committed
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), (result, error) in zip(batch, outcomes):  # only now: committed
+                if fut.done():
+                    continue
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(result)
+
+    async def _stop_group_commit(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            try:
+                await self._writer
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._writer = None
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(StoreUnavailable("store is shutting down"))
 
     @abc.abstractmethod
     async def open(self, *, migrate: bool = True) -> None:
