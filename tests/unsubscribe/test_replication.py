@@ -127,3 +127,34 @@ def test_embedded_store_refuses_replicated_durability(start_store, tmp_path):
     status = _wait_status(server.stub(), lambda s: "SQLite" in s.reason)
     assert not status.ready and not status.highly_available and "SQLite" in status.reason
     assert server.health() == NOT_SERVING
+
+
+def test_commit_whose_standby_wait_is_cancelled_is_not_acknowledged(cluster, start_store,
+                                                                    tmp_path):
+    """PostgreSQL lets a COMMIT that is waiting for a synchronous standby be cancelled; the
+    commit then "succeeds" locally with only a WARNING. The store must not acknowledge it."""
+    dsn_file = tmp_path / "local.dsn"
+    dsn_file.write_text(cluster.create_database("app"))
+    server = start_store(["--store", "postgres", "--dsn-file", str(dsn_file)], name="local")
+    cluster.set_synchronous("ghost")     # a standby that never comes: commits wait forever
+    outcome: list = []
+
+    def call() -> None:
+        try:
+            outcome.append(unsub(server.stub(), "waiting@example.com", timeout=60))
+        except grpc.RpcError as exc:
+            outcome.append(exc)
+    thread = threading.Thread(target=call)
+    thread.start()
+    deadline = time.monotonic() + 60
+    pids: list = []
+    while not pids and time.monotonic() < deadline:
+        pids = cluster.primary.execute(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+        time.sleep(0.05)
+    assert pids, "the commit never waited for the standby"
+    cluster.primary.execute("SELECT pg_cancel_backend(%s)", (pids[0][0],))
+    thread.join(60)
+    assert isinstance(outcome[0], grpc.RpcError), "acknowledged a commit the standby never saw"
+    assert outcome[0].code() == grpc.StatusCode.UNAVAILABLE
+    assert "not confirmed by the synchronous standby" in outcome[0].details()
