@@ -75,17 +75,21 @@ class Kube:
               query: list[tuple[str, str]] | None = None,
               content_type: str = "application/json") -> Any:
         try:
-            response = self.api.call_api(
-                path, method, query_params=query or [],
+            method, url, headers, body = self.api.param_serialize(
+                method, path, query_params=query or [],
                 header_params={"Accept": "application/json", "Content-Type": content_type},
-                body=body, auth_settings=["BearerToken"], _preload_content=False,
-                _return_http_data_only=True, _request_timeout=self.timeout)
+                body=body, auth_settings=["BearerToken"])[:4]
+            response = self.api.call_api(method, url, header_params=headers, body=body,
+                                         _request_timeout=self.timeout)
+            data = response.read()
         except ApiException as exc:
             raise KubeError(exc.status or 0, f"{method} {path}: {exc.status} "
                             f"{_reason(exc)}") from None
         except Exception as exc:  # connection refused, timeouts, TLS errors
             raise KubeError(0, f"{method} {path}: {exc}") from None
-        data = response.data
+        if not 200 <= response.status <= 299:
+            raise KubeError(response.status, f"{method} {path}: {response.status} "
+                            f"{_message(data)}")
         return json.loads(data) if data else None
 
     def get(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
@@ -141,6 +145,13 @@ class Kube:
             found = False
         self._discovery[key] = (now, found)
         return found
+
+
+def _message(data: bytes | None) -> str:
+    try:
+        return json.loads(data or b"{}").get("message") or ""
+    except (TypeError, ValueError, AttributeError):
+        return (data or b"")[:200].decode("utf-8", "replace")
 
 
 def _reason(exc: ApiException) -> str:

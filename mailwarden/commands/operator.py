@@ -56,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kubeconfig:
+        # Before importing the kubernetes client: it reads $KUBECONFIG at import time, and
+        # kopf's login uses the client's default location.
+        os.environ["KUBECONFIG"] = args.kubeconfig
     from mailwarden_operator.main import OperatorConfig
     from mailwarden_operator.main import run as run_operator
 
@@ -70,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
         print("mailwarden operator: --keep-policy-configmaps must be at least 1",
               file=sys.stderr)
         return 2
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it too
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = OperatorConfig(
