@@ -1,8 +1,8 @@
 """kopf registration: every handler only hands the object to the Reconciler.
 
-Triggers: create/update/resume of a SpamPolicy, a periodic resync timer (drift correction,
-model ConfigMaps that appeared later), and events of the Deployments the operator manages
-(rollout progress → status). The validating webhook reuses the policy validator.
+Triggers: create/update/resume of a SpamPolicy and events of the Deployments the operator
+manages (rollout progress → status). The periodic resync is `resync.py` (not a kopf timer:
+timers put finalizers on every object). The validating webhook reuses the policy validator.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ RETRY_DELAY_SECONDS = 5.0
 WEBHOOK_ID = "validate-spampolicy"
 
 
-def build_registry(get_reconciler: Callable[[], Reconciler], *, resync_seconds: float,
+def build_registry(get_reconciler: Callable[[], Reconciler], *,
                    webhook: bool) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     resource = (naming.GROUP, naming.VERSION, naming.PLURAL)
@@ -50,11 +50,6 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, resync_seconds: 
     @kopf.on.resume(*resource, registry=registry)
     def spampolicy_resumed(namespace: str, name: str, logger: Any, **_: Any) -> None:
         run(namespace, name, "resume", logger)
-
-    @kopf.timer(*resource, interval=resync_seconds, initial_delay=resync_seconds,
-                registry=registry)
-    def spampolicy_resync(namespace: str, name: str, logger: Any, **_: Any) -> None:
-        run(namespace, name, "resync", logger)
 
     # optional: no finalizer — children go by owner references (garbage collection).
     @kopf.on.delete(*resource, optional=True, registry=registry)

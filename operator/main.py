@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from mailwarden_operator.handlers import build_registry
 from mailwarden_operator.kube import Kube, api_client_from_environment
 from mailwarden_operator.reconcile import DEFAULT_KEEP_CONFIGMAPS, Reconciler
 from mailwarden_operator.render import RenderSettings
+from mailwarden_operator.resync import Resync
 
 log = logging.getLogger("mailwarden.operator")
 
@@ -26,6 +30,12 @@ PRIORITY_BASE = 10**13
 
 def startup_priority(now: float | None = None) -> int:
     return PRIORITY_BASE - int((time.time() if now is None else now) * 1000)
+
+
+def own_identity() -> str:
+    """This replica's peering identity: the pod name plus a random part, so a restarted pod
+    never mistakes its dead predecessor's record for its own."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}/{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -56,10 +66,10 @@ class OperatorConfig:
 
 def run(config: OperatorConfig) -> int:
     holder: dict[str, Reconciler] = {}
-    registry = build_registry(lambda: holder["reconciler"],
-                              resync_seconds=config.resync_seconds,
-                              webhook=config.webhook_enabled)
+    registry = build_registry(lambda: holder["reconciler"], webhook=config.webhook_enabled)
     priority = config.priority if config.priority is not None else startup_priority()
+    identity = own_identity()
+    threads: list[Resync] = []
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: object) -> None:
@@ -94,10 +104,20 @@ def run(config: OperatorConfig) -> int:
         holder["reconciler"] = Reconciler(
             kube, RenderSettings(default_image=config.filter_image),
             keep_configmaps=config.keep_configmaps)
+        resync = Resync(holder["reconciler"], kube, interval=config.resync_seconds,
+                        namespaces=config.namespaces, peering=config.peering,
+                        identity=identity, priority=priority)
+        resync.start()
+        threads.append(resync)
         if config.metrics_port > 0:
             start_http_server(config.metrics_port, addr=config.listen_address)
         log.info("operator starting: peering=%s priority=%s namespaces=%s",
                  config.peering or "standalone", priority, config.namespaces or "all")
+
+    @kopf.on.cleanup(registry=registry)
+    def stop_threads(**_: object) -> None:
+        for thread in threads:
+            thread.stop()
 
     liveness = (f"http://{config.listen_address}:{config.liveness_port}/healthz"
                 if config.liveness_port > 0 else None)
@@ -106,6 +126,7 @@ def run(config: OperatorConfig) -> int:
         standalone=config.peering is None,
         peering_name=config.peering,
         priority=priority,
+        identity=identity,
         liveness_endpoint=liveness,
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,

@@ -54,6 +54,21 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
         return str(ApiServerEmulator._revision)
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        # KMock matches each request against its whole request history (O(n) per request,
+        # which made a long test crawl). Keep only in-flight requests there, and our own
+        # compact log of every request for the tests' assertions.
+        inflight = self.__dict__.setdefault("_inflight", {})
+        inflight[id(request)] = request
+        self._requests[:] = [r for r in self._requests if id(r) in inflight]
+        self.__dict__.setdefault("log", []).append(
+            (request.method.upper(), request.url.path,
+             request.resource.group if request.resource is not None else None))
+        try:
+            return await self._handle_request(request)
+        finally:
+            inflight.pop(id(request), None)
+
+    async def _handle_request(self, request: Any) -> aiohttp.web.StreamResponse:
         if request.resource is not None and request.method.upper() == "PUT" \
                 and request.name is not None:
             return await self._replace(request)
@@ -156,8 +171,9 @@ class EmulatorThread:
             ("apiextensions.k8s.io/v1/customresourcedefinitions", None,
              crd["metadata"]["name"]), body))
 
-    def requests(self) -> list[Any]:
-        return self.call(lambda: list(self.emulator._requests))
+    def requests(self) -> list[tuple[str, str, str | None]]:
+        """Every request served so far: (METHOD, path, API group or None)."""
+        return self.call(lambda: list(self.emulator.__dict__.get("log", [])))
 
     def kubeconfig(self, directory: Path) -> Path:
         path = directory / "kubeconfig"
