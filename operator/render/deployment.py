@@ -11,8 +11,10 @@ DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"},
                      "limits": {"memory": "512Mi"}}
 # The non-root user of the image (see Dockerfile).
 RUN_AS_USER = 65532
-# Seconds added to preStop + drain + grace before the kubelet sends SIGKILL.
-TERMINATION_MARGIN_SECONDS = 5
+# Seconds added to preStop + drain + grace before the kubelet sends SIGKILL: the filter
+# server's supervisor gives its workers drain + grace + 10 s to exit before killing them,
+# and then needs a moment to exit itself.
+TERMINATION_MARGIN_SECONDS = 15
 
 
 def server_args(spec: dict[str, Any]) -> list[str]:
