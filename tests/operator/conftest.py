@@ -45,7 +45,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "c
             value = predicate()
             if value:
                 return value
-        except (KeyError, TypeError, KubeError) as exc:
+        except (KeyError, TypeError, KubeError, OSError) as exc:
             last_error = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
@@ -80,7 +80,7 @@ class OperatorProcess:
     """`mailwarden operator` against the emulator, on ephemeral loopback ports."""
 
     def __init__(self, cluster: Cluster, workdir: Path, *extra: str, name: str = "operator",
-                 resync: float = 1.0) -> None:
+                 resync: float = 1.0, webhook_cert_dir: Path | None = None) -> None:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.webhook_port = free_port()
@@ -90,7 +90,9 @@ class OperatorProcess:
                      "--listen-address", "127.0.0.1",
                      "--metrics-port", str(self.metrics_port),
                      "--liveness-port", str(self.liveness_port),
-                     "--webhook-port", str(self.webhook_port), "--webhook-insecure",
+                     "--webhook-port", str(self.webhook_port),
+                     *(("--webhook-cert-dir", str(webhook_cert_dir)) if webhook_cert_dir
+                       else ("--webhook-insecure",)),
                      "--resync-seconds", str(resync),
                      "--filter-image", "registry.example/mailwarden:test", *extra]
         self.proc: subprocess.Popen[bytes] | None = None

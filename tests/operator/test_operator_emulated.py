@@ -229,7 +229,8 @@ def test_delete_leaves_children_to_garbage_collection(cluster: Cluster,
     assert dep["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True
 
 
-def _review(port: int, spec: dict, name: str = "mail") -> dict:
+def _review(port: int, spec: dict, name: str = "mail", *, scheme: str = "http",
+            context=None) -> dict:
     review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": "1f1e", "kind": {"group": naming.GROUP, "version": naming.VERSION,
                                 "kind": naming.KIND},
@@ -240,16 +241,17 @@ def _review(port: int, spec: dict, name: str = "mail") -> dict:
         "object": {"apiVersion": naming.API_VERSION, "kind": naming.KIND,
                    "metadata": {"name": name, "namespace": "web"}, "spec": spec}}}
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/validate-spampolicy", data=json.dumps(review).encode(),
+        f"{scheme}://127.0.0.1:{port}/validate-spampolicy", data=json.dumps(review).encode(),
         headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=10) as rsp:
+    with urllib.request.urlopen(request, timeout=10, context=context) as rsp:
         return json.loads(rsp.read())["response"]
 
 
 def test_webhook_rejects_invalid_policies_with_the_validators_messages(
         operator: OperatorProcess) -> None:
     spec = example_policy("web", "mail")["spec"]
-    assert _review(operator.webhook_port, spec)["allowed"] is True
+    answer = wait_for(lambda: _review(operator.webhook_port, spec), 30, "the webhook")
+    assert answer["allowed"] is True
     spec["policy"]["rules"][1]["pattern"] = "(a"
     spec["policy"]["thresholds"] = {"tag": 9, "quarantine": 3, "reject": 20}
     spec["replicas"] = {"min": 5, "max": 2}
@@ -260,3 +262,28 @@ def test_webhook_rejects_invalid_policies_with_the_validators_messages(
     assert "tag <= quarantine <= reject" in message
     assert "replicas.min (5) must not exceed replicas.max (2)" in message
     assert answer["status"]["code"] == 422
+
+
+def test_webhook_serves_tls_from_the_certificate_directory(cluster: Cluster,
+                                                         tmp_path: Path) -> None:
+    """The chart's layout: tls.crt and tls.key from a Secret (cert-manager or the chart)."""
+    import ssl
+    import subprocess
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(tmp_path / "tls.key"), "-out", str(tmp_path / "tls.crt")],
+                   check=True, capture_output=True)
+    proc = OperatorProcess(cluster, tmp_path, "--standalone", name="tls-webhook",
+                           webhook_cert_dir=tmp_path)
+    try:
+        proc.start()
+        context = ssl.create_default_context(cafile=str(tmp_path / "tls.crt"))
+        spec = example_policy("web", "mail")["spec"]
+        spec["policy"]["rules"][0]["pattern"] = "(a"
+        answer = wait_for(lambda: _review(proc.webhook_port, spec, scheme="https",
+                                          context=context), 30, "the TLS webhook")
+        assert answer["allowed"] is False
+        assert "spec.policy.rules[0].pattern" in answer["status"]["message"]
+    finally:
+        proc.stop()
