@@ -122,6 +122,8 @@ class Reconciler:
             rollout=rollout)
         now = self.clock()
         status, transitions = compute_status(previous, observation, now)
+        if target_hash is not None:
+            status["policyConfigMap"] = naming.configmap_name(name, target_hash)
 
         if rollout.complete and target_hash is not None:
             self._prune(owner, status.get("recentPolicyHashes") or [], target_hash)

@@ -93,6 +93,7 @@ def test_create_renders_every_child_and_reports_ready(cluster: Cluster,
     assert status["observedGeneration"] == body["metadata"]["generation"]
     assert status["readyReplicas"] == status["updatedReplicas"] == 2
     assert status["desiredPolicyHash"] == live
+    assert status["policyConfigMap"] == cm["metadata"]["name"]
     assert status["lastPropagationSeconds"] >= 0
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conditions == {"Ready": ("True", "PolicyLive"),
