@@ -15,6 +15,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from mailwarden_operator import metrics
+from mailwarden_operator.certwatch import CertWatcher
 from mailwarden_operator.handlers import build_registry
 from mailwarden_operator.kube import Kube, api_client_from_environment
 from mailwarden_operator.reconcile import DEFAULT_KEEP_CONFIGMAPS, Reconciler
@@ -69,7 +70,7 @@ def run(config: OperatorConfig) -> int:
     registry = build_registry(lambda: holder["reconciler"], webhook=config.webhook_enabled)
     priority = config.priority if config.priority is not None else startup_priority()
     identity = own_identity()
-    threads: list[Resync] = []
+    threads: list[Resync | CertWatcher] = []
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: object) -> None:
@@ -109,6 +110,10 @@ def run(config: OperatorConfig) -> int:
                         identity=identity, priority=priority)
         resync.start()
         threads.append(resync)
+        if config.webhook_enabled and config.webhook_cert_dir is not None:
+            watcher = CertWatcher(config.webhook_cert_dir)
+            watcher.start()
+            threads.append(watcher)
         if config.metrics_port > 0:
             start_http_server(config.metrics_port, addr=config.listen_address)
         log.info("operator starting: peering=%s priority=%s namespaces=%s",
