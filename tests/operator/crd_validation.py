@@ -5,6 +5,7 @@ the OpenAPI schema (strictly: unknown fields are errors, like `kubectl apply
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any, Iterator
 
 import celpy
@@ -39,7 +40,16 @@ def _cel_nodes(schema: dict[str, Any], value: Any, path: str) -> Iterator[tuple[
             yield from _cel_nodes(schema["items"], item, f"{path}[{i}]")
 
 
-_ENV = celpy.Environment()
+def _evaluate(rule: str, value: Any) -> Any:
+    # cel-python raises the interpreter's recursion limit process-wide (to 2500) in
+    # Environment(); put it back so other tests see the normal interpreter.
+    limit = sys.getrecursionlimit()
+    try:
+        env = celpy.Environment()
+        program = env.program(env.compile(rule))
+        return program.evaluate({"self": celpy.json_to_cel(value)})
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def validate_custom_resource(obj: dict[str, Any], crd: dict[str, Any]) -> list[str]:
@@ -54,8 +64,7 @@ def validate_custom_resource(obj: dict[str, Any], crd: dict[str, Any]) -> list[s
         return errors
     for path, node, value in _cel_nodes(schema, defaulted, ""):
         for rule in node["x-kubernetes-validations"]:
-            program = _ENV.program(_ENV.compile(rule["rule"]))
-            result = program.evaluate({"self": celpy.json_to_cel(value)})
+            result = _evaluate(rule["rule"], value)
             if isinstance(result, Exception) or not bool(result):
                 errors.append(f"{path or '<root>'}: {rule.get('message', rule['rule'])}")
     return errors
