@@ -70,12 +70,23 @@ class Resync(threading.Thread):
         if self.peering is None:
             return True
         if self.namespaces:
+            where = f"KopfPeering {self.namespaces[0]}/{self.peering}"
             body = self.kube.get(NAMESPACED_PEERING, self.namespaces[0], self.peering)
         else:
+            where = f"ClusterKopfPeering {self.peering}"
             body = self.kube.get(CLUSTER_PEERING, None, self.peering)
+        if body is None:
+            # kopf waits silently for a missing peering object; say why nothing happens.
+            log.error("%s does not exist: this replica stays idle until it does (the Helm "
+                      "chart creates it; without the chart create it, or run with "
+                      "--standalone for a single replica)", where)
         return is_active(body, self.identity, self.priority)
 
     def run(self) -> None:
+        try:
+            self.active()  # report a missing peering object at once
+        except KubeError as exc:
+            log.warning("cannot read the peering object: %s", exc)
         while not self.stopping.wait(self.interval):
             try:
                 if self.active():

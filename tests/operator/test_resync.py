@@ -34,3 +34,18 @@ def test_not_yet_announced_or_no_peering_object_is_inactive():
 
 def test_earlier_started_replicas_get_higher_priorities():
     assert startup_priority(1_700_000_000.0) > startup_priority(1_700_000_001.0) > 0
+
+
+def test_a_missing_peering_object_is_reported(caplog) -> None:
+    from mailwarden_operator.resync import Resync
+
+    class NoPeering:
+        def get(self, *args):
+            return None
+
+    resync = Resync(None, NoPeering(), interval=60, namespaces=[], peering="mailwarden",
+                    identity="me", priority=1)
+    with caplog.at_level("ERROR"):
+        assert resync.active() is False
+    assert "ClusterKopfPeering mailwarden does not exist" in caplog.text
+    assert "--standalone" in caplog.text
