@@ -172,4 +172,6 @@ def api_client_from_environment(kubeconfig: str | None = None) -> k8s.ApiClient:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    # kopf runs handlers in up to 16 threads that share this client.
+    configuration.connection_pool_maxsize = 32
     return k8s.ApiClient(configuration)
