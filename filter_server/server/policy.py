@@ -78,6 +78,11 @@ class PolicyHolder:
             self._swap(policy, first=True)
             return None
 
+    def install(self, policy: CompiledPolicy) -> None:
+        """Start with a policy compiled elsewhere (the preflight check)."""
+        self._seen_generation = _generation(self.directory)
+        self._swap(policy, first=True)
+
     def poll_forever(self, poll_seconds: float, stop: threading.Event) -> None:
         """Reload whenever the directory's generation changes, until `stop` is set."""
         while not stop.wait(poll_seconds):

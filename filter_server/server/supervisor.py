@@ -4,7 +4,7 @@ Python serves one core per process, so each worker is a separate interpreter sta
 `python -m filter_server.server.worker`, binding the same gRPC port with SO_REUSEPORT (the
 kernel spreads connections across them) and compiling the policy itself. The supervisor
 holds no gRPC state; it
-  - checks the policy and TLS files first, so a mistake is one clear line, not K tracebacks
+  - checks the policy and TLS files first (preflight), so a mistake is one clear line
   - reserves the port and serves /metrics for all workers (prometheus-client multiprocess
     mode, in a temporary directory it removes at exit, or in $PROMETHEUS_MULTIPROC_DIR)
   - forwards SIGTERM/SIGINT to every worker as SIGTERM (each drains and stops gracefully)
@@ -30,7 +30,7 @@ from filter_server.server.metrics import SupervisorCollector, multiprocess_regis
     serve_metrics
 from filter_server.server.policy import PolicyLoadError, load_and_compile
 from filter_server.server.ports import PortInUse, reserve, write_port_file
-from filter_server.server.tls import TlsConfigError, check_tls_dir
+from filter_server.server.preflight import PreflightError, preflight
 
 CRASH_WINDOW_SECONDS = 60.0
 MAX_CRASHES_IN_WINDOW = 5
@@ -62,19 +62,6 @@ class Supervisor:
         return sum(1 for p in self.workers.values() if p.poll() is None)
 
     # --- setup --------------------------------------------------------------------------
-    def _preflight(self) -> None:
-        config = self.config
-        if config.tls_dir is not None:
-            try:
-                check_tls_dir(config.tls_dir, config.require_client_cert)
-            except TlsConfigError as exc:
-                raise Fatal(f"--tls-dir: {exc}", EXIT_CONFIG) from None
-        if config.policy_wait_seconds == 0:
-            try:
-                load_and_compile(config.policy_dir)
-            except PolicyLoadError as exc:
-                raise Fatal(str(exc), EXIT_POLICY) from None
-
     def _setup_metrics_dir(self) -> str:
         given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if given:
@@ -104,7 +91,10 @@ class Supervisor:
     def run(self) -> int:
         config = self.config
         try:
-            self._preflight()
+            try:
+                preflight(config)
+            except PreflightError as exc:
+                raise Fatal(str(exc), exc.exit_code) from None
             try:
                 self._reservation, grpc_port = reserve(config.host, config.grpc_port)
             except PortInUse as exc:
@@ -128,7 +118,8 @@ class Supervisor:
                 write_port_file(config.port_file, grpc_port, metrics_port)
             self.log.info("supervising", extra={"workers": config.workers,
                                                 "grpc_port": grpc_port,
-                                                "metrics_port": metrics_port})
+                                                "metrics_port": metrics_port,
+                                                "metrics_dir": self._metrics_dir})
             self._supervise(worker_config)
             return EXIT_OK
         except Fatal as exc:

@@ -2,8 +2,10 @@
 holder and its reload thread, and the shutdown sequence.
 
 Lifecycle:
-  1. bind and start the gRPC server; health is NOT_SERVING (Filter calls get UNAVAILABLE)
-  2. load and compile the policy (waiting up to --policy-wait-seconds for a valid one)
+  1. load and compile the policy
+  2. bind and start the gRPC server. If the policy did not load and --policy-wait-seconds
+     allows waiting, health says NOT_SERVING (Filter calls get UNAVAILABLE) until a valid
+     policy appears; otherwise the worker exits with code 3.
   3. health SERVING; poll the policy directory for changes
   4. on SIGTERM/SIGINT: health NOT_SERVING at once (load balancers and client-side health
      checks stop sending), keep serving for --drain-seconds while they catch up, then
@@ -27,12 +29,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from filter_server.engine.compiled import CompiledPolicy
 from filter_server.server.config import ENVELOPE_ALLOWANCE_BYTES, EXIT_CONFIG, EXIT_OK, \
     EXIT_POLICY, ServeConfig
 from filter_server.server.logs import setup_logging
 from filter_server.server.metrics import FilterMetrics, serve_metrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.ports import PortInUse, check_free, write_port_file
+from filter_server.server.preflight import PreflightError, preflight
 from filter_server.server.servicer import SERVICE_NAME, FilterServicer
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
 from filter_server.server.tls import TlsConfigError, server_credentials
@@ -70,8 +74,10 @@ def server_options(config: ServeConfig) -> list[tuple[str, int]]:
 
 class Worker:
     def __init__(self, config: ServeConfig, *, index: int = 0, supervised: bool = False,
-                 suppression: SuppressionProvider | None = None) -> None:
+                 suppression: SuppressionProvider | None = None,
+                 preloaded: CompiledPolicy | None = None) -> None:
         self.config = config
+        self.preloaded = preloaded
         self.supervised = supervised
         self.log = setup_logging(config.log_level, worker=index, pid=os.getpid())
         self.stop = threading.Event()
@@ -145,6 +151,16 @@ class Worker:
     def run(self) -> int:
         config = self.config
         self.install_signal_handlers()
+        # Compile before listening when the policy is there: connections then only ever
+        # reach a worker that can answer (this matters most for a restarted worker, which
+        # shares the port with busy siblings). Only when the policy is missing or invalid
+        # and --policy-wait-seconds allows waiting does the worker listen first, saying
+        # NOT_SERVING until a valid policy shows up.
+        if self.preloaded is not None:
+            self.holder.install(self.preloaded)
+            error = None
+        else:
+            error = self.holder.load_initial(0, config.policy_poll_seconds, self.stop)
         self.start_grpc()
         if not self.supervised:
             metrics_port = self.start_metrics()
@@ -152,9 +168,11 @@ class Worker:
                 write_port_file(config.port_file, self.grpc_port, metrics_port)
         self.log.info("listening", extra={
             "grpc_port": self.grpc_port, "tls": config.tls_dir is not None,
-            "mutual_tls": config.require_client_cert, "policy_dir": str(config.policy_dir)})
-        error = self.holder.load_initial(config.policy_wait_seconds,
-                                         config.policy_poll_seconds, self.stop)
+            "mutual_tls": config.require_client_cert, "policy_dir": str(config.policy_dir),
+            "policy_hash": self.holder.current.hash if self.holder.current else None})
+        if error is not None and config.policy_wait_seconds > 0:
+            error = self.holder.load_initial(config.policy_wait_seconds,
+                                             config.policy_poll_seconds, self.stop)
         if error is not None and not self.stop.is_set():
             self.log.error("the policy did not load", extra={
                 "policy_dir": str(config.policy_dir), "errors": error.problems,
@@ -186,10 +204,12 @@ class Worker:
 
 def run_worker(config: ServeConfig, *, index: int = 0, supervised: bool = False) -> int:
     """Run one worker to the end; returns the process exit code. Startup problems print
-    one line on stderr (not a traceback)."""
+    one line on stderr (not a traceback). Unsupervised, the preflight checks run first
+    (the supervisor ran them already for its workers)."""
     try:
-        return Worker(config, index=index, supervised=supervised).run()
-    except StartupError as exc:
+        preloaded = None if supervised else preflight(config)
+        return Worker(config, index=index, supervised=supervised, preloaded=preloaded).run()
+    except (StartupError, PreflightError) as exc:
         print(f"mailwarden serve: {exc}", file=sys.stderr)
         return exc.exit_code
 
