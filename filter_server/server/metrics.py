@@ -44,6 +44,10 @@ class FilterMetrics:
         self.in_flight = Gauge(
             "mailwarden_filter_in_flight_requests", "Filter RPCs being served right now",
             multiprocess_mode="livesum", registry=registry)
+        self.serving = Gauge(
+            "mailwarden_filter_serving_workers", "Worker processes whose health is SERVING "
+            "(policy compiled, not shutting down)", multiprocess_mode="livesum",
+            registry=registry)
         self.rejected = Counter(
             "mailwarden_filter_capacity_rejections", "Filter RPCs refused with "
             "RESOURCE_EXHAUSTED because --max-concurrent-rpcs were already in flight",

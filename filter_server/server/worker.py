@@ -182,6 +182,7 @@ class Worker:
         if not self.stop.is_set():
             for service in ("", SERVICE_NAME):
                 self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            self.metrics.serving.set(1)
             threading.Thread(target=self.holder.poll_forever, name="policy-reload",
                              args=(config.policy_poll_seconds, self.stop), daemon=True).start()
         while not self.stop.wait(0.5):
@@ -192,6 +193,7 @@ class Worker:
     def shutdown(self) -> None:
         config = self.config
         self.health.enter_graceful_shutdown()
+        self.metrics.serving.set(0)
         self.log.info("signal received: health NOT_SERVING, draining",
                       extra={"drain_seconds": config.drain_seconds})
         if self.hurry.wait(config.drain_seconds):

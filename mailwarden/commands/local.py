@@ -344,24 +344,52 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def warm_up(client, replicas: list[Replica], message: bytes, timeout: float = 30) -> int:
+    """Call until every replica has answered once: a new channel connects to replicas in
+    parallel and round robin only uses those already connected and SERVING, so the very
+    first calls may all land on the quickest. Returns the calls it took."""
+    deadline = time.monotonic() + timeout
+    calls = 0
+    while time.monotonic() < deadline:
+        client.classify(message, request_id=f"warm-up-{calls}")
+        calls += 1
+        if all(replica_stats(r.metrics())[0] > 0 for r in replicas):
+            return calls
+    raise LocalError(f"the client did not reach all {len(replicas)} replicas within "
+                     f"{timeout:g}s")
+
+
 def _demo_and_wait(args: argparse.Namespace, replicas: list[Replica], cache: Path,
                    say) -> int:
-    from mailwarden.client import FilterClient
+    from mailwarden.client import ClassifyError, FilterClient
+    from mailwarden.corpus import Split
 
     with FilterClient(addresses=[r.address for r in replicas], deadline=10) as client:
+        try:
+            calls = warm_up(client, replicas, Split(cache / "split").files("test", "ham")[0]
+                            .read_bytes())
+        except ClassifyError as exc:
+            raise LocalError(f"warm-up call failed: {exc}") from None
+        say(f"client: connected to all {len(replicas)} replicas ({calls} warm-up calls)")
+        before = [replica_stats(r.metrics())[0] for r in replicas]
         failed, _ = demo(client, cache / "split", args.samples, say)
     say("\nEach call went to the next replica (round robin). What each one served, from "
         "its /metrics:")
     served_by_all = True
     hashes = set()
-    for replica in replicas:
+    for replica, earlier in zip(replicas, before):
         served, live_hash = replica_stats(replica.metrics())
         hashes.add(live_hash)
-        served_by_all &= served > 0
-        say(f"  {replica.name} ({replica.address}): {served:.0f} calls, policy {live_hash}")
-    summary = f"{sum(1 for r in replicas)} replicas, policy hash " + \
+        served_by_all &= served - earlier > 0
+        say(f"  {replica.name} ({replica.address}): {served - earlier:.0f} demo calls, "
+            f"policy {live_hash}")
+    summary = f"{len(replicas)} replicas, policy hash " + \
         (hashes.pop() if len(hashes) == 1 else f"MIXED {sorted(hashes)}")
-    say(f"  {summary}; every replica served: {'yes' if served_by_all else 'NO'}")
+    if 2 * args.samples >= len(replicas):  # enough calls for round robin to reach all
+        say(f"  {summary}; every replica served: {'yes' if served_by_all else 'NO'}")
+    else:
+        say(f"  {summary}")
+        served_by_all = True
     status = 1 if failed or not served_by_all else 0
     if args.once:
         return status

@@ -43,7 +43,7 @@ def mini_policy(version: int = 1) -> dict:
         ],
         "metaRules": [{"name": "MONEY_AND_PILLS", "expression": "SUBJ_MONEY && BODY_VIAGRA",
                        "score": 4.0}],
-        "lists": {"block": {"domains": ["spam.example"]}},
+        "lists": {"block": {"domains": ["spam.example"], "score": 1.0}},
     }
 
 

@@ -4,12 +4,12 @@ startup errors as one clear line."""
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import grpc
@@ -158,7 +158,9 @@ def test_workers_share_the_port_and_a_dead_worker_is_restarted(servers, policy_d
                                                                 ) -> None:
     server = servers(policy_dir, "--log-level", "debug", "--drain-seconds", "0", workers=2)
     server.wait_serving()
-    wait_for(lambda: server.metric("mailwarden_filter_workers") == 2, 60, "2 workers")
+    wait_for(lambda: server.metric("mailwarden_filter_serving_workers") == 2, 60,
+             "2 workers serving")
+    assert server.metric("mailwarden_filter_workers") == 2
     # Each new connection lands on one worker (the kernel picks, SO_REUSEPORT).
     for _ in range(24):
         assert server.classify(HAM).action
@@ -170,12 +172,11 @@ def test_workers_share_the_port_and_a_dead_worker_is_restarted(servers, policy_d
 
     children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
     victim = int(children.read_text().split()[0])
-    import os
-
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: server.metric("mailwarden_filter_worker_restarts_total") == 1, 60,
              "the worker restart")
-    wait_for(lambda: server.metric("mailwarden_filter_workers") == 2, 60, "2 workers again")
+    wait_for(lambda: server.metric("mailwarden_filter_serving_workers") == 2, 60,
+             "2 workers serving again")
     assert str(victim) not in children.read_text().split()
     for _ in range(6):
         assert server.classify(SPAM).action
