@@ -171,7 +171,8 @@ class Supervisor:
             raise Fatal(f"the policy never loaded (waited "
                         f"{self.config.policy_wait_seconds:g}s): {reason}", EXIT_POLICY)
         if code == EXIT_CONFIG:
-            raise Fatal("a worker could not start (its reason is above)", EXIT_CONFIG)
+            raise Fatal("a worker could not start (its reason is in the log above)",
+                        EXIT_CONFIG)
         self._crashes = [t for t in self._crashes if now - t < CRASH_WINDOW_SECONDS] + [now]
         if len(self._crashes) >= MAX_CRASHES_IN_WINDOW:
             raise Fatal(f"workers died {len(self._crashes)} times within "

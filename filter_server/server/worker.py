@@ -19,6 +19,7 @@ no gRPC state ever crosses a fork).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -32,7 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from filter_server.engine.compiled import CompiledPolicy
 from filter_server.server.config import ENVELOPE_ALLOWANCE_BYTES, EXIT_CONFIG, EXIT_OK, \
     EXIT_POLICY, ServeConfig
-from filter_server.server.logs import setup_logging
+from filter_server.server.logs import LOGGER_NAME, setup_logging
 from filter_server.server.metrics import FilterMetrics, serve_metrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.ports import PortInUse, check_free, write_port_file
@@ -212,7 +213,11 @@ def run_worker(config: ServeConfig, *, index: int = 0, supervised: bool = False)
         preloaded = None if supervised else preflight(config)
         return Worker(config, index=index, supervised=supervised, preloaded=preloaded).run()
     except (StartupError, PreflightError) as exc:
-        print(f"mailwarden serve: {exc}", file=sys.stderr)
+        if supervised:  # the supervisor prints the one line for the user; log it for ops
+            logging.getLogger(LOGGER_NAME).error("worker cannot start", extra={
+                "reason": str(exc), "exit_code": exc.exit_code})
+        else:
+            print(f"mailwarden serve: {exc}", file=sys.stderr)
         return exc.exit_code
 
 

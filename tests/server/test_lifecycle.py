@@ -39,15 +39,21 @@ def test_not_serving_until_the_policy_compiles(servers, tmp_path: Path) -> None:
     assert server.process.poll() is None
 
 
-def test_policy_that_never_loads_exits_3_with_the_reason(servers, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_policy_that_never_loads_exits_3_with_the_reason(servers, tmp_path: Path,
+                                                         workers: int) -> None:
     broken = tmp_path / "broken"
     write_policy(broken, "thresholds: {tag: 9, quarantine: 1}\n")
-    server = servers(broken, "--policy-wait-seconds", "1", "--policy-poll-seconds", "0.2")
+    server = servers(broken, "--policy-wait-seconds", "1", "--policy-poll-seconds", "0.2",
+                     workers=workers)
     assert server.wait_exit() == 3
     log = server.log()
     assert "the policy did not load" in log  # the JSON log line, with every error
-    assert "mailwarden serve: invalid policy in" in log and "thresholds" in log
-    assert "Traceback" not in log
+    assert "thresholds" in log and "Traceback" not in log
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("mailwarden serve: ") and "invalid policy in" in last
+    if workers > 1:
+        assert "the policy never loaded (waited 1s)" in last
 
 
 class _Stream:
