@@ -195,10 +195,13 @@ class Worker:
         config = self.config
         self.health.enter_graceful_shutdown()
         self.metrics.serving.set(0)
-        self.log.info("signal received: health NOT_SERVING, draining",
-                      extra={"drain_seconds": config.drain_seconds})
-        if self.hurry.wait(config.drain_seconds):
-            self.log.info("second signal: drain cut short")
+        if self.holder.current is None:  # never served: nothing to drain
+            self.log.info("signal received before the policy loaded; stopping")
+        else:
+            self.log.info("signal received: health NOT_SERVING, draining",
+                          extra={"drain_seconds": config.drain_seconds})
+            if self.hurry.wait(config.drain_seconds):
+                self.log.info("second signal: drain cut short")
         self.log.info("refusing new calls; waiting for calls in flight",
                       extra={"grace_seconds": config.grace_seconds})
         self.server.stop(config.grace_seconds).wait()
