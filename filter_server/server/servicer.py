@@ -93,8 +93,9 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
                                        f"{exc.details}")
                     break
                 yield response
-        except grpc.RpcError:  # the client cancelled or went away mid-stream
-            code = grpc.StatusCode.CANCELLED
+        except grpc.RpcError:  # the deadline passed, or the client cancelled or went away
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if context.time_remaining() <= 0 \
+                else grpc.StatusCode.CANCELLED
         except GeneratorExit:  # gRPC closed the stream (cancellation, shutdown)
             code = grpc.StatusCode.CANCELLED
             raise

@@ -175,10 +175,18 @@ def test_reflection_lists_the_services(servers, policy_dir: Path) -> None:
     assert "mailwarden/filter/v1/filter.proto" in found.name
 
 
-def test_deadline_is_honoured(servers, policy_dir: Path) -> None:
+def test_deadline_ends_a_stream_and_is_counted(servers, policy_dir: Path) -> None:
     server = servers(policy_dir).wait_serving()
-    stub = server.stub()
+    requests: queue.Queue = queue.Queue()
+    call = server.stub().ClassifyStream(iter(requests.get, None), timeout=1.0)
+    requests.put(classify_request(SPAM, "in-time"))
+    assert next(call).request_id == "in-time"
     with pytest.raises(grpc.RpcError) as info:
-        stub.Classify(classify_request(SPAM), timeout=0.000001)
+        next(call)  # nothing more is sent; the deadline ends the call
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert stub.Classify(classify_request(SPAM), timeout=10).action  # still serving
+    requests.put(None)
+    wait_for(lambda: server.metric("mailwarden_filter_requests_total",
+                                   method="ClassifyStream", code="DEADLINE_EXCEEDED") == 1,
+             10, "the expired stream to be counted")
+    assert server.metric("mailwarden_filter_in_flight_requests") == 0
+    assert server.classify(SPAM).action  # and the server serves on
