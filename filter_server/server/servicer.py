@@ -93,11 +93,12 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
                                        f"{exc.details}")
                     break
                 yield response
+            if not context.is_active():  # the request stream "ended" by cancellation
+                code = _ended_early(context)  # (best effort: gRPC may not know yet)
         except grpc.RpcError:  # the deadline passed, or the client cancelled or went away
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if context.time_remaining() <= 0 \
-                else grpc.StatusCode.CANCELLED
+            code = _ended_early(context)
         except GeneratorExit:  # gRPC closed the stream (cancellation, shutdown)
-            code = grpc.StatusCode.CANCELLED
+            code = _ended_early(context)
             raise
         except Exception:
             self._log.exception("classification failed in a stream")
@@ -163,6 +164,14 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
     def _log_rejection(self, request: filter_pb2.ClassifyRequest, exc: Rejected) -> None:
         self._log.info("request rejected", extra={
             "request_id": request.request_id, "code": exc.code.name, "reason": exc.details})
+
+
+def _ended_early(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """How a call that ended without our answer is counted. The client's own deadline
+    timer usually fires (and cancels) a moment before the server's copy of the deadline,
+    so a cancellation this close to the deadline is the deadline."""
+    return grpc.StatusCode.DEADLINE_EXCEEDED if context.time_remaining() < 0.25 \
+        else grpc.StatusCode.CANCELLED
 
 
 def _response(request_id: str, verdict: Verdict) -> filter_pb2.ClassifyResponse:
