@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,21 @@ def test_a_draining_replica_gets_no_new_calls(replicas) -> None:
         wait_for(quiet_for_30_calls, 30, "the client to stop sending to the draining replica")
         assert draining.process.poll() is None, "still draining, still up"
         assert all(served(r) > 0 for r in replicas[1:])
+
+
+def test_calls_succeed_across_connection_age_goaways(servers, policy_dir: Path) -> None:
+    """The server closes connections after --max-connection-age-ms (so clients re-resolve
+    and reach new pods); the client reconnects without failing a call."""
+    server = servers(policy_dir, "--max-connection-age-ms", "200",
+                     "--max-connection-age-grace-ms", "2000").wait_serving()
+    failures = []
+    with FilterClient(addresses=[server.address]) as client:
+        deadline = time.monotonic() + 3  # spans about 15 connection ages
+        calls = 0
+        while time.monotonic() < deadline:
+            try:
+                client.classify(HAM)
+            except ClassifyError as exc:
+                failures.append(str(exc))
+            calls += 1
+    assert failures == [] and calls > 20
