@@ -9,6 +9,8 @@ combine across workers (`multiprocess_mode`); in single-process mode that is ign
 
 from __future__ import annotations
 
+import threading
+
 import time
 from typing import Iterable
 
@@ -108,10 +110,34 @@ def serve_metrics(host: str, port: int, registry: CollectorRegistry = REGISTRY) 
     return int(server.server_port)
 
 
-def multiprocess_registry(directory: str) -> CollectorRegistry:
-    """A registry that sums every worker's values found in `directory`."""
-    from prometheus_client import multiprocess
+class WorkerFilesCollector:
+    """Sums every worker's metric files in `directory` (prometheus-client multiprocess mode).
 
+    A scrape lists the files, then reads them; if the supervisor removes a dead worker's
+    live-gauge files in between, prometheus-client raises and the scrape answers 500. Both
+    go through `lock`, so a scrape never sees a half-removed worker."""
+
+    def __init__(self, directory: str) -> None:
+        from prometheus_client import multiprocess
+
+        self.directory = directory
+        self.lock = threading.Lock()
+        self._collector = multiprocess.MultiProcessCollector(None, path=directory)
+
+    def collect(self):  # noqa: ANN201 - prometheus-client's collector protocol
+        with self.lock:
+            return list(self._collector.collect())
+
+    def mark_process_dead(self, pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        with self.lock:
+            multiprocess.mark_process_dead(pid, self.directory)
+
+
+def multiprocess_registry(directory: str) -> tuple[CollectorRegistry, WorkerFilesCollector]:
+    """A registry that sums every worker's values found in `directory`."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=directory)
-    return registry
+    files = WorkerFilesCollector(directory)
+    registry.register(files)
+    return registry, files

@@ -26,8 +26,8 @@ import time
 from filter_server.server.config import EXIT_CONFIG, EXIT_CRASHLOOP, EXIT_OK, EXIT_POLICY, \
     ServeConfig
 from filter_server.server.logs import setup_logging
-from filter_server.server.metrics import SupervisorCollector, multiprocess_registry, \
-    serve_metrics
+from filter_server.server.metrics import SupervisorCollector, WorkerFilesCollector, \
+    multiprocess_registry, serve_metrics
 from filter_server.server.policy import PolicyLoadError, load_and_compile
 from filter_server.server.ports import PortInUse, reserve, write_port_file
 from filter_server.server.preflight import PreflightError, preflight
@@ -55,6 +55,7 @@ class Supervisor:
         self._pending: dict[int, float] = {}  # worker index -> when to restart it
         self._signals = 0
         self._metrics_dir: str | None = None
+        self._worker_files: WorkerFilesCollector | None = None
         self._own_metrics_dir = False
         self._reservation = None
 
@@ -100,7 +101,7 @@ class Supervisor:
             except PortInUse as exc:
                 raise Fatal(f"--grpc-port: {exc}", EXIT_CONFIG) from None
             self._metrics_dir = self._setup_metrics_dir()
-            registry = multiprocess_registry(self._metrics_dir)
+            registry, self._worker_files = multiprocess_registry(self._metrics_dir)
             registry.register(SupervisorCollector(self))
             try:
                 metrics_port = serve_metrics(config.host, config.metrics_port, registry)
@@ -184,10 +185,8 @@ class Supervisor:
         self._pending[index] = now + delay
 
     def _reap(self, proc: subprocess.Popen) -> None:
-        if self._metrics_dir:
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(proc.pid, self._metrics_dir)
+        if self._worker_files is not None:
+            self._worker_files.mark_process_dead(proc.pid)
 
     def _terminate_all(self, timeout: float = EXIT_MARGIN_SECONDS) -> None:
         for proc in self.workers.values():

@@ -8,6 +8,7 @@ import os
 import queue
 import signal
 import socket
+import threading
 import subprocess
 import sys
 from pathlib import Path
@@ -178,11 +179,28 @@ def test_workers_share_the_port_and_a_dead_worker_is_restarted(servers, policy_d
 
     children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
     victim = int(children.read_text().split()[0])
+    # Scrapes keep working while a dead worker's metric files are cleaned up.
+    scrape_failures: list[str] = []
+    scraping = threading.Event()
+    scraping.set()
+
+    def scrape() -> None:
+        while scraping.is_set():
+            try:
+                server.metrics_text()
+            except Exception as exc:  # noqa: BLE001 - every failure is reported below
+                scrape_failures.append(repr(exc))
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: server.metric("mailwarden_filter_worker_restarts_total") == 1, 60,
              "the worker restart")
     wait_for(lambda: server.metric("mailwarden_filter_serving_workers") == 2, 60,
              "2 workers serving again")
+    scraping.clear()
+    scraper.join(10)
+    assert scrape_failures == [], "a scrape failed while a worker was replaced"
     assert str(victim) not in children.read_text().split()
     for _ in range(6):
         assert server.classify(SPAM).action
