@@ -9,6 +9,8 @@ combine across workers (`multiprocess_mode`); in single-process mode that is ign
 
 from __future__ import annotations
 
+import glob
+import os
 import threading
 
 import time
@@ -115,7 +117,8 @@ class WorkerFilesCollector:
 
     A scrape lists the files, then reads them; if the supervisor removes a dead worker's
     live-gauge files in between, prometheus-client raises and the scrape answers 500. Both
-    go through `lock`, so a scrape never sees a half-removed worker."""
+    go through `lock`, so a scrape never sees a half-removed worker; files of workers still
+    starting are skipped."""
 
     def __init__(self, directory: str) -> None:
         from prometheus_client import multiprocess
@@ -126,13 +129,24 @@ class WorkerFilesCollector:
 
     def collect(self):  # noqa: ANN201 - prometheus-client's collector protocol
         with self.lock:
-            return list(self._collector.collect())
+            # A worker that is starting creates its file empty, then sizes it: such a file
+            # holds no values yet, and prometheus-client cannot read it.
+            files = [f for f in glob.glob(os.path.join(self.directory, "*.db"))
+                     if _size(f) > 0]
+            return list(self._collector.merge(files, accumulate=True))
 
     def mark_process_dead(self, pid: int) -> None:
         from prometheus_client import multiprocess
 
         with self.lock:
             multiprocess.mark_process_dead(pid, self.directory)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def multiprocess_registry(directory: str) -> tuple[CollectorRegistry, WorkerFilesCollector]:
