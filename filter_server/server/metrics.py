@@ -72,9 +72,42 @@ class FilterMetrics:
         self.policy_reload_failures = Counter(
             "mailwarden_filter_policy_reload_failures", "New policy versions that failed to "
             "load or compile (the previous policy kept serving)", registry=registry)
+        # Suppression cache (only with --suppression-store). Across workers the worst one
+        # counts: the oldest data, the longest lag, any worker disconnected.
+        self.suppression_age = Gauge(
+            "mailwarden_filter_suppression_cache_age_seconds", "Seconds since this filter's "
+            "suppression cache was last confirmed up to date with the unsubscribe store "
+            "(1e9 before the first snapshot)", multiprocess_mode="livemax", registry=registry)
+        self.suppression_lag = Gauge(
+            "mailwarden_filter_suppression_cache_lag_sequences", "Changes committed at the "
+            "unsubscribe store that this filter has not applied yet",
+            multiprocess_mode="livemax", registry=registry)
+        self.suppression_connected = Gauge(
+            "mailwarden_filter_suppression_cache_connected", "1 while every worker's Watch "
+            "stream to the unsubscribe store is open", multiprocess_mode="livemin",
+            registry=registry)
+        self.suppression_fresh = Gauge(
+            "mailwarden_filter_suppression_cache_fresh", "1 while every worker answers "
+            "SUPPRESSION_FRESH (loaded and up to date within --suppression-stale-after)",
+            multiprocess_mode="livemin", registry=registry)
+        self.suppression_entries = Gauge(
+            "mailwarden_filter_suppression_cache_entries", "Suppressed addresses held",
+            multiprocess_mode="livemax", registry=registry)
+        self.stale_suppression_answers = Counter(
+            "mailwarden_filter_stale_suppression_responses", "Classify responses marked "
+            "SUPPRESSION_STALE", registry=registry)
         for method in METHODS:  # export zero series from the start, so rates work at once
             self.duration.labels(method)
             self.requests.labels(method, "OK")
+
+    def suppression_cache_updated(self, stats: "object", stale_after: float) -> None:
+        age = stats.age_seconds  # type: ignore[attr-defined]
+        self.suppression_age.set(age if age != float("inf") else 1e9)
+        self.suppression_lag.set(stats.lag)  # type: ignore[attr-defined]
+        self.suppression_connected.set(1 if stats.connected else 0)  # type: ignore[attr-defined]
+        self.suppression_fresh.set(1 if stats.ready and age <= stale_after  # type: ignore[attr-defined]
+                                   else 0)
+        self.suppression_entries.set(stats.size)  # type: ignore[attr-defined]
 
     def policy_swapped(self, old_hash: str | None, new_hash: str, rules: int) -> None:
         if old_hash and old_hash != new_hash:
