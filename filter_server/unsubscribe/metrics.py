@@ -18,3 +18,9 @@ READY = Gauge("mailwarden_unsubscribe_ready", "1 when the store reports Ready")
 HEAD = Gauge("mailwarden_unsubscribe_head_sequence", "Last committed change sequence")
 SYNC_STANDBYS = Gauge("mailwarden_unsubscribe_sync_standbys",
                       "Standbys the database reports in synchronous replication")
+REPLICATION_LAG = Gauge("mailwarden_unsubscribe_replication_lag_seconds",
+                        "Largest replay lag of the database's streaming standbys "
+                        "(pg_stat_replication.replay_lag; 0 when caught up, idle or none)")
+STORE_INFO = Gauge("mailwarden_unsubscribe_store_info",
+                   "Always 1; labels say the backend and the durability this store requires",
+                   ["backend", "durability"])
