@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# No `<name>_created` gauge beside every counter and histogram: Prometheus' text format
+# shows them as separate metrics no rule or dashboard uses (the filter server does the same).
+disable_created_metrics()
 
 WRITES = Counter("mailwarden_unsubscribe_writes_total",
                  "Write requests by method and outcome (new, replay, unavailable)",
