@@ -16,7 +16,9 @@ import yaml
 from filter_server.server.metrics import LATENCY_BUCKETS, PROPAGATION_BUCKETS
 from tests.observability.chart import (CHART, PROMETHEUS_RULE_API, by_kind, helm_template,
                                        promtool, render, rendered_rules)
+from tests.observability.inventory import load_inventory
 from tests.observability.prometheus_rule import validate_prometheus_rule
+from tests.observability.promql import metric_names
 
 HERE = Path(__file__).resolve().parent
 UNIT_TESTS = HERE / "rules_test.yaml"
@@ -177,3 +179,16 @@ def _go_float(value: float) -> str:
 def test_the_templates_bucket_lists_match_the_histograms() -> None:
     assert _template_list("latencyBuckets") == [_go_float(b) for b in LATENCY_BUCKETS]
     assert _template_list("propagationBuckets") == [_go_float(b) for b in PROPAGATION_BUCKETS]
+
+
+def test_the_alert_rules_read_metrics_that_exist() -> None:
+    """Every name an expression reads is in docs/observability.md's inventory (a component's
+    metric or a documented kube-state-metrics one) or is one of the chart's recording
+    rules."""
+    known = load_inventory().series_names()
+    spec = rendered_rules()
+    recorded = {r["record"] for g in spec["groups"] for r in g["rules"] if "record" in r}
+    for group in spec["groups"]:
+        for rule in group["rules"]:
+            missing = metric_names(rule["expr"]) - known - recorded
+            assert not missing, f"{rule.get('alert') or rule.get('record')}: {missing}"
