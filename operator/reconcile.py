@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mailwarden_operator import events, metrics, naming
+from mailwarden_operator import events, metrics, naming, suppression_health
 from mailwarden_operator.apply import apply, ensure_exists
 from mailwarden_operator.kube import (CONFIGMAPS, DEPLOYMENTS, HPAS, PDBS, SERVICEMONITORS,
                                       SERVICES, SPAMPOLICIES, Kube, KubeError)
@@ -119,7 +119,8 @@ class Reconciler:
             rule_count=bundle.rule_count() if bundle else 0,
             rejection_reason=rejected.reason if rejected else None,
             rejection_message=rejected.summary() if rejected else None,
-            rollout=rollout)
+            rollout=rollout,
+            suppression_fresh=suppression_health.observe(kube, owner))
         now = self.clock()
         status, transitions = compute_status(previous, observation, now)
         if target_hash is not None:
@@ -184,6 +185,7 @@ class Reconciler:
         ready = any(c["type"] == "Ready" and c["status"] == "True"
                     for c in status["conditions"])
         metrics.POLICY_READY.labels(namespace, name).set(1 if ready else 0)
+        metrics.set_conditions(namespace, name, status["conditions"])
         seconds = status.get("lastPropagationSeconds")
         if seconds is not None and status.get("policyHash") != previous.get("policyHash"):
             metrics.PROPAGATION_SECONDS.observe(seconds)
