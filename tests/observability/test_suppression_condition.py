@@ -11,6 +11,7 @@ summary and of the series the operator exports per condition."""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -200,3 +201,34 @@ def test_the_condition_follows_the_filter_pods(cluster: Cluster, operator: Opera
     wait_for(lambda: _is(cluster, "SuppressionFresh", "Unknown", "MetricsUnreachable"), 60,
              "SuppressionFresh=Unknown")
     assert f"{NAME}-filter-9" in _condition(cluster, "SuppressionFresh")["message"]
+
+
+def test_a_standby_replica_drops_the_per_policy_series() -> None:
+    """A replica that is not the active peer (two resync rounds in a row) stops exporting
+    per-policy series, so alerts never read what it saw while it was active."""
+    import time
+
+    from mailwarden_operator.resync import Resync
+
+    class Standby:  # the peering object lists a live peer with a higher priority
+        def get(self, *args):
+            now = datetime.datetime.now(datetime.UTC)
+            return {"status": {"other": {"priority": 10, "lastseen": now.isoformat(),
+                                         "lifetime": 60},
+                               "me": {"priority": 1, "lastseen": now.isoformat(),
+                                      "lifetime": 60}}}
+
+    metrics.POLICY_VALID.labels("t", "standby").set(1)
+    metrics.set_conditions("t", "standby", [{"type": "Ready", "status": "True"}])
+    resync = Resync(None, Standby(), interval=0.05, namespaces=[], peering="mailwarden",
+                    identity="me", priority=1)
+    resync.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and list(metrics.POLICY_VALID.collect())[0].samples:
+            time.sleep(0.05)
+    finally:
+        resync.stop()
+        resync.join(5)
+    assert not list(metrics.POLICY_VALID.collect())[0].samples
+    assert not list(metrics.SPAMPOLICY_CONDITION.collect())[0].samples
