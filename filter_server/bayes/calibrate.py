@@ -54,33 +54,40 @@ def fit_isotonic(raw: Iterable[float], is_spam: Iterable[bool], *,
     """Fit the monotone map from raw scores to spam share (pool adjacent violators).
 
     Messages are first grouped into runs of at least `min_block` (equal raw scores always
-    share a run), so a handful of borderline messages cannot place a knot on their own.
-    Each pooled block becomes two knots (its lowest and highest raw score) at its spam share,
-    smoothed towards 1/2 by one pseudo-message so a small block never claims certainty."""
+    share a run), so a handful of borderline messages cannot make a step on their own. Each
+    pooled block becomes one knot at its mean raw score and its spam share, smoothed towards
+    1/2 by one pseudo-message so a small block never claims certainty; between knots the map
+    is linear, beyond the outermost knots flat."""
     points = sorted(zip(raw, is_spam))
     if not points:
         raise ValueError("no scored messages to calibrate on")
-    # blocks: [spam count, message count, lowest raw, highest raw]
-    blocks: list[list[float]] = []
+    # groups, then blocks: [spam count, message count, sum of raw scores, highest raw]
+    groups: list[list[float]] = []
     for x, spam in points:
-        if blocks and (blocks[-1][3] == x or blocks[-1][1] < min_block):
-            blocks[-1][0] += spam
-            blocks[-1][1] += 1
-            blocks[-1][3] = x
+        if groups and (groups[-1][3] == x or groups[-1][1] < min_block):
+            groups[-1][0] += spam
+            groups[-1][1] += 1
+            groups[-1][2] += x
+            groups[-1][3] = x
         else:
-            blocks.append([float(spam), 1.0, x, x])
+            groups.append([float(spam), 1.0, x, x])
+    blocks: list[list[float]] = []
+    for group in groups:
+        blocks.append(group)
+        # pool while the newest block's spam share is not above its predecessor's
         while len(blocks) > 1 and \
                 blocks[-2][0] * blocks[-1][1] >= blocks[-1][0] * blocks[-2][1]:
-            spam_n, n, _, high = blocks.pop()
+            spam_n, n, total, high = blocks.pop()
             blocks[-1][0] += spam_n
             blocks[-1][1] += n
+            blocks[-1][2] += total
             blocks[-1][3] = high
     knots: list[tuple[float, float]] = []
     floor = 0.0
-    for spam_n, n, low, high in blocks:
+    for spam_n, n, total, _ in blocks:
         # smoothing can pull a tiny block below its neighbour: keep the map monotone
-        share = floor = max(floor, (spam_n + 0.5) / (n + 1.0))
-        knots.append((low, share))
-        if high != low:
-            knots.append((high, share))
+        floor = max(floor, (spam_n + 0.5) / (n + 1.0))
+        # clamp: a float sum can land a hair outside [0, 1] or below the previous knot
+        center = min(max(total / n, knots[-1][0] if knots else 0.0), 1.0)
+        knots.append((center, floor))
     return Calibration(knots)

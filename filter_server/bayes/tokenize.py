@@ -61,8 +61,8 @@ _RECEIVED_WITH = re.compile(r"\swith\s+(\w+)")
 _SUBJECT_PUNCT = re.compile(r"[!$?*%.]{2,}|[!$]")
 _TZ = re.compile(r"([+-]\d{4}|\b[A-Z]{2,4}\b)\s*(?:\(.*\))?\s*$")
 _DATE_YEAR = re.compile(r"\b(\d{2,4})\s+\d{1,2}:\d\d")
-_HEX = re.compile(r"[0-9a-f]+")
-_ALPHA = re.compile(r"[g-z]+")
+_ALNUM = re.compile(r"[0-9a-z]+")
+_HEX_DIGITS = frozenset("0123456789abcdef")
 _DIGITS = re.compile(r"[\d.]+")
 _URL_PIECES = re.compile(r"[/?&=.#_-]+")
 _CHARSET = re.compile(r'charset="?([\w-]+)')
@@ -77,8 +77,13 @@ def _words(text: str) -> list[str]:
 
 
 def _shape(text: str) -> str:
-    """Letters-and-digits skeleton: `a1b2c3d4e5f6$...` -> `x$x$x`, keeps the format only."""
-    return _ALPHA.sub("a", _HEX.sub("x", text.lower()))[:20]
+    """The format of an identifier: each run of letters and digits becomes `x` when it could
+    be a hex number and `a` otherwise (`012d13b1$7be63ba0@...` -> `x$x`)."""
+    return _ALNUM.sub(_shape_run, text.lower())[:20]
+
+
+def _shape_run(run: re.Match) -> str:
+    return "x" if _HEX_DIGITS.issuperset(run.group()) else "a"
 
 
 def _domain(host: str) -> str:
@@ -119,7 +124,9 @@ def tokenize(msg: ParsedMessage) -> set[str]:
 
 
 def _body_tokens(body: str, add) -> None:
-    for word in _words(body):
+    lower = body.lower()
+    for word in set(_WORD.findall(lower)):  # most words repeat: strip each one once
+        word = word.strip(_EDGE)
         n = len(word)
         if MIN_WORD <= n <= MAX_WORD:
             add(word)
@@ -132,7 +139,9 @@ def _body_tokens(body: str, add) -> None:
         extra = len(sample.encode("utf-8", "replace")) - len(sample)
         if extra:
             add(f"body:8bit%{min(extra * 100 // len(sample), 100) // 10 * 10}")
-    for address in _EMAIL.findall(body.lower())[:MAX_BODY_ADDRESSES]:
+    if "@" not in lower:
+        return
+    for address in _EMAIL.findall(lower)[:MAX_BODY_ADDRESSES]:
         local, _, domain = address.partition("@")
         add("email-dom:" + domain)
         add("email-local:" + local)

@@ -108,8 +108,11 @@ def prune(model: BayesModel, max_bytes: int) -> BayesModel:
                                {**model.trained, "tokens_kept": keep}, model.params,
                                model.calibration)
         size = len(candidate.to_bytes())
-        if size <= max_bytes or keep == 0:
+        if size <= max_bytes:
             return candidate
+        if keep == 0:
+            raise ValueError(f"even a model without tokens takes {size} bytes; the size "
+                             f"limit of {max_bytes} bytes is too small")
         keep = int(keep * max_bytes / size * 0.97)
 
 
