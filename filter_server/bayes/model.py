@@ -17,7 +17,6 @@ File format: gzip-compressed JSON
 from __future__ import annotations
 
 import gzip
-import heapq
 import json
 import math
 import zlib
@@ -113,10 +112,21 @@ class BayesModel:
     def clues(self, tokens: Iterable[str]) -> list[tuple[float, str]]:
         """The (probability, token) pairs that decide the score, most extreme first."""
         prob = self._prob
-        found = [(prob[t], t) for t in tokens if t in prob]
-        if len(found) <= self.params.max_clues:
-            return sorted(found, key=lambda c: -abs(c[0] - 0.5))
-        return heapq.nlargest(self.params.max_clues, found, key=lambda c: abs(c[0] - 0.5))
+        found = sorted((prob[t], t) for t in tokens if t in prob)
+        found.sort(key=lambda c: -abs(c[0] - 0.5))
+        return found[:self._cutoff([f for f, _ in found])]
+
+    def _cutoff(self, by_strength: list[float]) -> int:
+        """How many of the clues (sorted by strength, strongest first) count: `max_clues`,
+        plus any that are exactly as strong as the last one, so a tie is never broken by
+        the arbitrary order of the token set."""
+        n = self.params.max_clues
+        if len(by_strength) <= n:
+            return len(by_strength)
+        weakest = abs(by_strength[n - 1] - 0.5)
+        while n < len(by_strength) and abs(by_strength[n] - 0.5) == weakest:
+            n += 1
+        return n
 
     def raw_score(self, tokens: Iterable[str]) -> float | None:
         """The chi-squared combined score in [0, 1], or None when no token is a clue."""
@@ -124,8 +134,12 @@ class BayesModel:
         found = [prob[t] for t in tokens if t in prob]
         if not found:
             return None
+        # Sorted, so the floating-point sums do not depend on the (per-process) iteration
+        # order of the token set: the same message always gets the very same score.
         if len(found) > self.params.max_clues:
-            found = heapq.nlargest(self.params.max_clues, found, key=lambda f: abs(f - 0.5))
+            found.sort(key=lambda f: -abs(f - 0.5))
+            found = found[:self._cutoff(found)]
+        found.sort()
         log_ham = 0.0
         log_spam = 0.0
         for f in found:

@@ -27,8 +27,11 @@ DEFAULT_CALIBRATION_FOLDS = 5
 # Below this many messages of either class, cross-validated calibration is too noisy to
 # trust: the model then reports the raw combined score.
 MIN_CALIBRATION_MESSAGES = 30
-# Messages per calibration step at least (see calibrate.fit_isotonic).
+# Messages per calibration step at least (see calibrate.fit_isotonic), and how many
+# differently drawn k-fold rounds score each message: pooling several rounds keeps a few
+# borderline messages from deciding where the steps of the calibration fall.
 CALIBRATION_MIN_BLOCK = 25
+CALIBRATION_REPEATS = 3
 
 Progress = Callable[[str], None]
 
@@ -55,9 +58,10 @@ def tokenize_files(files: Sequence[Path], label: str, progress: Progress) -> lis
     return out
 
 
-def _fold(tokens: set[str], folds: int) -> int:
+def _fold(tokens: set[str], folds: int, repeat: int = 0) -> int:
     # By content, so exact duplicates share a fold and cannot vouch for each other.
-    digest = hashlib.sha1("\n".join(sorted(tokens)).encode("utf-8", "replace")).digest()
+    text = "\n".join(sorted(tokens)) + (f"\n#{repeat}" if repeat else "")
+    digest = hashlib.sha1(text.encode("utf-8", "replace")).digest()
     return int.from_bytes(digest[:4], "big") % folds
 
 
@@ -78,23 +82,25 @@ def _model(spam: Iterable[set[str]], ham: Iterable[set[str]], params: ModelParam
 
 
 def cross_validated_scores(spam: Sequence[set[str]], ham: Sequence[set[str]],
-                           params: ModelParams, folds: int,
-                           progress: Progress) -> list[tuple[float, bool]]:
+                           params: ModelParams, folds: int, progress: Progress,
+                           repeats: int = 1) -> list[tuple[float, bool]]:
     """(raw score, is spam) of every message that has clues, each scored by a model trained
-    on the other folds."""
-    spam_fold = [_fold(t, folds) for t in spam]
-    ham_fold = [_fold(t, folds) for t in ham]
+    on the other folds; with `repeats` > 1, once per differently drawn fold assignment."""
     scored: list[tuple[float, bool]] = []
-    for f in range(folds):
-        model = _model((t for t, k in zip(spam, spam_fold) if k != f),
-                       (t for t, k in zip(ham, ham_fold) if k != f), params)
-        for sets, fold_of, label in ((spam, spam_fold, True), (ham, ham_fold, False)):
-            for tokens, k in zip(sets, fold_of):
-                if k == f:
-                    raw = model.raw_score(tokens)
-                    if raw is not None:
-                        scored.append((raw, label))
-        progress(f"calibration: fold {f + 1}/{folds} scored")
+    for r in range(repeats):
+        spam_fold = [_fold(t, folds, r) for t in spam]
+        ham_fold = [_fold(t, folds, r) for t in ham]
+        for f in range(folds):
+            model = _model((t for t, k in zip(spam, spam_fold) if k != f),
+                           (t for t, k in zip(ham, ham_fold) if k != f), params)
+            for sets, fold_of, label in ((spam, spam_fold, True), (ham, ham_fold, False)):
+                for tokens, k in zip(sets, fold_of):
+                    if k == f:
+                        raw = model.raw_score(tokens)
+                        if raw is not None:
+                            scored.append((raw, label))
+            done = r * folds + f + 1
+            progress(f"calibration: fold {done}/{folds * repeats} scored")
     return scored
 
 
@@ -130,10 +136,11 @@ def train_from_tokens(spam: Sequence[set[str]], ham: Sequence[set[str]], *,
         raise ValueError("calibration folds must be 0 (no calibration) or at least 2")
     calibration: Calibration | None = None
     if calibration_folds and min(len(spam), len(ham)) >= MIN_CALIBRATION_MESSAGES:
-        scored = cross_validated_scores(spam, ham, params, calibration_folds, progress)
+        scored = cross_validated_scores(spam, ham, params, calibration_folds, progress,
+                                        CALIBRATION_REPEATS)
         if scored:
             calibration = fit_isotonic([s for s, _ in scored], [y for _, y in scored],
-                                       min_block=CALIBRATION_MIN_BLOCK)
+                                       min_block=CALIBRATION_MIN_BLOCK * CALIBRATION_REPEATS)
     elif calibration_folds:
         progress(f"calibration skipped: it needs at least {MIN_CALIBRATION_MESSAGES} "
                  "messages of each class; the model reports raw combined scores")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import subprocess
 import sys
@@ -165,3 +166,20 @@ def test_cli_explains_missing_or_empty_input(tmp_path):
                      "-o", str(tmp_path / "no" / "such" / "dir" / "m.gz"))
     assert result.returncode == 2 and "No such file or directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_output_does_not_depend_on_the_process(tmp_path):
+    """Python randomises string hashing per process; the model (and so the policy hash the
+    filter pods report) must still be byte-for-byte the same for the same messages."""
+    ham_dir, spam_dir = write_corpus(tmp_path)
+    outputs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"model{seed}.json.gz"
+        result = subprocess.run(
+            [sys.executable, "-m", "mailwarden.cli", "train", "--ham", str(ham_dir),
+             "--spam", str(spam_dir), "-o", str(out)], capture_output=True, text=True,
+            timeout=120, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONHASHSEED": seed})
+        assert result.returncode == 0, result.stderr
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
