@@ -99,8 +99,7 @@ def cross_validated_scores(spam: Sequence[set[str]], ham: Sequence[set[str]],
                         raw = model.raw_score(tokens)
                         if raw is not None:
                             scored.append((raw, label))
-            done = r * folds + f + 1
-            progress(f"calibration: fold {done}/{folds * repeats} scored")
+            progress(f"calibration: round {r + 1}/{repeats}, fold {f + 1}/{folds} scored")
     return scored
 
 

@@ -133,7 +133,7 @@ def test_cli_writes_a_loadable_model_and_reports_progress(tmp_path):
     result = run_cli("--ham", str(ham_dir), "--spam", str(spam_dir), "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert "spam: tokenized 40/40 messages" in result.stderr
-    assert "calibration: fold 5/5 scored" in result.stderr
+    assert "calibration: round 3/3, fold 5/5 scored" in result.stderr
     assert f"wrote {out}" in result.stderr
     model = BayesModel.from_bytes(out.read_bytes())
     assert model.calibration is not None
