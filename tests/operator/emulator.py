@@ -26,6 +26,8 @@ from kmock._internal import dicts, enums, k8s
 
 RESOURCES = {
     "v1/configmaps": ("ConfigMap", True),
+    "v1/secrets": ("Secret", True),
+    "v1/persistentvolumeclaims": ("PersistentVolumeClaim", True),
     "v1/services": ("Service", True),
     "v1/events": ("Event", True),
     "v1/namespaces": ("Namespace", False),
