@@ -1,7 +1,7 @@
 """The CustomResourceDefinitions, generated from Python so the policy schema has one source.
 
 `filter_server.policy.schema.POLICY_SCHEMA` is embedded verbatim as `spec.policy`; the
-serving part of the spec is defined here. `python -m mailwarden_operator.crd` rewrites
+serving part of the spec is defined here, the UnsubscribeStore CRD in `store_crd.py`. `python -m mailwarden_operator.crd` rewrites
 `crds/*.yaml` and the chart's copies; a test fails when the committed files drift.
 
 The status schema declares every field the operator writes, and keeps

@@ -7,7 +7,7 @@ from prometheus_client import Counter, Gauge, Histogram
 RECONCILES = Counter("mailwarden_operator_reconciles_total",
                      "SpamPolicy reconciles by trigger and result.", ["trigger", "result"])
 RECONCILE_SECONDS = Histogram("mailwarden_operator_reconcile_duration_seconds",
-                              "Time one SpamPolicy reconcile took.",
+                              "Time one reconcile (SpamPolicy or UnsubscribeStore) took.",
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 API_WRITES = Counter("mailwarden_operator_api_writes_total",
                      "Create/patch/delete requests sent to the API server.", ["verb", "kind"])
