@@ -383,3 +383,19 @@ def test_a_policy_with_unsubscribe_store_ref_passes_the_store_to_the_filter_pods
     assert "--suppression-store" not in plain["spec"]["template"]["spec"]["containers"][0][
         "args"]
     assert "--suppression-store" not in server_args(_policy()["spec"])
+
+
+def test_the_rendered_filter_args_are_what_mailwarden_serve_accepts() -> None:
+    """Once `mailwarden serve` has `--suppression-store` (added to the filter server
+    separately), the rendered command line must parse; skipped until then."""
+    import argparse
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    serve = subcommands.choices["serve"]
+    if "--suppression-store" not in serve._option_string_actions:
+        pytest.skip("`mailwarden serve` has no --suppression-store yet (the filter server "
+                    "wiring lands separately); this test runs once it does")
+    dep = render_deployment(_policy(unsubscribeStoreRef={"name": "sup"}), "h1", SETTINGS)
+    args = parser.parse_args(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "sup-unsubscribe.team.svc:50061" in vars(args).values()
