@@ -67,6 +67,7 @@ class Resync(threading.Thread):
         self.identity = identity
         self.priority = priority
         self.stopping = threading.Event()
+        self._missing_crd_reported = False
 
     def active(self) -> bool:
         if self.peering is None:
@@ -101,7 +102,18 @@ class Resync(threading.Thread):
     def resync_all(self) -> None:
         # Stores first: SpamPolicies then see their stores' fresh status.
         if self.store_reconciler is not None:
-            self._resync(UNSUBSCRIBESTORES, self.store_reconciler.reconcile)
+            try:
+                self._resync(UNSUBSCRIBESTORES, self.store_reconciler.reconcile)
+            except KubeError as exc:
+                # One kind failing (typically: its CRD is missing, since `helm upgrade`
+                # does not add new CRDs) must not stop the other's resync.
+                if exc.status == 404 and not self._missing_crd_reported:
+                    self._missing_crd_reported = True
+                    log.error("UnsubscribeStores cannot be listed (%s): is the CRD installed? "
+                              "`helm upgrade` does not add new CRDs; apply "
+                              "crds/unsubscribestores.mailwarden.dev.yaml", exc)
+                elif exc.status != 404:
+                    log.warning("resync of UnsubscribeStores skipped: %s", exc)
         self._resync(SPAMPOLICIES, self.reconciler.reconcile)
 
     def _resync(self, resource: Resource, reconcile: Any) -> None:
