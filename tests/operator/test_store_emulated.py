@@ -123,8 +123,12 @@ def test_create_generates_the_key_once_and_renders_every_child(
                                 "Progressing": ("False", "RolloutComplete"),
                                 "StorageReady": ("True", "StoreReady"),
                                 "Degraded": ("False", "AsExpected")}
-    reasons = {e["reason"] for e in cluster.kube.list(EVENTS, ns)}
-    assert {"SigningKeyGenerated", "ReadyServing", "StorageReadyStoreReady"} <= reasons
+    events = cluster.kube.list(EVENTS, ns)
+    assert {"SigningKeyGenerated", "ReadyServing", "StorageReadyStoreReady"} <= \
+        {e["reason"] for e in events}
+    for event in events:  # what `kubectl describe unsubscribestore sup` lists
+        assert (event["involvedObject"]["kind"], event["involvedObject"]["name"],
+                event["involvedObject"]["uid"]) == ("UnsubscribeStore", "sup", uid)
     assert operator.metric("mailwarden_operator_signing_keys_generated_total") >= 1
 
 
