@@ -17,8 +17,7 @@ from mailwarden.cli import build_parser
 from mailwarden_operator import store_naming
 from mailwarden_operator.render import RenderSettings
 from mailwarden_operator.render.deployment import render_deployment, server_args
-from mailwarden_operator.render.store.deployment import (config_hash, migrate_args,
-                                                         render_store_deployment)
+from mailwarden_operator.render.store.deployment import config_hash, render_store_deployment
 from mailwarden_operator.render.store.hpa import render_store_hpa
 from mailwarden_operator.render.store.pdb import render_store_pdb
 from mailwarden_operator.render.store.pvc import render_data_claim, wants_claim
