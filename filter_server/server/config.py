@@ -50,6 +50,8 @@ class ServeConfig:
     policy_poll_seconds: float = 1.0
     policy_wait_seconds: float = 0.0
     port_file: Path | None = None
+    suppression_store: str | None = None
+    suppression_stale_after: float = 10.0
 
     def to_json(self) -> str:
         doc = dataclasses.asdict(self)
@@ -87,6 +89,12 @@ class ServeConfig:
             if getattr(self, name) < 0:
                 out.append(f"--{name.replace('_', '-')} must not be negative "
                            f"(got {getattr(self, name)})")
+        if self.suppression_stale_after <= 0:
+            out.append(f"--suppression-stale-after must be positive "
+                       f"(got {self.suppression_stale_after})")
+        if self.suppression_store is not None and ":" not in self.suppression_store:
+            out.append(f"--suppression-store must be HOST:PORT (got "
+                       f"{self.suppression_store!r})")
         if self.require_client_cert and self.tls_dir is None:
             out.append("--require-client-cert needs --tls-dir")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

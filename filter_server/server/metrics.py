@@ -9,6 +9,8 @@ combine across workers (`multiprocess_mode`); in single-process mode that is ign
 
 from __future__ import annotations
 
+import glob
+import os
 import threading
 
 import time
@@ -70,9 +72,42 @@ class FilterMetrics:
         self.policy_reload_failures = Counter(
             "mailwarden_filter_policy_reload_failures", "New policy versions that failed to "
             "load or compile (the previous policy kept serving)", registry=registry)
+        # Suppression cache (only with --suppression-store). Across workers the worst one
+        # counts: the oldest data, the longest lag, any worker disconnected.
+        self.suppression_age = Gauge(
+            "mailwarden_filter_suppression_cache_age_seconds", "Seconds since this filter's "
+            "suppression cache was last confirmed up to date with the unsubscribe store "
+            "(1e9 before the first snapshot)", multiprocess_mode="livemax", registry=registry)
+        self.suppression_lag = Gauge(
+            "mailwarden_filter_suppression_cache_lag_sequences", "Changes committed at the "
+            "unsubscribe store that this filter has not applied yet",
+            multiprocess_mode="livemax", registry=registry)
+        self.suppression_connected = Gauge(
+            "mailwarden_filter_suppression_cache_connected", "1 while every worker's Watch "
+            "stream to the unsubscribe store is open", multiprocess_mode="livemin",
+            registry=registry)
+        self.suppression_fresh = Gauge(
+            "mailwarden_filter_suppression_cache_fresh", "1 while every worker answers "
+            "SUPPRESSION_FRESH (loaded and up to date within --suppression-stale-after)",
+            multiprocess_mode="livemin", registry=registry)
+        self.suppression_entries = Gauge(
+            "mailwarden_filter_suppression_cache_entries", "Suppressed addresses held",
+            multiprocess_mode="livemax", registry=registry)
+        self.stale_suppression_answers = Counter(
+            "mailwarden_filter_stale_suppression_responses", "Classify responses marked "
+            "SUPPRESSION_STALE", registry=registry)
         for method in METHODS:  # export zero series from the start, so rates work at once
             self.duration.labels(method)
             self.requests.labels(method, "OK")
+
+    def suppression_cache_updated(self, stats: "object", stale_after: float) -> None:
+        age = stats.age_seconds  # type: ignore[attr-defined]
+        self.suppression_age.set(age if age != float("inf") else 1e9)
+        self.suppression_lag.set(stats.lag)  # type: ignore[attr-defined]
+        self.suppression_connected.set(1 if stats.connected else 0)  # type: ignore[attr-defined]
+        self.suppression_fresh.set(1 if stats.ready and age <= stale_after  # type: ignore[attr-defined]
+                                   else 0)
+        self.suppression_entries.set(stats.size)  # type: ignore[attr-defined]
 
     def policy_swapped(self, old_hash: str | None, new_hash: str, rules: int) -> None:
         if old_hash and old_hash != new_hash:
@@ -115,7 +150,8 @@ class WorkerFilesCollector:
 
     A scrape lists the files, then reads them; if the supervisor removes a dead worker's
     live-gauge files in between, prometheus-client raises and the scrape answers 500. Both
-    go through `lock`, so a scrape never sees a half-removed worker."""
+    go through `lock`, so a scrape never sees a half-removed worker; files of workers still
+    starting are skipped."""
 
     def __init__(self, directory: str) -> None:
         from prometheus_client import multiprocess
@@ -126,13 +162,24 @@ class WorkerFilesCollector:
 
     def collect(self):  # noqa: ANN201 - prometheus-client's collector protocol
         with self.lock:
-            return list(self._collector.collect())
+            # A worker that is starting creates its file empty, then sizes it: such a file
+            # holds no values yet, and prometheus-client cannot read it.
+            files = [f for f in glob.glob(os.path.join(self.directory, "*.db"))
+                     if _size(f) > 0]
+            return list(self._collector.merge(files, accumulate=True))
 
     def mark_process_dead(self, pid: int) -> None:
         from prometheus_client import multiprocess
 
         with self.lock:
             multiprocess.mark_process_dead(pid, self.directory)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def multiprocess_registry(directory: str) -> tuple[CollectorRegistry, WorkerFilesCollector]:

@@ -60,7 +60,9 @@ class Supervisor:
         self._reservation = None
 
     def alive_workers(self) -> int:
-        return sum(1 for p in self.workers.values() if p.poll() is None)
+        """Called from the metrics thread while the supervisor loop replaces workers, so it
+        iterates over a snapshot and only reads `returncode` (reaping is the loop's job)."""
+        return sum(1 for p in list(self.workers.values()) if p.returncode is None)
 
     # --- setup --------------------------------------------------------------------------
     def _setup_metrics_dir(self) -> str:

@@ -39,7 +39,9 @@ from filter_server.server.policy import PolicyHolder
 from filter_server.server.ports import PortInUse, check_free, write_port_file
 from filter_server.server.preflight import PreflightError, preflight
 from filter_server.server.servicer import SERVICE_NAME, FilterServicer
+from filter_server.server.store_suppression import StoreSuppression
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
+from filter_server.unsubscribe.cache import SuppressionCache
 from filter_server.server.tls import TlsConfigError, server_credentials
 from mailwarden.filter.v1 import filter_pb2_grpc
 
@@ -86,6 +88,12 @@ class Worker:
         self.metrics = FilterMetrics()
         self.holder = PolicyHolder(config.policy_dir, self.metrics, self.log)
         self.health = health.HealthServicer()
+        self.store_suppression: StoreSuppression | None = None
+        if suppression is None and config.suppression_store:
+            self.store_suppression = StoreSuppression(
+                SuppressionCache(config.suppression_store,
+                                 stale_after=config.suppression_stale_after), self.metrics)
+            suppression = self.store_suppression
         self.servicer = FilterServicer(
             self.holder, self.metrics, self.log,
             suppression=suppression or NoSuppressionStore(),
@@ -157,6 +165,10 @@ class Worker:
         # shares the port with busy siblings). Only when the policy is missing or invalid
         # and --policy-wait-seconds allows waiting does the worker listen first, saying
         # NOT_SERVING until a valid policy shows up.
+        if self.store_suppression is not None:
+            # Loads its snapshot in the background: classification does not wait for the
+            # store, responses say SUPPRESSION_STALE until the cache is current.
+            self.store_suppression.start()
         if self.preloaded is not None:
             self.holder.install(self.preloaded)
             error = None
@@ -205,6 +217,8 @@ class Worker:
         self.log.info("refusing new calls; waiting for calls in flight",
                       extra={"grace_seconds": config.grace_seconds})
         self.server.stop(config.grace_seconds).wait()
+        if self.store_suppression is not None:
+            self.store_suppression.stop()
         self.log.info("stopped")
 
 

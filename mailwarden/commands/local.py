@@ -130,44 +130,37 @@ def local_policy(policy_file: Path) -> bytes:
     return yaml.safe_dump(policy, sort_keys=False).encode()
 
 
-# --- replicas ----------------------------------------------------------------------------
+# --- processes ---------------------------------------------------------------------------
 @dataclass
-class Replica:
+class LocalProcess:
+    """A `mailwarden` server process on 127.0.0.1 with ephemeral ports, which it reports in
+    a port file once listening."""
     name: str
     workdir: Path
-    policy_dir: Path
     process: subprocess.Popen | None = None
-    grpc_port: int = 0
-    metrics_port: int = 0
+    ports: dict = field(default_factory=dict)
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.log_path = self.workdir / f"{self.name}.log"
+        self._port_file = self.workdir / f"{self.name}.ports"
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
     def start(self) -> None:
-        port_file = self.workdir / f"{self.name}.ports"
-        cmd = [sys.executable, "-m", "mailwarden.cli", "serve",
-               "--policy-dir", str(self.policy_dir), "--host", "127.0.0.1",
-               "--grpc-port", "0", "--metrics-port", "0", "--workers", "1",
-               "--drain-seconds", "0", "--grace-seconds", "5", "--log-level", "warning",
-               "--port-file", str(port_file)]
         with open(self.log_path, "wb") as log:
-            # Own session: Ctrl-C reaches only `mailwarden local`, which stops replicas in
-            # order; and each replica dies with us if we are killed (PR_SET_PDEATHSIG).
-            self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=log, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
-        self._port_file = port_file
+            # Own session: Ctrl-C reaches only `mailwarden local`, which stops processes in
+            # order; and each dies with us if we are killed (PR_SET_PDEATHSIG).
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mailwarden.cli", *self.command()],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                preexec_fn=_die_with_parent)
 
     def wait_listening(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             if self._port_file.is_file():
-                ports = json.loads(self._port_file.read_text())
-                self.grpc_port, self.metrics_port = ports["grpc_port"], ports["metrics_port"]
+                self.ports = json.loads(self._port_file.read_text())
                 return
             if self.process.poll() is not None:
                 raise LocalError(f"{self.name} exited with code {self.process.returncode}:\n"
@@ -182,11 +175,6 @@ class Replica:
             return "  (no log)"
         return "\n".join("  " + line for line in text[-lines:])
 
-    def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.read().decode()
-
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -198,6 +186,59 @@ class Replica:
             self.process.wait()
 
 
+@dataclass
+class Replica(LocalProcess):
+    policy_dir: Path = Path()
+    suppression_store: str | None = None
+
+    @property
+    def grpc_port(self) -> int:
+        return self.ports["grpc_port"]
+
+    @property
+    def metrics_port(self) -> int:
+        return self.ports["metrics_port"]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        store = ["--suppression-store", self.suppression_store] if self.suppression_store \
+            else []
+        return ["serve", "--policy-dir", str(self.policy_dir), "--host", "127.0.0.1",
+                "--grpc-port", "0", "--metrics-port", "0", "--workers", "1",
+                "--drain-seconds", "0", "--grace-seconds", "5", "--log-level", "warning",
+                "--port-file", str(self._port_file), *store]
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+
+
+@dataclass
+class Store(LocalProcess):
+    """The unsubscribe store on embedded SQLite (not highly available: local mode only)."""
+    key_dir: Path = Path()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.ports['grpc']}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
+    def command(self) -> list[str]:
+        return ["unsubscribe-server", "--store", "sqlite",
+                "--sqlite-path", str(self.workdir / "unsubscribes.db"),
+                "--signing-key-dir", str(self.key_dir), "--grpc-address", "127.0.0.1:0",
+                "--http-address", "127.0.0.1:0", "--metrics-address", "",
+                "--drain-seconds", "0", "--log-level", "warning",
+                "--ports-file", str(self._port_file)]
+
+
 def _die_with_parent() -> None:
     import ctypes
 
@@ -207,12 +248,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def wait_serving(replica: Replica, deadline: float) -> None:
+def wait_serving(replica: Replica | Store, deadline: float, service: str | None = None) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from mailwarden.client import SERVICE_NAME
 
+    service = SERVICE_NAME if service is None else service
     with grpc.insecure_channel(replica.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
@@ -220,7 +262,7 @@ def wait_serving(replica: Replica, deadline: float) -> None:
                 raise LocalError(f"{replica.name} exited with code "
                                  f"{replica.process.returncode}:\n" + replica.log_tail())
             try:
-                status = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
+                status = stub.Check(health_pb2.HealthCheckRequest(service=service),
                                     timeout=2).status
                 if status == health_pb2.HealthCheckResponse.SERVING:
                     return
@@ -310,26 +352,37 @@ def run(args: argparse.Namespace) -> int:
     cache = args.corpus.absolute().parent
     workdir = Path(tempfile.mkdtemp(prefix="mailwarden-local-"))
     replicas: list[Replica] = []
+    store: Store | None = None
     try:
         say("Mailwarden local mode")
         model, _model_path = ensure_model(args.corpus, cache, say)
         from filter_server.server.projection import project
+        from filter_server.unsubscribe.tokens import generate_key
 
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        key_dir = workdir / "signing-keys"
+        key_dir.mkdir(mode=0o700)
+        (key_dir / "current").write_text(generate_key())
+        store = Store("unsubscribe-store", workdir, key_dir=key_dir)
+        store.start()
         policy_dir = workdir / "policy"
         project(policy_dir, {"policy.yaml": local_policy(args.policy), "model.json.gz": model})
         say(f"policy: {args.policy} -> {policy_dir} (kubelet ConfigMap layout)")
-        replicas = [Replica(f"filter-{i + 1}", workdir, policy_dir)
-                    for i in range(args.replicas)]
+        store.wait_listening(deadline)
+        wait_serving(store, deadline, service="")
+        say(f"unsubscribe store: {store.address} (gRPC), {store.http_url} (one-click), "
+            "embedded SQLite — not highly available, for local use")
+        replicas = [Replica(f"filter-{i + 1}", workdir, policy_dir=policy_dir,
+                            suppression_store=store.address) for i in range(args.replicas)]
         for replica in replicas:
             replica.start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         for replica in replicas:
             replica.wait_listening(deadline)
         for replica in replicas:
             wait_serving(replica, deadline)
         say(f"replicas: {len(replicas)} SERVING: " + ", ".join(
             f"{r.name} {r.address} (metrics :{r.metrics_port})" for r in replicas))
-        return _demo_and_wait(args, replicas, cache, say)
+        return _demo_and_wait(args, replicas, store, cache, say)
     except LocalError as exc:
         print(f"mailwarden local: {exc}", file=sys.stderr)
         return 1
@@ -339,8 +392,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for replica in replicas:
             replica.stop()
+        if store is not None:
+            store.stop()
         if replicas:
-            say(f"stopped {len(replicas)} replicas")
+            say(f"stopped {len(replicas)} replicas and the unsubscribe store")
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -359,8 +414,55 @@ def warm_up(client, replicas: list[Replica], message: bytes, timeout: float = 30
                      f"{timeout:g}s")
 
 
-def _demo_and_wait(args: argparse.Namespace, replicas: list[Replica], cache: Path,
-                   say) -> int:
+def unsubscribe_demo(client, store: Store, say) -> int:
+    """An RFC 8058 one-click unsubscribe becoming a suppressed recipient in Classify.
+    Returns 1 if it did not show up (0 when it did)."""
+    from filter_server.unsubscribe.tokens import load_keyring
+    from mailwarden.filter.v1 import filter_pb2
+    from mailwarden.unsubscribe_headers import list_unsubscribe_headers
+
+    reader, scope = "reader@example.com", "weekly-digest"
+    headers = list_unsubscribe_headers(reader, scope, keys=load_keyring(key_dir=store.key_dir),
+                                       base_url=store.http_url)
+    url = headers["List-Unsubscribe"].strip("<>")
+    message = (f"From: digest@shop.example\nTo: {reader}\nSubject: This week\n"
+               f"List-Unsubscribe: {headers['List-Unsubscribe']}\n"
+               f"List-Unsubscribe-Post: {headers['List-Unsubscribe-Post']}\n\n"
+               "The weekly digest.\n").encode()
+    recipients = [reader, "colleague@example.com"]
+
+    def suppressed() -> tuple[list[str], str]:
+        response = client.classify(message, mail_from="digest@shop.example",
+                                   recipients=recipients, list_scope=scope)
+        return (list(response.suppressed_recipients),
+                filter_pb2.SuppressionState.Name(response.suppression_state))
+
+    say(f"\nUnsubscribe: a {scope} mail to {', '.join(recipients)} carries")
+    for name, value in headers.items():
+        say(f"  {name}: {value[:90]}{'...' if len(value) > 90 else ''}")
+    found, state = suppressed()
+    say(f"  Classify before: suppressed {found or 'nobody'} ({state})")
+    with urllib.request.urlopen(url, timeout=10) as page:  # what a link scanner does
+        say(f"  GET  the link -> {page.status}, a confirmation page (GET never unsubscribes)")
+    request = urllib.request.Request(url, data=b"List-Unsubscribe=One-Click", method="POST",
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        say(f"  POST List-Unsubscribe=One-Click -> {answer.status} (what the mailbox provider "
+            "sends when the reader clicks Unsubscribe)")
+    posted = time.monotonic()
+    while time.monotonic() - posted < 10:
+        found, state = suppressed()
+        if found == [reader]:
+            say(f"  Classify after {1000 * (time.monotonic() - posted):.0f} ms: suppressed "
+                f"{found} ({state}) — the sender must not mail them on this list")
+            return 0
+        time.sleep(0.01)
+    say(f"  Classify after 10 s: suppressed {found or 'nobody'} ({state}) <- unexpected")
+    return 1
+
+
+def _demo_and_wait(args: argparse.Namespace, replicas: list[Replica], store: Store,
+                   cache: Path, say) -> int:
     from mailwarden.client import ClassifyError, FilterClient
     from mailwarden.corpus import Split
 
@@ -373,6 +475,7 @@ def _demo_and_wait(args: argparse.Namespace, replicas: list[Replica], cache: Pat
         say(f"client: connected to all {len(replicas)} replicas ({calls} warm-up calls)")
         before = [replica_stats(r.metrics())[0] for r in replicas]
         failed, _ = demo(client, cache / "split", args.samples, say)
+        failed += unsubscribe_demo(client, store, say)
     say("\nEach call went to the next replica (round robin). What each one served, from "
         "its /metrics:")
     served_by_all = True
@@ -397,6 +500,8 @@ def _demo_and_wait(args: argparse.Namespace, replicas: list[Replica], cache: Pat
     say("\nThe replicas keep running. Try:")
     say(f"  .venv/bin/mailwarden classify --target {target} FILE...")
     say(f"  curl -s http://127.0.0.1:{replicas[0].metrics_port}/metrics | grep mailwarden_")
+    say(f"  .venv/bin/mailwarden unsubscribe --target {store.address} check --scope "
+        "weekly-digest reader@example.com")
     say("Press Ctrl-C to stop.")
     while True:
         for replica in replicas:

@@ -69,6 +69,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--port-file", type=Path, default=None, metavar="FILE",
                         help="once listening, write the bound ports as JSON "
                         '({"grpc_port": N, "metrics_port": M, "pid": P}) to FILE')
+    parser.add_argument("--suppression-store", default=None, metavar="HOST:PORT",
+                        help="gRPC address of an UnsubscribeStore: keep its suppressions in "
+                        "memory (Watch stream) and report suppressed recipients in every "
+                        "response; without it responses say SUPPRESSION_DISABLED")
+    parser.add_argument("--suppression-stale-after", type=float,
+                        default=d.suppression_stale_after, metavar="S",
+                        help="answers are marked SUPPRESSION_STALE when the cache has not "
+                        "been confirmed up to date for S seconds")
     parser.set_defaults(func=run)
 
 
@@ -86,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent_rpcs=args.max_concurrent_rpcs, tls_dir=args.tls_dir,
         require_client_cert=args.require_client_cert, log_level=args.log_level,
         policy_poll_seconds=args.policy_poll_seconds,
-        policy_wait_seconds=args.policy_wait_seconds, port_file=args.port_file)
+        policy_wait_seconds=args.policy_wait_seconds, port_file=args.port_file,
+        suppression_store=args.suppression_store,
+        suppression_stale_after=args.suppression_stale_after)
     problems = config.problems()
     if problems:
         for problem in problems:

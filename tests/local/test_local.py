@@ -1,5 +1,6 @@
 """`mailwarden local --once` end to end: model (trained or from the cache), policy directory,
-3 replica processes, the demo through the balancing client, clean stop."""
+the unsubscribe store, 3 replica processes, the demo through the balancing client, a
+one-click unsubscribe reaching Classify, clean stop."""
 
 from __future__ import annotations
 
@@ -25,9 +26,17 @@ def test_local_once(tmp_path: Path) -> None:
     assert len(rows) == 8 and not any("FAILED" in row for row in rows)
     assert "every replica served: yes" in out
     assert re.search(r"3 replicas, policy hash [0-9a-f]{16};", out)
-    assert "stopped 3 replicas" in out
-    # The replicas are gone: their ports no longer answer.
-    for port in re.findall(r"filter-\d 127\.0\.0\.1:(\d+)", out.split("\n\n")[0]):
+    # the one-click unsubscribe becomes a suppressed recipient in Classify
+    assert "Classify before: suppressed nobody (SUPPRESSION_FRESH)" in out
+    assert "GET  the link -> 200" in out and "POST List-Unsubscribe=One-Click -> 200" in out
+    assert re.search(r"Classify after \d+ ms: suppressed \['reader@example.com'\] "
+                     r"\(SUPPRESSION_FRESH\)", out)
+    assert "stopped 3 replicas and the unsubscribe store" in out
+    # The replicas and the store are gone: their ports no longer answer.
+    ports = re.findall(r"filter-\d 127\.0\.0\.1:(\d+)", out) + \
+        re.findall(r"unsubscribe store: 127\.0\.0\.1:(\d+)", out)
+    assert len(ports) == 4
+    for port in ports:
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", int(port))) != 0
 
