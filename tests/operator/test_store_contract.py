@@ -245,3 +245,93 @@ def test_replicated_durability_without_a_synchronous_standby_keeps_pods_unready(
         assert proc.poll() is None
     finally:
         pod.stop()
+
+
+def test_a_rendered_filter_pod_reports_what_the_rendered_store_holds(tmp_path: Path) -> None:
+    """Both rendered Deployments together: the filter pod of a SpamPolicy with
+    `unsubscribeStoreRef` follows the store pod of that UnsubscribeStore. The store's
+    Service address (cluster DNS) becomes the store process's loopback address; the filter
+    is started as in tests/operator/test_contract.py."""
+    from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
+    from mailwarden_operator.policy import build_bundle
+    from mailwarden_operator.render.configmap import render_configmap
+    from mailwarden_operator.render.deployment import render_deployment
+    from mailwarden_operator.spec import with_defaults as policy_defaults
+    from mailwarden_operator.store_naming import grpc_target
+    from tests.operator.test_contract import REPO, _health, _kubelet_layout, _model_bytes
+
+    import yaml
+
+    owner, secrets = _variant("embedded", None, tmp_path)
+    (tmp_path / "store").mkdir()
+    store_pod = Pod(owner, secrets, tmp_path / "store")
+    filter_proc = None
+    try:
+        store_pod.run_init_containers()
+        store_proc = store_pod.start()
+        assert store_pod.wait_probe("readinessProbe", store_proc, budget=30)[0] == 200
+
+        body = yaml.safe_load((REPO / "examples" / "spampolicy.yaml").read_text())
+        body["metadata"] = {"name": "mail", "namespace": "team", "uid": "u-2"}
+        body["spec"]["unsubscribeStoreRef"] = {"name": owner["metadata"]["name"]}
+        body["spec"]["server"] = {"drainSeconds": 1, "graceSeconds": 1, "workers": 1}
+        body["spec"] = policy_defaults(body["spec"])
+        model = _model_bytes()
+        bundle = build_bundle(body["spec"]["policy"], lambda name: {
+            "binaryData": {"model.json.gz": base64.b64encode(model).decode()}})
+        deployment = render_deployment(body, bundle.hash, RenderSettings())
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        policy_dir = _kubelet_layout(render_configmap(body, bundle), tmp_path / "policy")
+        mount = next(m["mountPath"] for m in container["volumeMounts"]
+                     if m["name"] == "policy")
+        service = grpc_target(owner["metadata"]["name"], "team")
+        ports = {p["containerPort"]: free_port() for p in container["ports"]}
+        argv = [shutil.which("mailwarden", path=str(Path(sys.executable).parent))]
+        for arg in container["args"]:
+            if arg == mount:
+                arg = str(policy_dir)
+            elif arg == service:  # what the Service and cluster DNS resolve it to
+                arg = f"127.0.0.1:{store_pod.named_ports['grpc']}"
+            elif arg.isdigit() and int(arg) in ports:
+                arg = str(ports[int(arg)])
+            argv.append(arg)
+        assert f"127.0.0.1:{store_pod.named_ports['grpc']}" in argv
+        filter_port = ports[container["ports"][0]["containerPort"]]
+        filter_proc = subprocess.Popen(argv + ["--host", "127.0.0.1"], stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while _health(filter_port, 2) != "SERVING":
+            assert filter_proc.poll() is None and time.monotonic() < deadline, \
+                "the filter never became SERVING"
+            time.sleep(0.5)
+
+        # An unsubscribe through the store's one-click endpoint, signed with the generated key.
+        keys = load_keyring(key_dir=store_pod.volumes["signing-key"], env={})
+        post = urllib.request.Request(
+            f"http://127.0.0.1:{store_pod.named_ports['http']}/u/"
+            f"{mint_token(keys, 'ann@example.com', 'news')}",
+            data=b"List-Unsubscribe=One-Click", method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        with urllib.request.urlopen(post, timeout=10) as rsp:
+            assert rsp.status == 200
+        request = filter_pb2.ClassifyRequest(
+            message=b"From: a@example.com\r\nSubject: news\r\n\r\nhello\r\n",
+            envelope=filter_pb2.Envelope(mail_from="a@example.com",
+                                         recipients=["ann@example.com", "bob@example.com"]),
+            list_scope="news")
+        with grpc.insecure_channel(f"127.0.0.1:{filter_port}") as channel:
+            stub = filter_pb2_grpc.FilterStub(channel)
+            deadline = time.monotonic() + 30
+            while True:
+                reply = stub.Classify(request, timeout=10)
+                if list(reply.suppressed_recipients) == ["ann@example.com"]:
+                    break
+                assert time.monotonic() < deadline, f"never suppressed: {reply}"
+                time.sleep(0.2)
+        assert filter_pb2.SuppressionState.Name(reply.suppression_state) == \
+            "SUPPRESSION_FRESH"
+    finally:
+        if filter_proc is not None and filter_proc.poll() is None:
+            os.killpg(filter_proc.pid, signal.SIGKILL)
+            filter_proc.wait(10)
+        store_pod.stop()
