@@ -7,7 +7,7 @@ from prometheus_client import Counter, Gauge, Histogram
 RECONCILES = Counter("mailwarden_operator_reconciles_total",
                      "SpamPolicy reconciles by trigger and result.", ["trigger", "result"])
 RECONCILE_SECONDS = Histogram("mailwarden_operator_reconcile_duration_seconds",
-                              "Time one SpamPolicy reconcile took.",
+                              "Time one reconcile (SpamPolicy or UnsubscribeStore) took.",
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 API_WRITES = Counter("mailwarden_operator_api_writes_total",
                      "Create/patch/delete requests sent to the API server.", ["verb", "kind"])
@@ -26,6 +26,13 @@ PRUNED_CONFIGMAPS = Counter("mailwarden_operator_pruned_configmaps_total",
                             "Old policy ConfigMaps deleted after rollouts.")
 WEBHOOK_REVIEWS = Counter("mailwarden_operator_webhook_reviews_total",
                           "Admission reviews of SpamPolicies by outcome.", ["allowed"])
+STORE_RECONCILES = Counter("mailwarden_operator_store_reconciles_total",
+                           "UnsubscribeStore reconciles by trigger and result.",
+                           ["trigger", "result"])
+STORE_READY = Gauge("mailwarden_operator_store_ready",
+                    "1 when the UnsubscribeStore is Ready, else 0.", ["namespace", "name"])
+SIGNING_KEYS_GENERATED = Counter("mailwarden_operator_signing_keys_generated_total",
+                                 "Signing-key Secrets the operator created (once per store).")
 
 
 def forget(namespace: str, name: str) -> None:
@@ -35,3 +42,11 @@ def forget(namespace: str, name: str) -> None:
             gauge.remove(namespace, name)
         except KeyError:
             pass
+
+
+def forget_store(namespace: str, name: str) -> None:
+    """Drop the per-store series of a deleted UnsubscribeStore."""
+    try:
+        STORE_READY.remove(namespace, name)
+    except KeyError:
+        pass
