@@ -200,28 +200,34 @@ class Installed:
             env[key] = value.replace(self.spec.venv, str(self.venv))
         return {**env, **(extra or {})}
 
-    def argv(self, command: list[str], extra_env: dict[str, str] | None = None) -> list[str]:
-        """`command` as the container runtime would start it in this image."""
+    def argv(self, command: list[str], extra_env: dict[str, str] | None = None,
+             writable: tuple[Path, ...] = ()) -> list[str]:
+        """`command` as the container runtime would start it in this image; `writable`
+        directories stay writable, as volumes mounted into the pod do."""
         inner = ["env", "-i", *[f"{k}={v}" for k, v in self.env(extra_env).items()],
                  *command]
         if self.as_uid:
             inner = ["setpriv", "--reuid", str(self.spec.uid), "--regid", str(self.spec.gid),
                      "--clear-groups", *inner]
         if "read-only root" in self.isolation:
-            script = ('mount -o remount,bind,ro / && '
+            volumes = "".join(f"mount --bind {shlex.quote(str(d))} {shlex.quote(str(d))} && "
+                              for d in writable)
+            script = (volumes + 'mount -o remount,bind,ro / && '
                       'mount -t tmpfs -o mode=1777,size=64m tmpfs /tmp && cd "$0" && exec "$@"')
             return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
                     self.spec.workdir, *inner]
         return inner
 
-    def run(self, command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(command), capture_output=True, text=True,
-                              timeout=timeout, cwd=self.cwd, stdin=subprocess.DEVNULL)
+    def run(self, command: list[str], timeout: float = 120,
+            writable: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(command, writable=writable), capture_output=True,
+                              text=True, timeout=timeout, cwd=self.cwd,
+                              stdin=subprocess.DEVNULL)
 
-    def start(self, command: list[str], log: Path,
-              extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(self, command: list[str], log: Path, extra_env: dict[str, str] | None = None,
+              writable: tuple[Path, ...] = ()) -> subprocess.Popen:
         with open(log, "wb") as out:
-            return subprocess.Popen(self.argv(command, extra_env), stdout=out,
+            return subprocess.Popen(self.argv(command, extra_env, writable), stdout=out,
                                     stderr=subprocess.STDOUT, cwd=self.cwd,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -556,4 +562,68 @@ def test_filter_server_runs_from_the_rendered_deployment(image: Installed) -> No
     print(f"filter server from the rendered Deployment ({', '.join(image.isolation)}): "
           f"SERVING, answered with policy {bundle.hash}, stopped {took:.1f}s after SIGTERM "
           f"(budget {budget}s)")
+    assert proc.returncode == 0, log.read_text(errors="replace")[-4000:]
+
+
+def test_embedded_store_runs_from_the_rendered_deployment(image: Installed) -> None:
+    """The UnsubscribeStore pod (examples/unsubscribestore-dev.yaml's kind: embedded
+    SQLite): the migration init container, then the server, both from the rendered
+    command lines; volumes laid out as in tests/operator/test_store_contract.py, the data
+    volume owned by the pod's fsGroup as the kubelet makes it."""
+    import urllib.error
+
+    from tests.operator.test_store_contract import Pod, store
+
+    root = image.root / "store"
+    root.mkdir()
+    pod = Pod(store("dev", storage={"type": "embedded"}, replicas={"min": 1, "max": 1}),
+              {}, root)
+    fs_group = pod.spec["securityContext"]["fsGroup"]
+    writable = []
+    for name, directory in pod.volumes.items():
+        volume = next(v for v in pod.spec["volumes"] if v["name"] == name)
+        if "secret" not in volume:
+            writable.append(directory)
+            if image.as_uid:
+                os.chown(directory, image.spec.uid, fs_group)
+    server = pod.spec["containers"][0]
+    for container in [*pod.spec["initContainers"], server]:
+        assert container["command"][0] == image.spec.entrypoint[0]
+
+    def argv(container: dict[str, Any]) -> list[str]:
+        return container["command"][:1] + pod.argv(container)[1:]
+
+    for container in pod.spec["initContainers"]:
+        done = image.run(argv(container), timeout=120, writable=tuple(writable))
+        assert done.returncode == 0, f"{container['name']}: {done.stdout}{done.stderr}"
+    log = root / "store.log"
+    proc = image.start(argv(server), log, writable=tuple(writable))
+    try:
+        wait_for(lambda: pod.probe("startupProbe")[0] == 200, 120, "the startup probe",
+                 proc, log)
+        wait_for(lambda: pod.probe("readinessProbe")[0] == 200, 60, "the readiness probe",
+                 proc, log)
+        from filter_server.unsubscribe.tokens import load_keyring, mint_token
+        keys = load_keyring(key_dir=pod.volumes["signing-key"], env={})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{pod.named_ports['http']}/u/"
+            f"{mint_token(keys, 'ann@example.com', 'news')}",
+            data=b"List-Unsubscribe=One-Click", method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as rsp:
+                status = rsp.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        assert status == 200
+        budget = pod.spec["terminationGracePeriodSeconds"] - \
+            server["lifecycle"]["preStop"]["sleep"]["seconds"]
+        took = stop(proc, budget)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    data = [p.name for p in pod.volumes["data"].iterdir()] if "data" in pod.volumes else []
+    print(f"store from the rendered Deployment ({', '.join(image.isolation)}): migrated, "
+          f"ready, one-click recorded, stopped {took:.1f}s after SIGTERM; data volume: {data}")
     assert proc.returncode == 0, log.read_text(errors="replace")[-4000:]
