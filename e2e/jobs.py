@@ -117,6 +117,16 @@ def summaries(text: str) -> list[dict[str, Any]]:
     return out
 
 
+def progress_by_pod(text: str) -> dict[str, int]:
+    """Answers so far per load pod, from its latest progress line in prefixed logs."""
+    latest: dict[str, int] = {}
+    for line in text.splitlines():
+        if '"event": "progress"' in line:
+            pod = line.split(" ", 1)[0]  # the "[pod/NAME/container]" prefix
+            latest[pod] = json.loads(line[line.find("{"):])["ok"]
+    return latest
+
+
 def _job_state(kube: Kube, name: str) -> str | None:
     job = kube.get("job", name) or {}
     for cond in (job.get("status") or {}).get("conditions") or []:
@@ -173,13 +183,7 @@ class LoadRun:
         return self.kube.items("pods", "-l", f"e2e-job={self.name}")
 
     def _latest(self) -> dict[str, int]:
-        """Answers so far per load pod, from its latest progress line."""
-        latest: dict[str, int] = {}
-        for line in logs(self.kube, self.name).splitlines():
-            if '"event": "progress"' in line:
-                pod = line.split(" ", 1)[0]  # the "[pod/NAME/container]" prefix
-                latest[pod] = json.loads(line[line.find("{"):])["ok"]
-        return latest
+        return progress_by_pod(logs(self.kube, self.name))
 
     def answered(self) -> int:
         return sum(self._latest().values())

@@ -43,6 +43,7 @@ def check(result: dict[str, Any], address: str = ADDRESS) -> str:
     assert result["tampered_same_response"], "a tampered token must look like a valid one"
     delays = result["visible_after_seconds"]
     assert all(v is not None for v in delays.values()), delays
-    return (f"GET {result['get']}, POST {result['post']}, tampered POST "
+    return (f"caches fresh after {result['fresh_after_seconds']} s; "
+            f"GET {result['get']}, POST {result['post']}, tampered POST "
             f"{result['tampered_post']} (same page); suppressed in Classify on every filter "
             f"pod after {sorted(delays.values())} s")

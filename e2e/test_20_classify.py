@@ -49,13 +49,14 @@ def test_classify_through_the_headless_service_matches_the_live_policy(
     output = run_job(e2e.kube, e2e.image, "classify",
                      ["mailwarden", "classify", "--json", "--target", e2e.target,
                       "--deadline", "20", *[f"/e2e/messages/{m}" for m in messages]])
-    verdicts = [json.loads(line[line.find("{"):]) for line in output.splitlines()
-                if line.find("{") >= 0 and '"action"' in line]
-    assert len(verdicts) == len(messages), output
+    verdicts = {Path(v["file"]).name: v for v in
+                (json.loads(line[line.find("{"):]) for line in output.splitlines()
+                 if line.find("{") >= 0 and '"action"' in line)}
+    assert sorted(verdicts) == messages, output
     raw = {name: base64.b64decode(value) for name, value in
            e2e.kube.json("get", "configmap", "e2e-messages")["binaryData"].items()}
     actions: dict[str, int] = {}
-    for name, verdict in zip(messages, verdicts):
+    for name, verdict in verdicts.items():
         assert verdict["policy_hash"] == policy_hash
         local = compiled.classify(raw[name], Envelope())
         # `mailwarden classify` without envelope flags sends an empty envelope, as here.

@@ -50,6 +50,15 @@ def pdb_min_healthy(e2e: E2E) -> int:
     return pdb["status"]["desiredHealthy"]
 
 
+def pdb_allows_one(e2e: E2E) -> bool:
+    """The PDB's status has caught up with the settled Deployment."""
+    pdb = e2e.kube.json("get", "pdb", e2e.workload)
+    status = pdb.get("status") or {}
+    return (status.get("observedGeneration") == pdb["metadata"]["generation"]
+            and status.get("currentHealthy") == status.get("expectedPods")
+            == len(e2e.filter_pods()) and status.get("disruptionsAllowed", 0) >= 1)
+
+
 def evict(e2e: E2E, pod: str) -> Any:
     body = {"apiVersion": "policy/v1", "kind": "Eviction",
             "metadata": {"name": pod, "namespace": e2e.namespace}}
@@ -74,6 +83,7 @@ def test_deleting_a_filter_pod_fails_no_call(e2e: E2E) -> None:
 
 def test_a_second_concurrent_eviction_is_refused_by_the_pdb(e2e: E2E) -> None:
     e2e.wait_policy_settled()
+    wait_for(lambda: pdb_allows_one(e2e), 120, "the PDB status to catch up", interval=2)
     pods = [p["metadata"]["name"] for p in e2e.filter_pods()]
     assert len(pods) >= 2
     load = LoadRun(e2e.kube, e2e.image, e2e.target, threads=4, rate=40).start()

@@ -194,7 +194,15 @@ def run_oneclick(args: argparse.Namespace) -> int:
     clients = {a: FilterClient(addresses=[a], deadline=5.0) for a in pods}
     recipients = [args.address, args.other]
     result: dict[str, object] = {"pods": pods}
-    result["before"] = _check_pods(clients, message, recipients, args.scope)
+    # First every pod's suppression cache must be live (it follows the store's Watch).
+    started = time.monotonic()
+    while time.monotonic() - started < args.timeout:
+        before = _check_pods(clients, message, recipients, args.scope)
+        if all(state["state"] == "SUPPRESSION_FRESH" for state in before.values()):
+            break
+        time.sleep(0.2)
+    result["fresh_after_seconds"] = round(time.monotonic() - started, 3)
+    result["before"] = before
     result["get"] = _http("GET", args.url)[0]
     result["after_get"] = _check_pods(clients, message, recipients, args.scope)
     tampered_status, tampered_body = _http("POST", args.tampered_url,
