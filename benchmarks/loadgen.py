@@ -32,7 +32,8 @@ def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of an already sorted list; NaN when empty."""
     if not sorted_values:
         return math.nan
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    # the epsilon keeps float error (99.9 / 100 * 1000 = 999.0000000000001) off the rank
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values) - 1e-9))
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -58,6 +58,14 @@ class Mined:
     nspam: int
     nham: int
     kinds: dict[str, Counts]
+    _pools: dict[str, tuple[list, list]] = field(default_factory=dict, repr=False)
+
+    def pools(self, kind: str) -> tuple[list, list]:
+        """(spammiest first, hammiest first) candidates of a kind; ranked once."""
+        if kind not in self._pools:
+            self._pools[kind] = (_ranked(self.kinds[kind], self, True),
+                                 _ranked(self.kinds[kind], self, False))
+        return self._pools[kind]
 
 
 def _body_features(text: str) -> tuple[set, set, set]:
@@ -171,13 +179,9 @@ def generate(mined: Mined, n: int) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = []
     used: set[tuple[str, Any]] = set()
     shortfall = 0
-    pools = {}
-    for kind, _ in KINDS:
-        pools[kind] = (_ranked(mined.kinds[kind], mined, True),
-                       _ranked(mined.kinds[kind], mined, False))
 
     def take(kind: str, count: int) -> int:
-        positive, negative = pools[kind]
+        positive, negative = mined.pools(kind)
         want_negative = int(round(count * NEGATIVE_SHARE))
         taken = 0
         for pool, limit, sign in ((positive, count - want_negative, 1),
