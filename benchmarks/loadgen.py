@@ -23,6 +23,11 @@ from benchmarks.clients import Client, Verdict
 from benchmarks.messages import Message
 
 
+# No answer within this many seconds counts as an error (a stalled peer must not hang the
+# run). Far above any latency a working system shows at the sweep's deepest level.
+REQUEST_TIMEOUT = 120.0
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -99,7 +104,8 @@ async def accuracy_pass(client: Client, messages: list[Message], concurrency: in
         nonlocal done, last_report
         for message in todo:
             try:
-                verdict: Verdict = await session.classify(message)
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    verdict: Verdict = await session.classify(message)
             except Exception as exc:  # noqa: BLE001 - every failure is counted and shown
                 result.errors += 1
                 result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"
@@ -148,7 +154,8 @@ async def run_level(client: Client, messages: list[Message], concurrency: int, *
             message = messages[next(counter) % n]
             t0 = time.perf_counter()
             try:
-                verdict = await session.classify(message)
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    verdict = await session.classify(message)
             except Exception as exc:  # noqa: BLE001
                 if recording:
                     errors += 1

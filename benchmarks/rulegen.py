@@ -8,7 +8,8 @@ admin writes, in a fixed mix of kinds:
     body phrase (three words)        15%   (?i)\\bclick\\s+here\\s+to\\b
     body words with a bounded gap    10%   (?i)\\bfree\\W+(?:\\w+\\W+){0,2}offer\\b
     Subject word                     15%   header Subject: (?i)\\bmortgage\\b
-    link host                        10%   uri: (?i)^(?:[a-z][a-z0-9+.-]*://)?(?:[^/?#]*\\.)?example\\.com(?:[:/?#]|$)
+    link host                        10%   uri: (?i)^(?:[a-z][a-z0-9+.-]*://)?
+                                                (?:[^/?#]*\\.)?example\\.com(?:[:/?#]|$)
     sender domain                     5%   sender: (?i)@(?:[a-z0-9-]+\\.)*example\\.com$
     X-Mailer product                  5%   header X-Mailer: (?i)\\bproduct\\b
 

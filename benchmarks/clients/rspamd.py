@@ -87,21 +87,28 @@ class RspamdSession:
                 status, headers, body = await read_response(reader)
             except (ConnectionError, asyncio.IncompleteReadError):
                 # A kept-alive connection the server closed meanwhile: retry once, fresh.
-                await self.close()
+                self._drop()
                 if fresh or attempt == 2:
                     raise
                 continue
+            except BaseException:
+                # timeout or cancellation mid-response: the connection is out of step
+                self._drop()
+                raise
             if headers.get("connection", "").lower() == "close":
-                await self.close()
+                self._drop()
             if status != 200:
                 raise ProtocolError(f"Rspamd answered HTTP {status}: {body[:120]!r}")
             return parse_result(body)
         raise AssertionError("unreachable")
 
-    async def close(self) -> None:
+    def _drop(self) -> None:
         if self._conn is not None:
             self._conn[1].close()
             self._conn = None
+
+    async def close(self) -> None:
+        self._drop()
 
 
 class RspamdClient:

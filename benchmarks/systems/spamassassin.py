@@ -10,7 +10,7 @@ sa-update: there is no network) and a private site-config directory holding copi
   Razor2, Pyzor and DCC off; the resolver points at the benchmark's DNS sink anyway;
 - `-x` (no per-user config), `--min-children = --max-children = workers` (all children
   preforked), the default --max-conn-per-child (200: spamd recycles children, their CPU
-  is still counted), default required_score 5.0 (spam = `Spam: True`).
+  is still counted), default required_score 5.0 (spam = `Spam: True`), log to stderr.
 spamd runs as the package's `debian-spamd` user when the benchmark runs as root.
 """
 
