@@ -14,6 +14,9 @@ COMMAND_MODULES = (
     "mailwarden.commands.train",
     "mailwarden.commands.policy",
     "mailwarden.commands.corpus",
+    "mailwarden.commands.operator",
+    "mailwarden.commands.unsubscribe",
+    "mailwarden.commands.token",
 )
 
 

@@ -1,0 +1,20 @@
+"""Prometheus metrics of the unsubscribe server (served on --metrics-address)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+WRITES = Counter("mailwarden_unsubscribe_writes_total",
+                 "Write requests by method and outcome (new, replay, unavailable)",
+                 ["method", "outcome"])
+ACK_SECONDS = Histogram("mailwarden_unsubscribe_ack_seconds",
+                        "Time from an Unsubscribe request to its acknowledgement (committed)",
+                        buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+ONECLICK = Counter("mailwarden_unsubscribe_oneclick_total",
+                   "One-click POSTs by outcome (recorded, replay, rejected, unavailable, "
+                   "bad_request)", ["outcome"])
+WATCHERS = Gauge("mailwarden_unsubscribe_watchers", "Open Watch streams")
+READY = Gauge("mailwarden_unsubscribe_ready", "1 when the store reports Ready")
+HEAD = Gauge("mailwarden_unsubscribe_head_sequence", "Last committed change sequence")
+SYNC_STANDBYS = Gauge("mailwarden_unsubscribe_sync_standbys",
+                      "Standbys the database reports in synchronous replication")

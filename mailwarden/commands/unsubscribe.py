@@ -1,0 +1,410 @@
+"""`mailwarden unsubscribe-server ...` (run the store) and `mailwarden unsubscribe ACTION`
+(add, check, resubscribe, import, export, watch, status: a client of a running store)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mailwarden.commands.token import add_key_arguments, keyring_from_args
+
+ENV_DSN = "MAILWARDEN_STORE_DSN"
+ENV_RESUBSCRIBE = "MAILWARDEN_RESUBSCRIBE_TOKEN"
+ENV_TARGET = "MAILWARDEN_UNSUBSCRIBE_TARGET"
+DEFAULT_TARGET = "127.0.0.1:50061"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_server(sub)
+    _register_client(sub)
+
+
+# --- server ------------------------------------------------------------------------------
+def _register_server(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "unsubscribe-server", help="run the unsubscribe store (gRPC + one-click HTTP)",
+        description="Serve mailwarden.unsubscribe.v1 over gRPC and the RFC 8058 one-click "
+        "endpoint over HTTP. Migrations are applied before the store reports Ready.")
+    p.add_argument("--store", choices=("postgres", "sqlite"), default="sqlite",
+                   help="storage backend (default: sqlite, the embedded single-node store)")
+    p.add_argument("--dsn-file", metavar="FILE",
+                   help=f"file holding the PostgreSQL DSN (or set ${ENV_DSN}); multi-host "
+                        "DSNs with target_session_attrs=read-write follow a failover")
+    p.add_argument("--dsn", help="PostgreSQL DSN on the command line (visible in the process "
+                                 "list: prefer --dsn-file)")
+    p.add_argument("--sqlite-path", metavar="FILE", default="mailwarden-unsubscribe.db",
+                   help="SQLite database file (default: %(default)s)")
+    p.add_argument("--durability", choices=("local", "replicated"), default="local",
+                   help="replicated: refuse to report Ready (and to write) unless PostgreSQL "
+                        "confirms a synchronous standby (default: %(default)s)")
+    p.add_argument("--grpc-address", default="0.0.0.0:50061", metavar="HOST:PORT",
+                   help="gRPC listen address (default: %(default)s; port 0 = any free port)")
+    p.add_argument("--http-address", default="0.0.0.0:8080", metavar="HOST:PORT",
+                   help="one-click HTTP listen address (default: %(default)s)")
+    p.add_argument("--metrics-address", default="0.0.0.0:9091", metavar="HOST:PORT",
+                   help="Prometheus metrics listen address, '' to disable (default: %(default)s)")
+    add_key_arguments(p)
+    p.add_argument("--no-one-click", action="store_true",
+                   help="run without signing keys: no one-click endpoint (probes only)")
+    p.add_argument("--token-max-age-days", type=int, default=0,
+                   help="reject one-click tokens older than this; 0 = never expire (default). "
+                        "CASL requires at least 60")
+    p.add_argument("--resubscribe-token-file", metavar="FILE",
+                   help=f"credential Resubscribe calls must present as a bearer token (or set "
+                        f"${ENV_RESUBSCRIBE}); without one Resubscribe is disabled")
+    p.add_argument("--no-migrate", action="store_true",
+                   help="do not apply schema migrations (they must have been applied already)")
+    p.add_argument("--migrate-only", action="store_true",
+                   help="apply schema migrations and exit")
+    p.add_argument("--readiness-interval", type=float, default=2.0, metavar="SECONDS",
+                   help="how often readiness (replication state) is re-checked")
+    p.add_argument("--drain-seconds", type=float, default=2.0,
+                   help="after SIGTERM, report NOT_SERVING this long before closing listeners")
+    p.add_argument("--grace-seconds", type=float, default=10.0,
+                   help="after draining, in-flight calls get this long to finish")
+    p.add_argument("--ports-file", metavar="FILE",
+                   help="write the bound ports as JSON here once listening (for port 0)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run_server)
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SystemExit(f"mailwarden unsubscribe-server: cannot read {what} file {path}: "
+                         f"{exc.strerror or exc}")
+    if not value:
+        raise SystemExit(f"mailwarden unsubscribe-server: {what} file {path} is empty")
+    return value
+
+
+def run_server(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from filter_server.unsubscribe.model import StoreUnavailable
+    from filter_server.unsubscribe.server import ServerConfig, UnsubscribeServer, split_address
+    from filter_server.unsubscribe.store import open_store
+    from filter_server.unsubscribe.tokens import MIN_MAX_AGE_DAYS, SigningKeyError
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").disabled = True
+    # The pool warns on every failed reconnect attempt; the server logs each change of
+    # readiness (with the reason) instead, which says the same once.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    err = "mailwarden unsubscribe-server: "
+    dsn = ""
+    if args.store == "postgres":
+        if args.dsn_file:
+            dsn = _read_secret_file(args.dsn_file, "DSN")
+        else:
+            dsn = args.dsn or os.environ.get(ENV_DSN, "")
+        if not dsn:
+            print(err + f"--store postgres needs --dsn-file FILE (or ${ENV_DSN})", file=sys.stderr)
+            return 2
+    if args.token_max_age_days and args.token_max_age_days < MIN_MAX_AGE_DAYS:
+        print(err + f"--token-max-age-days must be 0 (never) or at least {MIN_MAX_AGE_DAYS} "
+              "(CASL)", file=sys.stderr)
+        return 2
+    for name in ("grpc_address", "http_address") + (("metrics_address",)
+                                                     if args.metrics_address else ()):
+        try:
+            split_address(getattr(args, name))
+        except ValueError as exc:
+            print(err + str(exc), file=sys.stderr)
+            return 2
+    try:
+        store = open_store(args.store, dsn=dsn, sqlite_path=args.sqlite_path,
+                           durability=args.durability)
+    except ValueError as exc:
+        print(err + str(exc), file=sys.stderr)
+        return 2
+
+    if args.migrate_only:
+        async def migrate() -> list[int]:
+            try:
+                if args.store == "sqlite":
+                    await store.open(migrate=True)
+                    return []
+                return await store.migrate()
+            finally:
+                await store.close()
+        try:
+            applied = asyncio.run(migrate())
+        except StoreUnavailable as exc:
+            print(err + str(exc), file=sys.stderr)
+            return 1
+        print(f"schema up to date (applied: {', '.join(map(str, applied)) or 'nothing'})")
+        return 0
+
+    keys = None
+    if not args.no_one_click:
+        try:
+            keys = keyring_from_args(args)
+        except SigningKeyError as exc:
+            print(err + f"{exc}; or pass --no-one-click", file=sys.stderr)
+            return 2
+    resubscribe = None
+    if args.resubscribe_token_file:
+        resubscribe = _read_secret_file(args.resubscribe_token_file, "resubscribe token").encode()
+    elif os.environ.get(ENV_RESUBSCRIBE):
+        resubscribe = os.environ[ENV_RESUBSCRIBE].strip().encode()
+    config = ServerConfig(
+        grpc_address=args.grpc_address, http_address=args.http_address,
+        metrics_address=args.metrics_address, keys=keys,
+        token_max_age_days=args.token_max_age_days, migrate=not args.no_migrate,
+        readiness_interval=args.readiness_interval, drain_seconds=args.drain_seconds,
+        grace_seconds=args.grace_seconds, ports_file=args.ports_file or "")
+    server = UnsubscribeServer(store, config, resubscribe_token=resubscribe)
+    try:
+        asyncio.run(server.run())
+    except OSError as exc:
+        print(err + f"cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- client ------------------------------------------------------------------------------
+def _register_client(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("unsubscribe", help="talk to a running unsubscribe store",
+                       description="Client of mailwarden.unsubscribe.v1 (see "
+                       "docs/unsubscribe.md).")
+    p.add_argument("--target", default=os.environ.get(ENV_TARGET, DEFAULT_TARGET),
+                   metavar="HOST:PORT", help=f"store gRPC address (default: ${ENV_TARGET} or "
+                   f"{DEFAULT_TARGET})")
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline per call in seconds")
+    a = p.add_subparsers(dest="unsubscribe_command", required=True, metavar="ACTION")
+
+    add = a.add_parser("add", help="record a suppression")
+    add.add_argument("address")
+    add.add_argument("--scope", required=True, help="list name, or '*' for all mail")
+    add.add_argument("--reason", default="unsubscribe",
+                     choices=("unsubscribe", "complaint", "bounce", "manual"))
+    add.add_argument("--source", default="cli")
+    add.add_argument("--idempotency-key", default="")
+    add.set_defaults(func=run_add)
+
+    check = a.add_parser("check", help="print which addresses are suppressed")
+    check.add_argument("addresses", nargs="+")
+    check.add_argument("--scope", default="", help="list of the mail ('' = no list)")
+    check.add_argument("--mail-class", default="bulk", choices=("bulk", "transactional"))
+    check.set_defaults(func=run_check)
+
+    resub = a.add_parser("resubscribe", help="remove a suppression (needs the resubscribe "
+                         f"credential in ${ENV_RESUBSCRIBE} or --credential-file)")
+    resub.add_argument("address")
+    resub.add_argument("--scope", required=True)
+    resub.add_argument("--source", required=True, help="who/what authorised it")
+    resub.add_argument("--credential-file", metavar="FILE")
+    resub.set_defaults(func=run_resubscribe)
+
+    imp = a.add_parser("import", help="bulk import suppressions from CSV or JSONL")
+    imp.add_argument("file", help="file to import, '-' for stdin")
+    imp.add_argument("--format", choices=("csv", "jsonl"), help="default: from the extension")
+    imp.add_argument("--scope", default="*", help="scope for rows without one (default: *)")
+    imp.add_argument("--reason", default="unsubscribe",
+                     choices=("unsubscribe", "complaint", "bounce", "manual"))
+    imp.add_argument("--source", default="import")
+    imp.add_argument("--skip-invalid", action="store_true",
+                     help="import the valid rows and list the invalid ones (default: check "
+                          "the whole file first and import nothing if a row is invalid)")
+    imp.set_defaults(func=run_import)
+
+    exp = a.add_parser("export", help="export suppressions as CSV or JSONL")
+    exp.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    exp.add_argument("--scope", default="", help="only this scope (default: all)")
+    exp.add_argument("--output", "-o", default="-", help="file, '-' for stdout")
+    exp.set_defaults(func=run_export)
+
+    watch = a.add_parser("watch", help="print the change stream")
+    watch.add_argument("--from-sequence", type=int, default=0)
+    watch.set_defaults(func=run_watch)
+
+    status = a.add_parser("status", help="print the store's readiness and facts")
+    status.set_defaults(func=run_status)
+
+
+def _stub(args: argparse.Namespace):
+    import grpc
+
+    from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
+    channel = grpc.insecure_channel(args.target)
+    return channel, pb_grpc.UnsubscribeStoreStub(channel)
+
+
+def _rpc_error(exc) -> int:
+    print(f"mailwarden unsubscribe: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    return 1
+
+
+def _reason(name: str) -> int:
+    from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+    return pb.Reason.Value(name.upper())
+
+
+def run_add(args: argparse.Namespace) -> int:
+    import grpc
+
+    from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+    channel, stub = _stub(args)
+    with channel:
+        try:
+            r = stub.Unsubscribe(pb.UnsubscribeRequest(
+                address=args.address, scope=args.scope, reason=_reason(args.reason),
+                source=args.source, idempotency_key=args.idempotency_key), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            return _rpc_error(exc)
+    state = "already suppressed" if r.already_existed else "suppressed"
+    print(f"{r.address} {state} in scope {r.scope} (sequence {r.sequence})")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    import grpc
+
+    from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+    channel, stub = _stub(args)
+    with channel:
+        try:
+            r = stub.Check(pb.CheckRequest(addresses=args.addresses, scope=args.scope,
+                                           mail_class=pb.MailClass.Value(args.mail_class.upper())),
+                           timeout=args.timeout)
+        except grpc.RpcError as exc:
+            return _rpc_error(exc)
+    for result in r.suppressed:
+        why = ", ".join(f"{m.scope}:{pb.Reason.Name(m.reason).lower()}" for m in result.matched)
+        print(f"{result.address}\tsuppressed\t{why}")
+    return 0
+
+
+def run_resubscribe(args: argparse.Namespace) -> int:
+    import grpc
+
+    from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+    credential = os.environ.get(ENV_RESUBSCRIBE, "")
+    if args.credential_file:
+        credential = _read_secret_file(args.credential_file, "credential")
+    if not credential:
+        print(f"mailwarden unsubscribe: resubscribe needs --credential-file or ${ENV_RESUBSCRIBE}",
+              file=sys.stderr)
+        return 2
+    channel, stub = _stub(args)
+    with channel:
+        try:
+            r = stub.Resubscribe(pb.ResubscribeRequest(address=args.address, scope=args.scope,
+                                                       source=args.source),
+                                 metadata=(("authorization", f"Bearer {credential}"),),
+                                 timeout=args.timeout)
+        except grpc.RpcError as exc:
+            return _rpc_error(exc)
+    print("removed" if r.removed else "no such suppression", f"(sequence {r.sequence})")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    import grpc
+
+    from filter_server.unsubscribe.model import Reason
+    from filter_server.unsubscribe.rows import parse_all
+    from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+    fmt = args.format or ("jsonl" if args.file.endswith((".jsonl", ".ndjson")) else "csv")
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"mailwarden unsubscribe: cannot read {args.file}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
+    # Check the whole file here first, so a typo on line 90 000 is found before anything is
+    # written (the server checks again; rows are upserts, so a re-run is always safe).
+    try:
+        rows, errors = parse_all(fmt, data, default_scope=args.scope,
+                                 default_reason=Reason(args.reason), default_source=args.source)
+    except ValueError as exc:
+        print(f"mailwarden unsubscribe: {exc}", file=sys.stderr)
+        return 2
+    for error in errors[:50]:
+        print(f"{args.file}:{error.line}: {error.message}", file=sys.stderr)
+    if errors and not args.skip_invalid:
+        print(f"mailwarden unsubscribe: {len(errors)} invalid rows; nothing imported (fix them, "
+              "or pass --skip-invalid)", file=sys.stderr)
+        return 1
+    total = len(data)
+
+    def chunks():
+        step = 256 * 1024
+        for start in range(0, max(total, 1), step):
+            if start:
+                print(f"\rsent {start * 100 // max(total, 1)}%", end="", file=sys.stderr)
+            yield pb.ImportChunk(format=pb.Format.Value(fmt.upper()), default_scope=args.scope,
+                                 default_reason=_reason(args.reason), default_source=args.source,
+                                 skip_invalid=args.skip_invalid, data=data[start:start + step])
+
+    channel, stub = _stub(args)
+    with channel:
+        try:
+            r = stub.Import(chunks(), timeout=max(args.timeout, 600.0))
+        except grpc.RpcError as exc:
+            return _rpc_error(exc)
+    if total > 256 * 1024:
+        print(file=sys.stderr)
+    print(f"imported {r.rows} rows: {r.inserted} new, {r.already_existed} already suppressed, "
+          f"{r.invalid_rows} invalid (head sequence {r.last_sequence})")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import grpc
+
+    from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+    channel, stub = _stub(args)
+    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")
+    try:
+        with channel:
+            for chunk in stub.Export(pb.ExportRequest(format=pb.Format.Value(args.format.upper()),
+                                                      scope=args.scope), timeout=args.timeout):
+                out.write(chunk.data)
+    except grpc.RpcError as exc:
+        return _rpc_error(exc)
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    import grpc
+
+    from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+    channel, stub = _stub(args)
+    with channel:
+        try:
+            for event in stub.Watch(pb.WatchRequest(from_sequence=args.from_sequence)):
+                if event.HasField("change"):
+                    c = event.change
+                    print(f"{c.sequence}\t{pb.ChangeOp.Name(c.op).lower()}\t{c.address}\t"
+                          f"{c.scope}\t{pb.Reason.Name(c.reason).lower()}\t{c.source}",
+                          flush=True)
+        except grpc.RpcError as exc:
+            return _rpc_error(exc)
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    import grpc
+
+    from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+    channel, stub = _stub(args)
+    with channel:
+        try:
+            s = stub.GetStatus(pb.GetStatusRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            return _rpc_error(exc)
+    print(f"ready: {'yes' if s.ready else 'no: ' + s.reason}")
+    print(f"backend: {s.backend} (highly available: {'yes' if s.highly_available else 'no'})")
+    print(f"durability: {s.durability}, sync standbys: {s.sync_standbys}")
+    print(f"head sequence: {s.head_sequence}, suppressions: {s.suppressions}")
+    return 0 if s.ready else 1

@@ -1,0 +1,80 @@
+"""kopf registration: every handler only hands the object to the Reconciler.
+
+Triggers: create/update/resume of a SpamPolicy and events of the Deployments the operator
+manages (rollout progress → status). The periodic resync is `resync.py` (not a kopf timer:
+timers put finalizers on every object). The validating webhook reuses the policy validator.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import kopf
+
+from mailwarden_operator import metrics, naming
+from mailwarden_operator.kube import KubeError
+from mailwarden_operator.reconcile import Reconciler
+from mailwarden_operator.webhook import admission_errors, admission_message
+
+RETRY_DELAY_SECONDS = 5.0
+WEBHOOK_ID = "validate-spampolicy"
+
+
+def build_registry(get_reconciler: Callable[[], Reconciler], *,
+                   webhook: bool) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    resource = (naming.GROUP, naming.VERSION, naming.PLURAL)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        # The service account in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config).
+        return kopf.login_via_client(**kwargs)
+
+    def run(namespace: str, name: str, trigger: str, logger: Any) -> None:
+        try:
+            outcome = get_reconciler().reconcile(namespace, name, trigger=trigger)
+        except KubeError as exc:
+            # Retried by kopf with a delay; the status keeps its last observed state.
+            raise kopf.TemporaryError(f"API call failed: {exc}", delay=RETRY_DELAY_SECONDS)
+        if outcome not in ("unchanged", "gone"):
+            logger.debug("reconciled (%s): %s", trigger, outcome)
+
+    @kopf.on.create(*resource, registry=registry)
+    def spampolicy_created(namespace: str, name: str, logger: Any, **_: Any) -> None:
+        run(namespace, name, "create", logger)
+
+    @kopf.on.update(*resource, registry=registry)
+    def spampolicy_updated(namespace: str, name: str, logger: Any, **_: Any) -> None:
+        run(namespace, name, "update", logger)
+
+    @kopf.on.resume(*resource, registry=registry)
+    def spampolicy_resumed(namespace: str, name: str, logger: Any, **_: Any) -> None:
+        run(namespace, name, "resume", logger)
+
+    # optional: no finalizer — children go by owner references (garbage collection).
+    @kopf.on.delete(*resource, optional=True, registry=registry)
+    def spampolicy_deleted(namespace: str, name: str, **_: Any) -> None:
+        get_reconciler().forget(namespace, name)
+
+    @kopf.on.event("apps", "v1", "deployments", registry=registry,
+                   labels={"app.kubernetes.io/managed-by": naming.MANAGED_BY,
+                           naming.POLICY_LABEL: kopf.PRESENT})
+    def deployment_changed(namespace: str, labels: dict[str, str], type: str | None,
+                           logger: Any, **_: Any) -> None:
+        if type is None:  # the initial listing: resume handlers cover those
+            return
+        try:
+            run(namespace, labels[naming.POLICY_LABEL], "deployment", logger)
+        except kopf.TemporaryError as exc:
+            # Event handlers are not retried; the resync timer catches up.
+            logger.warning("status update after a Deployment change failed: %s", exc)
+
+    if webhook:
+        @kopf.on.validate(*resource, id=WEBHOOK_ID, registry=registry)
+        def validate_spampolicy(spec: dict[str, Any], name: str | None, **_: Any) -> None:
+            errors = admission_errors(dict(spec or {}), name or "")
+            metrics.WEBHOOK_REVIEWS.labels("false" if errors else "true").inc()
+            if errors:
+                raise kopf.AdmissionError(admission_message(errors), code=422)
+
+    return registry

@@ -1,0 +1,139 @@
+"""Run the operator: kopf with the handlers, peering for HA, webhook, probes, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kopf
+from prometheus_client import start_http_server
+
+from mailwarden_operator import metrics
+from mailwarden_operator.certwatch import CertWatcher
+from mailwarden_operator.handlers import build_registry
+from mailwarden_operator.kube import Kube, api_client_from_environment
+from mailwarden_operator.reconcile import DEFAULT_KEEP_CONFIGMAPS, Reconciler
+from mailwarden_operator.render import RenderSettings
+from mailwarden_operator.resync import Resync
+
+log = logging.getLogger("mailwarden.operator")
+
+# Priorities decide which peer is active: the earliest-started replica wins and keeps
+# winning, so a restarted replica joins as the standby instead of taking over.
+PRIORITY_BASE = 10**13
+
+
+def startup_priority(now: float | None = None) -> int:
+    return PRIORITY_BASE - int((time.time() if now is None else now) * 1000)
+
+
+def own_identity() -> str:
+    """This replica's peering identity: the pod name plus a random part, so a restarted pod
+    never mistakes its dead predecessor's record for its own."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}/{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class OperatorConfig:
+    namespaces: list[str] = field(default_factory=list)   # empty: all namespaces
+    filter_image: str = RenderSettings.default_image
+    resync_seconds: float = 60.0
+    keep_configmaps: int = DEFAULT_KEEP_CONFIGMAPS
+    peering: str | None = "mailwarden"                    # None: standalone
+    peering_lifetime: int = 15
+    priority: int | None = None                           # None: by start time
+    liveness_port: int = 8080
+    metrics_port: int = 9100
+    webhook_port: int = 9443
+    webhook_cert_dir: Path | None = None                  # tls.crt + tls.key
+    webhook_insecure: bool = False                        # plain HTTP (local testing)
+    listen_address: str = "0.0.0.0"
+    watch_server_timeout: int = 300
+    watch_client_timeout: int = 330
+    api_timeout: float = 30.0
+    kubeconfig: str | None = None
+
+    @property
+    def webhook_enabled(self) -> bool:
+        return self.webhook_port > 0 and (self.webhook_cert_dir is not None
+                                          or self.webhook_insecure)
+
+
+def run(config: OperatorConfig) -> int:
+    holder: dict[str, Reconciler] = {}
+    registry = build_registry(lambda: holder["reconciler"], webhook=config.webhook_enabled)
+    priority = config.priority if config.priority is not None else startup_priority()
+    identity = own_identity()
+    threads: list[Resync | CertWatcher] = []
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: object) -> None:
+        # Watches must end and restart on their own: a stream behind a load balancer can
+        # hang silently forever otherwise.
+        settings.watching.server_timeout = config.watch_server_timeout
+        settings.watching.client_timeout = config.watch_client_timeout
+        settings.watching.connect_timeout = 30
+        settings.networking.request_timeout = config.api_timeout
+        settings.networking.connect_timeout = 30
+        # kopf's bookkeeping in annotations of our own prefix; status stays ours.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="kopf.mailwarden.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="kopf.mailwarden.dev", key="last-handled-configuration")
+        settings.persistence.finalizer = "mailwarden.dev/operator"
+        # Only warnings become Events (the reconciler posts its own on transitions).
+        settings.posting.level = logging.WARNING
+        settings.execution.max_workers = 16
+        settings.peering.lifetime = config.peering_lifetime
+        settings.peering.mandatory = config.peering is not None
+        if config.webhook_enabled:
+            settings.admission.server = kopf.WebhookServer(
+                addr=config.listen_address, port=config.webhook_port,
+                certfile=str(config.webhook_cert_dir / "tls.crt")
+                if config.webhook_cert_dir else None,
+                pkeyfile=str(config.webhook_cert_dir / "tls.key")
+                if config.webhook_cert_dir else None,
+                insecure=config.webhook_insecure)
+        kube = Kube(api_client_from_environment(config.kubeconfig), timeout=config.api_timeout,
+                    on_write=lambda verb, kind: metrics.API_WRITES.labels(verb, kind).inc())
+        holder["reconciler"] = Reconciler(
+            kube, RenderSettings(default_image=config.filter_image),
+            keep_configmaps=config.keep_configmaps)
+        resync = Resync(holder["reconciler"], kube, interval=config.resync_seconds,
+                        namespaces=config.namespaces, peering=config.peering,
+                        identity=identity, priority=priority)
+        resync.start()
+        threads.append(resync)
+        if config.webhook_enabled and config.webhook_cert_dir is not None:
+            watcher = CertWatcher(config.webhook_cert_dir)
+            watcher.start()
+            threads.append(watcher)
+        if config.metrics_port > 0:
+            start_http_server(config.metrics_port, addr=config.listen_address)
+        log.info("operator starting: peering=%s priority=%s namespaces=%s",
+                 config.peering or "standalone", priority, config.namespaces or "all")
+
+    @kopf.on.cleanup(registry=registry)
+    def stop_threads(**_: object) -> None:
+        for thread in threads:
+            thread.stop()
+
+    liveness = (f"http://{config.listen_address}:{config.liveness_port}/healthz"
+                if config.liveness_port > 0 else None)
+    asyncio.run(kopf.operator(
+        registry=registry,
+        standalone=config.peering is None,
+        peering_name=config.peering,
+        priority=priority,
+        identity=identity,
+        liveness_endpoint=liveness,
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+    ))
+    return 0

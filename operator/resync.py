@@ -1,0 +1,113 @@
+"""Periodic resync of every SpamPolicy, on the active replica only.
+
+It corrects drift and notices model ConfigMaps that appeared after their SpamPolicy. It is
+a plain thread rather than a kopf timer because kopf timers put a finalizer on every
+SpamPolicy, which would make deleting one impossible while the operator is down.
+
+Which replica is active is kopf peering's decision; this thread reads the same peering
+object and applies the same rule (the live peer with the highest priority is active), so it
+runs where kopf's handlers run. A disagreement at a hand-over is harmless: reconciles are
+idempotent.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from typing import Any
+
+from mailwarden_operator.kube import SPAMPOLICIES, Kube, KubeError, Resource
+from mailwarden_operator.reconcile import Reconciler
+
+log = logging.getLogger("mailwarden.operator.resync")
+
+CLUSTER_PEERING = Resource("kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering",
+                           namespaced=False)
+NAMESPACED_PEERING = Resource("kopf.dev", "v1", "kopfpeerings", "KopfPeering")
+
+
+def _alive(info: dict[str, Any], now: datetime.datetime) -> bool:
+    try:
+        lastseen = datetime.datetime.fromisoformat(str(info["lastseen"]))
+        if lastseen.tzinfo is None:
+            lastseen = lastseen.replace(tzinfo=datetime.UTC)
+        return lastseen + datetime.timedelta(seconds=float(info.get("lifetime", 60))) > now
+    except (KeyError, ValueError, TypeError):
+        return False
+
+
+def is_active(peering: dict[str, Any] | None, identity: str, priority: int,
+              now: datetime.datetime | None = None) -> bool:
+    """kopf's rule: active when present and no live peer has the same or a higher
+    priority."""
+    if peering is None:
+        return False
+    now = now or datetime.datetime.now(datetime.UTC)
+    peers = peering.get("status") or {}
+    if identity not in peers:
+        return False
+    return not any(other != identity and isinstance(info, dict) and _alive(info, now)
+                   and int(info.get("priority", 0)) >= priority
+                   for other, info in peers.items())
+
+
+class Resync(threading.Thread):
+    def __init__(self, reconciler: Reconciler, kube: Kube, *, interval: float,
+                 namespaces: list[str], peering: str | None, identity: str,
+                 priority: int) -> None:
+        super().__init__(name="resync", daemon=True)
+        self.reconciler = reconciler
+        self.kube = kube
+        self.interval = interval
+        self.namespaces = namespaces
+        self.peering = peering
+        self.identity = identity
+        self.priority = priority
+        self.stopping = threading.Event()
+
+    def active(self) -> bool:
+        if self.peering is None:
+            return True
+        if self.namespaces:
+            where = f"KopfPeering {self.namespaces[0]}/{self.peering}"
+            body = self.kube.get(NAMESPACED_PEERING, self.namespaces[0], self.peering)
+        else:
+            where = f"ClusterKopfPeering {self.peering}"
+            body = self.kube.get(CLUSTER_PEERING, None, self.peering)
+        if body is None:
+            # kopf waits silently for a missing peering object; say why nothing happens.
+            log.error("%s does not exist: this replica stays idle until it does (the Helm "
+                      "chart creates it; without the chart create it, or run with "
+                      "--standalone for a single replica)", where)
+        return is_active(body, self.identity, self.priority)
+
+    def run(self) -> None:
+        try:
+            self.active()  # report a missing peering object at once
+        except KubeError as exc:
+            log.warning("cannot read the peering object: %s", exc)
+        while not self.stopping.wait(self.interval):
+            try:
+                if self.active():
+                    self.resync_all()
+            except KubeError as exc:
+                log.warning("resync skipped: %s", exc)
+            except Exception:  # keep the thread alive; the next round retries
+                log.exception("resync failed")
+
+    def resync_all(self) -> None:
+        for namespace in self.namespaces or [None]:
+            for body in self.kube.list(SPAMPOLICIES, namespace):
+                if self.stopping.is_set():
+                    return
+                meta = body["metadata"]
+                try:
+                    self.reconciler.reconcile(meta["namespace"], meta["name"],
+                                              trigger="resync")
+                except KubeError as exc:
+                    log.warning("resync of %s/%s failed: %s", meta["namespace"],
+                                meta["name"], exc)
+
+    def stop(self) -> None:
+        self.stopping.set()

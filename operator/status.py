@@ -1,0 +1,195 @@
+"""Status of a SpamPolicy, computed as a pure function of what a reconcile observed.
+
+Conditions follow the Kubernetes API conventions: `type`, `status`, `reason` (CamelCase),
+`message`, `lastTransitionTime` (changes only when `status` flips) and
+`observedGeneration`.
+
+- PolicyValid — the newest spec.policy validated (False: reason says why; nothing rolls).
+- Progressing — True while a policy or serving change rolls out.
+- Ready — True when the desired policy is live on every replica and pods are available
+  (during a rollout the previous policy keeps serving at full capacity, Ready is False).
+- Degraded — True when something needs attention: an invalid policy left the last good one
+  serving, or fewer pods are available than `replicas.min`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_RECENT_HASHES = 10
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What the Deployment says about getting `target_hash` onto every replica."""
+    target_hash: str | None
+    complete: bool
+    desired: int = 0
+    replicas: int = 0
+    updated: int = 0
+    ready: int = 0
+    available: int = 0
+
+
+def observe_rollout(deployment: dict[str, Any] | None, target_hash: str | None,
+                    hash_annotation: str) -> Rollout:
+    """Like `kubectl rollout status`: complete once the controller has seen the current
+    template and every replica is updated and available, with no old ones left."""
+    if deployment is None or target_hash is None:
+        return Rollout(target_hash, False)
+    meta = deployment.get("metadata", {})
+    spec = deployment.get("spec", {})
+    st = deployment.get("status") or {}
+    template_hash = (spec.get("template", {}).get("metadata", {}).get("annotations") or {}
+                     ).get(hash_annotation)
+    generation = meta.get("generation")
+    observed = st.get("observedGeneration")
+    seen = generation is None or (observed is not None and observed >= generation)
+    desired = int(spec.get("replicas", 1))
+    replicas = int(st.get("replicas", 0))
+    updated = int(st.get("updatedReplicas", 0))
+    ready = int(st.get("readyReplicas", 0))
+    available = int(st.get("availableReplicas", 0))
+    complete = (seen and template_hash == target_hash and desired >= 1
+                and updated >= desired and replicas <= updated and available >= updated)
+    return Rollout(target_hash, complete, desired, replicas, updated, ready, available)
+
+
+@dataclass(frozen=True)
+class Observation:
+    generation: int | None
+    min_replicas: int
+    bundle_hash: str | None           # the valid desired policy, or None when rejected
+    rule_count: int = 0
+    rejection_reason: str | None = None
+    rejection_message: str | None = None
+    rollout: Rollout = field(default_factory=lambda: Rollout(None, False))
+
+
+@dataclass(frozen=True)
+class Transition:
+    type: str          # Normal | Warning
+    reason: str
+    message: str
+
+
+def _timestamp(now: datetime.datetime) -> str:
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(ts: str | None) -> datetime.datetime | None:
+    if not ts:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
+    r = obs.rollout
+    target = r.target_hash
+    if obs.bundle_hash is not None:
+        valid = ("PolicyValid", "True", "Valid",
+                 f"policy {obs.bundle_hash} is valid ({obs.rule_count} rules)")
+    else:
+        valid = ("PolicyValid", "False", obs.rejection_reason or "InvalidPolicy",
+                 obs.rejection_message or "the policy is invalid")
+    if target is None:
+        progressing = ("Progressing", "False", "NoValidPolicy",
+                       "no valid policy has been rolled out yet")
+        ready = ("Ready", "False", "NoValidPolicy", "no valid policy to serve")
+    elif not r.complete:
+        progressing = ("Progressing", "True", "RollingOut",
+                       f"rolling out policy {target}: {r.updated}/{r.desired} replicas "
+                       f"updated, {r.available} available")
+        ready = ("Ready", "False", "RollingOut",
+                 f"policy {target} is not yet live on every replica (the previous one "
+                 "keeps serving)")
+    else:
+        progressing = ("Progressing", "False", "RolloutComplete",
+                       f"policy {target} is live on {r.updated} replicas")
+        if r.available >= 1:
+            ready = ("Ready", "True", "PolicyLive",
+                     f"policy {target} serving on {r.available} replicas")
+        else:
+            ready = ("Ready", "False", "NoReplicasAvailable", "no filter pod is available")
+    if obs.bundle_hash is None and target is not None:
+        degraded = ("Degraded", "True", "LastGoodPolicyServing",
+                    f"the new policy is rejected ({valid[2]}); policy {target} keeps "
+                    "serving")
+    elif obs.bundle_hash is None:
+        degraded = ("Degraded", "True", valid[2], "no valid policy: nothing is served")
+    elif r.complete and r.available < obs.min_replicas:
+        degraded = ("Degraded", "True", "BelowMinReplicas",
+                    f"{r.available} filter pods available, replicas.min is "
+                    f"{obs.min_replicas}")
+    else:
+        degraded = ("Degraded", "False", "AsExpected", "all checks pass")
+    return [ready, progressing, valid, degraded]
+
+
+WARNING_WHEN = {("PolicyValid", "False"), ("Degraded", "True"), ("Ready", "False")}
+
+
+def compute_status(previous: dict[str, Any] | None, obs: Observation,
+                   now: datetime.datetime) -> tuple[dict[str, Any], list[Transition]]:
+    """The new status (the operator's fields only) and the condition transitions."""
+    prev = previous or {}
+    r = obs.rollout
+    out: dict[str, Any] = {}
+    if obs.generation is not None:
+        out["observedGeneration"] = obs.generation
+
+    prev_desired = prev.get("desiredPolicyHash")
+    recent = list(prev.get("recentPolicyHashes") or [])
+    started = prev.get("rolloutStartedAt")
+    if r.target_hash is not None and r.target_hash != prev_desired:
+        started = _timestamp(now)
+        recent = [r.target_hash] + [h for h in recent if h != r.target_hash]
+    if r.target_hash is not None:
+        out["desiredPolicyHash"] = r.target_hash
+        out["recentPolicyHashes"] = recent[:MAX_RECENT_HASHES]
+        out["rolloutStartedAt"] = started
+    live = prev.get("policyHash")
+    propagation = prev.get("lastPropagationSeconds")
+    if r.complete and r.target_hash != live:
+        begun = _parse(started)
+        if begun is not None:
+            propagation = round(max(0.0, (now - begun).total_seconds()), 3)
+        live = r.target_hash
+    if live is not None:
+        out["policyHash"] = live
+    if propagation is not None:
+        out["lastPropagationSeconds"] = propagation
+    out.update(replicas=r.replicas, readyReplicas=r.ready, updatedReplicas=r.updated,
+               availableReplicas=r.available)
+
+    previous_conditions = {c.get("type"): c for c in prev.get("conditions") or []}
+    conditions = []
+    transitions = []
+    for ctype, cstatus, reason, message in _conditions(obs):
+        before = previous_conditions.get(ctype)
+        flipped = before is None or before.get("status") != cstatus
+        condition = {
+            "type": ctype, "status": cstatus, "reason": reason, "message": message,
+            "lastTransitionTime": _timestamp(now) if flipped
+            else before.get("lastTransitionTime", _timestamp(now)),
+        }
+        if obs.generation is not None:
+            condition["observedGeneration"] = obs.generation
+        conditions.append(condition)
+        if before is None or flipped or before.get("reason") != reason:
+            kind = "Warning" if (ctype, cstatus) in WARNING_WHEN and reason != "RollingOut" \
+                else "Normal"
+            transitions.append(Transition(kind, f"{ctype}{reason}"[:128], message))
+    out["conditions"] = conditions
+    return out, transitions
+
+
+def status_patch(previous: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """The top-level status fields that differ (empty: nothing to write)."""
+    prev = previous or {}
+    return {key: value for key, value in new.items() if prev.get(key) != value}

@@ -1,0 +1,51 @@
+"""Which replica runs the resync: the same rule kopf peering applies."""
+
+from __future__ import annotations
+
+import datetime
+
+from mailwarden_operator.main import startup_priority
+from mailwarden_operator.resync import is_active
+
+NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+
+
+def peer(priority: int, seconds_ago: float, lifetime: int = 15) -> dict:
+    seen = NOW - datetime.timedelta(seconds=seconds_ago)
+    return {"priority": priority, "lastseen": seen.isoformat(), "lifetime": lifetime}
+
+
+def test_the_live_peer_with_the_highest_priority_is_active():
+    body = {"status": {"a": peer(200, 1), "b": peer(100, 1)}}
+    assert is_active(body, "a", 200, NOW)
+    assert not is_active(body, "b", 100, NOW)
+
+
+def test_a_dead_peer_does_not_block_and_equal_priorities_block_both():
+    assert is_active({"status": {"a": peer(200, 60), "b": peer(100, 1)}}, "b", 100, NOW)
+    tie = {"status": {"a": peer(100, 1), "b": peer(100, 1)}}
+    assert not is_active(tie, "a", 100, NOW) and not is_active(tie, "b", 100, NOW)
+
+
+def test_not_yet_announced_or_no_peering_object_is_inactive():
+    assert not is_active({"status": {"a": peer(200, 1)}}, "b", 300, NOW)
+    assert not is_active(None, "b", 300, NOW)
+
+
+def test_earlier_started_replicas_get_higher_priorities():
+    assert startup_priority(1_700_000_000.0) > startup_priority(1_700_000_001.0) > 0
+
+
+def test_a_missing_peering_object_is_reported(caplog) -> None:
+    from mailwarden_operator.resync import Resync
+
+    class NoPeering:
+        def get(self, *args):
+            return None
+
+    resync = Resync(None, NoPeering(), interval=60, namespaces=[], peering="mailwarden",
+                    identity="me", priority=1)
+    with caplog.at_level("ERROR"):
+        assert resync.active() is False
+    assert "ClusterKopfPeering mailwarden does not exist" in caplog.text
+    assert "--standalone" in caplog.text

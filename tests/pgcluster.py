@@ -1,0 +1,303 @@
+"""Real PostgreSQL servers for tests and benchmarks: a primary and, optionally, a synchronous
+standby made with pg_basebackup — on loopback, ephemeral ports, temporary directories.
+
+    with PgCluster(standby=True) as cluster:
+        dsn = cluster.create_database("t1")           # on the primary
+        ...
+        cluster.kill_primary()                         # SIGKILL to the primary's process group
+        cluster.promote_standby()                      # the standby becomes a primary
+        cluster.standby.dsn("t1")
+
+PostgreSQL refuses to run as root: when the tests run as root, every PostgreSQL program runs
+as the ``postgres`` user (created by the Debian ``postgresql`` package that
+``scripts/bootstrap.sh`` installs) and the data directories are owned by it. Binaries are found
+with ``pg_config --bindir``, then ``/usr/lib/postgresql/<newest>/bin``, then $PATH.
+Every process started is stopped by ``close()`` (fixtures call it in their finalizer).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+__all__ = ["PgCluster", "PgNode", "PgUnavailable", "find_pg_bindir"]
+
+
+class PgUnavailable(RuntimeError):
+    """PostgreSQL binaries are not installed (run scripts/bootstrap.sh)."""
+
+
+def find_pg_bindir() -> Path:
+    candidates: list[Path] = []
+    try:
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        candidates.append(Path(out))
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+    def version(path: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", Path(path).parent.parent.name))
+    candidates += [Path(p).parent for p in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                                                  key=version, reverse=True)]
+    on_path = shutil.which("initdb")
+    if on_path:
+        candidates.append(Path(on_path).parent)
+    for directory in candidates:
+        if (directory / "initdb").exists() and (directory / "postgres").exists():
+            return directory
+    raise PgUnavailable("PostgreSQL server binaries not found (initdb, postgres); install the "
+                        "Debian 'postgresql' package (scripts/bootstrap.sh does)")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _RunAs:
+    """Run PostgreSQL programs as the postgres user when we are root."""
+
+    def __init__(self) -> None:
+        self.user = None
+        if os.geteuid() == 0:
+            try:
+                entry = pwd.getpwnam("postgres")
+            except KeyError:
+                raise PgUnavailable("running as root but there is no 'postgres' user to run "
+                                    "PostgreSQL as (install the Debian 'postgresql' package)") \
+                    from None
+            self.user, self.uid, self.gid = "postgres", entry.pw_uid, entry.pw_gid
+
+    def popen_kwargs(self) -> dict:
+        if self.user is None:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": [],
+                "env": {**os.environ, "HOME": tempfile.gettempdir(), "USER": "postgres"}}
+
+    def own(self, path: Path) -> None:
+        if self.user is not None:
+            os.chown(path, self.uid, self.gid)
+
+
+class PgNode:
+    """One postgres server process."""
+
+    def __init__(self, cluster: PgCluster, name: str, datadir: Path) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.datadir = datadir
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.log_path = cluster.base / f"{name}.log"
+        self.extra_settings: dict[str, str] = {}
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname} connect_timeout=5"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start on a free ephemeral port (retrying if another process takes it first), or on
+        the port it had before when restarted."""
+        keep_port = self.port
+        for _ in range(5):
+            self.port = keep_port or _free_port()
+            settings = {
+                "listen_addresses": "127.0.0.1", "port": str(self.port),
+                "unix_socket_directories": str(self.datadir),
+                "fsync": "on" if self.cluster.fsync else "off",
+                "shared_buffers": "32MB", "max_connections": "60",
+                "wal_level": "replica", "max_wal_senders": "5", "hot_standby": "on",
+                "wal_sender_timeout": "5s", "wal_receiver_status_interval": "1s",
+                **self.extra_settings,
+            }
+            args = [str(self.cluster.bindir / "postgres"), "-D", str(self.datadir)]
+            for key, value in settings.items():
+                args += ["-c", f"{key}={value}"]
+            log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=True, **self.cluster.runas.popen_kwargs())
+            log.close()
+            if self._wait_accepting(timeout):
+                return
+            self.stop(immediate=True)
+            if keep_port:
+                break
+        raise RuntimeError(f"postgres {self.name} did not start; log:\n{self.log_tail()}")
+
+    def _wait_accepting(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with psycopg.connect(self.dsn(), connect_timeout=2):
+                    return True
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+        return False
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def execute(self, query: str, params: tuple = (), dbname: str = "postgres") -> list[tuple]:
+        with psycopg.connect(self.dsn(dbname), autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def kill9(self) -> None:
+        """SIGKILL the postmaster and every backend (its process group): a crash."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+    def stop(self, immediate: bool = False, timeout: float = 30.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                # SIGINT = fast shutdown, SIGQUIT = immediate shutdown
+                os.killpg(self.proc.pid, signal.SIGQUIT if immediate else signal.SIGINT)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+        if self.proc.poll() is None:
+            self.kill9()
+        # Backends that outlive a killed postmaster exit on their own; make sure of it.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def promote(self, timeout: float = 60.0) -> None:
+        self.execute("SELECT pg_promote(wait => true, wait_seconds => %s)", (int(timeout),))
+        deadline = time.monotonic() + timeout
+        while self.execute("SELECT pg_is_in_recovery()")[0][0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} still in recovery after promote")
+            time.sleep(0.1)
+
+
+class PgCluster:
+    """A primary and optionally one synchronous standby (application_name ``standby1``)."""
+
+    def __init__(self, *, standby: bool = False, fsync: bool = True,
+                 base_dir: str | None = None) -> None:
+        self.bindir = find_pg_bindir()
+        self.runas = _RunAs()
+        self.fsync = fsync
+        self.want_standby = standby
+        self.base = Path(tempfile.mkdtemp(prefix="mailwarden-pg-", dir=base_dir))
+        self.runas.own(self.base)
+        self.primary = PgNode(self, "primary", self.base / "primary")
+        self.standby: PgNode | None = None
+
+    def _run(self, args: list[str], timeout: float = 120.0) -> None:
+        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                                stdin=subprocess.DEVNULL, cwd=self.base,
+                                **self.runas.popen_kwargs())
+        if result.returncode != 0:
+            raise RuntimeError(f"{Path(args[0]).name} failed ({result.returncode}):\n"
+                               f"{result.stdout}\n{result.stderr}")
+
+    def start(self) -> PgCluster:
+        try:
+            self._run([str(self.bindir / "initdb"), "-D", str(self.primary.datadir), "-U",
+                       "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+            self.primary.start()
+            if self.want_standby:
+                self.add_standby()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def add_standby(self, timeout: float = 60.0) -> PgNode:
+        """pg_basebackup the primary into a standby, start it and make it synchronous."""
+        node = PgNode(self, "standby", self.base / "standby")
+        self._run([str(self.bindir / "pg_basebackup"), "-D", str(node.datadir), "-X", "stream",
+                   "-R", "--checkpoint=fast", "--no-sync", "-d",
+                   f"host=127.0.0.1 port={self.primary.port} user=postgres "
+                   "application_name=standby1"])
+        self.standby = node
+        node.start()
+        self.set_synchronous("standby1")
+        self.wait_sync(timeout)
+        return node
+
+    def set_synchronous(self, names: str) -> None:
+        """Set the primary's synchronous_standby_names ('' = asynchronous) and reload."""
+        self.primary.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")
+        self.primary.execute("SELECT pg_reload_conf()")
+
+    def wait_sync(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.primary.execute(
+                "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")
+            if rows[0][0] >= 1:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("standby did not reach sync_state = 'sync'; standby log:\n"
+                           + (self.standby.log_tail() if self.standby else ""))
+
+    def create_database(self, name: str) -> str:
+        """A fresh database on the primary; returns its DSN."""
+        self.primary.execute(f'CREATE DATABASE "{name}"')
+        return self.primary.dsn(name)
+
+    def multi_host_dsn(self, dbname: str) -> str:
+        """A DSN listing primary and standby; libpq picks whichever accepts writes, so clients
+        follow a promotion."""
+        nodes = [self.primary] + ([self.standby] if self.standby else [])
+        hosts = ",".join("127.0.0.1" for _ in nodes)
+        ports = ",".join(str(n.port) for n in nodes)
+        return (f"host={hosts} port={ports} user=postgres dbname={dbname} "
+                "target_session_attrs=read-write connect_timeout=3")
+
+    def kill_primary(self) -> None:
+        self.primary.kill9()
+
+    def promote_standby(self) -> PgNode:
+        if self.standby is None:
+            raise RuntimeError("no standby to promote")
+        self.standby.promote()
+        return self.standby
+
+    def close(self) -> None:
+        # Immediate shutdown: the directories are deleted next, so a shutdown checkpoint
+        # (seconds of fsync with fsync=on) would buy nothing.
+        for node in (self.standby, self.primary):
+            if node is not None:
+                node.stop(immediate=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> PgCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
