@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the working directory (server logs) afterwards")
     p.add_argument("--hs-cache", type=Path, default=DEFAULT_HS_CACHE,
                    help="Rspamd's Hyperscan cache (kept between runs: only start-up time)")
+    p.add_argument("--note", default="",
+                   help="a line shown at the top of results.md (e.g. what else ran)")
     p.add_argument("--smoke", action="store_true",
                    help="CI smoke run: Mailwarden only, 300 messages, trained on 300+300, "
                    "two short levels, 10 and 100 rules (explicit options still win)")
@@ -170,6 +172,7 @@ class Results:
     load_after: str = ""
     leftovers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    note: str = ""
 
 
 def command_line(argv: list[str]) -> str:
@@ -289,7 +292,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Results:
     results = Results(
         started=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         command=command_line(argv), machine=asdict(machine.describe()),
-        load_before=machine.load_average(), settings={})
+        load_before=machine.load_average(), settings={}, note=args.note)
     progress(f"machine: {results.machine['cores']} cores, {results.machine['memory_gib']} "
              f"GiB; load average {results.load_before}")
     split = split_corpus(args.corpus, args.split)
@@ -308,7 +311,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Results:
             "accuracy_concurrency": max(1, 2 * args.workers)}
         progress(f"test split: {len(test)} messages; train split: {train_counts['ham']} ham, "
                  f"{train_counts['spam']} spam")
-        levels_max = max(args.concurrency)
+        levels_max = max(*args.concurrency, args.scaling_concurrency)
         systems: dict[str, Any] = {}
         if "rspamd" in args.systems:
             systems["rspamd"] = Rspamd(work / "rspamd", servers, workers=args.workers,
@@ -365,9 +368,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> Results:
             system, result = systems[key], by_name[key]
             try:
                 if key != "rspamd":  # Rspamd has been running since training
-                    started = time.monotonic()
                     system.start()
-                    result.start_seconds = time.monotonic() - started
+                result.start_seconds = system.start_seconds
                 progress(f"{result.name}: measuring ({args.workers} workers)")
                 measure(system, system.client(), test, args, result, dns)
             except (ServerFailed, OSError) as exc:

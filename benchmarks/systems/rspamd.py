@@ -111,6 +111,7 @@ class Rspamd:
         self.redis: Server | None = None
         self.trained = Training()
         self.hs_wait = 0.0
+        self.start_seconds = 0.0
 
     # -- configuration ------------------------------------------------------------------
     def _write_config(self) -> Path:
@@ -155,6 +156,7 @@ class Rspamd:
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
+        started = time.monotonic()
         conf = self._write_config()
         self.redis = self.servers.start(
             "redis-server", ["redis-server", "--bind", "127.0.0.1", "--port",
@@ -177,6 +179,7 @@ class Rspamd:
         self.hs_wait = wait_until(self._hyperscan_loaded, server=self.rspamd,
                                   what="Hyperscan databases loaded by every worker",
                                   timeout=900, interval=0.5)
+        self.start_seconds = time.monotonic() - started
 
     def _ping(self, port: int) -> bool:
         try:

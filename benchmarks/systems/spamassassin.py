@@ -66,6 +66,7 @@ class SpamAssassin:
         self.port = free_port()
         self.spamd: Server | None = None
         self.trained = Training()
+        self.start_seconds = 0.0
 
     @property
     def etc(self) -> Path:
@@ -117,6 +118,7 @@ class SpamAssassin:
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
+        started = time.monotonic()
         if not (self.etc / "zz_benchmark.cf").exists():
             self._write_config()
         argv = ["spamd", "-L", "-x", f"--listen=127.0.0.1:{self.port}", "-A", "127.0.0.1",
@@ -131,6 +133,7 @@ class SpamAssassin:
         # spamd answers PING from the parent's first child; wait for all preforked ones.
         wait_until(lambda: self._children() >= self.workers, server=self.spamd,
                    what=f"{self.workers} children", timeout=120, interval=0.25)
+        self.start_seconds = time.monotonic() - started
 
     def _pong(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
