@@ -184,6 +184,23 @@ def write_markdown(data: dict[str, Any], path: Path) -> Path:
               _num(r.get("peak_pss_mib"), 0), _num(r["start_seconds"], 1)]
              for r in scaling["rows"]])
         lines.append("")
+    prof = data.get("profile") or {}
+    if prof.get("samples"):
+        lines += ["## Where Mailwarden's time goes (py-spy)", "",
+                  f"{prof['samples']:,} samples of the GIL-holding thread of every server "
+                  f"process (py-spy --gil, 100 Hz) at C={prof['concurrency']}, in an extra "
+                  "level after the sweep (not a measured one): where the Python CPU goes. C "
+                  "code that holds the GIL counts under the Python function calling it; C "
+                  "code that releases it (gRPC core's network I/O) is not in it.", ""]
+        lines += _table(["Self time: function (file)", "share of samples"],
+                        [[f"`{name}`", _pct(share, 1)] for name, share in prof["self"]])
+        lines.append("")
+        lines += _table(["Inclusive time: function (file)", "share of samples"],
+                        [[f"`{name}`", _pct(share, 1)] for name, share in prof["inclusive"]])
+        lines.append("")
+    elif prof.get("skipped"):
+        lines += ["## Where Mailwarden's time goes", "", f"Profile skipped: {prof['skipped']}",
+                  ""]
     lines += ["## Training (the same train split for everyone)", ""]
     lines += _table(["System", "ham learned / offered", "spam learned / offered", "seconds",
                      "how"],

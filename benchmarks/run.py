@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the working directory (server logs) afterwards")
     p.add_argument("--hs-cache", type=Path, default=DEFAULT_HS_CACHE,
                    help="Rspamd's Hyperscan cache (kept between runs: only start-up time)")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the py-spy profile of Mailwarden (one extra, unmeasured level "
+                   "at its best concurrency; needs py-spy from the bench extra)")
     p.add_argument("--note", default="",
                    help="a line shown at the top of results.md (e.g. what else ran)")
     p.add_argument("--smoke", action="store_true",
@@ -119,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SMOKE = {"systems": ["mailwarden"], "limit": 300, "train_limit": 300, "concurrency": [1, 4],
-         "duration": 1.5, "warmup": 0.5, "rule_counts": [10, 100]}
+         "duration": 1.5, "warmup": 0.5, "rule_counts": [10, 100], "profile": False}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -128,7 +131,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.smoke:
         explicit = {a.split("=")[0] for a in argv if a.startswith("--")}
         for key, value in SMOKE.items():
-            if "--" + key.replace("_", "-") not in explicit:
+            flag = "--no-profile" if key == "profile" else "--" + key.replace("_", "-")
+            if flag not in explicit:
                 setattr(args, key, value)
     if args.workers <= 0:
         parser.error("--workers must be positive")
@@ -173,6 +177,7 @@ class Results:
     leftovers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     note: str = ""
+    profile: dict[str, Any] = field(default_factory=dict)
 
 
 def command_line(argv: list[str]) -> str:
@@ -252,6 +257,26 @@ def measure(system, client, test: list[messages.Message], args: argparse.Namespa
     result.peak_pss_mib = round(sampler.peak.pss_kib / 1024, 1)
     result.processes = sampler.peak.processes
     result.dns_queries = dns.snapshot() - dns_before
+
+
+def profile_mailwarden(mw, servers: ServerSet, test, args, concurrency: int,
+                       results: Results) -> None:
+    """py-spy on every Mailwarden server process during one extra, unmeasured level."""
+    from benchmarks import profile
+
+    raw, log = args.work / "mailwarden" / "py-spy.raw", args.work / "mailwarden" / "py-spy.log"
+    progress(f"Mailwarden: profiling with py-spy for {args.duration:g}s at C={concurrency}")
+    try:
+        spy = profile.start(servers, mw.server.pid, args.duration, raw, log)
+        client = mw.client()
+        client.preencode(test)
+        asyncio.run(loadgen.run_level(client, test, concurrency, roots=mw.roots(),
+                                      warmup=1.0, duration=args.duration))
+        profile.finish(servers, spy, raw)
+        results.profile = {"concurrency": concurrency, **profile.summarize(raw)}
+    except (FileNotFoundError, RuntimeError, OSError, ServerFailed) as exc:
+        results.profile = {"skipped": str(exc)}
+        progress(f"Mailwarden: profile skipped: {exc}")
 
 
 def run_scaling(mw, test, args, mined, best_concurrency: int, results: Results) -> None:
@@ -372,6 +397,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> Results:
                 result.start_seconds = system.start_seconds
                 progress(f"{result.name}: measuring ({args.workers} workers)")
                 measure(system, system.client(), test, args, result, dns)
+                best = result.best()
+                if key == "mailwarden" and args.profile and best:
+                    profile_mailwarden(system, servers, test, args, best["concurrency"],
+                                       results)
             except (ServerFailed, OSError) as exc:
                 result.error = str(exc)
                 results.errors.append(f"{key}: {exc}")

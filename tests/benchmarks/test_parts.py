@@ -167,3 +167,24 @@ def test_bench_refuses_to_start_without_the_peer_packages(tmp_path: Path) -> Non
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "systems are mailwarden" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- the profile summary ---------------------------------------------------------------
+def test_profile_summary_shares_self_and_inclusive_time(tmp_path: Path) -> None:
+    from benchmarks.profile import summarize
+
+    raw = tmp_path / "raw.txt"
+    head = 'process 10:"python -m mailwarden.cli serve";process 11:"python -m worker {}"'
+    raw.write_text(
+        f"{head};run (grpc/_server.py:10);classify (engine/compiled.py:159);"
+        f"parse (engine/message.py:116) 6\n"
+        f"{head};run (grpc/_server.py:10);classify (engine/compiled.py:170) 3\n"
+        f"{head};run (grpc/_server.py:12) 1\n")
+    summary = summarize(raw)
+    assert summary["samples"] == 10
+    assert summary["self"][0] == ("parse (engine/message.py)", 0.6)
+    inclusive = dict(summary["inclusive"])
+    # the same function on different lines is one function
+    assert inclusive["classify (engine/compiled.py)"] == 0.9
+    assert inclusive["run (grpc/_server.py)"] == 1.0
+    assert not any(name.startswith("process") for name in inclusive)
