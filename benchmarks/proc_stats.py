@@ -37,6 +37,13 @@ def exists(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
+def start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot): tells a process from a later one that
+    reused its pid."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields is not None else None  # stat field 22
+
+
 def _all_stats() -> dict[int, list[str]]:
     out = {}
     for entry in os.listdir("/proc"):

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -65,7 +65,6 @@ class Server:
     argv: list[str]
     log: Path
     process: subprocess.Popen
-    ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -89,30 +88,34 @@ def _user_args(user: pwd.struct_passwd | None) -> dict:
 def _kill_group(pgid: int, grace: float) -> list[int]:
     """SIGTERM the group and its descendants, wait up to `grace`, SIGKILL the rest.
     Returns the pids that were still there after SIGKILL (should be none). Zombies count
-    as gone: their parent (us, for the group leader) reaps them."""
-    members = proc_stats.tree([pgid]) | proc_stats.group_members(pgid)
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    for pid in members:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    as gone: their parent (us, for the group leader) reaps them. A pid is only signalled
+    while it still belongs to the process we found (same start time), never to a later
+    process that reused it."""
+    found = {pid: proc_stats.start_time(pid)
+             for pid in proc_stats.tree([pgid]) | proc_stats.group_members(pgid)}
+
+    def ours() -> set[int]:
+        now = proc_stats.tree([pgid]) | proc_stats.group_members(pgid)
+        return {p for p in set(found) | now
+                if proc_stats.exists(p) and (p not in found
+                                             or proc_stats.start_time(p) == found[p])}
+
+    def signal_all(sig: int) -> None:
+        for pid in ours():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    signal_all(signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if not any(proc_stats.exists(p) for p in members) and \
-                not proc_stats.group_members(pgid):
+        if not ours():
             return []
         time.sleep(0.05)
-    for pid in members | proc_stats.group_members(pgid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    signal_all(signal.SIGKILL)
     time.sleep(0.2)
-    return sorted(p for p in members | proc_stats.group_members(pgid) if proc_stats.exists(p))
+    return sorted(ours())
 
 
 class ServerSet:
@@ -125,7 +128,7 @@ class ServerSet:
 
     def start(self, name: str, argv: Sequence[str], *, log: Path,
               user: pwd.struct_passwd | None = None, env: dict[str, str] | None = None,
-              cwd: Path | None = None, ports: dict[str, int] | None = None) -> Server:
+              cwd: Path | None = None) -> Server:
         out = open(log, "ab")
         try:
             process = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
@@ -133,7 +136,7 @@ class ServerSet:
                                        start_new_session=True, **_user_args(user))
         finally:
             out.close()
-        server = Server(name, list(argv), log, process, dict(ports or {}))
+        server = Server(name, list(argv), log, process)
         self.servers.append(server)
         return server
 

@@ -23,14 +23,13 @@ Configuration (the stock /etc/rspamd rules and scores, plus these local override
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
 from benchmarks.clients.rspamd import RspamdClient
-from benchmarks.servers import (Server, ServerFailed, ServerSet, chown_tree, free_port,
+from benchmarks.servers import (Server, ServerSet, chown_tree, free_port,
                                 port_open, service_user, wait_until)
 from benchmarks.systems import SystemInfo, Training, version_of
 from mailwarden.corpus import Split
@@ -146,13 +145,6 @@ class Rspamd:
     def _vars(self) -> list[str]:
         return [f"--var=LOCAL_CONFDIR={self.work / 'etc'}", f"--var=DBDIR={self.work / 'db'}",
                 f"--var=RUNDIR={self.work / 'run'}", f"--var=LOGDIR={self.work / 'log'}"]
-
-    def check_config(self) -> None:
-        conf = self._write_config()
-        out = subprocess.run(["rspamadm", *self._vars(), "configtest", "-c", str(conf)],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            raise ServerFailed(f"rspamadm configtest failed:\n{out.stdout}{out.stderr}")
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
