@@ -1,0 +1,103 @@
+"""Every knob of `mailwarden serve`, in one place, so the CLI, the supervisor and the worker
+processes agree on names and defaults (docs/server.md lists them all)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# Exit codes of `mailwarden serve` (and of each worker process).
+EXIT_OK = 0
+EXIT_CONFIG = 2        # bad flags, unreadable TLS files, port in use
+EXIT_POLICY = 3        # the policy is invalid at startup or never loaded
+EXIT_CRASHLOOP = 4     # workers kept crashing (supervisor gave up)
+
+DEFAULT_GRPC_PORT = 50051
+DEFAULT_METRICS_PORT = 9090
+DEFAULT_MAX_MESSAGE_BYTES = 25 * 1024 * 1024
+# Room for the envelope and protobuf framing on top of the message itself, so a message of
+# exactly --max-message-bytes is still accepted by the transport limit.
+ENVELOPE_ALLOWANCE_BYTES = 64 * 1024
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may run on (CPU affinity, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    policy_dir: Path
+    host: str = "[::]"
+    grpc_port: int = DEFAULT_GRPC_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    workers: int = 1
+    drain_seconds: float = 5.0
+    grace_seconds: float = 20.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_connection_age_ms: int = 60_000
+    max_connection_age_grace_ms: int = 30_000
+    max_concurrent_rpcs: int = 64
+    tls_dir: Path | None = None
+    require_client_cert: bool = False
+    log_level: str = "info"
+    policy_poll_seconds: float = 1.0
+    policy_wait_seconds: float = 0.0
+    port_file: Path | None = None
+    suppression_store: str | None = None
+    suppression_stale_after: float = 10.0
+
+    def to_json(self) -> str:
+        doc = dataclasses.asdict(self)
+        for key, value in doc.items():
+            if isinstance(value, Path):
+                doc[key] = str(value)
+        return json.dumps(doc)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeConfig":
+        doc = json.loads(text)
+        for key in ("policy_dir", "tls_dir", "port_file"):
+            if doc.get(key) is not None:
+                doc[key] = Path(doc[key])
+        return cls(**doc)
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, as messages for the user (empty when fine)."""
+        out = []
+        for name in ("grpc_port", "metrics_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                out.append(f"--{name.replace('_', '-')} must be between 0 and 65535 "
+                           f"(got {port})")
+        if self.grpc_port and self.grpc_port == self.metrics_port:
+            out.append("--grpc-port and --metrics-port must differ")
+        positive = ("workers", "max_message_bytes", "max_concurrent_rpcs",
+                    "max_connection_age_ms", "policy_poll_seconds")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                out.append(f"--{name.replace('_', '-')} must be positive "
+                           f"(got {getattr(self, name)})")
+        for name in ("drain_seconds", "grace_seconds", "max_connection_age_grace_ms",
+                     "policy_wait_seconds"):
+            if getattr(self, name) < 0:
+                out.append(f"--{name.replace('_', '-')} must not be negative "
+                           f"(got {getattr(self, name)})")
+        if self.suppression_stale_after <= 0:
+            out.append(f"--suppression-stale-after must be positive "
+                       f"(got {self.suppression_stale_after})")
+        if self.suppression_store is not None and ":" not in self.suppression_store:
+            out.append(f"--suppression-store must be HOST:PORT (got "
+                       f"{self.suppression_store!r})")
+        if self.require_client_cert and self.tls_dir is None:
+            out.append("--require-client-cert needs --tls-dir")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            out.append(f"--log-level must be debug, info, warning or error "
+                       f"(got {self.log_level!r})")
+        return out

@@ -1,0 +1,182 @@
+"""The `mailwarden.filter.v1.Filter` service: Classify and ClassifyStream.
+
+Every path ends in a gRPC status a caller can act on: UNAVAILABLE before the first policy
+is compiled (retry elsewhere), RESOURCE_EXHAUSTED for a message over the size limit or a
+server at capacity, INVALID_ARGUMENT for an empty message, DEADLINE_EXCEEDED when the
+deadline passed before work began (the work is skipped). Malformed MIME is not an error:
+the engine classifies what it can and reports a MIME_MALFORMED hit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Iterator
+
+import grpc
+
+from filter_server.engine.compiled import Envelope, Verdict
+from filter_server.server.metrics import FilterMetrics
+from filter_server.server.policy import PolicyHolder
+from filter_server.server.suppression import SuppressionProvider
+from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
+
+SERVICE_NAME = filter_pb2.DESCRIPTOR.services_by_name["Filter"].full_name
+_ACTIONS = {name: filter_pb2.Action.Value(name) for name in
+            ("ACCEPT", "TAG", "QUARANTINE", "REJECT")}
+_OK = grpc.StatusCode.OK
+
+
+class Rejected(Exception):
+    """A request the service answers with a non-OK status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class FilterServicer(filter_pb2_grpc.FilterServicer):
+    def __init__(self, holder: PolicyHolder, metrics: FilterMetrics, log: logging.Logger, *,
+                 suppression: SuppressionProvider, max_message_bytes: int,
+                 max_concurrent_rpcs: int) -> None:
+        self._holder = holder
+        self._metrics = metrics
+        self._log = log
+        self._suppression = suppression
+        self._max_bytes = max_message_bytes
+        self._capacity = max_concurrent_rpcs
+        # Admission control of our own (not only the gRPC core's maximum_concurrent_rpcs):
+        # it applies to Filter calls only, so health checks keep headroom under overload.
+        self._slots = threading.BoundedSemaphore(max_concurrent_rpcs)
+        # Per-verdict log lines cost throughput; decide once whether they are wanted.
+        self._log_verdicts = log.isEnabledFor(logging.DEBUG)
+        self._duration = {m: metrics.duration.labels(m) for m in
+                          ("Classify", "ClassifyStream")}
+        self._verdicts = {a: metrics.verdicts.labels(a) for a in _ACTIONS}
+
+    # --- RPCs ---------------------------------------------------------------------------
+    def Classify(self, request: filter_pb2.ClassifyRequest,
+                 context: grpc.ServicerContext) -> filter_pb2.ClassifyResponse:
+        self._admit("Classify", context)
+        code = _OK
+        try:
+            return self._answer(request, context, "Classify")
+        except Rejected as exc:
+            code = exc.code
+            self._log_rejection(request, exc)
+            context.abort(exc.code, exc.details)
+            raise  # not reached: abort raises
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            self._log.exception("classification failed",
+                                extra={"request_id": request.request_id})
+            context.abort(code, f"internal error (request_id {request.request_id!r})")
+            raise
+        finally:
+            self._release("Classify", code)
+
+    def ClassifyStream(self, request_iterator: Iterator[filter_pb2.ClassifyRequest],
+                       context: grpc.ServicerContext) -> Iterator[filter_pb2.ClassifyResponse]:
+        self._admit("ClassifyStream", context)
+        code = _OK
+        failure: Rejected | None = None
+        try:
+            # One message at a time, so responses come back in request order.
+            for request in request_iterator:
+                try:
+                    response = self._answer(request, context, "ClassifyStream")
+                except Rejected as exc:
+                    self._log_rejection(request, exc)
+                    failure = Rejected(exc.code, f"request_id {request.request_id!r}: "
+                                       f"{exc.details}")
+                    break
+                yield response
+            if not context.is_active():  # the request stream "ended" by cancellation
+                code = _ended_early(context)  # (best effort: gRPC may not know yet)
+        except grpc.RpcError:  # the deadline passed, or the client cancelled or went away
+            code = _ended_early(context)
+        except GeneratorExit:  # gRPC closed the stream (cancellation, shutdown)
+            code = _ended_early(context)
+            raise
+        except Exception:
+            self._log.exception("classification failed in a stream")
+            failure = Rejected(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            if failure is not None:
+                code = failure.code
+            self._release("ClassifyStream", code)
+        if failure is not None:
+            context.abort(failure.code, failure.details)
+
+    # --- helpers ------------------------------------------------------------------------
+    def _admit(self, method: str, context: grpc.ServicerContext) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._metrics.rejected.inc()
+            self._metrics.requests.labels(method, "RESOURCE_EXHAUSTED").inc()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"server at capacity ({self._capacity} calls in flight); "
+                          "retry on another replica")
+        self._metrics.in_flight.inc()
+
+    def _release(self, method: str, code: grpc.StatusCode) -> None:
+        self._metrics.in_flight.dec()
+        self._slots.release()
+        self._metrics.requests.labels(method, code.name).inc()
+
+    def _answer(self, request: filter_pb2.ClassifyRequest, context: grpc.ServicerContext,
+                method: str) -> filter_pb2.ClassifyResponse:
+        if context.time_remaining() <= 0:
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           "the deadline passed before classification started")
+        policy = self._holder.current
+        if policy is None:
+            raise Rejected(grpc.StatusCode.UNAVAILABLE,
+                           "no policy loaded yet; retry on another replica")
+        raw = request.message
+        if not raw:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           "message is empty: send the raw RFC 5322 message bytes")
+        if len(raw) > self._max_bytes:
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"message is {len(raw)} bytes; this server accepts at most "
+                           f"{self._max_bytes}")
+        env = request.envelope
+        started = time.perf_counter()
+        verdict = policy.classify(raw, Envelope(env.mail_from, tuple(env.recipients),
+                                                env.client_ip, env.helo))
+        suppression = self._suppression.check(env.recipients, request.mail_class,
+                                              request.list_scope)
+        response = _response(request.request_id, verdict)
+        response.suppressed_recipients.extend(suppression.suppressed)
+        response.suppression_state = suppression.state
+        response.suppression_age_seconds = suppression.age_seconds
+        self._duration[method].observe(time.perf_counter() - started)
+        self._verdicts[verdict.action].inc()
+        if self._log_verdicts:
+            self._log.debug("classified", extra={
+                "request_id": request.request_id, "action": verdict.action,
+                "score": verdict.score, "policy_hash": verdict.policy_hash,
+                "hits": [h.name for h in verdict.hits], "bytes": len(raw)})
+        return response
+
+    def _log_rejection(self, request: filter_pb2.ClassifyRequest, exc: Rejected) -> None:
+        self._log.info("request rejected", extra={
+            "request_id": request.request_id, "code": exc.code.name, "reason": exc.details})
+
+
+def _ended_early(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """How a call that ended without our answer is counted. The client's own deadline
+    timer usually fires (and cancels) a moment before the server's copy of the deadline,
+    so a cancellation this close to the deadline is the deadline."""
+    return grpc.StatusCode.DEADLINE_EXCEEDED if context.time_remaining() < 0.25 \
+        else grpc.StatusCode.CANCELLED
+
+
+def _response(request_id: str, verdict: Verdict) -> filter_pb2.ClassifyResponse:
+    return filter_pb2.ClassifyResponse(
+        request_id=request_id, action=_ACTIONS[verdict.action], score=verdict.score,
+        hits=[filter_pb2.RuleHit(name=h.name, score=h.score, description=h.description)
+              for h in verdict.hits],
+        spam_probability=verdict.spam_probability, policy_hash=verdict.policy_hash)

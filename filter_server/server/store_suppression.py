@@ -1,0 +1,59 @@
+"""Suppression answered from an UnsubscribeStore: the worker keeps a SuppressionCache (the
+store's Watch stream, snapshot + resume) and every Classify reads it.
+
+A cache that has not loaded, or has not confirmed it is up to date within
+`--suppression-stale-after`, still answers with what it holds, but marks the response
+SUPPRESSION_STALE with the data's age: the sender must not read "nobody suppressed" as
+"everybody may be mailed" then (docs/server.md says what to do in each state).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Sequence
+
+from filter_server.server.metrics import FilterMetrics
+from filter_server.server.suppression import SuppressionAnswer
+from filter_server.unsubscribe.cache import SuppressionCache
+from mailwarden.filter.v1 import filter_pb2
+
+# A proto double can carry +Inf, but callers print and compare ages: "never" is a large,
+# finite number of seconds instead.
+NEVER_FRESH_AGE_SECONDS = 1e9
+
+
+class StoreSuppression:
+    def __init__(self, cache: SuppressionCache, metrics: FilterMetrics) -> None:
+        self.cache = cache
+        self.metrics = metrics
+        self._stop = threading.Event()
+
+    def check(self, recipients: Sequence[str], mail_class: int,
+              list_scope: str) -> SuppressionAnswer:
+        suppressed = tuple(self.cache.suppressed(recipients, list_scope, mail_class)) \
+            if recipients else ()
+        stats = self.cache.stats()
+        age = stats.age_seconds if math.isfinite(stats.age_seconds) else NEVER_FRESH_AGE_SECONDS
+        if stats.ready and stats.age_seconds <= self.cache.stale_after:
+            return SuppressionAnswer(suppressed, filter_pb2.SUPPRESSION_FRESH, round(age, 3))
+        self.metrics.stale_suppression_answers.inc()
+        return SuppressionAnswer(suppressed, filter_pb2.SUPPRESSION_STALE, round(age, 3))
+
+    # --- lifecycle and metrics ------------------------------------------------------------
+    def start(self, export_every: float = 1.0) -> None:
+        self.cache.start()
+        threading.Thread(target=self._export, args=(export_every,), name="suppression-metrics",
+                         daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.cache.stop()
+
+    def _export(self, every: float) -> None:
+        # Worker metrics are files the supervisor sums (multiprocess mode); a collector
+        # object in the worker would never be scraped, so the cache state is copied into
+        # gauges periodically.
+        while not self._stop.is_set():
+            self.metrics.suppression_cache_updated(self.cache.stats(), self.cache.stale_after)
+            self._stop.wait(every)

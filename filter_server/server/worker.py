@@ -1,0 +1,263 @@
+"""One serving process: the gRPC server with Filter, health and reflection, the policy
+holder and its reload thread, and the shutdown sequence.
+
+Lifecycle:
+  1. load and compile the policy
+  2. bind and start the gRPC server. If the policy did not load and --policy-wait-seconds
+     allows waiting, health says NOT_SERVING (Filter calls get UNAVAILABLE) until a valid
+     policy appears; otherwise the worker exits with code 3.
+  3. health SERVING; poll the policy directory for changes
+  4. on SIGTERM/SIGINT: health NOT_SERVING at once (load balancers and client-side health
+     checks stop sending), keep serving for --drain-seconds while they catch up, then
+     stop accepting calls and give in-flight calls up to --grace-seconds to finish.
+     A second signal skips the rest of the drain.
+
+`mailwarden serve --workers 1` runs this in the command's own process; with more workers
+the supervisor starts each as `python -m filter_server.server.worker` (a fresh interpreter:
+no gRPC state ever crosses a fork).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from filter_server.engine.compiled import CompiledPolicy
+from filter_server.server.config import ENVELOPE_ALLOWANCE_BYTES, EXIT_CONFIG, EXIT_OK, \
+    EXIT_POLICY, ServeConfig
+from filter_server.server.logs import LOGGER_NAME, setup_logging
+from filter_server.server.metrics import FilterMetrics, serve_metrics
+from filter_server.server.policy import PolicyHolder
+from filter_server.server.ports import PortInUse, check_free, write_port_file
+from filter_server.server.preflight import PreflightError, preflight
+from filter_server.server.servicer import SERVICE_NAME, FilterServicer
+from filter_server.server.store_suppression import StoreSuppression
+from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
+from filter_server.unsubscribe.cache import SuppressionCache
+from filter_server.server.tls import TlsConfigError, server_credentials
+from mailwarden.filter.v1 import filter_pb2_grpc
+
+# Threads beyond --max-concurrent-rpcs, so health checks and reflection still get a
+# thread when the Filter service is at capacity.
+HEADROOM_RPCS = 16
+
+
+class StartupError(Exception):
+    def __init__(self, message: str, exit_code: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def server_options(config: ServeConfig) -> list[tuple[str, int]]:
+    return [
+        # Workers share the port only when there are several; otherwise a second server
+        # on the same port must fail to bind, not silently take half the traffic.
+        ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
+        ("grpc.max_receive_message_length",
+         config.max_message_bytes + ENVELOPE_ALLOWANCE_BYTES),
+        # Connections are closed (GOAWAY) after this age, so clients re-resolve and
+        # spread onto pods that started since they connected.
+        ("grpc.max_connection_age_ms", config.max_connection_age_ms),
+        ("grpc.max_connection_age_grace_ms", config.max_connection_age_grace_ms),
+        # Find dead clients' connections; allow client keepalive pings (every >= 10 s).
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+class Worker:
+    def __init__(self, config: ServeConfig, *, index: int = 0, supervised: bool = False,
+                 suppression: SuppressionProvider | None = None,
+                 preloaded: CompiledPolicy | None = None) -> None:
+        self.config = config
+        self.preloaded = preloaded
+        self.supervised = supervised
+        self.log = setup_logging(config.log_level, worker=index, pid=os.getpid())
+        self.stop = threading.Event()
+        self.hurry = threading.Event()
+        self.metrics = FilterMetrics()
+        self.holder = PolicyHolder(config.policy_dir, self.metrics, self.log)
+        self.health = health.HealthServicer()
+        self.store_suppression: StoreSuppression | None = None
+        if suppression is None and config.suppression_store:
+            self.store_suppression = StoreSuppression(
+                SuppressionCache(config.suppression_store,
+                                 stale_after=config.suppression_stale_after), self.metrics)
+            suppression = self.store_suppression
+        self.servicer = FilterServicer(
+            self.holder, self.metrics, self.log,
+            suppression=suppression or NoSuppressionStore(),
+            max_message_bytes=config.max_message_bytes,
+            max_concurrent_rpcs=config.max_concurrent_rpcs)
+        self.server: grpc.Server | None = None
+        self.grpc_port = 0
+
+    # --- signals ------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.stop.is_set():
+            self.hurry.set()
+        self.stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        # Under a supervisor, Ctrl-C reaches the supervisor too, which forwards one
+        # SIGTERM; taking the terminal's SIGINT as well would count as a second signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN if self.supervised else self._on_signal)
+
+    # --- startup ------------------------------------------------------------------------
+    def start_grpc(self) -> None:
+        config = self.config
+        pool = futures.ThreadPoolExecutor(max_workers=config.max_concurrent_rpcs
+                                          + HEADROOM_RPCS, thread_name_prefix="rpc")
+        server = grpc.server(pool, options=server_options(config),
+                             maximum_concurrent_rpcs=config.max_concurrent_rpcs
+                             + HEADROOM_RPCS)
+        filter_pb2_grpc.add_FilterServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        if not self.supervised:  # the supervisor already probed and reserved the port
+            try:
+                check_free(config.host, config.grpc_port)
+            except PortInUse as exc:
+                raise StartupError(f"--grpc-port: {exc}") from None
+        address = f"{config.host}:{config.grpc_port}"
+        try:
+            if config.tls_dir is not None:
+                credentials = server_credentials(config.tls_dir, config.require_client_cert,
+                                                 self.log)
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except TlsConfigError as exc:
+            raise StartupError(f"--tls-dir: {exc}") from None
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {address}: {exc}") from None
+        server.start()
+        self.server, self.grpc_port = server, port
+
+    def start_metrics(self) -> int:
+        try:
+            return serve_metrics(self.config.host, self.config.metrics_port)
+        except OSError as exc:
+            raise StartupError(f"--metrics-port: cannot listen on "
+                               f"{self.config.host}:{self.config.metrics_port}: "
+                               f"{exc.strerror or exc}") from None
+
+    # --- the whole life -------------------------------------------------------------------
+    def run(self) -> int:
+        config = self.config
+        self.install_signal_handlers()
+        # Compile before listening when the policy is there: connections then only ever
+        # reach a worker that can answer (this matters most for a restarted worker, which
+        # shares the port with busy siblings). Only when the policy is missing or invalid
+        # and --policy-wait-seconds allows waiting does the worker listen first, saying
+        # NOT_SERVING until a valid policy shows up.
+        if self.store_suppression is not None:
+            # Loads its snapshot in the background: classification does not wait for the
+            # store, responses say SUPPRESSION_STALE until the cache is current.
+            self.store_suppression.start()
+        if self.preloaded is not None:
+            self.holder.install(self.preloaded)
+            error = None
+        else:
+            error = self.holder.load_initial(0, config.policy_poll_seconds, self.stop)
+        self.start_grpc()
+        if not self.supervised:
+            metrics_port = self.start_metrics()
+            if config.port_file is not None:
+                write_port_file(config.port_file, self.grpc_port, metrics_port)
+        self.log.info("listening", extra={
+            "grpc_port": self.grpc_port, "tls": config.tls_dir is not None,
+            "mutual_tls": config.require_client_cert, "policy_dir": str(config.policy_dir),
+            "policy_hash": self.holder.current.hash if self.holder.current else None})
+        if error is not None and config.policy_wait_seconds > 0:
+            error = self.holder.load_initial(config.policy_wait_seconds,
+                                             config.policy_poll_seconds, self.stop)
+        if error is not None and not self.stop.is_set():
+            self.log.error("the policy did not load", extra={
+                "policy_dir": str(config.policy_dir), "errors": error.problems,
+                "waited_seconds": config.policy_wait_seconds})
+            self.server.stop(0)
+            raise StartupError(str(error), EXIT_POLICY)
+        if not self.stop.is_set():
+            for service in ("", SERVICE_NAME):
+                self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            self.metrics.serving.set(1)
+            threading.Thread(target=self.holder.poll_forever, name="policy-reload",
+                             args=(config.policy_poll_seconds, self.stop), daemon=True).start()
+        while not self.stop.wait(0.5):
+            pass
+        self.shutdown()
+        return EXIT_OK
+
+    def shutdown(self) -> None:
+        config = self.config
+        self.health.enter_graceful_shutdown()
+        self.metrics.serving.set(0)
+        if self.holder.current is None:  # never served: nothing to drain
+            self.log.info("signal received before the policy loaded; stopping")
+        else:
+            self.log.info("signal received: health NOT_SERVING, draining",
+                          extra={"drain_seconds": config.drain_seconds})
+            if self.hurry.wait(config.drain_seconds):
+                self.log.info("second signal: drain cut short")
+        self.log.info("refusing new calls; waiting for calls in flight",
+                      extra={"grace_seconds": config.grace_seconds})
+        self.server.stop(config.grace_seconds).wait()
+        if self.store_suppression is not None:
+            self.store_suppression.stop()
+        self.log.info("stopped")
+
+
+def run_worker(config: ServeConfig, *, index: int = 0, supervised: bool = False) -> int:
+    """Run one worker to the end; returns the process exit code. Startup problems print
+    one line on stderr (not a traceback). Unsupervised, the preflight checks run first
+    (the supervisor ran them already for its workers)."""
+    try:
+        preloaded = None if supervised else preflight(config)
+        return Worker(config, index=index, supervised=supervised, preloaded=preloaded).run()
+    except (StartupError, PreflightError) as exc:
+        if supervised:  # the supervisor prints the one line for the user; log it for ops
+            logging.getLogger(LOGGER_NAME).error("worker cannot start", extra={
+                "reason": str(exc), "exit_code": exc.exit_code})
+        else:
+            print(f"mailwarden serve: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Exit if the supervisor is gone, and ask the kernel for SIGTERM when it goes."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        sys.exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a supervised worker: CONFIG_JSON INDEX PARENT_PID."""
+    argv = sys.argv[1:] if argv is None else argv
+    config = ServeConfig.from_json(argv[0])
+    _die_with_parent(int(argv[2]))
+    return run_worker(config, index=int(argv[1]), supervised=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""`mailwarden serve`: the filter server (gRPC Filter + health + reflection, /metrics)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from filter_server.server.config import DEFAULT_GRPC_PORT, DEFAULT_MAX_MESSAGE_BYTES, \
+        DEFAULT_METRICS_PORT, ServeConfig
+
+    d = ServeConfig(policy_dir=Path("."))
+    parser = sub.add_parser(
+        "serve", help="run the gRPC filter server",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Serve mailwarden.filter.v1.Filter with grpc.health.v1 health and server "
+        "reflection, Prometheus metrics on a separate port, and policy hot reload. Logs are "
+        "JSON lines on stderr. SIGTERM: health NOT_SERVING at once, serve on for "
+        "--drain-seconds, then stop taking calls and let calls in flight finish within "
+        "--grace-seconds. Exit codes: 0 stopped, 2 configuration error, 3 policy did not "
+        "load, 4 workers kept crashing.")
+    parser.add_argument("--policy-dir", required=True, type=Path, metavar="DIR",
+                        help="policy directory (policy.yaml and its model file; the "
+                        "kubelet's ConfigMap layout with ..data works and is reloaded "
+                        "atomically)")
+    parser.add_argument("--host", default=d.host,
+                        help="address to listen on, for gRPC and metrics ([::] = all)")
+    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, metavar="N",
+                        help="gRPC port (0 = pick a free one; see --port-file)")
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, metavar="M",
+                        help="Prometheus /metrics port (0 = pick a free one)")
+    parser.add_argument("--workers", type=int, default=None, metavar="K",
+                        help="worker processes sharing the gRPC port (SO_REUSEPORT) "
+                        "[default: the CPUs this process may use]")
+    parser.add_argument("--drain-seconds", type=float, default=d.drain_seconds, metavar="S",
+                        help="after SIGTERM, keep serving this long while NOT_SERVING "
+                        "propagates to load balancers and clients")
+    parser.add_argument("--grace-seconds", type=float, default=d.grace_seconds, metavar="G",
+                        help="then wait this long for calls in flight before cancelling them")
+    parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                        metavar="B", help="largest message accepted; larger ones get "
+                        "RESOURCE_EXHAUSTED")
+    parser.add_argument("--max-connection-age-ms", type=int, default=d.max_connection_age_ms,
+                        metavar="A", help="close client connections after this age (GOAWAY) "
+                        "so clients re-resolve and new replicas get traffic")
+    parser.add_argument("--max-connection-age-grace-ms", type=int,
+                        default=d.max_connection_age_grace_ms, metavar="MS",
+                        help="time calls on an aged connection get to finish")
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=d.max_concurrent_rpcs,
+                        metavar="C", help="Filter calls in flight per worker; more get "
+                        "RESOURCE_EXHAUSTED at once (an open ClassifyStream counts as one)")
+    parser.add_argument("--tls-dir", type=Path, default=None, metavar="D",
+                        help="serve TLS from D/tls.crt and D/tls.key (cert-manager Secret "
+                        "layout); rotated files are picked up without a restart")
+    parser.add_argument("--require-client-cert", action="store_true",
+                        help="mutual TLS: require client certificates signed by D/ca.crt")
+    parser.add_argument("--log-level", default=d.log_level,
+                        choices=("debug", "info", "warning", "error"),
+                        help="debug adds one line per verdict (costs throughput)")
+    parser.add_argument("--policy-poll-seconds", type=float, default=d.policy_poll_seconds,
+                        metavar="S", help="how often to check the policy directory for a "
+                        "new version")
+    parser.add_argument("--policy-wait-seconds", type=float, default=d.policy_wait_seconds,
+                        metavar="S", help="at startup, wait up to S seconds for a missing "
+                        "or invalid policy to become valid (health stays NOT_SERVING); "
+                        "0 = fail at once")
+    parser.add_argument("--port-file", type=Path, default=None, metavar="FILE",
+                        help="once listening, write the bound ports as JSON "
+                        '({"grpc_port": N, "metrics_port": M, "pid": P}) to FILE')
+    parser.add_argument("--suppression-store", default=None, metavar="HOST:PORT",
+                        help="gRPC address of an UnsubscribeStore: keep its suppressions in "
+                        "memory (Watch stream) and report suppressed recipients in every "
+                        "response; without it responses say SUPPRESSION_DISABLED")
+    parser.add_argument("--suppression-stale-after", type=float,
+                        default=d.suppression_stale_after, metavar="S",
+                        help="answers are marked SUPPRESSION_STALE when the cache has not "
+                        "been confirmed up to date for S seconds")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from filter_server.server.config import EXIT_CONFIG, ServeConfig, default_workers
+
+    config = ServeConfig(
+        policy_dir=args.policy_dir, host=args.host, grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        workers=args.workers if args.workers is not None else default_workers(),
+        drain_seconds=args.drain_seconds, grace_seconds=args.grace_seconds,
+        max_message_bytes=args.max_message_bytes,
+        max_connection_age_ms=args.max_connection_age_ms,
+        max_connection_age_grace_ms=args.max_connection_age_grace_ms,
+        max_concurrent_rpcs=args.max_concurrent_rpcs, tls_dir=args.tls_dir,
+        require_client_cert=args.require_client_cert, log_level=args.log_level,
+        policy_poll_seconds=args.policy_poll_seconds,
+        policy_wait_seconds=args.policy_wait_seconds, port_file=args.port_file,
+        suppression_store=args.suppression_store,
+        suppression_stale_after=args.suppression_stale_after)
+    problems = config.problems()
+    if problems:
+        for problem in problems:
+            print(f"mailwarden serve: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if config.workers == 1:
+        from filter_server.server.worker import run_worker
+
+        return run_worker(config)
+    from filter_server.server.supervisor import run_supervisor
+
+    return run_supervisor(config)
