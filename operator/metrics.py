@@ -11,7 +11,7 @@ disable_created_metrics()
 RECONCILES = Counter("mailwarden_operator_reconciles_total",
                      "SpamPolicy reconciles by trigger and result.", ["trigger", "result"])
 RECONCILE_SECONDS = Histogram("mailwarden_operator_reconcile_duration_seconds",
-                              "Time one SpamPolicy reconcile took.",
+                              "Time one reconcile (SpamPolicy or UnsubscribeStore) took.",
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 API_WRITES = Counter("mailwarden_operator_api_writes_total",
                      "Create/patch/delete requests sent to the API server.", ["verb", "kind"])
@@ -30,6 +30,13 @@ PRUNED_CONFIGMAPS = Counter("mailwarden_operator_pruned_configmaps_total",
                             "Old policy ConfigMaps deleted after rollouts.")
 WEBHOOK_REVIEWS = Counter("mailwarden_operator_webhook_reviews_total",
                           "Admission reviews of SpamPolicies by outcome.", ["allowed"])
+STORE_RECONCILES = Counter("mailwarden_operator_store_reconciles_total",
+                           "UnsubscribeStore reconciles by trigger and result.",
+                           ["trigger", "result"])
+STORE_READY = Gauge("mailwarden_operator_store_ready",
+                    "1 when the UnsubscribeStore is Ready, else 0.", ["namespace", "name"])
+SIGNING_KEYS_GENERATED = Counter("mailwarden_operator_signing_keys_generated_total",
+                                 "Signing-key Secrets the operator created (once per store).")
 
 SPAMPOLICY_CONDITION = Gauge(
     "mailwarden_operator_spampolicy_condition",
@@ -70,6 +77,12 @@ def forget(namespace: str, name: str) -> None:
 def forget_all() -> None:
     """Drop every per-resource series: a replica that is not the active one must not keep
     exporting what it saw while it was (alerts would read stale values)."""
-    for gauge in (LAST_PROPAGATION_SECONDS, POLICY_VALID, POLICY_READY, SPAMPOLICY_CONDITION):
+    for gauge in (LAST_PROPAGATION_SECONDS, POLICY_VALID, POLICY_READY, SPAMPOLICY_CONDITION,
+                  STORE_READY):
         gauge.clear()
     _conditions_seen.clear()
+
+
+def forget_store(namespace: str, name: str) -> None:
+    """Drop the per-store series of a deleted UnsubscribeStore."""
+    _remove(STORE_READY, namespace, name)
