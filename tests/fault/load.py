@@ -20,7 +20,7 @@ class Call:
     start: float        # when a thread began it
     end: float
     code: str           # gRPC status code name
-    policy_hash: str    # of the answering policy ('' unless OK)
+    policy_hash: str    # of the answering policy; for failures, the status details
     kind: str = ""      # barrage: the kind of hostile message
     size: int = 0
 

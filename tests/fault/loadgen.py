@@ -71,7 +71,8 @@ def _call(client: FilterClient, message: bytes, deadline: float) -> tuple[str, s
                                    recipients=["rcpt@example.org"], client_ip="192.0.2.1",
                                    helo="mx.example.com", deadline=deadline)
     except ClassifyError as exc:
-        return exc.code.name, ""
+        # For failures the hash column carries the server's explanation instead.
+        return exc.code.name, " ".join(exc.details.split())[:120]
     return "OK", response.policy_hash
 
 
