@@ -26,8 +26,8 @@ class Profile:
     before: float               # seconds of steady load before a fault
     after: float                # seconds of load after recovery
     surge_seconds: float        # the ×5 surge
-    overload_seconds: float     # the step beyond capacity
-    overload_rate: float
+    overload_seconds: float     # the step beyond capacity ...
+    overload_rate: float        # ... in large (512 KiB) messages per second
     barrage: int                # hostile messages
     unsub_before: float         # seconds of unsubscribes before the kill
     unsub_after: float          # seconds of unsubscribes after recovery
@@ -40,10 +40,10 @@ class Profile:
 
 PROFILES = {
     "short": Profile("short", rate=40, before=3, after=4, surge_seconds=5,
-                     overload_seconds=3, overload_rate=1500, barrage=3000,
+                     overload_seconds=3, overload_rate=300, barrage=3000,
                      unsub_before=2, unsub_after=3),
     "long": Profile("long", rate=40, before=10, after=15, surge_seconds=30,
-                    overload_seconds=15, overload_rate=1500, barrage=100_000,
+                    overload_seconds=15, overload_rate=300, barrage=100_000,
                     unsub_before=10, unsub_after=10),
 }
 

@@ -6,6 +6,7 @@ zero-failure properties and whose figures go into the report."""
 from __future__ import annotations
 
 import math
+import re
 import signal
 import time
 from collections import Counter
@@ -188,7 +189,9 @@ def _replica_fault(env: FaultEnv, signum: int) -> ScenarioResult:
 
     before = between(calls.calls, calls.t0, fault_at)
     baseline = latency_summary(before)
-    threshold = max(0.1, 3 * baseline["p99"])
+    # "Disturbed": failed, or slower than twice the p99 before the fault (at least 100 ms,
+    # at most 1 s: on a busy shared machine the p99 itself can be a few hundred ms).
+    threshold = min(1.0, max(0.1, 2 * baseline["p99"]))
     window = disturbance(calls.calls, fault_at, threshold)
     _common_figures(result, calls)
     _latency_figures(result, "before the fault", before)
@@ -239,6 +242,9 @@ def surge(env: FaultEnv) -> ScenarioResult:
     result = ScenarioResult("surge", "Surge ×5, then beyond capacity", profile.name)
     workdir = env.dir("surge")
     base, surged = profile.rate, profile.rate * profile.surge_factor
+    # Beyond capacity: large (512 KiB) messages, tens of milliseconds of server CPU each, at
+    # a rate no 2-core machine keeps up with — a deterministic overload whatever else runs
+    # here, from a load generator that stays cheap.
     plan = [("steady", profile.before, base), ("surge ×5", profile.surge_seconds, surged),
             ("steady again", profile.before, base),
             ("beyond capacity", profile.overload_seconds, profile.overload_rate),
@@ -251,22 +257,32 @@ def surge(env: FaultEnv) -> ScenarioResult:
         sampler = Sampler(cluster, interval=1.0)
         first = sampler.take()
         sampler.start()
-        load = _load(env, cluster, workdir, [f"{seconds:g}:{rate:g}" for _, seconds, rate in plan],
-                     threads=512)
+        load = _load(env, cluster, workdir,
+                     [f"{seconds:g}:{rate:g}" + (":heavy" if label == "beyond capacity" else "")
+                      for label, seconds, rate in plan], threads=512)
         total = sum(seconds for _, seconds, _ in plan)
         calls = load.wait(total + 120)
         time.sleep(1.0)
         samples = sampler.stop()
         last = sampler.take()
         alive = all(p.process.poll() is None and not p.restarts for p in pods)
+        unready = sum(1 for e in cluster.events if e.what == "unready")
 
     t = calls.t0
     phases = []
     for label, seconds, rate in plan:
         phases.append((label, t, t + seconds, rate))
         t += seconds
-    below = [c for label, start, end, _ in phases if label != "beyond capacity"
+    below = [c for label, start, end, _ in phases
+             if label not in ("beyond capacity", "recovery")
              for c in between(calls.calls, start, end)]
+    # After the overload the queues drain first; the second half of the recovery phase
+    # must be clean again.
+    recovery = next(p for p in phases if p[0] == "recovery")
+    settled = between(calls.calls, (recovery[1] + recovery[2]) / 2, recovery[2])
+    aftermath = [c for c in between(calls.calls, recovery[1], recovery[2]) if not c.ok]
+    result.figure("errors after the overload ended (queues draining)",
+                  f"{len(aftermath)}, the last {max((c.due for c in aftermath), default=recovery[1]) - recovery[1]:.1f} s in")
     over_phase = next(p for p in phases if p[0] == "beyond capacity")
     over = between(calls.calls, over_phase[1], over_phase[2])
 
@@ -276,8 +292,9 @@ def surge(env: FaultEnv) -> ScenarioResult:
         group = between(calls.calls, start, end)
         summary = latency_summary(group)
         ok_rate = sum(c.ok for c in group) / (end - start)
+        large = " (512 KiB messages)" if label == "beyond capacity" else ""
         result.figure(f"{label}: offered / answered OK",
-                      f"{rate:g}/s / {ok_rate:.0f}/s, codes {codes(group)}")
+                      f"{rate:g}/s{large} / {ok_rate:.0f}/s, codes {codes(group)}")
         result.figure(f"{label}: latency p50 / p95 / p99 / max",
                       f"{ms(summary['p50'])} / {ms(summary['p95'])} / {ms(summary['p99'])} / "
                       f"{ms(summary['max'])}")
@@ -330,6 +347,10 @@ def surge(env: FaultEnv) -> ScenarioResult:
     result.figure("OK calls: client / exported (Σ pods)", f"{ok_client} / {ok_exported:.0f}")
     result.figure("RESOURCE_EXHAUSTED: client / exported capacity rejections",
                   f"{exhausted_client} / {rejected_exported:.0f}")
+    result.figure("RESOURCE_EXHAUSTED details", dict(Counter(
+        re.sub(r"\d+(\.\d+)?", "N", c.policy_hash) for c in calls.calls
+        if c.code == "RESOURCE_EXHAUSTED")))
+    result.figure("readiness lost during the run (probe failures)", unready)
     result.figure("calls per pod (share)", ", ".join(
         f"{v / total_served * 100:.0f}%" for v in shares.values()))
     result.figure("CPU seconds per pod: exported / /proc", ", ".join(
@@ -339,8 +360,10 @@ def surge(env: FaultEnv) -> ScenarioResult:
     over_ok_rate = sum(c.ok for c in over) / profile.overload_seconds
     slowest = max((c.end - c.start for c in calls.calls), default=0.0)
     result.figure("slowest call (start → answer)", ms(slowest))
-    result.check("no errors below capacity (steady, surge ×5, recovery)",
+    result.check("no errors below capacity (steady, surge ×5, steady again)",
                  all(c.ok for c in below), f"codes {codes(below)}")
+    result.check("clean again once the queues drained (second half of recovery)",
+                 all(c.ok for c in settled), f"codes {codes(settled)}")
     result.check("beyond capacity: only OK or RESOURCE_EXHAUSTED",
                  set(over_answers) <= {"OK", "RESOURCE_EXHAUSTED"}, f"codes {over_answers}")
     result.check("beyond capacity was reached (RESOURCE_EXHAUSTED answered)",
@@ -349,15 +372,25 @@ def surge(env: FaultEnv) -> ScenarioResult:
     result.check("every call answered within its deadline (no hang)",
                  slowest <= profile.deadline + 0.5 and "DEADLINE_EXCEEDED" not in codes(
                      calls.calls), f"slowest {slowest:.2f} s")
-    result.check("exported OK count equals the client's", abs(ok_exported - ok_client) < 0.5,
-                 f"client {ok_client}, exported {ok_exported:.0f}")
+    # Every OK the client got is counted; the server may count a few more: calls it
+    # finished after the client had given up on them (DEADLINE_EXCEEDED at the client).
+    gave_up = sum(c.code == "DEADLINE_EXCEEDED" for c in calls.calls)
+    result.check("exported OK count matches the client's",
+                 ok_client <= ok_exported <= ok_client + gave_up,
+                 f"client {ok_client}, exported {ok_exported:.0f}, client gave up on {gave_up}")
     result.check("exported CPU seconds match /proc (±10%)", all(
         abs(e - p) <= max(0.1, 0.1 * p) for e, p in cpu_pairs), str(cpu_pairs))
-    surge_row = next((r for r in hpa_rows if r[0] == "surge ×5"), None)
-    if surge_row is not None:
-        result.check("the surge raises the HPA's requests/s signal above its target",
-                     surge_row[2] > targets.get("rps_per_pod", math.inf),
-                     f"{surge_row[2]:.0f} req/s per pod")
+    offered = {label: rate for label, _, _, rate in phases}
+    rows = {row[0]: row for row in hpa_rows}
+    rps_ok = all(label in rows and abs(rows[label][2] * rendered.replicas - offered[label])
+                 <= 0.15 * offered[label] for label in ("steady", "surge ×5"))
+    result.check("requests/s per pod from the exported counter match the offered load (±15%)",
+                 rps_ok, ", ".join(f"{label}: {rows[label][2]:.0f}/pod vs "
+                                   f"{offered[label] / rendered.replicas:.0f}"
+                                   for label in ("steady", "surge ×5") if label in rows))
+    result.check("the HPA would add replicas for the surge (requests/s signal)",
+                 "surge ×5" in rows and rows["surge ×5"][4] > rendered.replicas,
+                 f"{rows['surge ×5'][4] if 'surge ×5' in rows else '?'} replicas")
     result.check("round robin spreads calls (each pod 20–47%)", all(
         0.20 <= v / total_served <= 0.47 for v in shares.values()), str(shares))
     result.check("no replica died or restarted", alive)
@@ -394,7 +427,6 @@ def barrage(env: FaultEnv) -> ScenarioResult:
         health = {p.name: probe_health(p.address, 5) for p in pods}
         restarts = {p.name: p.restarts for p in pods}
         same_pids = all(p.pid == pids[p.name] and p.process.poll() is None for p in pods)
-        import grpc  # noqa: F401  (the FilterClient below needs it loaded anyway)
         from mailwarden.client import FilterClient
         sample_message = next(iter(sorted(env.message_dirs[0].iterdir()))).read_bytes()
         with FilterClient(cluster.target, deadline=10) as client:
@@ -448,9 +480,21 @@ def barrage(env: FaultEnv) -> ScenarioResult:
                  f"restarts {restarts}, health {health}")
     result.check("RSS stayed under the rendered memory limit", peak < limit,
                  f"peak {peak / mib:.0f} MiB")
-    growth = max((end_rss[p] - start_rss.get(p, end_rss[p]) for p in end_rss), default=0)
-    result.check("RSS bounded: under 200 MiB growth per pod from start to end",
-                 growth < 200 * mib, f"grew {growth / mib:.0f} MiB")
+    # Bounded, not leaking: the last third of the barrage must not lift any pod's peak by
+    # more than a tenth of the limit over the peak of the first two thirds.
+    cut = samples[0].at + (samples[-1].at - samples[0].at) * 2 / 3 if samples else 0
+    rises = {}
+    for pod, _ in rss_by_pod.items():
+        early = [s.rss for s in samples if s.pod == pod and s.at <= cut]
+        late = [s.rss for s in samples if s.pod == pod and s.at > cut]
+        if early and late:
+            rises[pod] = max(late) - max(early)
+    result.figure("RSS peak rise in the last third of the barrage", ", ".join(
+        f"{v / mib:+.0f} MiB" for v in rises.values()))
+    if profile.barrage >= 20_000:  # a few thousand messages are too few to see a plateau
+        result.check("RSS plateaus (last third lifts no peak by more than 10% of the limit)",
+                     all(v <= 0.1 * limit for v in rises.values()),
+                     ", ".join(f"{v / mib:+.0f} MiB" for v in rises.values()))
     result.check("normal mail still classified afterwards",
                  after and all(h == rendered.policy_hash for h in after))
     return result.finish()

@@ -10,7 +10,8 @@ omission). A pool of threads makes the blocking calls; an idle thread costs noth
         --messages-dir .cache/split/test/ham --phase 10:40 --phase 30:200 --phase inf:40 \
         --out calls.tsv
 
-Phases are SECONDS:RATE; `inf` runs until SIGTERM/SIGINT, which stop issuing new calls,
+Phases are SECONDS:RATE, or SECONDS:RATE:heavy for 512 KiB messages (the corpus'
+messages with their bodies repeated); `inf` runs until SIGTERM/SIGINT, which stop issuing new calls,
 wait for the calls in flight and write the records. Once the client has a ready replica
 it prints `READY <t0>` (t0 on the system's monotonic clock, shared by every process).
 
@@ -47,12 +48,24 @@ def load_messages(directories: list[Path], limit: int) -> list[bytes]:
     return [f.read_bytes() for f in files[:limit]]
 
 
-def parse_phase(text: str) -> tuple[float, float]:
-    seconds, _, rate = text.partition(":")
+HEAVY_BYTES = 512 * 1024
+
+
+def heavy(message: bytes) -> bytes:
+    """A large newsletter-sized message: `message` with its body grown to 512 KiB (the
+    engine scans 256 KiB of it: tens of milliseconds of server CPU instead of one)."""
+    head, sep, body = message.partition(b"\n\n")
+    body = body or message
+    return head + (sep or b"\n\n") + (body * (HEAVY_BYTES // max(1, len(body)) + 1))[:HEAVY_BYTES]
+
+
+def parse_phase(text: str) -> tuple[float, float, bool]:
+    seconds, _, rest = text.partition(":")
+    rate, _, kind = rest.partition(":")
     duration = float("inf") if seconds == "inf" else float(seconds)
-    if not rate or float(rate) <= 0 or duration <= 0:
-        raise argparse.ArgumentTypeError(f"phase must be SECONDS:RATE, got {text!r}")
-    return duration, float(rate)
+    if not rate or float(rate) <= 0 or duration <= 0 or kind not in ("", "heavy"):
+        raise argparse.ArgumentTypeError(f"phase must be SECONDS:RATE[:heavy], got {text!r}")
+    return duration, float(rate), kind == "heavy"
 
 
 class Recorder:
@@ -76,8 +89,9 @@ def _call(client: FilterClient, message: bytes, deadline: float) -> tuple[str, s
     return "OK", response.policy_hash
 
 
-def run_rate(client: FilterClient, messages: list[bytes], phases: list[tuple[float, float]],
-             deadline: float, threads: int, stop: threading.Event, out: Recorder) -> int:
+def run_rate(client: FilterClient, messages: list[bytes],
+             phases: list[tuple[float, float, bool]], deadline: float, threads: int,
+             stop: threading.Event, out: Recorder) -> int:
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="call")
 
     def one(due: float, message: bytes) -> None:
@@ -87,7 +101,9 @@ def run_rate(client: FilterClient, messages: list[bytes], phases: list[tuple[flo
 
     issued = 0
     phase_start = time.monotonic()
-    for duration, rate in phases:
+    heavy_messages = [heavy(m) for m in messages[:20]] if any(h for *_, h in phases) else []
+    for duration, rate, is_heavy in phases:
+        pool_of = heavy_messages if is_heavy else messages
         interval = 1.0 / rate
         due = phase_start
         end = phase_start + duration
@@ -96,7 +112,7 @@ def run_rate(client: FilterClient, messages: list[bytes], phases: list[tuple[flo
             if delay > 0:
                 if stop.wait(delay):
                     break
-            pool.submit(one, due, messages[issued % len(messages)])
+            pool.submit(one, due, pool_of[issued % len(pool_of)])
             issued += 1
             due += interval
         if stop.is_set():
