@@ -110,7 +110,6 @@ def rollout(env: FaultEnv) -> ScenarioResult:
     last_old = max((c.end for c in old_answers), default=report.started)
     first_new = min((c.end for c in new_answers), default=math.nan)
     after_done = [c for c in calls.calls if c.due >= report.finished]
-    result.figure("pods replaced (last old pod deleted)", f"{report.replaced - report.started:.1f} s")
 
     _common_figures(result, calls)
     result.figure("strategy (rendered)", f"maxSurge {new.max_surge()}, maxUnavailable "
@@ -118,6 +117,8 @@ def rollout(env: FaultEnv) -> ScenarioResult:
                   f"{new.pre_stop_seconds:g} s, drain {new.arg('--drain-seconds')} s, grace "
                   f"{new.arg('--grace-seconds')} s, terminationGracePeriodSeconds "
                   f"{new.termination_grace_seconds:g}")
+    result.figure("pods replaced (last old pod deleted)",
+                  f"{report.replaced - report.started:.1f} s")
     result.figure("rollout duration (start → last old pod exited)",
                   f"{report.finished - report.started:.1f} s")
     result.figure("first response with the new hash", f"{first_new - report.started:.2f} s")
@@ -135,7 +136,7 @@ def rollout(env: FaultEnv) -> ScenarioResult:
                  f"{len(calls.failed())} failed: {codes(calls.failed())}")
     result.check("never more than replicas + maxSurge pods",
                  report.max_pods <= old.replicas + new.max_surge(),
-                 f"{report.max_pods} > {old.replicas} + {new.max_surge()}")
+                 f"{report.max_pods} at once, limit {old.replicas} + {new.max_surge()}")
     result.check("never fewer available pods than replicas − maxUnavailable",
                  report.min_available >= old.replicas - new.max_unavailable(),
                  f"min {report.min_available}")

@@ -17,6 +17,7 @@ window includes all of that; its parts are reported separately.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 import uuid
@@ -219,9 +220,20 @@ def _epoch(value) -> float:
 def _new_sync_standby(cluster: PgCluster, primary: PgNode, name: str) -> PgNode:
     """A fresh synchronous standby of `primary` (what an HA manager does after a failover)."""
     node = PgNode(cluster, name, cluster.base / name)
-    cluster._run([str(cluster.bindir / "pg_basebackup"), "-D", str(node.datadir), "-X",
-                  "stream", "-R", "--checkpoint=fast", "--no-sync", "-d",
-                  f"host=127.0.0.1 port={primary.port} user=postgres application_name={name}"])
+    for attempt in range(1, 4):
+        try:
+            cluster._run([str(cluster.bindir / "pg_basebackup"), "-D", str(node.datadir),
+                          "-X", "stream", "-R", "--checkpoint=fast", "--no-sync", "-d",
+                          f"host=127.0.0.1 port={primary.port} user=postgres "
+                          f"application_name={name}"])
+            break
+        except RuntimeError:
+            # pg_basebackup has been seen to crash (SIGSEGV) when started the instant a
+            # promotion finished; an HA manager retries the clone, and so do we.
+            shutil.rmtree(node.datadir, ignore_errors=True)
+            if attempt == 3:
+                raise
+            time.sleep(1.0)
     node.start()
     primary.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{name}'")
     primary.execute("SELECT pg_reload_conf()")
