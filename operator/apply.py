@@ -56,13 +56,20 @@ def _without(obj: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[st
     return out
 
 
-def apply(kube: Kube, res: Resource, desired: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Make the object match `desired`; returns ("created"|"patched"|"unchanged", object)."""
+def apply(kube: Kube, res: Resource, desired: dict[str, Any], *,
+          create_only: tuple[tuple[str, ...], ...] | None = None,
+          current: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """Make the object match `desired`; returns ("created"|"patched"|"unchanged", object).
+
+    `create_only` overrides CREATE_ONLY for this object (e.g. `()` when no autoscaler owns
+    a Deployment's replica count); `current` skips the read when the caller has it."""
     meta = desired["metadata"]
-    current = kube.get(res, meta.get("namespace"), meta["name"])
+    if current is None:
+        current = kube.get(res, meta.get("namespace"), meta["name"])
     if current is None:
         return "created", kube.create(res, meta.get("namespace"), desired)
-    patch = _without(desired, CREATE_ONLY.get(desired["kind"], ()))
+    paths = CREATE_ONLY.get(desired["kind"], ()) if create_only is None else create_only
+    patch = _without(desired, paths)
     if is_subset(patch, current):
         return "unchanged", current
     return "patched", kube.merge_patch(res, meta.get("namespace"), meta["name"], patch)

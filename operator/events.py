@@ -1,4 +1,5 @@
-"""Kubernetes Events on the SpamPolicy (what `kubectl describe` shows)."""
+"""Kubernetes Events on a SpamPolicy or UnsubscribeStore (what `kubectl describe`
+shows)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def render_event(owner: dict[str, Any], event_type: str, reason: str, message: s
         "kind": "Event",
         "metadata": {"name": f"{meta['name']}.{time.time_ns():x}",
                      "namespace": meta["namespace"]},
-        "involvedObject": {"apiVersion": naming.API_VERSION, "kind": naming.KIND,
+        "involvedObject": {"apiVersion": owner.get("apiVersion") or naming.API_VERSION,
+                           "kind": owner.get("kind") or naming.KIND,
                            "name": meta["name"], "namespace": meta["namespace"],
                            "uid": meta.get("uid", "")},
         "type": event_type,

@@ -1,8 +1,10 @@
-"""kopf registration: every handler only hands the object to the Reconciler.
+"""kopf registration: every handler only hands the object to a reconciler.
 
-Triggers: create/update/resume of a SpamPolicy and events of the Deployments the operator
-manages (rollout progress → status). The periodic resync is `resync.py` (not a kopf timer:
-timers put finalizers on every object). The validating webhook reuses the policy validator.
+Triggers: create/update/resume of a SpamPolicy or an UnsubscribeStore, events of the
+Deployments the operator manages (rollout progress → status), and the deletion of a store
+(SpamPolicies referencing it update their SuppressionReady condition). The periodic resync is
+`resync.py` (not a kopf timer: timers put finalizers on every object). The validating
+webhook reuses the policy validator.
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ from typing import Any, Callable
 
 import kopf
 
-from mailwarden_operator import metrics, naming
+from mailwarden_operator import metrics, naming, store_naming
 from mailwarden_operator.kube import KubeError
 from mailwarden_operator.reconcile import Reconciler
+from mailwarden_operator.store_reconcile import StoreReconciler
 from mailwarden_operator.webhook import admission_errors, admission_message
 
 RETRY_DELAY_SECONDS = 5.0
 WEBHOOK_ID = "validate-spampolicy"
 
 
-def build_registry(get_reconciler: Callable[[], Reconciler], *,
-                   webhook: bool) -> kopf.OperatorRegistry:
+def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
+                   get_store_reconciler: Callable[[], StoreReconciler] | None = None,
+                   ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     resource = (naming.GROUP, naming.VERSION, naming.PLURAL)
 
@@ -69,6 +73,9 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *,
             # Event handlers are not retried; the resync timer catches up.
             logger.warning("status update after a Deployment change failed: %s", exc)
 
+    if get_store_reconciler is not None:
+        _register_store(registry, get_reconciler, get_store_reconciler)
+
     if webhook:
         @kopf.on.validate(*resource, id=WEBHOOK_ID, registry=registry)
         def validate_spampolicy(spec: dict[str, Any], name: str | None, **_: Any) -> None:
@@ -78,3 +85,51 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *,
                 raise kopf.AdmissionError(admission_message(errors), code=422)
 
     return registry
+
+
+def _register_store(registry: kopf.OperatorRegistry,
+                    get_reconciler: Callable[[], Reconciler],
+                    get_store_reconciler: Callable[[], StoreReconciler]) -> None:
+    resource = (naming.GROUP, naming.VERSION, store_naming.PLURAL)
+
+    def run(namespace: str, name: str, trigger: str, logger: Any) -> None:
+        try:
+            outcome = get_store_reconciler().reconcile(namespace, name, trigger=trigger)
+        except KubeError as exc:
+            raise kopf.TemporaryError(f"API call failed: {exc}", delay=RETRY_DELAY_SECONDS)
+        if outcome not in ("unchanged", "gone"):
+            logger.debug("reconciled (%s): %s", trigger, outcome)
+
+    @kopf.on.create(*resource, registry=registry)
+    def store_created(namespace: str, name: str, logger: Any, **_: Any) -> None:
+        run(namespace, name, "create", logger)
+
+    @kopf.on.update(*resource, registry=registry)
+    def store_updated(namespace: str, name: str, logger: Any, **_: Any) -> None:
+        run(namespace, name, "update", logger)
+
+    @kopf.on.resume(*resource, registry=registry)
+    def store_resumed(namespace: str, name: str, logger: Any, **_: Any) -> None:
+        run(namespace, name, "resume", logger)
+
+    # No finalizer (children go by owner references); the watch event is enough to tell
+    # the SpamPolicies that referenced the store.
+    @kopf.on.event(*resource, registry=registry)
+    def store_event(namespace: str, name: str, type: str | None, logger: Any,
+                    **_: Any) -> None:
+        if type != "DELETED":
+            return
+        get_store_reconciler().forget(namespace, name)
+        get_reconciler().reconcile_referencing(namespace, name, trigger="store")
+
+    @kopf.on.event("apps", "v1", "deployments", registry=registry,
+                   labels={"app.kubernetes.io/managed-by": naming.MANAGED_BY,
+                           store_naming.STORE_LABEL: kopf.PRESENT})
+    def store_deployment_changed(namespace: str, labels: dict[str, str], type: str | None,
+                                 logger: Any, **_: Any) -> None:
+        if type is None:  # the initial listing: resume handlers cover those
+            return
+        try:
+            run(namespace, labels[store_naming.STORE_LABEL], "deployment", logger)
+        except kopf.TemporaryError as exc:
+            logger.warning("status update after a Deployment change failed: %s", exc)

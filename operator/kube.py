@@ -43,7 +43,11 @@ class Resource:
 
 
 SPAMPOLICIES = Resource("mailwarden.dev", "v1alpha1", "spampolicies", "SpamPolicy")
+UNSUBSCRIBESTORES = Resource("mailwarden.dev", "v1alpha1", "unsubscribestores",
+                             "UnsubscribeStore")
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
+SECRETS = Resource("", "v1", "secrets", "Secret")
+PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 SERVICES = Resource("", "v1", "services", "Service")
 EVENTS = Resource("", "v1", "events", "Event")
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
@@ -51,8 +55,8 @@ HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodA
 PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 SERVICEMONITORS = Resource("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")
 
-BY_KIND = {r.kind: r for r in (SPAMPOLICIES, CONFIGMAPS, SERVICES, EVENTS, DEPLOYMENTS, HPAS,
-                               PDBS, SERVICEMONITORS)}
+BY_KIND = {r.kind: r for r in (SPAMPOLICIES, UNSUBSCRIBESTORES, CONFIGMAPS, SECRETS, PVCS,
+                               SERVICES, EVENTS, DEPLOYMENTS, HPAS, PDBS, SERVICEMONITORS)}
 
 
 class KubeError(Exception):

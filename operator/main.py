@@ -1,4 +1,5 @@
-"""Run the operator: kopf with the handlers, peering for HA, webhook, probes, metrics."""
+"""Run the operator: kopf with the handlers (SpamPolicy and UnsubscribeStore), peering for
+HA, webhook, probes, metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
@@ -21,6 +23,7 @@ from mailwarden_operator.kube import Kube, api_client_from_environment
 from mailwarden_operator.reconcile import DEFAULT_KEEP_CONFIGMAPS, Reconciler
 from mailwarden_operator.render import RenderSettings
 from mailwarden_operator.resync import Resync
+from mailwarden_operator.store_reconcile import StoreReconciler
 
 log = logging.getLogger("mailwarden.operator")
 
@@ -66,8 +69,9 @@ class OperatorConfig:
 
 
 def run(config: OperatorConfig) -> int:
-    holder: dict[str, Reconciler] = {}
-    registry = build_registry(lambda: holder["reconciler"], webhook=config.webhook_enabled)
+    holder: dict[str, Any] = {}
+    registry = build_registry(lambda: holder["reconciler"], webhook=config.webhook_enabled,
+                              get_store_reconciler=lambda: holder["store"])
     priority = config.priority if config.priority is not None else startup_priority()
     identity = own_identity()
     threads: list[Resync | CertWatcher] = []
@@ -102,12 +106,17 @@ def run(config: OperatorConfig) -> int:
                 insecure=config.webhook_insecure)
         kube = Kube(api_client_from_environment(config.kubeconfig), timeout=config.api_timeout,
                     on_write=lambda verb, kind: metrics.API_WRITES.labels(verb, kind).inc())
-        holder["reconciler"] = Reconciler(
-            kube, RenderSettings(default_image=config.filter_image),
-            keep_configmaps=config.keep_configmaps)
+        render_settings = RenderSettings(default_image=config.filter_image)
+        holder["reconciler"] = Reconciler(kube, render_settings,
+                                          keep_configmaps=config.keep_configmaps)
+        holder["store"] = StoreReconciler(
+            kube, render_settings,
+            on_ready_changed=lambda ns, name: holder["reconciler"].reconcile_referencing(
+                ns, name))
         resync = Resync(holder["reconciler"], kube, interval=config.resync_seconds,
                         namespaces=config.namespaces, peering=config.peering,
-                        identity=identity, priority=priority)
+                        identity=identity, priority=priority,
+                        store_reconciler=holder["store"])
         resync.start()
         threads.append(resync)
         if config.webhook_enabled and config.webhook_cert_dir is not None:

@@ -13,21 +13,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mailwarden_operator import events, metrics, naming
+from mailwarden_operator import events, metrics, naming, suppression_health
 from mailwarden_operator.apply import apply, ensure_exists
 from mailwarden_operator.kube import (CONFIGMAPS, DEPLOYMENTS, HPAS, PDBS, SERVICEMONITORS,
-                                      SERVICES, SPAMPOLICIES, Kube, KubeError)
+                                      SERVICES, SPAMPOLICIES, UNSUBSCRIBESTORES, Kube,
+                                      KubeError)
 from mailwarden_operator.policy import PolicyBundle, PolicyRejected, build_bundle
 from mailwarden_operator.render import RenderSettings
 from mailwarden_operator.render import servicemonitor as sm
 from mailwarden_operator.render.configmap import render_configmap
-from mailwarden_operator.render.deployment import render_deployment
+from mailwarden_operator.render.deployment import render_deployment, suppression_store
 from mailwarden_operator.render.hpa import render_hpa
 from mailwarden_operator.render.pdb import render_pdb
 from mailwarden_operator.render.services import render_headless_service, render_service
 from mailwarden_operator.spec import serving_errors, with_defaults
 from mailwarden_operator.status import (Observation, compute_status, observe_rollout,
                                         status_patch)
+from mailwarden_operator.store_status import is_ready, ready_message
 
 log = logging.getLogger("mailwarden.operator")
 
@@ -112,6 +114,7 @@ class Reconciler:
             target_hash = _template_hash(deployment)
 
         rollout = observe_rollout(deployment, target_hash, naming.HASH_ANNOTATION)
+        store_target = suppression_store(owner)
         observation = Observation(
             generation=owner["metadata"].get("generation"),
             min_replicas=spec["replicas"]["min"],
@@ -119,7 +122,10 @@ class Reconciler:
             rule_count=bundle.rule_count() if bundle else 0,
             rejection_reason=rejected.reason if rejected else None,
             rejection_message=rejected.summary() if rejected else None,
-            rollout=rollout)
+            rollout=rollout,
+            suppression=self._suppression(owner, store_target) if store_target else None,
+            suppression_store=store_target,
+            suppression_fresh=suppression_health.observe(kube, owner))
         now = self.clock()
         status, transitions = compute_status(previous, observation, now)
         if target_hash is not None:
@@ -139,6 +145,35 @@ class Reconciler:
         if rejected is not None:
             return "rejected"
         return "changed" if patch else "unchanged"
+
+    def reconcile_referencing(self, namespace: str, store: str, *,
+                              trigger: str = "store") -> None:
+        """Reconcile the SpamPolicies of `namespace` that reference UnsubscribeStore `store`
+        (their SuppressionReady condition follows the store's readiness)."""
+        for body in self.kube.list(SPAMPOLICIES, namespace):
+            ref = (body.get("spec") or {}).get("unsubscribeStoreRef") or {}
+            if ref.get("name") == store:
+                try:
+                    self.reconcile(namespace, body["metadata"]["name"], trigger=trigger)
+                except KubeError as exc:
+                    log.warning("updating SpamPolicy %s/%s after a change of store %s "
+                                "failed: %s", namespace, body["metadata"]["name"], store, exc)
+
+    def _suppression(self, owner: dict[str, Any], target: str) -> tuple[str, str, str, str]:
+        """The SuppressionReady condition. Informational only: classification goes on
+        without suppressions (and the filter pods reconnect) whatever it says."""
+        store = owner["spec"]["unsubscribeStoreRef"]["name"]
+        body = self.kube.get(UNSUBSCRIBESTORES, owner["metadata"]["namespace"], store)
+        if body is None:
+            return ("SuppressionReady", "False", "StoreNotFound",
+                    f"UnsubscribeStore {store} not found: the filter pods classify without "
+                    f"suppressions until it serves at {target}")
+        if not is_ready(body.get("status")):
+            return ("SuppressionReady", "False", "StoreNotReady",
+                    f"UnsubscribeStore {store} is not Ready ({ready_message(body.get('status'))})"
+                    "; the filter pods classify with the suppressions they last received")
+        return ("SuppressionReady", "True", "StoreReady",
+                f"the filter pods follow UnsubscribeStore {store} at {target}")
 
     def _servicemonitor(self, owner: dict[str, Any]) -> None:
         if not self.kube.api_available(sm.GROUP, sm.VERSION):
@@ -184,6 +219,7 @@ class Reconciler:
         ready = any(c["type"] == "Ready" and c["status"] == "True"
                     for c in status["conditions"])
         metrics.POLICY_READY.labels(namespace, name).set(1 if ready else 0)
+        metrics.set_conditions(namespace, name, status["conditions"])
         seconds = status.get("lastPropagationSeconds")
         if seconds is not None and status.get("policyHash") != previous.get("policyHash"):
             metrics.PROPAGATION_SECONDS.observe(seconds)

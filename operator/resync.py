@@ -1,4 +1,4 @@
-"""Periodic resync of every SpamPolicy, on the active replica only.
+"""Periodic resync of every UnsubscribeStore and SpamPolicy, on the active replica only.
 
 It corrects drift and notices model ConfigMaps that appeared after their SpamPolicy. It is
 a plain thread rather than a kopf timer because kopf timers put a finalizer on every
@@ -17,8 +17,10 @@ import logging
 import threading
 from typing import Any
 
-from mailwarden_operator.kube import SPAMPOLICIES, Kube, KubeError, Resource
+from mailwarden_operator import metrics
+from mailwarden_operator.kube import SPAMPOLICIES, UNSUBSCRIBESTORES, Kube, KubeError, Resource
 from mailwarden_operator.reconcile import Reconciler
+from mailwarden_operator.store_reconcile import StoreReconciler
 
 log = logging.getLogger("mailwarden.operator.resync")
 
@@ -55,9 +57,10 @@ def is_active(peering: dict[str, Any] | None, identity: str, priority: int,
 class Resync(threading.Thread):
     def __init__(self, reconciler: Reconciler, kube: Kube, *, interval: float,
                  namespaces: list[str], peering: str | None, identity: str,
-                 priority: int) -> None:
+                 priority: int, store_reconciler: StoreReconciler | None = None) -> None:
         super().__init__(name="resync", daemon=True)
         self.reconciler = reconciler
+        self.store_reconciler = store_reconciler
         self.kube = kube
         self.interval = interval
         self.namespaces = namespaces
@@ -65,6 +68,7 @@ class Resync(threading.Thread):
         self.identity = identity
         self.priority = priority
         self.stopping = threading.Event()
+        self._missing_crd_reported = False
 
     def active(self) -> bool:
         if self.peering is None:
@@ -87,27 +91,52 @@ class Resync(threading.Thread):
             self.active()  # report a missing peering object at once
         except KubeError as exc:
             log.warning("cannot read the peering object: %s", exc)
+        inactive_rounds = 0
         while not self.stopping.wait(self.interval):
             try:
                 if self.active():
+                    inactive_rounds = 0
                     self.resync_all()
+                else:
+                    # The active replica exports the per-policy series; ours would go stale.
+                    # Two rounds in a row: a peering record that lags a moment behind must
+                    # not make the active replica drop its own series.
+                    inactive_rounds += 1
+                    if inactive_rounds == 2:
+                        metrics.forget_all()
             except KubeError as exc:
                 log.warning("resync skipped: %s", exc)
             except Exception:  # keep the thread alive; the next round retries
                 log.exception("resync failed")
 
     def resync_all(self) -> None:
+        # Stores first: SpamPolicies then see their stores' fresh status.
+        if self.store_reconciler is not None:
+            try:
+                self._resync(UNSUBSCRIBESTORES, self.store_reconciler.reconcile)
+            except KubeError as exc:
+                # One kind failing (typically: its CRD is missing, since `helm upgrade`
+                # does not add new CRDs) must not stop the other's resync.
+                if exc.status == 404 and not self._missing_crd_reported:
+                    self._missing_crd_reported = True
+                    log.error("UnsubscribeStores cannot be listed (%s): is the CRD installed? "
+                              "`helm upgrade` does not add new CRDs; apply "
+                              "crds/unsubscribestores.mailwarden.dev.yaml", exc)
+                elif exc.status != 404:
+                    log.warning("resync of UnsubscribeStores skipped: %s", exc)
+        self._resync(SPAMPOLICIES, self.reconciler.reconcile)
+
+    def _resync(self, resource: Resource, reconcile: Any) -> None:
         for namespace in self.namespaces or [None]:
-            for body in self.kube.list(SPAMPOLICIES, namespace):
+            for body in self.kube.list(resource, namespace):
                 if self.stopping.is_set():
                     return
                 meta = body["metadata"]
                 try:
-                    self.reconciler.reconcile(meta["namespace"], meta["name"],
-                                              trigger="resync")
+                    reconcile(meta["namespace"], meta["name"], trigger="resync")
                 except KubeError as exc:
-                    log.warning("resync of %s/%s failed: %s", meta["namespace"],
-                                meta["name"], exc)
+                    log.warning("resync of %s %s/%s failed: %s", resource.kind,
+                                meta["namespace"], meta["name"], exc)
 
     def stop(self) -> None:
         self.stopping.set()

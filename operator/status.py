@@ -9,14 +9,19 @@ Conditions follow the Kubernetes API conventions: `type`, `status`, `reason` (Ca
 - Ready — True when the desired policy is live on every replica and pods are available
   (during a rollout the previous policy keeps serving at full capacity, Ready is False).
 - Degraded — True when something needs attention: an invalid policy left the last good one
-  serving, or fewer pods are available than `replicas.min`.
+  serving, fewer pods are available than `replicas.min`, or filter pods answer with stale
+  suppressions (SuppressionStale).
+- SuppressionFresh — only with `unsubscribeStoreRef`: whether the filter pods' suppression
+  answers are current (suppression_health.py reads it from the pods).
+- SuppressionReady — only with `unsubscribeStoreRef`: whether the referenced UnsubscribeStore
+  exists and is Ready. Informational: classification never waits for it.
 """
 
 from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 MAX_RECENT_HASHES = 10
 
@@ -66,6 +71,12 @@ class Observation:
     rejection_reason: str | None = None
     rejection_message: str | None = None
     rollout: Rollout = field(default_factory=lambda: Rollout(None, False))
+    # The SuppressionReady condition (type, status, reason, message) when the SpamPolicy
+    # references an UnsubscribeStore, and the store's gRPC address.
+    suppression: tuple[str, str, str, str] | None = None
+    suppression_store: str | None = None
+    # The SuppressionFresh condition (type, status, reason, message), with a store reference.
+    suppression_fresh: tuple[str, str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,12 +137,53 @@ def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
         degraded = ("Degraded", "True", "BelowMinReplicas",
                     f"{r.available} filter pods available, replicas.min is "
                     f"{obs.min_replicas}")
+    elif obs.suppression_fresh is not None and obs.suppression_fresh[2] == "SuppressionStale":
+        degraded = ("Degraded", "True", "SuppressionStale", obs.suppression_fresh[3])
     else:
         degraded = ("Degraded", "False", "AsExpected", "all checks pass")
-    return [ready, progressing, valid, degraded]
+    out = [ready, progressing, valid, degraded]
+    if obs.suppression is not None:
+        out.append(obs.suppression)
+    if obs.suppression_fresh is not None:
+        out.append(obs.suppression_fresh)
+    return out
 
 
-WARNING_WHEN = {("PolicyValid", "False"), ("Degraded", "True"), ("Ready", "False")}
+WARNING_WHEN = {("PolicyValid", "False"), ("Degraded", "True"), ("Ready", "False"),
+                ("SuppressionReady", "False"), ("SuppressionFresh", "False")}
+# Decides whether a condition change is posted as a Warning Event:
+# (type, status, reason, the previous condition or None) -> bool
+WarningRule = Callable[[str, str, str, "dict[str, Any] | None"], bool]
+
+
+def _spampolicy_warning(ctype: str, cstatus: str, reason: str,
+                        before: dict[str, Any] | None) -> bool:
+    return (ctype, cstatus) in WARNING_WHEN and reason != "RollingOut"
+
+
+def build_conditions(previous: dict[str, Any], computed: list[tuple[str, str, str, str]],
+                     generation: int | None, now: datetime.datetime,
+                     warning: WarningRule) -> tuple[list[dict[str, Any]], list[Transition]]:
+    """Conditions per the API conventions (`lastTransitionTime` moves only when `status`
+    flips) and the transitions to post as Events (a change of status or reason)."""
+    previous_conditions = {c.get("type"): c for c in previous.get("conditions") or []}
+    conditions = []
+    transitions = []
+    for ctype, cstatus, reason, message in computed:
+        before = previous_conditions.get(ctype)
+        flipped = before is None or before.get("status") != cstatus
+        condition = {
+            "type": ctype, "status": cstatus, "reason": reason, "message": message,
+            "lastTransitionTime": _timestamp(now) if flipped
+            else before.get("lastTransitionTime", _timestamp(now)),
+        }
+        if generation is not None:
+            condition["observedGeneration"] = generation
+        conditions.append(condition)
+        if before is None or flipped or before.get("reason") != reason:
+            kind = "Warning" if warning(ctype, cstatus, reason, before) else "Normal"
+            transitions.append(Transition(kind, f"{ctype}{reason}"[:128], message))
+    return conditions, transitions
 
 
 def compute_status(previous: dict[str, Any] | None, obs: Observation,
@@ -166,26 +218,13 @@ def compute_status(previous: dict[str, Any] | None, obs: Observation,
         out["lastPropagationSeconds"] = propagation
     out.update(replicas=r.replicas, readyReplicas=r.ready, updatedReplicas=r.updated,
                availableReplicas=r.available)
+    if obs.suppression_store is not None:
+        out["suppressionStore"] = obs.suppression_store
+    elif "suppressionStore" in prev:
+        out["suppressionStore"] = None  # the reference was removed: drop the field
 
-    previous_conditions = {c.get("type"): c for c in prev.get("conditions") or []}
-    conditions = []
-    transitions = []
-    for ctype, cstatus, reason, message in _conditions(obs):
-        before = previous_conditions.get(ctype)
-        flipped = before is None or before.get("status") != cstatus
-        condition = {
-            "type": ctype, "status": cstatus, "reason": reason, "message": message,
-            "lastTransitionTime": _timestamp(now) if flipped
-            else before.get("lastTransitionTime", _timestamp(now)),
-        }
-        if obs.generation is not None:
-            condition["observedGeneration"] = obs.generation
-        conditions.append(condition)
-        if before is None or flipped or before.get("reason") != reason:
-            kind = "Warning" if (ctype, cstatus) in WARNING_WHEN and reason != "RollingOut" \
-                else "Normal"
-            transitions.append(Transition(kind, f"{ctype}{reason}"[:128], message))
-    out["conditions"] = conditions
+    out["conditions"], transitions = build_conditions(prev, _conditions(obs), obs.generation,
+                                                      now, _spampolicy_warning)
     return out, transitions
 
 

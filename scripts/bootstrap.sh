@@ -17,7 +17,7 @@ log() { printf '[bootstrap] %s\n' "$*" >&2; }
 debs=(postgresql prometheus shellcheck unzip)
 command -v npm >/dev/null || debs+=(npm)   # nodejs from elsewhere may already ship npm
 if [[ "${1:-}" == "--bench" ]]; then
-  debs+=(spamassassin spamc rspamd redis-server)
+  debs+=(spamassassin spamd spamc rspamd redis-server)  # Debian 12 ships spamd separately
 fi
 missing=()
 for p in "${debs[@]}"; do

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fault-injection report (docs/fault.md): set everything up (scripts/bootstrap.sh plus
-# the `report` extra for the plots), run the long version of every scenario, print the
+# the `bench` extra for the plots), run the long version of every scenario, print the
 # figures, and write docs/fault/report.md with docs/fault/timeline.png and surge.png.
 # About 20 minutes on 2 cores. Extra arguments go to the report, e.g.
 #   scripts/fault-report.sh --short              the CI versions (about 3 minutes)
@@ -10,8 +10,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/bootstrap.sh
 if ! .venv/bin/python -c "import matplotlib" 2>/dev/null; then
-  echo "[fault-report] installing the report extra (matplotlib)" >&2
-  .venv/bin/pip install -q -e '.[dev,report]'
+  echo "[fault-report] installing the bench extra (matplotlib)" >&2
+  .venv/bin/pip install -q -e '.[dev,bench]'
 fi
 args=("$@")
 has_profile=0

@@ -1,42 +1,74 @@
 """The statistical model: Robinson's per-token probabilities combined with Fisher's
-chi-squared method (as in SpamBayes). Training counts, per token, how many spam and ham
-messages contained it; scoring combines the most extreme tokens of a message.
+chi-squared method (as in SpamBayes), then calibrated (see `calibrate.py`).
+
+Training counts, per token, how many spam and ham messages contained it. Scoring keeps only
+the decisive tokens of a message ("clues": probability at least `min_strength` away from
+1/2, at most `max_clues` of them), combines them with Fisher's method, and maps the result
+through the calibration learnt at training time.
 
 File format: gzip-compressed JSON
-    {"format": "mailwarden-bayes/1", "nspam": int, "nham": int,
-     "tokens": {token: [spam_count, ham_count], ...}, "trained": {...metadata}}
+    {"format": "mailwarden-bayes/2", "tokenizer": "mailwarden-tokens/2",
+     "nspam": int, "nham": int,
+     "params": {"prior_strength": float, "min_strength": float, "max_clues": int},
+     "calibration": [[raw, probability], ...] or null,
+     "trained": {...metadata}, "tokens": {token: [spam_count, ham_count], ...}}
 """
 
 from __future__ import annotations
 
 import gzip
-import heapq
 import json
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-FORMAT = "mailwarden-bayes/1"
-# Robinson's prior: strength S of the belief that an unseen token is neutral (X).
-PRIOR_STRENGTH = 0.45
+from filter_server.bayes.calibrate import Calibration
+from filter_server.bayes.tokenize import TOKENIZER_VERSION
+
+FORMAT = "mailwarden-bayes/2"
 PRIOR_PROBABILITY = 0.5
-# Only tokens at least this far from 0.5 take part, at most MAX_CLUES of them.
-MIN_STRENGTH = 0.1
-MAX_CLUES = 150
 
 
 class ModelError(ValueError):
-    """The model file is unreadable or not a Mailwarden model."""
+    """The model file is unreadable or not a Mailwarden model this version can use."""
 
 
-def token_probability(spam: int, ham: int, nspam: int, nham: int) -> float:
+@dataclass(frozen=True)
+class ModelParams:
+    """How token counts become a score (chosen by cross-validation on the SpamAssassin
+    corpus, see docs/model.md)."""
+    # Robinson's prior: strength S of the belief that a rarely seen token is neutral.
+    prior_strength: float = 0.2
+    # Only tokens whose probability is at least this far from 1/2 count. 0.44 keeps the
+    # nearly one-sided tokens (p <= 0.06 or >= 0.94): the many weakly leaning ones are
+    # correlated with each other and mostly add noise to borderline messages.
+    min_strength: float = 0.44
+    max_clues: int = 150
+
+    def check(self) -> None:
+        if not 0 < self.prior_strength <= 100:
+            raise ValueError(f"prior_strength must be in (0, 100], got {self.prior_strength}")
+        if not 0 <= self.min_strength < 0.5:
+            raise ValueError(f"min_strength must be in [0, 0.5), got {self.min_strength}")
+        if not 1 <= self.max_clues <= 10000:
+            raise ValueError(f"max_clues must be in [1, 10000], got {self.max_clues}")
+
+
+DEFAULT_PARAMS = ModelParams()
+
+
+def token_probability(spam: int, ham: int, nspam: int, nham: int,
+                      prior_strength: float = DEFAULT_PARAMS.prior_strength) -> float:
+    """Robinson's f(w): the spam share of a token, corrected for the class sizes and pulled
+    towards 1/2 when the token was seen only a few times."""
     spam_ratio = spam / nspam if nspam else 0.0
     ham_ratio = ham / nham if nham else 0.0
     if spam_ratio + ham_ratio == 0:
         return PRIOR_PROBABILITY
     p = spam_ratio / (spam_ratio + ham_ratio)
     n = spam + ham
-    return (PRIOR_STRENGTH * PRIOR_PROBABILITY + n * p) / (PRIOR_STRENGTH + n)
+    return (prior_strength * PRIOR_PROBABILITY + n * p) / (prior_strength + n)
 
 
 def chi2q(x2: float, dof: int) -> float:
@@ -56,39 +88,85 @@ class BayesModel:
     nham: int
     counts: dict[str, tuple[int, int]]
     trained: dict[str, Any] = field(default_factory=dict)
+    params: ModelParams = DEFAULT_PARAMS
+    calibration: Calibration | None = None
     _prob: dict[str, float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        self.params.check()
+        strength, prior = self.params.min_strength, self.params.prior_strength
         self._prob = {}
         for token, (spam, ham) in self.counts.items():
-            f = token_probability(spam, ham, self.nspam, self.nham)
-            if abs(f - 0.5) >= MIN_STRENGTH:
+            f = token_probability(spam, ham, self.nspam, self.nham, prior)
+            if abs(f - 0.5) >= strength:
                 self._prob[token] = f
 
     def __len__(self) -> int:
         return len(self._prob)
 
+    def can_be_clue(self, spam: int, ham: int) -> bool:
+        """Whether a token with these counts can ever influence a score."""
+        f = token_probability(spam, ham, self.nspam, self.nham, self.params.prior_strength)
+        return abs(f - 0.5) >= self.params.min_strength
+
     def clues(self, tokens: Iterable[str]) -> list[tuple[float, str]]:
         """The (probability, token) pairs that decide the score, most extreme first."""
         prob = self._prob
-        found = [(prob[t], t) for t in tokens if t in prob]
-        return heapq.nlargest(MAX_CLUES, found, key=lambda c: abs(c[0] - 0.5))
+        found = sorted((prob[t], t) for t in tokens if t in prob)
+        found.sort(key=lambda c: -abs(c[0] - 0.5))
+        return found[:self._cutoff([f for f, _ in found])]
 
-    def spam_probability(self, tokens: Iterable[str]) -> float:
-        """Spam probability in [0, 1] for a message's token set; 0.5 means no evidence."""
-        clues = self.clues(tokens)
-        if not clues:
-            return 0.5
-        log_ham = sum(math.log(f) for f, _ in clues)
-        log_spam = sum(math.log1p(-f) for f, _ in clues)
-        n = len(clues)
+    def _cutoff(self, by_strength: list[float]) -> int:
+        """How many of the clues (sorted by strength, strongest first) count: `max_clues`,
+        plus any that are exactly as strong as the last one, so a tie is never broken by
+        the arbitrary order of the token set."""
+        n = self.params.max_clues
+        if len(by_strength) <= n:
+            return len(by_strength)
+        weakest = abs(by_strength[n - 1] - 0.5)
+        while n < len(by_strength) and abs(by_strength[n] - 0.5) == weakest:
+            n += 1
+        return n
+
+    def raw_score(self, tokens: Iterable[str]) -> float | None:
+        """The chi-squared combined score in [0, 1], or None when no token is a clue."""
+        prob = self._prob
+        found = [prob[t] for t in tokens if t in prob]
+        if not found:
+            return None
+        # Sorted, so the floating-point sums do not depend on the (per-process) iteration
+        # order of the token set: the same message always gets the very same score.
+        if len(found) > self.params.max_clues:
+            found.sort(key=lambda f: -abs(f - 0.5))
+            found = found[:self._cutoff(found)]
+        found.sort()
+        log_ham = 0.0
+        log_spam = 0.0
+        for f in found:
+            log_ham += math.log(f)
+            log_spam += math.log1p(-f)
+        n = len(found)
         spamminess = 1.0 - chi2q(-2.0 * log_spam, 2 * n)
         hamminess = 1.0 - chi2q(-2.0 * log_ham, 2 * n)
         return (spamminess - hamminess + 1.0) / 2.0
 
+    def spam_probability(self, tokens: Iterable[str]) -> float:
+        """Spam probability in [0, 1] for a message's token set; exactly 0.5 means the
+        model knows none of its tokens (no evidence either way)."""
+        raw = self.raw_score(tokens)
+        if raw is None:
+            return 0.5
+        return self.calibration(raw) if self.calibration is not None else raw
+
     # --- persistence ------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        doc = {"format": FORMAT, "nspam": self.nspam, "nham": self.nham,
+        doc = {"format": FORMAT, "tokenizer": TOKENIZER_VERSION,
+               "nspam": self.nspam, "nham": self.nham,
+               "params": {"prior_strength": self.params.prior_strength,
+                          "min_strength": self.params.min_strength,
+                          "max_clues": self.params.max_clues},
+               "calibration": ([[round(x, 6), round(y, 6)] for x, y in self.calibration.knots]
+                               if self.calibration is not None else None),
                "trained": self.trained,
                "tokens": {t: list(c) for t, c in sorted(self.counts.items())}}
         # mtime=0: the same model always gives the same bytes (and the same policy hash)
@@ -98,12 +176,30 @@ class BayesModel:
     def from_bytes(cls, data: bytes) -> "BayesModel":
         try:
             doc = json.loads(gzip.decompress(data))
-        except (OSError, EOFError, ValueError) as exc:
+        except (OSError, EOFError, ValueError, zlib.error) as exc:
             raise ModelError(f"not a gzip-compressed JSON model: {exc}") from exc
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ModelError(f"not a {FORMAT} model")
+        if not isinstance(doc, dict) or "format" not in doc:
+            raise ModelError(f"not a Mailwarden model (no \"format\" field; expected {FORMAT})")
+        if doc["format"] != FORMAT:
+            if isinstance(doc["format"], str) and doc["format"].startswith("mailwarden-bayes/"):
+                raise ModelError(f"model format {doc['format']} is not supported by this "
+                                 f"version (it reads {FORMAT}); retrain the model with "
+                                 "`mailwarden train`")
+            raise ModelError(f"not a Mailwarden model (format {doc['format']!r}, "
+                             f"expected {FORMAT})")
+        if doc.get("tokenizer") != TOKENIZER_VERSION:
+            raise ModelError(f"model was trained with tokenizer {doc.get('tokenizer')!r}, this "
+                             f"version tokenizes as {TOKENIZER_VERSION}; retrain the model "
+                             "with `mailwarden train`")
         try:
+            p = doc["params"]
+            params = ModelParams(float(p["prior_strength"]), float(p["min_strength"]),
+                                 int(p["max_clues"]))
+            knots = doc.get("calibration")
+            calibration = (Calibration([(float(x), float(y)) for x, y in knots])
+                           if knots is not None else None)
             counts = {str(t): (int(c[0]), int(c[1])) for t, c in doc["tokens"].items()}
-            return cls(int(doc["nspam"]), int(doc["nham"]), counts, doc.get("trained", {}))
+            return cls(int(doc["nspam"]), int(doc["nham"]), counts, doc.get("trained", {}),
+                       params, calibration)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ModelError(f"malformed model: {exc!r}") from exc

@@ -11,8 +11,10 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "operator", help="run the Kubernetes operator (reconciles SpamPolicy resources)",
-        description="Reconcile SpamPolicy resources into autoscaled filter Deployments. "
+        "operator", help="run the Kubernetes operator (reconciles SpamPolicy and "
+        "UnsubscribeStore resources)",
+        description="Reconcile SpamPolicy resources into autoscaled filter Deployments and "
+        "UnsubscribeStore resources into unsubscribe store Deployments. "
         "Runs in a pod (service account) or against the current kubeconfig. Replicas "
         "elect one active member through kopf peering; every replica serves the webhook.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -20,10 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         metavar="NS", help="watch only this namespace (repeatable; default: "
                         "all namespaces)")
     parser.add_argument("--filter-image", default=None,
-                        help="image for filter pods whose SpamPolicy sets no spec.image "
+                        help="image for filter and store pods whose SpamPolicy or "
+                        "UnsubscribeStore sets no spec.image "
                         "(default: $MAILWARDEN_FILTER_IMAGE or the release's image)")
     parser.add_argument("--resync-seconds", type=float, default=60.0,
-                        help="re-check every SpamPolicy this often (drift, late model "
+                        help="re-check every SpamPolicy and UnsubscribeStore this often "
+                        "(drift, late Secrets and model "
                         "ConfigMaps)")
     parser.add_argument("--keep-policy-configmaps", type=int, default=3,
                         help="policy ConfigMaps kept per SpamPolicy (the live one included)")

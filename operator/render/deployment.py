@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailwarden_operator import naming
+from mailwarden_operator import naming, store_naming
 from mailwarden_operator.render import RenderSettings
 
 DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"},
@@ -17,8 +17,9 @@ RUN_AS_USER = 65532
 TERMINATION_MARGIN_SECONDS = 15
 
 
-def server_args(spec: dict[str, Any]) -> list[str]:
-    """`mailwarden serve` arguments for this spec (the filter server's CLI contract)."""
+def server_args(spec: dict[str, Any], suppression_store: str | None = None) -> list[str]:
+    """`mailwarden serve` arguments for this spec (the filter server's CLI contract);
+    `suppression_store` is the HOST:PORT of the referenced UnsubscribeStore."""
     server = spec["server"]
     args = ["serve",
             "--policy-dir", naming.POLICY_MOUNT,
@@ -36,7 +37,20 @@ def server_args(spec: dict[str, Any]) -> list[str]:
         args += ["--tls-dir", naming.TLS_MOUNT]
         if spec["tls"].get("requireClientCert"):
             args.append("--require-client-cert")
+    if suppression_store:
+        args += ["--suppression-store", suppression_store]
     return args
+
+
+def suppression_store(owner: dict[str, Any]) -> str | None:
+    """HOST:PORT of the UnsubscribeStore named by `spec.unsubscribeStoreRef`, or None.
+
+    Derived from the reference alone (not from whether the store exists or is ready), so a
+    store coming and going never rolls the filter pods; they reconnect on their own."""
+    ref = owner["spec"].get("unsubscribeStoreRef")
+    if not ref:
+        return None
+    return store_naming.grpc_target(ref["name"], owner["metadata"]["namespace"])
 
 
 def termination_grace_seconds(spec: dict[str, Any]) -> int:
@@ -74,7 +88,7 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
         "image": spec.get("image") or settings.default_image,
         "imagePullPolicy": spec["imagePullPolicy"],
         "command": ["mailwarden"],
-        "args": server_args(spec),
+        "args": server_args(spec, suppression_store(owner)),
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE",

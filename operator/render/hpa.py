@@ -34,18 +34,21 @@ def render_hpa(owner: dict[str, Any]) -> dict[str, Any]:
             "minReplicas": spec["replicas"]["min"],
             "maxReplicas": spec["replicas"]["max"],
             "metrics": metrics,
-            "behavior": {
-                # Surges: react at once, double (or add 4 pods) every 15 seconds.
-                "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
-                            "policies": [
-                                {"type": "Percent", "value": 100, "periodSeconds": 15},
-                                {"type": "Pods", "value": 4, "periodSeconds": 15}]},
-                # Calm: wait for a stable low, then shed at most 10% a minute.
-                "scaleDown": {"stabilizationWindowSeconds":
-                              scaling["scaleDownStabilizationSeconds"],
-                              "selectPolicy": "Min",
-                              "policies": [
-                                  {"type": "Percent", "value": 10, "periodSeconds": 60}]},
-            },
+            "behavior": behavior(scaling["scaleDownStabilizationSeconds"]),
         },
+    }
+
+
+def behavior(scale_down_stabilization_seconds: int) -> dict[str, Any]:
+    """Scaling behaviour shared by filter and store pods."""
+    return {
+        # Surges: react at once, double (or add 4 pods) every 15 seconds.
+        "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
+                    "policies": [
+                        {"type": "Percent", "value": 100, "periodSeconds": 15},
+                        {"type": "Pods", "value": 4, "periodSeconds": 15}]},
+        # Calm: wait for a stable low, then shed at most 10% a minute.
+        "scaleDown": {"stabilizationWindowSeconds": scale_down_stabilization_seconds,
+                      "selectPolicy": "Min",
+                      "policies": [{"type": "Percent", "value": 10, "periodSeconds": 60}]},
     }

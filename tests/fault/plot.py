@@ -1,4 +1,4 @@
-"""The report's PNGs (matplotlib, the `report` extra): latency and error rate over time
+"""The report's PNGs (matplotlib, the `bench` extra): latency and error rate over time
 across the SIGKILL and the rollout, and latency percentiles over the surge."""
 
 from __future__ import annotations

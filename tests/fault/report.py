@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             if surge:
                 images.append(surge)
     except ImportError:
-        print("fault report: matplotlib is missing, no PNGs (pip install -e '.[report]')",
+        print("fault report: matplotlib is missing, no PNGs (pip install -e '.[bench]')",
               file=sys.stderr)
     report = out / "report.md"
     report.write_text(markdown(results, errors, profile=profile, command=command,

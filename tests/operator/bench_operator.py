@@ -1,10 +1,14 @@
 """Operator benchmarks against the KMock emulator (figures, not pass/fail tests).
 
     python -m tests.operator.bench_operator reconcile --policies 100
+    python -m tests.operator.bench_operator stores --stores 100
     python -m tests.operator.bench_operator takeover [--lifetimes 15 60] [--rounds 2]
 
 `reconcile`: one operator; N SpamPolicies created at once; prints the time until every one
 is Ready (all children rendered and applied, status written) and the mean reconcile time.
+
+`stores`: the same for N UnsubscribeStores (PostgreSQL, one shared DSN Secret; each gets a
+generated signing key, a Deployment, two Services, an HPA and a PDB).
 
 `takeover`: how long reconciliation stops when the active replica dies, for the two HA
 options: kopf peering (two operator processes, distinct priorities) with several peering
@@ -65,6 +69,53 @@ def bench_reconcile(policies: int) -> None:
                       f"{total:.1f} s ({policies / total:.1f} policies/s); {int(count)} "
                       f"reconciles, mean {seconds / max(count, 1) * 1000:.0f} ms; "
                       f"{int(writes)} API writes")
+            finally:
+                operator.stop()
+
+
+def bench_stores(stores: int) -> None:
+    import base64
+
+    from mailwarden_operator.kube import SECRETS, UNSUBSCRIBESTORES
+
+    def ready(name: str) -> bool:
+        c = condition(cluster.kube.get(UNSUBSCRIBESTORES, "bench", name), "Ready")
+        return bool(c and c["status"] == "True")
+
+    with EmulatorThread() as emulator, tempfile.TemporaryDirectory() as tmp:
+        cluster = Cluster(emulator)
+        with FakeDeploymentController(cluster.kube, interval=0.2):
+            operator = OperatorProcess(cluster, Path(tmp), "--standalone", resync=3600)
+            try:
+                operator.start()
+                cluster.kube.create(SECRETS, "bench", {
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": "pg-app", "namespace": "bench"},
+                    "data": {"dsn": base64.b64encode(b"host=pg dbname=mail").decode()}})
+                started = time.monotonic()
+                for i in range(stores):
+                    cluster.kube.create(UNSUBSCRIBESTORES, "bench", {
+                        "apiVersion": "mailwarden.dev/v1alpha1", "kind": "UnsubscribeStore",
+                        "metadata": {"name": f"store-{i:03d}", "namespace": "bench"},
+                        "spec": {"storage": {"type": "postgres", "postgres": {
+                            "dsnSecretRef": {"name": "pg-app"}}}}})
+                created = time.monotonic() - started
+                pending = {f"store-{i:03d}" for i in range(stores)}
+                while pending:
+                    pending = {n for n in pending if not ready(n)}
+                    if time.monotonic() - started > 900:
+                        raise SystemExit(f"{len(pending)} stores not Ready after 900 s")
+                    time.sleep(0.5)
+                total = time.monotonic() - started
+                count = operator.metric("mailwarden_operator_reconcile_duration_seconds_count")
+                seconds = operator.metric("mailwarden_operator_reconcile_duration_seconds_sum")
+                writes = operator.metric("mailwarden_operator_api_writes_total")
+                keys = operator.metric("mailwarden_operator_signing_keys_generated_total")
+                print(f"{stores} UnsubscribeStores: created in {created:.1f} s, all Ready "
+                      f"after {total:.1f} s ({stores / total:.1f} stores/s); {int(count)} "
+                      f"reconciles, mean {seconds / max(count, 1) * 1000:.0f} ms; "
+                      f"{int(writes)} API writes; {int(keys)} signing keys generated; "
+                      f"load average {os.getloadavg()[0]:.1f}")
             finally:
                 operator.stop()
 
@@ -161,12 +212,16 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     rec = sub.add_parser("reconcile")
     rec.add_argument("--policies", type=int, default=100)
+    stores = sub.add_parser("stores")
+    stores.add_argument("--stores", type=int, default=100)
     take = sub.add_parser("takeover")
     take.add_argument("--lifetimes", type=int, nargs="+", default=[15, 60])
     take.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     if args.what == "reconcile":
         bench_reconcile(args.policies)
+    elif args.what == "stores":
+        bench_stores(args.stores)
     else:
         bench_takeover(args.lifetimes, args.rounds)
 

@@ -27,6 +27,9 @@ from tests.operator.emulator import EmulatorThread
 REPO = Path(__file__).resolve().parents[2]
 MAILWARDEN = Path(sys.executable).parent / "mailwarden"
 PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering", False)
+# The User-Agent of the tests' own client (and the fake controller), so the requests the
+# operator made can be told apart in the emulator's log.
+TEST_AGENT = "mailwarden-tests"
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", False)
 
 
@@ -61,7 +64,9 @@ class Cluster:
             emulator.register_crd(body)
         configuration = k8s.Configuration()
         configuration.host = emulator.url
-        self.kube = Kube(k8s.ApiClient(configuration))
+        api = k8s.ApiClient(configuration)
+        api.user_agent = TEST_AGENT
+        self.kube = Kube(api)
         self.kube.create(PEERINGS, None, {"apiVersion": "kopf.dev/v1",
                                           "kind": "ClusterKopfPeering",
                                           "metadata": {"name": "mailwarden"}})
@@ -74,6 +79,10 @@ class Cluster:
                 continue
             out.append(f"{method} {path}")
         return out
+
+    def operator_requests(self):
+        """Every request the operator (anything but the tests' own client) made."""
+        return [r for r in self.emulator.detailed_requests() if r.agent != TEST_AGENT]
 
 
 class OperatorProcess:

@@ -17,6 +17,7 @@ import datetime
 import json
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from kmock._internal import dicts, enums, k8s
 
 RESOURCES = {
     "v1/configmaps": ("ConfigMap", True),
+    "v1/secrets": ("Secret", True),
+    "v1/persistentvolumeclaims": ("PersistentVolumeClaim", True),
     "v1/services": ("Service", True),
     "v1/events": ("Event", True),
     "v1/namespaces": ("Namespace", False),
@@ -38,6 +41,32 @@ RESOURCES = {
 
 
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One served request, with what RBAC would judge it by."""
+    method: str
+    path: str
+    agent: str
+    watch: bool
+    group: str | None       # None: not a resource request (discovery, /version)
+    plural: str | None
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+    @property
+    def verb(self) -> str:
+        """The RBAC verb of the request."""
+        if self.method == "GET":
+            return "get" if self.name else ("watch" if self.watch else "list")
+        return {"POST": "create", "PATCH": "patch", "PUT": "update",
+                "DELETE": "delete" if self.name else "deletecollection"}[self.method]
+
+    @property
+    def resource(self) -> str:
+        return f"{self.plural}/{self.subresource}" if self.subresource else str(self.plural)
 
 
 def _now() -> str:
@@ -63,6 +92,14 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
         self.__dict__.setdefault("log", []).append(
             (request.method.upper(), request.url.path,
              request.resource.group if request.resource is not None else None))
+        self.__dict__.setdefault("detailed_log", []).append(RequestRecord(
+            method=request.method.upper(), path=request.url.path,
+            agent=request.headers.get("User-Agent", ""),
+            watch=str(request.params.get("watch", "")).lower() in ("true", "1"),
+            group=request.resource.group if request.resource is not None else None,
+            plural=request.resource.plural if request.resource is not None else None,
+            namespace=request.namespace, name=request.name,
+            subresource=request.subresource))
         try:
             return await self._handle_request(request)
         finally:
@@ -174,6 +211,10 @@ class EmulatorThread:
     def requests(self) -> list[tuple[str, str, str | None]]:
         """Every request served so far: (METHOD, path, API group or None)."""
         return self.call(lambda: list(self.emulator.__dict__.get("log", [])))
+
+    def detailed_requests(self) -> list[RequestRecord]:
+        """Every request served so far, with its User-Agent and RBAC verb/resource."""
+        return self.call(lambda: list(self.emulator.__dict__.get("detailed_log", [])))
 
     def kubeconfig(self, directory: Path) -> Path:
         path = directory / "kubeconfig"

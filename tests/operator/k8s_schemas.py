@@ -11,6 +11,7 @@ VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 # Kinds that are not part of Kubernetes itself: checked elsewhere (CRD schema tests).
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"),
                 ("mailwarden.dev/v1alpha1", "SpamPolicy"),
+                ("mailwarden.dev/v1alpha1", "UnsubscribeStore"),
                 ("kopf.dev/v1", "ClusterKopfPeering"), ("kopf.dev/v1", "KopfPeering"),
                 ("cert-manager.io/v1", "Certificate"), ("cert-manager.io/v1", "Issuer")}
 

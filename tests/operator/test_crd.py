@@ -45,8 +45,15 @@ def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[s
         yield from _nodes(schema["additionalProperties"], f"{path}{{}}")
 
 
-def test_every_field_is_typed_and_documented() -> None:
-    schema = crd.spampolicy_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def _store_crd() -> dict[str, Any]:
+    from mailwarden_operator.store_crd import unsubscribestore_crd
+    return unsubscribestore_crd()
+
+
+@pytest.mark.parametrize("make", [crd.spampolicy_crd, _store_crd],
+                         ids=["SpamPolicy", "UnsubscribeStore"])
+def test_every_field_is_typed_and_documented(make) -> None:
+    schema = make()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _nodes(schema):
         typed = ("type" in node or node.get("x-kubernetes-int-or-string")
                  or node.get("x-kubernetes-preserve-unknown-fields"))
@@ -61,8 +68,50 @@ def test_status_keeps_kopf_fields_and_declares_what_the_operator_writes() -> Non
         "properties"]["status"]
     assert status["properties"]["kopf"]["x-kubernetes-preserve-unknown-fields"] is True
     for field in ("observedGeneration", "conditions", "policyHash", "replicas",
-                  "readyReplicas", "lastPropagationSeconds"):
+                  "readyReplicas", "lastPropagationSeconds", "suppressionStore"):
         assert field in status["properties"]
+
+
+def test_store_status_declares_everything_the_status_function_writes() -> None:
+    """A field missing from the schema would be pruned by the API server: every key the
+    store's status function produces must be declared (kopf's bookkeeping preserved)."""
+    from mailwarden_operator.status import Rollout
+    from mailwarden_operator.store_status import StoreObservation, compute_store_status
+    import datetime
+    status = _store_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"]["status"]
+    assert status["properties"]["kopf"]["x-kubernetes-preserve-unknown-fields"] is True
+    written, _ = compute_store_status(None, StoreObservation(
+        generation=1, storage="postgres", durability="replicated", min_replicas=2,
+        deployment_exists=True, rollout=Rollout("abc", True, 2, 2, 2, 2, 2),
+        signing_key_secret="s-signing-key",
+        endpoints={"grpc": "g:1", "http": "h", "publicBaseURL": "https://u"}),
+        datetime.datetime.now(datetime.UTC))
+    for key, value in written.items():
+        assert key in status["properties"], f"status.{key} is not declared"
+        if isinstance(value, dict):
+            assert set(value) <= set(status["properties"][key]["properties"])
+    for condition in written["conditions"]:
+        assert set(condition) <= set(status["properties"]["conditions"]["items"][
+            "properties"])
+
+
+def test_store_crd_shape() -> None:
+    body = _store_crd()
+    version = body["spec"]["versions"][0]
+    assert body["metadata"]["name"] == "unsubscribestores.mailwarden.dev"
+    assert body["spec"]["names"]["kind"] == "UnsubscribeStore"
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns[:3] == ["Ready", "Replicas", "Storage"] and columns[-1] == "Age"
+    assert body["spec"]["names"]["shortNames"] and \
+        "mailwarden" in body["spec"]["names"]["categories"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    rules = " ".join(r["rule"] for r in spec["x-kubernetes-validations"])
+    assert "embedded" in rules and "replicated" in rules
+    # Every string a CEL rule looks at is bounded (the API server's CEL cost budget).
+    url = spec["properties"]["http"]["properties"]["publicBaseURL"]
+    assert url["maxLength"] <= 4096
 
 
 def test_crd_shape() -> None:

@@ -1,5 +1,7 @@
-"""The example SpamPolicies pass the CRD schema and its CEL rules, and their policies pass
-the filter server's validator; broken variants are refused with the rules' messages."""
+"""The example SpamPolicies and UnsubscribeStores pass their CRD's schema and CEL rules (and
+the operator's own checks), the policies pass the filter server's validator, and any other
+object in an example file is valid Kubernetes; broken variants are refused with the rules'
+messages."""
 
 from __future__ import annotations
 
@@ -10,12 +12,15 @@ import pytest
 import yaml
 
 from filter_server.policy.validate import validate_policy
-from mailwarden_operator import crd
+from mailwarden_operator import crd, store_spec
+from mailwarden_operator.store_crd import unsubscribestore_crd
 from mailwarden_operator.webhook import admission_errors
 from tests.operator.crd_validation import validate_custom_resource
+from tests.operator.k8s_schemas import validate_k8s
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+CRDS = {"SpamPolicy": crd.spampolicy_crd(), "UnsubscribeStore": unsubscribestore_crd()}
 
 
 def _docs(path: Path) -> list[dict]:
@@ -24,12 +29,28 @@ def _docs(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_examples_are_accepted(path: Path) -> None:
-    policies = [d for d in _docs(path) if d.get("kind") == "SpamPolicy"]
-    assert policies, f"{path.name} holds no SpamPolicy"
-    for doc in policies:
-        assert validate_custom_resource(doc, crd.spampolicy_crd()) == []
-        assert validate_policy(doc["spec"]["policy"]) == []
-        assert admission_errors(doc["spec"], doc["metadata"]["name"]) == []
+    docs = _docs(path)
+    assert any(d.get("kind") in CRDS for d in docs), f"{path.name} holds no custom resource"
+    for doc in docs:
+        if doc["kind"] not in CRDS:
+            validate_k8s(doc)
+            continue
+        assert validate_custom_resource(doc, CRDS[doc["kind"]]) == []
+        if doc["kind"] == "SpamPolicy":
+            assert validate_policy(doc["spec"]["policy"]) == []
+            assert admission_errors(doc["spec"], doc["metadata"]["name"]) == []
+        else:
+            assert store_spec.spec_errors(store_spec.with_defaults(doc["spec"]),
+                                          doc["metadata"]["name"]) == []
+
+
+def test_the_production_policy_uses_the_example_store() -> None:
+    policy = next(d for d in _docs(REPO / "examples" / "spampolicy-production.yaml")
+                  if d["kind"] == "SpamPolicy")
+    store = next(d for d in _docs(REPO / "examples" / "unsubscribestore.yaml")
+                 if d["kind"] == "UnsubscribeStore")
+    assert policy["spec"]["unsubscribeStoreRef"]["name"] == store["metadata"]["name"]
+    assert policy["metadata"]["namespace"] == store["metadata"]["namespace"]
 
 
 def _example() -> dict:
@@ -77,3 +98,82 @@ def test_the_crd_defaults_fill_the_serving_fields() -> None:
     assert spec["disruption"] == {"maxUnavailable": 1}
     assert spec["server"]["drainSeconds"] == 10
     assert spec["policy"]["thresholds"] == {"tag": 5.0, "quarantine": 10.0, "reject": 20.0}
+
+
+# -- UnsubscribeStore -----------------------------------------------------------------------
+
+def _store(name: str = "unsubscribestore.yaml") -> dict:
+    return copy.deepcopy(next(d for d in _docs(REPO / "examples" / name)
+                              if d["kind"] == "UnsubscribeStore"))
+
+
+def _embedded() -> dict:
+    return _store("unsubscribestore-dev.yaml")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: (lambda d: d["spec"].update(durability="replicated") or d)(_embedded()),
+     "durability replicated needs PostgreSQL with a synchronous standby"),
+    (lambda: (lambda d: d["spec"].update(replicas={"min": 1, "max": 2}) or d)(_embedded()),
+     "embedded storage runs exactly one replica"),
+    (lambda: (lambda d: d["spec"].pop("replicas") and d)(_embedded()),
+     "embedded storage runs exactly one replica"),
+    (lambda: (lambda d: d["spec"]["storage"].pop("postgres") and d)(_store()),
+     "storage.type postgres needs storage.postgres.dsnSecretRef"),
+    (lambda: (lambda d: d["spec"]["storage"].update(embedded={"size": "2Gi"}) or d)(_store()),
+     "storage.embedded is only for storage.type embedded"),
+    (lambda: (lambda d: d["spec"]["storage"].update(
+        postgres={"dsnSecretRef": {"name": "pg"}}) or d)(_embedded()),
+     "storage.postgres is only for storage.type postgres"),
+    (lambda: (lambda d: d["spec"].update(replicas={"min": 4, "max": 2}) or d)(_store()),
+     "replicas.min must not exceed replicas.max"),
+    (lambda: (lambda d: d["spec"]["oneClick"].update(tokenMaxAgeDays=30) or d)(_store()),
+     "tokenMaxAgeDays must be 0 (never expire) or at least 60"),
+    (lambda: (lambda d: d["spec"]["http"].update(publicBaseURL="http://unsub.example.com")
+              or d)(_store()),
+     "http.publicBaseURL must be an https:// URL"),
+    (lambda: (lambda d: d["metadata"].update(name="s" * 47) or d)(_store()),
+     "UnsubscribeStore names are at most 46 characters"),
+], ids=["embedded-replicated", "embedded-two-replicas", "embedded-default-replicas",
+        "postgres-without-dsn", "embedded-block-on-postgres", "postgres-block-on-embedded",
+        "replicas", "token-age", "plain-http", "name-length"])
+def test_store_cel_rules_refuse_impossible_stores(make, message) -> None:
+    doc = make()
+    errors = validate_custom_resource(doc, CRDS["UnsubscribeStore"])
+    assert any(message in e for e in errors), errors
+    # The operator refuses the same spec when an API server skipped the rules (all but
+    # the URL, which only appears in status).
+    if "publicBaseURL" not in message:
+        problems = store_spec.spec_errors(store_spec.with_defaults(doc["spec"]),
+                                          doc["metadata"]["name"])
+        assert problems, f"the operator would accept what CEL refuses: {message}"
+
+
+def test_store_accepts_local_http_and_minimal_specs() -> None:
+    doc = _embedded()
+    doc["spec"]["http"]["publicBaseURL"] = "http://127.0.0.1:8080/unsubscribe"
+    assert validate_custom_resource(doc, CRDS["UnsubscribeStore"]) == []
+    minimal = {"apiVersion": "mailwarden.dev/v1alpha1", "kind": "UnsubscribeStore",
+               "metadata": {"name": "s"}, "spec": {"storage": {
+                   "type": "postgres", "postgres": {"dsnSecretRef": {"name": "pg"}}}}}
+    assert validate_custom_resource(minimal, CRDS["UnsubscribeStore"]) == []
+    defaulted = store_spec.with_defaults(minimal["spec"])
+    assert defaulted["storage"]["postgres"]["dsnSecretRef"]["key"] == "dsn"
+    assert defaulted["durability"] == "local" and defaulted["replicas"] == {"min": 2, "max": 6}
+    assert defaulted["oneClick"] == {"enabled": True, "tokenMaxAgeDays": 0}
+    assert "embedded" not in defaulted["storage"]
+
+
+def test_store_storage_type_cannot_change_on_update() -> None:
+    old = _store()
+    new = _store()
+    new["spec"]["storage"] = {"type": "embedded"}
+    new["spec"]["durability"] = "local"
+    new["spec"]["replicas"] = {"min": 1, "max": 1}
+    assert validate_custom_resource(new, CRDS["UnsubscribeStore"]) == []  # as a create
+    errors = validate_custom_resource(new, CRDS["UnsubscribeStore"], old=old)
+    assert any("storage.type cannot change" in e for e in errors), errors
+    # Other storage changes (another database) are fine.
+    moved = _store()
+    moved["spec"]["storage"]["postgres"]["dsnSecretRef"]["name"] = "other-pg"
+    assert validate_custom_resource(moved, CRDS["UnsubscribeStore"], old=old) == []

@@ -49,3 +49,32 @@ def test_a_missing_peering_object_is_reported(caplog) -> None:
         assert resync.active() is False
     assert "ClusterKopfPeering mailwarden does not exist" in caplog.text
     assert "--standalone" in caplog.text
+
+
+def test_a_missing_store_crd_does_not_stop_the_spampolicy_resync(caplog) -> None:
+    """After `helm upgrade` (which adds no new CRDs) listing UnsubscribeStores answers 404:
+    SpamPolicies are still resynced, and the missing CRD is reported once."""
+    from mailwarden_operator.kube import KubeError
+    from mailwarden_operator.resync import Resync
+
+    class Kube:
+        def list(self, resource, namespace):
+            if resource.plural == "unsubscribestores":
+                raise KubeError(404, "GET /apis/mailwarden.dev/v1alpha1/unsubscribestores: 404")
+            return [{"metadata": {"namespace": "ns", "name": "p"}}]
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls = []
+
+        def reconcile(self, namespace, name, trigger):
+            self.calls.append((namespace, name, trigger))
+
+    policies, stores = Recorder(), Recorder()
+    resync = Resync(policies, Kube(), interval=60, namespaces=[], peering=None,
+                    identity="me", priority=1, store_reconciler=stores)
+    with caplog.at_level("ERROR"):
+        resync.resync_all()
+        resync.resync_all()
+    assert policies.calls == [("ns", "p", "resync")] * 2 and stores.calls == []
+    assert caplog.text.count("is the CRD installed?") == 1

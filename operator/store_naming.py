@@ -1,0 +1,126 @@
+"""Names, labels, mount paths and ports of an UnsubscribeStore's children.
+
+The ports and flags are the contract with `mailwarden unsubscribe-server` (see
+docs/unsubscribe.md); the Service names are what SpamPolicies resolve the store by.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailwarden_operator import naming
+
+KIND = "UnsubscribeStore"
+PLURAL = "unsubscribestores"
+SINGULAR = "unsubscribestore"
+API_VERSION = naming.API_VERSION
+
+STORE_LABEL = f"{naming.GROUP}/unsubscribestore"
+ROLE_LABEL = naming.ROLE_LABEL
+SERVICE_ROLE_LABEL = naming.SERVICE_ROLE_LABEL
+# On the pod template: a change of either is a rolling update.
+CONFIG_HASH_ANNOTATION = f"{naming.GROUP}/config-hash"
+SECRET_VERSIONS_ANNOTATION = f"{naming.GROUP}/secret-versions"
+GENERATED_ANNOTATION = f"{naming.GROUP}/generated-by"
+
+GRPC_PORT = 50061
+HTTP_PORT = 8080
+METRICS_PORT = 9091
+CONTAINER_NAME = "unsubscribe"
+MIGRATE_CONTAINER_NAME = "migrate"
+
+SIGNING_KEY_MOUNT = "/etc/mailwarden/signing-key"
+DSN_MOUNT = "/etc/mailwarden/dsn"
+DSN_FILE = "dsn"
+RESUBSCRIBE_MOUNT = "/etc/mailwarden/resubscribe"
+RESUBSCRIBE_FILE = "token"
+DATA_MOUNT = "/var/lib/mailwarden"
+SQLITE_FILE = "unsubscribe.db"
+
+# Key files the server reads from the signing-key directory (`--signing-key-dir`).
+SIGNING_KEY_CURRENT = "current"
+SIGNING_KEY_PREVIOUS = "previous"
+
+WORKLOAD_SUFFIX = "-unsubscribe"
+HTTP_SUFFIX = "-unsubscribe-http"
+DATA_SUFFIX = "-unsubscribe-data"
+SIGNING_KEY_SUFFIX = "-signing-key"
+# Longest store name whose Service names still fit the 63-character DNS label limit.
+MAX_NAME_LENGTH = 63 - len(HTTP_SUFFIX)
+
+
+def workload_name(store: str) -> str:
+    """Deployment, gRPC Service, HPA, PDB and ServiceMonitor share this name."""
+    return f"{store}{WORKLOAD_SUFFIX}"
+
+
+def http_service_name(store: str) -> str:
+    return f"{store}{HTTP_SUFFIX}"
+
+
+def data_claim_name(store: str) -> str:
+    return f"{store}{DATA_SUFFIX}"
+
+
+def default_signing_key_secret(store: str) -> str:
+    return f"{store}{SIGNING_KEY_SUFFIX}"
+
+
+def signing_key_secret(owner: dict[str, Any]) -> str:
+    """The signing-key Secret's name: `spec.signingKey.secretName` or `<store>-signing-key`."""
+    configured = ((owner.get("spec") or {}).get("signingKey") or {}).get("secretName")
+    return configured or default_signing_key_secret(owner["metadata"]["name"])
+
+
+def grpc_target(store: str, namespace: str) -> str:
+    """HOST:PORT of the store's gRPC Service, as filter pods in any namespace resolve it."""
+    return f"{workload_name(store)}.{namespace}.svc:{GRPC_PORT}"
+
+
+def selector_labels(store: str) -> dict[str, str]:
+    """The pod selector: stable for the life of the Deployment (selectors are immutable)."""
+    return {
+        "app.kubernetes.io/name": "mailwarden-unsubscribe",
+        "app.kubernetes.io/instance": store,
+    }
+
+
+def common_labels(store: str) -> dict[str, str]:
+    return {
+        **selector_labels(store),
+        "app.kubernetes.io/component": "unsubscribe-store",
+        "app.kubernetes.io/part-of": "mailwarden",
+        "app.kubernetes.io/managed-by": naming.MANAGED_BY,
+        STORE_LABEL: store,
+    }
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    """A controller owner reference: deleting the store cascades to the child."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_metadata(owner: dict[str, Any], name: str, *, owned: bool = True,
+                   extra_labels: dict[str, str] | None = None,
+                   annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """Metadata of a child. `owned=False` for what must outlive the store (its data and its
+    signing key): those carry the labels but no owner reference."""
+    meta = owner["metadata"]
+    out: dict[str, Any] = {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": {**common_labels(meta["name"]), **(extra_labels or {})},
+    }
+    if owned:
+        out["ownerReferences"] = [owner_reference(owner)]
+    if annotations:
+        out["annotations"] = annotations
+    return out
