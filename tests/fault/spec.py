@@ -9,7 +9,7 @@ rendered Deployment, headless Service and HPA, never written down here a second 
 The policy is the example SpamPolicy (`examples/spampolicy.yaml`) with its model trained on
 the corpus' train split (the same cached model local mode uses). Two profiles set
 `spec.server` timings: `short` (CI: a 1 s preStop, 2 s drain, 2 s grace, 10 s maximum
-connection age) and `long` (the CRD defaults: 5 s, 10 s, 5 s, and the server's 60 s). Both run one worker per replica (`workers: 1`: three
+connection age) and `long` (the CRD defaults: 5 s, 10 s, 5 s, and the server's 15 s). Both run one worker per replica (`workers: 1`: three
 replicas share this machine's two cores, like pods with a one-CPU limit), and both add the
 optional requests-per-second HPA target so the rendered HPA carries both signals.
 """
@@ -44,7 +44,7 @@ SERVER_SETTINGS = {
     # gets calls again within seconds rather than the default minute (see docs/fault.md).
     "short": {"workers": 1, "preStopSeconds": 1, "drainSeconds": 2, "graceSeconds": 2,
               "maxConnectionAgeMs": 10_000},
-    "long": {"workers": 1},  # the CRD defaults (preStop, drain, grace; server's 60 s age)
+    "long": {"workers": 1},  # the CRD defaults (preStop, drain, grace; server's 15 s age)
 }
 # Requests per second per pod the rendered HPA aims at (a Pods metric through an adapter):
 # the steady load (40/s over 3 pods) sits well under it, the ×5 surge (67/s a pod) over it.
