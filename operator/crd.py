@@ -312,23 +312,28 @@ STATUS_SCHEMA: dict[str, Any] = {
 }
 
 
-def spampolicy_crd() -> dict[str, Any]:
-    """The SpamPolicy CustomResourceDefinition."""
+def custom_resource_definition(*, kind: str, plural: str, singular: str,
+                               short_names: list[str], description: str,
+                               spec: dict[str, Any], status: dict[str, Any],
+                               max_name_length: int, ready_description: str,
+                               printer_columns: list[dict[str, Any]]) -> dict[str, Any]:
+    """A namespaced `mailwarden.dev` CRD with one version, the status subresource, the
+    `mailwarden` category, a name-length rule (child Service names must fit 63), and the
+    printer columns Ready, `printer_columns`, Age."""
     schema = {
         "type": "object",
-        "description": "SpamPolicy: a Mailwarden spam-filtering policy and the "
-        "autoscaled, highly available gRPC filter pods that serve it.",
+        "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of the object."},
             "kind": {"type": "string", "description": "Kind of the object."},
             "metadata": {"type": "object", "description": "Standard object metadata."},
-            "spec": copy.deepcopy(SPEC_SCHEMA),
-            "status": copy.deepcopy(STATUS_SCHEMA),
+            "spec": copy.deepcopy(spec),
+            "status": copy.deepcopy(status),
         },
         "x-kubernetes-validations": [
-            {"rule": f"size(self.metadata.name) <= {naming.MAX_NAME_LENGTH}",
-             "message": f"SpamPolicy names are at most {naming.MAX_NAME_LENGTH} characters "
+            {"rule": f"size(self.metadata.name) <= {max_name_length}",
+             "message": f"{kind} names are at most {max_name_length} characters "
              "(child Service names must fit 63)"},
         ],
     }
@@ -336,18 +341,18 @@ def spampolicy_crd() -> dict[str, Any]:
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{naming.PLURAL}.{naming.GROUP}",
+            "name": f"{plural}.{naming.GROUP}",
             "labels": {"app.kubernetes.io/part-of": "mailwarden"},
         },
         "spec": {
             "group": naming.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": naming.KIND,
-                "listKind": f"{naming.KIND}List",
-                "plural": naming.PLURAL,
-                "singular": "spampolicy",
-                "shortNames": ["sp", "spampol"],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": short_names,
                 "categories": ["mailwarden", "all"],
             },
             "versions": [{
@@ -358,21 +363,34 @@ def spampolicy_crd() -> dict[str, Any]:
                 "additionalPrinterColumns": [
                     {"name": "Ready", "type": "string",
                      "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
-                     "description": "Whether the policy is live on every replica."},
-                    {"name": "Replicas", "type": "integer",
-                     "jsonPath": ".status.readyReplicas",
-                     "description": "Ready filter pods."},
-                    {"name": "Policy Hash", "type": "string", "jsonPath": ".status.policyHash",
-                     "description": "Content hash of the live policy."},
-                    {"name": "Valid", "type": "string", "priority": 1,
-                     "jsonPath": '.status.conditions[?(@.type=="PolicyValid")].status',
-                     "description": "Whether the newest policy validated."},
+                     "description": ready_description},
+                    *printer_columns,
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
                 "schema": {"openAPIV3Schema": schema},
             }],
         },
     }
+
+
+def spampolicy_crd() -> dict[str, Any]:
+    """The SpamPolicy CustomResourceDefinition."""
+    return custom_resource_definition(
+        kind=naming.KIND, plural=naming.PLURAL, singular="spampolicy",
+        short_names=["sp", "spampol"],
+        description="SpamPolicy: a Mailwarden spam-filtering policy and the autoscaled, "
+        "highly available gRPC filter pods that serve it.",
+        spec=SPEC_SCHEMA, status=STATUS_SCHEMA, max_name_length=naming.MAX_NAME_LENGTH,
+        ready_description="Whether the policy is live on every replica.",
+        printer_columns=[
+            {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas",
+             "description": "Ready filter pods."},
+            {"name": "Policy Hash", "type": "string", "jsonPath": ".status.policyHash",
+             "description": "Content hash of the live policy."},
+            {"name": "Valid", "type": "string", "priority": 1,
+             "jsonPath": '.status.conditions[?(@.type=="PolicyValid")].status',
+             "description": "Whether the newest policy validated."},
+        ])
 
 
 def _peering_crd(cluster: bool) -> dict[str, Any]:

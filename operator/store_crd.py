@@ -346,66 +346,22 @@ STATUS_SCHEMA: dict[str, Any] = {
 
 def unsubscribestore_crd() -> dict[str, Any]:
     """The UnsubscribeStore CustomResourceDefinition."""
-    schema = {
-        "type": "object",
-        "description": "UnsubscribeStore: a durable unsubscribe/suppression store with the "
+    return crd.custom_resource_definition(
+        kind=store_naming.KIND, plural=store_naming.PLURAL, singular=store_naming.SINGULAR,
+        short_names=["unsub", "unsubstore"],
+        description="UnsubscribeStore: a durable unsubscribe/suppression store with the "
         "RFC 8058 one-click endpoint, served by autoscaled store pods, whose changes "
         "reach every filter pod of the SpamPolicies that reference it.",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string", "description": "APIVersion of the object."},
-            "kind": {"type": "string", "description": "Kind of the object."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
-            "spec": copy.deepcopy(SPEC_SCHEMA),
-            "status": copy.deepcopy(STATUS_SCHEMA),
-        },
-        "x-kubernetes-validations": [
-            {"rule": f"size(self.metadata.name) <= {store_naming.MAX_NAME_LENGTH}",
-             "message": f"UnsubscribeStore names are at most {store_naming.MAX_NAME_LENGTH} "
-             "characters (child Service names must fit 63)"},
-        ],
-    }
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{store_naming.PLURAL}.{naming.GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "mailwarden"},
-        },
-        "spec": {
-            "group": naming.GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": store_naming.KIND,
-                "listKind": f"{store_naming.KIND}List",
-                "plural": store_naming.PLURAL,
-                "singular": store_naming.SINGULAR,
-                "shortNames": ["unsub", "unsubstore"],
-                "categories": ["mailwarden", "all"],
-            },
-            "versions": [{
-                "name": naming.VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": [
-                    {"name": "Ready", "type": "string",
-                     "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
-                     "description": "Whether the store serves."},
-                    {"name": "Replicas", "type": "integer",
-                     "jsonPath": ".status.readyReplicas",
-                     "description": "Store pods reporting Ready."},
-                    {"name": "Storage", "type": "string", "jsonPath": ".spec.storage.type",
-                     "description": "postgres or embedded."},
-                    {"name": "Durability", "type": "string", "priority": 1,
-                     "jsonPath": ".spec.durability",
-                     "description": "local or replicated."},
-                    {"name": "HA", "type": "boolean", "priority": 1,
-                     "jsonPath": ".status.highlyAvailable",
-                     "description": "Whether the store is highly available."},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                ],
-                "schema": {"openAPIV3Schema": schema},
-            }],
-        },
-    }
+        spec=SPEC_SCHEMA, status=STATUS_SCHEMA, max_name_length=store_naming.MAX_NAME_LENGTH,
+        ready_description="Whether the store serves.",
+        printer_columns=[
+            {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas",
+             "description": "Store pods reporting Ready."},
+            {"name": "Storage", "type": "string", "jsonPath": ".spec.storage.type",
+             "description": "postgres or embedded."},
+            {"name": "Durability", "type": "string", "priority": 1,
+             "jsonPath": ".spec.durability", "description": "local or replicated."},
+            {"name": "HA", "type": "boolean", "priority": 1,
+             "jsonPath": ".status.highlyAvailable",
+             "description": "Whether the store is highly available."},
+        ])
