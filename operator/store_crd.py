@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from mailwarden_operator import crd, naming, store_naming
+from mailwarden_operator import crd, store_naming
 
 DEFAULT_MIN_REPLICAS = 2
 DEFAULT_MAX_REPLICAS = 6

@@ -18,7 +18,7 @@ from filter_server.policy.loader import POLICY_FILE, load_policy_dir
 from mailwarden_operator import naming
 from mailwarden_operator.kube import (CONFIGMAPS, DEPLOYMENTS, EVENTS, HPAS, PDBS, SERVICES,
                                       SPAMPOLICIES)
-from tests.operator.conftest import (Cluster, FakeDeploymentController, OperatorProcess,
+from tests.operator.conftest import (Cluster, OperatorProcess,
                                      condition, example_policy, model_configmap, wait_for)
 
 pytestmark = pytest.mark.timeout(240)
