@@ -10,10 +10,19 @@ is the slow part of loading a policy (about 1 s per 1,000 patterns), so validati
 each group once, as it will be served, and keeps the databases of the most recent groups
 for `TargetDatabase` to reuse: validating and then compiling a policy compiles once, and a
 reload that leaves a group unchanged does not recompile it.
+
+Across processes: with $MAILWARDEN_PATTERN_CACHE_DIR set (the supervisor of a multi-worker
+server sets it to a private temporary directory), compiled databases are also written there,
+serialized, and read back by any process that needs the same database, so K workers do not
+each spend seconds compiling what the supervisor's preflight just compiled. The directory
+must be private to the server's user: a database file is trusted once read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -69,12 +78,55 @@ def compiled_database(patterns: Iterable[str], flags: int) -> hyperscan.Database
         if db is not None:
             _kept.move_to_end(key)
             return db
-    db = _compile(key[1], flags)
+    cached = _cache_file(key)
+    db = _read_cached(cached) if cached else None
+    if db is None:
+        db = _compile(key[1], flags)
+        if cached:
+            _write_cached(cached, db)
     with _kept_lock:
         _kept[key] = db
         while len(_kept) > MAX_KEPT_DATABASES:
             _kept.popitem(last=False)
     return db
+
+
+CACHE_DIR_ENV = "MAILWARDEN_PATTERN_CACHE_DIR"
+
+
+def _cache_file(key: tuple[int, tuple[str, ...]]) -> str | None:
+    """Where the database of `key` is kept across processes, or None (no cache dir)."""
+    directory = os.environ.get(CACHE_DIR_ENV)
+    if not directory:
+        return None
+    digest = hashlib.sha256(repr((hyperscan.__version__, key)).encode("utf-8",
+                                                                       "surrogatepass"))
+    return os.path.join(directory, digest.hexdigest() + ".hsdb")
+
+
+def _read_cached(path: str) -> hyperscan.Database | None:
+    try:
+        with open(path, "rb") as f:
+            return hyperscan.loadb(f.read(), hyperscan.HS_MODE_BLOCK)
+    except (OSError, hyperscan.error):  # absent, unreadable, or from another engine build
+        return None
+
+
+def _write_cached(path: str, db: hyperscan.Database) -> None:
+    """Best effort (a read-only or full disk only costs the next process a compile);
+    atomic, so a reader never sees half a file."""
+    try:
+        data = hyperscan.dumpb(db)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except (OSError, hyperscan.error):
+        pass
 
 
 def _reason(exc: hyperscan.error) -> str:
