@@ -55,6 +55,10 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         self._duration = {m: metrics.duration.labels(m) for m in
                           ("Classify", "ClassifyStream")}
         self._verdicts = {a: metrics.verdicts.labels(a) for a in _ACTIONS}
+        # The series every successful call updates, looked up once (labels() takes a lock
+        # and builds a key per call).
+        self._finished_ok = {m: metrics.requests.labels(m, _OK.name) for m in
+                             ("Classify", "ClassifyStream")}
 
     # --- RPCs ---------------------------------------------------------------------------
     def Classify(self, request: filter_pb2.ClassifyRequest,
@@ -123,7 +127,10 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
     def _release(self, method: str, code: grpc.StatusCode) -> None:
         self._metrics.in_flight.dec()
         self._slots.release()
-        self._metrics.requests.labels(method, code.name).inc()
+        if code is _OK:
+            self._finished_ok[method].inc()
+        else:
+            self._metrics.requests.labels(method, code.name).inc()
 
     def _answer(self, request: filter_pb2.ClassifyRequest, context: grpc.ServicerContext,
                 method: str) -> filter_pb2.ClassifyResponse:
