@@ -58,12 +58,13 @@ def common_labels(policy_name: str) -> dict[str, str]:
     }
 
 
-def owner_reference(owner: dict) -> dict:
-    """A controller owner reference to the SpamPolicy: deleting it cascades to the child."""
+def owner_reference(owner: dict, kind: str = KIND) -> dict:
+    """A controller owner reference to a SpamPolicy (or UnsubscribeStore, `kind`): deleting
+    the owner cascades to the child."""
     meta = owner["metadata"]
     return {
         "apiVersion": API_VERSION,
-        "kind": KIND,
+        "kind": kind,
         "name": meta["name"],
         "uid": meta["uid"],
         "controller": True,
@@ -71,15 +72,20 @@ def owner_reference(owner: dict) -> dict:
     }
 
 
-def child_metadata(owner: dict, name: str, *, extra_labels: dict[str, str] | None = None,
-                   annotations: dict[str, str] | None = None) -> dict:
-    meta = owner["metadata"]
-    out = {
-        "name": name,
-        "namespace": meta["namespace"],
-        "labels": {**common_labels(meta["name"]), **(extra_labels or {})},
-        "ownerReferences": [owner_reference(owner)],
-    }
+def metadata_for(owner: dict, name: str, labels: dict[str, str], *, kind: str,
+                 owned: bool = True, annotations: dict[str, str] | None = None) -> dict:
+    """Child metadata for either kind of owner; `owned=False` leaves out the owner
+    reference (for what must outlive its owner)."""
+    out: dict = {"name": name, "namespace": owner["metadata"]["namespace"], "labels": labels}
+    if owned:
+        out["ownerReferences"] = [owner_reference(owner, kind)]
     if annotations:
         out["annotations"] = annotations
     return out
+
+
+def child_metadata(owner: dict, name: str, *, extra_labels: dict[str, str] | None = None,
+                   annotations: dict[str, str] | None = None) -> dict:
+    return metadata_for(owner, name,
+                        {**common_labels(owner["metadata"]["name"]), **(extra_labels or {})},
+                        kind=KIND, annotations=annotations)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mailwarden_operator import events, metrics, naming
+from mailwarden_operator import events, metrics, naming, suppression_health
 from mailwarden_operator.apply import apply, ensure_exists
 from mailwarden_operator.kube import (CONFIGMAPS, DEPLOYMENTS, HPAS, PDBS, SERVICEMONITORS,
                                       SERVICES, SPAMPOLICIES, UNSUBSCRIBESTORES, Kube,
@@ -124,7 +124,8 @@ class Reconciler:
             rejection_message=rejected.summary() if rejected else None,
             rollout=rollout,
             suppression=self._suppression(owner, store_target) if store_target else None,
-            suppression_store=store_target)
+            suppression_store=store_target,
+            suppression_fresh=suppression_health.observe(kube, owner))
         now = self.clock()
         status, transitions = compute_status(previous, observation, now)
         if target_hash is not None:
@@ -218,6 +219,7 @@ class Reconciler:
         ready = any(c["type"] == "Ready" and c["status"] == "True"
                     for c in status["conditions"])
         metrics.POLICY_READY.labels(namespace, name).set(1 if ready else 0)
+        metrics.set_conditions(namespace, name, status["conditions"])
         seconds = status.get("lastPropagationSeconds")
         if seconds is not None and status.get("policyHash") != previous.get("policyHash"):
             metrics.PROPAGATION_SECONDS.observe(seconds)

@@ -17,6 +17,7 @@ import logging
 import threading
 from typing import Any
 
+from mailwarden_operator import metrics
 from mailwarden_operator.kube import SPAMPOLICIES, UNSUBSCRIBESTORES, Kube, KubeError, Resource
 from mailwarden_operator.reconcile import Reconciler
 from mailwarden_operator.store_reconcile import StoreReconciler
@@ -90,10 +91,19 @@ class Resync(threading.Thread):
             self.active()  # report a missing peering object at once
         except KubeError as exc:
             log.warning("cannot read the peering object: %s", exc)
+        inactive_rounds = 0
         while not self.stopping.wait(self.interval):
             try:
                 if self.active():
+                    inactive_rounds = 0
                     self.resync_all()
+                else:
+                    # The active replica exports the per-policy series; ours would go stale.
+                    # Two rounds in a row: a peering record that lags a moment behind must
+                    # not make the active replica drop its own series.
+                    inactive_rounds += 1
+                    if inactive_rounds == 2:
+                        metrics.forget_all()
             except KubeError as exc:
                 log.warning("resync skipped: %s", exc)
             except Exception:  # keep the thread alive; the next round retries

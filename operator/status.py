@@ -9,7 +9,10 @@ Conditions follow the Kubernetes API conventions: `type`, `status`, `reason` (Ca
 - Ready — True when the desired policy is live on every replica and pods are available
   (during a rollout the previous policy keeps serving at full capacity, Ready is False).
 - Degraded — True when something needs attention: an invalid policy left the last good one
-  serving, or fewer pods are available than `replicas.min`.
+  serving, fewer pods are available than `replicas.min`, or filter pods answer with stale
+  suppressions (SuppressionStale).
+- SuppressionFresh — only with `unsubscribeStoreRef`: whether the filter pods' suppression
+  answers are current (suppression_health.py reads it from the pods).
 - SuppressionReady — only with `unsubscribeStoreRef`: whether the referenced UnsubscribeStore
   exists and is Ready. Informational: classification never waits for it.
 """
@@ -72,6 +75,8 @@ class Observation:
     # references an UnsubscribeStore, and the store's gRPC address.
     suppression: tuple[str, str, str, str] | None = None
     suppression_store: str | None = None
+    # The SuppressionFresh condition (type, status, reason, message), with a store reference.
+    suppression_fresh: tuple[str, str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,16 +137,20 @@ def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
         degraded = ("Degraded", "True", "BelowMinReplicas",
                     f"{r.available} filter pods available, replicas.min is "
                     f"{obs.min_replicas}")
+    elif obs.suppression_fresh is not None and obs.suppression_fresh[2] == "SuppressionStale":
+        degraded = ("Degraded", "True", "SuppressionStale", obs.suppression_fresh[3])
     else:
         degraded = ("Degraded", "False", "AsExpected", "all checks pass")
     out = [ready, progressing, valid, degraded]
     if obs.suppression is not None:
         out.append(obs.suppression)
+    if obs.suppression_fresh is not None:
+        out.append(obs.suppression_fresh)
     return out
 
 
 WARNING_WHEN = {("PolicyValid", "False"), ("Degraded", "True"), ("Ready", "False"),
-                ("SuppressionReady", "False")}
+                ("SuppressionReady", "False"), ("SuppressionFresh", "False")}
 # Decides whether a condition change is posted as a Warning Event:
 # (type, status, reason, the previous condition or None) -> bool
 WarningRule = Callable[[str, str, str, "dict[str, Any] | None"], bool]

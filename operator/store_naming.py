@@ -97,15 +97,7 @@ def common_labels(store: str) -> dict[str, str]:
 
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
     """A controller owner reference: deleting the store cascades to the child."""
-    meta = owner["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return naming.owner_reference(owner, KIND)
 
 
 def child_metadata(owner: dict[str, Any], name: str, *, owned: bool = True,
@@ -113,14 +105,7 @@ def child_metadata(owner: dict[str, Any], name: str, *, owned: bool = True,
                    annotations: dict[str, str] | None = None) -> dict[str, Any]:
     """Metadata of a child. `owned=False` for what must outlive the store (its data and its
     signing key): those carry the labels but no owner reference."""
-    meta = owner["metadata"]
-    out: dict[str, Any] = {
-        "name": name,
-        "namespace": meta["namespace"],
-        "labels": {**common_labels(meta["name"]), **(extra_labels or {})},
-    }
-    if owned:
-        out["ownerReferences"] = [owner_reference(owner)]
-    if annotations:
-        out["annotations"] = annotations
-    return out
+    return naming.metadata_for(owner, name,
+                               {**common_labels(owner["metadata"]["name"]),
+                                **(extra_labels or {})},
+                               kind=KIND, owned=owned, annotations=annotations)

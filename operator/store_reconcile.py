@@ -31,10 +31,10 @@ from mailwarden_operator.apply import apply, ensure_exists
 from mailwarden_operator.kube import (DEPLOYMENTS, HPAS, PDBS, PVCS, SECRETS, SERVICEMONITORS,
                                       SERVICES, UNSUBSCRIBESTORES, Kube, KubeError)
 from mailwarden_operator.render import RenderSettings
-from mailwarden_operator.render.store import servicemonitor as sm
+from mailwarden_operator.render import servicemonitor as sm
 from mailwarden_operator.render.store.deployment import render_store_deployment
 from mailwarden_operator.render.store.hpa import render_store_hpa
-from mailwarden_operator.render.store.pdb import render_store_pdb
+from mailwarden_operator.render.pdb import render_pdb
 from mailwarden_operator.render.store.pvc import render_data_claim, wants_claim
 from mailwarden_operator.render.store.secret import render_signing_key_secret
 from mailwarden_operator.render.store.services import (annotation_removals,
@@ -173,7 +173,7 @@ class StoreReconciler:
             apply(kube, SERVICES, annotation_removals(http, current_http), current=current_http)
             if not embedded:
                 apply(kube, HPAS, render_store_hpa(owner))
-                apply(kube, PDBS, render_store_pdb(owner))
+                apply(kube, PDBS, render_pdb(owner, store_naming))
             self._servicemonitor(owner)
         else:
             # Leave every child as it is: whatever served before keeps serving.
@@ -271,7 +271,7 @@ class StoreReconciler:
         meta = owner["metadata"]
         name = store_naming.workload_name(meta["name"])
         if sm.wanted(owner):
-            apply(self.kube, SERVICEMONITORS, sm.render_store_servicemonitor(owner))
+            apply(self.kube, SERVICEMONITORS, sm.render_servicemonitor(owner, store_naming))
         elif self.kube.get(SERVICEMONITORS, meta["namespace"], name) is not None:
             self.kube.delete(SERVICEMONITORS, meta["namespace"], name)
 

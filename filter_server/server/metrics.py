@@ -28,6 +28,11 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0)
 METHODS = ("Classify", "ClassifyStream")
+# Commit at the unsubscribe store -> applied by a filter worker (visible in Classify). Normally
+# well under a second; the long tail covers catch-up after an outage up to the compliance
+# windows the alert rules use (1 h, 1 d, 2 d, 10 d): a rule can only test a bucket bound.
+PROPAGATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                       3600.0, 21600.0, 86400.0, 172800.0, 864000.0)
 
 
 class FilterMetrics:
@@ -35,7 +40,7 @@ class FilterMetrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.requests = Counter(
-            "mailwarden_filter_requests", "Filter RPCs finished, by method and gRPC status "
+            "mailwarden_filter_requests_total", "Filter RPCs finished, by method and gRPC status "
             "code (RPCs the gRPC core rejects before they reach the service, such as "
             "oversized messages, are not counted)", ["method", "code"], registry=registry)
         self.duration = Histogram(
@@ -43,7 +48,7 @@ class FilterMetrics:
             "message (for ClassifyStream: per message)", ["method"],
             buckets=LATENCY_BUCKETS, registry=registry)
         self.verdicts = Counter(
-            "mailwarden_filter_verdicts", "Messages classified, by action", ["action"],
+            "mailwarden_filter_verdicts_total", "Messages classified, by action", ["action"],
             registry=registry)
         self.in_flight = Gauge(
             "mailwarden_filter_in_flight_requests", "Filter RPCs being served right now",
@@ -53,7 +58,7 @@ class FilterMetrics:
             "(policy compiled, not shutting down)", multiprocess_mode="livesum",
             registry=registry)
         self.rejected = Counter(
-            "mailwarden_filter_capacity_rejections", "Filter RPCs refused with "
+            "mailwarden_filter_capacity_rejections_total", "Filter RPCs refused with "
             "RESOURCE_EXHAUSTED because --max-concurrent-rpcs were already in flight",
             registry=registry)
         self.policy_info = Gauge(
@@ -67,10 +72,10 @@ class FilterMetrics:
             "mailwarden_filter_policy_rules", "Pattern and meta rules in the live policy",
             multiprocess_mode="livemax", registry=registry)
         self.policy_reloads = Counter(
-            "mailwarden_filter_policy_reloads", "Policy changes loaded and swapped in "
+            "mailwarden_filter_policy_reloads_total", "Policy changes loaded and swapped in "
             "(after the first load)", registry=registry)
         self.policy_reload_failures = Counter(
-            "mailwarden_filter_policy_reload_failures", "New policy versions that failed to "
+            "mailwarden_filter_policy_reload_failures_total", "New policy versions that failed to "
             "load or compile (the previous policy kept serving)", registry=registry)
         # Suppression cache (only with --suppression-store). Across workers the worst one
         # counts: the oldest data, the longest lag, any worker disconnected.
@@ -93,8 +98,14 @@ class FilterMetrics:
         self.suppression_entries = Gauge(
             "mailwarden_filter_suppression_cache_entries", "Suppressed addresses held",
             multiprocess_mode="livemax", registry=registry)
+        self.suppression_propagation = Histogram(
+            "mailwarden_filter_suppression_propagation_seconds", "Seconds from a change's "
+            "commit at the unsubscribe store to this filter applying it (an unsubscribe "
+            "becoming visible in Classify); one observation per worker and change streamed "
+            "by Watch (changes loaded with a snapshot are not observed)",
+            buckets=PROPAGATION_BUCKETS, registry=registry)
         self.stale_suppression_answers = Counter(
-            "mailwarden_filter_stale_suppression_responses", "Classify responses marked "
+            "mailwarden_filter_stale_suppression_responses_total", "Classify responses marked "
             "SUPPRESSION_STALE", registry=registry)
         for method in METHODS:  # export zero series from the start, so rates work at once
             self.duration.labels(method)
@@ -128,7 +139,7 @@ class SupervisorCollector:
                                     "Worker processes alive in this server")
         workers.add_metric([], self._supervisor.alive_workers())  # type: ignore[attr-defined]
         yield workers
-        restarts = CounterMetricFamily("mailwarden_filter_worker_restarts",
+        restarts = CounterMetricFamily("mailwarden_filter_worker_restarts_total",
                                        "Worker processes restarted after they died")
         restarts.add_metric([], self._supervisor.restarts)  # type: ignore[attr-defined]
         yield restarts

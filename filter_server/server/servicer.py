@@ -23,6 +23,21 @@ from filter_server.server.suppression import SuppressionProvider
 from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
 
 SERVICE_NAME = filter_pb2.DESCRIPTOR.services_by_name["Filter"].full_name
+# Calls classifying at the same moment in one worker process; the other admitted calls
+# wait, blocked (not competing for the interpreter lock). Classification is CPU-bound
+# Python: many threads at once only fight over the lock and starve gRPC's polling thread,
+# which then stops taking new calls in — they queue unseen in the gRPC core until their
+# deadlines pass, and admission control never gets to answer RESOURCE_EXHAUSTED (measured
+# by tests/fault: above capacity, calls ended in DEADLINE_EXCEEDED instead).
+CLASSIFY_CONCURRENCY = 1
+# Admission estimates the work queued ahead of a call in "units": a message's size in
+# bytes plus a fixed overhead per message (parsing a message costs about its size; a
+# stream's messages are not known yet, so a stream counts as one overhead). The seconds a
+# unit takes is a running average, refined by every classification.
+UNIT_OVERHEAD_BYTES = 128 * 1024  # measured: a small message costs about what 128 KiB adds
+INITIAL_SECONDS_PER_UNIT = 2e-8
+# A call is admitted only if its expected wait is within this share of its deadline.
+ADMISSION_DEADLINE_SHARE = 0.5
 _ACTIONS = {name: filter_pb2.Action.Value(name) for name in
             ("ACCEPT", "TAG", "QUARANTINE", "REJECT")}
 _OK = grpc.StatusCode.OK
@@ -50,6 +65,10 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         # Admission control of our own (not only the gRPC core's maximum_concurrent_rpcs):
         # it applies to Filter calls only, so health checks keep headroom under overload.
         self._slots = threading.BoundedSemaphore(max_concurrent_rpcs)
+        self._cpu = threading.BoundedSemaphore(CLASSIFY_CONCURRENCY)
+        self._queued_units = 0
+        self._admitted_lock = threading.Lock()
+        self._seconds_per_unit = INITIAL_SECONDS_PER_UNIT
         # Per-verdict log lines cost throughput; decide once whether they are wanted.
         self._log_verdicts = log.isEnabledFor(logging.DEBUG)
         self._duration = {m: metrics.duration.labels(m) for m in
@@ -63,7 +82,10 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
     # --- RPCs ---------------------------------------------------------------------------
     def Classify(self, request: filter_pb2.ClassifyRequest,
                  context: grpc.ServicerContext) -> filter_pb2.ClassifyResponse:
-        self._admit("Classify", context)
+        if len(request.message) > self._max_bytes:  # refused before it counts as queued work
+            self._reject_oversized("Classify", request, context)
+        units = len(request.message) + UNIT_OVERHEAD_BYTES
+        self._admit("Classify", context, units)
         code = _OK
         try:
             return self._answer(request, context, "Classify")
@@ -79,11 +101,11 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
             context.abort(code, f"internal error (request_id {request.request_id!r})")
             raise
         finally:
-            self._release("Classify", code)
+            self._release("Classify", code, units)
 
     def ClassifyStream(self, request_iterator: Iterator[filter_pb2.ClassifyRequest],
                        context: grpc.ServicerContext) -> Iterator[filter_pb2.ClassifyResponse]:
-        self._admit("ClassifyStream", context)
+        self._admit("ClassifyStream", context, UNIT_OVERHEAD_BYTES)
         code = _OK
         failure: Rejected | None = None
         try:
@@ -110,22 +132,51 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         finally:
             if failure is not None:
                 code = failure.code
-            self._release("ClassifyStream", code)
+            self._release("ClassifyStream", code, UNIT_OVERHEAD_BYTES)
         if failure is not None:
             context.abort(failure.code, failure.details)
 
     # --- helpers ------------------------------------------------------------------------
-    def _admit(self, method: str, context: grpc.ServicerContext) -> None:
+    def _admit(self, method: str, context: grpc.ServicerContext, units: int) -> None:
         if not self._slots.acquire(blocking=False):
-            self._metrics.rejected.inc()
-            self._metrics.requests.labels(method, "RESOURCE_EXHAUSTED").inc()
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"server at capacity ({self._capacity} calls in flight); "
-                          "retry on another replica")
+            self._reject_at_capacity(method, context, f"server at capacity ({self._capacity} "
+                                     "calls in flight); retry on another replica")
+        with self._admitted_lock:
+            ahead = self._queued_units
+            self._queued_units += units
+        # Deadline-aware: a call that would spend more than half its deadline waiting for
+        # its turn is refused now (the caller can go elsewhere) rather than left to time
+        # out — the estimate is rough, and the answer still has to travel back.
+        wait = ahead / CLASSIFY_CONCURRENCY * self._seconds_per_unit
+        remaining = context.time_remaining()
+        if remaining is not None and wait > remaining * ADMISSION_DEADLINE_SHARE:
+            with self._admitted_lock:
+                self._queued_units -= units
+            self._slots.release()
+            self._reject_at_capacity(
+                method, context, f"server at capacity (about {wait:.1f}s of work queued, "
+                f"the deadline leaves {remaining:.1f}s); retry on another replica")
         self._metrics.in_flight.inc()
 
-    def _release(self, method: str, code: grpc.StatusCode) -> None:
+    def _reject_oversized(self, method: str, request: filter_pb2.ClassifyRequest,
+                          context: grpc.ServicerContext) -> None:
+        exc = Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f"message is {len(request.message)} bytes; this server accepts at most "
+                       f"{self._max_bytes}")
+        self._log_rejection(request, exc)
+        self._metrics.requests.labels(method, exc.code.name).inc()
+        context.abort(exc.code, exc.details)
+
+    def _reject_at_capacity(self, method: str, context: grpc.ServicerContext,
+                            details: str) -> None:
+        self._metrics.rejected.inc()
+        self._metrics.requests.labels(method, "RESOURCE_EXHAUSTED").inc()
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+
+    def _release(self, method: str, code: grpc.StatusCode, units: int) -> None:
         self._metrics.in_flight.dec()
+        with self._admitted_lock:
+            self._queued_units -= units
         self._slots.release()
         if code is _OK:
             self._finished_ok[method].inc()
@@ -150,9 +201,20 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
                            f"message is {len(raw)} bytes; this server accepts at most "
                            f"{self._max_bytes}")
         env = request.envelope
-        started = time.perf_counter()
-        verdict = policy.classify(raw, Envelope(env.mail_from, tuple(env.recipients),
-                                                env.client_ip, env.helo))
+        remaining = context.time_remaining()
+        if not self._cpu.acquire(timeout=remaining):
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           "the deadline passed while the call waited for its turn")
+        try:
+            started = time.perf_counter()
+            verdict = policy.classify(raw, Envelope(env.mail_from, tuple(env.recipients),
+                                                    env.client_ip, env.helo))
+        finally:
+            self._cpu.release()
+        # A running average, for the admission estimate (a race here only blurs it).
+        self._seconds_per_unit += 0.1 * ((time.perf_counter() - started)
+                                         / (len(raw) + UNIT_OVERHEAD_BYTES)
+                                         - self._seconds_per_unit)
         suppression = self._suppression.check(env.recipients, request.mail_class,
                                               request.list_scope)
         response = _response(request.request_id, verdict)

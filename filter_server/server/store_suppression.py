@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from typing import Sequence
 
 from filter_server.server.metrics import FilterMetrics
@@ -28,6 +29,8 @@ class StoreSuppression:
         self.cache = cache
         self.metrics = metrics
         self._stop = threading.Event()
+        if cache.on_change is None:
+            cache.on_change = self._changed
 
     def check(self, recipients: Sequence[str], mail_class: int,
               list_scope: str) -> SuppressionAnswer:
@@ -39,6 +42,15 @@ class StoreSuppression:
             return SuppressionAnswer(suppressed, filter_pb2.SUPPRESSION_FRESH, round(age, 3))
         self.metrics.stale_suppression_answers.inc()
         return SuppressionAnswer(suppressed, filter_pb2.SUPPRESSION_STALE, round(age, 3))
+
+    def _changed(self, change: "object") -> None:
+        """Observe commit -> applied here: the ack -> suppressed-in-Classify SLI. Wall clocks
+        of the store's database and this pod are compared (NTP keeps them within
+        milliseconds); a clock behind the database counts as zero."""
+        at = change.at  # type: ignore[attr-defined]
+        if at.seconds or at.nanos:
+            delay = time.time() - (at.seconds + at.nanos / 1e9)
+            self.metrics.suppression_propagation.observe(max(0.0, delay))
 
     # --- lifecycle and metrics ------------------------------------------------------------
     def start(self, export_every: float = 1.0) -> None:

@@ -304,7 +304,7 @@ class SuppressionCacheCollector:
         self.prefix = prefix
 
     def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         s = self.cache.stats()
         p = self.prefix
         yield GaugeMetricFamily(f"{p}_lag_sequences", "Changes committed at the store but not "
@@ -319,5 +319,6 @@ class SuppressionCacheCollector:
         yield GaugeMetricFamily(f"{p}_entries", "Suppressions held", value=s.size)
         yield GaugeMetricFamily(f"{p}_applied_sequence", "Last change sequence applied",
                                 value=s.applied_sequence)
-        yield GaugeMetricFamily(f"{p}_reconnects", "Stream reconnections so far",
-                                value=s.reconnects)
+        # A counter (exposed as ..._reconnects_total): it only grows, so rate() applies.
+        yield CounterMetricFamily(f"{p}_reconnects", "Stream reconnections so far",
+                                  value=s.reconnects)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# No `<name>_created` gauge beside every counter and histogram: Prometheus' text format
+# shows them as separate metrics no rule or dashboard uses (the filter server does the same).
+disable_created_metrics()
 
 WRITES = Counter("mailwarden_unsubscribe_writes_total",
                  "Write requests by method and outcome (new, replay, unavailable)",
@@ -18,3 +22,9 @@ READY = Gauge("mailwarden_unsubscribe_ready", "1 when the store reports Ready")
 HEAD = Gauge("mailwarden_unsubscribe_head_sequence", "Last committed change sequence")
 SYNC_STANDBYS = Gauge("mailwarden_unsubscribe_sync_standbys",
                       "Standbys the database reports in synchronous replication")
+REPLICATION_LAG = Gauge("mailwarden_unsubscribe_replication_lag_seconds",
+                        "Largest replay lag of the database's streaming standbys "
+                        "(pg_stat_replication.replay_lag; 0 when caught up, idle or none)")
+STORE_INFO = Gauge("mailwarden_unsubscribe_store_info",
+                   "Always 1; labels say the backend and the durability this store requires",
+                   ["backend", "durability"])

@@ -99,6 +99,7 @@ class Readiness:
     ready: bool
     reason: str = ""
     sync_standbys: int = 0
+    replication_lag_seconds: float = 0.0  # largest standby replay lag (0: none or caught up)
 
 
 class IdempotencyConflict(Exception):

@@ -375,13 +375,15 @@ class PostgresStore(Store):
                 "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names'), "
                 "(SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')), "
                 "(SELECT count(*) FROM pg_stat_replication WHERE sync_state IS NULL), "
-                "(SELECT coalesce(max(version), 0) FROM unsubscribe_schema_migrations)")
+                "(SELECT coalesce(max(version), 0) FROM unsubscribe_schema_migrations), "
+                "(SELECT coalesce(extract(epoch FROM max(replay_lag)), 0) "
+                "FROM pg_stat_replication)")
         except StoreUnavailable as exc:
             return Readiness(False, str(exc))
         except psycopg.errors.UndefinedTable:
             return Readiness(False, "schema not migrated (run `mailwarden unsubscribe-server "
                                     "--migrate-only`)")
-        in_recovery, standby_names, in_sync, hidden, version = rows[0]
+        in_recovery, standby_names, in_sync, hidden, version, lag = rows[0]
         if in_recovery:
             return Readiness(False, "connected to a read-only standby, not the primary")
         if version < migrations.LATEST:
@@ -398,7 +400,7 @@ class PostgresStore(Store):
                                             "database role pg_monitor (pg_stat_replication)")
                 return Readiness(False, "durability is replicated but no standby is in sync "
                                         "(pg_stat_replication has no sync_state = 'sync')")
-        return Readiness(True, "", int(in_sync))
+        return Readiness(True, "", int(in_sync), float(lag))
 
 
 def _describe(exc: BaseException) -> str:

@@ -162,6 +162,7 @@ class UnsubscribeServer:
             delay = min(delay * 2, 10.0)
 
     async def _watch_readiness(self) -> None:
+        metrics.STORE_INFO.labels(self.store.backend, self.store.durability).set(1)
         await self._open_store()
         while not self._stop.is_set():
             try:
@@ -171,6 +172,7 @@ class UnsubscribeServer:
                 readiness = Readiness(False, f"readiness check failed: {exc}")
             self.state.sync_standbys = readiness.sync_standbys
             metrics.SYNC_STANDBYS.set(readiness.sync_standbys)
+            metrics.REPLICATION_LAG.set(readiness.replication_lag_seconds)
             await self._set_health(readiness.ready, readiness.reason)
             try:
                 metrics.HEAD.set(await self.store.head())

@@ -19,10 +19,10 @@ from mailwarden_operator.render import RenderSettings
 from mailwarden_operator.render.deployment import render_deployment, server_args
 from mailwarden_operator.render.store.deployment import config_hash, render_store_deployment
 from mailwarden_operator.render.store.hpa import render_store_hpa
-from mailwarden_operator.render.store.pdb import render_store_pdb
+from mailwarden_operator.render.pdb import render_pdb
 from mailwarden_operator.render.store.pvc import render_data_claim, wants_claim
 from mailwarden_operator.render.store.secret import render_signing_key_secret
-from mailwarden_operator.render.store.servicemonitor import render_store_servicemonitor
+from mailwarden_operator.render.servicemonitor import render_servicemonitor
 from mailwarden_operator.render.store.services import (MANAGED_ANNOTATIONS,
                                                        annotation_removals,
                                                        render_grpc_service,
@@ -76,11 +76,11 @@ def children(body: dict[str, Any]) -> list[dict[str, Any]]:
     out = [render_signing_key_secret(body, generate_key()),
            render_store_deployment(body, SETTINGS, VERSIONS),
            render_grpc_service(body), render_http_service(body),
-           render_store_servicemonitor(body)]
+           render_servicemonitor(body, store_naming)]
     if wants_claim(body):
         out.append(render_data_claim(body))
     if body["spec"]["storage"]["type"] == "postgres":
-        out += [render_store_hpa(body), render_store_pdb(body)]
+        out += [render_store_hpa(body), render_pdb(body, store_naming)]
     return out
 
 
@@ -351,9 +351,9 @@ def test_hpa_pdb_and_servicemonitor() -> None:
     assert hpa["scaleTargetRef"]["name"] == "sup-unsubscribe"
     assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
     assert hpa["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 0
-    pdb = render_store_pdb(body)["spec"]
+    pdb = render_pdb(body, store_naming)["spec"]
     assert pdb["maxUnavailable"] == "34%" and pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
-    sm = render_store_servicemonitor(body)
+    sm = render_servicemonitor(body, store_naming)
     assert sm["spec"]["selector"]["matchLabels"][store_naming.SERVICE_ROLE_LABEL] == "main"
     assert render_grpc_service(body)["metadata"]["labels"][
         store_naming.SERVICE_ROLE_LABEL] == "main"

@@ -1,0 +1,272 @@
+"""The e2e suite's client inside the cluster.
+
+It runs in Kubernetes Jobs from the Mailwarden image itself (`python` there has the
+`mailwarden` package), mounted from a ConfigMap: the tests call the filter pods the way a
+sending system in the cluster does — `mailwarden.client.FilterClient` on the headless
+Service (`dns:///<policy>-filter-headless.<ns>.svc.cluster.local:9090`), round-robin per
+request over every ready pod, health-aware, retrying UNAVAILABLE — instead of through
+`kubectl port-forward`, which tunnels to one pod, breaks when that pod goes away and would
+measure the tunnel instead of the service.
+
+Subcommands (JSON lines on stdout; nothing but the standard library and mailwarden):
+
+  resolve HOST                 the addresses DNS gives for HOST
+  load --target T ...          classify continuously until --stop-file appears, recording
+                               every failed call; the last line starts with "E2E-SUMMARY "
+  oneclick --url U ...         RFC 8058 one-click against the store's HTTP Service, then
+                               Classify on every filter pod until the address is suppressed
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mailwarden.client import ClassifyError, FilterClient, verdict_dict
+
+SUMMARY_PREFIX = "E2E-SUMMARY "
+# `kubectl exec` creates this file to end a load run (/tmp is the pod's writable emptyDir).
+DEFAULT_STOP_FILE = Path("/tmp/stop")
+
+
+def emit(event: str, **fields: object) -> None:
+    print(json.dumps({"event": event, **fields}, sort_keys=True), flush=True)
+
+
+def read_messages(directory: Path) -> list[tuple[str, bytes]]:
+    # A ConfigMap volume also holds `..data` and timestamped directories: skip dot names.
+    files = sorted(p for p in directory.iterdir() if not p.name.startswith(".") and p.is_file())
+    if not files:
+        raise SystemExit(f"mwclient: no messages in {directory}")
+    return [(p.name, p.read_bytes()) for p in files]
+
+
+def resolve(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({f"{info[4][0]}:{port}" for info in infos})
+
+
+# --- load ------------------------------------------------------------------------------
+
+class Tally:
+    """Counts shared by the load threads (one lock: a few thousand calls a second at most)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failed = 0
+        self.codes: collections.Counter[str] = collections.Counter()
+        self.hashes: collections.Counter[str] = collections.Counter()
+        self.failures: list[dict[str, object]] = []
+        self.last_hashes: collections.deque[str] = collections.deque(maxlen=50)
+        self.latencies: list[float] = []
+
+    def success(self, policy_hash: str, seconds: float) -> None:
+        with self.lock:
+            self.ok += 1
+            self.hashes[policy_hash] += 1
+            self.last_hashes.append(policy_hash)
+            if len(self.latencies) < 200_000:
+                self.latencies.append(seconds)
+
+    def failure(self, code: str, details: str, request_id: str, at: float) -> None:
+        with self.lock:
+            self.failed += 1
+            self.codes[code] += 1
+            if len(self.failures) < 50:
+                self.failures.append({"code": code, "details": details[:300],
+                                      "request_id": request_id, "t": round(at, 3)})
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+
+def run_load(args: argparse.Namespace) -> int:
+    messages = read_messages(args.messages)
+    client = FilterClient(args.target, deadline=args.deadline)
+    tally = Tally()
+    stop = threading.Event()
+    started = time.monotonic()
+    interval = args.threads / args.rate if args.rate > 0 else 0.0
+
+    def worker(index: int) -> None:
+        n = 0
+        next_at = time.monotonic()
+        while not stop.is_set():
+            name, raw = messages[(index + n * args.threads) % len(messages)]
+            request_id = f"{args.name}-{index}-{n}"
+            n += 1
+            sent = time.monotonic()
+            try:
+                reply = client.classify(raw, mail_from="sender@shop.example",
+                                        recipients=["rcpt@example.com"],
+                                        request_id=request_id)
+            except ClassifyError as exc:
+                tally.failure(exc.code.name, exc.details, request_id, sent - started)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted, never lost
+                tally.failure("EXCEPTION", f"{type(exc).__name__}: {exc}", request_id,
+                              sent - started)
+            else:
+                tally.success(reply.policy_hash, time.monotonic() - sent)
+            if interval:
+                next_at += interval
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    stop.wait(delay)
+                else:
+                    next_at = time.monotonic()
+
+    args.stop_file.unlink(missing_ok=True)
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True)
+               for i in range(args.threads)]
+    for thread in threads:
+        thread.start()
+    reason = "max-seconds"
+    while time.monotonic() - started < args.max_seconds:
+        if args.stop_file.exists():
+            reason = "stop-file"
+            break
+        time.sleep(args.report_every)
+        with tally.lock:
+            emit("progress", elapsed=round(time.monotonic() - started, 1), ok=tally.ok,
+                 failed=tally.failed, hashes=dict(tally.hashes))
+    stop.set()
+    for thread in threads:
+        thread.join(args.deadline + 5)
+    client.close()
+    with tally.lock:
+        summary = {
+            "name": args.name, "stopped_by": reason,
+            "seconds": round(time.monotonic() - started, 1),
+            "ok": tally.ok, "failed": tally.failed, "codes": dict(tally.codes),
+            "failures": tally.failures, "hashes": dict(tally.hashes),
+            "last_hashes": list(tally.last_hashes),
+            "latency_ms": {"p50": _percentile(tally.latencies, 0.50),
+                           "p99": _percentile(tally.latencies, 0.99),
+                           "max": _percentile(tally.latencies, 1.0)},
+        }
+    print(SUMMARY_PREFIX + json.dumps(summary, sort_keys=True), flush=True)
+    return 0
+
+
+# --- one-click -------------------------------------------------------------------------
+
+def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as rsp:
+            return rsp.status, rsp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _check_pods(clients: dict[str, FilterClient], message: bytes, recipients: list[str],
+                scope: str) -> dict[str, dict]:
+    out = {}
+    for address, client in clients.items():
+        reply = client.classify(message, mail_from="news@shop.example", recipients=recipients,
+                                mail_class="bulk", list_scope=scope)
+        verdict = verdict_dict(reply)
+        out[address] = {"suppressed": verdict["suppressed_recipients"],
+                        "state": verdict["suppression_state"]}
+    return out
+
+
+def run_oneclick(args: argparse.Namespace) -> int:
+    message = read_messages(args.messages)[0][1]
+    pods = (args.filter_addresses.split(",") if args.filter_addresses
+            else resolve(args.filter_host, args.port))
+    clients = {a: FilterClient(addresses=[a], deadline=5.0) for a in pods}
+    recipients = [args.address, args.other]
+    result: dict[str, object] = {"pods": pods}
+    # First every pod's suppression cache must be live (it follows the store's Watch).
+    started = time.monotonic()
+    while time.monotonic() - started < args.timeout:
+        before = _check_pods(clients, message, recipients, args.scope)
+        if all(state["state"] == "SUPPRESSION_FRESH" for state in before.values()):
+            break
+        time.sleep(0.2)
+    result["fresh_after_seconds"] = round(time.monotonic() - started, 3)
+    result["before"] = before
+    result["get"] = _http("GET", args.url)[0]
+    result["after_get"] = _check_pods(clients, message, recipients, args.scope)
+    tampered_status, tampered_body = _http("POST", args.tampered_url,
+                                           b"List-Unsubscribe=One-Click")
+    status, body = _http("POST", args.url, b"List-Unsubscribe=One-Click")
+    acknowledged = time.monotonic()
+    result["post"] = status
+    result["tampered_post"] = tampered_status
+    result["tampered_same_response"] = (tampered_status, tampered_body) == (status, body)
+    # Every filter pod must report the address as suppressed; record how long each took.
+    visible: dict[str, float | None] = {a: None for a in pods}
+    while time.monotonic() - acknowledged < args.timeout and None in visible.values():
+        for address, state in _check_pods(clients, message, [args.address],
+                                          args.scope).items():
+            if visible[address] is None and args.address in state["suppressed"]:
+                visible[address] = round(time.monotonic() - acknowledged, 3)
+        time.sleep(0.02)
+    result["visible_after_seconds"] = visible
+    result["after_post"] = _check_pods(clients, message, recipients, args.scope)
+    for client in clients.values():
+        client.close()
+    print(SUMMARY_PREFIX + json.dumps(result, sort_keys=True), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mwclient", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    res = sub.add_parser("resolve")
+    res.add_argument("host")
+    res.add_argument("--port", type=int, default=9090)
+    load = sub.add_parser("load")
+    load.add_argument("--target", required=True)
+    load.add_argument("--messages", type=Path, default=Path("/e2e/messages"))
+    load.add_argument("--name", default=os.environ.get("HOSTNAME", "load"))
+    load.add_argument("--threads", type=int, default=2)
+    load.add_argument("--rate", type=float, default=0.0,
+                      help="calls per second in all (0: as fast as the threads go)")
+    load.add_argument("--deadline", type=float, default=5.0)
+    load.add_argument("--max-seconds", type=float, default=900.0)
+    load.add_argument("--report-every", type=float, default=2.0)
+    load.add_argument("--stop-file", type=Path, default=DEFAULT_STOP_FILE)
+    click = sub.add_parser("oneclick")
+    click.add_argument("--url", required=True)
+    click.add_argument("--tampered-url", required=True)
+    click.add_argument("--address", required=True)
+    click.add_argument("--other", required=True)
+    click.add_argument("--scope", required=True)
+    where = click.add_mutually_exclusive_group(required=True)
+    where.add_argument("--filter-host", help="headless Service: every address is checked")
+    where.add_argument("--filter-addresses", help="ip:port,ip:port (outside a cluster)")
+    click.add_argument("--port", type=int, default=9090)
+    click.add_argument("--messages", type=Path, default=Path("/e2e/messages"))
+    click.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    if args.command == "resolve":
+        print(SUMMARY_PREFIX + json.dumps({"addresses": resolve(args.host, args.port)}),
+              flush=True)
+        return 0
+    if args.command == "load":
+        return run_load(args)
+    return run_oneclick(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
