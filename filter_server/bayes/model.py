@@ -91,6 +91,9 @@ class BayesModel:
     params: ModelParams = DEFAULT_PARAMS
     calibration: Calibration | None = None
     _prob: dict[str, float] = field(default_factory=dict, repr=False)
+    # log(f) and log(1 - f) of every probability a clue can have, computed once at load:
+    # tokens share few distinct probabilities (they depend on the counts only).
+    _logs: dict[float, tuple[float, float]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.params.check()
@@ -100,6 +103,7 @@ class BayesModel:
             f = token_probability(spam, ham, self.nspam, self.nham, prior)
             if abs(f - 0.5) >= strength:
                 self._prob[token] = f
+        self._logs = {f: (math.log(f), math.log1p(-f)) for f in set(self._prob.values())}
 
     def __len__(self) -> int:
         return len(self._prob)
@@ -131,7 +135,11 @@ class BayesModel:
     def raw_score(self, tokens: Iterable[str]) -> float | None:
         """The chi-squared combined score in [0, 1], or None when no token is a clue."""
         prob = self._prob
-        found = [prob[t] for t in tokens if t in prob]
+        if isinstance(tokens, (set, frozenset)):
+            # a message's token set: intersect in C rather than test each token
+            found = [prob[t] for t in prob.keys() & tokens]
+        else:  # any iterable; a token listed twice counts twice
+            found = [prob[t] for t in tokens if t in prob]
         if not found:
             return None
         # Sorted, so the floating-point sums do not depend on the (per-process) iteration
@@ -140,11 +148,13 @@ class BayesModel:
             found.sort(key=lambda f: -abs(f - 0.5))
             found = found[:self._cutoff(found)]
         found.sort()
+        logs = self._logs
         log_ham = 0.0
         log_spam = 0.0
-        for f in found:
-            log_ham += math.log(f)
-            log_spam += math.log1p(-f)
+        for f in found:  # a plain loop: left-to-right sums, the same bits on every Python
+            lf, l1f = logs[f]
+            log_ham += lf
+            log_spam += l1f
         n = len(found)
         spamminess = 1.0 - chi2q(-2.0 * log_spam, 2 * n)
         hamminess = 1.0 - chi2q(-2.0 * log_ham, 2 * n)

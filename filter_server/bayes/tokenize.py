@@ -97,10 +97,8 @@ def _address(value: str) -> str:
 
 
 def tokenize(msg: ParsedMessage) -> set[str]:
-    out: set[str] = set()
+    out = _body_tokens(msg.body_text[:MAX_BODY_CHARS])
     add = out.add
-    body = msg.body_text[:MAX_BODY_CHARS]
-    _body_tokens(body, add)
     _subject_tokens(msg.header("subject"), add)
     first_received = _header_tokens(msg, add)
     _date_tokens(msg.header("date"), first_received, add)
@@ -123,28 +121,45 @@ def tokenize(msg: ParsedMessage) -> set[str]:
     return out
 
 
-def _body_tokens(body: str, add) -> None:
+def _body_tokens(body: str) -> set[str]:
+    """The body's tokens, as a new set (the other token kinds are added to it)."""
     lower = body.lower()
-    for word in set(_WORD.findall(lower)):  # most words repeat: strip each one once
-        word = word.strip(_EDGE)
-        n = len(word)
-        if MIN_WORD <= n <= MAX_WORD:
-            add(word)
-        elif n > MAX_WORD:
-            # long words are mostly unique; their shape still says something
-            add(f"skip:{word[0]}{n // 10 * 10}")
+    chunks = _WORD.findall(lower)
+    distinct = set(chunks)
+    # Most words repeat: strip each one once. Set comprehensions, no per-word method calls.
+    words = {word.strip(_EDGE) for word in distinct}
+    out = {word for word in words if MIN_WORD <= len(word) <= MAX_WORD}
+    for word in [word for word in words if len(word) > MAX_WORD]:
+        # long words are mostly unique; their shape still says something
+        out.add(f"skip:{word[0]}{len(word) // 10 * 10}")
     sample = body[:4000]
     if sample:
         # share of non-ASCII text, from the UTF-8 length (cheap: no per-character loop)
         extra = len(sample.encode("utf-8", "replace")) - len(sample)
         if extra:
-            add(f"body:8bit%{min(extra * 100 // len(sample), 100) // 10 * 10}")
-    if "@" not in lower:
-        return
-    for address in _EMAIL.findall(lower)[:MAX_BODY_ADDRESSES]:
+            out.add(f"body:8bit%{min(extra * 100 // len(sample), 100) // 10 * 10}")
+    ats = lower.count("@")
+    if not ats:
+        return out
+    # The first MAX_BODY_ADDRESSES matches of _EMAIL in the body, without running _EMAIL
+    # over all of it (it retries at every position of every word): a match is made of
+    # [\w.+@-], characters _WORD never splits on, so each one lies inside one chunk, and
+    # matching chunk by chunk, in order, finds the very same matches. With no more @ than
+    # addresses wanted, every match counts, so the distinct chunks holding an @ will do.
+    if ats <= MAX_BODY_ADDRESSES:
+        holding = [chunk for chunk in distinct if "@" in chunk]
+    else:
+        holding = [chunk for chunk in chunks if "@" in chunk]
+    found: list[str] = []
+    for chunk in holding:
+        found += _EMAIL.findall(chunk)
+        if len(found) >= MAX_BODY_ADDRESSES:
+            break
+    for address in found[:MAX_BODY_ADDRESSES]:
         local, _, domain = address.partition("@")
-        add("email-dom:" + domain)
-        add("email-local:" + local)
+        out.add("email-dom:" + domain)
+        out.add("email-local:" + local)
+    return out
 
 
 def _subject_tokens(subject: str, add) -> None:

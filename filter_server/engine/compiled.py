@@ -14,7 +14,7 @@ from typing import Any
 from filter_server.bayes.model import BayesModel
 from filter_server.bayes.tokenize import tokenize
 from filter_server.engine.message import ParsedMessage, parse_message
-from filter_server.engine.patterns import PatternRule, TargetDatabase
+from filter_server.engine.patterns import PatternRule, TargetDatabase, target_key
 from filter_server.policy.loader import LoadedPolicy
 from filter_server.policy.meta import MetaExpression, parse_meta
 
@@ -73,18 +73,27 @@ class _Lists:
         self.senders = {s.lower() for s in spec["senders"]}
         self.domains = {d.lower().rstrip(".") for d in spec["domains"]}
         self.hosts = {h.lower().rstrip(".") for h in spec["uriHosts"]}
+        self.empty = not (self.senders or self.domains or self.hosts)
+        # Hits are immutable: made once, shared by every verdict.
+        self._sender_hit = Hit(f"{prefix}_SENDER", self.score, "sender address is listed")
+        self._domain_hit = Hit(f"{prefix}_DOMAIN", self.score, "sender domain is listed")
+        self._host_hit = Hit(f"{prefix}_URI_HOST", self.score, "a link host is listed")
 
     def hits(self, senders: list[str], uri_hosts: list[str]) -> list[Hit]:
         out = []
         if self.senders and any(s in self.senders for s in senders):
-            out.append(Hit(f"{self.prefix}_SENDER", self.score, "sender address is listed"))
+            out.append(self._sender_hit)
         if self.domains and any(d in self.domains for s in senders if "@" in s
                                 for d in _domain_and_parents(s.rpartition("@")[2])):
-            out.append(Hit(f"{self.prefix}_DOMAIN", self.score, "sender domain is listed"))
+            out.append(self._domain_hit)
         if self.hosts and any(d in self.hosts for h in uri_hosts
                               for d in _domain_and_parents(h)):
-            out.append(Hit(f"{self.prefix}_URI_HOST", self.score, "a link host is listed"))
+            out.append(self._host_hit)
         return out
+
+
+_SIGNATURE_DESCRIPTION = "body matches a known spam signature"
+_MALFORMED_HIT = Hit("MIME_MALFORMED", 0.0, "the MIME structure is broken")
 
 
 class CompiledPolicy:
@@ -98,19 +107,31 @@ class CompiledPolicy:
         self.rules = policy["rules"]
         groups: dict[str, list[PatternRule]] = {}
         for index, rule in enumerate(self.rules):
-            key = rule["target"]
-            if key == "header":
-                key = "header:" + (rule["header"] if rule["header"] == "ALL"
-                                   else rule["header"].lower())
-            groups.setdefault(key, []).append(PatternRule(index, rule["pattern"]))
+            groups.setdefault(target_key(rule), []).append(PatternRule(index, rule["pattern"]))
         self.databases = {key: TargetDatabase(rules, line_mode=key != "body")
                           for key, rules in groups.items()}
+        # The same databases by the text they scan, so a message only pays for the texts
+        # it has: a header database is looked at only when the message has that header.
+        self._body_db = self.databases.get("body")
+        self._uri_db = self.databases.get("uri")
+        self._sender_db = self.databases.get("sender")
+        self._all_headers_db = self.databases.get("header:ALL")
+        self._header_dbs = {key[7:]: db for key, db in self.databases.items()
+                            if key.startswith("header:") and key != "header:ALL"}
+        # One immutable Hit per rule, made here instead of per message.
+        self._rule_hits = [Hit(rule["name"], float(rule["score"]), rule.get("description", ""))
+                           for rule in self.rules]
         self.allow = _Lists(policy["lists"]["allow"], "ALLOWLIST")
         self.block = _Lists(policy["lists"]["block"], "BLOCKLIST")
         self.digests = frozenset(policy["signatures"]["digests"])
         self.signature_score = float(policy["signatures"]["score"])
+        self._signature_hit = Hit("KNOWN_SPAM_SIGNATURE", self.signature_score,
+                                  _SIGNATURE_DESCRIPTION)
         self.metas: list[tuple[dict[str, Any], MetaExpression]] = self._order_metas(
             policy["metaRules"])
+        self._meta_hits = [(rule["name"], expression,
+                            Hit(rule["name"], float(rule["score"]), rule.get("description", "")))
+                           for rule, expression in self.metas]
         self.model: BayesModel | None = None
         self.model_weight = 0.0
         if loaded.model_bytes is not None:
@@ -138,43 +159,52 @@ class CompiledPolicy:
         return ordered
 
     # ------------------------------------------------------------------------------------
-    def _scan(self, parsed: ParsedMessage, envelope: Envelope) -> list[int]:
+    def scan(self, parsed: ParsedMessage, envelope: Envelope) -> list[int]:
+        """Indexes of the pattern rules that match (unsorted, possibly repeated)."""
         fired: list[int] = []
-        for key, db in self.databases.items():
-            if key == "body":
-                text = parsed.body_text
-            elif key == "uri":
-                text = "\n".join(parsed.uris)
-            elif key == "sender":
-                text = "\n".join(s for s in (envelope.mail_from, parsed.from_address) if s)
-            elif key == "header:ALL":
-                text = "\n".join(f"{n}: {v}" for n, v in parsed.headers)
-            else:
-                text = "\n".join(parsed.header_map.get(key[7:], ()))
+        if self._body_db is not None and parsed.body_text:
+            self._body_db.scan(_encode(parsed.body_text), fired)
+        if self._uri_db is not None and parsed.uris:
+            text = "\n".join(parsed.uris)
             if text:
-                db.scan(_encode(text), fired)
+                self._uri_db.scan(_encode(text), fired)
+        if self._sender_db is not None:
+            text = "\n".join(s for s in (envelope.mail_from, parsed.from_address) if s)
+            if text:
+                self._sender_db.scan(_encode(text), fired)
+        if parsed.headers:
+            if self._all_headers_db is not None:
+                text = "\n".join(f"{n}: {v}" for n, v in parsed.headers)
+                self._all_headers_db.scan(_encode(text), fired)
+            header_map = parsed.header_map
+            dbs = self._header_dbs
+            # Walk the shorter of the two: the message's header names or the policy's.
+            names = dbs.keys() & header_map.keys() if len(dbs) > 8 else \
+                [name for name in dbs if name in header_map]
+            for name in names:
+                text = "\n".join(header_map[name])
+                if text:
+                    dbs[name].scan(_encode(text), fired)
         return fired
 
     def classify(self, raw: bytes, envelope: Envelope = Envelope()) -> Verdict:
         parsed = parse_message(raw, max_text_bytes=self.max_scan_bytes)
-        hits: list[Hit] = []
-        for index in sorted(set(self._scan(parsed, envelope))):
-            rule = self.rules[index]
-            hits.append(Hit(rule["name"], float(rule["score"]), rule.get("description", "")))
+        rule_hits = self._rule_hits
+        hits = [rule_hits[index] for index in sorted(set(self.scan(parsed, envelope)))]
         senders = [s.lower() for s in (envelope.mail_from, parsed.from_address) if s]
-        hits += self.allow.hits(senders, parsed.uri_hosts)
-        hits += self.block.hits(senders, parsed.uri_hosts)
+        if not self.allow.empty:
+            hits += self.allow.hits(senders, parsed.uri_hosts)
+        if not self.block.empty:
+            hits += self.block.hits(senders, parsed.uri_hosts)
         if self.digests and body_digest(parsed.body_text) in self.digests:
-            hits.append(Hit("KNOWN_SPAM_SIGNATURE", self.signature_score,
-                            "body matches a known spam signature"))
+            hits.append(self._signature_hit)
         if parsed.malformed:
-            hits.append(Hit("MIME_MALFORMED", 0.0, "the MIME structure is broken"))
+            hits.append(_MALFORMED_HIT)
         fired = {h.name for h in hits}
-        for rule, expression in self.metas:
+        for name, expression, hit in self._meta_hits:
             if expression.evaluate(fired):
-                fired.add(rule["name"])
-                hits.append(Hit(rule["name"], float(rule["score"]),
-                                rule.get("description", "")))
+                fired.add(name)
+                hits.append(hit)
         probability = -1.0
         if self.model is not None:
             probability = self.model.spam_probability(tokenize(parsed))

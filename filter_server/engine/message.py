@@ -30,16 +30,26 @@ MAX_HEADER_VALUE_BYTES = 16384
 MAX_BOUNDARIES = 128
 
 _FOLD = re.compile(r"\r?\n[ \t]+")
-_WS = re.compile(r"\s+")
 _HIDDEN_OPEN = re.compile(r"<!--|<(script|style)\b", re.I)
 _HIDDEN_CLOSE = {"script": re.compile(r"</script\s*>", re.I),
                  "style": re.compile(r"</style\s*>", re.I)}
 _BOUNDARY = re.compile(rb"boundary\s*=", re.I)
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
-_HTML_HREF = re.compile(r"""\b(?:href|src|action)\s*=\s*["']?([^"'\s>]+)""", re.I)
+# Link attributes: \b(?:href|src|action)\s*=\s*["']?([^"'\s>]+) matched case-insensitively,
+# spelt out so the regex engine can skip every position that cannot start a match (3x faster
+# than re.I here). The character classes are exactly what re.I matches: it also takes the
+# long s (U+017F) for "s" and the dotted/dotless I (U+0130, U+0131) for "i". The look-behind
+# after the first letter is the \b before it.
+_HTML_HREF = re.compile(
+    r"""[hHsSſaA](?<!\w[hHsSſaA])"""
+    r"""(?:(?<=[hH])[rR][eE][fF]|(?<=[sSſ])[rR][cC]|(?<=[aA])[cC][tT][iIİı][oO][nN])"""
+    r"""\s*=\s*["']?([^"'\s>]+)""")
 _HTML_TAG = re.compile(r"<[^>]*>")
 _HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
-_TEXT_URI = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]{}]+""", re.I)
+# Links in text: (?:https?://|www\.)[^\s<>"'()\[\]{}]+ case-insensitively, spelt out the same
+# way (re.I also takes the long s for "s").
+_TEXT_URI = re.compile(
+    r"""[hHwW](?:(?<=[hH])[tT][tT][pP][sSſ]?://|(?<=[wW])[wW][wW]\.)[^\s<>"'()\[\]{}]+""")
 
 
 @dataclass
@@ -62,7 +72,8 @@ class ParsedMessage:
 
 def decode_header_value(value: str) -> str:
     """Unfold and decode RFC 2047 encoded-words; never raises."""
-    value = _FOLD.sub(" ", value)
+    if "\n" in value:  # only folded values need the regex (most are one line)
+        value = _FOLD.sub(" ", value)
     if "=?" not in value:
         return value
     try:
@@ -129,6 +140,12 @@ def html_to_text(markup: str, uris: list[str]) -> str:
     return html.unescape(_HTML_TAG.sub(" ", markup))
 
 
+def collapse_whitespace(text: str) -> str:
+    """Runs of whitespace become one space, none at either end. (str.split() splits on
+    exactly the characters regex \\s matches, and is several times faster.)"""
+    return " ".join(text.split())
+
+
 def uri_host(uri: str) -> str | None:
     if uri.lower().startswith("www."):
         uri = "http://" + uri
@@ -168,17 +185,25 @@ def parse_message(raw: bytes, *, max_text_bytes: int = 262144) -> ParsedMessage:
 
 
 def _parse(raw: bytes, max_text_bytes: int) -> ParsedMessage:
-    if len(_BOUNDARY.findall(raw, 0, len(raw))[:MAX_BOUNDARIES + 1]) > MAX_BOUNDARIES:
+    # Every match of _BOUNDARY (ASCII case-insensitive, like bytes.lower) holds the word
+    # "boundary" once, so counting the word first spares most messages the regex pass.
+    if raw.lower().count(b"boundary") > MAX_BOUNDARIES and \
+            len(_BOUNDARY.findall(raw, 0, len(raw))[:MAX_BOUNDARIES + 1]) > MAX_BOUNDARIES:
         return _fallback(raw, max_text_bytes)
     msg = message_from_bytes(raw, policy=compat32)
     headers: list[tuple[str, str]] = []
     header_map: dict[str, list[str]] = {}
     kept = 0
-    for name, value in msg.items():
+    fetch = msg.policy.header_fetch_parse
+    for name, value in msg.raw_items():
         if kept > MAX_HEADER_BYTES:
             break
-        if not isinstance(value, str):  # compat32 may hand back Header objects
-            value = str(value)
+        # What msg.items() would give: compat32 turns a value holding undecodable bytes
+        # (surrogates, never in ASCII) into a Header object; ASCII values stay as they are.
+        if not (isinstance(value, str) and value.isascii()):
+            value = fetch(name, value)
+            if not isinstance(value, str):
+                value = str(value)
         decoded = decode_header_value(value[:MAX_HEADER_VALUE_BYTES])
         kept += len(decoded)
         headers.append((name, decoded))
@@ -205,7 +230,7 @@ def _parse(raw: bytes, max_text_bytes: int) -> ParsedMessage:
             text = html_to_text(text, uris)
         texts.append(text[: max_text_bytes - size])
         size += len(texts[-1])
-    body = _WS.sub(" ", " ".join(texts)).strip()
+    body = collapse_whitespace(" ".join(texts))
     malformed = any(_is_serious(d) for d in msg.defects) or \
         any(any(_is_serious(d) for d in p.defects) for p in leaves)
     return _finish(headers, header_map, body, html_present, uris, malformed,
@@ -234,7 +259,7 @@ def _fallback(raw: bytes, max_text_bytes: int) -> ParsedMessage:
             headers.append((name, value.strip()))
             header_map.setdefault(name.lower(), []).append(value.strip())
     text = body[:max_text_bytes].decode("utf-8", errors="replace")
-    return _finish(headers, header_map, _WS.sub(" ", text).strip(), False, [], True, 0, [])
+    return _finish(headers, header_map, collapse_whitespace(text), False, [], True, 0, [])
 
 
 def _finish(headers: list[tuple[str, str]], header_map: dict[str, list[str]], body: str,
@@ -244,7 +269,7 @@ def _finish(headers: list[tuple[str, str]], header_map: dict[str, list[str]], bo
         uris.extend(_TEXT_URI.findall(body)[: MAX_URIS - len(uris)])
     hosts: list[str] = []
     seen: set[str] = set()
-    for uri in uris:
+    for uri in dict.fromkeys(uris):  # each distinct link once, in order of appearance
         host = uri_host(uri)
         if host and host not in seen:
             seen.add(host)

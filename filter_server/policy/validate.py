@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
-from filter_server.engine.patterns import pattern_error
+from filter_server.engine.patterns import pattern_problems
 from filter_server.policy import meta, schema
 
 SYNTHETIC_RULES = frozenset({
@@ -121,6 +121,10 @@ def validate_policy(policy: Any, *, base_dir: Path | None = None) -> list[Policy
                                   f"(got {t['tag']}, {t['quarantine']}, {t['reject']})"))
 
     defined: dict[str, str] = {name: "built-in" for name in SYNTHETIC_RULES}
+    # All patterns at once (one engine compile per target group), reported per rule below.
+    pattern_reasons: dict[int | None, list[str]] = {}
+    for index, reason in pattern_problems(policy["rules"]):
+        pattern_reasons.setdefault(index, []).append(reason)
     for i, rule in enumerate(policy["rules"]):
         path = f"rules[{i}]"
         _check_name(rule["name"], path, defined, errors)
@@ -131,9 +135,10 @@ def validate_policy(policy: Any, *, base_dir: Path | None = None) -> list[Policy
             errors.append(PolicyError(f"{path}.header",
                                       f"only rules with target 'header' take a header "
                                       f"(target is {rule['target']!r})"))
-        problem = pattern_error(rule["pattern"])
-        if problem:
+        for problem in pattern_reasons.get(i, ()):
             errors.append(PolicyError(f"{path}.pattern", problem))
+    for problem in pattern_reasons.get(None, ()):
+        errors.append(PolicyError("rules", problem))
 
     parsed: dict[str, meta.MetaExpression] = {}
     for i, rule in enumerate(policy["metaRules"]):

@@ -74,6 +74,10 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         self._duration = {m: metrics.duration.labels(m) for m in
                           ("Classify", "ClassifyStream")}
         self._verdicts = {a: metrics.verdicts.labels(a) for a in _ACTIONS}
+        # The series every successful call updates, looked up once (labels() takes a lock
+        # and builds a key per call).
+        self._finished_ok = {m: metrics.requests.labels(m, _OK.name) for m in
+                             ("Classify", "ClassifyStream")}
 
     # --- RPCs ---------------------------------------------------------------------------
     def Classify(self, request: filter_pb2.ClassifyRequest,
@@ -174,7 +178,10 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         with self._admitted_lock:
             self._queued_units -= units
         self._slots.release()
-        self._metrics.requests.labels(method, code.name).inc()
+        if code is _OK:
+            self._finished_ok[method].inc()
+        else:
+            self._metrics.requests.labels(method, code.name).inc()
 
     def _answer(self, request: filter_pb2.ClassifyRequest, context: grpc.ServicerContext,
                 method: str) -> filter_pb2.ClassifyResponse:
@@ -194,8 +201,7 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
                            f"message is {len(raw)} bytes; this server accepts at most "
                            f"{self._max_bytes}")
         env = request.envelope
-        remaining = context.time_remaining()
-        if not self._cpu.acquire(timeout=remaining):
+        if not self._cpu.acquire(timeout=_wait_limit(context.time_remaining())):
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
                            "the deadline passed while the call waited for its turn")
         try:
@@ -226,6 +232,14 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
     def _log_rejection(self, request: filter_pb2.ClassifyRequest, exc: Rejected) -> None:
         self._log.info("request rejected", extra={
             "request_id": request.request_id, "code": exc.code.name, "reason": exc.details})
+
+
+def _wait_limit(remaining: float | None) -> float | None:
+    """A lock timeout for the time a call has left. A call without a deadline reports an
+    enormous remaining time, which the lock cannot take (OverflowError): no limit then."""
+    if remaining is None or remaining >= threading.TIMEOUT_MAX:
+        return None
+    return max(0.0, remaining)
 
 
 def _ended_early(context: grpc.ServicerContext) -> grpc.StatusCode:

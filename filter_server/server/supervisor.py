@@ -7,6 +7,9 @@ holds no gRPC state; it
   - checks the policy and TLS files first (preflight), so a mistake is one clear line
   - reserves the port and serves /metrics for all workers (prometheus-client multiprocess
     mode, in a temporary directory it removes at exit, or in $PROMETHEUS_MULTIPROC_DIR)
+  - shares the policy's compiled pattern databases with the workers (a private temporary
+    directory, removed at exit, or $MAILWARDEN_PATTERN_CACHE_DIR), so they load in
+    milliseconds what preflight compiled
   - forwards SIGTERM/SIGINT to every worker as SIGTERM (each drains and stops gracefully)
   - restarts a worker that dies, and gives up (exit 4) if workers keep dying
   - exits 3 with the reason if the policy never loads, 2 on configuration errors.
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import time
 
+from filter_server.engine.patterns import CACHE_DIR_ENV as PATTERN_CACHE_DIR_ENV
 from filter_server.server.config import EXIT_CONFIG, EXIT_CRASHLOOP, EXIT_OK, EXIT_POLICY, \
     ServeConfig
 from filter_server.server.logs import setup_logging
@@ -57,6 +61,7 @@ class Supervisor:
         self._metrics_dir: str | None = None
         self._worker_files: WorkerFilesCollector | None = None
         self._own_metrics_dir = False
+        self._pattern_cache_dir: str | None = None
         self._reservation = None
 
     def alive_workers(self) -> int:
@@ -76,6 +81,15 @@ class Supervisor:
         self._own_metrics_dir = True
         return tempfile.mkdtemp(prefix="mailwarden-metrics-")
 
+    def _share_compiled_patterns(self) -> None:
+        """Preflight compiles the policy's patterns; workers (which inherit the environment)
+        read the compiled databases from this private directory instead of compiling them
+        again (seconds per 1,000 rules, per worker). A directory given by the user is kept."""
+        if os.environ.get(PATTERN_CACHE_DIR_ENV):
+            return
+        self._pattern_cache_dir = tempfile.mkdtemp(prefix="mailwarden-patterns-")
+        os.environ[PATTERN_CACHE_DIR_ENV] = self._pattern_cache_dir
+
     def _spawn(self, index: int, worker_config: ServeConfig) -> None:
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self._metrics_dir)
         cmd = [sys.executable, "-m", "filter_server.server.worker", worker_config.to_json(),
@@ -94,6 +108,7 @@ class Supervisor:
     def run(self) -> int:
         config = self.config
         try:
+            self._share_compiled_patterns()
             try:
                 preflight(config)
             except PreflightError as exc:
@@ -213,6 +228,9 @@ class Supervisor:
             self._reservation.close()
         if self._own_metrics_dir and self._metrics_dir:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        if self._pattern_cache_dir:
+            os.environ.pop(PATTERN_CACHE_DIR_ENV, None)
+            shutil.rmtree(self._pattern_cache_dir, ignore_errors=True)
 
 
 def run_supervisor(config: ServeConfig) -> int:
