@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import loadgen, machine, messages, proc_stats, rulegen
+from benchmarks import loadgen, machine, messages, proc_stats, report, rulegen
 from benchmarks.dns_sink import DnsSink
 from benchmarks.servers import ServerFailed, ServerSet
 from mailwarden.corpus import DEFAULT_CORPUS, Split, split_corpus
@@ -159,8 +159,7 @@ class SystemResult:
     error: str = ""
 
     def best(self) -> dict[str, Any] | None:
-        clean = [lv for lv in self.levels if lv["errors"] == 0 and lv["completed"] > 0]
-        return max(clean, key=lambda lv: lv["throughput"]) if clean else None
+        return report.best_level({"levels": self.levels})
 
 
 @dataclass
@@ -423,8 +422,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> Results:
 
 
 def write_outputs(results: Results, out: Path) -> list[Path]:
-    from benchmarks import report
-
     out.mkdir(parents=True, exist_ok=True)
     data = asdict(results)
     (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
