@@ -189,6 +189,10 @@ class Installed:
     root: Path
     isolation: list[str]            # what of the pod's restrictions applies here
     as_uid: bool
+    # Host directories to bind onto mount points under `root` inside the sandbox: the test
+    # environment's site-packages when they live under /tmp, which the sandbox's tmpfs hides
+    # (a checkout cloned into /tmp).
+    binds: dict[str, Path] = field(default_factory=dict)
 
     @property
     def venv(self) -> Path:
@@ -212,6 +216,8 @@ class Installed:
         if "read-only root" in self.isolation:
             volumes = "".join(f"mount --bind {shlex.quote(str(d))} {shlex.quote(str(d))} && "
                               for d in writable)
+            volumes += "".join(f"mount --bind {shlex.quote(src)} {shlex.quote(str(dst))} && "
+                               for src, dst in self.binds.items())
             script = (volumes + 'mount -o remount,bind,ro / && '
                       'mount -t tmpfs -o mode=1777,size=64m tmpfs /tmp && cd "$0" && exec "$@"')
             return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
@@ -285,7 +291,15 @@ def image() -> Iterator[Installed]:
         assert done.returncode == 0, done.stderr
         # The dependencies: this test environment's, after the image's own site-packages.
         site = next(installed.venv.glob("lib/python*/site-packages"))
-        deps = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+        deps = list(dict.fromkeys([sysconfig.get_paths()["purelib"],
+                                   sysconfig.get_paths()["platlib"]]))
+        if "tmpfs /tmp" in isolation:
+            for index, dep in enumerate(deps):
+                if Path(dep).resolve().is_relative_to("/tmp"):
+                    mount_point = root / f"test-deps-{index}"
+                    mount_point.mkdir()
+                    installed.binds[dep] = mount_point
+                    deps[index] = str(mount_point)
         (site / "zz-mailwarden-test-deps.pth").write_text("\n".join(deps) + "\n")
         print(f"image install: {installed.venv} (Python {python}); isolation: "
               f"{', '.join(isolation) or 'none'}{'; ' + note if note else ''}")
