@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -18,6 +17,7 @@ from mailwarden_operator.apply import apply, ensure_exists
 from mailwarden_operator.kube import (CONFIGMAPS, DEPLOYMENTS, HPAS, PDBS, SERVICEMONITORS,
                                       SERVICES, SPAMPOLICIES, UNSUBSCRIBESTORES, Kube,
                                       KubeError)
+from mailwarden_operator.object_locks import ObjectLocks
 from mailwarden_operator.policy import PolicyBundle, PolicyRejected, build_bundle
 from mailwarden_operator.render import RenderSettings
 from mailwarden_operator.render import servicemonitor as sm
@@ -46,21 +46,14 @@ class Reconciler:
     settings: RenderSettings = field(default_factory=RenderSettings)
     keep_configmaps: int = DEFAULT_KEEP_CONFIGMAPS
     clock: Callable[[], datetime.datetime] = _utcnow
-    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
-    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
-
-    def _lock(self, namespace: str, name: str) -> threading.Lock:
-        # kopf serializes handlers per object, but Deployment events and timers reach the
-        # same SpamPolicy from other tasks: one reconcile at a time per policy.
-        with self._locks_guard:
-            return self._locks.setdefault((namespace, name), threading.Lock())
+    _locks: ObjectLocks = field(default_factory=ObjectLocks)
 
     def reconcile(self, namespace: str, name: str, *, trigger: str = "event") -> str:
         """Reconcile one SpamPolicy; returns a one-word outcome for logs and metrics."""
         started = time.perf_counter()
         result = "error"
         try:
-            with self._lock(namespace, name):
+            with self._locks.of(namespace, name):
                 result = self._reconcile(namespace, name)
             return result
         finally:
@@ -68,8 +61,7 @@ class Reconciler:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
     def forget(self, namespace: str, name: str) -> None:
-        with self._locks_guard:
-            self._locks.pop((namespace, name), None)
+        self._locks.forget(namespace, name)
         metrics.forget(namespace, name)
 
     # -- the steps -------------------------------------------------------------------------

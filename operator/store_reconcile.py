@@ -20,7 +20,6 @@ import base64
 import binascii
 import datetime
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -30,6 +29,7 @@ from mailwarden_operator import events, metrics, store_naming
 from mailwarden_operator.apply import apply, ensure_exists
 from mailwarden_operator.kube import (DEPLOYMENTS, HPAS, PDBS, PVCS, SECRETS, SERVICEMONITORS,
                                       SERVICES, UNSUBSCRIBESTORES, Kube, KubeError)
+from mailwarden_operator.object_locks import ObjectLocks
 from mailwarden_operator.render import RenderSettings
 from mailwarden_operator.render import servicemonitor as sm
 from mailwarden_operator.render.store.deployment import render_store_deployment
@@ -104,12 +104,7 @@ class StoreReconciler:
     # Called (namespace, name) after a reconcile that changed whether the store is Ready,
     # so SpamPolicies referencing it update their SuppressionReady condition at once.
     on_ready_changed: Callable[[str, str], None] | None = None
-    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
-    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
-
-    def _lock(self, namespace: str, name: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault((namespace, name), threading.Lock())
+    _locks: ObjectLocks = field(default_factory=ObjectLocks)
 
     def reconcile(self, namespace: str, name: str, *, trigger: str = "event") -> str:
         """Reconcile one UnsubscribeStore; returns a one-word outcome."""
@@ -117,7 +112,7 @@ class StoreReconciler:
         result = "error"
         ready_changed = False
         try:
-            with self._lock(namespace, name):
+            with self._locks.of(namespace, name):
                 result, ready_changed = self._reconcile(namespace, name)
         finally:
             metrics.STORE_RECONCILES.labels(trigger, result).inc()
@@ -127,8 +122,7 @@ class StoreReconciler:
         return result
 
     def forget(self, namespace: str, name: str) -> None:
-        with self._locks_guard:
-            self._locks.pop((namespace, name), None)
+        self._locks.forget(namespace, name)
         metrics.forget_store(namespace, name)
 
     # -- the steps -------------------------------------------------------------------------
