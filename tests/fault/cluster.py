@@ -195,6 +195,19 @@ class Pod:
         except OSError:
             return "(no log)"
 
+    def stacks(self) -> str:
+        """The pod process's thread stacks (py-spy dump, native frames too), to explain a
+        pod that stopped answering; a note instead when py-spy is missing or cannot attach."""
+        py_spy = Path(sys.executable).with_name("py-spy")
+        if not py_spy.exists():
+            return "(py-spy not installed: no stacks)"
+        try:
+            done = subprocess.run([str(py_spy), "dump", "--native", "--pid", str(self.pid)],
+                                  capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"(py-spy dump failed: {exc})"
+        return done.stdout + done.stderr
+
     # --- the kubelet ----------------------------------------------------------------------
     def run_kubelet(self) -> None:
         self._kubelet = threading.Thread(target=self._kubelet_loop, name=f"kubelet-{self.name}",

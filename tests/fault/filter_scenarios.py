@@ -432,6 +432,11 @@ def barrage(env: FaultEnv) -> ScenarioResult:
         calls = load.wait(max(600.0, profile.barrage * 0.05))
         samples = sampler.stop()
         health = {p.name: probe_health(p.address, 5) for p in pods}
+        for pod in pods:
+            if health[pod.name] != "SERVING":  # explain it while the pod is still stuck
+                print(f"\n{pod.name} answered the health probe with {health[pod.name]}; "
+                      f"its stacks:\n{pod.stacks()}\nthe end of its log:\n"
+                      f"{pod.log_tail(40)}\n", flush=True)
         restarts = {p.name: p.restarts for p in pods}
         same_pids = all(p.pid == pids[p.name] and p.process.poll() is None for p in pods)
         from mailwarden.client import FilterClient
