@@ -198,11 +198,13 @@ class Pod:
     def stacks(self) -> str:
         """The pod process's thread stacks (py-spy dump, native frames too), to explain a
         pod that stopped answering; a note instead when py-spy is missing or cannot attach."""
-        py_spy = Path(sys.executable).with_name("py-spy")
-        if not py_spy.exists():
+        from benchmarks.profile import py_spy
+
+        binary = py_spy()
+        if binary is None:
             return "(py-spy not installed: no stacks)"
         try:
-            done = subprocess.run([str(py_spy), "dump", "--native", "--pid", str(self.pid)],
+            done = subprocess.run([binary, "dump", "--native", "--pid", str(self.pid)],
                                   capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"(py-spy dump failed: {exc})"
