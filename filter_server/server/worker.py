@@ -27,12 +27,14 @@ import threading
 from concurrent import futures
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from filter_server.engine.compiled import CompiledPolicy
 from filter_server.server.config import ENVELOPE_ALLOWANCE_BYTES, EXIT_CONFIG, EXIT_OK, \
     EXIT_POLICY, ServeConfig
+from filter_server.server.health import NOT_SERVING, SERVING, HealthServicer
+from filter_server.server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from filter_server.server.logs import LOGGER_NAME, setup_logging
 from filter_server.server.metrics import FilterMetrics, serve_metrics
 from filter_server.server.policy import PolicyHolder
@@ -92,7 +94,7 @@ class Worker:
         self.hurry = threading.Event()
         self.metrics = FilterMetrics()
         self.holder = PolicyHolder(config.policy_dir, self.metrics, self.log)
-        self.health = health.HealthServicer()
+        self.health = HealthServicer()
         self.store_suppression: StoreSuppression | None = None
         if suppression is None and config.suppression_store:
             self.store_suppression = StoreSuppression(
@@ -130,9 +132,9 @@ class Worker:
         filter_pb2_grpc.add_FilterServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for service in ("", SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.health.set(service, NOT_SERVING)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
         if not self.supervised:  # the supervisor already probed and reserved the port
             try:
                 check_free(config.host, config.grpc_port)
@@ -205,7 +207,7 @@ class Worker:
             raise StartupError(str(error), EXIT_POLICY)
         if not self.stop.is_set():
             for service in ("", SERVICE_NAME):
-                self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+                self.health.set(service, SERVING)
             self.metrics.serving.set(1)
             threading.Thread(target=self.holder.poll_forever, name="policy-reload",
                              args=(config.policy_poll_seconds, self.stop), daemon=True).start()
