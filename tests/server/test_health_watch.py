@@ -72,6 +72,7 @@ def test_server_keeps_answering_while_watch_streams_start_and_end(servers,
             thread.join(10)
     assert not failures, (f"the server stopped answering after {counts[0]} Watch streams "
                           f"and {answered} checks: {failures}")
+    print(f"{counts[0]} Watch streams started and ended, {answered} checks answered")
     assert counts[0] > 200, f"only {counts[0]} Watch streams started: too few to test"
     assert server.health() == "SERVING"
 
