@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from filter_server.engine.message import MAX_PARSE_BYTES
+
 RULE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 # Hosts and domains are matched case-insensitively against the host and every parent domain.
@@ -214,10 +216,12 @@ POLICY_SCHEMA: dict[str, Any] = {
             "type": "object",
             "description": "Bounds on the work done per message.",
             "properties": {
-                "maxScanBytes": {"type": "integer", "minimum": 1024, "maximum": 16777216,
+                "maxScanBytes": {"type": "integer", "minimum": 1024,
+                                 "maximum": MAX_PARSE_BYTES,
                                  "default": DEFAULT_MAX_SCAN_BYTES,
                                  "description": "Decoded body text beyond this many bytes "
-                                 "is not scanned."},
+                                 "is not scanned (at most 4 MiB: only the first 4 MiB of a "
+                                 "message are parsed)."},
             },
         },
     },

@@ -72,3 +72,49 @@ def test_a_header_of_thousands_of_encoded_words_takes_linear_time() -> None:
     assert seconds < 0.5, f"{seconds:.2f} s of CPU"
     # adjacent encoded words join without spaces (RFC 2047)
     assert parsed.header("Subject").startswith("s viagraviagra")
+
+
+def _large_message(attachment_bytes: int, text_after: bytes = b"") -> bytes:
+    """A report with a base64 attachment of `attachment_bytes` (lines of 76 characters)."""
+    line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n"
+    return (b"From: reports@example.com\r\nTo: team@example.org\r\nSubject: monthly report\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n"
+            b"--XX\r\nContent-Type: text/plain\r\n\r\nsee http://reports.example.com/q3 "
+            b"attached\r\n--XX\r\nContent-Type: application/pdf\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n"
+            + line * (attachment_bytes // len(line)) + b"--XX\r\n" + text_after + b"--XX--\r\n")
+
+
+def test_a_large_message_is_parsed_in_bounded_memory_and_time() -> None:
+    """Only the first MAX_PARSE_BYTES are parsed: a 24 MiB message took 1 s and 190 MiB
+    (eight times its size) before, and a burst of them drove a worker past its pod's
+    memory limit (the fault suite's large_burst scenario)."""
+    import tracemalloc
+
+    raw = _large_message(24 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        parsed, seconds = _timed(raw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # About eight times what is parsed (4 MiB), not eight times the message (24 MiB).
+    assert peak < 48 * 2**20, f"{peak / 2**20:.0f} MiB for a {len(raw) >> 20} MiB message"
+    assert seconds < 1.0, f"{seconds:.2f} s of CPU"
+    # What comes before the cut is read as usual, and the cut itself is not a defect.
+    assert "see http://reports.example.com/q3 attached" in parsed.body_text
+    assert parsed.uri_hosts == ["reports.example.com"]
+    assert parsed.attachments == ["application/pdf"]
+    assert parsed.headers[2] == ("Subject", "monthly report")
+    assert not parsed.malformed
+
+
+def test_text_beyond_the_parsed_start_is_not_read() -> None:
+    from filter_server.engine.message import MAX_PARSE_BYTES
+
+    late = b"Content-Type: text/plain\r\n\r\nviagra after the attachment\r\n"
+    small = parse_message(_large_message(64 * 1024, late))
+    assert "viagra after the attachment" in small.body_text
+    large = parse_message(_large_message(MAX_PARSE_BYTES, late))
+    assert "viagra" not in large.body_text
+    assert "see http://reports.example.com/q3 attached" in large.body_text
