@@ -55,6 +55,10 @@ class ServeConfig:
     port_file: Path | None = None
     suppression_store: str | None = None
     suppression_stale_after: float = 10.0
+    # The memory this worker may use, in bytes (0: unknown, no limit). The CLI fills it in
+    # from $MAILWARDEN_MEMORY_LIMIT_BYTES or the cgroup; the supervisor hands each worker its
+    # share. The budget for messages in flight is derived from it (server/memory.py).
+    memory_limit_bytes: int = 0
 
     def to_json(self) -> str:
         doc = dataclasses.asdict(self)
@@ -88,7 +92,7 @@ class ServeConfig:
                 out.append(f"--{name.replace('_', '-')} must be positive "
                            f"(got {getattr(self, name)})")
         for name in ("drain_seconds", "grace_seconds", "max_connection_age_grace_ms",
-                     "policy_wait_seconds"):
+                     "policy_wait_seconds", "memory_limit_bytes"):
             if getattr(self, name) < 0:
                 out.append(f"--{name.replace('_', '-')} must not be negative "
                            f"(got {getattr(self, name)})")

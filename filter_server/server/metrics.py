@@ -59,8 +59,17 @@ class FilterMetrics:
             registry=registry)
         self.rejected = Counter(
             "mailwarden_filter_capacity_rejections_total", "Filter RPCs refused with "
-            "RESOURCE_EXHAUSTED because --max-concurrent-rpcs were already in flight",
-            registry=registry)
+            "RESOURCE_EXHAUSTED because the worker was at capacity: --max-concurrent-rpcs "
+            "in flight, more queued work than half the call's deadline, or its memory "
+            "budget for messages taken", registry=registry)
+        self.memory_budget = Gauge(
+            "mailwarden_filter_memory_budget_bytes", "Bytes of messages in flight the "
+            "workers may hold at once (derived from the container's memory limit)",
+            multiprocess_mode="livesum", registry=registry)
+        self.memory_reserved = Gauge(
+            "mailwarden_filter_memory_reserved_bytes", "Bytes of that budget reserved by "
+            "calls in flight (a call reserves room to receive the largest message, then "
+            "keeps what its message needs)", multiprocess_mode="livesum", registry=registry)
         self.policy_info = Gauge(
             "mailwarden_filter_policy_info", "The policy being served: value 1 for the live "
             "content hash (0 for hashes served before)", ["hash"],

@@ -17,10 +17,12 @@ from typing import Iterator
 import grpc
 
 from filter_server.engine.compiled import Envelope, Verdict
+from filter_server.engine.message import MAX_PARSE_BYTES
+from filter_server.server.memory import MemoryBudget
 from filter_server.server.metrics import FilterMetrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.suppression import SuppressionProvider
-from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
+from mailwarden.filter.v1 import filter_pb2
 
 SERVICE_NAME = filter_pb2.DESCRIPTOR.services_by_name["Filter"].full_name
 # Calls classifying at the same moment in one worker process; the other admitted calls
@@ -30,38 +32,82 @@ SERVICE_NAME = filter_pb2.DESCRIPTOR.services_by_name["Filter"].full_name
 # deadlines pass, and admission control never gets to answer RESOURCE_EXHAUSTED (measured
 # by tests/fault: above capacity, calls ended in DEADLINE_EXCEEDED instead).
 CLASSIFY_CONCURRENCY = 1
-# Admission estimates the work queued ahead of a call in "units": a message's size in
-# bytes plus a fixed overhead per message (parsing a message costs about its size; a
+# Admission estimates the work queued ahead of a call in "units": the bytes of a message
+# that are parsed plus a fixed overhead per message (parsing a message costs about its size; a
 # stream's messages are not known yet, so a stream counts as one overhead). The seconds a
 # unit takes is a running average, refined by every classification.
 UNIT_OVERHEAD_BYTES = 128 * 1024  # measured: a small message costs about what 128 KiB adds
 INITIAL_SECONDS_PER_UNIT = 2e-8
 # A call is admitted only if its expected wait is within this share of its deadline.
 ADMISSION_DEADLINE_SHARE = 0.5
+# Memory a call reserves from the worker's budget (filter_server/server/memory.py) before
+# its message is received: gRPC's receive buffer, the serialized bytes and the parsed
+# request exist side by side for a moment. Once received, a call keeps its message once
+# (the parsed request is dropped) plus this much for everything else it holds.
+RECEIVE_COPIES = 3
+HELD_OVERHEAD_BYTES = 64 * 1024
+# A ClassifyStream without a deadline waits at most this long for memory per message.
+STREAM_MEMORY_WAIT_SECONDS = 5.0
 _ACTIONS = {name: filter_pb2.Action.Value(name) for name in
             ("ACCEPT", "TAG", "QUARANTINE", "REJECT")}
 _OK = grpc.StatusCode.OK
 
 
 class Rejected(Exception):
-    """A request the service answers with a non-OK status."""
+    """A request the service answers with a non-OK status; `at_capacity` when the worker
+    was too busy (counted in the capacity-rejection metric)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, *,
+                 at_capacity: bool = False) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        self.at_capacity = at_capacity
 
 
-class FilterServicer(filter_pb2_grpc.FilterServicer):
+class _Held:
+    """What one call holds of the worker's capacity, so every exit gives back just that."""
+
+    __slots__ = ("slot", "memory", "units")
+
+    def __init__(self) -> None:
+        self.slot = False
+        self.memory = 0
+        self.units = 0
+
+
+def add_filter_service(servicer: "FilterServicer", server: grpc.Server) -> None:
+    """Register the Filter service. Classify is registered as request-streaming although
+    the API (and every client) is unary — the two look the same on the wire — because gRPC
+    receives a unary call's message before the handler runs, and only a streaming handler
+    decides when a message is received: here, once the call has reserved the memory for it
+    (a burst of large messages is then refused, not received and OOM-killed)."""
+    handlers = {
+        "Classify": grpc.stream_unary_rpc_method_handler(
+            servicer.Classify, request_deserializer=filter_pb2.ClassifyRequest.FromString,
+            response_serializer=filter_pb2.ClassifyResponse.SerializeToString),
+        "ClassifyStream": grpc.stream_stream_rpc_method_handler(
+            servicer.ClassifyStream,
+            request_deserializer=filter_pb2.ClassifyRequest.FromString,
+            response_serializer=filter_pb2.ClassifyResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME,
+                                                                          handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+class FilterServicer:
     def __init__(self, holder: PolicyHolder, metrics: FilterMetrics, log: logging.Logger, *,
                  suppression: SuppressionProvider, max_message_bytes: int,
-                 max_concurrent_rpcs: int) -> None:
+                 max_concurrent_rpcs: int, memory: MemoryBudget) -> None:
         self._holder = holder
         self._metrics = metrics
         self._log = log
         self._suppression = suppression
         self._max_bytes = max_message_bytes
         self._capacity = max_concurrent_rpcs
+        self.memory = memory
+        self._receive_bytes = RECEIVE_COPIES * max_message_bytes
         # Admission control of our own (not only the gRPC core's maximum_concurrent_rpcs):
         # it applies to Filter calls only, so health checks keep headroom under overload.
         self._slots = threading.BoundedSemaphore(max_concurrent_rpcs)
@@ -80,47 +126,80 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
                              ("Classify", "ClassifyStream")}
 
     # --- RPCs ---------------------------------------------------------------------------
-    def Classify(self, request: filter_pb2.ClassifyRequest,
+    def Classify(self, request_iterator: Iterator[filter_pb2.ClassifyRequest],
                  context: grpc.ServicerContext) -> filter_pb2.ClassifyResponse:
-        if len(request.message) > self._max_bytes:  # refused before it counts as queued work
-            self._reject_oversized("Classify", request, context)
-        units = len(request.message) + UNIT_OVERHEAD_BYTES
-        self._admit("Classify", context, units)
+        """One message (a unary call; see add_filter_service). Admission runs before the
+        message is received: a call slot, then memory to receive it into."""
+        held = _Held()
         code = _OK
+        at_capacity = False
+        request_id = ""
         try:
-            return self._answer(request, context, "Classify")
+            self._take_slot(held)
+            self._reserve_memory(held, self._receive_bytes, context)
+            request = next(request_iterator, None)
+            if request is None:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               "no request message: Classify takes exactly one")
+            request_id = request.request_id
+            raw = request.message  # a copy: read once, then the request is dropped
+            call = _Call(request, raw)
+            del request
+            self._keep_memory(held, len(raw) + HELD_OVERHEAD_BYTES)
+            self._check_size(raw)
+            self._enqueue(held, min(len(raw), MAX_PARSE_BYTES) + UNIT_OVERHEAD_BYTES, context)
+            return self._answer(call, context, "Classify")
         except Rejected as exc:
-            code = exc.code
-            self._log_rejection(request, exc)
+            code, at_capacity = exc.code, exc.at_capacity
+            self._log_rejection(request_id, exc)
             context.abort(exc.code, exc.details)
             raise  # not reached: abort raises
+        except grpc.RpcError:  # the client went away while its message was received
+            code = _ended_early(context)
+            raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
-            self._log.exception("classification failed",
-                                extra={"request_id": request.request_id})
-            context.abort(code, f"internal error (request_id {request.request_id!r})")
+            self._log.exception("classification failed", extra={"request_id": request_id})
+            context.abort(code, f"internal error (request_id {request_id!r})")
             raise
         finally:
-            self._release("Classify", code, units)
+            self._release(held)
+            self._count("Classify", code, at_capacity=at_capacity)
 
     def ClassifyStream(self, request_iterator: Iterator[filter_pb2.ClassifyRequest],
                        context: grpc.ServicerContext) -> Iterator[filter_pb2.ClassifyResponse]:
-        self._admit("ClassifyStream", context, UNIT_OVERHEAD_BYTES)
+        """One message at a time, so responses come back in request order. A stream's
+        messages are received as it iterates: each reserves memory once received (an idle
+        stream, waiting for its client's next message, must not hold a reservation)."""
+        held = _Held()
         code = _OK
         failure: Rejected | None = None
         try:
-            # One message at a time, so responses come back in request order.
+            self._take_slot(held)
             for request in request_iterator:
+                request_id = request.request_id
+                raw = request.message
+                call = _Call(request, raw)
+                del request
                 try:
-                    response = self._answer(request, context, "ClassifyStream")
+                    self._reserve_memory(held, len(raw) + HELD_OVERHEAD_BYTES, context,
+                                         no_deadline_wait=STREAM_MEMORY_WAIT_SECONDS)
+                    self._check_size(raw)
+                    self._enqueue(held, min(len(raw), MAX_PARSE_BYTES) + UNIT_OVERHEAD_BYTES,
+                                  context)
+                    response = self._answer(call, context, "ClassifyStream")
                 except Rejected as exc:
-                    self._log_rejection(request, exc)
-                    failure = Rejected(exc.code, f"request_id {request.request_id!r}: "
-                                       f"{exc.details}")
+                    self._log_rejection(request_id, exc)
+                    failure = Rejected(exc.code, f"request_id {request_id!r}: {exc.details}",
+                                       at_capacity=exc.at_capacity)
                     break
+                finally:
+                    self._release_message(held)
                 yield response
             if not context.is_active():  # the request stream "ended" by cancellation
                 code = _ended_early(context)  # (best effort: gRPC may not know yet)
+        except Rejected as exc:  # no slot
+            failure = exc
         except grpc.RpcError:  # the deadline passed, or the client cancelled or went away
             code = _ended_early(context)
         except GeneratorExit:  # gRPC closed the stream (cancellation, shutdown)
@@ -132,58 +211,95 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         finally:
             if failure is not None:
                 code = failure.code
-            self._release("ClassifyStream", code, UNIT_OVERHEAD_BYTES)
+            self._release(held)
+            self._count("ClassifyStream", code, at_capacity=failure is not None
+                        and failure.at_capacity)
         if failure is not None:
             context.abort(failure.code, failure.details)
 
-    # --- helpers ------------------------------------------------------------------------
-    def _admit(self, method: str, context: grpc.ServicerContext, units: int) -> None:
+    # --- admission ----------------------------------------------------------------------
+    def _take_slot(self, held: _Held) -> None:
         if not self._slots.acquire(blocking=False):
-            self._reject_at_capacity(method, context, f"server at capacity ({self._capacity} "
-                                     "calls in flight); retry on another replica")
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"server at capacity ({self._capacity} calls in flight); retry on "
+                           "another replica", at_capacity=True)
+        held.slot = True
+        self._metrics.in_flight.inc()
+
+    def _reserve_memory(self, held: _Held, nbytes: int, context: grpc.ServicerContext, *,
+                        no_deadline_wait: float | None = None) -> None:
+        """Reserve `nbytes` of the memory budget, waiting at most the admission share of
+        the call's deadline for others to give some back."""
+        remaining = context.time_remaining()
+        if remaining is None or remaining >= threading.TIMEOUT_MAX:  # no deadline
+            wait = no_deadline_wait
+        else:
+            wait = remaining * ADMISSION_DEADLINE_SHARE
+        if not self.memory.reserve(nbytes, wait):
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"server at capacity (its {self.memory.capacity >> 20} MiB for "
+                           "messages in flight are taken); retry on another replica",
+                           at_capacity=True)
+        held.memory = nbytes
+        self._metrics.memory_reserved.inc(nbytes)
+
+    def _keep_memory(self, held: _Held, nbytes: int) -> None:
+        """Shrink the call's reservation to `nbytes` (its message is in and was smaller
+        than the largest one, which the reservation was for)."""
+        self.memory.shrink(held.memory, nbytes)
+        self._metrics.memory_reserved.dec(held.memory - nbytes)
+        held.memory = nbytes
+
+    def _check_size(self, raw: bytes) -> None:
+        if len(raw) > self._max_bytes:
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"message is {len(raw)} bytes; this server accepts at most "
+                           f"{self._max_bytes}")
+
+    def _enqueue(self, held: _Held, units: int, context: grpc.ServicerContext) -> None:
+        """Deadline-aware: a call that would spend more than half its deadline waiting for
+        its turn is refused now (the caller can go elsewhere) rather than left to time
+        out — the estimate is rough, and the answer still has to travel back."""
         with self._admitted_lock:
             ahead = self._queued_units
             self._queued_units += units
-        # Deadline-aware: a call that would spend more than half its deadline waiting for
-        # its turn is refused now (the caller can go elsewhere) rather than left to time
-        # out — the estimate is rough, and the answer still has to travel back.
+        held.units = units
         wait = ahead / CLASSIFY_CONCURRENCY * self._seconds_per_unit
         remaining = context.time_remaining()
         if remaining is not None and wait > remaining * ADMISSION_DEADLINE_SHARE:
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"server at capacity (about {wait:.1f}s of work queued, the "
+                           f"deadline leaves {remaining:.1f}s); retry on another replica",
+                           at_capacity=True)
+
+    def _release_message(self, held: _Held) -> None:
+        """Give back what one message held (its queue units and memory)."""
+        if held.units:
             with self._admitted_lock:
-                self._queued_units -= units
+                self._queued_units -= held.units
+            held.units = 0
+        if held.memory:
+            self.memory.release(held.memory)
+            self._metrics.memory_reserved.dec(held.memory)
+            held.memory = 0
+
+    def _release(self, held: _Held) -> None:
+        self._release_message(held)
+        if held.slot:
             self._slots.release()
-            self._reject_at_capacity(
-                method, context, f"server at capacity (about {wait:.1f}s of work queued, "
-                f"the deadline leaves {remaining:.1f}s); retry on another replica")
-        self._metrics.in_flight.inc()
+            self._metrics.in_flight.dec()
+            held.slot = False
 
-    def _reject_oversized(self, method: str, request: filter_pb2.ClassifyRequest,
-                          context: grpc.ServicerContext) -> None:
-        exc = Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       f"message is {len(request.message)} bytes; this server accepts at most "
-                       f"{self._max_bytes}")
-        self._log_rejection(request, exc)
-        self._metrics.requests.labels(method, exc.code.name).inc()
-        context.abort(exc.code, exc.details)
-
-    def _reject_at_capacity(self, method: str, context: grpc.ServicerContext,
-                            details: str) -> None:
-        self._metrics.rejected.inc()
-        self._metrics.requests.labels(method, "RESOURCE_EXHAUSTED").inc()
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
-
-    def _release(self, method: str, code: grpc.StatusCode, units: int) -> None:
-        self._metrics.in_flight.dec()
-        with self._admitted_lock:
-            self._queued_units -= units
-        self._slots.release()
+    def _count(self, method: str, code: grpc.StatusCode, *, at_capacity: bool = False) -> None:
         if code is _OK:
             self._finished_ok[method].inc()
-        else:
-            self._metrics.requests.labels(method, code.name).inc()
+            return
+        self._metrics.requests.labels(method, code.name).inc()
+        if at_capacity:
+            self._metrics.rejected.inc()
 
-    def _answer(self, request: filter_pb2.ClassifyRequest, context: grpc.ServicerContext,
+    # --- classification -----------------------------------------------------------------
+    def _answer(self, call: "_Call", context: grpc.ServicerContext,
                 method: str) -> filter_pb2.ClassifyResponse:
         if context.time_remaining() <= 0:
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -192,31 +308,26 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         if policy is None:
             raise Rejected(grpc.StatusCode.UNAVAILABLE,
                            "no policy loaded yet; retry on another replica")
-        raw = request.message
+        raw = call.raw
         if not raw:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                            "message is empty: send the raw RFC 5322 message bytes")
-        if len(raw) > self._max_bytes:
-            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"message is {len(raw)} bytes; this server accepts at most "
-                           f"{self._max_bytes}")
-        env = request.envelope
         if not self._cpu.acquire(timeout=_wait_limit(context.time_remaining())):
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
                            "the deadline passed while the call waited for its turn")
         try:
             started = time.perf_counter()
-            verdict = policy.classify(raw, Envelope(env.mail_from, tuple(env.recipients),
-                                                    env.client_ip, env.helo))
+            verdict = policy.classify(raw, call.envelope)
         finally:
             self._cpu.release()
         # A running average, for the admission estimate (a race here only blurs it).
         self._seconds_per_unit += 0.1 * ((time.perf_counter() - started)
-                                         / (len(raw) + UNIT_OVERHEAD_BYTES)
+                                         / (min(len(raw), MAX_PARSE_BYTES)
+                                            + UNIT_OVERHEAD_BYTES)
                                          - self._seconds_per_unit)
-        suppression = self._suppression.check(env.recipients, request.mail_class,
-                                              request.list_scope)
-        response = _response(request.request_id, verdict)
+        suppression = self._suppression.check(call.recipients, call.mail_class,
+                                              call.list_scope)
+        response = _response(call.request_id, verdict)
         response.suppressed_recipients.extend(suppression.suppressed)
         response.suppression_state = suppression.state
         response.suppression_age_seconds = suppression.age_seconds
@@ -224,14 +335,30 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         self._verdicts[verdict.action].inc()
         if self._log_verdicts:
             self._log.debug("classified", extra={
-                "request_id": request.request_id, "action": verdict.action,
+                "request_id": call.request_id, "action": verdict.action,
                 "score": verdict.score, "policy_hash": verdict.policy_hash,
                 "hits": [h.name for h in verdict.hits], "bytes": len(raw)})
         return response
 
-    def _log_rejection(self, request: filter_pb2.ClassifyRequest, exc: Rejected) -> None:
+    def _log_rejection(self, request_id: str, exc: Rejected) -> None:
         self._log.info("request rejected", extra={
-            "request_id": request.request_id, "code": exc.code.name, "reason": exc.details})
+            "request_id": request_id, "code": exc.code.name, "reason": exc.details})
+
+
+class _Call:
+    """What classification needs of a request, without the request (which holds a copy of
+    the message)."""
+
+    __slots__ = ("request_id", "raw", "envelope", "recipients", "mail_class", "list_scope")
+
+    def __init__(self, request: filter_pb2.ClassifyRequest, raw: bytes) -> None:
+        env = request.envelope
+        self.request_id = request.request_id
+        self.raw = raw
+        self.recipients = tuple(env.recipients)
+        self.envelope = Envelope(env.mail_from, self.recipients, env.client_ip, env.helo)
+        self.mail_class = request.mail_class
+        self.list_scope = request.list_scope
 
 
 def _wait_limit(remaining: float | None) -> float | None:

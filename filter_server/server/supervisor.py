@@ -30,6 +30,7 @@ from filter_server.engine.patterns import CACHE_DIR_ENV as PATTERN_CACHE_DIR_ENV
 from filter_server.server.config import EXIT_CONFIG, EXIT_CRASHLOOP, EXIT_OK, EXIT_POLICY, \
     ServeConfig
 from filter_server.server.logs import setup_logging
+from filter_server.server.memory import resident_bytes
 from filter_server.server.metrics import SupervisorCollector, WorkerFilesCollector, \
     multiprocess_registry, serve_metrics
 from filter_server.server.policy import PolicyLoadError, load_and_compile
@@ -127,7 +128,8 @@ class Supervisor:
                             f"{config.metrics_port}: {exc.strerror or exc}", EXIT_CONFIG) from None
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-            worker_config = dataclasses.replace(config, grpc_port=grpc_port, port_file=None)
+            worker_config = dataclasses.replace(config, grpc_port=grpc_port, port_file=None,
+                                                memory_limit_bytes=self._worker_memory_share())
             for index in range(config.workers):
                 if self._signals:  # stopped while starting: the loop below winds down
                     break
@@ -146,6 +148,14 @@ class Supervisor:
             return exc.exit_code
         finally:
             self._cleanup()
+
+    def _worker_memory_share(self) -> int:
+        """Each worker's share of the memory limit: what this process (which keeps the
+        policy it checked) does not use, split evenly; 0 when there is no limit."""
+        limit = self.config.memory_limit_bytes
+        if not limit:
+            return 0
+        return max(1, (limit - resident_bytes()) // self.config.workers)
 
     def _supervise(self, worker_config: ServeConfig) -> None:
         stop_deadline: float | None = None

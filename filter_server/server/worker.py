@@ -36,16 +36,17 @@ from filter_server.server.config import ENVELOPE_ALLOWANCE_BYTES, EXIT_CONFIG, E
 from filter_server.server.health import NOT_SERVING, SERVING, HealthServicer
 from filter_server.server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from filter_server.server.logs import LOGGER_NAME, setup_logging
+from filter_server.server.memory import MemoryBudget, budget_for, resident_bytes
 from filter_server.server.metrics import FilterMetrics, serve_metrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.ports import PortInUse, check_free, write_port_file
 from filter_server.server.preflight import PreflightError, preflight
-from filter_server.server.servicer import SERVICE_NAME, FilterServicer
+from filter_server.server.servicer import RECEIVE_COPIES, SERVICE_NAME, FilterServicer, \
+    add_filter_service
 from filter_server.server.store_suppression import StoreSuppression
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
 from filter_server.unsubscribe.cache import SuppressionCache
 from filter_server.server.tls import TlsConfigError, server_credentials
-from mailwarden.filter.v1 import filter_pb2_grpc
 
 # Threads beyond --max-concurrent-rpcs, so health checks and reflection still get a
 # thread when the Filter service is at capacity.
@@ -79,6 +80,12 @@ def server_options(config: ServeConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        # Without bandwidth-delay probing a call's flow-control window stays at 64 KiB, so
+        # gRPC buffers no more than that of a message the service has not asked to receive
+        # yet (with probing: about 8 MiB per waiting call). Admission reserves memory before
+        # it receives (servicer.add_filter_service); in-cluster links do not need larger
+        # windows.
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 
@@ -105,7 +112,9 @@ class Worker:
             self.holder, self.metrics, self.log,
             suppression=suppression or NoSuppressionStore(),
             max_message_bytes=config.max_message_bytes,
-            max_concurrent_rpcs=config.max_concurrent_rpcs)
+            max_concurrent_rpcs=config.max_concurrent_rpcs,
+            memory=MemoryBudget(budget_for(config.memory_limit_bytes or None,
+                                           resident_bytes())))
         self.server: grpc.Server | None = None
         self.grpc_port = 0
 
@@ -129,7 +138,7 @@ class Worker:
         server = grpc.server(pool, options=server_options(config),
                              maximum_concurrent_rpcs=config.max_concurrent_rpcs
                              + HEADROOM_RPCS)
-        filter_pb2_grpc.add_FilterServicer_to_server(self.servicer, server)
+        add_filter_service(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for service in ("", SERVICE_NAME):
             self.health.set(service, NOT_SERVING)
@@ -206,6 +215,7 @@ class Worker:
             self.server.stop(0)
             raise StartupError(str(error), EXIT_POLICY)
         if not self.stop.is_set():
+            self.size_memory_budget()
             for service in ("", SERVICE_NAME):
                 self.health.set(service, SERVING)
             self.metrics.serving.set(1)
@@ -215,6 +225,26 @@ class Worker:
             pass
         self.shutdown()
         return EXIT_OK
+
+    def size_memory_budget(self) -> None:
+        """The budget for messages in flight: the worker's share of the container's memory
+        limit less what the worker holds once its policy is loaded (filter_server/server/
+        memory.py)."""
+        limit = self.config.memory_limit_bytes or None
+        resident = resident_bytes()
+        budget = budget_for(limit, resident)
+        self.servicer.memory.capacity = budget
+        self.metrics.memory_budget.set(budget)
+        mib = 1 << 20
+        self.log.info("memory budget for messages in flight", extra={
+            "budget_mib": budget // mib, "memory_limit_mib": limit // mib if limit else None,
+            "resident_mib": resident // mib})
+        receive = RECEIVE_COPIES * self.config.max_message_bytes
+        if budget < receive:
+            self.log.warning(
+                "the memory limit is small for --max-message-bytes: a message that large "
+                "is received only while no other call holds memory", extra={
+                    "budget_mib": budget // mib, "needed_mib": receive // mib})
 
     def shutdown(self) -> None:
         config = self.config

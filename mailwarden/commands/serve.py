@@ -77,12 +77,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                         default=d.suppression_stale_after, metavar="S",
                         help="answers are marked SUPPRESSION_STALE when the cache has not "
                         "been confirmed up to date for S seconds")
+    parser.add_argument("--memory-limit-bytes", type=int, default=None, metavar="B",
+                        help="memory the server may use (all workers); each worker sizes "
+                        "its budget for messages in flight from its share and refuses calls "
+                        "beyond it with RESOURCE_EXHAUSTED [default: "
+                        "$MAILWARDEN_MEMORY_LIMIT_BYTES, which the operator sets from the "
+                        "pod's memory limit; else the cgroup's limit; else no limit (each "
+                        "worker then holds at most 1 GiB of messages)]")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from filter_server.server.config import EXIT_CONFIG, ServeConfig, default_workers
+    from filter_server.server.memory import container_memory_limit
 
+    memory_limit = args.memory_limit_bytes
+    if memory_limit is None:
+        try:
+            memory_limit = container_memory_limit() or 0
+        except ValueError as exc:
+            print(f"mailwarden serve: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     config = ServeConfig(
         policy_dir=args.policy_dir, host=args.host, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
@@ -96,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         policy_poll_seconds=args.policy_poll_seconds,
         policy_wait_seconds=args.policy_wait_seconds, port_file=args.port_file,
         suppression_store=args.suppression_store,
-        suppression_stale_after=args.suppression_stale_after)
+        suppression_stale_after=args.suppression_stale_after,
+        memory_limit_bytes=memory_limit)
     problems = config.problems()
     if problems:
         for problem in problems:

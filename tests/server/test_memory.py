@@ -71,3 +71,63 @@ def test_memory_of_large_messages_is_given_back(servers, policy_dir: Path) -> No
     # 4 messages of up to 8 MiB in flight, parsed one at a time: well under 200 MiB when
     # freed memory goes back (glibc's default heap behaviour measured +350 MiB and more).
     assert grown < 200, f"peak RSS grew {grown:.0f} MiB"
+
+
+def test_a_burst_of_large_messages_stays_within_the_memory_limit(servers,
+                                                                  policy_dir: Path) -> None:
+    """24 messages of 16 MiB at once against a worker limited to 256 MiB. Before the memory
+    budget, one worker received every call's message at once and held them while they
+    waited: 8 concurrent 20 MiB messages peaked at 676 MiB, 32 at 928 MiB (an OOM kill in
+    the rendered 512 MiB pod). Now calls reserve memory before their message is received,
+    and the ones that do not fit in time are refused with RESOURCE_EXHAUSTED."""
+    limit = 256 * MIB
+    server = servers(policy_dir, "--memory-limit-bytes", str(limit)).wait_serving()
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], usage(server.process.pid).rss_bytes)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    message = (b"From: big@example.com\r\nSubject: quarterly figures\r\n\r\n"
+               + b"Shall we meet at noon? We could walk to the park afterwards.\r\n"
+               * (16 * MIB // 62))
+    codes: list[str] = []
+    try:
+        with grpc.insecure_channel(server.address,
+                                   [("grpc.max_send_message_length", -1)]) as channel:
+            stub = filter_pb2_grpc.FilterStub(channel)
+            for _round in range(2):
+                calls = [stub.Classify.future(classify_request(message, f"m{i}"), timeout=10)
+                         for i in range(24)]
+                for call in calls:
+                    try:
+                        call.result()
+                        codes.append("OK")
+                    except grpc.RpcError as exc:
+                        codes.append(exc.code().name)
+    finally:
+        done.set()
+        sampler.join()
+    counted = {code: codes.count(code) for code in set(codes)}
+    print(f"\npeak RSS {peak[0] / MIB:.0f} MiB (limit {limit // MIB}); answers {counted}")
+    assert peak[0] < limit, f"peak RSS {peak[0] / MIB:.0f} MiB over the {limit // MIB} MiB limit"
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, counted
+    assert counted.get("OK", 0) >= 8, counted
+    assert server.metric("mailwarden_filter_memory_budget_bytes") > 0
+    assert server.metric("mailwarden_filter_memory_reserved_bytes") == 0
+    assert server.metric("mailwarden_filter_capacity_rejections_total") == \
+        counted.get("RESOURCE_EXHAUSTED", 0)
+    assert server.health() == "SERVING"
+
+
+def test_a_bad_memory_limit_in_the_environment_is_a_clear_error(servers,
+                                                                policy_dir: Path) -> None:
+    server = servers(policy_dir, env={"MAILWARDEN_MEMORY_LIMIT_BYTES": "512Mi"})
+    assert server.wait_exit(60) == 2
+    assert "MAILWARDEN_MEMORY_LIMIT_BYTES must be a positive number of bytes, not '512Mi'" \
+        in server.log()
+    assert "Traceback" not in server.log()
