@@ -33,6 +33,10 @@ SERVICE_NAME = "mailwarden.filter.v1.Filter"
 DEFAULT_DEADLINE_SECONDS = 5.0
 DEFAULT_MAX_ATTEMPTS = 4          # the gRPC service config allows at most 5
 DNS_MIN_RERESOLUTION_MS = 1000    # gRPC's default is 30000 (see FilterClient)
+# Call metadata announcing the message's size: the server reserves memory to receive it
+# before it arrives, and without this must reserve for the largest message allowed (so
+# small messages wait behind large ones when memory is short).
+MESSAGE_BYTES_METADATA = "mailwarden-message-bytes"
 _MAIL_CLASSES = {"bulk": filter_pb2.BULK, "transactional": filter_pb2.TRANSACTIONAL,
                  "": filter_pb2.MAIL_CLASS_UNSPECIFIED}
 
@@ -200,7 +204,8 @@ class FilterClient:
                                client_ip=client_ip, helo=helo, mail_class=mail_class,
                                list_scope=list_scope, request_id=request_id)
         try:
-            return self._stub.Classify(request, timeout=deadline or self.deadline)
+            return self._stub.Classify(request, timeout=deadline or self.deadline,
+                                       metadata=((MESSAGE_BYTES_METADATA, str(len(message))),))
         except grpc.RpcError as exc:
             raise ClassifyError(exc.code(), exc.details() or "", request.request_id) from None
 

@@ -18,28 +18,21 @@ import grpc
 
 from filter_server.engine.compiled import Envelope, Verdict
 from filter_server.engine.message import MAX_PARSE_BYTES
+from filter_server.server.cost import CostModel
 from filter_server.server.memory import MemoryBudget
 from filter_server.server.metrics import FilterMetrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.suppression import SuppressionProvider
+from filter_server.server.turns import Turn, TurnQueue
+from mailwarden.client import MESSAGE_BYTES_METADATA
 from mailwarden.filter.v1 import filter_pb2
 
 SERVICE_NAME = filter_pb2.DESCRIPTOR.services_by_name["Filter"].full_name
-# Calls classifying at the same moment in one worker process; the other admitted calls
-# wait, blocked (not competing for the interpreter lock). Classification is CPU-bound
-# Python: many threads at once only fight over the lock and starve gRPC's polling thread,
-# which then stops taking new calls in — they queue unseen in the gRPC core until their
-# deadlines pass, and admission control never gets to answer RESOURCE_EXHAUSTED (measured
-# by tests/fault: above capacity, calls ended in DEADLINE_EXCEEDED instead).
-CLASSIFY_CONCURRENCY = 1
-# Admission estimates the work queued ahead of a call in "units": the bytes of a message
-# that are parsed plus a fixed overhead per message (parsing a message costs about its size; a
-# stream's messages are not known yet, so a stream counts as one overhead). The seconds a
-# unit takes is a running average, refined by every classification.
-UNIT_OVERHEAD_BYTES = 128 * 1024  # measured: a small message costs about what 128 KiB adds
-INITIAL_SECONDS_PER_UNIT = 2e-8
-# A call is admitted only if its expected wait is within this share of its deadline.
+# A call is admitted only if its expected time to an answer (the work queued ahead of it
+# and its own) is within this share of what is left of its deadline ...
 ADMISSION_DEADLINE_SHARE = 0.5
+# ... after waiting at most this share of its deadline for memory to receive its message.
+MEMORY_WAIT_DEADLINE_SHARE = 0.25
 # Memory a call reserves from the worker's budget (filter_server/server/memory.py) before
 # its message is received: gRPC's receive buffer, the serialized bytes and the parsed
 # request exist side by side for a moment. Once received, a call keeps its message once
@@ -68,12 +61,12 @@ class Rejected(Exception):
 class _Held:
     """What one call holds of the worker's capacity, so every exit gives back just that."""
 
-    __slots__ = ("slot", "memory", "units")
+    __slots__ = ("slot", "memory", "turn")
 
     def __init__(self) -> None:
         self.slot = False
         self.memory = 0
-        self.units = 0
+        self.turn: Turn | None = None  # its message's place in the classification queue
 
 
 def add_filter_service(servicer: "FilterServicer", server: grpc.Server) -> None:
@@ -111,10 +104,13 @@ class FilterServicer:
         # Admission control of our own (not only the gRPC core's maximum_concurrent_rpcs):
         # it applies to Filter calls only, so health checks keep headroom under overload.
         self._slots = threading.BoundedSemaphore(max_concurrent_rpcs)
-        self._cpu = threading.BoundedSemaphore(CLASSIFY_CONCURRENCY)
-        self._queued_units = 0
-        self._admitted_lock = threading.Lock()
-        self._seconds_per_unit = INITIAL_SECONDS_PER_UNIT
+        # Admitted messages are classified one at a time per worker, earliest deadline
+        # first (server/turns.py). Classification is CPU-bound Python: several threads at
+        # once only fight over the interpreter lock and starve gRPC's polling thread, which
+        # then stops taking new calls in — they queue unseen in the gRPC core until their
+        # deadlines pass, and admission control never gets to answer RESOURCE_EXHAUSTED
+        # (measured by tests/fault: above capacity, calls ended in DEADLINE_EXCEEDED).
+        self._turns = TurnQueue(CostModel())
         # Per-verdict log lines cost throughput; decide once whether they are wanted.
         self._log_verdicts = log.isEnabledFor(logging.DEBUG)
         self._duration = {m: metrics.duration.labels(m) for m in
@@ -136,7 +132,10 @@ class FilterServicer:
         request_id = ""
         try:
             self._take_slot(held)
-            self._reserve_memory(held, self._receive_bytes, context)
+            announced = _announced_size(context)
+            if announced is not None:  # an oversized message is refused before it is sent
+                self._check_size(announced)
+            self._reserve_memory(held, self._receive_reservation(announced), context)
             request = next(request_iterator, None)
             if request is None:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
@@ -145,10 +144,15 @@ class FilterServicer:
             raw = request.message  # a copy: read once, then the request is dropped
             call = _Call(request, raw)
             del request
+            if announced is not None and len(raw) > announced:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"message is {len(raw)} bytes but the call announced "
+                               f"{announced} ({MESSAGE_BYTES_METADATA})")
             self._keep_memory(held, len(raw) + HELD_OVERHEAD_BYTES)
-            self._check_size(raw)
-            self._enqueue(held, min(len(raw), MAX_PARSE_BYTES) + UNIT_OVERHEAD_BYTES, context)
-            return self._answer(call, context, "Classify")
+            self._check_size(len(raw))
+            self._check(call, context)
+            self._join_queue(held, len(raw), context)
+            return self._answer(held, call, context, "Classify")
         except Rejected as exc:
             code, at_capacity = exc.code, exc.at_capacity
             self._log_rejection(request_id, exc)
@@ -184,10 +188,10 @@ class FilterServicer:
                 try:
                     self._reserve_memory(held, len(raw) + HELD_OVERHEAD_BYTES, context,
                                          no_deadline_wait=STREAM_MEMORY_WAIT_SECONDS)
-                    self._check_size(raw)
-                    self._enqueue(held, min(len(raw), MAX_PARSE_BYTES) + UNIT_OVERHEAD_BYTES,
-                                  context)
-                    response = self._answer(call, context, "ClassifyStream")
+                    self._check_size(len(raw))
+                    self._check(call, context)
+                    self._join_queue(held, len(raw), context)
+                    response = self._answer(held, call, context, "ClassifyStream")
                 except Rejected as exc:
                     self._log_rejection(request_id, exc)
                     failure = Rejected(exc.code, f"request_id {request_id!r}: {exc.details}",
@@ -228,13 +232,10 @@ class FilterServicer:
 
     def _reserve_memory(self, held: _Held, nbytes: int, context: grpc.ServicerContext, *,
                         no_deadline_wait: float | None = None) -> None:
-        """Reserve `nbytes` of the memory budget, waiting at most the admission share of
-        the call's deadline for others to give some back."""
-        remaining = context.time_remaining()
-        if remaining is None or remaining >= threading.TIMEOUT_MAX:  # no deadline
-            wait = no_deadline_wait
-        else:
-            wait = remaining * ADMISSION_DEADLINE_SHARE
+        """Reserve `nbytes` of the memory budget, waiting at most a share of the call's
+        deadline for others to give some back."""
+        remaining = _deadline_left(context)
+        wait = no_deadline_wait if remaining is None else remaining * MEMORY_WAIT_DEADLINE_SHARE
         if not self.memory.reserve(nbytes, wait):
             raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"server at capacity (its {self.memory.capacity >> 20} MiB for "
@@ -243,6 +244,13 @@ class FilterServicer:
         held.memory = nbytes
         self._metrics.memory_reserved.inc(nbytes)
 
+    def _receive_reservation(self, announced: int | None) -> int:
+        """Room to receive a message: of the size the call announced, else of the largest
+        one this server accepts."""
+        if announced is None:
+            return self._receive_bytes
+        return RECEIVE_COPIES * (min(announced, self._max_bytes) + HELD_OVERHEAD_BYTES)
+
     def _keep_memory(self, held: _Held, nbytes: int) -> None:
         """Shrink the call's reservation to `nbytes` (its message is in and was smaller
         than the largest one, which the reservation was for)."""
@@ -250,34 +258,41 @@ class FilterServicer:
         self._metrics.memory_reserved.dec(held.memory - nbytes)
         held.memory = nbytes
 
-    def _check_size(self, raw: bytes) -> None:
-        if len(raw) > self._max_bytes:
+    def _check_size(self, size: int) -> None:
+        if size > self._max_bytes:
             raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"message is {len(raw)} bytes; this server accepts at most "
+                           f"message is {size} bytes; this server accepts at most "
                            f"{self._max_bytes}")
 
-    def _enqueue(self, held: _Held, units: int, context: grpc.ServicerContext) -> None:
-        """Deadline-aware: a call that would spend more than half its deadline waiting for
-        its turn is refused now (the caller can go elsewhere) rather than left to time
-        out — the estimate is rough, and the answer still has to travel back."""
-        with self._admitted_lock:
-            ahead = self._queued_units
-            self._queued_units += units
-        held.units = units
-        wait = ahead / CLASSIFY_CONCURRENCY * self._seconds_per_unit
-        remaining = context.time_remaining()
-        if remaining is not None and wait > remaining * ADMISSION_DEADLINE_SHARE:
+    def _check(self, call: "_Call", context: grpc.ServicerContext) -> None:
+        """What can be answered without classifying."""
+        if context.time_remaining() <= 0:
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           "the deadline passed before classification started")
+        if self._holder.current is None:
+            raise Rejected(grpc.StatusCode.UNAVAILABLE,
+                           "no policy loaded yet; retry on another replica")
+        if not call.raw:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           "message is empty: send the raw RFC 5322 message bytes")
+
+    def _join_queue(self, held: _Held, size: int, context: grpc.ServicerContext) -> None:
+        """Deadline-aware: a call whose answer is expected after more than half of what is
+        left of its deadline is refused now (the caller can go elsewhere) rather than left
+        to time out — the estimate is rough, and the answer still has to travel back."""
+        remaining = _deadline_left(context)
+        held.turn, expected = self._turns.join(remaining, min(size, MAX_PARSE_BYTES))
+        if remaining is not None and expected > remaining * ADMISSION_DEADLINE_SHARE:
             raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"server at capacity (about {wait:.1f}s of work queued, the "
+                           f"server at capacity (about {expected:.1f}s of work queued, the "
                            f"deadline leaves {remaining:.1f}s); retry on another replica",
                            at_capacity=True)
 
     def _release_message(self, held: _Held) -> None:
-        """Give back what one message held (its queue units and memory)."""
-        if held.units:
-            with self._admitted_lock:
-                self._queued_units -= held.units
-            held.units = 0
+        """Give back what one message held (its place in the queue and its memory)."""
+        if held.turn is not None:
+            self._turns.leave(held.turn)
+            held.turn = None
         if held.memory:
             self.memory.release(held.memory)
             self._metrics.memory_reserved.dec(held.memory)
@@ -299,32 +314,20 @@ class FilterServicer:
             self._metrics.rejected.inc()
 
     # --- classification -----------------------------------------------------------------
-    def _answer(self, call: "_Call", context: grpc.ServicerContext,
+    def _answer(self, held: _Held, call: "_Call", context: grpc.ServicerContext,
                 method: str) -> filter_pb2.ClassifyResponse:
-        if context.time_remaining() <= 0:
-            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
-                           "the deadline passed before classification started")
-        policy = self._holder.current
-        if policy is None:
-            raise Rejected(grpc.StatusCode.UNAVAILABLE,
-                           "no policy loaded yet; retry on another replica")
-        raw = call.raw
-        if not raw:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                           "message is empty: send the raw RFC 5322 message bytes")
-        if not self._cpu.acquire(timeout=_wait_limit(context.time_remaining())):
+        turn = held.turn
+        if not self._turns.wait(turn, _deadline_left(context)):
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
                            "the deadline passed while the call waited for its turn")
+        held.turn = None  # from here on `done` ends the turn
+        policy = self._holder.current  # the latest, should a reload have happened meanwhile
+        raw = call.raw
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
             verdict = policy.classify(raw, call.envelope)
         finally:
-            self._cpu.release()
-        # A running average, for the admission estimate (a race here only blurs it).
-        self._seconds_per_unit += 0.1 * ((time.perf_counter() - started)
-                                         / (min(len(raw), MAX_PARSE_BYTES)
-                                            + UNIT_OVERHEAD_BYTES)
-                                         - self._seconds_per_unit)
+            self._turns.done(turn, time.perf_counter() - started)
         suppression = self._suppression.check(call.recipients, call.mail_class,
                                               call.list_scope)
         response = _response(call.request_id, verdict)
@@ -361,9 +364,19 @@ class _Call:
         self.list_scope = request.list_scope
 
 
-def _wait_limit(remaining: float | None) -> float | None:
-    """A lock timeout for the time a call has left. A call without a deadline reports an
-    enormous remaining time, which the lock cannot take (OverflowError): no limit then."""
+def _announced_size(context: grpc.ServicerContext) -> int | None:
+    """The message size the caller announced in MESSAGE_BYTES_METADATA (our client always
+    does), or None."""
+    for key, value in context.invocation_metadata() or ():
+        if key == MESSAGE_BYTES_METADATA:
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _deadline_left(context: grpc.ServicerContext) -> float | None:
+    """Seconds the call has left, or None without a deadline (gRPC then reports an enormous
+    remaining time, which no lock or wait can take: OverflowError)."""
+    remaining = context.time_remaining()
     if remaining is None or remaining >= threading.TIMEOUT_MAX:
         return None
     return max(0.0, remaining)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from filter_server.server.memory import LIMIT_ENV as MEMORY_LIMIT_ENV
 from mailwarden_operator import naming, store_naming
 from mailwarden_operator.render import RenderSettings
 
@@ -93,6 +94,12 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE",
              "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            # The server sizes its budget for messages in flight from the memory limit, so
+            # a burst of large messages is refused instead of OOM-killing the pod.
+            {"name": MEMORY_LIMIT_ENV,
+             "valueFrom": {"resourceFieldRef": {"containerName": naming.CONTAINER_NAME,
+                                                "resource": "limits.memory",
+                                                "divisor": "1"}}},
         ],
         "ports": [
             {"name": "grpc", "containerPort": naming.GRPC_PORT, "protocol": "TCP"},

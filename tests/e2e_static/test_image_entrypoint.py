@@ -519,6 +519,7 @@ def test_filter_server_runs_from_the_rendered_deployment(image: Installed) -> No
     from mailwarden_operator.render.configmap import render_configmap
     from mailwarden_operator.render.deployment import render_deployment
     from mailwarden_operator.spec import with_defaults
+    from tests.kubelet import container_env
 
     body = next(d for d in yaml.safe_load_all((REPO / "examples" / "spampolicy.yaml")
                                               .read_text()) if d)
@@ -543,8 +544,8 @@ def test_filter_server_runs_from_the_rendered_deployment(image: Installed) -> No
     args = [str(policy_dir) if a == mount["mountPath"] else
             str(ports[int(a)]) if a.isdigit() and int(a) in ports else a
             for a in container["args"]]
-    env = {item["name"]: {"metadata.name": "mail-filter-abc", "metadata.namespace": "team"}[
-        item["valueFrom"]["fieldRef"]["fieldPath"]] for item in container["env"]}
+    env = container_env(container, {"metadata.name": "mail-filter-abc",
+                                    "metadata.namespace": "team"})
     grpc_port = ports[next(p["containerPort"] for p in container["ports"]
                            if p["name"] == "grpc")]
     log = image.root / "serve.log"

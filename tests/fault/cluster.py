@@ -9,7 +9,7 @@ kubelet, the headless Service's DNS and the Deployment controller's rolling upda
   a temporary directory in the kubelet's `..data` layout. Substitutions, forced by running
   outside a pod: mount path → that directory, containerPorts → the shared port and an
   ephemeral metrics port, `--host <pod address>` and `--port-file` appended (to learn the
-  metrics port), fieldRef env values filled in as the kubelet would.
+  metrics port), env values (fieldRef, resourceFieldRef) filled in as the kubelet would.
 - The **kubelet** part runs the rendered startup and readiness probes (gRPC health, their
   period, timeout and failure threshold), restarts a container that exits (restartPolicy
   Always; the first restart is immediate, as the kubelet's back-off starts after it), and
@@ -49,6 +49,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fault.dns import ServiceDNS
 from tests.fault.spec import Rendered, naming, project_configmap
+from tests.kubelet import container_env
 
 START_TIMEOUT = 120.0
 EXIT_CONFIG = 2  # `mailwarden serve`: bad flags or port in use
@@ -162,11 +163,7 @@ class Pod:
     def env(self) -> dict[str, str]:
         fields = {"metadata.name": self.name, "metadata.namespace":
                   self.rendered.owner["metadata"]["namespace"]}
-        env = dict(os.environ)
-        for item in self.rendered.container.get("env", []):
-            env[item["name"]] = item.get("value") or \
-                fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
-        return env
+        return {**os.environ, **container_env(self.rendered.container, fields)}
 
     def spawn(self, grpc_port: int) -> None:
         self.port_file.unlink(missing_ok=True)

@@ -36,6 +36,10 @@ class Profile:
     barrage_concurrency: int = 4
     barrage_deadline: float = 30.0
     unsub_writers: int = 4
+    burst_waves: int = 2        # waves of large messages sent at once ...
+    burst_concurrency: int = 60  # ... this many per wave (20 per replica) ...
+    burst_mib: int = 20         # ... of this size, with this deadline (a sender gives a
+    burst_deadline: float = 10.0  # message this large more time than ordinary mail)
 
 
 PROFILES = {
@@ -44,7 +48,7 @@ PROFILES = {
                      unsub_before=2, unsub_after=3),
     "long": Profile("long", rate=40, before=10, after=15, surge_seconds=30,
                     overload_seconds=15, overload_rate=300, barrage=100_000,
-                    unsub_before=10, unsub_after=10),
+                    unsub_before=10, unsub_after=10, burst_waves=10),
 }
 
 

@@ -1,4 +1,5 @@
-"""The filter scenarios: rollout, SIGTERM, SIGKILL, surge, bad input barrage. Each starts
+"""The filter scenarios: rollout, SIGTERM, SIGKILL, surge, bad input barrage, burst of
+large messages. Each starts
 the replicas the rendered Deployment asks for (3), puts load on them through the
 balancing client, does its fault, and returns a ScenarioResult whose checks are the
 zero-failure properties and whose figures go into the report."""
@@ -507,6 +508,82 @@ def barrage(env: FaultEnv) -> ScenarioResult:
         result.check("RSS plateaus (last third lifts no peak by more than 10% of the limit)",
                      all(v <= 0.1 * limit for v in rises.values()),
                      ", ".join(f"{v / mib:+.0f} MiB" for v in rises.values()))
+    result.check("normal mail still classified afterwards",
+                 after and all(h == rendered.policy_hash for h in after))
+    return result.finish()
+
+
+# --- 7. burst of large messages -----------------------------------------------------------
+def large_burst(env: FaultEnv) -> ScenarioResult:
+    """Waves of large messages at once (a report with a 16 MiB attachment sent to a list)
+    beside the steady load of ordinary mail. Before the memory budget every replica
+    received every call's message at once and held it while it waited: about 1 GB per
+    replica, an OOM kill in the rendered 512 MiB pod, then the retries kill the next one."""
+    profile = env.profile
+    rendered = env.rendered(1)
+    result = ScenarioResult("large_burst", "Burst of large messages", profile.name)
+    workdir = env.dir("large_burst")
+    limit = rendered.memory_limit_bytes
+    mib = 1024 * 1024
+    with FilterCluster(workdir, rendered) as cluster:
+        pods = cluster.scale_up(rendered.replicas)
+        pids = {p.name: p.pid for p in pods}
+        sampler = Sampler(cluster, interval=0.05, metrics=False)
+        warm = {s.pod: s.rss for s in sampler.take()}
+        sampler.start()
+        steady = _load(env, cluster, workdir, [f"inf:{profile.rate:g}"])
+        burst = LoadGen(workdir, cluster.target, deadline=profile.burst_deadline,
+                        bursts=profile.burst_waves, concurrency=profile.burst_concurrency,
+                        burst_mib=profile.burst_mib, name="burst").start()
+        large = burst.wait(max(600.0, profile.burst_waves * 60.0))
+        small = steady.stop()
+        samples = sampler.stop()
+        budgets = {p.name: metric_sum(scrape(p.metrics_address),
+                                      "mailwarden_filter_memory_budget_bytes") for p in pods}
+        health = {p.name: probe_health(p.address, 5) for p in pods}
+        restarts = {p.name: p.restarts for p in pods}
+        same_pids = all(p.pid == pids[p.name] and p.process.poll() is None for p in pods)
+        from mailwarden.client import FilterClient
+        sample_message = next(iter(sorted(env.message_dirs[0].iterdir()))).read_bytes()
+        with FilterClient(cluster.target, deadline=10) as client:
+            after = [client.classify(sample_message).policy_hash for _ in range(6)]
+
+    peaks: dict[str, int] = {}
+    for sample in samples:
+        peaks[sample.pod] = max(peaks.get(sample.pod, 0), sample.rss)
+    large_codes = Counter(c.code for c in large.calls)
+    small_codes = Counter(c.code for c in small.calls)
+    answered = [c for c in large.calls if c.ok]
+    result.figure("bursts", f"{profile.burst_waves} waves of {profile.burst_concurrency} "
+                  f"calls at once, {large.calls[0].size / mib:.0f} MiB each, "
+                  f"{profile.burst_deadline:g} s deadline" if large.calls else "none")
+    result.figure("large messages: answers by code", dict(large_codes))
+    if answered:
+        _latency_figures(result, "large messages answered", answered)
+    result.figure("ordinary mail beside them: answers by code", dict(small_codes))
+    small_ok = [c for c in small.calls if c.ok]
+    if small_ok:
+        _latency_figures(result, "ordinary mail answered", small_ok)
+    result.figure("RSS per pod: start → peak (MiB)", ", ".join(
+        f"{warm.get(p, 0) / mib:.0f} → {v / mib:.0f}" for p, v in sorted(peaks.items())))
+    result.figure("memory limit (rendered) / budget per pod (MiB)",
+                  f"{limit / mib:.0f} / " + ", ".join(f"{v / mib:.0f}" for _, v in
+                                                      sorted(budgets.items())))
+    result.figure("load generator CPU (bursts)", f"{large.cpu_fraction * 100:.1f}% of one core")
+
+    result.check("RSS stayed under the rendered memory limit on every pod",
+                 peaks and max(peaks.values()) < limit,
+                 f"peak {max(peaks.values(), default=0) / mib:.0f} MiB")
+    result.check("servers stayed up (same processes, no restarts, SERVING)",
+                 same_pids and not any(restarts.values())
+                 and all(h == "SERVING" for h in health.values()),
+                 f"restarts {restarts}, health {health}")
+    result.check("large messages: only OK or RESOURCE_EXHAUSTED (never a hang)",
+                 set(large_codes) <= {"OK", "RESOURCE_EXHAUSTED"}, f"{dict(large_codes)}")
+    result.check("some large messages answered OK", large_codes["OK"] > 0,
+                 f"{dict(large_codes)}")
+    result.check("ordinary mail: only OK or RESOURCE_EXHAUSTED (never a hang)",
+                 set(small_codes) <= {"OK", "RESOURCE_EXHAUSTED"}, f"{dict(small_codes)}")
     result.check("normal mail still classified afterwards",
                  after and all(h == rendered.policy_hash for h in after))
     return result.finish()

@@ -75,7 +75,8 @@ class LoadGen:
     def __init__(self, workdir: Path, target: str, *, phases: list[str] = (),
                  message_dirs: list[Path] = (), deadline: float = 5.0,
                  barrage: int = 0, concurrency: int = 4, seed: int = 1,
-                 threads: int = 128, name: str = "load",
+                 threads: int = 128, name: str = "load", bursts: int = 0,
+                 burst_mib: int = 16,
                  client_options: dict[str, int] | None = None) -> None:
         self.out = Path(workdir) / f"{name}.tsv"
         self.log = Path(workdir) / f"{name}.log"
@@ -91,6 +92,9 @@ class LoadGen:
         if barrage:
             args += ["--barrage", str(barrage), "--concurrency", str(concurrency),
                      "--seed", str(seed)]
+        if bursts:
+            args += ["--bursts", str(bursts), "--concurrency", str(concurrency),
+                     "--burst-mib", str(burst_mib)]
         self.args = args
         self.process: subprocess.Popen | None = None
         self.t0 = 0.0

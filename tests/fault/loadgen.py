@@ -18,6 +18,9 @@ it prints `READY <t0>` (t0 on the system's monotonic clock, shared by every proc
 `--barrage N --concurrency C` instead sends N hostile messages (tests/fault/hostile.py)
 closed-loop from C threads, as fast as they are answered.
 
+`--bursts W --concurrency C --burst-mib M` sends W waves of C calls at once, each a message
+with an M MiB attachment; a wave starts when the one before it is answered.
+
 Records, one per call, tab-separated: scheduled start, actual start, end (monotonic
 seconds), status code name, policy hash (empty unless OK), and for the barrage the kind
 and size of the message. The last line is `#` + JSON totals (CPU seconds used, calls).
@@ -150,6 +153,39 @@ def run_barrage(client: FilterClient, count: int, concurrency: int, seed: int,
     return len(out.rows)
 
 
+def large_message(mib: int) -> bytes:
+    """A report with a base64 attachment that makes it `mib` MiB (in practice: a PDF or a
+    scan sent to a list)."""
+    head = (b"From: reports@example.com\r\nTo: team@example.org\r\n"
+            b"Subject: quarterly figures\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=\"R\"\r\n\r\n--R\r\n"
+            b"Content-Type: text/plain\r\n\r\nThe figures are attached.\r\n--R\r\n"
+            b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+    line = b"JVBERi0xLjcKJcfsj6IKNSAwIG9iago8PC9MZW5ndGggNiAwIFIvRmlsdGVyIC9GbGF0ZURlY29k\r\n"
+    body = line * ((mib * 1024 * 1024 - len(head)) // len(line))
+    return head + body + b"--R--\r\n"
+
+
+def run_bursts(client: FilterClient, waves: int, concurrency: int, mib: int,
+               deadline: float, stop: threading.Event, out: Recorder) -> int:
+    message = large_message(mib)
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="burst")
+
+    def one() -> None:
+        started = time.monotonic()
+        code, policy_hash = _call(client, message, deadline)
+        out.add(f"{started:.6f}\t{started:.6f}\t{time.monotonic():.6f}\t{code}\t"
+                f"{policy_hash}\tlarge\t{len(message)}")
+
+    for _wave in range(waves):
+        if stop.is_set():
+            break
+        for future in [pool.submit(one) for _ in range(concurrency)]:
+            future.result()
+    pool.shutdown(wait=True)
+    return len(out.rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", required=True)
@@ -161,14 +197,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--barrage", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--bursts", type=int, default=0, metavar="W",
+                        help="waves of --concurrency calls of large messages")
+    parser.add_argument("--burst-mib", type=int, default=16, metavar="M",
+                        help="size of each burst message, MiB")
     parser.add_argument("--ready-timeout", type=float, default=60.0)
     parser.add_argument("--client-option", action="append", default=[], metavar="KEY=INT",
                         help="extra gRPC channel option for experiments, e.g. "
                         "grpc.dns_min_time_between_resolutions_ms=30000")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if not args.barrage and not (args.phase and args.messages_dir):
-        parser.error("give --phase and --messages-dir, or --barrage")
+    if not args.barrage and not args.bursts and not (args.phase and args.messages_dir):
+        parser.error("give --phase and --messages-dir, --barrage or --bursts")
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -190,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.barrage:
         calls = run_barrage(client, args.barrage, args.concurrency, args.seed, args.deadline,
                             stop, out)
+    elif args.bursts:
+        calls = run_bursts(client, args.bursts, args.concurrency, args.burst_mib,
+                           args.deadline, stop, out)
     else:
         calls = run_rate(client, messages, args.phase, args.deadline, args.threads, stop, out)
     elapsed = time.monotonic() - t0

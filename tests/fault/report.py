@@ -32,6 +32,7 @@ SCENARIOS = {
     "pg_failover": unsub_scenarios.pg_failover,
     "store_kill": unsub_scenarios.store_kill,
     "barrage": filter_scenarios.barrage,
+    "large_burst": filter_scenarios.large_burst,
 }
 # Figures shown in the summary table (label prefixes), per scenario.
 HEADLINES = {
@@ -45,6 +46,8 @@ HEADLINES = {
     "store_kill": ["postgres: unavailability", "sqlite: unavailability",
                    "postgres: unsubscribes acknowledged", "sqlite: unsubscribes acknowledged"],
     "barrage": ["messages", "answers by code", "RSS per pod", "throughput"],
+    "large_burst": ["bursts", "large messages: answers by code",
+                    "ordinary mail beside them", "RSS per pod", "memory limit"],
 }
 
 

@@ -43,3 +43,7 @@ def test_unsubscribe_server_kill_leaves_exactly_one_row_per_request(fault_env) -
 
 def test_bad_input_barrage_leaves_the_servers_up(fault_env) -> None:
     filter_scenarios.barrage(fault_env).assert_ok()
+
+
+def test_burst_of_large_messages_stays_within_the_memory_limit(fault_env) -> None:
+    filter_scenarios.large_burst(fault_env).assert_ok()

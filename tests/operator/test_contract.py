@@ -27,12 +27,14 @@ from typing import Any
 import pytest
 import yaml
 
+from filter_server.server.memory import LIMIT_ENV as MEMORY_LIMIT_ENV
 from mailwarden_operator import naming
 from mailwarden_operator.policy import build_bundle
 from mailwarden_operator.render import RenderSettings
 from mailwarden_operator.render.configmap import render_configmap
 from mailwarden_operator.render.deployment import render_deployment
 from mailwarden_operator.spec import with_defaults
+from tests.kubelet import container_env
 from tests.operator.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +66,17 @@ def _kubelet_layout(configmap: dict[str, Any], directory: Path) -> Path:
     for key in [*(configmap.get("data") or {}), *(configmap.get("binaryData") or {})]:
         (directory / key).symlink_to(f"..data/{key}")
     return directory
+
+
+def _metric(port: int, name: str) -> float:
+    """The value of an unlabelled sample on the server's /metrics page."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
 
 
 def _health(port: int, timeout: float) -> str:
@@ -111,10 +124,7 @@ def test_filter_server_runs_from_the_rendered_deployment(tmp_path: Path) -> None
         argv.append(arg)
     argv += ["--host", "127.0.0.1"]
     field_values = {"metadata.name": "mail-filter-6d4f-abcde", "metadata.namespace": "team"}
-    env = {**os.environ}
-    for item in container.get("env", []):
-        env[item["name"]] = item.get("value") or \
-            field_values[item["valueFrom"]["fieldRef"]["fieldPath"]]
+    env = {**os.environ, **container_env(container, field_values)}
 
     grpc_port = local_ports[naming.GRPC_PORT]
     startup = container["startupProbe"]
@@ -143,6 +153,13 @@ def test_filter_server_runs_from_the_rendered_deployment(tmp_path: Path) -> None
                 envelope=filter_pb2.Envelope(mail_from="a@example.com",
                                              recipients=["b@example.org"])), timeout=10)
         assert reply.policy_hash == bundle.hash
+
+        # The pod's memory limit reached the server (resourceFieldRef): the budget for
+        # messages in flight is sized from it, not the 1 GiB a worker takes without one.
+        limit = int(env[MEMORY_LIMIT_ENV])
+        assert limit == 512 * 2**20  # the rendered default limit
+        budget = _metric(local_ports[naming.METRICS_PORT], "mailwarden_filter_memory_budget_bytes")
+        assert 0 < budget < 0.7 * limit, budget
 
         # SIGTERM (after the preStop pause): readiness fails at once, exit within the
         # grace period the pod gives it.

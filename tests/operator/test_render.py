@@ -175,6 +175,10 @@ def test_deployment_probes_shutdown_and_spreading() -> None:
     assert pod["priorityClassName"] == "critical"
     assert container["image"] == "registry.example/custom:2"
     assert container["resources"]["limits"] == {"memory": "2Gi"}
+    # The server sizes its memory budget from the limit the kubelet hands it.
+    from tests.kubelet import container_env
+    env = container_env(container, {"metadata.name": "p", "metadata.namespace": "n"})
+    assert env["MAILWARDEN_MEMORY_LIMIT_BYTES"] == str(2 * 2**30)
 
 
 def test_deployment_meets_the_restricted_pod_security_standard() -> None:
