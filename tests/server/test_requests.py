@@ -90,6 +90,39 @@ def test_message_size_limit_gives_resource_exhausted(servers, policy_dir: Path) 
     assert server.health() == "SERVING"
 
 
+def test_the_announced_message_size_is_held_to(servers, policy_dir: Path) -> None:
+    """`mailwarden.client` announces each message's size (mailwarden-message-bytes) so the
+    server reserves memory for that message rather than for the largest one: an oversized
+    announcement is refused before the message is received, and a message larger than
+    announced is refused (it would have slipped past the memory budget)."""
+    from mailwarden.client import MESSAGE_BYTES_METADATA
+    from mailwarden.filter.v1 import filter_pb2_grpc
+
+    limit = 100_000
+    server = servers(policy_dir, "--max-message-bytes", str(limit)).wait_serving()
+    with grpc.insecure_channel(server.address) as channel:
+        stub = filter_pb2_grpc.FilterStub(channel)
+
+        def classify(announced: int, message: bytes = HAM) -> grpc.RpcError | None:
+            try:
+                stub.Classify(classify_request(message), timeout=10,
+                              metadata=((MESSAGE_BYTES_METADATA, str(announced)),))
+            except grpc.RpcError as exc:
+                return exc
+            return None
+
+        assert classify(len(HAM)) is None
+        assert classify(limit) is None                  # announcing more is fine
+        refused = classify(limit + 1)
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"message is {limit + 1} bytes; this server accepts at most {limit}" in \
+            refused.details()
+        lied = classify(10)
+        assert lied.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"message is {len(HAM)} bytes but the call announced 10" in lied.details()
+    assert server.health() == "SERVING"
+
+
 MALFORMED = [
     # multipart without its boundary parameter
     b"From: a@example.com\r\nContent-Type: multipart/mixed\r\n\r\n--x\r\nhello\r\n--x--\r\n",
