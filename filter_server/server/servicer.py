@@ -186,9 +186,9 @@ class FilterServicer:
                 call = _Call(request, raw)
                 del request
                 try:
+                    self._check_size(len(raw))
                     self._reserve_memory(held, len(raw) + HELD_OVERHEAD_BYTES, context,
                                          no_deadline_wait=STREAM_MEMORY_WAIT_SECONDS)
-                    self._check_size(len(raw))
                     self._check(call, context)
                     self._join_queue(held, len(raw), context)
                     response = self._answer(held, call, context, "ClassifyStream")

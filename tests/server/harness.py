@@ -69,6 +69,18 @@ def classify_request(message: bytes, request_id: str = "t") -> filter_pb2.Classi
                                       envelope=filter_pb2.Envelope(mail_from="x@example.com"))
 
 
+def outcomes(calls: "list[grpc.Future]") -> list[str]:
+    """The status code name each call ended with ("OK" for an answer), in order."""
+    names = []
+    for call in calls:
+        try:
+            call.result()
+            names.append("OK")
+        except grpc.RpcError as exc:
+            names.append(exc.code().name)
+    return names
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str,
              interval: float = 0.05) -> object:
     deadline = time.monotonic() + timeout

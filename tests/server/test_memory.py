@@ -15,7 +15,7 @@ import grpc
 
 from mailwarden.filter.v1 import filter_pb2_grpc
 from tests.fault.procstat import usage
-from tests.server.harness import classify_request
+from tests.server.harness import classify_request, outcomes
 
 MIB = 1024 * 1024
 
@@ -32,17 +32,34 @@ def _large(i: int) -> bytes:
     return b"From: h@example.com\r\nSubject: " + b"A" * size + b"\r\n\r\nbody\r\n"
 
 
+class PeakRss:
+    """The highest resident memory of a process while the `with` block runs (sampled
+    every `interval` seconds from /proc)."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = usage(pid).rss_bytes
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, usage(self.pid).rss_bytes)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def test_memory_of_large_messages_is_given_back(servers, policy_dir: Path) -> None:
     server = servers(policy_dir).wait_serving()
     baseline = usage(server.process.pid).rss_bytes
-    peak = [baseline]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], usage(server.process.pid).rss_bytes)
-            time.sleep(0.02)
-
     errors: list[str] = []
 
     def send(offset: int) -> None:
@@ -55,17 +72,14 @@ def test_memory_of_large_messages_is_given_back(servers, policy_dir: Path) -> No
                 except grpc.RpcError as exc:
                     errors.append(f"{exc.code().name}: {exc.details()}")
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    senders = [threading.Thread(target=send, args=(k,)) for k in range(4)]
-    for t in senders:
-        t.start()
-    for t in senders:
-        t.join(300)
-    done.set()
-    sampler.join()
+    with PeakRss(server.process.pid, interval=0.02) as rss:
+        senders = [threading.Thread(target=send, args=(k,)) for k in range(4)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(300)
     assert errors == []
-    grown = (peak[0] - baseline) / MIB
+    grown = (rss.peak - baseline) / MIB
     end = (usage(server.process.pid).rss_bytes - baseline) / MIB
     print(f"\nRSS: baseline {baseline / MIB:.0f} MiB, peak +{grown:.0f} MiB, end +{end:.0f} MiB")
     # 4 messages of up to 8 MiB in flight, parsed one at a time: well under 200 MiB when
@@ -82,39 +96,20 @@ def test_a_burst_of_large_messages_stays_within_the_memory_limit(servers,
     and the ones that do not fit in time are refused with RESOURCE_EXHAUSTED."""
     limit = 256 * MIB
     server = servers(policy_dir, "--memory-limit-bytes", str(limit)).wait_serving()
-    peak = [0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], usage(server.process.pid).rss_bytes)
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
     message = (b"From: big@example.com\r\nSubject: quarterly figures\r\n\r\n"
                + b"Shall we meet at noon? We could walk to the park afterwards.\r\n"
                * (16 * MIB // 62))
     codes: list[str] = []
-    try:
-        with grpc.insecure_channel(server.address,
-                                   [("grpc.max_send_message_length", -1)]) as channel:
-            stub = filter_pb2_grpc.FilterStub(channel)
-            for _round in range(2):
-                calls = [stub.Classify.future(classify_request(message, f"m{i}"), timeout=10)
-                         for i in range(24)]
-                for call in calls:
-                    try:
-                        call.result()
-                        codes.append("OK")
-                    except grpc.RpcError as exc:
-                        codes.append(exc.code().name)
-    finally:
-        done.set()
-        sampler.join()
+    with PeakRss(server.process.pid) as rss, \
+            grpc.insecure_channel(server.address,
+                                  [("grpc.max_send_message_length", -1)]) as channel:
+        stub = filter_pb2_grpc.FilterStub(channel)
+        for _round in range(2):
+            codes += outcomes([stub.Classify.future(classify_request(message, f"m{i}"),
+                                                    timeout=10) for i in range(24)])
     counted = {code: codes.count(code) for code in set(codes)}
-    print(f"\npeak RSS {peak[0] / MIB:.0f} MiB (limit {limit // MIB}); answers {counted}")
-    assert peak[0] < limit, f"peak RSS {peak[0] / MIB:.0f} MiB over the {limit // MIB} MiB limit"
+    print(f"\npeak RSS {rss.peak / MIB:.0f} MiB (limit {limit // MIB}); answers {counted}")
+    assert rss.peak < limit, f"peak RSS {rss.peak / MIB:.0f} MiB over the {limit // MIB} MiB limit"
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, counted
     assert counted.get("OK", 0) >= 8, counted
     assert server.metric("mailwarden_filter_memory_budget_bytes") > 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from mailwarden.filter.v1 import filter_pb2_grpc
-from tests.server.harness import HAM, classify_request
+from tests.server.harness import HAM, classify_request, outcomes
 
 # A 512 KiB message: tens of milliseconds of classification each.
 LARGE = HAM + b"Shall we meet at noon? We could walk to the park afterwards.\r\n" * 8500
@@ -28,16 +28,9 @@ def test_calls_beyond_capacity_get_resource_exhausted_not_a_timeout(servers,
         stub = filter_pb2_grpc.FilterStub(channel)
         assert stub.Classify(classify_request(LARGE), timeout=30).policy_hash  # warm up
         # About 10 s of work at once, against a 3 s deadline each.
-        futures = [stub.Classify.future(classify_request(LARGE, f"r{i}"), timeout=deadline)
-                   for i in range(250)]
-        outcomes = []
-        for future in futures:
-            try:
-                future.result()
-                outcomes.append("OK")
-            except grpc.RpcError as exc:
-                outcomes.append(exc.code().name)
-    counted = Counter(outcomes)
+        counted = Counter(outcomes([
+            stub.Classify.future(classify_request(LARGE, f"r{i}"), timeout=deadline)
+            for i in range(250)]))
     assert set(counted) <= {"OK", "RESOURCE_EXHAUSTED"}, counted
     assert counted["OK"] > 0 and counted["RESOURCE_EXHAUSTED"] > 0, counted
     # The server's own admission control made (nearly) every rejection, so it is counted;
