@@ -4,9 +4,9 @@ that.
 Without a bound, a burst of large messages is an OOM kill: a worker held every message it
 had received while the calls waited for their turn, and receiving itself costs about four
 times a message's size for a moment (gRPC's buffer, the serialized bytes, the parsed
-request, the message read from it). Measured on one worker: 8 concurrent 20 MiB messages
-peaked at 676 MiB, 32 at 928 MiB with the client's 5 s deadline — past the rendered
-512 MiB limit either way.
+request, the message read from it). Measured on one worker (benchmarks/memory_burst.py):
+32 concurrent 20 MiB messages peaked at 1,009 MiB with the client's 5 s deadline and at
+1,799 MiB with 60 s — far past the rendered 512 MiB limit.
 
 The budget is derived from the memory limit of the container (the operator passes it as
 MAILWARDEN_MEMORY_LIMIT_BYTES from the pod's `resources.limits.memory`; else the cgroup's

@@ -91,7 +91,7 @@ def test_a_burst_of_large_messages_stays_within_the_memory_limit(servers,
                                                                   policy_dir: Path) -> None:
     """24 messages of 16 MiB at once against a worker limited to 256 MiB. Before the memory
     budget, one worker received every call's message at once and held them while they
-    waited: 8 concurrent 20 MiB messages peaked at 676 MiB, 32 at 928 MiB (an OOM kill in
+    waited: the same burst peaked at 1,006 MiB, and 32 of 20 MiB at 1,009 MiB (an OOM kill in
     the rendered 512 MiB pod). Now calls reserve memory before their message is received,
     and the ones that do not fit in time are refused with RESOURCE_EXHAUSTED."""
     limit = 256 * MIB
