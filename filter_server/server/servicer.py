@@ -102,7 +102,6 @@ class FilterServicer:
         self._max_bytes = max_message_bytes
         self._capacity = max_concurrent_rpcs
         self.memory = memory
-        self._receive_bytes = RECEIVE_COPIES * max_message_bytes
         # Admission control of our own (not only the gRPC core's maximum_concurrent_rpcs):
         # it applies to Filter calls only, so health checks keep headroom under overload.
         self._slots = threading.BoundedSemaphore(max_concurrent_rpcs)
@@ -137,15 +136,14 @@ class FilterServicer:
             announced = _announced_size(context)
             if announced is not None:  # an oversized message is refused before it is sent
                 self._check_size(announced)
-            self._reserve_memory(held, self._receive_reservation(announced), context)
+            self._reserve_memory(held, self.receive_reservation(announced), context)
             request = next(request_iterator, None)
             if request is None:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                                "no request message: Classify takes exactly one")
-            request_id = request.request_id
-            raw = request.message  # a copy: read once, then the request is dropped
-            call = _Call(request, raw)
-            del request
+            call = _Call(request)
+            del request  # it holds a copy of the message too
+            request_id, raw = call.request_id, call.raw
             if announced is not None and len(raw) > announced:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                                f"message is {len(raw)} bytes but the call announced "
@@ -183,10 +181,9 @@ class FilterServicer:
         try:
             self._take_slot(held)
             for request in request_iterator:
-                request_id = request.request_id
-                raw = request.message
-                call = _Call(request, raw)
-                del request
+                call = _Call(request)
+                del request  # it holds a copy of the message too
+                request_id, raw = call.request_id, call.raw
                 try:
                     self._check_size(len(raw))
                     self._reserve_memory(held, len(raw) + HELD_OVERHEAD_BYTES, context,
@@ -246,12 +243,11 @@ class FilterServicer:
         held.memory = nbytes
         self._metrics.memory_reserved.inc(nbytes)
 
-    def _receive_reservation(self, announced: int | None) -> int:
+    def receive_reservation(self, announced: int | None) -> int:
         """Room to receive a message: of the size the call announced, else of the largest
         one this server accepts."""
-        if announced is None:
-            return self._receive_bytes
-        return RECEIVE_COPIES * (min(announced, self._max_bytes) + HELD_OVERHEAD_BYTES)
+        size = self._max_bytes if announced is None else min(announced, self._max_bytes)
+        return RECEIVE_COPIES * (size + HELD_OVERHEAD_BYTES)
 
     def _keep_memory(self, held: _Held, nbytes: int) -> None:
         """Shrink the call's reservation to `nbytes` (its message is in and was smaller
@@ -356,10 +352,10 @@ class _Call:
 
     __slots__ = ("request_id", "raw", "envelope", "recipients", "mail_class", "list_scope")
 
-    def __init__(self, request: filter_pb2.ClassifyRequest, raw: bytes) -> None:
+    def __init__(self, request: filter_pb2.ClassifyRequest) -> None:
         env = request.envelope
         self.request_id = request.request_id
-        self.raw = raw
+        self.raw = request.message  # a copy (protobuf's upb makes one per read): read once
         self.recipients = tuple(env.recipients)
         self.envelope = Envelope(env.mail_from, self.recipients, env.client_ip, env.helo)
         self.mail_class = request.mail_class

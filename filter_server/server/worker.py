@@ -41,8 +41,7 @@ from filter_server.server.metrics import FilterMetrics, serve_metrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.ports import PortInUse, check_free, write_port_file
 from filter_server.server.preflight import PreflightError, preflight
-from filter_server.server.servicer import RECEIVE_COPIES, SERVICE_NAME, FilterServicer, \
-    add_filter_service
+from filter_server.server.servicer import SERVICE_NAME, FilterServicer, add_filter_service
 from filter_server.server.store_suppression import StoreSuppression
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
 from filter_server.unsubscribe.cache import SuppressionCache
@@ -239,7 +238,7 @@ class Worker:
         self.log.info("memory budget for messages in flight", extra={
             "budget_mib": budget // mib, "memory_limit_mib": limit // mib if limit else None,
             "resident_mib": resident // mib})
-        receive = RECEIVE_COPIES * self.config.max_message_bytes
+        receive = self.servicer.receive_reservation(None)
         if budget < receive:
             self.log.warning(
                 "the memory limit is small for --max-message-bytes: a message that large "

@@ -125,6 +125,16 @@ def run_rate(client: FilterClient, messages: list[bytes],
     return issued
 
 
+def _closed_loop_call(client: FilterClient, message: bytes, kind: str, deadline: float,
+                      out: Recorder) -> None:
+    """One call, recorded with the kind and size of its message (due = start: nothing is
+    scheduled in closed loop)."""
+    started = time.monotonic()
+    code, policy_hash = _call(client, message, deadline)
+    out.add(f"{started:.6f}\t{started:.6f}\t{time.monotonic():.6f}\t{code}\t{policy_hash}"
+            f"\t{kind}\t{len(message)}")
+
+
 def run_barrage(client: FilterClient, count: int, concurrency: int, seed: int,
                 deadline: float, stop: threading.Event, out: Recorder) -> int:
     from tests.fault.hostile import hostile_message
@@ -139,10 +149,7 @@ def run_barrage(client: FilterClient, count: int, concurrency: int, seed: int,
             if index is None:
                 return
             kind, message = hostile_message(random.Random(seed * 1_000_003 + index))
-            started = time.monotonic()
-            code, policy_hash = _call(client, message, deadline)
-            out.add(f"{started:.6f}\t{started:.6f}\t{time.monotonic():.6f}\t{code}\t"
-                    f"{policy_hash}\t{kind}\t{len(message)}")
+            _closed_loop_call(client, message, kind, deadline, out)
 
     workers = [threading.Thread(target=worker, name=f"barrage-{i}")
                for i in range(concurrency)]
@@ -171,16 +178,11 @@ def run_bursts(client: FilterClient, waves: int, concurrency: int, mib: int,
     message = large_message(mib)
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="burst")
 
-    def one() -> None:
-        started = time.monotonic()
-        code, policy_hash = _call(client, message, deadline)
-        out.add(f"{started:.6f}\t{started:.6f}\t{time.monotonic():.6f}\t{code}\t"
-                f"{policy_hash}\tlarge\t{len(message)}")
-
     for _wave in range(waves):
         if stop.is_set():
             break
-        for future in [pool.submit(one) for _ in range(concurrency)]:
+        for future in [pool.submit(_closed_loop_call, client, message, "large", deadline, out)
+                       for _ in range(concurrency)]:
             future.result()
     pool.shutdown(wait=True)
     return len(out.rows)
