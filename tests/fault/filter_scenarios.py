@@ -20,6 +20,8 @@ from tests.fault.load import Call, LoadGen, LoadResult
 from tests.fault.sampler import Sampler
 
 PLOT_BIN = 0.25  # seconds per point in the timeline plots
+# Seconds of load the surge scenario must see answered cleanly after the overload backlog.
+SETTLED_SECONDS = 3.0
 
 
 def _served(pod: Pod) -> float:
@@ -247,10 +249,15 @@ def surge(env: FaultEnv) -> ScenarioResult:
     # Beyond capacity: large (512 KiB) messages, tens of milliseconds of server CPU each, at
     # a rate no 2-core machine keeps up with — a deterministic overload whatever else runs
     # here, from a load generator that stays cheap.
+    # No call waits past its deadline, so what the overload left queued is gone one deadline
+    # after it ends (how long that takes within it depends on how far the server's estimate
+    # of the queued work is off); the recovery lasts long enough to show SETTLED_SECONDS of
+    # clean load after that.
+    recovery_seconds = max(profile.after, profile.deadline + SETTLED_SECONDS)
     plan = [("steady", profile.before, base), ("surge ×5", profile.surge_seconds, surged),
             ("steady again", profile.before, base),
             ("beyond capacity", profile.overload_seconds, profile.overload_rate),
-            ("recovery", profile.after, base)]
+            ("recovery", recovery_seconds, base)]
     targets = rendered.hpa_targets()
     owner_replicas = rendered.owner["spec"]["replicas"]
     bounds = (owner_replicas["min"], owner_replicas["max"])
@@ -278,15 +285,17 @@ def surge(env: FaultEnv) -> ScenarioResult:
     below = [c for label, start, end, _ in phases
              if label not in ("beyond capacity", "recovery")
              for c in between(calls.calls, start, end)]
-    # After the overload the queues drain first; the second half of the recovery phase
-    # must be clean again.
+    # After the overload the queues drain first; from one deadline after it on, every call
+    # must succeed again.
     recovery = next(p for p in phases if p[0] == "recovery")
-    settled = between(calls.calls, (recovery[1] + recovery[2]) / 2, recovery[2])
+    settled = between(calls.calls, recovery[1] + profile.deadline, recovery[2])
     aftermath = [c for c in between(calls.calls, recovery[1], recovery[2]) if not c.ok]
     result.figure("errors after the overload ended (queues draining)",
                   f"{len(aftermath)}, the last {max((c.due for c in aftermath), default=recovery[1]) - recovery[1]:.1f} s in")
     over_phase = next(p for p in phases if p[0] == "beyond capacity")
     over = between(calls.calls, over_phase[1], over_phase[2])
+    result.figure("overload backlog answered (last overload call's answer after it ended)",
+                  f"{max((c.end for c in over), default=over_phase[2]) - over_phase[2]:.1f} s")
 
     _common_figures(result, calls)
     result.figure("per-call deadline", f"{profile.deadline:g} s")
@@ -364,8 +373,9 @@ def surge(env: FaultEnv) -> ScenarioResult:
     result.figure("slowest call (start → answer)", ms(slowest))
     result.check("no errors below capacity (steady, surge ×5, steady again)",
                  all(c.ok for c in below), f"codes {codes(below)}")
-    result.check("clean again once the queues drained (second half of recovery)",
-                 all(c.ok for c in settled), f"codes {codes(settled)}")
+    result.check(f"clean again once the queues drained (recovery from {profile.deadline:g} s, "
+                 "one deadline, after the overload)",
+                 bool(settled) and all(c.ok for c in settled), f"codes {codes(settled)}")
     # A hang is calls waiting out their deadlines wholesale (before the server fix: a
     # third of them). On a shared machine a CPU-steal spike can still push the odd
     # admitted call past its deadline, so this allows 1% and reports the exact count.

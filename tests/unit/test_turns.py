@@ -25,12 +25,12 @@ def _order_served(queue: TurnQueue, arrivals: list[tuple[str, float | None, int]
             assert queue.wait(turn, 10)
             with lock:
                 served.append(name)
-            queue.done(turn, 0.001)
+            queue.done(turn)
         threads.append(threading.Thread(target=run))
     for thread in threads:
         thread.start()
     time.sleep(0.1)
-    queue.done(first, 0.001)
+    queue.done(first)
     for thread in threads:
         thread.join(10)
     return served
@@ -63,7 +63,7 @@ def test_a_call_that_gives_up_leaves_the_turn_to_the_next() -> None:
     impatient, _ = queue.join(1.0, 1000)
     patient, _ = queue.join(5.0, 1000)
     assert not queue.wait(impatient, 0.05)   # gave up
-    queue.done(running, 0.001)
+    queue.done(running)
     assert queue.wait(patient, 1)            # skipped the one that left
 
 
@@ -73,3 +73,25 @@ def test_a_refused_call_that_held_the_turn_hands_it_on() -> None:
     nxt, _ = queue.join(5.0, 1000)
     queue.leave(refused)
     assert queue.wait(nxt, 1)
+
+
+class _Recording(CostModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.observed: list[float] = []
+
+    def observe(self, parsed_bytes: int, seconds: float) -> None:
+        self.observed.append(seconds)
+        super().observe(parsed_bytes, seconds)
+
+
+def test_a_turn_is_priced_from_when_it_was_granted_not_when_its_thread_woke() -> None:
+    """The worker is busy from the grant on: a thread slow to wake (the interpreter lock
+    under overload) costs the calls queued behind it as much as the classification."""
+    model = _Recording()
+    queue = TurnQueue(model)
+    turn, _ = queue.join(5.0, 1000)          # granted at once: nothing else queued
+    time.sleep(0.05)                         # the thread takes its turn late
+    assert queue.wait(turn, 1)
+    queue.done(turn)
+    assert model.observed[-1] >= 0.05
