@@ -56,6 +56,7 @@ from filter_server.server.tls import TlsConfigError, server_credentials
 def headroom_rpcs(max_concurrent_rpcs: int) -> int:
     return max(16, max_concurrent_rpcs)
 
+
 SWITCH_INTERVAL_SECONDS = 0.001
 # glibc mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
