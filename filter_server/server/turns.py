@@ -33,14 +33,13 @@ NO_DEADLINE_ORDER_SECONDS = 30.0
 class Turn:
     """One admitted message waiting for, or having, its turn."""
 
-    __slots__ = ("deadline", "seq", "parsed", "granted", "granted_at", "gone", "_event")
+    __slots__ = ("deadline", "seq", "parsed", "granted_at", "gone", "_event")
 
     def __init__(self, deadline: float, seq: int, parsed: int) -> None:
         self.deadline = deadline
         self.seq = seq
         self.parsed = parsed
-        self.granted = False
-        self.granted_at = 0.0
+        self.granted_at: float | None = None  # when its turn came (monotonic clock)
         self.gone = False  # gave up waiting; skipped when its turn comes
         self._event = threading.Event()
 
@@ -79,7 +78,7 @@ class TurnQueue:
         if turn._event.wait(timeout):
             return True
         with self._lock:
-            if turn.granted:  # granted just as the wait timed out: take it
+            if turn.granted_at is not None:  # granted just as the wait timed out: take it
                 return True
             turn.gone = True
         return False
@@ -103,7 +102,6 @@ class TurnQueue:
         while self._running is None and self._waiting:
             turn = heapq.heappop(self._waiting)
             if not turn.gone:
-                turn.granted = True
                 turn.granted_at = time.monotonic()
                 self._running = turn
                 turn._event.set()
