@@ -21,7 +21,7 @@ from __future__ import annotations
 import email.utils
 import re
 
-from filter_server.engine.message import ParsedMessage
+from filter_server.message import ParsedMessage
 
 TOKENIZER_VERSION = "mailwarden-tokens/2"
 

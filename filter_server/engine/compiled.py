@@ -13,8 +13,8 @@ from typing import Any
 
 from filter_server.bayes.model import BayesModel
 from filter_server.bayes.tokenize import tokenize
-from filter_server.engine.message import ParsedMessage, parse_message
-from filter_server.engine.patterns import PatternRule, TargetDatabase, target_key
+from filter_server.message import ParsedMessage, parse_message
+from filter_server.patterns import PatternRule, TargetDatabase, target_key
 from filter_server.policy.loader import LoadedPolicy
 from filter_server.policy.meta import MetaExpression, parse_meta
 

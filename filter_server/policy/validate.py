@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
-from filter_server.engine.patterns import pattern_problems
+from filter_server.patterns import pattern_problems
 from filter_server.policy import meta, schema
 
 SYNTHETIC_RULES = frozenset({
@@ -222,7 +222,8 @@ def parse_policy_text(text: str, source: str = "<policy>") -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyInvalid([PolicyError("", f"{source}: {where}not valid YAML: {problem}")])
+        raise PolicyInvalid([PolicyError("", f"{source}: {where}not valid YAML: {problem}")]) \
+            from None
     return unwrap_policy(document)
 
 

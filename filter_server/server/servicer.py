@@ -17,15 +17,15 @@ from typing import Iterator
 import grpc
 
 from filter_server.engine.compiled import Envelope, Verdict
-from filter_server.engine.message import MAX_PARSE_BYTES
+from filter_server.message import MAX_PARSE_BYTES
 from filter_server.server.cost import CostModel
 from filter_server.server.memory import MemoryBudget
 from filter_server.server.metrics import FilterMetrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.suppression import SuppressionProvider
 from filter_server.server.turns import Turn, TurnQueue
-from mailwarden.client import MESSAGE_BYTES_METADATA
 from mailwarden.filter.v1 import filter_pb2
+from mailwarden.wire import MESSAGE_BYTES_METADATA
 
 SERVICE_NAME = filter_pb2.DESCRIPTOR.services_by_name["Filter"].full_name
 # A call is admitted only if its expected time to an answer (the work queued ahead of it
@@ -43,8 +43,8 @@ RECEIVE_COPIES = 4
 HELD_OVERHEAD_BYTES = 64 * 1024
 # A ClassifyStream without a deadline waits at most this long for memory per message.
 STREAM_MEMORY_WAIT_SECONDS = 5.0
-_ACTIONS = {name: filter_pb2.Action.Value(name) for name in
-            ("ACCEPT", "TAG", "QUARANTINE", "REJECT")}
+_ACTIONS: dict[str, int] = {
+    name: filter_pb2.Action.Value(name) for name in ("ACCEPT", "TAG", "QUARANTINE", "REJECT")}
 _OK = grpc.StatusCode.OK
 
 
@@ -315,11 +315,13 @@ class FilterServicer:
     def _answer(self, held: _Held, call: "_Call", context: grpc.ServicerContext,
                 method: str) -> filter_pb2.ClassifyResponse:
         turn = held.turn
+        assert turn is not None, "a call is answered only once it holds a turn"
         if not self._turns.wait(turn, _deadline_left(context)):
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
                            "the deadline passed while the call waited for its turn")
         held.turn = None  # from here on `done` ends the turn
         policy = self._holder.current  # the latest, should a reload have happened meanwhile
+        assert policy is not None, "the service is SERVING only once a policy is loaded"
         raw = call.raw
         started = time.perf_counter()
         try:
