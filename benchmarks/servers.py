@@ -1,6 +1,6 @@
 """Starting and stopping the servers under test, so that nothing is left running.
 
-Every server is a `ServerProcess` (mailwarden_local.processes, the one "start a process and
+Every server is a `ServerProcess` (testkit.processes, the one "start a process and
 wait until it serves" of the repository): its own session (its own process group), its
 output in a log file.
 `ServerSet` is a context manager: leaving it — normally, on an exception, on Ctrl-C or on
@@ -19,20 +19,13 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mailwarden_local.processes import ServerFailed, ServerProcess
 from testkit import procfs
+from testkit.processes import ServerFailed, ServerProcess, free_port
 
 # A server under test; `ServerFailed`: it did not start (or died), with its log tail.
 Server = ServerProcess
 __all__ = ["Server", "ServerFailed", "ServerSet", "chown_tree", "free_port", "log_tail",
            "port_open", "service_user"]
-
-
-def free_port() -> int:
-    """An ephemeral loopback port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def service_user(name: str) -> pwd.struct_passwd | None:

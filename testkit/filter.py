@@ -1,6 +1,6 @@
 """Real `mailwarden serve` processes for the tests: ephemeral ports (the server binds port 0
 and reports the ports in a --port-file), 127.0.0.1 only, own process group (the one
-`ServerProcess` of mailwarden_local.processes), and a fixture that kills every group it
+`ServerProcess`, testkit.processes), and a fixture that kills every group it
 started; plus the small policy and messages the tests share."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailwarden import wire
 from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
-from mailwarden_local.processes import ServerProcess, health_status, mailwarden_argv
 from mailwarden_local.projection import project
+from testkit.processes import ServerProcess, health_status, mailwarden_argv
 
 SERVICE = wire.FILTER_SERVICE
 START_TIMEOUT = 60.0

@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2
 
 from mailwarden.tokens import KeyRing, generate_key
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
-from mailwarden_local.processes import ServerProcess, health_status, mailwarden_argv
 from testkit.pg import PgCluster, PgUnavailable
+from testkit.processes import ServerProcess, health_status, mailwarden_argv
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -47,8 +47,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fault.dns import ServiceDNS
-from mailwarden_local.processes import ServerFailed, ServerProcess
 from testkit.kubelet import container_env, project_configmap
+from testkit.processes import ServerFailed, ServerProcess
 from tests.fault.spec import Rendered, naming
 
 START_TIMEOUT = 120.0

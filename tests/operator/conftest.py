@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from kubernetes import client as k8s
 from mailwarden_operator import crd
 from mailwarden_operator.spampolicy import naming
 from mailwarden_operator.common.kube import DEPLOYMENTS, Kube, KubeError, Resource
-from mailwarden_local.processes import ServerProcess
+from testkit.processes import ServerProcess, free_port
 from tests.operator.emulator import EmulatorThread
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,12 +32,6 @@ PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering
 # operator made can be told apart in the emulator's log.
 TEST_AGENT = "mailwarden-tests"
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
