@@ -115,23 +115,26 @@ start=$SECONDS
 elapsed() { local s=$((SECONDS - $1)); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
 
 # go build -v names each package as it is compiled (cache hits are silent): a heartbeat with
-# that count every minute shows a cold build is moving without flooding the log.
-build() {  # $1 = module dir, $2 = what, $3 = ldflags, rest = go build arguments
-  local dir="$1" what="$2" ldflags="$3"; shift 3
-  local t0=$SECONDS vlog="$tmp/build-${dir//\//_}.log"
-  log "building $what from $dir (go build -p $jobs)"
+# that count every minute, against the packages in the build, shows a cold build is moving
+# without flooding the log.
+build() {  # $1 = module dir, $2 = what, $3 = ldflags, $4 = package, rest = go build arguments
+  local dir="$1" what="$2" ldflags="$3" package="$4"; shift 4
+  local t0=$SECONDS vlog="$tmp/build-${dir//\//_}.log" total
+  total="$(cd "$dir" && "$go_cmd" list -deps "$package" | wc -l)"
+  log "building $what from $dir ($total packages, go build -p $jobs)"
   : >"$vlog"
   ( while sleep 60; do
-      log "  $what: $(wc -l <"$vlog") packages compiled, $(elapsed "$t0")"
+      log "  $what: $(wc -l <"$vlog") of $total packages compiled, $(elapsed "$t0")"
     done ) &
   ticker=$!
-  if ! (cd "$dir" && "$go_cmd" build -v -trimpath -p "$jobs" -ldflags "$ldflags" "$@" 2>"$vlog"); then
+  if ! (cd "$dir" && "$go_cmd" build -v -trimpath -p "$jobs" -ldflags "$ldflags" "$@" \
+        "$package" 2>"$vlog"); then
     kill "$ticker" 2>/dev/null || true; ticker=""
     grep -v '^[a-zA-Z0-9_./~-]*$' "$vlog" >&2 || cat "$vlog" >&2
     die "go build in $dir failed"
   fi
   kill "$ticker" 2>/dev/null || true; wait "$ticker" 2>/dev/null || true; ticker=""
-  log "  $what: done in $(elapsed "$t0") ($(wc -l <"$vlog") packages compiled)"
+  log "  $what: done in $(elapsed "$t0") ($(wc -l <"$vlog") of $total packages compiled)"
 }
 
 log "cache key $key: Kubernetes $kube_version, etcd $etcd_version, metrics-server $ms_version, $go_version"
@@ -139,9 +142,9 @@ log "downloading modules (Go proxy)"
 for m in "${modules[@]}"; do (cd "$m" && "$go_cmd" mod download) || die "go mod download in $m failed"; done
 # One invocation for all Kubernetes binaries: they share most packages, compiled once.
 build hack/kube "kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, kubectl" \
-  "$kube_ldflags" -o "$tmp/bin/" tool
-build hack/etcd "etcd" "$etcd_ldflags" -o "$tmp/bin/etcd" go.etcd.io/etcd/server/v3
-build hack/metrics-server "metrics-server" "$ms_ldflags" -o "$tmp/bin/" tool
+  "$kube_ldflags" tool -o "$tmp/bin/"
+build hack/etcd "etcd" "$etcd_ldflags" go.etcd.io/etcd/server/v3 -o "$tmp/bin/etcd"
+build hack/metrics-server "metrics-server" "$ms_ldflags" tool -o "$tmp/bin/"
 
 for b in "${bins[@]}"; do [[ -x "$tmp/bin/$b" ]] || die "the build made no $b"; done
 "$tmp/bin/kube-apiserver" --version | grep -qx "Kubernetes $kube_version" \
