@@ -50,6 +50,8 @@ def _up(args: argparse.Namespace) -> int:
     cp.start(detach=True)
     print(f"control plane up in {time.monotonic() - began:.1f} s at {cp.server} "
           f"(logs in {cp.logs})", file=sys.stderr)
+    for step, seconds in cp.startup.items():
+        print(f"  {seconds:5.1f} s  {step}", file=sys.stderr)
     print(f"export KUBECONFIG={cp.kubeconfig} PATH={cp.bin_dir}:$PATH")
     return 0
 

@@ -83,6 +83,9 @@ class ControlPlane:
         self._atexit_registered = False
         self._api: Any = None
         self._cas: dict[str, CertificateAuthority] = {}
+        # "<component> <state>" -> seconds from start() until it was reached, for reports.
+        self.startup: dict[str, float] = {}
+        self._began = 0.0
         network.check_disjoint(host_ip=f"{self.host_ip}/32", service_cidr=service_cidr,
                                cluster_cidr=cluster_cidr)
         if not 8 <= node_cidr_mask_size <= 30 or \
@@ -152,6 +155,8 @@ class ControlPlane:
         """Bring everything up and wait until it is healthy. `detach`: the processes outlive
         this Python process (the CLI's `up`); otherwise they die with it."""
         bins = self.bin_dir
+        self._began = time.monotonic()
+        self.startup.clear()
         self._stop_leftovers()
         self._fresh_workdir()
         self._owns_host_ip = network.add_host_ip(self.host_ip)
@@ -330,6 +335,7 @@ class ControlPlane:
             self.components[name].wait_until(check, what=what, timeout=timeout)
         except ComponentError as err:
             raise ControlPlaneError(str(err)) from None
+        self.startup[f"{name} {what}"] = time.monotonic() - self._began
 
     def _default_service_account(self) -> str | None:
         from kubernetes import client
