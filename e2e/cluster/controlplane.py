@@ -153,7 +153,9 @@ class ControlPlane:
 
     def start(self, *, detach: bool = False) -> "ControlPlane":
         """Bring everything up and wait until it is healthy. `detach`: the processes outlive
-        this Python process (the CLI's `up`); otherwise they die with it."""
+        this Python process (the CLI's `up`); otherwise they die with it -- precisely, with
+        the thread that calls start() (PR_SET_PDEATHSIG), so call it from a thread that
+        lives as long as the cluster should (the main thread, as pytest fixtures do)."""
         bins = self.bin_dir
         self._began = time.monotonic()
         self.startup.clear()

@@ -1,5 +1,6 @@
-"""A real control plane (e2e/cluster) for the tests in this folder: started once per module
-run, stopped at the end (also when a test fails or the run is interrupted)."""
+"""A real control plane (e2e/cluster) for the tests in this folder: started once, stopped
+after the folder's last test (also when a test fails or the run is interrupted), so it does
+not idle through the rest of the suite."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from e2e.cluster import ControlPlane
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     cp = ControlPlane(Path(tmp_path_factory.mktemp("control-plane")))
     with cp:
