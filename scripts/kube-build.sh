@@ -11,8 +11,9 @@
 #   MAILWARDEN_KUBE_CACHE   cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/mailwarden/kube)
 #   GO                      the go command (default /usr/local/go/bin/go if present, else go)
 #   KUBE_BUILD_JOBS         go build -p (default 2: the CI machine has 2 cores)
-# Modules come from the Go proxy only (GOPROXY as configured; GOTOOLCHAIN=local, so no
-# toolchain download); go.sum is complete, so -mod=readonly never edits it.
+# Modules come from the configured Go module proxy only (GOPROXY without "direct";
+# GOTOOLCHAIN=local, so no toolchain download); go.sum is complete, so -mod=readonly never
+# edits it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -75,6 +76,11 @@ if complete; then
   echo "$dest/bin"; exit 0
 fi
 
+# Modules come from a module proxy only: drop "direct" (version-control fetches) and "off".
+configured_proxy="$("$go_cmd" env GOPROXY)"
+GOPROXY="$(tr ',|' '\n' <<<"$configured_proxy" | grep -vx -e direct -e off | paste -sd, -)" || true
+[[ -n "$GOPROXY" ]] || die "GOPROXY='$configured_proxy' names no module proxy"
+export GOPROXY
 jobs="${KUBE_BUILD_JOBS:-2}"
 tmp="$(mktemp -d "$cache/.build-$key.XXXXXX")"
 ticker=""
@@ -138,7 +144,7 @@ build() {  # $1 = module dir, $2 = what, $3 = ldflags, $4 = package, rest = go b
 }
 
 log "cache key $key: Kubernetes $kube_version, etcd $etcd_version, metrics-server $ms_version, $go_version"
-log "downloading modules (Go proxy)"
+log "downloading modules ($GOPROXY)"
 for m in "${modules[@]}"; do (cd "$m" && "$go_cmd" mod download) || die "go mod download in $m failed"; done
 # One invocation for all Kubernetes binaries: they share most packages, compiled once.
 build hack/kube "kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, kubectl" \
