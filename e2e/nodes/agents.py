@@ -38,6 +38,10 @@ class NodeSpec:
 
 
 def image_catalog(venv: Path) -> dict:
+    # The files of the "image": the virtualenv and the Python installation it links to
+    # (e.g. under /root/.pyenv, which uid 65532 could not traverse on the host).
+    python = (venv / "bin" / "python3").resolve()
+    paths = sorted({str(venv), str(python.parent.parent)})
     path = ":".join([str(venv / "bin"), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
                      "/usr/bin", "/sbin", "/bin"])
     return {"images": [{
@@ -47,6 +51,7 @@ def image_catalog(venv: Path) -> dict:
         "env": {"PATH": path, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
         "user": "65532:65532",
         "workingDir": "/tmp",
+        "paths": paths,
     }]}
 
 

@@ -18,6 +18,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	vklog "github.com/virtual-kubelet/virtual-kubelet/log"
+	logruslogger "github.com/virtual-kubelet/virtual-kubelet/log/logrus"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -113,10 +116,17 @@ func runNode(ctx context.Context, args []string) error {
 	return agent.Run(ctx, c)
 }
 
+// setVerbosity routes virtual-kubelet's and client-go's logs to stderr.
 func setVerbosity(v int) {
 	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(fs)
 	_ = fs.Set("v", fmt.Sprint(v))
+	l := logrus.StandardLogger()
+	l.SetLevel(logrus.InfoLevel)
+	if v >= 4 {
+		l.SetLevel(logrus.DebugLevel)
+	}
+	vklog.L = logruslogger.FromLogrus(logrus.NewEntry(l))
 }
 
 func runDNS(ctx context.Context, args []string) error {

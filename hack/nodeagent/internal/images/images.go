@@ -24,6 +24,9 @@ type Image struct {
 	// User is "UID[:GID]" as in a Dockerfile's USER (numeric only).
 	User       string `json:"user,omitempty"`
 	WorkingDir string `json:"workingDir,omitempty"`
+	// Paths are the host directories the image's files live in; their parents
+	// are made traversable for the container's (non-root) users.
+	Paths []string `json:"paths,omitempty"`
 }
 
 // Catalog is the set of images a node runs.

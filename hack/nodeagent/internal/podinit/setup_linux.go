@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	securejoin "github.com/cyphar/filepath-securejoin"
 	"golang.org/x/sys/unix"
 )
 
@@ -151,6 +152,9 @@ func buildRoot(s *Spec) (string, error) {
 	if err := unix.Mount("overlay", root, "overlay", 0, opts); err != nil {
 		return "", fmt.Errorf("mounting the container's root (overlay on /): %w", err)
 	}
+	if err := openTraverse(root, s.TraversePaths); err != nil {
+		return "", err
+	}
 	// The overlay holds only the root file system; bring in the host's other
 	// file systems (not the kernel ones, which get their own instances below).
 	others, err := hostMounts(append([]string{root, s.LayerDir}, s.HideDirs...))
@@ -178,7 +182,10 @@ func buildRoot(s *Spec) (string, error) {
 		return "", err
 	}
 	for _, h := range s.HideDirs {
-		t := filepath.Join(root, h)
+		t, err := securejoin.SecureJoin(root, h)
+		if err != nil {
+			continue
+		}
 		if _, err := os.Stat(t); err != nil {
 			continue
 		}
@@ -206,6 +213,27 @@ func buildRoot(s *Spec) (string, error) {
 	return root, nil
 }
 
+// openTraverse adds o+x to every ancestor directory of paths inside the
+// container's root; on the overlay this copies the directory up into the
+// container's layer, so the host's modes are untouched.
+func openTraverse(root string, paths []string) error {
+	for _, p := range paths {
+		for d := filepath.Dir(filepath.Clean(p)); d != "/" && d != "."; d = filepath.Dir(d) {
+			t := filepath.Join(root, d)
+			st, err := os.Stat(t)
+			if err != nil || !st.IsDir() {
+				continue
+			}
+			if st.Mode().Perm()&0o001 == 0 {
+				if err := os.Chmod(t, st.Mode().Perm()|0o001); err != nil {
+					return fmt.Errorf("opening %s to the container's users: %w", d, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // bindInto bind-mounts m.Source at m.Target inside root, creating the mount
 // point (in the container's writable layer) when the image lacks it.
 func bindInto(root string, m Mount) error {
@@ -213,7 +241,12 @@ func bindInto(root string, m Mount) error {
 	if err != nil {
 		return fmt.Errorf("volume source %s: %w", m.Source, err)
 	}
-	t := filepath.Join(root, m.Target)
+	// Resolve symlinks inside the container's root (/var/run -> /run must
+	// lead to the container's /run, never the host's).
+	t, err := securejoin.SecureJoin(root, m.Target)
+	if err != nil {
+		return fmt.Errorf("mount point %s: %w", m.Target, err)
+	}
 	if st.IsDir() {
 		err = os.MkdirAll(t, 0o755)
 	} else {

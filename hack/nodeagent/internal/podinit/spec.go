@@ -44,6 +44,11 @@ type Spec struct {
 	// HideDirs are host directories covered by an empty tmpfs inside the container
 	// (the node agents' state, which holds every pod's secrets).
 	HideDirs []string `json:"hideDirs,omitempty"`
+	// TraversePaths are host paths the image's files live in (the virtualenv,
+	// the Python it links to): their parent directories become traversable by
+	// every user in the container's own layer (the host keeps its modes), as
+	// an image's /opt/... is for its non-root USER.
+	TraversePaths []string `json:"traversePaths,omitempty"`
 	// DevShm is the pod's shared /dev/shm directory (a tmpfs on the host).
 	DevShm string `json:"devShm,omitempty"`
 	// TerminationLog is the host file bind-mounted at TerminationLogPath.

@@ -437,7 +437,7 @@ func (c *container) buildSpec(pod *corev1.Pod, img *images.Image, netns string, 
 		env[k] = v
 	}
 	argv := img.Argv(envs.ExpandArgs(c.spec.Command, res.Env), envs.ExpandArgs(c.spec.Args, res.Env))
-	s := &podinit.Spec{Args: argv, WorkingDir: c.spec.WorkingDir}
+	s := &podinit.Spec{Args: argv, WorkingDir: c.spec.WorkingDir, TraversePaths: img.Paths}
 	if s.WorkingDir == "" {
 		s.WorkingDir = img.WorkingDir
 	}

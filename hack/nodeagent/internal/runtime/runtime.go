@@ -212,6 +212,7 @@ type Pod struct {
 	key string
 	dir string
 
+	pubMu     sync.Mutex
 	mu        sync.Mutex
 	pod       *corev1.Pod
 	startTime metav1.Time
@@ -299,8 +300,12 @@ func (p *Pod) eventf(typ, reason, format string, args ...any) {
 	p.event(typ, reason, fmt.Sprintf(format, args...))
 }
 
-// publish sends the current status to the pod controller.
+// publish sends the current status to the pod controller. Snapshot and
+// delivery happen under one lock, so a later snapshot is never overtaken by
+// an earlier one (the pod controller keeps the last status it was given).
 func (p *Pod) publish() {
+	p.pubMu.Lock()
+	defer p.pubMu.Unlock()
 	p.rt.notify(p.Status())
 }
 

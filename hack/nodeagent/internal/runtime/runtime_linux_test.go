@@ -202,7 +202,9 @@ func TestPodRunsProbesAndTerminatesGracefully(t *testing.T) {
 	}
 	c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8080)}}, PeriodSeconds: 1}
 	c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 1}}}
-	c.VolumeMounts = []corev1.VolumeMount{{Name: "config", MountPath: "/config", ReadOnly: true}}
+	// /var/run is a symlink to /run: the mount must land in the container's /run.
+	c.VolumeMounts = []corev1.VolumeMount{{Name: "config", MountPath: "/config", ReadOnly: true},
+		{Name: "config", MountPath: "/var/run/mw-test-cfg", ReadOnly: true}}
 	c.SecurityContext = &corev1.SecurityContext{ReadOnlyRootFilesystem: ptr.To(true), RunAsUser: ptr.To(int64(65532))}
 	pod.Spec.Volumes = []corev1.Volume{{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "cfg"}}}}}
 
@@ -224,11 +226,14 @@ func TestPodRunsProbesAndTerminatesGracefully(t *testing.T) {
 		_ = StreamLog(context.Background(), logPath, LogOptions{Follow: true}, &logBuf, done)
 		close(followed)
 	}()
-	out, code, err := ctr.Exec(context.Background(), []string{"/bin/sh", "-c", "id -u; cat /config/greeting; touch /x 2>&1 || true"})
+	out, code, err := ctr.Exec(context.Background(), []string{"/bin/sh", "-c", "id -u; cat /config/greeting; cat /var/run/mw-test-cfg/greeting; touch /x 2>&1 || true"})
 	if err != nil || code != 0 {
 		t.Fatalf("exec: %v %d %s", err, code, out)
 	}
-	if s := string(out); !strings.HasPrefix(s, "65532\nhello") || !strings.Contains(s, "Read-only file system") {
+	if _, err := os.Stat("/run/mw-test-cfg"); err == nil {
+		t.Fatalf("a mount point was created on the host's /run")
+	}
+	if s := string(out); !strings.HasPrefix(s, "65532\nhellohello") || !strings.Contains(s, "Read-only file system") {
 		t.Fatalf("exec output %q: want uid 65532, the ConfigMap's data and a read-only root", s)
 	}
 
