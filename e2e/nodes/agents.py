@@ -75,6 +75,7 @@ class NodeAgents:
         self.order = [n.name for n in nodes]
         self.venv = venv or Path(sys.prefix)
         self.extra_args = extra_args or []
+        self.kube_proxy = kube_proxy
         self.net = HostNetwork(self.workdir, cluster.cluster_cidr, cluster.service_cidr,
                                cluster.api_host, cluster.dns_ip, kube_proxy=kube_proxy)
         self.procs: dict[str, subprocess.Popen] = {}
@@ -111,6 +112,11 @@ class NodeAgents:
         for name in self.order:
             self._start_agent(name)
         self.wait_ready(self.order)
+        if self.kube_proxy:
+            if self.cluster.start_kube_proxy is None:
+                raise NodeAgentError("kube_proxy=True, but the control plane cannot start kube-proxy")
+            # The agents share the host's network namespace: one kube-proxy routes for all.
+            self.cluster.start_kube_proxy(self.order[0])
 
     def _start_dns(self) -> None:
         log = open(self.workdir / "dns.log", "ab")
@@ -130,10 +136,12 @@ class NodeAgents:
                 "--cluster-dns", self.cluster.dns_ip, "--cluster-domain", self.cluster.cluster_domain,
                 "--state-dir", str(self.state_dir(name)), "--name-prefix", self.name_prefix(name),
                 "--image-catalog", str(self.workdir / "images.json"),
-                "--api-server-host", self.cluster.api_host,
-                "--api-server-port", str(self.cluster.api_port),
                 "--cpu", spec.cpu, "--memory", spec.memory, "--pods", spec.pods,
                 "--hide-dir", str(self.workdir)]
+        if not self.kube_proxy:
+            # The kubernetes Service's ClusterIP is not routed: point pods at the API server.
+            args += ["--api-server-host", self.cluster.api_host,
+                     "--api-server-port", str(self.cluster.api_port)]
         for route in self.net.pod_routes():
             args += ["--pod-route", route]
         if ident.serving_cert and ident.serving_key:

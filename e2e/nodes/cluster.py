@@ -27,6 +27,9 @@ class ClusterInfo:
     dns_ip: str                 # where the cluster DNS listens (pods' nameserver)
     node_identity: Callable[[str, list[str]], NodeIdentity]
     cluster_domain: str = "cluster.local"
+    # Starts the real kube-proxy for a node in the host's network namespace (None: not
+    # available); with it, ClusterIPs are routed and pods use the normal service variables.
+    start_kube_proxy: Callable[[str], Any] | None = None
 
     @classmethod
     def from_control_plane(cls, cp: Any) -> "ClusterInfo":
@@ -42,4 +45,5 @@ class ClusterInfo:
 
         return cls(admin_kubeconfig=Path(cp.kubeconfig), api_host=url.hostname,
                    api_port=url.port or 443, cluster_cidr=cp.cluster_cidr,
-                   service_cidr=cp.service_cidr, dns_ip=cp.dns_ip, node_identity=identity)
+                   service_cidr=cp.service_cidr, dns_ip=cp.dns_ip, node_identity=identity,
+                   start_kube_proxy=getattr(cp, "start_kube_proxy", None))
