@@ -350,3 +350,28 @@ def test_node_loss_makes_the_node_notready_and_its_pods_are_replaced(
               f"{time.monotonic() - killed_at:.0f} s")
     finally:
         cluster.nodes.restart_node(victim)
+
+
+def test_drain_evicts_through_the_pdb_and_pods_come_back_elsewhere(cluster: Cluster,
+                                                                   namespace: str) -> None:
+    web = python_container("web", "import http.server as h; h.HTTPServer(('', 8080), "
+                           "h.SimpleHTTPRequestHandler).serve_forever()",
+                           readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1})
+    spread = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+               "whenUnsatisfiable": "ScheduleAnyway",
+               "labelSelector": {"matchLabels": {"app": "web"}}}]
+    cluster.apply([deployment("web", 3, [web], topologySpreadConstraints=spread),
+                   {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                    "metadata": {"name": "web"},
+                    "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}}],
+                  namespace)
+    before = wait_pods_ready(cluster, namespace, "app=web", 3)
+    victim = next(p.spec.node_name for p in before)
+    try:
+        cluster.kubectl("drain", victim, "--ignore-daemonsets", "--delete-emptydir-data",
+                        "--pod-selector", "app=web", "--timeout=120s", timeout=150)
+        after = wait_pods_ready(cluster, namespace, "app=web", 3)
+        assert all(p.spec.node_name != victim for p in after), [p.spec.node_name for p in after]
+        assert cluster.core.read_node(victim).spec.unschedulable
+    finally:
+        cluster.kubectl("uncordon", victim)

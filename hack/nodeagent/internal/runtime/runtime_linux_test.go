@@ -331,3 +331,31 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+func TestLivenessFailureRestartsTheContainer(t *testing.T) {
+	h := newHarness(t)
+	// Alive for about two seconds (its own writable layer has /tmp/alive), then not.
+	pod := testPod("live", corev1.RestartPolicyAlways,
+		"import os, time\nopen('/tmp/alive', 'w').close()\ntime.sleep(2)\nos.remove('/tmp/alive')\ntime.sleep(3600)")
+	pod.Spec.Containers[0].LivenessProbe = &corev1.Probe{
+		ProbeHandler:  corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"/bin/test", "-f", "/tmp/alive"}}},
+		PeriodSeconds: 1, FailureThreshold: 2}
+	h.rt.Create(pod)
+	st := h.waitFor("live", "a restart after the liveness probe failed", 30*time.Second, func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount >= 1 &&
+			p.Status.ContainerStatuses[0].State.Running != nil
+	})
+	last := st.Status.ContainerStatuses[0].LastTerminationState.Terminated
+	if last == nil || last.ExitCode != 128+15 {
+		t.Fatalf("last state %+v: want the SIGTERM exit (143)", last)
+	}
+	found := false
+	for len(h.events.Events) > 0 {
+		if e := <-h.events.Events; strings.Contains(e, "Liveness probe failed") {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("no Unhealthy event for the liveness probe")
+	}
+}
