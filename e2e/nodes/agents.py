@@ -138,6 +138,8 @@ class NodeAgents:
                 "--image-catalog", str(self.workdir / "images.json"),
                 "--cpu", spec.cpu, "--memory", spec.memory, "--pods", spec.pods,
                 "--hide-dir", str(self.workdir)]
+        for hidden in self.cluster.hide_dirs:
+            args += ["--hide-dir", str(hidden)]
         if not self.kube_proxy:
             # The kubernetes Service's ClusterIP is not routed: point pods at the API server.
             args += ["--api-server-host", self.cluster.api_host,
@@ -199,8 +201,12 @@ class NodeAgents:
             _write(freezer / "freezer.state", "THAWED")
         if proc is not None:
             proc.wait(timeout=10)
+        # A container starting right now joins the cgroup a moment after its fork: keep
+        # killing until the node's cgroups stay empty.
         deadline = time.monotonic() + 10
-        while _cgroup_pids(freezer) and time.monotonic() < deadline:
+        while (left := _cgroup_pids(freezer)) and time.monotonic() < deadline:
+            for pid in left:
+                _kill(pid)
             time.sleep(0.02)
         self._cleanup(name)
 

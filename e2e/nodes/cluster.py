@@ -30,6 +30,8 @@ class ClusterInfo:
     # Starts the real kube-proxy for a node in the host's network namespace (None: not
     # available); with it, ClusterIPs are routed and pods use the normal service variables.
     start_kube_proxy: Callable[[str], Any] | None = None
+    # Host directories hidden from every container (the control plane's PKI and state).
+    hide_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def from_control_plane(cls, cp: Any) -> "ClusterInfo":
@@ -46,4 +48,5 @@ class ClusterInfo:
         return cls(admin_kubeconfig=Path(cp.kubeconfig), api_host=url.hostname,
                    api_port=url.port or 443, cluster_cidr=cp.cluster_cidr,
                    service_cidr=cp.service_cidr, dns_ip=cp.dns_ip, node_identity=identity,
-                   start_kube_proxy=getattr(cp, "start_kube_proxy", None))
+                   start_kube_proxy=getattr(cp, "start_kube_proxy", None),
+                   hide_dirs=(Path(cp.workdir),))

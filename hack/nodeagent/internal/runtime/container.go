@@ -327,7 +327,7 @@ func (c *container) start() (*process, error) {
 	pod.Status.PodIPs = []corev1.PodIP{{IP: sb.IP.String()}}
 	pod.Status.HostIP = cfg.HostIP
 	pod.Status.HostIPs = hostIPs(cfg.HostIP)
-	spec, warnings, err := c.buildSpec(pod, img, sb.NetNSPath, vols.Path)
+	spec, warnings, err := c.buildSpec(pod, img, vols.Path)
 	for _, w := range warnings {
 		c.pod.event(corev1.EventTypeWarning, w.Reason, w.Message)
 	}
@@ -422,7 +422,7 @@ func (c *container) setWaiting(reason, msg string) {
 
 // buildSpec computes the podinit spec: argv, env, identity, working
 // directory and mounts.
-func (c *container) buildSpec(pod *corev1.Pod, img *images.Image, netns string, volPath func(string) string) (*podinit.Spec, []envs.Warning, error) {
+func (c *container) buildSpec(pod *corev1.Pod, img *images.Image, volPath func(string) string) (*podinit.Spec, []envs.Warning, error) {
 	cfg := &c.pod.rt.cfg
 	res, err := envs.Make(cfg.Envs, pod, &c.spec)
 	if err != nil {

@@ -58,9 +58,9 @@ func (o *objects) set(cm *corev1.ConfigMap) {
 }
 
 type harness struct {
-	t    *testing.T
-	rt   *Runtime
-	objs *objects
+	t      *testing.T
+	rt     *Runtime
+	objs   *objects
 	mu     sync.Mutex
 	last   map[string]*corev1.Pod
 	events *record.FakeRecorder

@@ -45,9 +45,6 @@ func (c *container) status() corev1.ContainerStatus {
 		st.State.Waiting = &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}
 		st.Started = ptr.To(false)
 	}
-	if st.ContainerID == "" {
-		st.ContainerID = ""
-	}
 	return st
 }
 
