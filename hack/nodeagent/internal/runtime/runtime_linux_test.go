@@ -34,8 +34,9 @@ import (
 // server: they need root, as the node agent does.
 
 type objects struct {
-	mu  sync.Mutex
-	cms map[string]*corev1.ConfigMap
+	mu      sync.Mutex
+	cms     map[string]*corev1.ConfigMap
+	secrets map[string]*corev1.Secret
 }
 
 func (o *objects) GetConfigMap(ns, name string) (*corev1.ConfigMap, error) {
@@ -48,6 +49,11 @@ func (o *objects) GetConfigMap(ns, name string) (*corev1.ConfigMap, error) {
 }
 
 func (o *objects) GetSecret(ns, name string) (*corev1.Secret, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if s, ok := o.secrets[ns+"/"+name]; ok {
+		return s.DeepCopy(), nil
+	}
 	return nil, apierrors.NewNotFound(corev1.Resource("secrets"), name)
 }
 
@@ -80,9 +86,11 @@ func newHarness(t *testing.T) *harness {
 		t.Fatalf("building podinit: %v\n%s", err, out)
 	}
 	prefix := fmt.Sprintf("t%04x", os.Getpid()&0xffff)
-	_, cidr, _ := net.ParseCIDR("10.199.77.0/24")
+	// Ranges of this test process only: two runs at once (two checkouts) must not share pod IPs.
+	slot := os.Getpid() % 250
+	_, cidr, _ := net.ParseCIDR(fmt.Sprintf("10.199.%d.0/24", slot))
 	// The host's address towards the pods (the node IP in the agent).
-	hostSrc := "10.199.76.1"
+	hostSrc := fmt.Sprintf("10.198.%d.1", slot)
 	if out, err := exec.Command("ip", "addr", "replace", hostSrc+"/32", "dev", "lo").CombinedOutput(); err != nil {
 		t.Fatalf("adding %s to lo: %v %s", hostSrc, err, out)
 	}
@@ -96,7 +104,7 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs := &objects{cms: map[string]*corev1.ConfigMap{}}
+	objs := &objects{cms: map[string]*corev1.ConfigMap{}, secrets: map[string]*corev1.Secret{}}
 	svcs := corev1listers.NewServiceLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}))
 	alloc := func() corev1.ResourceList {
 		return corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("4"), corev1.ResourceMemory: resource.MustParse("8Gi")}
@@ -357,5 +365,63 @@ func TestLivenessFailureRestartsTheContainer(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("no Unhealthy event for the liveness probe")
+	}
+}
+
+func TestInitContainersEnvAndFSGroup(t *testing.T) {
+	h := newHarness(t)
+	h.objs.secrets["prod/creds"] = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds", Namespace: "prod"},
+		Data: map[string][]byte{"password": []byte("s3cret")}}
+	pod := testPod("env", corev1.RestartPolicyNever, `
+import os
+print("PASSWORD=" + os.environ["PASSWORD"])
+print("MEM_MI=" + os.environ["MEM_MI"])
+print("CPU_LIMIT=" + os.environ["CPU_LIMIT"])
+print("GREETING=" + os.environ["GREETING"])
+print("SEEN=" + open("/work/order").read().strip())
+st = os.stat("/secret/password")
+print("SECRET_GID=%d MODE=%o" % (st.st_gid, st.st_mode & 0o777))
+print("GROUPS=" + ",".join(map(str, sorted(os.getgroups()))))
+`)
+	pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To(int64(1234)), FSGroup: ptr.To(int64(4321))}
+	c := &pod.Spec.Containers[0]
+	c.Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")}
+	c.Env = []corev1.EnvVar{
+		{Name: "PASSWORD", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "creds"}, Key: "password"}}},
+		{Name: "MEM_MI", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{
+			Resource: "limits.memory", Divisor: resource.MustParse("1Mi")}}},
+		// No CPU limit: the node's allocatable, as the kubelet.
+		{Name: "CPU_LIMIT", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.cpu"}}},
+		{Name: "NAME", Value: "world"},
+		{Name: "GREETING", Value: "hello $(NAME)"},
+		{Name: "OPTIONAL", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "absent"}, Key: "k", Optional: ptr.To(true)}}},
+	}
+	c.VolumeMounts = []corev1.VolumeMount{{Name: "work", MountPath: "/work"}, {Name: "secret", MountPath: "/secret"}}
+	pod.Spec.Volumes = []corev1.Volume{
+		{Name: "work", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		{Name: "secret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "creds", DefaultMode: ptr.To(int32(0o400))}}},
+	}
+	initC := func(name string) corev1.Container {
+		return corev1.Container{Name: name, Image: "test", Args: []string{"-c", "open('/work/order', 'a').write('" + name + " ')"},
+			VolumeMounts: []corev1.VolumeMount{{Name: "work", MountPath: "/work"}}}
+	}
+	pod.Spec.InitContainers = []corev1.Container{initC("first"), initC("second")}
+	p := h.rt.Create(pod)
+	h.waitFor("env", "Succeeded", 30*time.Second, func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodSucceeded })
+	path, _, err := p.Container("main").LogPath(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := StreamLog(context.Background(), path, LogOptions{}, &out, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"PASSWORD=s3cret", "MEM_MI=256", "CPU_LIMIT=4", "GREETING=hello world",
+		"SEEN=first second", "SECRET_GID=4321 MODE=440", "GROUPS=4321"} {
+		if !strings.Contains(out.String(), want+"\n") {
+			t.Errorf("log lacks %q:\n%s", want, out.String())
+		}
 	}
 }
