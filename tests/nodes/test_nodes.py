@@ -359,18 +359,21 @@ def test_drain_evicts_through_the_pdb_and_pods_come_back_elsewhere(cluster: Clus
                            readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1})
     spread = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
                "whenUnsatisfiable": "ScheduleAnyway",
-               "labelSelector": {"matchLabels": {"app": "web"}}}]
-    cluster.apply([deployment("web", 3, [web], topologySpreadConstraints=spread),
+               "labelSelector": {"matchLabels": {"app": "drained"}}}]
+    cluster.apply([deployment("drained", 3, [web], topologySpreadConstraints=spread),
                    {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-                    "metadata": {"name": "web"},
-                    "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}}],
+                    "metadata": {"name": "drained"},
+                    "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "drained"}}}}],
                   namespace)
-    before = wait_pods_ready(cluster, namespace, "app=web", 3)
+    before = wait_pods_ready(cluster, namespace, "app=drained", 3)
     victim = next(p.spec.node_name for p in before)
     try:
+        # (a label no other test uses: drain selects pods in every namespace of the node)
+        started = time.monotonic()
         cluster.kubectl("drain", victim, "--ignore-daemonsets", "--delete-emptydir-data",
-                        "--pod-selector", "app=web", "--timeout=120s", timeout=150)
-        after = wait_pods_ready(cluster, namespace, "app=web", 3)
+                        "--pod-selector", "app=drained", "--timeout=120s", timeout=150)
+        print(f"drain of {victim} took {time.monotonic() - started:.1f} s")
+        after = wait_pods_ready(cluster, namespace, "app=drained", 3)
         assert all(p.spec.node_name != victim for p in after), [p.spec.node_name for p in after]
         assert cluster.core.read_node(victim).spec.unschedulable
     finally:
