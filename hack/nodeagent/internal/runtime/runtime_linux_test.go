@@ -425,3 +425,28 @@ print("GROUPS=" + ",".join(map(str, sorted(os.getgroups()))))
 		}
 	}
 }
+
+func TestStartupProbeHoldsReadinessThenGatesIt(t *testing.T) {
+	h := newHarness(t)
+	// Listens only after 2 s: the startup probe fails until then, and readiness
+	// (which would pass at once: it is an exec of `true`) must wait for it.
+	pod := testPod("slow", corev1.RestartPolicyAlways,
+		"import socket, time\ntime.sleep(2)\ns = socket.socket()\ns.bind(('', 8080))\ns.listen()\ntime.sleep(3600)")
+	c := &pod.Spec.Containers[0]
+	c.StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(8080)}},
+		PeriodSeconds: 1, FailureThreshold: 10}
+	c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"/bin/true"}}}, PeriodSeconds: 1}
+	start := time.Now()
+	h.rt.Create(pod)
+	h.waitFor("slow", "Running, not started", 10*time.Second, func(p *corev1.Pod) bool {
+		cs := p.Status.ContainerStatuses
+		return len(cs) == 1 && cs[0].State.Running != nil && cs[0].Started != nil && !*cs[0].Started && !cs[0].Ready
+	})
+	h.waitFor("slow", "Ready", 15*time.Second, isReady)
+	if took := time.Since(start); took < 2*time.Second {
+		t.Fatalf("Ready after %s, before the startup probe could pass", took)
+	}
+	if st := h.status("slow").Status.ContainerStatuses[0]; st.Started == nil || !*st.Started || st.RestartCount != 0 {
+		t.Fatalf("status %+v", st)
+	}
+}
