@@ -7,9 +7,13 @@ import os
 import shutil
 import subprocess
 
+import pytest
+
 from e2e.nodes.build import REPO
 
 
+# Compiling and linking the test binaries takes minutes on a cold Go cache (2 cores).
+@pytest.mark.timeout(900)
 def test_go_tests_of_the_node_agent_pass() -> None:
     go = shutil.which("go") or "/usr/local/go/bin/go"
     # Same flags as scripts/nodeagent-build.sh: the k8s.io packages come from the build cache.
