@@ -15,7 +15,7 @@ See docs/node-agent.md.
 from e2e.nodes.agents import NodeAgents, NodeAgentError, NodeSpec
 from e2e.nodes.build import bin_dir
 from e2e.nodes.cluster import ClusterInfo, NodeIdentity
-from e2e.nodes.network import HostNetwork
+from e2e.nodes.network import HostNetwork, cluster_ranges
 
 __all__ = ["ClusterInfo", "HostNetwork", "NodeAgentError", "NodeAgents", "NodeIdentity",
-           "NodeSpec", "bin_dir"]
+           "NodeSpec", "bin_dir", "cluster_ranges"]

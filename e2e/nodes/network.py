@@ -43,6 +43,16 @@ def node_block(workdir: Path) -> ipaddress.IPv4Network:
     return ipaddress.ip_network(f"10.201.{third}.0/24")
 
 
+def cluster_ranges(workdir: Path) -> tuple[str, str]:
+    """(cluster CIDR, Service CIDR) derived from the workdir, for a control plane whose
+    nodes are ours: two clusters on one machine (a developer's suite beside another) then
+    route different pod IPs and serve DNS on different addresses. Cluster CIDRs come from
+    10.128.0.0/10 (10.128-10.191), Service CIDRs from 10.96.0.0/12 (10.96-10.111); neither
+    meets the control plane's host addresses (10.200.0.0/16) or the nodes' (10.201.0.0/16)."""
+    digest = hashlib.sha256(str(workdir.resolve()).encode()).digest()
+    return f"10.{128 + digest[1] % 64}.0.0/16", f"10.{96 + digest[2] % 16}.0.0/16"
+
+
 def _lo_addresses() -> set[str]:
     out = _ip("-j", "-4", "addr", "show", "dev", "lo").stdout
     return {a["local"] for link in json.loads(out) for a in link.get("addr_info", [])}

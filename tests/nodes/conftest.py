@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client
 
 from e2e.cluster import ControlPlane
-from e2e.nodes import ClusterInfo, NodeAgents, NodeSpec
+from e2e.nodes import ClusterInfo, NodeAgents, NodeSpec, cluster_ranges
 
 NODES = [NodeSpec("node-a", "zone-a"), NodeSpec("node-b", "zone-b"), NodeSpec("node-c", "zone-b")]
 
@@ -58,7 +58,8 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     workdir = Path(tmp_path_factory.mktemp("nodes-cluster"))
-    with ControlPlane(workdir / "cp") as cp:
+    pods, services = cluster_ranges(workdir)
+    with ControlPlane(workdir / "cp", cluster_cidr=pods, service_cidr=services) as cp:
         nodes = NodeAgents(workdir / "nodes", ClusterInfo.from_control_plane(cp), NODES)
         try:
             nodes.start()

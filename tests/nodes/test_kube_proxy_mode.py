@@ -4,6 +4,7 @@ Service by its ClusterIP. A cluster of its own, on ranges distinct from the shar
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from e2e.cluster import ControlPlane
-from e2e.nodes import ClusterInfo, NodeAgents, NodeSpec
+from e2e.nodes import ClusterInfo, NodeAgents, NodeSpec, cluster_ranges
 from tests.nodes.conftest import Cluster, wait_for
 from tests.nodes.test_nodes import deployment, exec_py, pod, python_container, ready, \
     wait_pods_ready
@@ -22,8 +23,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     workdir = Path(tmp_path_factory.mktemp("kube-proxy-cluster"))
-    with ControlPlane(workdir / "cp", cluster_cidr="10.245.0.0/16",
-                      service_cidr="10.97.0.0/16") as cp:
+    pods, services = cluster_ranges(workdir)
+    with ControlPlane(workdir / "cp", cluster_cidr=pods, service_cidr=services) as cp:
         nodes = NodeAgents(workdir / "nodes", ClusterInfo.from_control_plane(cp),
                            [NodeSpec("px-a", "zone-a"), NodeSpec("px-b", "zone-b")],
                            kube_proxy=True)
@@ -47,6 +48,11 @@ def test_clusterip_services_and_the_kubernetes_service_work(proxied: Cluster) ->
     wait_pods_ready(proxied, ns, "app=web", 2)
     wait_for(lambda: ready(proxied.core.read_namespaced_pod("client", ns)), 60, "client")
     svc = proxied.core.read_namespaced_service("web", ns)
+    # kube-proxy programs a Service's endpoints a moment after they turn Ready.
+    wait_for(lambda: exec_py(proxied, ns, "client", "import urllib.request\ntry:\n"
+                             " print(urllib.request.urlopen('http://web/', timeout=5).status)\n"
+                             "except OSError as e:\n print(e)").strip() == "200",
+             30, "the ClusterIP to answer", interval=1)
     out = exec_py(proxied, ns, "client", """
 import os, ssl, json, urllib.request
 print(os.environ['KUBERNETES_SERVICE_HOST'])
@@ -60,4 +66,4 @@ print(json.load(urllib.request.urlopen(req, context=ctx, timeout=10))['gitVersio
     host, status, version = out.split()
     assert host == proxied.core.read_namespaced_service("kubernetes", "default").spec.cluster_ip
     assert (status, version) == ("200", "v1.37.2")
-    assert svc.spec.cluster_ip.startswith("10.97.")
+    assert ipaddress.ip_address(svc.spec.cluster_ip) in ipaddress.ip_network(proxied.cp.service_cidr)
