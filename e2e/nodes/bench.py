@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from e2e.nodes import ClusterInfo, NodeAgents, NodeSpec
+from e2e.nodes import ClusterInfo, NodeAgents, NodeSpec, cluster_ranges
 
 IMAGE = "ghcr.io/mailwarden/mailwarden:0.1.0"
 SECURE = {"runAsNonRoot": True, "runAsUser": 65532, "readOnlyRootFilesystem": True}
@@ -129,7 +129,8 @@ def main() -> None:
     from e2e.cluster import ControlPlane
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mw-nodes-bench-"))
-    with ControlPlane(workdir / "cp") as cp:
+    pods, services = cluster_ranges(workdir)
+    with ControlPlane(workdir / "cp", cluster_cidr=pods, service_cidr=services) as cp:
         nodes = NodeAgents(workdir / "nodes", ClusterInfo.from_control_plane(cp),
                            [NodeSpec("node-a", "zone-a"), NodeSpec("node-b", "zone-b")])
         t0 = time.monotonic()
