@@ -378,3 +378,24 @@ def test_drain_evicts_through_the_pdb_and_pods_come_back_elsewhere(cluster: Clus
         assert cluster.core.read_node(victim).spec.unschedulable
     finally:
         cluster.kubectl("uncordon", victim)
+
+
+def test_readiness_gate_set_by_another_controller_drives_ready(cluster: Cluster,
+                                                               namespace: str) -> None:
+    gate = "example.com/warmed-up"
+    cluster.apply(pod("gated", [python_container("app", "import time; time.sleep(3600)")],
+                      readinessGates=[{"conditionType": gate}]), namespace)
+
+    def conditions() -> dict[str, str]:
+        p = cluster.core.read_namespaced_pod("gated", namespace)
+        return {c.type: c.status for c in p.status.conditions or []}
+    wait_for(lambda: conditions().get("ContainersReady") == "True", 60, "ContainersReady")
+    time.sleep(2)
+    assert conditions().get("Ready") == "False", conditions()
+    cluster.kubectl("patch", "pod", "gated", "-n", namespace, "--subresource=status",
+                    "--type=strategic", "-p", json.dumps(
+                        {"status": {"conditions": [{"type": gate, "status": "True"}]}}))
+    wait_for(lambda: conditions().get("Ready") == "True", 15, "Ready once the gate is True")
+    # The agent's later status writes keep the other controller's condition.
+    time.sleep(2)
+    assert conditions().get(gate) == "True", conditions()

@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 
@@ -324,7 +325,22 @@ func Run(ctx context.Context, c Config) error {
 		BackoffInitial:   c.BackoffInitial,
 		BackoffMax:       c.BackoffMax,
 	}
+	rtCfg.Pods = podInformer.Lister()
 	rt := runtime.New(rtCfg)
+	// virtual-kubelet hands over spec changes only; a readiness gate's
+	// condition is a status change by someone else, and Ready depends on it.
+	_, err = podInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := oldObj.(*corev1.Pod)
+			n, ok2 := newObj.(*corev1.Pod)
+			if ok1 && ok2 && runtime.ForeignConditionsChanged(o, n) {
+				go rt.Republish(n)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
 	prov := provider.New(rt, c.NodeName)
 
 	pc, err := node.NewPodController(node.PodControllerConfig{

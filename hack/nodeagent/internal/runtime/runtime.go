@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	corev1listers "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/record"
 
 	"mailwarden/hack/nodeagent/internal/cgroups"
@@ -43,6 +44,10 @@ type Config struct {
 	// Objects caches the Secrets and ConfigMaps pods reference (one watch each).
 	Secrets    *objcache.Cache
 	ConfigMaps *objcache.Cache
+	// Pods reads the API server's view of a pod (the pod informer): conditions
+	// that others own (PodScheduled, DisruptionTarget, readiness gates) are
+	// kept from it, as the kubelet's status manager keeps them.
+	Pods corev1listers.PodLister
 	// HideDirs are covered with an empty tmpfs inside every container.
 	HideDirs         []string
 	Client           kubernetes.Interface
@@ -132,6 +137,17 @@ func (r *Runtime) Create(pod *corev1.Pod) *Pod {
 func (r *Runtime) Update(pod *corev1.Pod) {
 	if p := r.Get(pod.Namespace, pod.Name); p != nil && p.uid() == string(pod.UID) {
 		p.update(pod)
+	}
+}
+
+// Republish sends the pod's status again: a condition someone else owns
+// (a readiness gate) changed, and Ready may follow it.
+func (r *Runtime) Republish(pod *corev1.Pod) {
+	if p := r.Get(pod.Namespace, pod.Name); p != nil && p.uid() == string(pod.UID) {
+		p.mu.Lock()
+		p.pod.Status.Conditions = pod.Status.Conditions
+		p.mu.Unlock()
+		p.publish()
 	}
 }
 
@@ -278,7 +294,7 @@ func (p *Pod) update(pod *corev1.Pod) {
 	p.mu.Lock()
 	p.pod.Labels = pod.Labels
 	p.pod.Annotations = pod.Annotations
-	p.pod.Status.Conditions = pod.Status.Conditions // readiness gates set by others
+	p.pod.Status.Conditions = pod.Status.Conditions
 	vols := p.vols
 	p.mu.Unlock()
 	if vols != nil {

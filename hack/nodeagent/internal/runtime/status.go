@@ -62,6 +62,11 @@ func (p *Pod) Status() *corev1.Pod {
 	reason, message := p.reason, p.message
 	p.mu.Unlock()
 
+	if lister := p.rt.cfg.Pods; lister != nil {
+		if api, err := lister.Pods(pod.Namespace).Get(pod.Name); err == nil && api.UID == pod.UID {
+			pod.Status.Conditions = foreignConditions(api.Status.Conditions)
+		}
+	}
 	st := &pod.Status
 	st.StartTime = &p.startTime
 	st.HostIP = p.rt.cfg.HostIP
@@ -126,6 +131,39 @@ func (p *Pod) Status() *corev1.Pod {
 	}
 	p.setCondition(st, corev1.PodReady, ready, readyReason)
 	return pod
+}
+
+// kubeletConditions are the pod conditions the kubelet (this runtime) owns.
+var kubeletConditions = map[corev1.PodConditionType]bool{
+	corev1.PodReadyToStartContainers: true, corev1.PodInitialized: true,
+	corev1.ContainersReady: true, corev1.PodReady: true,
+}
+
+// foreignConditions keeps the conditions others own (PodScheduled,
+// DisruptionTarget, readiness gates).
+func foreignConditions(conds []corev1.PodCondition) []corev1.PodCondition {
+	var out []corev1.PodCondition
+	for _, c := range conds {
+		if !kubeletConditions[c.Type] {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// ForeignConditionsChanged reports whether a pod update changed a condition
+// the runtime does not own.
+func ForeignConditionsChanged(old, cur *corev1.Pod) bool {
+	a, b := foreignConditions(old.Status.Conditions), foreignConditions(cur.Status.Conditions)
+	if len(a) != len(b) {
+		return true
+	}
+	for i := range a {
+		if a[i].Type != b[i].Type || a[i].Status != b[i].Status {
+			return true
+		}
+	}
+	return false
 }
 
 func reasonIf(cond bool, reason string) string {
