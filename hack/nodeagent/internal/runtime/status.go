@@ -68,6 +68,7 @@ func (p *Pod) Status() *corev1.Pod {
 		}
 	}
 	st := &pod.Status
+	st.ObservedGeneration = pod.Generation
 	st.StartTime = &p.startTime
 	st.HostIP = p.rt.cfg.HostIP
 	st.HostIPs = hostIPs(p.rt.cfg.HostIP)
