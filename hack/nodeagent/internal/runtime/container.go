@@ -180,6 +180,20 @@ func (c *container) runOnce(onStarted func()) (code int32, ok bool) {
 		}
 		// A configuration or image problem: wait and retry (kubelet's sync loop).
 		c.pod.publish()
+		// Let ErrImagePull be seen before the back-off state replaces it.
+		select {
+		case <-c.pod.ctx.Done():
+			return 0, false
+		case <-time.After(time.Second):
+		}
+		c.mu.Lock()
+		if c.waiting != nil && c.waiting.Reason == "ErrImagePull" {
+			// As the kubelet: the retry waits as ImagePullBackOff.
+			c.waiting = &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff",
+				Message: fmt.Sprintf("Back-off pulling image %q: %s", c.spec.Image, c.waiting.Message)}
+		}
+		c.mu.Unlock()
+		c.pod.publish()
 		select {
 		case <-c.pod.ctx.Done():
 			return 0, false

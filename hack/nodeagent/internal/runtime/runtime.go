@@ -372,6 +372,10 @@ func (p *Pod) setUpSandbox() error {
 	case <-p.ctx.Done():
 		return p.ctx.Err()
 	}
+	if pod.Spec.HostNetwork {
+		p.event(corev1.EventTypeWarning, "HostNetworkUnsupported",
+			"hostNetwork is not supported by the process node agent: the pod gets its own network namespace")
+	}
 	cg, err := cfg.Cgroups.Group("pod" + string(pod.UID))
 	if err != nil {
 		return p.sandboxFailed("FailedCreatePodSandBox", err)

@@ -321,6 +321,10 @@ func TestJobSucceedsAndUnknownImageWaits(t *testing.T) {
 	if msg := st.Status.ContainerStatuses[0].State.Waiting.Message; !strings.Contains(msg, "not available on this node") {
 		t.Fatalf("message %q", msg)
 	}
+	h.waitFor("bad", "ImagePullBackOff", 10*time.Second, func(p *corev1.Pod) bool {
+		w := p.Status.ContainerStatuses[0].State.Waiting
+		return w != nil && w.Reason == "ImagePullBackOff"
+	})
 }
 
 type syncBuffer struct {
