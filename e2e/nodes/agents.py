@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from e2e.nodes.build import REPO, bin_dir
+from e2e.nodes.build import bin_dir
 from e2e.nodes.cluster import ClusterInfo
 from e2e.nodes.network import HostNetwork
 
