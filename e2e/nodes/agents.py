@@ -118,10 +118,53 @@ class NodeAgents:
             # The agents share the host's network namespace: one kube-proxy routes for all.
             self.cluster.start_kube_proxy(self.order[0])
 
+    def _dns_kubeconfig(self) -> Path:
+        """Credentials for the DNS server with only what CoreDNS's system:coredns role has
+        (list/watch Services and EndpointSlices): a ServiceAccount token, 24 h."""
+        import yaml
+        from kubernetes import client, config
+
+        api = config.new_client_from_config(str(self.cluster.admin_kubeconfig))
+        core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+        name, ns = "mailwarden-cluster-dns", "kube-system"
+        rules = [client.V1PolicyRule(api_groups=[""], resources=["services"], verbs=["list", "watch"]),
+                 client.V1PolicyRule(api_groups=["discovery.k8s.io"], resources=["endpointslices"],
+                                     verbs=["list", "watch"])]
+        for create in (
+                lambda: core.create_namespaced_service_account(
+                    ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))),
+                lambda: rbac.create_cluster_role(client.V1ClusterRole(
+                    metadata=client.V1ObjectMeta(name=name), rules=rules)),
+                lambda: rbac.create_cluster_role_binding(client.V1ClusterRoleBinding(
+                    metadata=client.V1ObjectMeta(name=name),
+                    role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io",
+                                              kind="ClusterRole", name=name),
+                    subjects=[client.RbacV1Subject(kind="ServiceAccount", name=name,
+                                                   namespace=ns)]))):
+            try:
+                create()
+            except client.ApiException as exc:
+                if exc.status != 409:
+                    raise
+        token = core.create_namespaced_service_account_token(
+            name, ns, client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=86400))).status.token
+        admin = yaml.safe_load(self.cluster.admin_kubeconfig.read_text())
+        kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"],
+                      "users": [{"name": name, "user": {"token": token}}],
+                      "contexts": [{"name": name, "context": {
+                          "cluster": admin["clusters"][0]["name"], "user": name}}],
+                      "current-context": name}
+        path = self.workdir / "dns.kubeconfig"
+        path.touch(mode=0o600)
+        path.write_text(yaml.safe_dump(kubeconfig))
+        return path
+
     def _start_dns(self) -> None:
+        kubeconfig = self._dns_kubeconfig()
         log = open(self.workdir / "dns.log", "ab")
         self.dns = subprocess.Popen(
-            [str(self.bin / "nodeagent"), "dns", "--kubeconfig", str(self.cluster.admin_kubeconfig),
+            [str(self.bin / "nodeagent"), "dns", "--kubeconfig", str(kubeconfig),
              "--listen", f"{self.cluster.dns_ip}:53", "--zone", self.cluster.cluster_domain],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
@@ -164,6 +207,9 @@ class NodeAgents:
         deadline = time.monotonic() + timeout
         pending = set(names)
         while pending:
+            if self.dns is not None and self.dns.poll() is not None:
+                raise NodeAgentError(f"the DNS server exited ({self.dns.returncode}); its log ends:\n"
+                                     f"{_tail(self.workdir / 'dns.log')}")
             for name in list(pending):
                 proc = self.procs.get(name)
                 if proc is None or proc.poll() is not None:
