@@ -66,9 +66,24 @@ def reserve(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def write_port_file(path: Path, grpc_port: int, metrics_port: int) -> None:
-    """Tell whoever started us which ports we bound (atomically: write, then rename)."""
+def listening_socket(host: str, port: int, reuseport: bool) -> socket.socket:
+    """A listening TCP socket on `port` (0 = pick one), dual-stack for `[::]`, for the
+    mail-server protocol ports: checked free first, like the gRPC port, unless workers
+    share it (`reuseport`: the supervisor already probed and reserved it)."""
+    if not reuseport:
+        check_free(host, port)
+    sock = _bind(host, port, reuseport=reuseport)
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def write_port_file(path: Path, grpc_port: int, metrics_port: int,
+                    protocol_ports: dict[str, int] | None = None) -> None:
+    """Tell whoever started us which ports we bound (atomically: write, then rename);
+    the mail-server protocol ports as `<protocol>_port`."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"grpc_port": grpc_port, "metrics_port": metrics_port,
-                               "pid": os.getpid()}) + "\n")
+    doc = {"grpc_port": grpc_port, "metrics_port": metrics_port, "pid": os.getpid()}
+    doc.update({f"{name}_port": port for name, port in (protocol_ports or {}).items()})
+    tmp.write_text(json.dumps(doc) + "\n")
     tmp.replace(path)

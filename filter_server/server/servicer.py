@@ -20,7 +20,7 @@ from filter_server.engine.compiled import Envelope, Verdict
 from filter_server.message import MAX_PARSE_BYTES
 from filter_server.server.cost import CostModel
 from filter_server.server.memory import MemoryBudget
-from filter_server.server.metrics import FilterMetrics
+from filter_server.server.metrics import METHODS, FilterMetrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.suppression import SuppressionProvider
 from filter_server.server.turns import Turn, TurnQueue
@@ -43,6 +43,7 @@ RECEIVE_COPIES = 4
 HELD_OVERHEAD_BYTES = 64 * 1024
 # A ClassifyStream without a deadline waits at most this long for memory per message.
 STREAM_MEMORY_WAIT_SECONDS = 5.0
+NO_DEADLINE_MEMORY_WAIT = STREAM_MEMORY_WAIT_SECONDS
 _ACTIONS: dict[str, int] = {
     name: filter_pb2.Action.Value(name) for name in ("ACCEPT", "TAG", "QUARANTINE", "REJECT")}
 _OK = grpc.StatusCode.OK
@@ -114,13 +115,11 @@ class FilterServicer:
         self._turns = TurnQueue(CostModel())
         # Per-verdict log lines cost throughput; decide once whether they are wanted.
         self._log_verdicts = log.isEnabledFor(logging.DEBUG)
-        self._duration = {m: metrics.duration.labels(m) for m in
-                          ("Classify", "ClassifyStream")}
+        self._duration = {m: metrics.duration.labels(m) for m in METHODS}
         self._verdicts = {a: metrics.verdicts.labels(a) for a in _ACTIONS}
         # The series every successful call updates, looked up once (labels() takes a lock
         # and builds a key per call).
-        self._finished_ok = {m: metrics.requests.labels(m, _OK.name) for m in
-                             ("Classify", "ClassifyStream")}
+        self._finished_ok = {m: metrics.requests.labels(m, _OK.name) for m in METHODS}
 
     # --- RPCs ---------------------------------------------------------------------------
     def Classify(self, request_iterator: Iterator[filter_pb2.ClassifyRequest],
@@ -219,6 +218,12 @@ class FilterServicer:
                         and failure.at_capacity)
         if failure is not None:
             context.abort(failure.code, failure.details)
+
+    def admit(self, method: str, deadline_seconds: float) -> "Admission":
+        """A call from inside the process (the mail-server protocols, filter_server/
+        protocols): the same admission, classification, suppression and metrics as
+        Classify, counted under `method`. Raises Rejected when no call slot is free."""
+        return Admission(self, method, deadline_seconds)
 
     # --- admission ----------------------------------------------------------------------
     def _take_slot(self, held: _Held) -> None:
@@ -396,3 +401,106 @@ def _response(request_id: str, verdict: Verdict) -> filter_pb2.ClassifyResponse:
         hits=[filter_pb2.RuleHit(name=h.name, score=h.score, description=h.description)
               for h in verdict.hits],
         spam_probability=verdict.spam_probability, policy_hash=verdict.policy_hash)
+
+
+# --- in-process calls (filter_server/protocols) ---------------------------------------------
+class LocalCall:
+    """A message handed over in-process, with what a ClassifyRequest would carry."""
+
+    __slots__ = ("request_id", "raw", "envelope", "recipients", "mail_class", "list_scope")
+
+    def __init__(self, request_id: str, raw: bytes, envelope: Envelope, *,
+                 mail_class: int = 0, list_scope: str = "") -> None:
+        self.request_id = request_id
+        self.raw = raw
+        self.envelope = envelope
+        self.recipients = envelope.recipients
+        self.mail_class = mail_class
+        self.list_scope = list_scope
+
+
+class _LocalDeadline:
+    """Stands in for a gRPC context where the servicer only asks for the time left."""
+
+    __slots__ = ("_at",)
+
+    def __init__(self, seconds: float) -> None:
+        self._at = time.monotonic() + seconds
+
+    def time_remaining(self) -> float:
+        return self._at - time.monotonic()
+
+
+class Admission:
+    """One in-process call's hold on the worker's capacity, in the order a Classify call
+    takes it: a call slot (at once, or Rejected), memory for its message reserved as the
+    message arrives (a protocol may not know the size up front), then its turn. `close`
+    gives everything back and counts the call; every failure is a Rejected with the gRPC
+    code Classify would have answered, which the protocol maps to its own reply."""
+
+    def __init__(self, servicer: FilterServicer, method: str, deadline_seconds: float) -> None:
+        self._servicer = servicer
+        self.method = method
+        self._held = _Held()
+        self._context = _LocalDeadline(deadline_seconds)
+        self._received = 0
+        self._code = _OK
+        self._at_capacity = False
+        self._answered = False
+        self._closed = False
+        self._failing(servicer._take_slot, self._held)
+
+    def _failing(self, step, *args):  # noqa: ANN001, ANN202 - a servicer step
+        try:
+            return step(*args)
+        except Rejected as exc:
+            self._code, self._at_capacity = exc.code, exc.at_capacity
+            self._servicer._log_rejection("", exc)
+            raise
+
+    def reserve(self, nbytes: int) -> None:
+        """Reserve memory for `nbytes` more of the message before reading them, waiting at
+        most a share of the deadline; Rejected (RESOURCE_EXHAUSTED) past the size limit or
+        when the budget stays taken."""
+        self._failing(self._reserve, nbytes)
+
+    def _reserve(self, nbytes: int) -> None:
+        servicer = self._servicer
+        servicer._check_size(self._received + nbytes)
+        extra = nbytes if self._held.memory else nbytes + HELD_OVERHEAD_BYTES
+        remaining = _deadline_left(self._context)  # type: ignore[arg-type]
+        wait = NO_DEADLINE_MEMORY_WAIT if remaining is None \
+            else remaining * MEMORY_WAIT_DEADLINE_SHARE
+        if not servicer.memory.reserve(extra, wait):
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"server at capacity (its {servicer.memory.capacity >> 20} MiB for "
+                           "messages in flight are taken); retry later", at_capacity=True)
+        self._held.memory += extra
+        self._received += nbytes
+        servicer._metrics.memory_reserved.inc(extra)
+
+    def classify(self, call: LocalCall) -> filter_pb2.ClassifyResponse:
+        """Wait for the call's turn and classify; suppression as for Classify."""
+        return self._failing(self._classify, call)
+
+    def _classify(self, call: LocalCall) -> filter_pb2.ClassifyResponse:
+        servicer, context = self._servicer, self._context
+        if len(call.raw) > self._received:  # the caller read more than it reserved for
+            self._reserve(len(call.raw) - self._received)
+        servicer._check(call, context)  # type: ignore[arg-type]
+        servicer._join_queue(self._held, len(call.raw), context)  # type: ignore[arg-type]
+        response = servicer._answer(self._held, call, context,  # type: ignore[arg-type]
+                                    self.method)
+        self._answered = True
+        return response
+
+    def close(self) -> None:
+        """Give back the slot, memory and turn, and count the call: CANCELLED when it ended
+        with neither an answer nor a refusal (the peer went away or broke the protocol)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._answered and self._code is _OK:
+            self._code = grpc.StatusCode.CANCELLED
+        self._servicer._release(self._held)
+        self._servicer._count(self.method, self._code, at_capacity=self._at_capacity)
