@@ -19,6 +19,7 @@ import shutil
 import signal
 import smtplib
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ DOMAIN = "test.example"
 POSTFIX = Path("/usr/sbin/postfix")
 EXIM = REPO / ".cache" / "exim" / "usr" / "sbin" / "exim4"
 START_TIMEOUT = 30.0
-# The mailboxes a Postfix instance has (Exim takes any local part).
+# The mailboxes of an instance.
 USERS = ("bob", "carol", "dave", "erin", "frank")
 
 
@@ -48,6 +49,14 @@ def exim_version() -> str:
                          text=True)
     first = (out.stdout or out.stderr).splitlines()
     return next((line for line in first if line.startswith("Exim version")), "?")
+
+
+def instance_root(kind: str) -> Path:
+    """A directory of its own for one instance, which the MTAs' unprivileged users
+    (postfix, Debian-exim, nobody) can reach: pytest's temp dirs are private to root."""
+    root = Path(tempfile.mkdtemp(prefix=f"mailwarden-{kind}-"))
+    root.chmod(0o755)
+    return root
 
 
 def _wait_port(port: int, timeout: float, check) -> None:  # noqa: ANN001
@@ -163,12 +172,13 @@ milter_content_timeout = 30s
 class Postfix:
     """A Postfix instance: `Postfix(root, milter="inet:127.0.0.1:N").start()`."""
 
-    def __init__(self, root: Path, *, milter: str, default_action: str = "tempfail",
+    def __init__(self, *, milter: str, default_action: str = "tempfail",
                  port: int | None = None) -> None:
         if not POSTFIX.exists():
             raise MtaMissing("postfix is not installed (scripts/bootstrap.sh installs it)")
-        self.root = root
+        self.root = instance_root("postfix")
         self.port = port or free_port()
+        root = self.root
         self.etc = root / "etc"
         self.queue = root / "queue"
         self.mail = root / "mail"
@@ -242,13 +252,17 @@ class Postfix:
         except ProcessLookupError:
             pass
         self.master = None
+        remove_tree(self.root)
 
 
 # --- Exim ------------------------------------------------------------------------------------
 EXIM_CONF = """\
+exim_path = {exim}
+keep_environment =
+tls_advertise_hosts =
 primary_hostname = mx.{domain}
 qualify_domain = {domain}
-local_domains = {domain}
+domainlist local_domains = {domain}
 daemon_smtp_ports = {port}
 local_interfaces = 127.0.0.1
 spool_directory = {spool}
@@ -267,7 +281,7 @@ acl_smtp_data = acl_check_data
 begin acl
 
 acl_check_rcpt:
-  accept domains = {domain}
+  accept domains = +local_domains
   deny message = relay not permitted
 
 acl_check_data:
@@ -284,14 +298,15 @@ begin routers
 
 local_user:
   driver = accept
-  domains = {domain}
+  domains = +local_domains
+  local_parts = {users}
   transport = maildir
 
 begin transports
 
 maildir:
   driver = appendfile
-  directory = {mail}/$local_part
+  directory = {mail}/$local_part_data
   maildir_format
   create_directory
   user = Debian-exim
@@ -303,7 +318,7 @@ maildir:
 class Exim:
     """An Exim daemon with `spam =` against `spamd_address` (spamd or variant=rspamd)."""
 
-    def __init__(self, root: Path, *, spamd_address: str, defer_ok: bool = False) -> None:
+    def __init__(self, *, spamd_address: str, defer_ok: bool = False) -> None:
         if not EXIM.exists():
             raise MtaMissing("exim4 is not unpacked in .cache/exim (scripts/bootstrap.sh)")
         try:
@@ -311,8 +326,9 @@ class Exim:
             grp.getgrnam("Debian-exim")
         except KeyError:
             raise MtaMissing("no Debian-exim user (scripts/bootstrap.sh creates it)") from None
-        self.root = root
+        self.root = instance_root("exim")
         self.port = free_port()
+        root = self.root
         self.spool = root / "spool"
         self.mail = root / "mail"
         self.mailboxes = Mailboxes(self.mail)
@@ -327,7 +343,7 @@ class Exim:
             os.chown(directory, self.user.pw_uid, self.user.pw_gid)
         self.root.chmod(0o755)
         self.conf.write_text(EXIM_CONF.format(
-            domain=DOMAIN, port=self.port, spool=self.spool, root=self.root, mail=self.mail,
+            exim=EXIM, users=" : ".join(USERS), domain=DOMAIN, port=self.port, spool=self.spool, root=self.root, mail=self.mail,
             spamd_address=self.spamd_address,
             defer_ok="/defer_ok" if self.defer_ok else ""))
         # -bdf: daemon in the foreground; -odi: deliver at once, in the receiving process
@@ -352,13 +368,18 @@ class Exim:
     def stop(self) -> None:
         if self.daemon is None:
             return
-        try:
-            os.killpg(self.daemon.pid, signal.SIGTERM)
-            self.daemon.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.daemon.pid, signal.SIGKILL)
-            self.daemon.wait()
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+            try:
+                os.killpg(self.daemon.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.daemon.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         self.daemon = None
+        remove_tree(self.root)
 
 
 def remove_tree(path: Path) -> None:

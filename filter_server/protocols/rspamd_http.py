@@ -112,9 +112,9 @@ async def serve(conn: Connection, classifier: Classifier, metrics: ProtocolMetri
             await conn.send(http_reply(400, error_body(
                 f"not an HTTP/1.x or RSPAMC request line: {line[:80]!r}"), keep_alive=False))
             raise ProtocolError(f"not an HTTP or RSPAMC request line: {line[:80]!r}")
-        request = Request(match.group(1).decode(), match.group(2).decode("latin-1"),
-                          int(match.group(3)), await read_headers(conn))
         try:
+            request = Request(match.group(1).decode(), match.group(2).decode("latin-1"),
+                              int(match.group(3)), await read_headers(conn))
             status, body = await handle(conn, classifier, metrics, request)
         except ProtocolError as exc:
             status = 408 if exc.reason == "timeout" else 400
