@@ -343,7 +343,8 @@ class Exim:
             os.chown(directory, self.user.pw_uid, self.user.pw_gid)
         self.root.chmod(0o755)
         self.conf.write_text(EXIM_CONF.format(
-            exim=EXIM, users=" : ".join(USERS), domain=DOMAIN, port=self.port, spool=self.spool, root=self.root, mail=self.mail,
+            exim=EXIM, users=" : ".join(USERS), domain=DOMAIN, port=self.port,
+            spool=self.spool, root=self.root, mail=self.mail,
             spamd_address=self.spamd_address,
             defer_ok="/defer_ok" if self.defer_ok else ""))
         # -bdf: daemon in the foreground; -odi: deliver at once, in the receiving process

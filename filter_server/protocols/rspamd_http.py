@@ -200,7 +200,7 @@ def _bare(address: str) -> str:
 async def read_body(conn: Connection, classifier: Classifier, admission: Admission,
                     request: Request) -> bytes:
     if request.get("transfer-encoding").lower() == "chunked":
-        parts = []
+        parts: list[bytes] = []
         while True:
             size_line = await conn.line("a chunk size")
             try:
@@ -302,7 +302,7 @@ async def legacy_check(conn: Connection, classifier: Classifier, metrics: Protoc
     finally:
         admission.close()
     spam = "True" if response.action != filter_pb2.ACCEPT else "False"
-    lines = [f"RSPAMD/1.3 0 EX_OK",
+    lines = ["RSPAMD/1.3 0 EX_OK",
              f"Metric: default; {spam}; {response.score:.2f} / {options.tag_threshold:.2f} / "
              f"{options.reject_threshold:.2f}",
              f"Action: {RSPAMD_ACTIONS.get(response.action, 'no action')}"]

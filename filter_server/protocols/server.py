@@ -18,6 +18,7 @@ those still open then are closed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import threading
@@ -240,10 +241,9 @@ class ProtocolServers:
     async def _listen(self, sockets: dict[str, socket.socket]) -> None:
         self._stopping = asyncio.Event()
         for protocol, sock in sockets.items():
-            handler = self._handler(protocol)
             server = await asyncio.start_server(
-                lambda r, w, p=protocol, h=handler: self._accept(p, h, r, w), sock=sock,
-                limit=LINE_LIMIT_BYTES)
+                functools.partial(self._accept, protocol, self._handler(protocol)),
+                sock=sock, limit=LINE_LIMIT_BYTES)
             self._servers.append(server)
             self.bound[protocol] = sock.getsockname()[1]
 

@@ -4,8 +4,10 @@ condition, amavis and MailScanner speak to SpamAssassin's spamd.
 Our own, small implementation: the PyPI packages for this protocol (aiospamc, spamc) are
 clients. One request per connection, as spamd does:
 
-    <COMMAND> SPAMC/1.5\\r\\n  Content-length: N\\r\\n  [Compress: zlib]  [User: u]\\r\\n\\r\\n  <N bytes>
- -> SPAMD/1.5 0 EX_OK\\r\\n  Spam: True ; 23.5 / 5.0\\r\\n  Content-length: M\\r\\n\\r\\n  <M bytes>
+    <COMMAND> SPAMC/1.5      Content-length: N  [Compress: zlib]  [User: u]  <N bytes>
+ -> SPAMD/1.5 0 EX_OK  Spam: True ; 23.5 / 5.0  Content-length: M  <M bytes>
+
+(each line ends with CRLF, the headers with an empty line).
 
 CHECK (no body), SYMBOLS (hit names, comma-separated), REPORT (a SpamAssassin-style
 report), REPORT_IFSPAM (the report only for spam), PROCESS (the message with our headers

@@ -140,7 +140,7 @@ class Supervisor:
                             f"{config.metrics_port}: {exc.strerror or exc}", EXIT_CONFIG) from None
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-            protocol_ports = {}
+            protocol_ports: dict[str, int] = {}
             for name, port in config.protocol_ports().items():
                 try:
                     sock, protocol_ports[name] = reserve(config.host, port)
@@ -150,7 +150,9 @@ class Supervisor:
             worker_config = dataclasses.replace(
                 config, grpc_port=grpc_port, port_file=None,
                 memory_limit_bytes=self._worker_memory_share(),
-                **{f"{name}_port": port for name, port in protocol_ports.items()})
+                milter_port=protocol_ports.get("milter"),
+                spamd_port=protocol_ports.get("spamd"),
+                rspamd_port=protocol_ports.get("rspamd"))
             for index in range(config.workers):
                 if self._signals:  # stopped while starting: the loop below winds down
                     break

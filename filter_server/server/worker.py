@@ -244,7 +244,8 @@ class Worker:
                 write_port_file(config.port_file, self.grpc_port, metrics_port,
                                 self.protocol_ports)
         self.log.info("listening", extra={
-            "grpc_port": self.grpc_port, "protocol_ports": self.protocol_ports, "tls": config.tls_dir is not None,
+            "grpc_port": self.grpc_port, "protocol_ports": self.protocol_ports,
+            "tls": config.tls_dir is not None,
             "mutual_tls": config.require_client_cert, "policy_dir": str(config.policy_dir),
             "policy_hash": self.holder.current.hash if self.holder.current else None})
         if error is not None and config.policy_wait_seconds > 0:

@@ -16,7 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         DEFAULT_METRICS_PORT,
         ServeConfig,
     )
-
     from mailwarden import wire
 
     d = ServeConfig(policy_dir=Path("."))

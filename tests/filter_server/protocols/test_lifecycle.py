@@ -13,7 +13,15 @@ import pytest
 
 from testkit.filter import Server, wait_for, write_policy
 from testkit.processes import free_port, mailwarden_argv
-from testkit.protocols import HAM, TAGGED, MilterClient, connect, protocol_policy, read_all, start_server
+from testkit.protocols import (
+    HAM,
+    TAGGED,
+    MilterClient,
+    connect,
+    protocol_policy,
+    read_all,
+    start_server,
+)
 
 
 def spamd_check(port: int, raw: bytes = HAM) -> bytes:
