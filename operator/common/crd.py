@@ -241,7 +241,9 @@ def custom_resource_definition(*, kind: str, plural: str, singular: str,
                 "plural": plural,
                 "singular": singular,
                 "shortNames": short_names,
-                "categories": ["mailwarden", "all"],
+                # Not `all`: `kubectl delete all --all` would delete SpamPolicies and so
+                # stop filtering. `kubectl get mailwarden` lists both kinds.
+                "categories": ["mailwarden"],
             },
             "versions": [{
                 "name": VERSION,

@@ -127,6 +127,13 @@ def test_crd_shape() -> None:
     assert body["spec"]["names"]["shortNames"] and body["spec"]["names"]["categories"]
 
 
+@pytest.mark.parametrize("name", ["spampolicies.mailwarden.dev.yaml",
+                                  "unsubscribestores.mailwarden.dev.yaml"])
+def test_not_in_the_all_category(name: str) -> None:
+    # `kubectl delete all --all` must not delete our resources (issue 13 item 17).
+    assert crd.all_crds()[name]["spec"]["names"]["categories"] == ["mailwarden"]
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("name", sorted(crd.all_crds()))
 def test_crds_are_valid_kubernetes_objects(name: str, version: str) -> None:

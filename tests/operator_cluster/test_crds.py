@@ -138,3 +138,20 @@ def test_explain_documents_the_fields(control_plane: ControlPlane,
     assert "Fewest replicas" in text
     store_text = kubectl(control_plane, "explain", "unsubscribestore.spec.storage").stdout
     assert "Where suppressions are stored" in store_text
+
+
+def test_kubectl_delete_all_leaves_spampolicies_alone(control_plane: ControlPlane,
+                                                     crds_installed: list[str],
+                                                     namespace: str) -> None:
+    """`kubectl delete all --all` must not delete SpamPolicies (and so stop filtering):
+    the CRDs are in the `mailwarden` category only, not `all` (issue 13 item 17)."""
+    code, output = apply(control_plane, spampolicy(namespace))
+    assert code == 0, output
+    # Discovery is cached by kubectl; a fresh cache directory sees the CRDs.
+    listed = kubectl(control_plane, "get", "all", "-n", namespace, "-o", "name")
+    assert listed.returncode == 0, listed.stderr
+    assert "spampolicy" not in listed.stdout
+    done = kubectl(control_plane, "delete", "all", "--all", "-n", namespace)
+    assert done.returncode == 0, done.stderr
+    ours = kubectl(control_plane, "get", "mailwarden", "-n", namespace, "-o", "name")
+    assert ours.stdout.split() == ["spampolicy.mailwarden.dev/inbound"], ours.stdout
