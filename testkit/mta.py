@@ -173,7 +173,7 @@ class Postfix:
     """A Postfix instance: `Postfix(root, milter="inet:127.0.0.1:N").start()`."""
 
     def __init__(self, *, milter: str, default_action: str = "tempfail",
-                 port: int | None = None) -> None:
+                 port: int | None = None, extra_config: str = "") -> None:
         if not POSTFIX.exists():
             raise MtaMissing("postfix is not installed (scripts/bootstrap.sh installs it)")
         self.root = instance_root("postfix")
@@ -185,6 +185,7 @@ class Postfix:
         self.mailboxes = Mailboxes(self.mail)
         self.milter = milter
         self.default_action = default_action
+        self.extra_config = extra_config  # main.cf lines appended (the benchmark's)
         self.master: subprocess.Popen | None = None
 
     def _write_config(self) -> None:
@@ -198,7 +199,7 @@ class Postfix:
         (self.etc / "main.cf").write_text(MAIN_CF.format(
             etc=self.etc, queue=self.queue, data=self.root / "data", mail=self.mail,
             root=self.root, domain=DOMAIN, uid=nobody.pw_uid, gid=nobody.pw_gid,
-            milters=self.milter, default_action=self.default_action))
+            milters=self.milter, default_action=self.default_action) + self.extra_config)
         (self.etc / "master.cf").write_text(MASTER_CF.format(
             address=f"127.0.0.1:{self.port}"))
         (self.etc / "mailboxes").write_text("".join(f"{user}@{DOMAIN} {user}/\n"

@@ -66,12 +66,28 @@ worker "normal" {{
     mime = true;
 }}
 
-worker "controller" {{
+{proxy}worker "controller" {{
     bind_socket = "127.0.0.1:{controller_port}";
     count = 1;
     secure_ip = "127.0.0.1";
     static_dir = "${{WWWDIR}}";
 }}
+"""
+
+# Rspamd's milter: the proxy worker in milter mode, scanning with the normal workers (its
+# upstream), as a Postfix in front of Rspamd is set up (benchmarks/protocols.py).
+PROXY_WORKER = """\
+worker "rspamd_proxy" {{
+    bind_socket = "127.0.0.1:{proxy_port}";
+    milter = yes;
+    timeout = 120s;
+    count = {workers};
+    upstream "local" {{
+        default = yes;
+        hosts = "127.0.0.1:{port}";
+    }}
+}}
+
 """
 
 OPTIONS_INC = """\
@@ -94,7 +110,7 @@ class Rspamd:
     name = "Rspamd"
 
     def __init__(self, work: Path, servers: ServerSet, *, workers: int, dns: str,
-                 hs_cache: Path, progress=print) -> None:
+                 hs_cache: Path, progress=print, milter_proxy: bool = False) -> None:
         self.work = work
         self.servers = servers
         self.workers = workers
@@ -106,6 +122,8 @@ class Rspamd:
         self.port = free_port()
         self.controller_port = free_port()
         self.redis_port = free_port()
+        # the milter proxy worker's port (0: no proxy worker)
+        self.proxy_port = free_port() if milter_proxy else 0
         self.rspamd: Server | None = None
         self.redis: Server | None = None
         self.trained = Training()
@@ -122,8 +140,11 @@ class Rspamd:
         for name in ("db", "run", "log", "redis"):
             (self.work / name).mkdir(exist_ok=True)
         self.hs_cache.mkdir(parents=True, exist_ok=True)
+        proxy = PROXY_WORKER.format(proxy_port=self.proxy_port, port=self.port,
+                                    workers=self.workers) if self.proxy_port else ""
         (etc / "rspamd.conf").write_text(TOP_CONF.format(
-            port=self.port, controller_port=self.controller_port, workers=self.workers))
+            port=self.port, controller_port=self.controller_port, workers=self.workers,
+            proxy=proxy))
         (local / "options.inc").write_text(OPTIONS_INC.format(dns=self.dns,
                                                                hs_cache=self.hs_cache))
         (local / "classifier-bayes.conf").write_text(

@@ -464,20 +464,28 @@ class Admission:
         when the budget stays taken."""
         self._failing(self._reserve, nbytes)
 
-    def _reserve(self, nbytes: int) -> None:
+    def try_reserve(self, nbytes: int) -> bool:
+        """`reserve` without waiting: False when the budget has no room right now (then
+        `reserve` waits for it). Never blocks, so an event loop may call it."""
+        return self._failing(self._reserve, nbytes, False)
+
+    def _reserve(self, nbytes: int, wait: bool = True) -> bool:
         servicer = self._servicer
         servicer._check_size(self._received + nbytes)
         extra = nbytes if self._held.memory else nbytes + HELD_OVERHEAD_BYTES
         remaining = _deadline_left(self._context)  # type: ignore[arg-type]
-        wait = NO_DEADLINE_MEMORY_WAIT if remaining is None \
+        timeout = NO_DEADLINE_MEMORY_WAIT if remaining is None \
             else remaining * MEMORY_WAIT_DEADLINE_SHARE
-        if not servicer.memory.reserve(extra, wait):
+        if not servicer.memory.reserve(extra, timeout if wait else 0):
+            if not wait:
+                return False
             raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"server at capacity (its {servicer.memory.capacity >> 20} MiB for "
                            "messages in flight are taken); retry later", at_capacity=True)
         self._held.memory += extra
         self._received += nbytes
         servicer._metrics.memory_reserved.inc(extra)
+        return True
 
     def classify(self, call: LocalCall) -> filter_pb2.ClassifyResponse:
         """Wait for the call's turn and classify; suppression as for Classify."""
