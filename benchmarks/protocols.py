@@ -42,7 +42,6 @@ from benchmarks.clients.spamd import SpamdClient
 from benchmarks.dns_sink import DnsSink
 from benchmarks.run import DEFAULT_HS_CACHE, DEFAULT_SPLIT, subset_split
 from benchmarks.servers import ServerSet, free_port
-from benchmarks.systems import version_of
 from benchmarks.systems.mailwarden import Mailwarden
 from mailwarden_local.corpus import DEFAULT_CORPUS
 from testkit.mta import Postfix, postfix_version
@@ -116,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"{len(test)} test messages; C={args.concurrency}, {args.duration:g} s per row; "
              f"work in {work}")
     out: dict = {"started": started.isoformat(timespec="seconds"),
-                 "command": "scripts/bench.sh --protocols " + " ".join(argv or sys.argv[1:]),
+                 "command": "scripts/bench.sh --protocols "
+                 + " ".join(sys.argv[1:] if argv is None else argv),
                  "machine": asdict(machine.describe()), "load_before": machine.load_average(),
                  "settings": {k: str(v) for k, v in vars(args).items()},
                  "messages": len(test), "protocols": [], "postfix": [], "versions": {}}

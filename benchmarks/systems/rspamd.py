@@ -3,7 +3,8 @@
 Configuration (the stock /etc/rspamd rules and scores, plus these local overrides):
 - our own top-level rspamd.conf that includes the stock `common.conf` (all modules, rules,
   scores, actions) and defines only two workers: `normal` with count = workers on
-  127.0.0.1:<port>, and one `controller` (for learning) on 127.0.0.1:<port>; no proxy, no
+  127.0.0.1:<port>, and one `controller` (for learning) on 127.0.0.1:<port>; no proxy (but
+  for benchmarks/protocols.py's milter row: a `rspamd_proxy` worker in milter mode), no
   fuzzy storage; DBDIR/RUNDIR/LOGDIR point into the temp dir (`--var`); logging at
   `notice` (one summary line per message);
 - Bayes: the stock classifier on a private redis-server (no persistence) at
