@@ -70,6 +70,11 @@ P_NOUNKNOWN, P_NODATA, P_HDR_LEADSPC = 0x100, 0x200, 0x100000
 NO_REPLY = {CONNECT: 0x1000, HELO: 0x2000, MAIL: 0x4000, RCPT: 0x8000, DATA: 0x10000,
             UNKNOWN: 0x20000, EOH: 0x40000, BODY: 0x80000, HEADER: 0x80}
 WANTED_PROTOCOL = P_NOUNKNOWN | P_NODATA | P_HDR_LEADSPC | sum(NO_REPLY.values())
+# Envelope data is kept outside the memory budget, so it is bounded here: an SMTP path is
+# at most 256 octets (RFC 5321 4.5.3.1.3) and Postfix sends at most smtpd_recipient_limit
+# (1000 by default) recipients per message.
+MAX_ADDRESS_BYTES = 2048
+MAX_RECIPIENTS = 10000
 _LENGTH = struct.Struct("!I")
 _NEGOTIATE = struct.Struct("!III")
 
@@ -84,6 +89,13 @@ def cstrings(data: bytes) -> list[bytes]:
     if parts and parts[-1] == b"":
         parts.pop()
     return parts
+
+
+def _bounded(arg: bytes) -> bytes:
+    if len(arg) > MAX_ADDRESS_BYTES:
+        raise ProtocolError(f"an envelope address of {len(arg)} bytes (at most "
+                            f"{MAX_ADDRESS_BYTES})", "too_large")
+    return arg
 
 
 def address(arg: bytes) -> str:
@@ -179,11 +191,14 @@ class MilterSession:
         elif command == MAIL:
             self._end_message()
             args = cstrings(data)
-            self.message.mail_from = address(args[0]) if args else ""
+            self.message.mail_from = address(_bounded(args[0])) if args else ""
         elif command == RCPT:
             args = cstrings(data)
             if args:
-                self.message.recipients.append(args[0])
+                if len(self.message.recipients) >= MAX_RECIPIENTS:
+                    raise ProtocolError(f"more than {MAX_RECIPIENTS} recipients in one "
+                                        "message", "too_large")
+                self.message.recipients.append(_bounded(args[0]))
         elif command == HEADER:
             await self.header(data)
         elif command == BODY:

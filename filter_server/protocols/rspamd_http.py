@@ -54,6 +54,8 @@ from filter_server.server.servicer import Admission, LocalCall, Rejected
 from mailwarden.filter.v1 import filter_pb2
 
 MAX_HEADERS = 100
+# Rcpt lines for a large envelope fit; headers are held outside the memory budget
+MAX_HEADER_BYTES = 256 * 1024
 _HTTP_REQUEST = re.compile(rb"^([A-Z]+) (\S+) HTTP/1\.([01])\r?\n$")
 _LEGACY_REQUEST = re.compile(rb"^([A-Z_]+) RSPAMC/(\d+)\.(\d+)\r?\n$")
 LEGACY_COMMANDS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM")
@@ -133,10 +135,14 @@ async def serve(conn: Connection, classifier: Classifier, metrics: ProtocolMetri
 
 async def read_headers(conn: Connection) -> list[tuple[str, str]]:
     headers: list[tuple[str, str]] = []
+    total = 0
     for _ in range(MAX_HEADERS + 1):
         line = await conn.line("request headers")
         if line in (b"\r\n", b"\n"):
             return headers
+        total += len(line)
+        if total > MAX_HEADER_BYTES:
+            raise ProtocolError(f"request headers over {MAX_HEADER_BYTES} bytes", "too_large")
         name, sep, value = line.decode("utf-8", "replace").partition(":")
         if not sep or not name.strip():
             raise ProtocolError(f"malformed request header line {line[:80]!r}")

@@ -55,6 +55,7 @@ COMMANDS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS",
             "SKIP", "TELL")
 _REQUEST = re.compile(rb"^([A-Z_]+) SPAMC/(\d+)\.(\d+)\r?\n$")
 MAX_HEADERS = 32
+MAX_HEADER_BYTES = 16 * 1024  # real requests send a few short ones
 TELL_READ_BYTES = 1 << 20
 EX_OK, EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL, EX_PROTOCOL = \
     0, 64, 65, 69, 75, 76
@@ -162,10 +163,15 @@ async def _inflate(data: bytes, classifier: Classifier, admission: object) -> by
 
 async def read_headers(conn: Connection) -> dict[str, str]:
     headers: dict[str, str] = {}
+    total = 0
     for _ in range(MAX_HEADERS + 1):
         line = await conn.line("spamd request headers")
         if line in (b"\r\n", b"\n"):
             return headers
+        total += len(line)
+        if total > MAX_HEADER_BYTES:
+            raise ProtocolError(f"spamd request headers over {MAX_HEADER_BYTES} bytes",
+                                "too_large")
         name, sep, value = line.decode("latin-1").partition(":")
         if not sep:
             raise ProtocolError(f"malformed spamd header line {line[:80]!r}")

@@ -193,3 +193,11 @@ def test_a_stalled_mta_and_one_that_never_sends_eom_are_cut_off(server):
                          code="CANCELLED") >= 1
     assert server.metric("mailwarden_filter_protocol_errors_total", protocol="milter",
                          reason="timeout") >= 2
+
+
+def test_envelope_data_outside_the_memory_budget_is_bounded(milter, server):
+    client = milter()
+    client.ask(b"M", b"<a@example.com>\x00")
+    client.send(b"R", b"<" + b"x" * 5000 + b"@example.com>\x00")
+    assert _closed_within(client.sock, 5) < 5
+    assert "an envelope address of 5014 bytes (at most 2048)" in server.log()

@@ -99,3 +99,9 @@ def test_a_stalled_client_times_out_while_others_are_served(server):
     reply = read_all(stalled)
     assert reply.startswith(b"SPAMD/1.5 76 EX_PROTOCOL nothing received for 1.5 s")
     assert time.monotonic() - started >= IDLE_SECONDS - 0.1
+
+
+def test_request_headers_are_bounded(server):
+    many = "".join(f"X-{i}: {'v' * 1000}\r\n" for i in range(20))
+    reply = ask(server, f"CHECK SPAMC/1.5\r\n{many}\r\n".encode())
+    assert reply.startswith(b"SPAMD/1.5 76 EX_PROTOCOL spamd request headers over 16384")
