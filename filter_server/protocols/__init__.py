@@ -6,7 +6,7 @@ Exim's `variant=rspamd` sends).
 Each adapter only reads its wire format and writes its replies. What happens to a message
 in between — admission (call slots, the memory budget, the deadline-aware queue),
 classification, suppression, the request and verdict metrics — is the gRPC servicer's own
-path (`FilterServicer.admit`), so a message costs and counts the same whichever door it
+path (`servicer.Admission`), so a message costs and counts the same whichever door it
 came through. `verdict.py` turns one ClassifyResponse into what each protocol says;
 `server.py` runs the listeners of one worker process on one asyncio event loop.
 """

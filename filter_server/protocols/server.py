@@ -6,7 +6,7 @@ SMTP session, mostly idle, and a stalled or hostile peer must cost nothing but a
 thread each would put hundreds of idle threads beside the classification thread. The loop
 only reads and writes; every step that may block (waiting for memory in the budget, for
 the call's turn, classifying) runs on a small thread pool through the servicer's own
-admission (`FilterServicer.admit`), exactly as a gRPC call does.
+admission (`servicer.Admission`), exactly as a gRPC call does.
 
 Lifecycle (the worker's, filter_server/server/worker.py): listeners open once the gRPC
 server has started; before a policy is loaded every message is refused as temporary
@@ -104,7 +104,7 @@ class Classifier:
 
     def admit(self, method: str) -> Admission:
         """A call slot now, or Rejected (never waits)."""
-        return self._servicer.admit(method, self._deadline)
+        return Admission(self._servicer, method, self._deadline)
 
     async def reserve(self, admission: Admission, nbytes: int) -> None:
         """Memory for `nbytes` more of a message: at once when the budget has room (the

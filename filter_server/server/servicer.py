@@ -43,7 +43,6 @@ RECEIVE_COPIES = 4
 HELD_OVERHEAD_BYTES = 64 * 1024
 # A ClassifyStream without a deadline waits at most this long for memory per message.
 STREAM_MEMORY_WAIT_SECONDS = 5.0
-NO_DEADLINE_MEMORY_WAIT = STREAM_MEMORY_WAIT_SECONDS
 _ACTIONS: dict[str, int] = {
     name: filter_pb2.Action.Value(name) for name in ("ACCEPT", "TAG", "QUARANTINE", "REJECT")}
 _OK = grpc.StatusCode.OK
@@ -218,12 +217,6 @@ class FilterServicer:
                         and failure.at_capacity)
         if failure is not None:
             context.abort(failure.code, failure.details)
-
-    def admit(self, method: str, deadline_seconds: float) -> "Admission":
-        """A call from inside the process (the mail-server protocols, filter_server/
-        protocols): the same admission, classification, suppression and metrics as
-        Classify, counted under `method`. Raises Rejected when no call slot is free."""
-        return Admission(self, method, deadline_seconds)
 
     # --- admission ----------------------------------------------------------------------
     def _take_slot(self, held: _Held) -> None:
@@ -432,7 +425,9 @@ class _LocalDeadline:
 
 
 class Admission:
-    """One in-process call's hold on the worker's capacity, in the order a Classify call
+    """A call from inside the process (the mail-server protocols, filter_server/protocols):
+    the same admission, classification, suppression and metrics as Classify, counted
+    under `method`. Its hold on the worker's capacity is taken in the order a Classify call
     takes it: a call slot (at once, or Rejected), memory for its message reserved as the
     message arrives (a protocol may not know the size up front), then its turn. `close`
     gives everything back and counts the call; every failure is a Rejected with the gRPC
@@ -473,9 +468,8 @@ class Admission:
         servicer = self._servicer
         servicer._check_size(self._received + nbytes)
         extra = nbytes if self._held.memory else nbytes + HELD_OVERHEAD_BYTES
-        remaining = _deadline_left(self._context)  # type: ignore[arg-type]
-        timeout = NO_DEADLINE_MEMORY_WAIT if remaining is None \
-            else remaining * MEMORY_WAIT_DEADLINE_SHARE
+        # an in-process call always has a deadline
+        timeout = max(0.0, self._context.time_remaining()) * MEMORY_WAIT_DEADLINE_SHARE
         if not servicer.memory.reserve(extra, timeout if wait else 0):
             if not wait:
                 return False
