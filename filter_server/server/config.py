@@ -58,10 +58,6 @@ class ServeConfig:
     port_file: Path | None = None
     suppression_store: str | None = None
     suppression_stale_after: float = 10.0
-    # The memory this worker may use, in bytes (0: unknown, no limit). The CLI fills it in
-    # from $MAILWARDEN_MEMORY_LIMIT_BYTES or the cgroup; the supervisor hands each worker its
-    # share. The budget for messages in flight is derived from it (server/memory.py).
-    memory_limit_bytes: int = 0
     # Mail-server protocols (filter_server/protocols): a port each, None = off (0 = pick a
     # free one); their connections' idle timeout, a message's deadline once received, and
     # the connections each worker keeps open per protocol.
@@ -71,6 +67,10 @@ class ServeConfig:
     protocol_idle_seconds: float = 300.0
     protocol_deadline_seconds: float = 30.0
     protocol_max_connections: int = 1000
+    # The memory this worker may use, in bytes (0: unknown, no limit). The CLI fills it in
+    # from $MAILWARDEN_MEMORY_LIMIT_BYTES or the cgroup; the supervisor hands each worker its
+    # share. The budget for messages in flight is derived from it (server/memory.py).
+    memory_limit_bytes: int = 0
 
     def protocol_ports(self) -> dict[str, int]:
         """The protocols switched on, with their ports."""
@@ -103,18 +103,6 @@ class ServeConfig:
                            f"(got {port})")
         if self.grpc_port and self.grpc_port == self.metrics_port:
             out.append("--grpc-port and --metrics-port must differ")
-        taken = {self.grpc_port: "--grpc-port", self.metrics_port: "--metrics-port"}
-        for name, port in self.protocol_ports().items():
-            if not 0 <= port <= 65535:
-                out.append(f"--{name}-port must be between 0 and 65535 (got {port})")
-            elif port and port in taken:
-                out.append(f"--{name}-port and {taken[port]} must differ (both {port})")
-            taken.setdefault(port, f"--{name}-port")
-        for name in ("protocol_idle_seconds", "protocol_deadline_seconds",
-                     "protocol_max_connections"):
-            if getattr(self, name) <= 0:
-                out.append(f"--{name.replace('_', '-')} must be positive "
-                           f"(got {getattr(self, name)})")
         positive = ("workers", "max_message_bytes", "max_concurrent_rpcs",
                     "max_connection_age_ms", "policy_poll_seconds")
         for name in positive:
@@ -137,4 +125,16 @@ class ServeConfig:
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             out.append(f"--log-level must be debug, info, warning or error "
                        f"(got {self.log_level!r})")
+        taken = {self.grpc_port: "--grpc-port", self.metrics_port: "--metrics-port"}
+        for name, port in self.protocol_ports().items():
+            if not 0 <= port <= 65535:
+                out.append(f"--{name}-port must be between 0 and 65535 (got {port})")
+            elif port and port in taken:
+                out.append(f"--{name}-port and {taken[port]} must differ (both {port})")
+            taken.setdefault(port, f"--{name}-port")
+        for name in ("protocol_idle_seconds", "protocol_deadline_seconds",
+                     "protocol_max_connections"):
+            if getattr(self, name) <= 0:
+                out.append(f"--{name.replace('_', '-')} must be positive "
+                           f"(got {getattr(self, name)})")
         return out

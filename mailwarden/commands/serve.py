@@ -84,13 +84,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         default=d.suppression_stale_after, metavar="S",
                         help="answers are marked SUPPRESSION_STALE when the cache has not "
                         "been confirmed up to date for S seconds")
-    parser.add_argument("--memory-limit-bytes", type=int, default=None, metavar="B",
-                        help="memory the server may use (all workers); each worker sizes "
-                        "its budget for messages in flight from its share and refuses calls "
-                        "beyond it with RESOURCE_EXHAUSTED [default: "
-                        "$MAILWARDEN_MEMORY_LIMIT_BYTES, which the operator sets from the "
-                        "pod's memory limit; else the cgroup's limit; else no limit (each "
-                        "worker then holds at most 1 GiB of messages)]")
     mail = parser.add_argument_group(
         "mail-server protocols", "Listen for MTAs too (docs/protocols.md), each off unless its "
         "port is given; 0 picks a free port (see --port-file). Calls share the Filter "
@@ -117,6 +110,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                       default=d.protocol_max_connections, metavar="N",
                       help="open connections per worker and protocol; more are closed at "
                       "once")
+    parser.add_argument("--memory-limit-bytes", type=int, default=None, metavar="B",
+                        help="memory the server may use (all workers); each worker sizes "
+                        "its budget for messages in flight from its share and refuses calls "
+                        "beyond it with RESOURCE_EXHAUSTED [default: "
+                        "$MAILWARDEN_MEMORY_LIMIT_BYTES, which the operator sets from the "
+                        "pod's memory limit; else the cgroup's limit; else no limit (each "
+                        "worker then holds at most 1 GiB of messages)]")
     parser.set_defaults(func=run)
 
 
@@ -140,16 +140,16 @@ def run(args: argparse.Namespace) -> int:
         max_connection_age_ms=args.max_connection_age_ms,
         max_connection_age_grace_ms=args.max_connection_age_grace_ms,
         max_concurrent_rpcs=args.max_concurrent_rpcs, tls_dir=args.tls_dir,
+        milter_port=args.milter_port, spamd_port=args.spamd_port,
+        rspamd_port=args.rspamd_port, protocol_idle_seconds=args.protocol_idle_seconds,
+        protocol_deadline_seconds=args.protocol_deadline_seconds,
+        protocol_max_connections=args.protocol_max_connections,
         require_client_cert=args.require_client_cert, log_level=args.log_level,
         policy_poll_seconds=args.policy_poll_seconds,
         policy_wait_seconds=args.policy_wait_seconds, port_file=args.port_file,
         suppression_store=args.suppression_store,
         suppression_stale_after=args.suppression_stale_after,
-        memory_limit_bytes=memory_limit, milter_port=args.milter_port,
-        spamd_port=args.spamd_port, rspamd_port=args.rspamd_port,
-        protocol_idle_seconds=args.protocol_idle_seconds,
-        protocol_deadline_seconds=args.protocol_deadline_seconds,
-        protocol_max_connections=args.protocol_max_connections)
+        memory_limit_bytes=memory_limit)
     problems = config.problems()
     if problems:
         for problem in problems:
