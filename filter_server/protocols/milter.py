@@ -135,7 +135,6 @@ class _Message:
         self.recipients: list[bytes] = []
         self.headers: list[tuple[str, str]] = []
         self.chunks: list[bytes] = []
-        self.size = 0
         self.admission: Admission | None = None
         self.refused: Refusal | None = None
 
@@ -261,7 +260,6 @@ class MilterSession:
             self.message.refused = refusal(exc.code, exc.details)
             self._release()
             return False
-        self.message.size += len(data)
         return True
 
     async def header(self, data: bytes) -> None:

@@ -23,7 +23,7 @@ milter proxy holds the message), REJECT → `reject`; `required_score` is the re
 threshold, as Rspamd reports it. A refused call answers like an overloaded Rspamd: 503
 (temporary) or 413 (too large) with `{"error": ...}`; malformed requests 400, unknown
 paths 404 (learning and the controller's commands are not served), zstd-compressed bodies
-415.
+415. `GET /checkv2` with a body is taken like POST: Rspamd's proxy sends that.
 """
 
 from __future__ import annotations
@@ -162,8 +162,9 @@ async def handle(conn: Connection, classifier: Classifier, metrics: ProtocolMetr
         return 404, error_body(f"{path[:64]} is not served here: Mailwarden answers "
                                "/checkv2 and /ping (no learning or controller commands)")
     metrics.commands.labels("rspamd", "checkv2").inc()
-    if request.method != "POST":
-        return 405, error_body("/checkv2 takes POST with the message as the body")
+    if request.method not in ("POST", "GET"):  # Rspamd's own proxy sends GET with a body
+        await drain_body(conn, request)
+        return 405, error_body("/checkv2 takes POST (or GET) with the message as the body")
     if request.get("compression") or request.get("content-encoding"):
         await drain_body(conn, request)
         return 415, error_body("compressed requests (zstd) are not supported; send the "
@@ -181,8 +182,8 @@ async def handle(conn: Connection, classifier: Classifier, metrics: ProtocolMetr
             mail_class, scope = mail_class_and_scope(header_fields(raw), options)
             rcpts = tuple(_bare(r) for r in request.all("rcpt") if r)
             call = LocalCall(request.get("queue-id")[:64], raw,
-                             Envelope(_bare(request.get("from")), rcpts, request.get("ip"),
-                                      request.get("helo")),
+                             Envelope(_bare(request.get("from")), rcpts,
+                                      _ip(request.get("ip")), request.get("helo")),
                              mail_class=mail_class, list_scope=scope)
             response = await classifier.classify(admission, call)
         except Rejected as exc:
@@ -196,6 +197,17 @@ async def handle(conn: Connection, classifier: Classifier, metrics: ProtocolMetr
 def _refused(exc: Rejected) -> tuple[int, bytes]:
     refused = refusal(exc.code, exc.details)
     return (503 if refused.temporary else 413), error_body(refused.text)
+
+
+def _ip(value: str) -> str:
+    """The client address without the port Rspamd's proxy appends (`192.0.2.1:25251`,
+    `[2001:db8::1]:25251`); a bare IPv6 address is left alone."""
+    value = value.strip()
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    if value.count(":") == 1:
+        return value.split(":", 1)[0]
+    return value
 
 
 def _bare(address: str) -> str:
@@ -299,7 +311,7 @@ async def legacy_check(conn: Connection, classifier: Classifier, metrics: Protoc
             rcpts = tuple(_bare(r) for r in request.all("rcpt") if r)
             response = await classifier.classify(admission, LocalCall(
                 request.get("queue-id")[:64], raw,
-                Envelope(_bare(request.get("from")), rcpts, request.get("ip"),
+                Envelope(_bare(request.get("from")), rcpts, _ip(request.get("ip")),
                          request.get("helo")), mail_class=mail_class, list_scope=scope))
         except Rejected as exc:
             refused = refusal(exc.code, exc.details)

@@ -37,6 +37,10 @@ def _bind(host: str, port: int, reuseport: bool) -> socket.socket:
     family, address = _family_and_address(host)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        # Connections this port's previous server closed linger in TIME_WAIT for a minute
+        # and would refuse a restarted server; SO_REUSEADDR still refuses a port that is
+        # being listened on (Linux), which is what the probe is for.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and address == "::":

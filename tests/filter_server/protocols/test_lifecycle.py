@@ -133,3 +133,32 @@ def test_a_protocol_port_in_use_is_a_clear_error(tmp_path, workers):
     assert done.returncode == 2, done.stderr
     assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_restart_takes_its_port_back_at_once(tmp_path):
+    """The server closes connections itself (spamd after each answer, everything at
+    shutdown), which leaves the port's connections in TIME_WAIT or FIN_WAIT2 for a while;
+    the next server on the same port must still start."""
+    port = free_port()
+    first = start_server(tmp_path, "--spamd-port", str(port), "--grace-seconds", "1")
+    held = []
+    try:
+        for _ in range(3):  # the server hangs up first (as for Exim): TIME_WAIT is ours
+            sock = connect(port)
+            sock.sendall(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(HAM) + HAM)
+            assert read_all(sock).startswith(b"SPAMD/1.5 0 EX_OK")
+            sock.close()
+        # and a peer that never hangs up (an MTA's idle connection): the stopping server
+        # closes it, and the port keeps a connection in FIN_WAIT2 as long as the peer lives
+        held.append(connect(port))
+        held[0].sendall(b"CHECK SPAMC/1.5\r\n")
+    finally:
+        first.signal(signal.SIGTERM)
+        first.wait_exit(30)
+    second = start_server(tmp_path, "--spamd-port", str(port))
+    try:
+        assert spamd_check(port).startswith(b"SPAMD/1.5 0 EX_OK")
+    finally:
+        second.kill()
+        for sock in held:
+            sock.close()

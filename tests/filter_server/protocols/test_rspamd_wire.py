@@ -67,8 +67,20 @@ def test_ping_and_what_is_not_served(server):
     connection.request("POST", "/checkv2", body=HAM, headers={"Compression": "zstd"})
     assert connection.getresponse().status == 415
     connection = conn(server)
-    connection.request("GET", "/checkv2")
+    connection.request("PUT", "/checkv2", body=HAM)
     assert connection.getresponse().status == 405
+
+
+def test_rspamd_proxy_style_request(server):
+    """Rspamd's milter proxy sends GET with a body, the client IP with its port, and
+    Flags: milter,body_block (seen from the real proxy, tests/integration)."""
+    connection = conn(server)
+    connection.request("GET", "/checkv2", body=TAGGED, headers={
+        "IP": "127.0.0.1:58658", "Flags": "milter,body_block", "Queue-ID": "E24B39FFF43",
+        "From": "<alice@example.com>", "Rcpt": "<bob@test.example>", "Mailer": "virtual"})
+    response = connection.getresponse()
+    assert response.status == 200
+    assert json.loads(response.read())["action"] == "add header"
 
 
 def test_exim_legacy_protocol(server):
