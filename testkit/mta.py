@@ -1,4 +1,5 @@
-"""Real mail servers for the protocol tests: a Postfix and an Exim instance of their own,
+"""Real mail servers for the protocol tests: a Postfix and an Exim instance of their own
+(and Rspamd's milter proxy, which MTAs put in front of a scanner),
 each with its config, queue and mailboxes in a temp dir and an SMTP port on loopback,
 started by the test and stopped after it (Debian's postfix package; exim4-daemon-heavy
 unpacked into .cache/exim by scripts/bootstrap.sh, since it conflicts with postfix).
@@ -18,6 +19,7 @@ import pwd
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import tempfile
 import time
@@ -386,3 +388,95 @@ class Exim:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# --- Rspamd's milter proxy -------------------------------------------------------------------
+RSPAMD_PROXY_CONF = """\
+.include "$CONFDIR/common.conf"
+options {{
+    pidfile = "$RUNDIR/rspamd.pid";
+    .include "$CONFDIR/options.inc"
+}}
+logging {{
+    type = "file";
+    filename = "$LOGDIR/rspamd.log";
+    level = "info";
+}}
+worker "rspamd_proxy" {{
+    bind_socket = "127.0.0.1:{port}";
+    milter = yes;
+    timeout = 30s;
+    count = 1;
+    upstream "mailwarden" {{
+        default = yes;
+        hosts = "127.0.0.1:{upstream}";
+    }}
+}}
+"""
+# Rspamd loads all its modules and compiles its URL suffix list before it listens: seconds
+# on an idle machine, more than a minute on a busy one.
+RSPAMD_START_TIMEOUT = 300.0
+
+
+class RspamdProxy:
+    """Rspamd's proxy worker in milter mode, and nothing else of Rspamd: Postfix talks
+    milter to it, it asks `upstream` (our Rspamd-protocol port) over HTTP."""
+
+    def __init__(self, *, upstream_port: int) -> None:
+        if shutil.which("rspamd") is None:
+            raise MtaMissing("rspamd is not installed (scripts/bootstrap.sh installs it)")
+        self.root = instance_root("rspamd")
+        self.port = free_port()
+        self.upstream_port = upstream_port
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "RspamdProxy":
+        for name in ("etc", "db", "run", "log"):
+            (self.root / name).mkdir()
+        (self.root / "etc" / "rspamd.conf").write_text(
+            RSPAMD_PROXY_CONF.format(port=self.port, upstream=self.upstream_port))
+        user = pwd.getpwnam("_rspamd")
+        for path in [self.root, *self.root.rglob("*")]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+        self.process = subprocess.Popen(
+            ["rspamd", "-f", "-c", str(self.root / "etc" / "rspamd.conf"),
+             *(f"--var={k}={self.root / v}" for k, v in (("LOCAL_CONFDIR", "etc"),
+                                                         ("DBDIR", "db"), ("RUNDIR", "run"),
+                                                         ("LOGDIR", "log"))),
+             "-u", "_rspamd", "-g", "_rspamd"],
+            stdout=subprocess.DEVNULL, stderr=open(self.root / "rspamd.err", "wb"),
+            start_new_session=True)
+        deadline = time.monotonic() + RSPAMD_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"rspamd exited ({self.process.returncode}): "
+                                     f"{self.log()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"rspamd's proxy did not listen within {RSPAMD_START_TIMEOUT:g}s")
+
+    def log(self) -> str:
+        parts = []
+        for name in ("rspamd.err", "log/rspamd.log"):
+            path = self.root / name
+            if path.exists():
+                parts.append(path.read_text(errors="replace"))
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.process.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.process.wait(10)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            self.process = None
+        remove_tree(self.root)

@@ -18,8 +18,9 @@ read: `From`, `Rcpt` (repeatable), `IP`, `Helo`, `Hostname`, `Queue-Id`, `Settin
      "message-id": ..., "time_real": ..., "mailwarden": {"policy_hash": ...,
      "suppressed_recipients": [...], "suppression_state": ...}}
 
-Actions: ACCEPT → `no action`, TAG → `add header`, QUARANTINE → `quarantine` (Rspamd's
-milter proxy holds the message), REJECT → `reject`; `required_score` is the reject
+Actions: ACCEPT → `no action`, TAG → `add header`, QUARANTINE → `quarantine` (for
+Rspamd's milter proxy: `reject` with `milter.reject = "quarantine"`, which it turns into a
+hold), REJECT → `reject`; `required_score` is the reject
 threshold, as Rspamd reports it. A refused call answers like an overloaded Rspamd: 503
 (temporary) or 413 (too large) with `{"error": ...}`; malformed requests 400, unknown
 paths 404 (learning and the controller's commands are not served), zstd-compressed bodies
@@ -190,8 +191,10 @@ async def handle(conn: Connection, classifier: Classifier, metrics: ProtocolMetr
             return _refused(exc)
     finally:
         admission.close()
-    return 200, json.dumps(check_result(response, options, raw,
-                                        time.perf_counter() - started)).encode()
+    # Rspamd's milter proxy marks its requests (Flags: milter,...)
+    from_proxy = "milter" in [f.strip() for f in request.get("flags").lower().split(",")]
+    return 200, json.dumps(check_result(response, options, raw, time.perf_counter() - started,
+                                        milter_proxy=from_proxy)).encode()
 
 
 def _refused(exc: Rejected) -> tuple[int, bytes]:
@@ -248,7 +251,10 @@ async def drain_body(conn: Connection, request: Request) -> None:
 
 
 def check_result(response: filter_pb2.ClassifyResponse, options: MtaOptions, raw: bytes,
-                 seconds: float) -> dict:
+                 seconds: float, *, milter_proxy: bool = False) -> dict:
+    """The /checkv2 answer. For Rspamd's milter proxy a QUARANTINE is said the way that
+    proxy holds a message: action `reject` with `milter.reject = "quarantine"` (a stock
+    Rspamd has no `quarantine` action registered, and its proxy tempfails on one)."""
     thresholds = {"reject": options.reject_threshold, "add header": options.tag_threshold}
     symbols = {h.name: {"name": h.name, "score": h.score, "metric_score": h.score,
                         "description": h.description} for h in response.hits}
@@ -270,6 +276,9 @@ def check_result(response: filter_pb2.ClassifyResponse, options: MtaOptions, raw
     message_id = dict((k.lower(), v) for k, v in header_fields(raw)).get("message-id")
     if message_id:
         result["message-id"] = message_id.strip("<>")
+    held = milter_proxy and response.action == filter_pb2.QUARANTINE
+    if held:
+        result["action"] = "reject"
     if response.action == filter_pb2.REJECT:
         result["messages"] = {"smtp_message": options.reject_reason}
     else:
@@ -281,6 +290,8 @@ def check_result(response: filter_pb2.ClassifyResponse, options: MtaOptions, raw
                             for name, value in result_headers(response, options)},
             "remove_headers": {name: 0 for name in sorted(owned)},
         }
+        if held:
+            result["milter"]["reject"] = "quarantine"
     return result
 
 

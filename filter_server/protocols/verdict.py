@@ -28,8 +28,7 @@ DEFAULT_MAIL_CLASS_HEADER = "X-Mailwarden-Mail-Class"
 AR_METHOD = "x-mailwarden"
 ACTION_NAMES = {filter_pb2.ACCEPT: "ACCEPT", filter_pb2.TAG: "TAG",
                 filter_pb2.QUARANTINE: "QUARANTINE", filter_pb2.REJECT: "REJECT"}
-# Rspamd's action names; QUARANTINE is Rspamd's own `quarantine` action, which its
-# milter proxy turns into a hold, as our milter does.
+# Rspamd's action names (QUARANTINE: see rspamd_http.check_result for Rspamd's proxy).
 RSPAMD_ACTIONS = {filter_pb2.ACCEPT: "no action", filter_pb2.TAG: "add header",
                   filter_pb2.QUARANTINE: "quarantine", filter_pb2.REJECT: "reject"}
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f%]")
