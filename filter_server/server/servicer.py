@@ -443,7 +443,11 @@ class Admission:
         self._at_capacity = False
         self._answered = False
         self._closed = False
-        self._failing(servicer._take_slot, self._held)
+        try:
+            self._failing(servicer._take_slot, self._held)
+        except Rejected:  # no object to close: count the refusal now, as Classify does
+            self.close()
+            raise
 
     def _failing(self, step, *args):  # noqa: ANN001, ANN202 - a servicer step
         try:
@@ -452,6 +456,11 @@ class Admission:
             self._code, self._at_capacity = exc.code, exc.at_capacity
             self._servicer._log_rejection("", exc)
             raise
+        except Exception:  # a bug: the protocol still answers (temporary), and it counts
+            self._code = grpc.StatusCode.INTERNAL
+            self._servicer._log.exception("classification failed", extra={
+                "method": self.method})
+            raise Rejected(grpc.StatusCode.INTERNAL, "internal error") from None
 
     def reserve(self, nbytes: int) -> None:
         """Reserve memory for `nbytes` more of the message before reading them, waiting at
