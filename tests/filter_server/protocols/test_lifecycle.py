@@ -45,9 +45,12 @@ def test_workers_share_the_protocol_ports_and_their_metrics(tmp_path):
                              code="OK") == 1
         assert server.metric("mailwarden_filter_protocol_connections_total",
                              protocol="spamd") == 20
-        pids = {line.split('"pid": ')[1].split(",")[0] for line in server.log().splitlines()
-                if '"message": "listening"' in line}
-        assert len(pids) == 2  # both workers listen on the protocol ports
+        def listening() -> set[str]:
+            return {line.split('"pid": ')[1].split(",")[0]
+                    for line in server.log().splitlines() if '"message": "listening"' in line}
+
+        # both workers listen on the protocol ports (the second may still be starting)
+        wait_for(lambda: len(listening()) == 2, 30, "both workers to listen")
     finally:
         server.kill()
 
