@@ -103,7 +103,7 @@ class Classifier:
         return MtaOptions.of(policy.policy if policy is not None else None)
 
     def admit(self, method: str) -> Admission:
-        """A call slot now, or Rejected (never waits)."""
+        """A new call (its slot is taken when the message is in: Admission)."""
         return Admission(self._servicer, method, self._deadline)
 
     async def reserve(self, admission: Admission, nbytes: int) -> None:

@@ -427,27 +427,23 @@ class _LocalDeadline:
 class Admission:
     """A call from inside the process (the mail-server protocols, filter_server/protocols):
     the same admission, classification, suppression and metrics as Classify, counted
-    under `method`. Its hold on the worker's capacity is taken in the order a Classify call
-    takes it: a call slot (at once, or Rejected), memory for its message reserved as the
-    message arrives (a protocol may not know the size up front), then its turn. `close`
+    under `method`. Memory for the message is reserved as it arrives (a protocol may not
+    know the size up front, and reads nothing it has not reserved for); the call slot and
+    the deadline start once it has arrived (`classify`), because an MTA relays a message at
+    its sender's pace: a slow sender must neither hold a slot nor spend the deadline. `close`
     gives everything back and counts the call; every failure is a Rejected with the gRPC
     code Classify would have answered, which the protocol maps to its own reply."""
 
     def __init__(self, servicer: FilterServicer, method: str, deadline_seconds: float) -> None:
         self._servicer = servicer
         self.method = method
+        self._deadline_seconds = deadline_seconds
         self._held = _Held()
-        self._context = _LocalDeadline(deadline_seconds)
         self._received = 0
         self._code = _OK
         self._at_capacity = False
         self._answered = False
         self._closed = False
-        try:
-            self._failing(servicer._take_slot, self._held)
-        except Rejected:  # no object to close: count the refusal now, as Classify does
-            self.close()
-            raise
 
     def _failing(self, step, *args):  # noqa: ANN001, ANN202 - a servicer step
         try:
@@ -477,8 +473,7 @@ class Admission:
         servicer = self._servicer
         servicer._check_size(self._received + nbytes)
         extra = nbytes if self._held.memory else nbytes + HELD_OVERHEAD_BYTES
-        # an in-process call always has a deadline
-        timeout = max(0.0, self._context.time_remaining()) * MEMORY_WAIT_DEADLINE_SHARE
+        timeout = self._deadline_seconds * MEMORY_WAIT_DEADLINE_SHARE
         if not servicer.memory.reserve(extra, timeout if wait else 0):
             if not wait:
                 return False
@@ -495,9 +490,11 @@ class Admission:
         return self._failing(self._classify, call)
 
     def _classify(self, call: LocalCall) -> filter_pb2.ClassifyResponse:
-        servicer, context = self._servicer, self._context
+        servicer = self._servicer
         if len(call.raw) > self._received:  # the caller read more than it reserved for
             self._reserve(len(call.raw) - self._received)
+        servicer._take_slot(self._held)
+        context = _LocalDeadline(self._deadline_seconds)
         servicer._check(call, context)  # type: ignore[arg-type]
         servicer._join_queue(self._held, len(call.raw), context)  # type: ignore[arg-type]
         response = servicer._answer(self._held, call, context,  # type: ignore[arg-type]

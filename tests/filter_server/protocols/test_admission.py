@@ -53,10 +53,16 @@ def test_an_internal_failure_is_a_refusal_counted_as_internal():
 
 def test_slots_memory_and_size_are_the_servicers():
     filter_servicer, metrics = servicer(memory=200_000, slots=1)
+    filter_servicer._slots.acquire()  # the one slot is taken (by a gRPC call, say)
+    busy = Admission(filter_servicer, "spamd", 5)
+    busy.reserve(10)  # receiving needs no slot ...
+    with pytest.raises(Rejected) as refused:  # ... classifying does
+        busy.classify(LocalCall("q", b"Subject: x\r\n\r\nbody", Envelope()))
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.at_capacity
+    busy.close()
+    filter_servicer._slots.release()
     first = Admission(filter_servicer, "spamd", 5)
-    with pytest.raises(Rejected) as busy:
-        Admission(filter_servicer, "spamd", 5)  # the one slot is taken
-    assert busy.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and busy.value.at_capacity
     with pytest.raises(Rejected) as large:
         first.reserve(300_001)  # over max_message_bytes
     assert not large.value.at_capacity

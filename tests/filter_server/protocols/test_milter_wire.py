@@ -106,8 +106,8 @@ def test_abort_gives_back_the_message_and_the_session_goes_on(milter, server):
     client.ask(b"L", b"Subject\x00 half a message\x00")
     client.send(b"A")  # RSET: the message is dropped, no reply
     assert client.message(HAM)[-1] == (b"c", b"")
-    wait_for(lambda: server.metric("mailwarden_filter_in_flight_requests") == 0, 5,
-             "the aborted message's call slot to be given back")
+    wait_for(lambda: server.metric("mailwarden_filter_memory_reserved_bytes") == 0, 5,
+             "the aborted message's memory to be given back")
 
 
 def test_a_message_over_the_size_limit_is_refused_permanently(milter):
@@ -168,9 +168,8 @@ def test_commands_before_negotiation_are_a_protocol_error(server):
 
 
 def test_a_stalled_mta_and_one_that_never_sends_eom_are_cut_off(server):
-    """Both hold the connection; a message that never ends also held a call slot and
-    memory. Others are served meanwhile, and both are closed after the idle timeout with
-    their capacity given back."""
+    """Both hold the connection; a message that never ends also holds memory. Others are
+    served meanwhile, and both are closed after the idle timeout, the memory given back."""
     stalled = connect(server.ports["milter_port"])
     stalled.sendall(struct.pack("!I", 13) + b"O\0\0")  # half a negotiation, then nothing
     no_eom = MilterClient(server.ports["milter_port"])
@@ -178,7 +177,7 @@ def test_a_stalled_mta_and_one_that_never_sends_eom_are_cut_off(server):
     no_eom.ask(b"L", b"Subject\x00 never ends\x00")
     no_eom.ask(b"N")
     no_eom.ask(b"B", b"the body, and then silence\r\n")
-    assert server.metric("mailwarden_filter_in_flight_requests") == 1
+    assert server.metric("mailwarden_filter_memory_reserved_bytes") > 0
     started = time.monotonic()
     served = []
     worker = threading.Thread(target=lambda: served.append(_other_session_works(server)))
@@ -187,8 +186,8 @@ def test_a_stalled_mta_and_one_that_never_sends_eom_are_cut_off(server):
     assert served == [None] and time.monotonic() - started < IDLE_SECONDS
     for sock in (stalled, no_eom.sock):
         assert _closed_within(sock, IDLE_SECONDS + 5) < IDLE_SECONDS + 5
-    wait_for(lambda: server.metric("mailwarden_filter_in_flight_requests") == 0, 5,
-             "the unfinished message's call slot to be given back")
+    wait_for(lambda: server.metric("mailwarden_filter_memory_reserved_bytes") == 0, 5,
+             "the unfinished message's memory to be given back")
     assert server.metric("mailwarden_filter_requests_total", method="milter",
                          code="CANCELLED") >= 1
     assert server.metric("mailwarden_filter_protocol_errors_total", protocol="milter",
@@ -201,3 +200,38 @@ def test_envelope_data_outside_the_memory_budget_is_bounded(milter, server):
     client.send(b"R", b"<" + b"x" * 5000 + b"@example.com>\x00")
     assert _closed_within(client.sock, 5) < 5
     assert "an envelope address of 5014 bytes (at most 2048)" in server.log()
+
+
+def test_a_slow_sender_holds_no_call_slot_and_spends_no_deadline(tmp_path):
+    """An MTA relays a message at its sender's pace: the call slot and the deadline start
+    at end of message. One slot and a 1 s deadline; two messages arriving over 2 s at once
+    are both answered."""
+    from testkit.protocols import start_server
+
+    server = start_server(tmp_path, "--max-concurrent-rpcs", "1",
+                          "--protocol-deadline-seconds", "1")
+    try:
+        clients = [MilterClient(server.ports["milter_port"]) for _ in range(2)]
+        for client in clients:
+            client.ask(b"M", b"<a@example.com>\x00")
+            client.ask(b"L", b"Subject\x00 slow\x00")
+            client.ask(b"N")
+            client.ask(b"B", b"the first line\r\n")
+        time.sleep(2)
+        for client in clients:
+            client.ask(b"B", b"and the last\r\n")
+            assert read_replies_to_eom(client)[-1] == (b"c", b"")
+            client.close()
+        assert server.metric("mailwarden_filter_requests_total", method="milter",
+                             code="OK") == 2
+    finally:
+        server.kill()
+
+
+def read_replies_to_eom(client: MilterClient) -> list[tuple[bytes, bytes]]:
+    client.send(b"E")
+    replies = []
+    while True:
+        replies.append(read_milter_packet(client.sock))
+        if replies[-1][0] in (b"c", b"a", b"r", b"t", b"y", b"d"):
+            return replies
