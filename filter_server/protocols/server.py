@@ -154,6 +154,10 @@ class Connection:
     async def exactly(self, n: int, what: str) -> bytes:
         return await self._timed(what, self.reader.readexactly(n))
 
+    async def some(self, most: int, what: str) -> bytes:
+        """Up to `most` bytes, as soon as any are there; b"" at the end of the stream."""
+        return await self._timed(what, self.reader.read(most))
+
     async def line(self, what: str, *, eof_ok: bool = False) -> bytes:
         """One line with its ending; b"" at a clean end of stream when `eof_ok`."""
         data = await self._timed(what, self.reader.readuntil(b"\n")) if not eof_ok else \
@@ -191,6 +195,19 @@ async def receive_body(conn: Connection, classifier: Classifier, admission: Admi
         await classifier.reserve(admission, step)
         parts.append(await conn.exactly(step, what))
         left -= step
+    return b"".join(parts)
+
+
+async def receive_to_end(conn: Connection, classifier: Classifier, admission: Admission,
+                         what: str) -> bytes:
+    """A message of unannounced length, up to the end of the peer's stream (its half
+    close). Each piece is at most what the connection's reader holds already (its buffer
+    is bounded), and memory for it is reserved before the next read: a message over the
+    size limit is refused as soon as it passes the limit."""
+    parts: list[bytes] = []
+    while piece := await conn.some(RESERVE_STEP_BYTES, what):
+        await classifier.reserve(admission, len(piece))
+        parts.append(piece)
     return b"".join(parts)
 
 

@@ -5,6 +5,7 @@ Our own, small implementation: the PyPI packages for this protocol (aiospamc, sp
 clients. One request per connection, as spamd does:
 
     <COMMAND> SPAMC/1.5      Content-length: N  [Compress: zlib]  [User: u]  <N bytes>
+    (no Content-length: the message is what the client sends before it half-closes)
  -> SPAMD/1.5 0 EX_OK  Spam: True ; 23.5 / 5.0  Content-length: M  <M bytes>
 
 (each line ends with CRLF, the headers with an empty line).
@@ -38,6 +39,7 @@ from filter_server.protocols.server import (
     ProtocolError,
     ProtocolMetrics,
     receive_body,
+    receive_to_end,
 )
 from filter_server.protocols.verdict import (
     clean_text,
@@ -108,11 +110,17 @@ async def answer(conn: Connection, classifier: Classifier, metrics: ProtocolMetr
     if command == "SKIP":
         return b""
     length = headers.get("content-length")
-    if length is None or not length.isdigit():
-        raise ProtocolError(f"{command} needs a Content-length header")
-    size = int(length)
+    if length is not None and not length.isdigit():
+        raise ProtocolError(f"malformed Content-length {length[:32]!r}")
+    # Without Content-length the message runs to the end of the client's stream, as
+    # spamd reads it (Haraka's spamassassin plugin sends none); zlib needs the length.
+    size = int(length) if length is not None else None
+    compressed = headers.get("compress", "").lower() == "zlib"
+    if size is None and compressed:
+        raise ProtocolError(f"{command} with Compress: zlib needs a Content-length header")
     if command == "TELL":
-        if size <= TELL_READ_BYTES:  # read it, so the client sees our answer, not a reset
+        if size is not None and size <= TELL_READ_BYTES:
+            # read it, so the client sees our answer, not a reset
             await conn.exactly(size, "the TELL message")
         return error_reply(EX_UNAVAILABLE, "TELL is not enabled: Mailwarden does not learn "
                            "from single messages; retrain with `mailwarden train`")
@@ -122,8 +130,10 @@ async def answer(conn: Connection, classifier: Classifier, metrics: ProtocolMetr
         return _refused(exc)
     try:
         try:
-            raw = await receive_body(conn, classifier, admission, size, "the message")
-            if headers.get("compress", "").lower() == "zlib":
+            raw = (await receive_body(conn, classifier, admission, size, "the message")
+                   if size is not None else
+                   await receive_to_end(conn, classifier, admission, "the message"))
+            if compressed:
                 raw = await _inflate(raw, classifier, admission)
             elif headers.get("compress"):
                 return error_reply(EX_PROTOCOL, f"unknown Compress: {headers['compress']!r}")

@@ -59,6 +59,18 @@ def test_tell_is_refused_and_unknown_commands_named(server):
     assert reply.startswith(b"SPAMD/1.5 64 EX_USAGE unknown command 'LEARN'; supported: CHECK")
 
 
+def test_without_content_length_the_message_ends_with_the_stream(server):
+    """spamd reads to the client's half close when there is no Content-length; Haraka's
+    spamassassin plugin relies on it (tests/integration/test_mta_haraka.py)."""
+    for command in ("CHECK", "SYMBOLS", "HEADERS"):
+        with_length = ask(server, request(command, TAGGED))
+        assert ask(server, f"{command} SPAMC/1.4\r\nUser: default\r\n\r\n".encode()
+                   + TAGGED) == with_length
+    too_big = b"CHECK SPAMC/1.5\r\n\r\n" + HAM + b"x" * MAX_MESSAGE_BYTES
+    assert ask(server, too_big).startswith(b"SPAMD/1.5 65 EX_DATAERR mail filter: message "
+                                           b"is ")
+
+
 def test_ping_and_skip(server):
     assert ask(server, b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
     assert ask(server, b"SKIP SPAMC/1.5\r\n\r\n") == b""
@@ -75,8 +87,11 @@ def test_an_oversized_message_is_refused_before_it_is_sent(server):
 def test_malformed_requests_get_ex_protocol(server):
     assert ask(server, b"HELLO THERE\r\n\r\n").startswith(
         b"SPAMD/1.5 76 EX_PROTOCOL not a spamd request line")
-    assert ask(server, b"CHECK SPAMC/1.5\r\n\r\n" + HAM).startswith(
-        b"SPAMD/1.5 76 EX_PROTOCOL CHECK needs a Content-length header")
+    assert ask(server, b"CHECK SPAMC/1.5\r\nContent-length: 12x\r\n\r\n" + HAM).startswith(
+        b"SPAMD/1.5 76 EX_PROTOCOL malformed Content-length '12x'")
+    assert ask(server, b"CHECK SPAMC/1.5\r\nCompress: zlib\r\n\r\n" + zlib.compress(HAM)
+               ).startswith(b"SPAMD/1.5 76 EX_PROTOCOL CHECK with Compress: zlib needs a "
+                            b"Content-length header")
     assert ask(server, b"CHECK SPAMC/1.5\r\nno colon here\r\n\r\n").startswith(
         b"SPAMD/1.5 76 EX_PROTOCOL malformed spamd header line")
     truncated = request("CHECK", HAM)[:-10]
