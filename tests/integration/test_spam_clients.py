@@ -12,18 +12,19 @@ import subprocess
 import pytest
 
 from mailwarden.filter.v1 import filter_pb2
+from testkit.mta import MtaMissing
 from testkit.protocols import EXPECTED, HAM, TAGGED, classify, message, start_server
 
 MESSAGES = list(EXPECTED)
 RSPAMD_ACTION = {"ACCEPT": "no action", "TAG": "add header", "QUARANTINE": "quarantine",
                  "REJECT": "reject"}
 
-pytestmark = pytest.mark.skipif(not (shutil.which("spamc") and shutil.which("rspamc")),
-                                reason="spamc/rspamc missing: run scripts/bootstrap.sh")
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    # a failure, not a skip: scripts/bootstrap.sh installs both, so CI always runs these
+    if not (shutil.which("spamc") and shutil.which("rspamc")):
+        raise MtaMissing("spamc/rspamc missing: scripts/bootstrap.sh installs them")
     started = start_server(tmp_path_factory.mktemp("clients"))
     yield started
     started.kill()
