@@ -30,6 +30,7 @@ from testkit.processes import free_port
 REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "test.example"
 POSTFIX = Path("/usr/sbin/postfix")
+SENDMAIL = Path("/usr/sbin/sendmail")  # Postfix's
 EXIM = REPO / ".cache" / "exim" / "usr" / "sbin" / "exim4"
 START_TIMEOUT = 30.0
 # The mailboxes of an instance.
@@ -222,6 +223,12 @@ class Postfix:
                                        start_new_session=True)
         wait_smtp_port(self.port, START_TIMEOUT, self._check_alive)
         return self
+
+    def sendmail(self, mail_from: str, recipient: str, message: bytes) -> None:
+        """Submit with Postfix's sendmail command (postdrop, pickup: non_smtpd_milters)."""
+        subprocess.run([str(SENDMAIL), "-C", str(self.etc), "-f", mail_from, "-i", recipient],
+                       input=message.replace(b"\r\n", b"\n"), check=True, capture_output=True,
+                       timeout=60)
 
     def _check_alive(self) -> None:
         if self.master is not None and self.master.poll() is not None:

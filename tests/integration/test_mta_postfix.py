@@ -143,3 +143,15 @@ def test_a_suppressed_recipient_is_removed_when_the_policy_says_so(tmp_path, sto
             assert removed == 0
     finally:
         server.kill()
+
+
+def test_locally_submitted_mail_passes_the_milter_too(filter_server, postfix):
+    """non_smtpd_milters: mail from Postfix's sendmail command (pickup, not smtpd)."""
+    mta = postfix(filter_server.ports["milter_port"])
+    for recipient, raw in (("carol@test.example", TAGGED), ("erin@test.example", REJECTED)):
+        mta.sendmail("alice@example.com", recipient, raw)
+    tagged, = mta.mailboxes.wait("carol")
+    assert tagged["X-Spam-Flag"] == "YES" and tagged["X-Spam-Action"] == "tag"
+    wait_for(lambda: "milter-reject" in mta.log(), 20, "Postfix to log the rejection")
+    assert mta.mailboxes.messages("erin") == []
+    assert REJECT_REASON in mta.log()
