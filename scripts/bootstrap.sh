@@ -16,7 +16,7 @@ mkdir -p "$cache/bin"
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------
-debs=(postgresql prometheus shellcheck unzip nftables)  # nftables: kube-proxy (docs/control-plane.md)
+debs=(postgresql prometheus shellcheck unzip nftables knot)  # nftables: kube-proxy (docs/control-plane.md); knot: the authentication tests' DNS
 command -v npm >/dev/null || debs+=(npm)   # nodejs from elsewhere may already ship npm
 if [[ "${1:-}" == "--bench" ]]; then
   debs+=(spamassassin spamd spamc rspamd redis-server)  # Debian 12 ships spamd separately

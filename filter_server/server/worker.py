@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from filter_server.engine.compiled import CompiledPolicy
+from filter_server.server.authentication import make_authenticator
 from filter_server.server.config import (
     ENVELOPE_ALLOWANCE_BYTES,
     EXIT_CONFIG,
@@ -51,6 +52,7 @@ from filter_server.server.store_suppression import StoreSuppression
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
 from filter_server.server.suppression_cache import SuppressionCache
 from filter_server.server.tls import TlsConfigError, server_credentials
+from mailwarden.tokens import SigningKeyError
 
 
 # Calls (and threads) gRPC takes beyond --max-concurrent-rpcs: health checks and reflection
@@ -120,8 +122,13 @@ class Worker:
                 SuppressionCache(config.suppression_store,
                                  stale_after=config.suppression_stale_after), self.metrics)
             suppression = self.store_suppression
+        try:
+            self.authenticator = make_authenticator(self.metrics, config.signing_key_dir,
+                                                    self.log)
+        except SigningKeyError as exc:
+            raise StartupError(f"--signing-key-dir: {exc}") from None
         self.servicer = FilterServicer(
-            self.holder, self.metrics, self.log,
+            self.holder, self.metrics, self.log, authenticator=self.authenticator,
             suppression=suppression or NoSuppressionStore(),
             max_message_bytes=config.max_message_bytes,
             max_concurrent_rpcs=config.max_concurrent_rpcs,
@@ -275,6 +282,7 @@ class Worker:
             self.server.stop(config.grace_seconds).wait()
         if self.store_suppression is not None:
             self.store_suppression.stop()
+        self.authenticator.close()
         self.log.info("stopped")
 
 
