@@ -48,8 +48,23 @@ class Authenticator:
         self._loop.run_forever()
 
     def close(self) -> None:
+        """Cancel lookups still running (for the cache only) and stop the thread."""
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if not self._thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(timeout=5)
+        except Exception:  # noqa: BLE001 - closing must not fail
+            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def resolver_for(self, settings: AuthSettings) -> Resolver:
         key = (settings.servers, settings.timeout_seconds, settings.cache_entries)
