@@ -177,7 +177,7 @@ class Resolver:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._resolve(key))
             self._inflight[key] = task
-            task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
+            task.add_done_callback(self._forget(key))
         else:
             self.stats.shared += 1
         try:
@@ -185,6 +185,11 @@ class Resolver:
             return await asyncio.wait_for(asyncio.shield(task), remaining)
         except asyncio.TimeoutError:
             return Answer(ERROR, detail="the message's time for DNS ran out")
+
+    def _forget(self, key: tuple[str, str]) -> Callable[[asyncio.Task[Answer]], None]:
+        def done(_task: asyncio.Task[Answer]) -> None:
+            self._inflight.pop(key, None)
+        return done
 
     def clear(self) -> None:
         self._cache.clear()
@@ -295,7 +300,8 @@ def _read_response(response: dns.message.Message, qname: dns.name.Name,
 
 def _find(response: dns.message.Message, name: dns.name.Name, rdtype: int):
     try:
-        return response.find_rrset(response.answer, name, dns.rdataclass.IN, rdtype)
+        return response.find_rrset(response.answer, name, dns.rdataclass.IN,
+                                   dns.rdatatype.RdataType(rdtype))
     except KeyError:
         return None
 

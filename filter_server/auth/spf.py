@@ -180,7 +180,7 @@ def _parse(record: str) -> list[tuple[str, str, str, str]]:
         if lname in ("ip4", "ip6"):
             _network(lname, value)  # validate now
         elif value:
-            _check_macros(_CIDR_RE.match(value).group(1) if lname in ("a", "mx") else value)
+            _check_macros(_cidrs(value)[0] if lname in ("a", "mx") else value)
         out.append(("mechanism", qualifier, lname, value))
     return out
 

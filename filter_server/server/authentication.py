@@ -35,7 +35,7 @@ class KeyDirVerifier:
         self._stamp = self._fingerprint()
 
     def _fingerprint(self) -> tuple:
-        out = []
+        out: list[tuple] = []
         for name in ("..data", "current", "previous"):
             path = self.directory / name
             try:
