@@ -129,7 +129,7 @@ def check_token(fields: list[HeaderField], verify: TokenVerifier | None) -> Toke
     uris = one_click_uris(fields)
     if not uris:
         return TokenCheck("absent")
-    if verify is None:
+    if verify is None or not getattr(verify, "has_keys", True):
         return TokenCheck("unchecked")
     for uri in uris:
         token = token_from_url(uri)

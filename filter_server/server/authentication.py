@@ -23,16 +23,28 @@ KEY_RECHECK_SECONDS = 10.0
 
 class KeyDirVerifier:
     """Verifies one-click tokens with the keys in a directory (current + previous),
-    reloading them when the directory changes. Never raises to the caller."""
+    reloading them when the directory changes. Never raises to the caller. Keys that are
+    not there yet (the store's Secret is created after the filter pods) are not an error:
+    tokens are reported unchecked until they appear."""
 
     def __init__(self, directory: Path, log: logging.Logger) -> None:
         self.directory = directory
         self._log = log
         self._lock = threading.Lock()
-        self._checked = 0.0
-        self._stamp: tuple | None = None
-        self._keys: KeyRing | None = load_keyring(key_dir=directory)  # raises at startup
-        self._stamp = self._fingerprint()
+        self._checked = time.monotonic()
+        self._keys: KeyRing | None = None
+        self._stamp: tuple | None = self._fingerprint()
+        try:
+            self._keys = load_keyring(key_dir=directory)
+        except SigningKeyError as exc:
+            log.warning("no signing keys yet: one-click tokens are not checked until they "
+                        "appear", extra={"dir": str(directory), "reason": str(exc)})
+
+    @property
+    def has_keys(self) -> bool:
+        with self._lock:
+            self._refresh()
+            return self._keys is not None
 
     def _fingerprint(self) -> tuple:
         out: list[tuple] = []

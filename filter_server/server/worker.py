@@ -52,7 +52,6 @@ from filter_server.server.store_suppression import StoreSuppression
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
 from filter_server.server.suppression_cache import SuppressionCache
 from filter_server.server.tls import TlsConfigError, server_credentials
-from mailwarden.tokens import SigningKeyError
 
 
 # Calls (and threads) gRPC takes beyond --max-concurrent-rpcs: health checks and reflection
@@ -122,11 +121,8 @@ class Worker:
                 SuppressionCache(config.suppression_store,
                                  stale_after=config.suppression_stale_after), self.metrics)
             suppression = self.store_suppression
-        try:
-            self.authenticator = make_authenticator(self.metrics, config.signing_key_dir,
-                                                    self.log)
-        except SigningKeyError as exc:
-            raise StartupError(f"--signing-key-dir: {exc}") from None
+        self.authenticator = make_authenticator(self.metrics, config.signing_key_dir,
+                                                self.log)
         self.servicer = FilterServicer(
             self.holder, self.metrics, self.log, authenticator=self.authenticator,
             suppression=suppression or NoSuppressionStore(),
