@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Protocol
 
+from filter_server.auth.dmarc import organizational_domain
 from filter_server.auth.evaluate import AuthSettings
 from filter_server.auth.gather import Evidence, Request, TokenVerifier, check_token, gather
 from filter_server.auth.headers import from_domains, header_fields
@@ -42,6 +43,8 @@ class Authenticator:
         self._resolver: Resolver | None = None
         self._resolver_key: tuple | None = None
         self._lock = threading.Lock()
+        # The Public Suffix List takes ~0.3 s to load: not on the first message's time.
+        organizational_domain("example.com")
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
