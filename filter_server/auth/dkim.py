@@ -10,6 +10,7 @@ lets the lookups happen before, asynchronously, within the message's deadline.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import dkim
@@ -38,7 +39,7 @@ class KeyRequest:
 
     @property
     def name(self) -> str:
-        return f"{self.selector}._domainkey.{self.domain}"
+        return f"{self.selector}._domainkey.{self.domain}".lower()
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,8 @@ def key_requests(fields: list[HeaderField]) -> list[KeyRequest]:
 class _Keys:
     """The prefetched keys, as dkimpy's `dnsfunc`."""
 
-    def __init__(self, answers: dict[str, Answer]) -> None:
-        self.answers = {name.lower().rstrip("."): a for name, a in answers.items()}
+    def __init__(self, answers: Mapping[str, Answer]) -> None:
+        self.answers = answers  # keyed by KeyRequest.name (lower case, no final dot)
 
     def status(self, name: str) -> Answer | None:
         return self.answers.get(name.lower().rstrip("."))
