@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"{args.domains} sender domains: zones and signed messages")
     zone, messages = build(args.domains)
     work = Path(tempfile.mkdtemp(prefix="mailwarden-auth-bench-"))
+    work.chmod(0o755)  # the peers run as their own users and must reach their dirs
     results: list[PassResult] = []
     try:
         with ServerSet(progress) as servers, KnotServer(work / "knot", zone) as knot:
