@@ -11,6 +11,10 @@ refuses); every message has its own domain, so the first pass over them finds no
 any cache (cold) and the second pass finds everything there (warm: what a system's own
 cache saves; Rspamd and SpamAssassin keep none of their own and ask the server again).
 
+SpamAssassin runs without its DMARC plugin: that plugin resolves through Mail::DMARC's own
+resolver (/etc/resolv.conf), which cannot be pointed at the benchmark's server, and a
+benchmark sends no query off the machine.
+
 Every system gets the same envelope: Mailwarden in the request (client IP, HELO, MAIL
 FROM), Rspamd in its `IP`, `Helo` and `From` request headers, SpamAssassin (which reads
 the connection from the headers) in a `Received` header written as the receiving MTA
@@ -177,7 +181,10 @@ async def spamd_symbols(port: int, m: AuthMessage) -> Answer:
 JUDGED = {
     "Mailwarden": ({"DKIM_VALID", "DMARC_PASS"}, {"DMARC_REJECT"}),
     "Rspamd": ({"R_DKIM_ALLOW", "DMARC_POLICY_ALLOW"}, {"DMARC_POLICY_REJECT"}),
-    "SpamAssassin": ({"DKIM_VALID", "DMARC_PASS"}, {"DMARC_REJECT"}),
+    # SpamAssassin's DMARC plugin resolves through Mail::DMARC's own resolver (the
+    # system's /etc/resolv.conf, not SpamAssassin's dns_server), which would leave the
+    # machine: it is not loaded here, and SpamAssassin is judged by SPF and DKIM.
+    "SpamAssassin": ({"DKIM_VALID", "SPF_PASS"}, {"SPF_FAIL"}),
 }
 
 
@@ -245,7 +252,7 @@ def mailwarden_policy(dns: str, enabled: bool) -> dict[str, Any]:
 
 
 def start_mailwarden(servers: ServerSet, work: Path, dns: str, enabled: bool,
-                     workers: int) -> tuple[int, list[int]]:
+                     workers: int) -> tuple[int, Any]:
     from mailwarden_local.projection import project
     policy_dir = work / "policy"
     project(policy_dir, {"policy.yaml": yaml.safe_dump(mailwarden_policy(dns, enabled))
@@ -258,7 +265,7 @@ def start_mailwarden(servers: ServerSet, work: Path, dns: str, enabled: bool,
         log=work / "serve.log", port_file=port_file)
     ports = server.wait_ports(60)
     server.wait_healthy(f"127.0.0.1:{ports['grpc_port']}", timeout=60)
-    return ports["grpc_port"], [server.pid]
+    return ports["grpc_port"], server
 
 
 class RspamdAuth(Rspamd):
@@ -277,12 +284,16 @@ class RspamdAuth(Rspamd):
 
 
 class SpamAssassinAuth(SpamAssassin):
-    """spamd with DNS on, pointed at Knot, for its SPF, DKIM and DMARC plugins (no RBLs,
-    no Razor/Pyzor/DCC, no Bayes): `trusted_networks` makes the Received header our MTA
-    wrote the connection SPF checks."""
+    """spamd with DNS on, pointed at Knot, for its SPF and DKIM plugins (no DMARC: see
+    JUDGED; no RBLs, no Razor/Pyzor/DCC, no Bayes): `trusted_networks` makes the Received
+    header our MTA wrote the connection SPF checks."""
 
     def _write_config(self) -> None:
         super()._write_config()
+        for pre in self.etc.glob("*.pre"):  # see JUDGED: no DMARC plugin
+            pre.write_text(pre.read_text().replace(
+                "loadplugin Mail::SpamAssassin::Plugin::DMARC",
+                "# loadplugin Mail::SpamAssassin::Plugin::DMARC (benchmarks/auth.py)"))
         host, port = self.dns.rsplit(":", 1)
         (self.etc / "zz_benchmark.cf").write_text(
             "use_bayes 0\ndns_available yes\nskip_rbl_checks 1\n"
@@ -312,7 +323,8 @@ async def run_system(system: str, messages: list[AuthMessage], concurrency: int,
     results = []
     if system.startswith("mailwarden"):
         enabled = system == "mailwarden"
-        port, roots = start_mailwarden(servers, work, dns, enabled, workers)
+        port, server = start_mailwarden(servers, work, dns, enabled, workers)
+        roots = [server.pid]
         label = "Mailwarden" if enabled else "Mailwarden (authentication off)"
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}",
                                               options=[("grpc.use_local_subchannel_pool", 1)])
@@ -328,6 +340,7 @@ async def run_system(system: str, messages: list[AuthMessage], concurrency: int,
             results.append(result)
         for channel in channels:
             await channel.close()
+        servers.stop(server)
         return results
     if system == "rspamd":
         peer = RspamdAuth(work, servers, workers=workers, dns=dns, hs_cache=hs_cache,
