@@ -34,6 +34,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -382,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--hs-cache", type=Path, default=REPO / ".cache" / "bench" /
                    "rspamd-hyperscan")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     progress(f"{args.domains} sender domains: zones and signed messages")
@@ -407,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python -m benchmarks.auth " + " ".join(argv or [])
+    command = "python -m benchmarks.auth " + " ".join(argv)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     (args.out / "auth-results.json").write_text(json.dumps(
         {"command": command.strip(), "machine": machine.describe() if hasattr(
             machine, "describe") else {}, "domains": args.domains,
@@ -416,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "auth-results.md").write_text(
         f"# Sender authentication side by side\n\n`{command.strip()}` on "
         f"{os.cpu_count()} cores, {args.domains} sender domains (each message its own), "
-        f"concurrency {args.concurrency}. See benchmarks/auth.py for the set-up.\n\n"
+        f"concurrency {args.concurrency}, load average at the end {load} (the machine is "
+        f"shared: latencies are noisy, CPU per message less so). See benchmarks/auth.py "
+        f"for the set-up.\n\n"
         + text + "\n")
     return 0
 
