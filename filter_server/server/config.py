@@ -59,6 +59,10 @@ class ServeConfig:
     # from $MAILWARDEN_MEMORY_LIMIT_BYTES or the cgroup; the supervisor hands each worker its
     # share. The budget for messages in flight is derived from it (server/memory.py).
     memory_limit_bytes: int = 0
+    # CPU time one message may take to parse (engine/budget.py); 0 = no limit. Ordinary
+    # 4 MiB messages (the most that is parsed) take 0.05-0.25 s; crafted ones took up to
+    # 17 s before this bound.
+    cpu_budget_seconds: float = 1.0
 
     def to_json(self) -> str:
         doc = dataclasses.asdict(self)
@@ -92,7 +96,7 @@ class ServeConfig:
                 out.append(f"--{name.replace('_', '-')} must be positive "
                            f"(got {getattr(self, name)})")
         for name in ("drain_seconds", "grace_seconds", "max_connection_age_grace_ms",
-                     "policy_wait_seconds", "memory_limit_bytes"):
+                     "policy_wait_seconds", "memory_limit_bytes", "cpu_budget_seconds"):
             if getattr(self, name) < 0:
                 out.append(f"--{name.replace('_', '-')} must not be negative "
                            f"(got {getattr(self, name)})")

@@ -94,13 +94,15 @@ def add_filter_service(servicer: "FilterServicer", server: grpc.Server) -> None:
 class FilterServicer:
     def __init__(self, holder: PolicyHolder, metrics: FilterMetrics, log: logging.Logger, *,
                  suppression: SuppressionProvider, max_message_bytes: int,
-                 max_concurrent_rpcs: int, memory: MemoryBudget) -> None:
+                 max_concurrent_rpcs: int, memory: MemoryBudget,
+                 cpu_budget_seconds: float = 0.0) -> None:
         self._holder = holder
         self._metrics = metrics
         self._log = log
         self._suppression = suppression
         self._max_bytes = max_message_bytes
         self._capacity = max_concurrent_rpcs
+        self._cpu_budget = cpu_budget_seconds
         self.memory = memory
         # Admission control of our own (not only the gRPC core's maximum_concurrent_rpcs):
         # it applies to Filter calls only, so health checks keep headroom under overload.
@@ -323,7 +325,8 @@ class FilterServicer:
         raw = call.raw
         started = time.perf_counter()
         try:
-            verdict = policy.classify(raw, call.envelope)
+            verdict = policy.classify(raw, call.envelope,
+                                      cpu_budget_seconds=self._cpu_budget)
         finally:
             self._turns.done(turn)
         suppression = self._suppression.check(call.recipients, call.mail_class,

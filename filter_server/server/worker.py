@@ -119,6 +119,7 @@ class Worker:
             suppression=suppression or NoSuppressionStore(),
             max_message_bytes=config.max_message_bytes,
             max_concurrent_rpcs=config.max_concurrent_rpcs,
+            cpu_budget_seconds=config.cpu_budget_seconds,
             memory=MemoryBudget(budget_for(config.memory_limit_bytes or None,
                                            resident_bytes())))
         self.server: grpc.Server | None = None

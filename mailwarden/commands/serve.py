@@ -84,6 +84,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "$MAILWARDEN_MEMORY_LIMIT_BYTES, which the operator sets from the "
                         "pod's memory limit; else the cgroup's limit; else no limit (each "
                         "worker then holds at most 1 GiB of messages)]")
+    parser.add_argument("--cpu-budget-seconds", type=float, default=d.cpu_budget_seconds,
+                        metavar="S", help="CPU time one message may take to parse; a message "
+                        "that needs more is classified on what was read by then and its "
+                        "verdict gets a SCAN_BUDGET_EXCEEDED hit (0 = no limit)")
     parser.set_defaults(func=run)
 
 
@@ -112,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         policy_wait_seconds=args.policy_wait_seconds, port_file=args.port_file,
         suppression_store=args.suppression_store,
         suppression_stale_after=args.suppression_stale_after,
-        memory_limit_bytes=memory_limit)
+        memory_limit_bytes=memory_limit, cpu_budget_seconds=args.cpu_budget_seconds)
     problems = config.problems()
     if problems:
         for problem in problems:
