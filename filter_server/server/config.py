@@ -19,8 +19,10 @@ DEFAULT_GRPC_PORT = 50051
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 # Room for the envelope and protobuf framing on top of the message itself, so a message of
-# exactly --max-message-bytes is still accepted by the transport limit.
-ENVELOPE_ALLOWANCE_BYTES = 64 * 1024
+# exactly --max-message-bytes is still accepted by the transport limit: the most an
+# envelope can hold within the request limits of server/receiving.py (1,000 recipients of
+# at most 320 characters, five fields of at most 1,024), rounded up.
+ENVELOPE_ALLOWANCE_BYTES = 512 * 1024
 
 
 def default_workers() -> int:
@@ -63,6 +65,12 @@ class ServeConfig:
     # 4 MiB messages (the most that is parsed) take 0.05-0.25 s; crafted ones took up to
     # 17 s before this bound.
     cpu_budget_seconds: float = 1.0
+    # Requests (server/receiving.py): recipients per call; how long a call that reserved
+    # memory may take to deliver its message (or a stream its next one); streams one
+    # connection may hold open.
+    max_recipients: int = 1000
+    receive_timeout_seconds: float = 10.0
+    max_streams_per_connection: int = 16
 
     def to_json(self) -> str:
         doc = dataclasses.asdict(self)
@@ -90,7 +98,8 @@ class ServeConfig:
         if self.grpc_port and self.grpc_port == self.metrics_port:
             out.append("--grpc-port and --metrics-port must differ")
         positive = ("workers", "max_message_bytes", "max_concurrent_rpcs",
-                    "max_connection_age_ms", "policy_poll_seconds")
+                    "max_connection_age_ms", "policy_poll_seconds", "max_recipients",
+                    "receive_timeout_seconds", "max_streams_per_connection")
         for name in positive:
             if getattr(self, name) <= 0:
                 out.append(f"--{name.replace('_', '-')} must be positive "
