@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for everything: `mailwarden operator` and `mailwarden serve`.
+# One image for everything: `mailwarden operator`, `serve` and `unsubscribe-server`.
 #   docker build -t mailwarden:0.1.0 .
 
 FROM python:3.11-slim-bookworm AS build
@@ -9,10 +9,13 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY mailwarden ./mailwarden
 COPY filter_server ./filter_server
+COPY unsubscribe_store ./unsubscribe_store
 COPY operator ./operator
-# A regular (non-editable) install: operator/ becomes the package mailwarden_operator.
-RUN /opt/mailwarden/bin/pip install . \
- && /opt/mailwarden/bin/python -c "import mailwarden_operator.main, filter_server.engine.compiled"
+COPY mailwarden_local ./mailwarden_local
+# A regular (non-editable) install with every component's dependencies ([all]): operator/
+# becomes the package mailwarden_operator.
+RUN /opt/mailwarden/bin/pip install ".[all]" \
+ && /opt/mailwarden/bin/python -c "import mailwarden_operator.main, filter_server.server.worker, unsubscribe_store.server"
 
 FROM python:3.11-slim-bookworm
 # A fixed non-root user; the Deployments run as this UID with a read-only root filesystem.

@@ -2,7 +2,7 @@
 
 The kopf operator lives in the folder `operator/` but must never be importable as
 `operator` (that name is Python's standard library). It installs as `mailwarden_operator`,
-subpackages included; everything else installs under its own folder name.
+subpackages included; every other component installs under its own folder name.
 `tests/operator/test_packaging.py` fails when this mapping misses a module.
 """
 
@@ -10,9 +10,12 @@ from setuptools import find_packages, setup
 
 OPERATOR_DIR = "operator"
 OPERATOR_PACKAGE = "mailwarden_operator"
+# One folder per component (see README.md, "Layout"); all ship in the one distribution,
+# and the extras decide which of them have their dependencies installed.
+COMPONENTS = ("mailwarden", "filter_server", "unsubscribe_store", "mailwarden_local")
 
-packages = find_packages(include=["mailwarden", "mailwarden.*",
-                                  "filter_server", "filter_server.*"])
+packages = find_packages(include=[pattern for name in COMPONENTS
+                                  for pattern in (name, f"{name}.*")])
 packages += [OPERATOR_PACKAGE] + [f"{OPERATOR_PACKAGE}.{name}"
                                   for name in find_packages(OPERATOR_DIR)]
 

@@ -12,7 +12,7 @@ policy's rules, lists and the model together (`CompiledPolicy.classify`). Prints
   2. The model trained on the whole train split: file size, tokens, load time, and the
      per-message cost of tokenize + score and of the whole classify path.
   3. The held-out test split, classified by that model: the final figure. The test split
-     is never trained or tuned on (split rule: mailwarden/corpus.py).
+     is never trained or tuned on (split rule: mailwarden_local/corpus.py).
 
 Targets (issue 2 and 5): ham false-positive rate <= 0.3% with spam recall >= 97%.
 """
@@ -28,15 +28,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from filter_server.bayes.evaluate import (Figures, Labelled, classify_all,  # noqa: E402
+from benchmarks.evaluate import (Figures, Labelled, classify_all,  # noqa: E402
                                           compile_with_model, cross_validate,
                                           load_labelled, tokenize_all)
 from filter_server.bayes.model import BayesModel  # noqa: E402
 from filter_server.bayes.tokenize import tokenize  # noqa: E402
 from filter_server.bayes.train import train_from_tokens  # noqa: E402
 from filter_server.engine.compiled import Envelope  # noqa: E402
-from filter_server.engine.message import parse_message  # noqa: E402
-from mailwarden.corpus import DEFAULT_CORPUS, split_corpus  # noqa: E402
+from filter_server.message import parse_message  # noqa: E402
+from mailwarden_local.corpus import DEFAULT_CORPUS, split_corpus  # noqa: E402
 
 TARGET_FP, TARGET_RECALL = 0.003, 0.97
 

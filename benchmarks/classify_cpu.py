@@ -6,7 +6,7 @@ split; the start-up cost of a policy; and the server's CPU per gRPC call.
                                                 [--compile 1000,5000] [--grpc 8]
 
 Stages (each timed in its own loop over all messages, inputs made by the stage before):
-  parse     parse_message(raw)                          (filter_server/engine/message.py)
+  parse     parse_message(raw)                          (filter_server/message.py)     
   tokenize  tokenize(parsed)                            (filter_server/bayes/tokenize.py)
   bayes     model.spam_probability(tokens)              (filter_server/bayes/model.py)
   scan      the Hyperscan scans of every target text    (CompiledPolicy.scan)
@@ -43,10 +43,10 @@ sys.path.insert(0, str(REPO))
 from benchmarks import filter_throughput, rulegen  # noqa: E402
 from filter_server.bayes.tokenize import tokenize  # noqa: E402
 from filter_server.engine.compiled import CompiledPolicy, Envelope  # noqa: E402
-from filter_server.engine.message import parse_message  # noqa: E402
+from filter_server.message import parse_message  # noqa: E402
 from filter_server.policy.loader import LoadedPolicy, policy_hash  # noqa: E402
 from filter_server.policy.validate import apply_defaults, validate_policy  # noqa: E402
-from mailwarden.corpus import DEFAULT_CORPUS, Split  # noqa: E402
+from mailwarden_local.corpus import DEFAULT_CORPUS, Split  # noqa: E402
 
 
 def _say(line: str) -> None:
@@ -148,7 +148,7 @@ def main() -> int:
     parser.add_argument("--grpc-seconds", type=float, default=15.0)
     args = parser.parse_args()
 
-    from mailwarden.commands.local import ensure_model
+    from mailwarden_local.model import ensure_model
 
     model_bytes, _ = ensure_model(DEFAULT_CORPUS, DEFAULT_CORPUS.parent, _say)
     split = Split(DEFAULT_CORPUS.parent / "split")

@@ -26,8 +26,8 @@ import hyperscan
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from filter_server.engine.message import parse_message  # noqa: E402
-from mailwarden.corpus import DEFAULT_CORPUS, split_corpus  # noqa: E402
+from filter_server.message import parse_message  # noqa: E402
+from mailwarden_local.corpus import DEFAULT_CORPUS, split_corpus  # noqa: E402
 
 
 def mine_patterns(bodies: list[bytes], count: int, seed: int = 1) -> list[bytes]:

@@ -151,9 +151,11 @@ def _load_average() -> str:
 
 
 def prepare(workdir: Path) -> tuple[Path, list[str], str]:
-    from filter_server.server.projection import project
-    from mailwarden.commands.local import DEFAULT_POLICY, ensure_model, local_policy
-    from mailwarden.corpus import DEFAULT_CORPUS, Split
+    from mailwarden_local.projection import project
+    from mailwarden_local.main import DEFAULT_POLICY
+    from mailwarden_local.model import ensure_model
+    from mailwarden_local.policy import local_policy
+    from mailwarden_local.corpus import DEFAULT_CORPUS, Split
 
     model, _ = ensure_model(DEFAULT_CORPUS, DEFAULT_CORPUS.parent,
                             lambda line: print(line, file=sys.stderr))

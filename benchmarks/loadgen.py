@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from benchmarks import proc_stats
+from testkit import procfs
 from benchmarks.clients import Client, Verdict
 from benchmarks.messages import Message
 
@@ -170,11 +170,11 @@ async def run_level(client: Client, messages: list[Message], concurrency: int, *
     tasks = [asyncio.create_task(worker(s)) for s in sessions]
     try:
         await asyncio.sleep(warmup)
-        cpu0, own0, t0 = proc_stats.cpu_seconds(roots), own_cpu_seconds(), time.perf_counter()
+        cpu0, own0, t0 = procfs.cpu_seconds(roots), own_cpu_seconds(), time.perf_counter()
         recording = True
         await asyncio.sleep(duration)
         stopping = True
-        t1, own1, cpu1 = time.perf_counter(), own_cpu_seconds(), proc_stats.cpu_seconds(roots)
+        t1, own1, cpu1 = time.perf_counter(), own_cpu_seconds(), procfs.cpu_seconds(roots)
         await asyncio.wait(tasks, timeout=120)  # let in-flight requests finish
     finally:
         stopping = True

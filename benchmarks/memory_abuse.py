@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     import grpc
 
     from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
-    from tests.server.harness import HAM, Server, classify_request, mini_policy, outcomes, \
+    from testkit.filter import HAM, Server, classify_request, mini_policy, outcomes, \
         write_policy
-    from tests.server.test_memory import PeakRss
+    from tests.filter_server.server.test_memory import PeakRss
 
     workdir = Path(tempfile.mkdtemp(prefix="mailwarden-memory-abuse-"))
     write_policy(workdir / "policy", mini_policy(1))

@@ -1,6 +1,6 @@
 """The messages every system sees: the test split of the SpamAssassin public corpus.
 
-The split is `mailwarden.corpus.split_corpus` (test = int(sha256("<group>/<file>")[:8], 16)
+The split is `mailwarden_local.corpus.split_corpus` (test = int(sha256("<group>/<file>")[:8], 16)
 % 5 == 0, ~20%); the train split is used only for training and for mining generated rules.
 Each message is sent as its raw bytes, with the same SMTP envelope to every system that
 takes one: MAIL FROM = the Return-Path address (else the From address), RCPT TO = the
@@ -18,7 +18,7 @@ from email.policy import compat32
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
 
-from mailwarden.corpus import Split, split_corpus
+from mailwarden_local.corpus import Split, split_corpus
 
 _ADDRESS = re.compile(r"^[^@\s<>\"]+@[A-Za-z0-9.-]+$")
 

@@ -46,8 +46,8 @@ def finish(servers: ServerSet, spy: Server, raw: Path, timeout: float = 60) -> N
     finally:
         servers.stop(spy, grace=2)
     if not raw.exists():
-        raise RuntimeError(f"py-spy wrote no profile; last lines of {spy.log}:\n"
-                           f"{log_tail(spy.log)}")
+        raise RuntimeError(f"py-spy wrote no profile; last lines of {spy.log_path}:\n"
+                           f"{log_tail(spy.log_path)}")
 
 
 def _function(frame: str) -> str:

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from filter_server.engine.message import parse_message
+from filter_server.message import parse_message
 from filter_server.policy.validate import validate_policy
-from mailwarden.corpus import Split
+from mailwarden_local.corpus import Split
 
 KINDS: tuple[tuple[str, float], ...] = (
     ("bigram", 0.40), ("trigram", 0.15), ("gap", 0.10), ("subject", 0.15),

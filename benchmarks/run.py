@@ -3,7 +3,7 @@
     scripts/bench.sh [options]            # bootstrap --bench, then this module
     .venv/bin/python -m benchmarks.run [options]
 
-One run: split the corpus (mailwarden.corpus.split_corpus), train all three systems on the
+One run: split the corpus (mailwarden_local.corpus.split_corpus), train all three systems on the
 train split (in parallel), then measure one system at a time on the test split — an
 accuracy pass (every test message once) and a closed-loop concurrency sweep — then
 Mailwarden's rule-count scaling; write docs/benchmarks/results.md, results.json and
@@ -31,10 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import loadgen, machine, messages, proc_stats, report, rulegen
+from benchmarks import loadgen, machine, messages, report, rulegen
+from testkit import procfs
 from benchmarks.dns_sink import DnsSink
 from benchmarks.servers import ServerFailed, ServerSet
-from mailwarden.corpus import DEFAULT_CORPUS, Split, split_corpus
+from mailwarden_local.corpus import DEFAULT_CORPUS, Split, split_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "docs" / "benchmarks"
@@ -226,7 +227,7 @@ def measure(system, client, test: list[messages.Message], args: argparse.Namespa
     dns_before = dns.snapshot()
     if hasattr(client, "preencode"):
         client.preencode(test)
-    with proc_stats.MemorySampler(roots) as sampler:
+    with procfs.MemorySampler(roots) as sampler:
         progress(f"{result.name}: accuracy pass over {len(test)} test messages")
         accuracy = asyncio.run(loadgen.accuracy_pass(
             client, test, max(1, 2 * args.workers), progress))
@@ -294,7 +295,7 @@ def run_scaling(mw, test, args, mined, best_concurrency: int, results: Results) 
         try:
             client = mw.client()
             client.preencode(test)
-            with proc_stats.MemorySampler(mw.roots()) as sampler:
+            with procfs.MemorySampler(mw.roots()) as sampler:
                 level = asyncio.run(loadgen.run_level(
                     client, test, concurrency, roots=mw.roots(), warmup=args.warmup,
                     duration=args.duration))

@@ -1,6 +1,8 @@
 """Starting and stopping the servers under test, so that nothing is left running.
 
-Every server runs in its own session (its own process group) with its output in a log file.
+Every server is a `ServerProcess` (testkit.processes, the one "start a process and
+wait until it serves" of the repository): its own session (its own process group), its
+output in a log file.
 `ServerSet` is a context manager: leaving it — normally, on an exception, on Ctrl-C or on
 SIGTERM (see `benchmarks.run`) — sends SIGTERM to every group, waits, then SIGKILLs
 whatever is left, including descendants that moved to another group.
@@ -14,22 +16,16 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from benchmarks import proc_stats
+from testkit import procfs
+from testkit.processes import ServerFailed, ServerProcess, free_port
 
-
-class ServerFailed(RuntimeError):
-    """A server did not start (or died); the message says which and shows its log tail."""
-
-
-def free_port() -> int:
-    """An ephemeral loopback port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# A server under test; `ServerFailed`: it did not start (or died), with its log tail.
+Server = ServerProcess
+__all__ = ["Server", "ServerFailed", "ServerSet", "chown_tree", "free_port", "log_tail",
+           "port_open", "service_user"]
 
 
 def service_user(name: str) -> pwd.struct_passwd | None:
@@ -59,26 +55,6 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-@dataclass
-class Server:
-    name: str
-    argv: list[str]
-    log: Path
-    process: subprocess.Popen
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def check_alive(self) -> None:
-        if not self.alive():
-            raise ServerFailed(f"{self.name} exited with status {self.process.returncode}; "
-                               f"last lines of {self.log}:\n{log_tail(self.log)}")
-
-
 def _user_args(user: pwd.struct_passwd | None) -> dict:
     if user is None:
         return {}
@@ -91,14 +67,14 @@ def _kill_group(pgid: int, grace: float) -> list[int]:
     as gone: their parent (us, for the group leader) reaps them. A pid is only signalled
     while it still belongs to the process we found (same start time), never to a later
     process that reused it."""
-    found = {pid: proc_stats.start_time(pid)
-             for pid in proc_stats.tree([pgid]) | proc_stats.group_members(pgid)}
+    found = {pid: procfs.start_time(pid)
+             for pid in procfs.tree([pgid]) | procfs.group_members(pgid)}
 
     def ours() -> set[int]:
-        now = proc_stats.tree([pgid]) | proc_stats.group_members(pgid)
+        now = procfs.tree([pgid]) | procfs.group_members(pgid)
         return {p for p in set(found) | now
-                if proc_stats.exists(p) and (p not in found
-                                             or proc_stats.start_time(p) == found[p])}
+                if procfs.exists(p) and (p not in found
+                                             or procfs.start_time(p) == found[p])}
 
     def signal_all(sig: int) -> None:
         for pid in ours():
@@ -128,15 +104,9 @@ class ServerSet:
 
     def start(self, name: str, argv: Sequence[str], *, log: Path,
               user: pwd.struct_passwd | None = None, env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> Server:
-        out = open(log, "ab")
-        try:
-            process = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-                                       start_new_session=True, **_user_args(user))
-        finally:
-            out.close()
-        server = Server(name, list(argv), log, process)
+              cwd: Path | None = None, port_file: Path | None = None) -> Server:
+        server = ServerProcess(name, argv, log_path=log, port_file=port_file, env=env, cwd=cwd,
+                               popen_kwargs=_user_args(user)).start()
         self.servers.append(server)
         return server
 
@@ -147,6 +117,7 @@ class ServerSet:
         It is registered like a server while it runs, so an interrupted benchmark stops
         it too (training runs in threads; only the main thread sees Ctrl-C)."""
         proc = self.start(name, argv, log=log, user=user, env=env, cwd=cwd)
+        assert proc.process is not None
         try:
             status = proc.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -163,7 +134,7 @@ class ServerSet:
             return
         self.servers.remove(server)
         left = _kill_group(server.pid, grace)
-        if server.process.poll() is None:
+        if server.process is not None and server.process.poll() is None:
             try:
                 server.process.wait(timeout=2)
             except subprocess.TimeoutExpired:
@@ -188,23 +159,6 @@ class ServerSet:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-def wait_until(check: Callable[[], bool], *, server: Server, what: str,
-               timeout: float, interval: float = 0.1) -> float:
-    """Poll `check` until it is true; fail fast if the server died. Returns seconds taken."""
-    started = time.monotonic()
-    while True:
-        server.check_alive()
-        try:
-            if check():
-                return time.monotonic() - started
-        except OSError:
-            pass
-        if time.monotonic() - started > timeout:
-            raise ServerFailed(f"{server.name}: {what} not reached within {timeout:.0f}s; "
-                               f"last lines of {server.log}:\n{log_tail(server.log)}")
-        time.sleep(interval)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -36,8 +36,8 @@ import psycopg  # noqa: E402
 
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb  # noqa: E402
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc  # noqa: E402
-from tests.pgcluster import PgCluster  # noqa: E402
-from tests.unsubscribe.procs import StoreProcess  # noqa: E402
+from testkit.pg import PgCluster  # noqa: E402
+from testkit.store import StoreProcess  # noqa: E402
 
 
 def uptime() -> str:
@@ -134,7 +134,7 @@ def cache_worker(target: str) -> None:
     """Child process: one SuppressionCache. Records (sequence, monotonic time) per applied
     change; on 'STOP <sequence>' from stdin waits until that sequence is applied and prints
     the records as JSON."""
-    from filter_server.unsubscribe.cache import SuppressionCache
+    from filter_server.server.suppression_cache import SuppressionCache
     seen: list[tuple[int, float]] = []
     cache = SuppressionCache(target, on_change=lambda c: seen.append((c.sequence,
                                                                       time.monotonic())))

@@ -21,7 +21,7 @@ import yaml
 from e2e import prereqs
 from e2e.jobs import install_client
 from e2e.kube import Kube, is_true, observed, pod_ready, wait_for
-from mailwarden_operator import naming
+from mailwarden_operator.spampolicy import naming
 
 REPO = prereqs.REPO
 EXAMPLES = REPO / "examples"

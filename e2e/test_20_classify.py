@@ -15,8 +15,8 @@ from e2e.jobs import LoadRun, describe_load, run_job, summaries
 from e2e.kube import metric, wait_for
 from filter_server.engine.compiled import CompiledPolicy, Envelope
 from filter_server.policy.loader import load_policy_dir
-from filter_server.server.projection import project
-from mailwarden_operator import naming
+from mailwarden_local.projection import project
+from mailwarden_operator.spampolicy import naming
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -12,7 +12,7 @@ import yaml
 
 from e2e.conftest import E2E, example
 from e2e.test_10_resources import crd_file
-from mailwarden_operator.webhook import admission_errors
+from mailwarden_operator.spampolicy.webhook import admission_errors
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -2,7 +2,7 @@
 
     from mailwarden.client import FilterClient
 
-    with FilterClient("dns:///mailwarden-default-headless.mail.svc:50051") as client:
+    with FilterClient("dns:///mailwarden-default-headless.mail.svc:9090") as client:
         verdict = client.classify(raw_bytes, mail_from="news@shop.example",
                                   recipients=["a@example.com"])
         print(verdict.action, verdict.score, verdict.policy_hash)
@@ -28,19 +28,12 @@ from typing import Iterable, Iterator, Sequence
 import grpc
 
 from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
+from mailwarden.wire import FILTER_SERVICE as SERVICE_NAME
+from mailwarden.wire import MESSAGE_BYTES_METADATA, REQUEST_BYTES_METADATA
 
-SERVICE_NAME = "mailwarden.filter.v1.Filter"
 DEFAULT_DEADLINE_SECONDS = 5.0
 DEFAULT_MAX_ATTEMPTS = 4          # the gRPC service config allows at most 5
 DNS_MIN_RERESOLUTION_MS = 1000    # gRPC's default is 30000 (see FilterClient)
-# Call metadata announcing the message's size: the server reserves memory to receive it
-# before it arrives, and without this must reserve for the largest message allowed (so
-# small messages wait behind large ones when memory is short).
-MESSAGE_BYTES_METADATA = "mailwarden-message-bytes"
-# ... and the whole request's size (message and envelope), which the server reserves for
-# exactly. On a ClassifyStream: the size of its largest request. A request larger than
-# announced is refused (INVALID_ARGUMENT).
-REQUEST_BYTES_METADATA = "mailwarden-request-bytes"
 _MAIL_CLASSES = {"bulk": filter_pb2.BULK, "transactional": filter_pb2.TRANSACTIONAL,
                  "": filter_pb2.MAIL_CLASS_UNSPECIFIED}
 
@@ -139,10 +132,12 @@ class FilterClient:
         server (system roots when None), `client_cert`+`client_key` are for mutual TLS,
         `server_name` overrides the name checked in the server certificate. Certificates
         are PEM bytes or file paths."""
-        if (target is None) == (addresses is None):
+        if addresses is not None and target is None:
+            self.target = target_for(addresses)
+        elif target is not None and addresses is None:
+            self.target = normalize_target(target)
+        else:
             raise ValueError("give exactly one of target or addresses")
-        self.target = target_for(addresses) if addresses is not None else \
-            normalize_target(target)
         self.deadline = deadline
         channel_options: list[tuple[str, object]] = [
             ("grpc.service_config", service_config(

@@ -2,7 +2,7 @@
 (RFC 2369 + RFC 8058) for one recipient of one list.
 
     from mailwarden.unsubscribe_headers import list_unsubscribe_headers
-    from filter_server.unsubscribe.tokens import load_keyring
+    from mailwarden.tokens import load_keyring
     keys = load_keyring(key_dir="/etc/mailwarden/signing-keys")
     headers = list_unsubscribe_headers("ann@example.com", "newsletter", keys=keys,
                                        base_url="https://unsubscribe.example.com")
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from filter_server.unsubscribe.tokens import KeyRing, mint_token
+from mailwarden.tokens import KeyRing, mint_token
 
 ONE_CLICK_VALUE = "List-Unsubscribe=One-Click"
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}

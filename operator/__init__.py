@@ -4,11 +4,12 @@ and UnsubscribeStore resources into unsubscribe store Deployments.
 This folder is installed as the package `mailwarden_operator` (see setup.py) and must never
 be imported as `operator`, which is Python's standard library.
 
-Layout: `crd.py` defines the CustomResourceDefinitions; `spec.py` the serving defaults;
-`policy.py` turns `spec.policy` into the content-hashed policy bundle; `render/` holds one
-pure builder per child object kind; `kube.py` + `apply.py` read and write objects;
-`status.py` computes status and conditions; `reconcile.py` ties one reconcile together;
-`handlers.py` registers it with kopf; `main.py` runs the operator. The UnsubscribeStore
-has the same shape: `store_crd.py`, `store_naming.py`, `store_spec.py`, `render/store/`,
-`store_status.py`, `store_reconcile.py`.
+Layout, one folder per kind over a shared layer:
+- `common/`: what both kinds use — the API client (`kube`, `apply`), Events, metrics,
+  per-object locks, the webhook certificate watcher, and the builders of CRDs, spec
+  defaults, status conditions and shared child objects;
+- `spampolicy/` and `unsubscribestore/`: each kind's naming, crd, spec, render/, status and
+  reconcile (`spampolicy` may read the store's naming and status, never the reverse);
+- at the top, what joins the kinds: `crd` (writes every CRD), `handlers` (kopf
+  registration), `resync` (the periodic resync), `main` (runs the operator).
 """

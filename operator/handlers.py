@@ -13,11 +13,14 @@ from typing import Any, Callable
 
 import kopf
 
-from mailwarden_operator import metrics, naming, store_naming
-from mailwarden_operator.kube import KubeError
-from mailwarden_operator.reconcile import Reconciler
-from mailwarden_operator.store_reconcile import StoreReconciler
-from mailwarden_operator.webhook import admission_errors, admission_message
+from mailwarden_operator.common import metrics
+from mailwarden_operator.common.kube import KubeError
+from mailwarden_operator.common.naming import GROUP, MANAGED_BY, VERSION
+from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.spampolicy.reconcile import Reconciler
+from mailwarden_operator.spampolicy.webhook import admission_errors, admission_message
+from mailwarden_operator.unsubscribestore import naming as store_naming
+from mailwarden_operator.unsubscribestore.reconcile import StoreReconciler
 
 RETRY_DELAY_SECONDS = 5.0
 WEBHOOK_ID = "validate-spampolicy"
@@ -27,7 +30,7 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
                    get_store_reconciler: Callable[[], StoreReconciler] | None = None,
                    ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    resource = (naming.GROUP, naming.VERSION, naming.PLURAL)
+    resource = (GROUP, VERSION, naming.PLURAL)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
@@ -39,7 +42,8 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
             outcome = get_reconciler().reconcile(namespace, name, trigger=trigger)
         except KubeError as exc:
             # Retried by kopf with a delay; the status keeps its last observed state.
-            raise kopf.TemporaryError(f"API call failed: {exc}", delay=RETRY_DELAY_SECONDS)
+            raise kopf.TemporaryError(f"API call failed: {exc}",
+                                      delay=RETRY_DELAY_SECONDS) from exc
         if outcome not in ("unchanged", "gone"):
             logger.debug("reconciled (%s): %s", trigger, outcome)
 
@@ -61,7 +65,7 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
         get_reconciler().forget(namespace, name)
 
     @kopf.on.event("apps", "v1", "deployments", registry=registry,
-                   labels={"app.kubernetes.io/managed-by": naming.MANAGED_BY,
+                   labels={"app.kubernetes.io/managed-by": MANAGED_BY,
                            naming.POLICY_LABEL: kopf.PRESENT})
     def deployment_changed(namespace: str, labels: dict[str, str], type: str | None,
                            logger: Any, **_: Any) -> None:
@@ -90,13 +94,14 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
 def _register_store(registry: kopf.OperatorRegistry,
                     get_reconciler: Callable[[], Reconciler],
                     get_store_reconciler: Callable[[], StoreReconciler]) -> None:
-    resource = (naming.GROUP, naming.VERSION, store_naming.PLURAL)
+    resource = (GROUP, VERSION, store_naming.PLURAL)
 
     def run(namespace: str, name: str, trigger: str, logger: Any) -> None:
         try:
             outcome = get_store_reconciler().reconcile(namespace, name, trigger=trigger)
         except KubeError as exc:
-            raise kopf.TemporaryError(f"API call failed: {exc}", delay=RETRY_DELAY_SECONDS)
+            raise kopf.TemporaryError(f"API call failed: {exc}",
+                                      delay=RETRY_DELAY_SECONDS) from exc
         if outcome not in ("unchanged", "gone"):
             logger.debug("reconciled (%s): %s", trigger, outcome)
 
@@ -123,7 +128,7 @@ def _register_store(registry: kopf.OperatorRegistry,
         get_reconciler().reconcile_referencing(namespace, name, trigger="store")
 
     @kopf.on.event("apps", "v1", "deployments", registry=registry,
-                   labels={"app.kubernetes.io/managed-by": naming.MANAGED_BY,
+                   labels={"app.kubernetes.io/managed-by": MANAGED_BY,
                            store_naming.STORE_LABEL: kopf.PRESENT})
     def store_deployment_changed(namespace: str, labels: dict[str, str], type: str | None,
                                  logger: Any, **_: Any) -> None:

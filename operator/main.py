@@ -16,14 +16,14 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from mailwarden_operator import metrics
-from mailwarden_operator.certwatch import CertWatcher
+from mailwarden_operator.common import metrics
+from mailwarden_operator.common.certwatch import CertWatcher
+from mailwarden_operator.common.kube import Kube, api_client_from_environment
+from mailwarden_operator.common.render import RenderSettings
 from mailwarden_operator.handlers import build_registry
-from mailwarden_operator.kube import Kube, api_client_from_environment
-from mailwarden_operator.reconcile import DEFAULT_KEEP_CONFIGMAPS, Reconciler
-from mailwarden_operator.render import RenderSettings
 from mailwarden_operator.resync import Resync
-from mailwarden_operator.store_reconcile import StoreReconciler
+from mailwarden_operator.spampolicy.reconcile import DEFAULT_KEEP_CONFIGMAPS, Reconciler
+from mailwarden_operator.unsubscribestore.reconcile import StoreReconciler
 
 log = logging.getLogger("mailwarden.operator")
 
@@ -140,7 +140,7 @@ def run(config: OperatorConfig) -> int:
         standalone=config.peering is None,
         peering_name=config.peering,
         priority=priority,
-        identity=identity,
+        identity=identity,  # type: ignore[arg-type]  # kopf's Identity: a NewType of str
         liveness_endpoint=liveness,
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,

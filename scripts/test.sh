@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command: set everything up (scripts/bootstrap.sh), then run the suite.
-# Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -x
+# Extra arguments go to pytest, e.g. scripts/test.sh tests/filter_server -x
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"

@@ -14,7 +14,6 @@ server's default (log level info: no line per verdict).
 from __future__ import annotations
 
 import copy
-import json
 import re
 import shutil
 import sys
@@ -22,21 +21,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.clients.mailwarden import MailwardenClient
-from benchmarks.servers import Server, ServerFailed, ServerSet, wait_until
+from benchmarks.servers import Server, ServerFailed, ServerSet
 from benchmarks.systems import SystemInfo, Training, version_of
 from filter_server.policy.loader import POLICY_FILE, load_policy_dir
 from filter_server.policy.validate import PolicyInvalid, unwrap_policy
-from mailwarden.corpus import Split
+from mailwarden import wire
+from mailwarden_local.corpus import Split
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_POLICY = REPO / "examples" / "spampolicy.yaml"
 MODEL_FILE = "model.json.gz"
-SERVICE = "mailwarden.filter.v1.Filter"
+SERVICE = wire.FILTER_SERVICE
 
 
 def server_available() -> bool:
@@ -107,7 +105,6 @@ class Mailwarden:
         policy_dir = self.work / f"policy-{tag}"
         self.expected_hash = write_policy_dir(policy_dir, policy, self.model)
         port_file = self.work / f"ports-{tag}.json"
-        port_file.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "mailwarden.cli", "serve",
                 "--policy-dir", str(policy_dir), "--host", "127.0.0.1",
                 "--grpc-port", "0", "--metrics-port", "0", "--port-file", str(port_file),
@@ -115,22 +112,11 @@ class Mailwarden:
                 "--max-concurrent-rpcs", str(max(64, 2 * self.max_concurrency))]
         started = time.monotonic()
         self.server = self.servers.start(f"mailwarden serve ({tag})", argv,
-                                         log=self.work / f"serve-{tag}.log", cwd=REPO)
-        wait_until(port_file.exists, server=self.server, what="port file", timeout=600,
-                   interval=0.1)
-        self.port = int(json.loads(port_file.read_text())["grpc_port"])
-        wait_until(self._serving, server=self.server, what="health SERVING", timeout=600,
-                   interval=0.2)
+                                         log=self.work / f"serve-{tag}.log", cwd=REPO,
+                                         port_file=port_file)
+        self.port = int(self.server.wait_ports(timeout=600)["grpc_port"])
+        self.server.wait_healthy(f"127.0.0.1:{self.port}", service=SERVICE, timeout=600)
         self.start_seconds = time.monotonic() - started
-
-    def _serving(self) -> bool:
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=2)
-            except grpc.RpcError:
-                return False
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     def roots(self) -> list[int]:
         return [self.server.pid] if self.server else []

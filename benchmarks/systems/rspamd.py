@@ -30,9 +30,9 @@ from pathlib import Path
 
 from benchmarks.clients.rspamd import RspamdClient
 from benchmarks.servers import (Server, ServerSet, chown_tree, free_port,
-                                port_open, service_user, wait_until)
+                                port_open, service_user)
 from benchmarks.systems import SystemInfo, Training, version_of
-from mailwarden.corpus import Split
+from mailwarden_local.corpus import Split
 
 DISABLED_MODULES = (
     "rbl", "surbl", "emails", "spf", "dkim", "dmarc", "arc", "asn", "fuzzy_check", "dcc",
@@ -157,20 +157,20 @@ class Rspamd:
                              "--daemonize", "no"],
             log=self.work / "redis.log", user=self.redis_user)
         chown_tree(self.work / "redis", self.redis_user)
-        wait_until(lambda: port_open(self.redis_port), server=self.redis,
-                   what="redis port open", timeout=30)
+        self.redis.wait_until(lambda: port_open(self.redis_port), what="redis port open",
+                              timeout=30)
         argv = ["rspamd", "-f", "-c", str(conf), *self._vars()]
         if self.user is not None:
             # rspamd drops to this user itself after reading its config
             argv += ["-u", self.user.pw_name, "-g", self.user.pw_name]
         self.rspamd = self.servers.start("rspamd", argv, log=self.work / "rspamd.out")
-        wait_until(lambda: self._ping(self.port) and self._ping(self.controller_port),
-                   server=self.rspamd, what="/ping on both workers", timeout=120)
+        self.rspamd.wait_until(lambda: self._ping(self.port) and self._ping(self.controller_port),
+                               what="/ping on both workers", timeout=120)
         # The hs_helper compiles the rules into Hyperscan databases after start; until the
         # workers load them they scan with PCRE. Measure only once every worker has them.
-        self.hs_wait = wait_until(self._hyperscan_loaded, server=self.rspamd,
-                                  what="Hyperscan databases loaded by every worker",
-                                  timeout=900, interval=0.5)
+        self.hs_wait = self.rspamd.wait_until(
+            self._hyperscan_loaded, what="Hyperscan databases loaded by every worker",
+            timeout=900, interval=0.5)
         self.start_seconds = time.monotonic() - started
 
     def _ping(self, port: int) -> bool:

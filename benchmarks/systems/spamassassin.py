@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 from benchmarks.clients.spamd import SpamdClient
-from benchmarks.servers import (Server, ServerSet, chown_tree, free_port, service_user,
-                                wait_until)
+from benchmarks.servers import Server, ServerSet, chown_tree, free_port, service_user
 from benchmarks.systems import SystemInfo, Training, version_of
-from mailwarden.corpus import Split
+from mailwarden_local.corpus import Split
 
 SITE_CONFIG = Path("/etc/spamassassin")
 
@@ -129,10 +128,10 @@ class SpamAssassin:
                 f"--helper-home-dir={self.work / 'home'}"]
         self.spamd = self.servers.start("spamd", argv, log=self.work / "spamd.out",
                                         user=self.user, env=self._env(), cwd=self.work)
-        wait_until(self._pong, server=self.spamd, what="PONG", timeout=300, interval=0.25)
+        self.spamd.wait_until(self._pong, what="PONG", timeout=300, interval=0.25)
         # spamd answers PING from the parent's first child; wait for all preforked ones.
-        wait_until(lambda: self._children() >= self.workers, server=self.spamd,
-                   what=f"{self.workers} children", timeout=120, interval=0.25)
+        self.spamd.wait_until(lambda: self._children() >= self.workers,
+                              what=f"{self.workers} children", timeout=120, interval=0.25)
         self.start_seconds = time.monotonic() - started
 
     def _pong(self) -> bool:
@@ -141,8 +140,8 @@ class SpamAssassin:
             return b"PONG" in sock.recv(100)
 
     def _children(self) -> int:
-        from benchmarks import proc_stats
-        return len(proc_stats.tree([self.spamd.pid])) - 1 if self.spamd else 0
+        from testkit import procfs
+        return len(procfs.tree([self.spamd.pid])) - 1 if self.spamd else 0
 
     def roots(self) -> list[int]:
         return [self.spamd.pid] if self.spamd else []

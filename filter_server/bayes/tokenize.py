@@ -21,8 +21,8 @@ from __future__ import annotations
 import email.utils
 import re
 
-from filter_server.engine.message import ParsedMessage
-from filter_server.engine.textscan import find_emails, find_hosts, first_address, time_zone
+from filter_server.message import ParsedMessage
+from filter_server.textscan import find_emails, find_hosts, first_address, time_zone
 
 TOKENIZER_VERSION = "mailwarden-tokens/2"
 
@@ -50,7 +50,7 @@ POST_DELIVERY_HEADERS = frozenset((
 ))
 
 # Patterns whose plain `re` form is quadratic on crafted text (a 64 KB body of "a…@b…"
-# took 28 s) are linear scanners in engine/textscan.py, which give the same matches:
+# took 28 s) are linear scanners in filter_server/textscan.py, which give the same matches:
 # hosts `[a-z0-9][a-z0-9.-]*\.[a-z]{2,}` (find_hosts), body addresses
 # `[\w.+-]+@[\w-]+(?:\.[\w-]+)+` (find_emails), the first address of a header
 # `[\w.+=-]+@[\w.-]+` (first_address) and the Date's zone (time_zone). Every pattern left

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Sequence
 from filter_server.bayes.calibrate import Calibration, fit_isotonic
 from filter_server.bayes.model import DEFAULT_PARAMS, BayesModel, ModelParams
 from filter_server.bayes.tokenize import tokenize
-from filter_server.engine.message import parse_message
+from filter_server.message import parse_message
 
 # A model ships inside a ConfigMap next to the policy (1 MiB in all); stay well below.
 DEFAULT_MAX_BYTES = 768 * 1024

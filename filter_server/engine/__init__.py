@@ -1,0 +1,1 @@
+"""A compiled policy classifying one message (`compiled`)."""

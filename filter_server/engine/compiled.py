@@ -13,9 +13,9 @@ from typing import Any
 
 from filter_server.bayes.model import BayesModel
 from filter_server.bayes.tokenize import tokenize
-from filter_server.engine.budget import ScanBudget
-from filter_server.engine.message import ParsedMessage, parse_message
-from filter_server.engine.patterns import PatternRule, TargetDatabase, target_key
+from filter_server.cpu_budget import ScanBudget
+from filter_server.message import ParsedMessage, parse_message
+from filter_server.patterns import PatternRule, TargetDatabase, target_key
 from filter_server.policy.loader import LoadedPolicy
 from filter_server.policy.meta import MetaExpression, parse_meta
 
@@ -194,7 +194,7 @@ class CompiledPolicy:
                  cpu_budget_seconds: float | None = None) -> Verdict:
         """The verdict on one message. With `cpu_budget_seconds`, parsing stops once this
         thread has spent that much CPU time on it; what was read is classified as usual
-        and a SCAN_BUDGET_EXCEEDED hit says how much that was (engine/budget.py)."""
+        and a SCAN_BUDGET_EXCEEDED hit says how much that was (filter_server/cpu_budget.py)."""
         budget = ScanBudget(cpu_budget_seconds) if cpu_budget_seconds else None
         parsed = parse_message(raw, max_text_bytes=self.max_scan_bytes, budget=budget)
         rule_hits = self._rule_hits

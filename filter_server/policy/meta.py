@@ -52,8 +52,9 @@ def _tokenize(source: str) -> list[tuple[str, str, int]]:
         if not match:
             bad = pos + (len(source[pos:]) - len(source[pos:].lstrip()))
             raise MetaSyntaxError(f"unexpected character {source[bad]!r}", bad)
-        kind = ("or", "and", "not", "(", ")", "name")[match.lastindex - 1]
-        tokens.append((kind, match.group(match.lastindex), match.start(match.lastindex)))
+        group = match.lastindex or 0  # the pattern always matches one alternative's group
+        kind = ("or", "and", "not", "(", ")", "name")[group - 1]
+        tokens.append((kind, match.group(group), match.start(group)))
         pos = match.end()
     return tokens
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from filter_server.engine.message import MAX_PARSE_BYTES
+from filter_server.message import MAX_PARSE_BYTES
 
 RULE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 # Hosts and domains are matched case-insensitively against the host and every parent domain.
-HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$"
+HOST_PATTERN = (r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+                r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$")
 
 MAX_RULES = 20000
 MAX_META_RULES = 2000

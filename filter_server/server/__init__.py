@@ -6,7 +6,9 @@ Modules, one job each:
     logs         structured JSON logging
     metrics      the Prometheus metrics and the /metrics HTTP endpoint
     policy       PolicyHolder: the live compiled policy, reloaded off the request path
-    suppression  the seam through which an unsubscribe store answers (later issue)
+    suppression  the seam through which an unsubscribe store answers
+    suppression_cache  the store's client: its suppressions in memory, kept by Watch
+    store_suppression  answers Classify from the suppression cache
     servicer     the Filter service itself
     tls          server credentials from a cert-manager style directory, with rotation
     ports        port reservation (SO_REUSEPORT) and the port file

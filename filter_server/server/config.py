@@ -9,14 +9,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailwarden.wire import FILTER_GRPC_PORT, FILTER_METRICS_PORT
+
 # Exit codes of `mailwarden serve` (and of each worker process).
 EXIT_OK = 0
 EXIT_CONFIG = 2        # bad flags, unreadable TLS files, port in use
 EXIT_POLICY = 3        # the policy is invalid at startup or never loaded
 EXIT_CRASHLOOP = 4     # workers kept crashing (supervisor gave up)
 
-DEFAULT_GRPC_PORT = 50051
-DEFAULT_METRICS_PORT = 9090
+# The ports the operator renders, so a server started by hand answers where clients look.
+DEFAULT_GRPC_PORT = FILTER_GRPC_PORT
+DEFAULT_METRICS_PORT = FILTER_METRICS_PORT
 DEFAULT_MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 # Room for the envelope and protobuf framing on top of the message itself, so a message of
 # exactly --max-message-bytes is still accepted by the transport limit: the most an
@@ -61,7 +64,7 @@ class ServeConfig:
     # from $MAILWARDEN_MEMORY_LIMIT_BYTES or the cgroup; the supervisor hands each worker its
     # share. The budget for messages in flight is derived from it (server/memory.py).
     memory_limit_bytes: int = 0
-    # CPU time one message may take to parse (engine/budget.py); 0 = no limit. Ordinary
+    # CPU time one message may take to parse (filter_server/cpu_budget.py); 0 = no limit. Ordinary
     # 4 MiB messages (the most that is parsed) take 0.05-0.25 s; crafted ones took up to
     # 17 s before this bound.
     cpu_budget_seconds: float = 1.0

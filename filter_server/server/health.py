@@ -8,7 +8,7 @@ takes the same lock. A Watch starting (sending its first status under the lock) 
 another ends (a client reconnecting: every connection is closed at the maximum connection
 age, and every client-side health check keeps a Watch per connection) deadlocks the whole
 server: no call, health check or reflection request is answered again. The fault suite's
-long barrage froze a pod that way, and `tests/server/test_health_watch.py` freezes a
+long barrage froze a pod that way, and `tests/filter_server/server/test_health_watch.py` freezes a
 server in about a second with it (upstream report: grpc/grpc pull request 43403, open).
 
 Here the lock guards only the statuses and the set of open streams and is never held while
@@ -25,7 +25,8 @@ from typing import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-Status = health_pb2.HealthCheckResponse.ServingStatus
+# A grpc.health.v1 HealthCheckResponse.ServingStatus value (protobuf enums are ints).
+Status = int
 SERVING: Status = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: Status = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN: Status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN

@@ -9,7 +9,7 @@ import sys
 try:  # python-json-logger >= 3
     from pythonjsonlogger.json import JsonFormatter
 except ImportError:  # pragma: no cover - python-json-logger 2.x
-    from pythonjsonlogger.jsonlogger import JsonFormatter  # type: ignore[no-redef]
+    from pythonjsonlogger.jsonlogger import JsonFormatter
 
 LOGGER_NAME = "mailwarden.filter"
 

@@ -22,12 +22,13 @@ import os
 import threading
 from pathlib import Path
 
-from filter_server.engine.message import MAX_PARSE_BYTES
+from filter_server.message import MAX_PARSE_BYTES
+from mailwarden.wire import MEMORY_LIMIT_ENV as LIMIT_ENV
 
-LIMIT_ENV = "MAILWARDEN_MEMORY_LIMIT_BYTES"
 # Without any known limit (a laptop, local mode), each worker holds at most this much.
 UNLIMITED_BUDGET_BYTES = 1024 * 1024 * 1024
-# Parsing one message holds about eight times what is parsed (tests/unit/test_message_limits).
+# Parsing one message holds about eight times what is parsed
+# (tests/filter_server/test_message_limits.py).
 PARSE_RESERVE_BYTES = 10 * MAX_PARSE_BYTES
 # Of what is left, this share is the budget: the allocator's fragmentation, gRPC's own
 # buffers and Python's objects need the rest.

@@ -12,13 +12,21 @@ from __future__ import annotations
 import glob
 import os
 import threading
-
 import time
 from typing import Iterable
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, \
-    disable_created_metrics, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from mailwarden import wire
 
 # `_created` series double the output and no dashboard uses them.
 disable_created_metrics()
@@ -40,7 +48,7 @@ class FilterMetrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.requests = Counter(
-            "mailwarden_filter_requests_total", "Filter RPCs finished, by method and gRPC status "
+            wire.FILTER_REQUESTS_TOTAL, "Filter RPCs finished, by method and gRPC status "
             "code (RPCs the gRPC core rejects before they reach the service, such as "
             "oversized messages, are not counted)", ["method", "code"], registry=registry)
         self.duration = Histogram(
@@ -71,7 +79,7 @@ class FilterMetrics:
             "calls in flight (a call reserves room to receive the largest message, then "
             "keeps what its message needs)", multiprocess_mode="livesum", registry=registry)
         self.policy_info = Gauge(
-            "mailwarden_filter_policy_info", "The policy being served: value 1 for the live "
+            wire.FILTER_POLICY_INFO, "The policy being served: value 1 for the live "
             "content hash (0 for hashes served before)", ["hash"],
             multiprocess_mode="livemax", registry=registry)
         self.policy_loaded = Gauge(
@@ -89,19 +97,19 @@ class FilterMetrics:
         # Suppression cache (only with --suppression-store). Across workers the worst one
         # counts: the oldest data, the longest lag, any worker disconnected.
         self.suppression_age = Gauge(
-            "mailwarden_filter_suppression_cache_age_seconds", "Seconds since this filter's "
+            wire.SUPPRESSION_CACHE_AGE_SECONDS, "Seconds since this filter's "
             "suppression cache was last confirmed up to date with the unsubscribe store "
             "(1e9 before the first snapshot)", multiprocess_mode="livemax", registry=registry)
         self.suppression_lag = Gauge(
-            "mailwarden_filter_suppression_cache_lag_sequences", "Changes committed at the "
+            wire.SUPPRESSION_CACHE_LAG_SEQUENCES, "Changes committed at the "
             "unsubscribe store that this filter has not applied yet",
             multiprocess_mode="livemax", registry=registry)
         self.suppression_connected = Gauge(
-            "mailwarden_filter_suppression_cache_connected", "1 while every worker's Watch "
+            wire.SUPPRESSION_CACHE_CONNECTED, "1 while every worker's Watch "
             "stream to the unsubscribe store is open", multiprocess_mode="livemin",
             registry=registry)
         self.suppression_fresh = Gauge(
-            "mailwarden_filter_suppression_cache_fresh", "1 while every worker answers "
+            wire.SUPPRESSION_CACHE_FRESH, "1 while every worker answers "
             "SUPPRESSION_FRESH (loaded and up to date within --suppression-stale-after)",
             multiprocess_mode="livemin", registry=registry)
         self.suppression_entries = Gauge(

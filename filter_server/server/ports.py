@@ -30,7 +30,7 @@ def _family_and_address(host: str) -> tuple[socket.AddressFamily, str]:
     if host in ("", "0.0.0.0", "*"):
         return socket.AF_INET, "0.0.0.0"
     infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    return infos[0][0], infos[0][4][0]
+    return infos[0][0], str(infos[0][4][0])
 
 
 def _bind(host: str, port: int, reuseport: bool) -> socket.socket:

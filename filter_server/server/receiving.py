@@ -17,6 +17,7 @@ message and 19 MiB of recipients announced as 88 bytes peaked at 1,105 MiB befor
 from __future__ import annotations
 
 import heapq
+import importlib
 import itertools
 import threading
 import time
@@ -131,11 +132,11 @@ class ReceiveWatchdog:
 def _end_call(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
     """End a call from outside its handler, with a status the client sees. gRPC's public
     API can only cancel (the client then sees CANCELLED and no reason); the C call object
-    takes a status too. tests/server/test_receive_limits.py checks what the client sees."""
+    takes a status too (tests/filter_server/server/test_receive_limits.py checks what the
+    client sees)."""
     call = getattr(getattr(context, "_rpc_event", None), "call", None)
     try:
-        from grpc._cython import cygrpc
-
-        call.cancel(getattr(cygrpc.StatusCode, code.name.lower()), details)
+        cygrpc = importlib.import_module("grpc._cython.cygrpc")
+        call.cancel(getattr(cygrpc.StatusCode, code.name.lower()), details)  # type: ignore[union-attr]
     except Exception:  # another gRPC build: cancel without a reason
         context.cancel()

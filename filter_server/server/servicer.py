@@ -17,17 +17,23 @@ from typing import Iterator
 import grpc
 
 from filter_server.engine.compiled import Envelope, Verdict
-from filter_server.engine.message import MAX_PARSE_BYTES
+from filter_server.message import MAX_PARSE_BYTES
 from filter_server.server.cost import CostModel
 from filter_server.server.memory import MemoryBudget
 from filter_server.server.metrics import FilterMetrics
 from filter_server.server.policy import PolicyHolder
-from filter_server.server.receiving import DEFAULT_MAX_RECIPIENTS, MAX_ENVELOPE_BYTES, \
-    ReceiveWatchdog, RequestInvalid, parse_request, shown
+from filter_server.server.receiving import (
+    DEFAULT_MAX_RECIPIENTS,
+    MAX_ENVELOPE_BYTES,
+    ReceiveWatchdog,
+    RequestInvalid,
+    parse_request,
+    shown,
+)
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
 from filter_server.server.turns import Turn, TurnQueue
-from mailwarden.client import MESSAGE_BYTES_METADATA, REQUEST_BYTES_METADATA
 from mailwarden.filter.v1 import filter_pb2
+from mailwarden.wire import MESSAGE_BYTES_METADATA, REQUEST_BYTES_METADATA
 
 SERVICE_NAME = filter_pb2.DESCRIPTOR.services_by_name["Filter"].full_name
 # A call is admitted only if its expected time to an answer (the work queued ahead of it
@@ -53,8 +59,8 @@ DEFAULT_MAX_STREAMS_PER_CONNECTION = 16
 # Unicode), in parsed bytes of the cost model: about 36 us for a non-ASCII domain against
 # 40 ns per parsed byte. Admission prices a call's recipients with it.
 RECIPIENT_COST_BYTES = 1024
-_ACTIONS = {name: filter_pb2.Action.Value(name) for name in
-            ("ACCEPT", "TAG", "QUARANTINE", "REJECT")}
+_ACTIONS: dict[str, int] = {
+    name: filter_pb2.Action.Value(name) for name in ("ACCEPT", "TAG", "QUARANTINE", "REJECT")}
 _OK = grpc.StatusCode.OK
 
 
@@ -90,7 +96,7 @@ def add_filter_service(servicer: "FilterServicer", server: grpc.Server) -> None:
     (a burst of large messages is then refused, not received and OOM-killed)."""
     # No request deserializer: the handlers get each request as bytes, check its size
     # against what they reserved and parse it themselves (server/receiving.py).
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler] = {
         "Classify": grpc.stream_unary_rpc_method_handler(
             servicer.Classify,
             response_serializer=filter_pb2.ClassifyResponse.SerializeToString),
@@ -213,6 +219,8 @@ class FilterServicer:
             announced = self._announced(context)
             while True:
                 request_id = ""
+                call: _Call | None = None
+                raw: bytes | None = None
                 try:
                     self._reserve_memory(held, self.receive_reservation(announced.request),
                                          context, no_deadline_wait=STREAM_MEMORY_WAIT_SECONDS)
@@ -317,6 +325,8 @@ class FilterServicer:
         before anything is received."""
         announced = _Announced()
         for key, value in context.invocation_metadata() or ():
+            if not isinstance(value, str):
+                continue
             if key == REQUEST_BYTES_METADATA:
                 announced.request = _size(value)
             elif key == MESSAGE_BYTES_METADATA:
@@ -465,11 +475,13 @@ class FilterServicer:
     def _answer(self, held: _Held, call: "_Call", context: grpc.ServicerContext,
                 method: str) -> filter_pb2.ClassifyResponse:
         turn = held.turn
+        assert turn is not None, "a call is answered only once it holds a turn"
         if not self._turns.wait(turn, _deadline_left(context)):
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
                            "the deadline passed while the call waited for its turn")
         held.turn = None  # from here on `done` ends the turn
         policy = self._holder.current  # the latest, should a reload have happened meanwhile
+        assert policy is not None, "the service is SERVING only once a policy is loaded"
         raw = call.raw
         started = time.perf_counter()
         try:

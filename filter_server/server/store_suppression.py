@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from filter_server.server.metrics import FilterMetrics
 from filter_server.server.suppression import SuppressionAnswer
-from filter_server.unsubscribe.cache import SuppressionCache
+from filter_server.server.suppression_cache import SuppressionCache
 from mailwarden.filter.v1 import filter_pb2
 
 # A proto double can carry +Inf, but callers print and compare ages: "never" is a large,

@@ -21,18 +21,28 @@ import dataclasses
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-from filter_server.engine.patterns import CACHE_DIR_ENV as PATTERN_CACHE_DIR_ENV
-from filter_server.server.config import EXIT_CONFIG, EXIT_CRASHLOOP, EXIT_OK, EXIT_POLICY, \
-    ServeConfig
+from filter_server.patterns import CACHE_DIR_ENV as PATTERN_CACHE_DIR_ENV
+from filter_server.server.config import (
+    EXIT_CONFIG,
+    EXIT_CRASHLOOP,
+    EXIT_OK,
+    EXIT_POLICY,
+    ServeConfig,
+)
 from filter_server.server.logs import setup_logging
 from filter_server.server.memory import resident_bytes
-from filter_server.server.metrics import SupervisorCollector, WorkerFilesCollector, \
-    multiprocess_registry, serve_metrics
+from filter_server.server.metrics import (
+    SupervisorCollector,
+    WorkerFilesCollector,
+    multiprocess_registry,
+    serve_metrics,
+)
 from filter_server.server.policy import PolicyLoadError, load_and_compile
 from filter_server.server.ports import PortInUse, reserve, write_port_file
 from filter_server.server.preflight import PreflightError, preflight
@@ -63,7 +73,7 @@ class Supervisor:
         self._worker_files: WorkerFilesCollector | None = None
         self._own_metrics_dir = False
         self._pattern_cache_dir: str | None = None
-        self._reservation = None
+        self._reservation: socket.socket | None = None
 
     def alive_workers(self) -> int:
         """Called from the metrics thread while the supervisor loop replaces workers, so it
@@ -92,6 +102,7 @@ class Supervisor:
         os.environ[PATTERN_CACHE_DIR_ENV] = self._pattern_cache_dir
 
     def _spawn(self, index: int, worker_config: ServeConfig) -> None:
+        assert self._metrics_dir is not None, "workers start after the metrics directory"
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self._metrics_dir)
         cmd = [sys.executable, "-m", "filter_server.server.worker", worker_config.to_json(),
                str(index), str(os.getpid())]

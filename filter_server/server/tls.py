@@ -57,7 +57,7 @@ class _Rotation:
             (CERT_FILE, KEY_FILE)
 
     def _current_stamp(self) -> tuple:
-        stamp = []
+        stamp: list[tuple[int, int, int] | None] = []
         for name in self._files():
             try:
                 st = os.stat(self.directory / name)  # follows the kubelet's ..data links
@@ -98,8 +98,11 @@ def server_credentials(directory: Path, require_client_cert: bool,
     check_tls_dir(directory, require_client_cert)
     rotation = _Rotation(directory, require_client_cert, log)
     initial = rotation.configuration()
+    # gRPC takes None from `fetch` as "keep the current configuration"; its stubs say
+    # the callback must always return one.
     return grpc.dynamic_ssl_server_credentials(
-        initial, rotation.fetch, require_client_authentication=require_client_cert)
+        initial, rotation.fetch,  # type: ignore[arg-type]
+        require_client_authentication=require_client_cert)
 
 
 def check_tls_dir(directory: Path, require_client_cert: bool) -> None:

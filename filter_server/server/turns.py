@@ -86,6 +86,7 @@ class TurnQueue:
     def done(self, turn: Turn) -> None:
         """The turn's classification is over; the next one goes."""
         with self._lock:
+            assert turn.granted_at is not None, "done() for a turn that was never granted"
             self.cost.observe(turn.parsed, time.monotonic() - turn.granted_at)
             self._running = None
             self._grant_next()

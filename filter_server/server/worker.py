@@ -31,13 +31,17 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from filter_server.engine.compiled import CompiledPolicy
-from filter_server.server.config import ENVELOPE_ALLOWANCE_BYTES, EXIT_CONFIG, EXIT_OK, \
-    EXIT_POLICY, ServeConfig
+from filter_server.server.config import (
+    ENVELOPE_ALLOWANCE_BYTES,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_POLICY,
+    ServeConfig,
+)
 from filter_server.server.health import NOT_SERVING, SERVING, HealthServicer
 from filter_server.server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from filter_server.server.logs import LOGGER_NAME, setup_logging
-from filter_server.server.memory import SUPPRESSION_BYTES, MemoryBudget, budget_for, \
-    resident_bytes
+from filter_server.server.memory import SUPPRESSION_BYTES, MemoryBudget, budget_for, resident_bytes
 from filter_server.server.metrics import FilterMetrics, serve_metrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.ports import PortInUse, check_free, write_port_file
@@ -45,15 +49,16 @@ from filter_server.server.preflight import PreflightError, preflight
 from filter_server.server.servicer import SERVICE_NAME, FilterServicer, add_filter_service
 from filter_server.server.store_suppression import StoreSuppression
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
-from filter_server.unsubscribe.cache import SuppressionCache
+from filter_server.server.suppression_cache import SuppressionCache
 from filter_server.server.tls import TlsConfigError, server_credentials
+
 
 # Calls (and threads) gRPC takes beyond --max-concurrent-rpcs: health checks and reflection
 # still get a thread when the Filter service is at capacity, and calls over its capacity
 # reach our admission control, which answers and counts them (capacity_rejections_total).
 # gRPC's own limit counts a call until its status is sent, after it gave back its slot here;
 # with 16 extra, under CPU contention, gRPC refused 25-40% of the calls over capacity itself
-# ("Concurrent RPC limit exceeded!"), uncounted (tests/server/test_overload.py).
+# ("Concurrent RPC limit exceeded!"), uncounted (tests/filter_server/server/test_overload.py).
 def headroom_rpcs(max_concurrent_rpcs: int) -> int:
     return max(16, max_concurrent_rpcs)
 
@@ -223,7 +228,8 @@ class Worker:
             self.log.error("the policy did not load", extra={
                 "policy_dir": str(config.policy_dir), "errors": error.problems,
                 "waited_seconds": config.policy_wait_seconds})
-            self.server.stop(0)
+            if self.server is not None:
+                self.server.stop(0)
             raise StartupError(str(error), EXIT_POLICY)
         if not self.stop.is_set():
             self.size_memory_budget()
@@ -278,7 +284,8 @@ class Worker:
                 self.log.info("second signal: drain cut short")
         self.log.info("refusing new calls; waiting for calls in flight",
                       extra={"grace_seconds": config.grace_seconds})
-        self.server.stop(config.grace_seconds).wait()
+        if self.server is not None:
+            self.server.stop(config.grace_seconds).wait()
         if self.store_suppression is not None:
             self.store_suppression.stop()
         self.log.info("stopped")

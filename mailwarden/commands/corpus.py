@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from mailwarden.corpus import DEFAULT_CORPUS
+    from mailwarden_local.corpus import DEFAULT_CORPUS
 
     parser = sub.add_parser("corpus", help="work with the SpamAssassin public corpus")
     csub = parser.add_subparsers(dest="corpus_command", required=True, metavar="ACTION")
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from mailwarden.corpus import split_corpus
+    from mailwarden_local.corpus import split_corpus
 
     try:
         split = split_corpus(args.corpus, args.out)

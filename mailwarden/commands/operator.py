@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+EXTRA = "operator"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(

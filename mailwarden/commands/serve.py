@@ -6,10 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+EXTRA = "server"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from filter_server.server.config import DEFAULT_GRPC_PORT, DEFAULT_MAX_MESSAGE_BYTES, \
-        DEFAULT_METRICS_PORT, ServeConfig
+    from filter_server.server.config import (
+        DEFAULT_GRPC_PORT,
+        DEFAULT_MAX_MESSAGE_BYTES,
+        DEFAULT_METRICS_PORT,
+        ServeConfig,
+    )
 
     d = ServeConfig(policy_dir=Path("."))
     parser = sub.add_parser(

@@ -9,7 +9,8 @@ import sys
 def add_key_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "signing keys", "first match wins: --signing-key-dir, --signing-key-file, then "
-        "$MAILWARDEN_SIGNING_KEY_DIR, $MAILWARDEN_SIGNING_KEY (+ $MAILWARDEN_PREVIOUS_SIGNING_KEYS)")
+        "$MAILWARDEN_SIGNING_KEY_DIR, $MAILWARDEN_SIGNING_KEY "
+        "(+ $MAILWARDEN_PREVIOUS_SIGNING_KEYS)")
     group.add_argument("--signing-key-dir", metavar="DIR",
                        help="directory (e.g. a mounted Secret) with a 'current' key file and "
                             "an optional 'previous' file (one key per line)")
@@ -19,7 +20,7 @@ def add_key_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def keyring_from_args(args: argparse.Namespace):
-    from filter_server.unsubscribe.tokens import load_keyring
+    from mailwarden.tokens import load_keyring
     return load_keyring(key_dir=args.signing_key_dir, key_file=args.signing_key_file,
                         previous_files=args.previous_signing_key_file)
 
@@ -56,13 +57,13 @@ def _fail(message: str) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from filter_server.unsubscribe.tokens import generate_key
+    from mailwarden.tokens import generate_key
     print(generate_key())
     return 0
 
 
 def run_mint(args: argparse.Namespace) -> int:
-    from filter_server.unsubscribe.tokens import mint_token
+    from mailwarden.tokens import mint_token
     try:
         print(mint_token(keyring_from_args(args), args.address, args.scope))
     except ValueError as exc:
@@ -83,7 +84,7 @@ def run_headers(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from filter_server.unsubscribe.tokens import TokenInvalid, verify_token
+    from mailwarden.tokens import TokenInvalid, verify_token
     try:
         claims = verify_token(keyring_from_args(args), args.token, max_age_days=args.max_age_days)
     except TokenInvalid:

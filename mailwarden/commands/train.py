@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+EXTRA = "server"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(

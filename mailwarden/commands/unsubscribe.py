@@ -1,5 +1,5 @@
-"""`mailwarden unsubscribe-server ...` (run the store) and `mailwarden unsubscribe ACTION`
-(add, check, resubscribe, import, export, watch, status: a client of a running store)."""
+"""`mailwarden unsubscribe ACTION` (add, check, resubscribe, import, export, watch, status):
+a client of a running unsubscribe store."""
 
 from __future__ import annotations
 
@@ -8,168 +8,13 @@ import os
 import sys
 from pathlib import Path
 
-from mailwarden.commands.token import add_key_arguments, keyring_from_args
+from mailwarden import wire
 
-ENV_DSN = "MAILWARDEN_STORE_DSN"
-ENV_RESUBSCRIBE = "MAILWARDEN_RESUBSCRIBE_TOKEN"
 ENV_TARGET = "MAILWARDEN_UNSUBSCRIBE_TARGET"
-DEFAULT_TARGET = "127.0.0.1:50061"
+DEFAULT_TARGET = f"127.0.0.1:{wire.STORE_GRPC_PORT}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    _register_server(sub)
-    _register_client(sub)
-
-
-# --- server ------------------------------------------------------------------------------
-def _register_server(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "unsubscribe-server", help="run the unsubscribe store (gRPC + one-click HTTP)",
-        description="Serve mailwarden.unsubscribe.v1 over gRPC and the RFC 8058 one-click "
-        "endpoint over HTTP. Migrations are applied before the store reports Ready.")
-    p.add_argument("--store", choices=("postgres", "sqlite"), default="sqlite",
-                   help="storage backend (default: sqlite, the embedded single-node store)")
-    p.add_argument("--dsn-file", metavar="FILE",
-                   help=f"file holding the PostgreSQL DSN (or set ${ENV_DSN}); multi-host "
-                        "DSNs with target_session_attrs=read-write follow a failover")
-    p.add_argument("--dsn", help="PostgreSQL DSN on the command line (visible in the process "
-                                 "list: prefer --dsn-file)")
-    p.add_argument("--sqlite-path", metavar="FILE", default="mailwarden-unsubscribe.db",
-                   help="SQLite database file (default: %(default)s)")
-    p.add_argument("--durability", choices=("local", "replicated"), default="local",
-                   help="replicated: refuse to report Ready (and to write) unless PostgreSQL "
-                        "confirms a synchronous standby (default: %(default)s)")
-    p.add_argument("--grpc-address", default="0.0.0.0:50061", metavar="HOST:PORT",
-                   help="gRPC listen address (default: %(default)s; port 0 = any free port)")
-    p.add_argument("--http-address", default="0.0.0.0:8080", metavar="HOST:PORT",
-                   help="one-click HTTP listen address (default: %(default)s)")
-    p.add_argument("--metrics-address", default="0.0.0.0:9091", metavar="HOST:PORT",
-                   help="Prometheus metrics listen address, '' to disable (default: %(default)s)")
-    add_key_arguments(p)
-    p.add_argument("--no-one-click", action="store_true",
-                   help="run without signing keys: no one-click endpoint (probes only)")
-    p.add_argument("--token-max-age-days", type=int, default=0,
-                   help="reject one-click tokens older than this; 0 = never expire (default). "
-                        "CASL requires at least 60")
-    p.add_argument("--resubscribe-token-file", metavar="FILE",
-                   help=f"credential Resubscribe calls must present as a bearer token (or set "
-                        f"${ENV_RESUBSCRIBE}); without one Resubscribe is disabled")
-    p.add_argument("--no-migrate", action="store_true",
-                   help="do not apply schema migrations (they must have been applied already)")
-    p.add_argument("--migrate-only", action="store_true",
-                   help="apply schema migrations and exit")
-    p.add_argument("--readiness-interval", type=float, default=2.0, metavar="SECONDS",
-                   help="how often readiness (replication state) is re-checked")
-    p.add_argument("--drain-seconds", type=float, default=2.0,
-                   help="after SIGTERM, report NOT_SERVING this long before closing listeners")
-    p.add_argument("--grace-seconds", type=float, default=10.0,
-                   help="after draining, in-flight calls get this long to finish")
-    p.add_argument("--ports-file", metavar="FILE",
-                   help="write the bound ports as JSON here once listening (for port 0)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    p.set_defaults(func=run_server)
-
-
-def _read_secret_file(path: str, what: str) -> str:
-    try:
-        value = Path(path).read_text().strip()
-    except OSError as exc:
-        raise SystemExit(f"mailwarden unsubscribe-server: cannot read {what} file {path}: "
-                         f"{exc.strerror or exc}")
-    if not value:
-        raise SystemExit(f"mailwarden unsubscribe-server: {what} file {path} is empty")
-    return value
-
-
-def run_server(args: argparse.Namespace) -> int:
-    import asyncio
-    import logging
-
-    from filter_server.unsubscribe.model import StoreUnavailable
-    from filter_server.unsubscribe.server import ServerConfig, UnsubscribeServer, split_address
-    from filter_server.unsubscribe.store import open_store
-    from filter_server.unsubscribe.tokens import MIN_MAX_AGE_DAYS, SigningKeyError
-
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").disabled = True
-    # The pool warns on every failed reconnect attempt; the server logs each change of
-    # readiness (with the reason) instead, which says the same once.
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-    err = "mailwarden unsubscribe-server: "
-    dsn = ""
-    if args.store == "postgres":
-        if args.dsn_file:
-            dsn = _read_secret_file(args.dsn_file, "DSN")
-        else:
-            dsn = args.dsn or os.environ.get(ENV_DSN, "")
-        if not dsn:
-            print(err + f"--store postgres needs --dsn-file FILE (or ${ENV_DSN})", file=sys.stderr)
-            return 2
-    if args.token_max_age_days and args.token_max_age_days < MIN_MAX_AGE_DAYS:
-        print(err + f"--token-max-age-days must be 0 (never) or at least {MIN_MAX_AGE_DAYS} "
-              "(CASL)", file=sys.stderr)
-        return 2
-    for name in ("grpc_address", "http_address") + (("metrics_address",)
-                                                     if args.metrics_address else ()):
-        try:
-            split_address(getattr(args, name))
-        except ValueError as exc:
-            print(err + str(exc), file=sys.stderr)
-            return 2
-    try:
-        store = open_store(args.store, dsn=dsn, sqlite_path=args.sqlite_path,
-                           durability=args.durability)
-    except ValueError as exc:
-        print(err + str(exc), file=sys.stderr)
-        return 2
-
-    if args.migrate_only:
-        async def migrate() -> list[int]:
-            try:
-                if args.store == "sqlite":
-                    await store.open(migrate=True)
-                    return []
-                return await store.migrate()
-            finally:
-                await store.close()
-        try:
-            applied = asyncio.run(migrate())
-        except StoreUnavailable as exc:
-            print(err + str(exc), file=sys.stderr)
-            return 1
-        print(f"schema up to date (applied: {', '.join(map(str, applied)) or 'nothing'})")
-        return 0
-
-    keys = None
-    if not args.no_one_click:
-        try:
-            keys = keyring_from_args(args)
-        except SigningKeyError as exc:
-            print(err + f"{exc}; or pass --no-one-click", file=sys.stderr)
-            return 2
-    resubscribe = None
-    if args.resubscribe_token_file:
-        resubscribe = _read_secret_file(args.resubscribe_token_file, "resubscribe token").encode()
-    elif os.environ.get(ENV_RESUBSCRIBE):
-        resubscribe = os.environ[ENV_RESUBSCRIBE].strip().encode()
-    config = ServerConfig(
-        grpc_address=args.grpc_address, http_address=args.http_address,
-        metrics_address=args.metrics_address, keys=keys,
-        token_max_age_days=args.token_max_age_days, migrate=not args.no_migrate,
-        readiness_interval=args.readiness_interval, drain_seconds=args.drain_seconds,
-        grace_seconds=args.grace_seconds, ports_file=args.ports_file or "")
-    server = UnsubscribeServer(store, config, resubscribe_token=resubscribe)
-    try:
-        asyncio.run(server.run())
-    except OSError as exc:
-        print(err + f"cannot listen: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-# --- client ------------------------------------------------------------------------------
-def _register_client(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("unsubscribe", help="talk to a running unsubscribe store",
                        description="Client of mailwarden.unsubscribe.v1 (see "
                        "docs/unsubscribe.md).")
@@ -195,7 +40,7 @@ def _register_client(sub: argparse._SubParsersAction) -> None:
     check.set_defaults(func=run_check)
 
     resub = a.add_parser("resubscribe", help="remove a suppression (needs the resubscribe "
-                         f"credential in ${ENV_RESUBSCRIBE} or --credential-file)")
+                         f"credential in ${wire.RESUBSCRIBE_TOKEN_ENV} or --credential-file)")
     resub.add_argument("address")
     resub.add_argument("--scope", required=True)
     resub.add_argument("--source", required=True, help="who/what authorised it")
@@ -285,11 +130,12 @@ def run_resubscribe(args: argparse.Namespace) -> int:
     import grpc
 
     from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
-    credential = os.environ.get(ENV_RESUBSCRIBE, "")
+    credential = os.environ.get(wire.RESUBSCRIBE_TOKEN_ENV, "")
     if args.credential_file:
-        credential = _read_secret_file(args.credential_file, "credential")
+        credential = _read_credential(args.credential_file)
     if not credential:
-        print(f"mailwarden unsubscribe: resubscribe needs --credential-file or ${ENV_RESUBSCRIBE}",
+        print("mailwarden unsubscribe: resubscribe needs --credential-file or "
+              f"${wire.RESUBSCRIBE_TOKEN_ENV}",
               file=sys.stderr)
         return 2
     channel, stub = _stub(args)
@@ -308,9 +154,9 @@ def run_resubscribe(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     import grpc
 
-    from filter_server.unsubscribe.model import Reason
-    from filter_server.unsubscribe.rows import parse_all
+    from mailwarden.suppression import Reason
     from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+    from unsubscribe_store.rows import parse_all
     fmt = args.format or ("jsonl" if args.file.endswith((".jsonl", ".ndjson")) else "csv")
     try:
         data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
@@ -408,3 +254,14 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"durability: {s.durability}, sync standbys: {s.sync_standbys}")
     print(f"head sequence: {s.head_sequence}, suppressions: {s.suppressions}")
     return 0 if s.ready else 1
+
+
+def _read_credential(path: str) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SystemExit(f"mailwarden unsubscribe: cannot read credential file {path}: "
+                         f"{exc.strerror or exc}") from None
+    if not value:
+        raise SystemExit(f"mailwarden unsubscribe: credential file {path} is empty")
+    return value

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import proc_stats, rulegen
+from benchmarks import rulegen
+from testkit import procfs
 from benchmarks.clients import ProtocolError
 from benchmarks.clients.mailwarden import to_verdict
 from benchmarks.clients.rspamd import parse_result
@@ -24,7 +25,7 @@ from benchmarks.loadgen import percentile
 from benchmarks.messages import envelope_of
 from benchmarks.run import subset_split
 from benchmarks.servers import ServerSet
-from mailwarden.corpus import split_corpus
+from mailwarden_local.corpus import split_corpus
 from mailwarden.filter.v1 import filter_pb2
 from tests.benchmarks.helpers import CORPUS
 
@@ -100,12 +101,12 @@ def test_cpu_of_children_that_exited_is_still_counted(tmp_path: Path) -> None:
     with ServerSet(progress=lambda _: None) as servers:
         log = tmp_path / "parent.log"
         parent = servers.start("parent", [sys.executable, "-c", script], log=log)
-        before = proc_stats.cpu_seconds([parent.pid])
+        before = procfs.cpu_seconds([parent.pid])
         deadline = time.monotonic() + 60
         while "done" not in log.read_text():
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        after = proc_stats.cpu_seconds([parent.pid])
+        after = procfs.cpu_seconds([parent.pid])
     assert after - before >= 0.5
 
 
@@ -118,13 +119,13 @@ def test_stopping_a_server_kills_its_whole_tree(tmp_path: Path) -> None:
         # shows up in the tree (still in the group) a moment before setsid runs.
         deadline = time.monotonic() + 10
         while True:
-            tree = proc_stats.tree([server.pid])
-            group = proc_stats.group_members(server.pid)
+            tree = procfs.tree([server.pid])
+            group = procfs.group_members(server.pid)
             if len(tree) >= 3 and len(group) < len(tree):
                 break
             assert time.monotonic() < deadline, f"tree {tree}, group {group}: none left"
             time.sleep(0.05)
-    assert not any(proc_stats.exists(pid) for pid in tree)
+    assert not any(procfs.exists(pid) for pid in tree)
     assert servers.leftovers == []
 
 

@@ -512,14 +512,14 @@ def test_filter_server_runs_from_the_rendered_deployment(image: Installed) -> No
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from filter_server.bayes.model import BayesModel
-    from filter_server.server.projection import project
+    from mailwarden_local.projection import project
     from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
-    from mailwarden_operator.policy import build_bundle
-    from mailwarden_operator.render import RenderSettings
-    from mailwarden_operator.render.configmap import render_configmap
-    from mailwarden_operator.render.deployment import render_deployment
-    from mailwarden_operator.spec import with_defaults
-    from tests.kubelet import container_env
+    from mailwarden_operator.spampolicy.policy import build_bundle
+    from mailwarden_operator.common.render import RenderSettings
+    from mailwarden_operator.spampolicy.render.configmap import render_configmap
+    from mailwarden_operator.spampolicy.render.deployment import render_deployment
+    from mailwarden_operator.spampolicy.spec import with_defaults
+    from testkit.kubelet import container_env
 
     body = next(d for d in yaml.safe_load_all((REPO / "examples" / "spampolicy.yaml")
                                               .read_text()) if d)
@@ -583,11 +583,11 @@ def test_filter_server_runs_from_the_rendered_deployment(image: Installed) -> No
 def test_embedded_store_runs_from_the_rendered_deployment(image: Installed) -> None:
     """The UnsubscribeStore pod (examples/unsubscribestore-dev.yaml's kind: embedded
     SQLite): the migration init container, then the server, both from the rendered
-    command lines; volumes laid out as in tests/operator/test_store_contract.py, the data
+    command lines; volumes laid out as in tests/operator/unsubscribestore/test_contract.py, the data
     volume owned by the pod's fsGroup as the kubelet makes it."""
     import urllib.error
 
-    from tests.operator.test_store_contract import Pod, store
+    from tests.operator.unsubscribestore.test_contract import Pod, store
 
     root = image.root / "store"
     root.mkdir()
@@ -618,7 +618,7 @@ def test_embedded_store_runs_from_the_rendered_deployment(image: Installed) -> N
                  proc, log)
         wait_for(lambda: pod.probe("readinessProbe")[0] == 200, 60, "the readiness probe",
                  proc, log)
-        from filter_server.unsubscribe.tokens import load_keyring, mint_token
+        from mailwarden.tokens import load_keyring, mint_token
         keys = load_keyring(key_dir=pod.volumes["signing-key"], env={})
         request = urllib.request.Request(
             f"http://127.0.0.1:{pod.named_ports['http']}/u/"

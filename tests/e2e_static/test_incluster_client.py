@@ -22,11 +22,11 @@ import pytest
 
 from e2e import oneclick
 from e2e.incluster import mwclient
-from filter_server.server.projection import project
-from filter_server.unsubscribe.tokens import generate_key
+from mailwarden_local.projection import project
+from mailwarden.tokens import generate_key
 from mailwarden.filter.v1 import filter_pb2
-from tests.server.harness import HAM, SPAM, Server, mini_policy, write_policy
-from tests.unsubscribe.procs import StoreProcess
+from testkit.filter import HAM, SPAM, Server, mini_policy, write_policy
+from testkit.store import StoreProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT = REPO / "e2e" / "incluster" / "mwclient.py"

@@ -30,7 +30,6 @@ probe (no scenario hangs a process), and the kubelet's back-off after a second c
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
 import signal
@@ -48,8 +47,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fault.dns import ServiceDNS
-from tests.fault.spec import Rendered, naming, project_configmap
-from tests.kubelet import container_env
+from testkit.kubelet import container_env, project_configmap
+from testkit.processes import ServerFailed, ServerProcess
+from tests.fault.spec import Rendered, naming
 
 START_TIMEOUT = 120.0
 EXIT_CONFIG = 2  # `mailwarden serve`: bad flags or port in use
@@ -113,7 +113,7 @@ class Pod:
         self.policy_dir = project_configmap(rendered.configmap, self.workdir / "policy")
         self.log_path = self.workdir / "serve.log"
         self.port_file = self.workdir / "ports.json"
-        self.process: subprocess.Popen | None = None
+        self.container: ServerProcess | None = None  # the current container's process
         self.metrics_port = 0
         self.created = time.monotonic()
         self.started = False        # the startup probe has passed
@@ -137,6 +137,10 @@ class Pod:
     @property
     def metrics_address(self) -> str:
         return f"{self.ip}:{self.metrics_port}"
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.container.process if self.container is not None else None
 
     @property
     def pid(self) -> int:
@@ -166,23 +170,19 @@ class Pod:
         return {**os.environ, **container_env(self.rendered.container, fields)}
 
     def spawn(self, grpc_port: int) -> None:
-        self.port_file.unlink(missing_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv(grpc_port), env=self.env(),
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                            start_new_session=True)
+        self.container = ServerProcess(self.name, self.argv(grpc_port), log_path=self.log_path,
+                                       port_file=self.port_file, env=self.env()).start()
 
     def wait_listening(self, timeout: float = START_TIMEOUT) -> int:
         """Wait for the port file; returns the gRPC port (raises on an early exit)."""
-        deadline = time.monotonic() + timeout
-        while not self.port_file.is_file():
-            if self.process.poll() is not None:
-                raise ContainerExited(self.process.returncode, self.log_tail())
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not listen in {timeout:g}s:\n"
-                                   + self.log_tail())
-            time.sleep(0.02)
-        ports = json.loads(self.port_file.read_text())
+        assert self.container is not None
+        try:
+            ports = self.container.wait_ports(timeout)
+        except ServerFailed as exc:
+            if exc.returncode is not None:
+                raise ContainerExited(exc.returncode, self.log_tail()) from None
+            raise RuntimeError(f"{self.name} did not listen in {timeout:g}s:\n"
+                               + self.log_tail()) from None
         self.metrics_port = int(ports["metrics_port"])
         return int(ports["grpc_port"])
 

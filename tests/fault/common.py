@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.fault.procstat import load_average
+from testkit.procfs import load_average
 from tests.fault.spec import Rendered, render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +69,8 @@ class FaultEnv:
     """Model, messages and a work directory, shared by the scenarios of one run."""
 
     def __init__(self, profile: Profile, workdir: Path | None = None) -> None:
-        from mailwarden.commands.local import LocalError, ensure_model
+        from mailwarden_local.errors import LocalError
+        from mailwarden_local.model import ensure_model
 
         self.profile = profile
         self._own_workdir = workdir is None

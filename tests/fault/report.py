@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tests.fault import filter_scenarios, unsub_scenarios
 from tests.fault.common import PROFILES, REPO, CorpusMissing, FaultEnv, ScenarioResult
-from tests.fault.procstat import load_average
+from testkit.procfs import load_average
 
 SCENARIOS = {
     "rollout": filter_scenarios.rollout,

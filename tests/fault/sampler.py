@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from tests.fault.cluster import FilterCluster, metric_sum, scrape
-from tests.fault.procstat import usage
+from testkit.procfs import usage
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,14 @@ from typing import Any
 
 import yaml
 
-from mailwarden_operator import naming
-from mailwarden_operator.policy import PolicyBundle, build_bundle
-from mailwarden_operator.render import RenderSettings
-from mailwarden_operator.render.configmap import render_configmap
-from mailwarden_operator.render.deployment import render_deployment
-from mailwarden_operator.render.hpa import render_hpa
-from mailwarden_operator.render.services import render_headless_service
-from mailwarden_operator.spec import with_defaults
+from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.spampolicy.policy import PolicyBundle, build_bundle
+from mailwarden_operator.common.render import RenderSettings
+from mailwarden_operator.spampolicy.render.configmap import render_configmap
+from mailwarden_operator.spampolicy.render.deployment import render_deployment
+from mailwarden_operator.spampolicy.render.hpa import render_hpa
+from mailwarden_operator.spampolicy.render.services import render_headless_service
+from mailwarden_operator.spampolicy.spec import with_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "spampolicy.yaml"
@@ -187,23 +187,5 @@ def render(profile: str, model: bytes, *, policy_version: int = 1) -> Rendered:
                     headless=render_headless_service(owner), hpa=render_hpa(owner))
 
 
-def project_configmap(configmap: dict[str, Any], directory: Path) -> Path:
-    """Lay a ConfigMap out the way the kubelet projects a volume: the files in a
-    timestamped directory, `..data` pointing at it, one symlink per key through `..data`."""
-    generation = directory / "..2026_01_01_00_00_00.000000001"
-    generation.mkdir(parents=True)
-    keys = []
-    for key, value in (configmap.get("data") or {}).items():
-        (generation / key).write_text(value)
-        keys.append(key)
-    for key, value in (configmap.get("binaryData") or {}).items():
-        (generation / key).write_bytes(base64.b64decode(value))
-        keys.append(key)
-    (directory / "..data").symlink_to(generation.name)
-    for key in keys:
-        (directory / key).symlink_to(f"..data/{key}")
-    return directory
-
-
-__all__ = ["Rendered", "render", "spam_policy", "project_configmap", "parse_quantity",
+__all__ = ["Rendered", "render", "spam_policy", "parse_quantity",
            "int_or_percent", "naming"]

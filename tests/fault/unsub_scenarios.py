@@ -30,8 +30,8 @@ import psycopg
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from tests.fault.common import FaultEnv, ScenarioResult
-from tests.pgcluster import PgCluster, PgNode
-from tests.unsubscribe.procs import StoreProcess
+from testkit.pg import PgCluster, PgNode
+from testkit.store import StoreProcess
 
 ATTEMPT_TIMEOUT = 3.0
 RETRY_PAUSE = 0.1

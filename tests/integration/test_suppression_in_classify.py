@@ -11,8 +11,8 @@ import pytest
 
 from mailwarden.filter.v1 import filter_pb2
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as upb
-from tests.server.harness import Server, mini_policy, wait_for, write_policy
-from tests.unsubscribe.procs import StoreProcess
+from testkit.filter import Server, mini_policy, wait_for, write_policy
+from testkit.store import StoreProcess
 
 MESSAGE = b"From: news@shop.example\nTo: list@shop.example\nSubject: Weekly\n\nOffers.\n"
 STALE_AFTER = 1.5

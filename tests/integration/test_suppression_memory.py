@@ -17,9 +17,9 @@ import pytest
 from filter_server.server.memory import SUPPRESSION_BYTES
 from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as upb
-from tests.server.harness import Server, mini_policy, outcomes, wait_for, write_policy
-from tests.server.test_memory import PeakRss
-from tests.unsubscribe.procs import StoreProcess
+from testkit.filter import Server, mini_policy, outcomes, wait_for, write_policy
+from tests.filter_server.server.test_memory import PeakRss
+from testkit.store import StoreProcess
 
 MIB = 1024 * 1024
 SUPPRESSIONS = 200_000

@@ -24,8 +24,8 @@ from tests.observability.inventory import Inventory, load_inventory
 from tests.operator.conftest import (Cluster, FakeDeploymentController, OperatorProcess,
                                      example_policy, model_configmap, wait_for)
 from tests.operator.emulator import EmulatorThread
-from tests.server.harness import Server, mini_policy, write_policy
-from tests.unsubscribe.procs import StoreProcess
+from testkit.filter import Server, mini_policy, write_policy
+from testkit.store import StoreProcess
 
 MESSAGE = b"From: news@shop.example\nTo: list@shop.example\nSubject: Weekly\n\nOffers.\n"
 
@@ -100,7 +100,7 @@ def filter_metrics(workdir: Path, store: StoreProcess) -> dict[str, str]:
 def operator_metrics(workdir: Path) -> Iterator[str]:
     with EmulatorThread() as emulator:
         cluster = Cluster(emulator)
-        from mailwarden_operator.kube import CONFIGMAPS, SPAMPOLICIES
+        from mailwarden_operator.common.kube import CONFIGMAPS, SPAMPOLICIES
         cluster.kube.create(CONFIGMAPS, "mail", model_configmap("mail"))
         with FakeDeploymentController(cluster.kube):
             proc = OperatorProcess(cluster, workdir)

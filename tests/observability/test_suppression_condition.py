@@ -18,17 +18,18 @@ from typing import Any, Iterator
 import kmock
 import pytest
 
-from mailwarden_operator import metrics, naming
-from mailwarden_operator.kube import CONFIGMAPS, EVENTS, SPAMPOLICIES
-from mailwarden_operator.suppression_health import (PODS, PodSuppression, metrics_url,
+from mailwarden_operator.common import metrics
+from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.common.kube import CONFIGMAPS, EVENTS, SPAMPOLICIES
+from mailwarden_operator.spampolicy.suppression_health import (PODS, PodSuppression, metrics_url,
                                                     read_pod, summarize)
 from tests.observability.test_inventory import sample, scrape
 from tests.operator.conftest import (Cluster, FakeDeploymentController, OperatorProcess,
                                      condition, example_policy, free_port, model_configmap,
                                      wait_for)
 from tests.operator.emulator import VERBS, EmulatorThread
-from tests.server.harness import Server, mini_policy, write_policy
-from tests.unsubscribe.procs import StoreProcess
+from testkit.filter import Server, mini_policy, write_policy
+from testkit.store import StoreProcess
 
 NS = "mail"
 NAME = "default"

@@ -29,7 +29,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from mailwarden_operator.kube import CONFIGMAPS, SPAMPOLICIES, Resource
+from mailwarden_operator.common.kube import CONFIGMAPS, SPAMPOLICIES, Resource
 from tests.operator.conftest import (Cluster, FakeDeploymentController, OperatorProcess,
                                      condition, example_policy, model_configmap, wait_for)
 from tests.operator.emulator import EmulatorThread
@@ -76,7 +76,7 @@ def bench_reconcile(policies: int) -> None:
 def bench_stores(stores: int) -> None:
     import base64
 
-    from mailwarden_operator.kube import SECRETS, UNSUBSCRIBESTORES
+    from mailwarden_operator.common.kube import SECRETS, UNSUBSCRIBESTORES
 
     def ready(name: str) -> bool:
         c = condition(cluster.kube.get(UNSUBSCRIBESTORES, "bench", name), "Ready")

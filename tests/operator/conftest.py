@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,8 +19,10 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from mailwarden_operator import crd, naming
-from mailwarden_operator.kube import DEPLOYMENTS, Kube, KubeError, Resource
+from mailwarden_operator import crd
+from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.common.kube import DEPLOYMENTS, Kube, KubeError, Resource
+from testkit.processes import ServerProcess, free_port
 from tests.operator.emulator import EmulatorThread
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,12 +32,6 @@ PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering
 # operator made can be told apart in the emulator's log.
 TEST_AGENT = "mailwarden-tests"
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
@@ -85,7 +80,7 @@ class Cluster:
         return [r for r in self.emulator.detailed_requests() if r.agent != TEST_AGENT]
 
 
-class OperatorProcess:
+class OperatorProcess(ServerProcess):
     """`mailwarden operator` against the emulator, on ephemeral loopback ports."""
 
     def __init__(self, cluster: Cluster, workdir: Path, *extra: str, name: str = "operator",
@@ -93,36 +88,34 @@ class OperatorProcess:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.webhook_port = free_port()
-        self.log_path = workdir / f"{name}.log"
         kubeconfig = cluster.emulator.kubeconfig(workdir)
-        self.args = [str(MAILWARDEN), "operator", "--kubeconfig", str(kubeconfig),
-                     "--listen-address", "127.0.0.1",
-                     "--metrics-port", str(self.metrics_port),
-                     "--liveness-port", str(self.liveness_port),
-                     "--webhook-port", str(self.webhook_port),
-                     *(("--webhook-cert-dir", str(webhook_cert_dir)) if webhook_cert_dir
-                       else ("--webhook-insecure",)),
-                     "--resync-seconds", str(resync),
-                     "--filter-image", "registry.example/mailwarden:test", *extra]
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            name,
+            [str(MAILWARDEN), "operator", "--kubeconfig", str(kubeconfig),
+             "--listen-address", "127.0.0.1",
+             "--metrics-port", str(self.metrics_port),
+             "--liveness-port", str(self.liveness_port),
+             "--webhook-port", str(self.webhook_port),
+             *(("--webhook-cert-dir", str(webhook_cert_dir)) if webhook_cert_dir
+               else ("--webhook-insecure",)),
+             "--resync-seconds", str(resync),
+             "--filter-image", "registry.example/mailwarden:test", *extra],
+            log_path=workdir / f"{name}.log", env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=REPO)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process
 
     def start(self) -> "OperatorProcess":
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True, cwd=REPO)
-        wait_for(self.alive, 60, "the operator's liveness endpoint")
+        super().start()
+        self.wait_until(self.live, what="the operator's liveness endpoint", timeout=60)
         return self
 
-    def alive(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise AssertionError(f"operator exited: {self.tail()}")
-        try:
-            with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as rsp:
-                return rsp.status == 200
-        except OSError:
-            return False
+    def live(self) -> bool:
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as rsp:
+            return rsp.status == 200
 
     def metric(self, name: str, **labels: str) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
@@ -136,19 +129,18 @@ class OperatorProcess:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:  # type: ignore[override]
+        """Send `sig` to the operator's group; SIGKILL what is left after 30 seconds."""
+        if self.alive():
+            assert self.process is not None
             try:
-                os.killpg(self.proc.pid, sig)
+                os.killpg(self.process.pid, sig)
             except ProcessLookupError:
                 pass
             try:
-                self.proc.wait(30)
+                self.process.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        if getattr(self, "log", None):
-            self.log.close()
+                self.kill()
 
     def tail(self, lines: int = 40) -> str:
         try:

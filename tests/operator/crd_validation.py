@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import celpy
 import jsonschema
 
-from mailwarden_operator.spec import _default
+from mailwarden_operator.common.spec import apply_schema_defaults
 
 
 def _strict(schema: Any) -> Any:
@@ -68,12 +68,12 @@ def validate_custom_resource(obj: dict[str, Any], crd: dict[str, Any],
     version = next(v for v in crd["spec"]["versions"]
                    if f"{crd['spec']['group']}/{v['name']}" == obj.get("apiVersion"))
     schema = version["schema"]["openAPIV3Schema"]
-    defaulted = _default(copy.deepcopy(obj), schema)
+    defaulted = apply_schema_defaults(copy.deepcopy(obj), schema)
     errors = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
               for e in jsonschema.Draft7Validator(_strict(schema)).iter_errors(defaulted)]
     if errors:
         return errors
-    previous = _default(copy.deepcopy(old), schema) if old is not None else _ABSENT
+    previous = apply_schema_defaults(copy.deepcopy(old), schema) if old is not None else _ABSENT
     for path, node, value, old_value in _cel_nodes(schema, defaulted, "", previous):
         for rule in node["x-kubernetes-validations"]:
             transition = "oldSelf" in rule["rule"]

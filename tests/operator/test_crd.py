@@ -46,7 +46,7 @@ def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[s
 
 
 def _store_crd() -> dict[str, Any]:
-    from mailwarden_operator.store_crd import unsubscribestore_crd
+    from mailwarden_operator.unsubscribestore.crd import unsubscribestore_crd
     return unsubscribestore_crd()
 
 
@@ -75,8 +75,8 @@ def test_status_keeps_kopf_fields_and_declares_what_the_operator_writes() -> Non
 def test_store_status_declares_everything_the_status_function_writes() -> None:
     """A field missing from the schema would be pruned by the API server: every key the
     store's status function produces must be declared (kopf's bookkeeping preserved)."""
-    from mailwarden_operator.status import Rollout
-    from mailwarden_operator.store_status import StoreObservation, compute_store_status
+    from mailwarden_operator.spampolicy.status import Rollout
+    from mailwarden_operator.unsubscribestore.status import StoreObservation, compute_store_status
     import datetime
     status = _store_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
         "properties"]["status"]

@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from filter_server.policy.validate import validate_policy
-from mailwarden_operator import crd, store_spec
-from mailwarden_operator.store_crd import unsubscribestore_crd
-from mailwarden_operator.webhook import admission_errors
+from mailwarden_operator.spampolicy import crd
+from mailwarden_operator.unsubscribestore import spec as store_spec
+from mailwarden_operator.unsubscribestore.crd import unsubscribestore_crd
+from mailwarden_operator.spampolicy.webhook import admission_errors
 from tests.operator.crd_validation import validate_custom_resource
 from tests.operator.k8s_schemas import validate_k8s
 
@@ -92,7 +93,7 @@ def test_schema_refuses_unknown_fields_and_wrong_types() -> None:
 
 
 def test_the_crd_defaults_fill_the_serving_fields() -> None:
-    from mailwarden_operator.spec import with_defaults
+    from mailwarden_operator.spampolicy.spec import with_defaults
     spec = with_defaults({"policy": {}})
     assert spec["replicas"] == {"min": 2, "max": 10}
     assert spec["disruption"] == {"maxUnavailable": 1}

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from filter_server.policy.loader import POLICY_FILE, load_policy_dir
-from mailwarden_operator import naming
-from mailwarden_operator.kube import (CONFIGMAPS, DEPLOYMENTS, EVENTS, HPAS, PDBS, SERVICES,
+from mailwarden_operator.common import naming as common_naming
+from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.common.kube import (CONFIGMAPS, DEPLOYMENTS, EVENTS, HPAS, PDBS, SERVICES,
                                       SPAMPOLICIES)
 from tests.operator.conftest import (Cluster, OperatorProcess,
                                      condition, example_policy, model_configmap, wait_for)
@@ -234,13 +235,13 @@ def test_delete_leaves_children_to_garbage_collection(cluster: Cluster,
 def _review(port: int, spec: dict, name: str = "mail", *, scheme: str = "http",
             context=None) -> dict:
     review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": "1f1e", "kind": {"group": naming.GROUP, "version": naming.VERSION,
+        "uid": "1f1e", "kind": {"group": common_naming.GROUP, "version": common_naming.VERSION,
                                 "kind": naming.KIND},
-        "resource": {"group": naming.GROUP, "version": naming.VERSION,
+        "resource": {"group": common_naming.GROUP, "version": common_naming.VERSION,
                      "resource": naming.PLURAL},
         "operation": "CREATE", "name": name, "namespace": "web",
         "userInfo": {"username": "tester"},
-        "object": {"apiVersion": naming.API_VERSION, "kind": naming.KIND,
+        "object": {"apiVersion": common_naming.API_VERSION, "kind": naming.KIND,
                    "metadata": {"name": name, "namespace": "web"}, "spec": spec}}}
     request = urllib.request.Request(
         f"{scheme}://127.0.0.1:{port}/validate-spampolicy", data=json.dumps(review).encode(),

@@ -47,6 +47,10 @@ def test_setup_lists_the_operator_subpackages() -> None:
                           "setuptools.setup = lambda **kw: print(sorted(kw['packages']), "
                           "kw['package_dir']); runpy.run_path('setup.py')"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert "'mailwarden_operator'" in out and "'mailwarden_operator.render'" in out
+    for package in ("mailwarden_operator", "mailwarden_operator.common",
+                    "mailwarden_operator.spampolicy", "mailwarden_operator.spampolicy.render",
+                    "mailwarden_operator.unsubscribestore",
+                    "mailwarden_operator.unsubscribestore.render"):
+        assert f"'{package}'" in out, package
     assert "{'mailwarden_operator': 'operator'}" in out
     assert "'operator'" not in out.split("]")[0]

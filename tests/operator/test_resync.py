@@ -54,7 +54,7 @@ def test_a_missing_peering_object_is_reported(caplog) -> None:
 def test_a_missing_store_crd_does_not_stop_the_spampolicy_resync(caplog) -> None:
     """After `helm upgrade` (which adds no new CRDs) listing UnsubscribeStores answers 404:
     SpamPolicies are still resynced, and the missing CRD is reported once."""
-    from mailwarden_operator.kube import KubeError
+    from mailwarden_operator.common.kube import KubeError
     from mailwarden_operator.resync import Resync
 
     class Kube:

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from mailwarden_operator import store_naming
-from mailwarden_operator.kube import (CONFIGMAPS, DEPLOYMENTS, EVENTS, HPAS, PDBS, PVCS,
+from mailwarden_operator.unsubscribestore import naming as store_naming
+from mailwarden_operator.common.kube import (CONFIGMAPS, DEPLOYMENTS, EVENTS, HPAS, PDBS, PVCS,
                                       SECRETS, SERVICES, SPAMPOLICIES, UNSUBSCRIBESTORES)
-from mailwarden_operator.store_reconcile import check_signing_key_secret
+from mailwarden_operator.unsubscribestore.reconcile import check_signing_key_secret
 from tests.operator.conftest import (Cluster, OperatorProcess, condition, example_policy,
                                      model_configmap, naming, wait_for)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mailwarden_operator.kube import CONFIGMAPS, SPAMPOLICIES
+from mailwarden_operator.common.kube import CONFIGMAPS, SPAMPOLICIES
 from tests.operator.conftest import (Cluster, FakeDeploymentController, OperatorProcess,
                                      condition, example_policy, model_configmap, wait_for)
 from tests.operator.emulator import EmulatorThread

@@ -1,0 +1,335 @@
+"""SuppressionCache: the in-memory suppression set a filter pod keeps, fed by the store's
+``Watch`` stream.
+
+    cache = SuppressionCache("unsubscribe-store:50061").start()
+    cache.wait_ready(10)
+    cache.suppressed(["ann@example.com", "bob@example.org"], "newsletter", MailClass.BULK)
+
+The first connection asks for a snapshot (the full set as of sequence S, then every change
+after S); every reconnection resumes from the last sequence applied, so nothing is missed and
+nothing is loaded twice. Sequences are gapless: a gap (or a store whose head is behind us)
+makes the cache drop its state and take a fresh snapshot rather than guess. A background
+thread does all of this, so the cache works the same under a threaded or an asyncio server;
+``suppressed()`` is a few dict look-ups under a lock.
+
+Freshness: the store sends a heartbeat with its head sequence about every second. ``lag`` is
+head minus applied; ``age_seconds`` is the time since the cache last knew it had applied
+everything the store had committed. A cache that hears nothing for ``silence_timeout`` drops
+the stream and reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from mailwarden.addresses import AddressInvalid, normalize_address, normalize_scope
+from mailwarden.suppression import MailClass, Reason, applies
+from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_REASONS = {pb.REASON_UNSPECIFIED: Reason.UNSUBSCRIBE, pb.UNSUBSCRIBE: Reason.UNSUBSCRIBE,
+            pb.COMPLAINT: Reason.COMPLAINT, pb.BOUNCE: Reason.BOUNCE, pb.MANUAL: Reason.MANUAL}
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    ready: bool              # a snapshot has been loaded
+    connected: bool          # a Watch stream is open
+    applied_sequence: int
+    head_sequence: int       # the store's head as last reported
+    lag: int                 # head - applied (changes known to exist but not applied yet)
+    age_seconds: float       # since the cache was last known to be up to date (inf: never)
+    size: int                # (address, scope) suppressions held
+    reconnects: int
+    snapshots: int
+    loading: int = 0         # suppressions of a snapshot being received (held beside `size`)
+
+
+class SuppressionCache:
+    def __init__(self, target: str, *, stale_after: float = 10.0, heartbeat_seconds: float = 1.0,
+                 silence_timeout: float | None = None, max_backoff: float = 5.0,
+                 on_change: Callable[[pb.Change], None] | None = None,
+                 channel_options: Iterable[tuple[str, object]] = (),
+                 name: str = "suppression-cache") -> None:
+        self.target = target
+        self.stale_after = stale_after
+        self.heartbeat_seconds = heartbeat_seconds
+        self.silence_timeout = silence_timeout or max(5.0, 4 * heartbeat_seconds)
+        self.max_backoff = max_backoff
+        self.on_change = on_change
+        self.name = name
+        self._channel_options = list(channel_options)
+        self._entries: dict[str, dict[str, Reason]] = {}
+        self._size = 0
+        self._loading = 0  # entries of the snapshot being received (memory accounting)
+        self._applied: int | None = None  # None: no snapshot yet (or one must be retaken)
+        self._head = 0
+        self._fresh_at: float | None = None
+        self._last_event = 0.0
+        self._connected = False
+        self._reconnects = 0
+        self._snapshots = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._call: Any = None  # the Watch stream in progress (a grpc call object)
+        self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self) -> SuppressionCache:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+            self._watchdog = threading.Thread(target=self._watch_silence,
+                                              name=f"{self.name}-watchdog", daemon=True)
+            self._watchdog.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        for thread in (self._thread, self._watchdog):
+            if thread is not None:
+                thread.join(timeout)
+
+    def __enter__(self) -> SuppressionCache:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until a snapshot is loaded; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._applied is not None, timeout)
+
+    def wait_for_sequence(self, sequence: int, timeout: float | None = None) -> bool:
+        """Block until every change up to ``sequence`` is applied (read-your-writes after an
+        Unsubscribe ack); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._applied is not None and self._applied >= sequence, timeout)
+
+    # --- queries -----------------------------------------------------------------------
+    def suppressed(self, recipients: Iterable[str], scope: str = "",
+                   mail_class: MailClass | int | str = MailClass.BULK) -> list[str]:
+        """The recipients (as given, in order) that must not receive mail of ``mail_class``
+        sent for list ``scope`` ("" = no list). Global suppressions stop everything; a
+        suppression of the list itself stops bulk mail, and transactional mail too when its
+        reason is a complaint. Unparseable addresses are never reported as suppressed here:
+        the filter has no basis to suppress them."""
+        try:
+            scope_key = normalize_scope(scope, allow_empty=True)
+        except AddressInvalid:
+            scope_key = ""  # an invalid list name still gets the global suppressions
+        klass = MailClass.coerce(mail_class)
+        # Normalised before the lock is taken: it is the costly part (IDNA, Unicode), and
+        # the Watch thread must not wait for it to apply changes.
+        keys = []
+        for recipient in recipients:
+            try:
+                keys.append((recipient, normalize_address(recipient)))
+            except AddressInvalid:
+                continue
+        out: list[str] = []
+        with self._cond:
+            entries = self._entries
+            for recipient, key in keys:
+                found = entries.get(key)
+                if found and applies(found, scope_key, klass):
+                    out.append(recipient)
+        return out
+
+    def stats(self) -> CacheStats:
+        with self._cond:
+            applied = self._applied or 0
+            age = float("inf") if self._fresh_at is None else time.monotonic() - self._fresh_at
+            return CacheStats(self._applied is not None, self._connected, applied, self._head,
+                              max(0, self._head - applied), age, self._size, self._reconnects,
+                              self._snapshots, self._loading)
+
+    @property
+    def ready(self) -> bool:
+        return self._applied is not None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def applied_sequence(self) -> int:
+        return self._applied or 0
+
+    @property
+    def age_seconds(self) -> float:
+        return self.stats().age_seconds
+
+    @property
+    def lag(self) -> int:
+        return self.stats().lag
+
+    def is_fresh(self, max_age: float | None = None) -> bool:
+        """Whether answers are current: loaded, and confirmed up to date within ``max_age``
+        seconds (default ``stale_after``). A stale cache's answers should be reported as
+        such (SUPPRESSION_STALE), not trusted as complete."""
+        stats = self.stats()
+        return stats.ready and stats.age_seconds <= (self.stale_after if max_age is None
+                                                     else max_age)
+
+    # --- the stream --------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            channel = grpc.insecure_channel(self.target, options=self._channel_options)
+            try:
+                stub = pb_grpc.UnsubscribeStoreStub(channel)
+                with self._cond:
+                    resume = self._applied
+                request = pb.WatchRequest(snapshot=resume is None, from_sequence=resume or 0,
+                                          heartbeat_seconds=self.heartbeat_seconds)
+                call = self._call = stub.Watch(request)
+                self._last_event = time.monotonic()
+                if self._stop.is_set():
+                    call.cancel()
+                pending: dict[str, dict[str, Reason]] | None = {} if resume is None else None
+                pending_size = 0
+                for event in call:
+                    self._last_event = time.monotonic()
+                    if not self._connected:
+                        self._connected = True
+                        log.info("%s: watching %s from %s", self.name, self.target,
+                                 "a snapshot" if resume is None else f"sequence {resume}")
+                    backoff = 0.1
+                    kind = event.WhichOneof("event")
+                    if kind == "snapshot_chunk":
+                        assert pending is not None, "a snapshot chunk without a snapshot"
+                        for s in event.snapshot_chunk.suppressions:
+                            pending.setdefault(s.address, {})[s.scope] = _REASONS[s.reason]
+                            pending_size += 1
+                        self._loading = pending_size
+                    elif kind == "snapshot_end":
+                        assert pending is not None, "a snapshot end without a snapshot"
+                        self._install(pending, pending_size, event.snapshot_end.sequence)
+                        pending = None
+                        self._loading = 0
+                    elif kind == "change":
+                        if not self._apply(event.change):
+                            break  # gap: reconnect for a fresh snapshot
+                    elif kind == "heartbeat":
+                        with self._cond:
+                            self._head = event.heartbeat.head_sequence
+                            if self._applied is not None and self._applied >= self._head:
+                                self._fresh_at = time.monotonic()
+                            self._cond.notify_all()
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.DATA_LOSS):
+                    log.warning("%s: %s; taking a fresh snapshot", self.name, exc.details())
+                    with self._cond:
+                        self._applied = None
+                elif not self._stop.is_set() and code != grpc.StatusCode.CANCELLED:
+                    log.info("%s: stream to %s ended (%s); reconnecting", self.name, self.target,
+                             code.name if code else exc)
+            except Exception:  # never let the cache thread die: it would go silently stale
+                log.exception("%s: unexpected error; reconnecting", self.name)
+            finally:
+                self._connected = False
+                self._call = None
+                self._loading = 0  # an unfinished snapshot is dropped
+                channel.close()
+            if self._stop.is_set():
+                break
+            with self._cond:
+                self._reconnects += 1
+            self._stop.wait(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _watch_silence(self) -> None:
+        """Cancel a stream that has gone quiet (no heartbeat): a half-open TCP connection
+        would otherwise leave the cache stale forever."""
+        while not self._stop.wait(min(1.0, self.silence_timeout / 4)):
+            call = self._call
+            if call is not None and time.monotonic() - self._last_event > self.silence_timeout:
+                log.warning("%s: no heartbeat for %.1fs; reconnecting", self.name,
+                            self.silence_timeout)
+                call.cancel()
+
+    def _install(self, entries: dict[str, dict[str, Reason]], size: int, sequence: int) -> None:
+        with self._cond:
+            self._entries = entries
+            self._size = size
+            self._applied = sequence
+            self._head = max(self._head, sequence)
+            self._snapshots += 1
+            if self._applied >= self._head:
+                self._fresh_at = time.monotonic()
+            self._cond.notify_all()
+        log.info("%s: snapshot of %d suppressions at sequence %d", self.name, size, sequence)
+
+    def _apply(self, change: pb.Change) -> bool:
+        with self._cond:
+            if self._applied is None or change.sequence != self._applied + 1:
+                log.error("%s: change %d does not follow %s; resnapshotting", self.name,
+                          change.sequence, self._applied)
+                self._applied = None
+                return False
+            if change.op == pb.RESUBSCRIBE:
+                scopes = self._entries.get(change.address)
+                if scopes is not None and scopes.pop(change.scope, None) is not None:
+                    self._size -= 1
+                    if not scopes:
+                        del self._entries[change.address]
+            else:
+                scopes = self._entries.setdefault(change.address, {})
+                if change.scope not in scopes:
+                    self._size += 1
+                scopes[change.scope] = _REASONS[change.reason]
+            self._applied = change.sequence
+            self._head = max(self._head, change.sequence)
+            if self._applied >= self._head:
+                self._fresh_at = time.monotonic()
+            self._cond.notify_all()
+        if self.on_change is not None:
+            self.on_change(change)
+        return True
+
+
+class SuppressionCacheCollector:
+    """Prometheus collector for one cache: ``prometheus_client.REGISTRY.register(
+    SuppressionCacheCollector(cache))`` in the filter server."""
+
+    def __init__(self, cache: SuppressionCache, prefix: str = "mailwarden_suppression_cache"):
+        self.cache = cache
+        self.prefix = prefix
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        s = self.cache.stats()
+        p = self.prefix
+        yield GaugeMetricFamily(f"{p}_lag_sequences", "Changes committed at the store but not "
+                                "yet applied by this cache", value=s.lag)
+        yield GaugeMetricFamily(f"{p}_age_seconds", "Seconds since the cache was last known to "
+                                "be up to date (+Inf before the first snapshot)",
+                                value=s.age_seconds)
+        yield GaugeMetricFamily(f"{p}_connected", "1 while the Watch stream is open",
+                                value=1 if s.connected else 0)
+        yield GaugeMetricFamily(f"{p}_ready", "1 once a snapshot is loaded",
+                                value=1 if s.ready else 0)
+        yield GaugeMetricFamily(f"{p}_entries", "Suppressions held", value=s.size)
+        yield GaugeMetricFamily(f"{p}_applied_sequence", "Last change sequence applied",
+                                value=s.applied_sequence)
+        # A counter (exposed as ..._reconnects_total): it only grows, so rate() applies.
+        yield CounterMetricFamily(f"{p}_reconnects", "Stream reconnections so far",
+                                  value=s.reconnects)

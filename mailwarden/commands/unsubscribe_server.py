@@ -1,0 +1,69 @@
+"""`mailwarden unsubscribe-server`: run the unsubscribe store (gRPC + one-click HTTP).
+
+The flags are defined here; the store's own bootstrap is `unsubscribe_store.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mailwarden import wire
+from mailwarden.commands.token import add_key_arguments
+
+EXTRA = "store"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "unsubscribe-server", help="run the unsubscribe store (gRPC + one-click HTTP)",
+        description="Serve mailwarden.unsubscribe.v1 over gRPC and the RFC 8058 one-click "
+        "endpoint over HTTP. Migrations are applied before the store reports Ready.")
+    p.add_argument("--store", choices=("postgres", "sqlite"), default="sqlite",
+                   help="storage backend (default: sqlite, the embedded single-node store)")
+    p.add_argument("--dsn-file", metavar="FILE",
+                   help=f"file holding the PostgreSQL DSN (or set ${wire.STORE_DSN_ENV}); "
+                        "multi-host DSNs with target_session_attrs=read-write follow a failover")
+    p.add_argument("--dsn", help="PostgreSQL DSN on the command line (visible in the process "
+                                 "list: prefer --dsn-file)")
+    p.add_argument("--sqlite-path", metavar="FILE", default="mailwarden-unsubscribe.db",
+                   help="SQLite database file (default: %(default)s)")
+    p.add_argument("--durability", choices=("local", "replicated"), default="local",
+                   help="replicated: refuse to report Ready (and to write) unless PostgreSQL "
+                        "confirms a synchronous standby (default: %(default)s)")
+    p.add_argument("--grpc-address", default=f"0.0.0.0:{wire.STORE_GRPC_PORT}", metavar="HOST:PORT",
+                   help="gRPC listen address (default: %(default)s; port 0 = any free port)")
+    p.add_argument("--http-address", default=f"0.0.0.0:{wire.STORE_HTTP_PORT}", metavar="HOST:PORT",
+                   help="one-click HTTP listen address (default: %(default)s)")
+    p.add_argument("--metrics-address", default=f"0.0.0.0:{wire.STORE_METRICS_PORT}",
+                   metavar="HOST:PORT",
+                   help="Prometheus metrics listen address, '' to disable (default: %(default)s)")
+    add_key_arguments(p)
+    p.add_argument("--no-one-click", action="store_true",
+                   help="run without signing keys: no one-click endpoint (probes only)")
+    p.add_argument("--token-max-age-days", type=int, default=0,
+                   help="reject one-click tokens older than this; 0 = never expire (default). "
+                        "CASL requires at least 60")
+    p.add_argument("--resubscribe-token-file", metavar="FILE",
+                   help=f"credential Resubscribe calls must present as a bearer token (or set "
+                        f"${wire.RESUBSCRIBE_TOKEN_ENV}); without one Resubscribe is disabled")
+    p.add_argument("--no-migrate", action="store_true",
+                   help="do not apply schema migrations (they must have been applied already)")
+    p.add_argument("--migrate-only", action="store_true",
+                   help="apply schema migrations and exit")
+    p.add_argument("--readiness-interval", type=float, default=2.0, metavar="SECONDS",
+                   help="how often readiness (replication state) is re-checked")
+    p.add_argument("--drain-seconds", type=float, default=2.0,
+                   help="after SIGTERM, report NOT_SERVING this long before closing listeners")
+    p.add_argument("--grace-seconds", type=float, default=10.0,
+                   help="after draining, in-flight calls get this long to finish")
+    p.add_argument("--ports-file", metavar="FILE",
+                   help="write the bound ports as JSON here once listening (for port 0)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run)
+
+
+
+def run(args: argparse.Namespace) -> int:
+    from unsubscribe_store.main import run as run_store
+
+    return run_store(args)

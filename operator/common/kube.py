@@ -1,0 +1,181 @@
+"""A small, uniform client for the objects the operator reads and writes.
+
+It uses the `kubernetes` client's ApiClient for configuration, authentication and HTTP, and
+speaks JSON dicts (no model classes), so one code path serves every kind, custom or not.
+Writes are create, JSON merge-patch and delete; each is counted (`on_write`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import quote
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None,
+             subresource: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace)}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{quote(name)}"
+        if subresource:
+            base += f"/{subresource}"
+        return base
+
+
+SPAMPOLICIES = Resource("mailwarden.dev", "v1alpha1", "spampolicies", "SpamPolicy")
+UNSUBSCRIBESTORES = Resource("mailwarden.dev", "v1alpha1", "unsubscribestores",
+                             "UnsubscribeStore")
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
+SECRETS = Resource("", "v1", "secrets", "Secret")
+PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+SERVICES = Resource("", "v1", "services", "Service")
+EVENTS = Resource("", "v1", "events", "Event")
+DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
+HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
+PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
+SERVICEMONITORS = Resource("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")
+
+BY_KIND = {r.kind: r for r in (SPAMPOLICIES, UNSUBSCRIBESTORES, CONFIGMAPS, SECRETS, PVCS,
+                               SERVICES, EVENTS, DEPLOYMENTS, HPAS, PDBS, SERVICEMONITORS)}
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (0 when the server was unreachable)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Kube:
+    def __init__(self, api_client: k8s.ApiClient, *, timeout: float = 30.0,
+                 on_write: Callable[[str, str], None] | None = None) -> None:
+        self.api = api_client
+        self.timeout = timeout
+        self.on_write = on_write or (lambda verb, kind: None)
+        self._discovery: dict[str, tuple[float, bool]] = {}
+
+    def _call(self, method: str, path: str, *, body: Any = None,
+              query: list[tuple[str, str]] | None = None,
+              content_type: str = "application/json") -> Any:
+        try:
+            method, url, headers, body = self.api.param_serialize(
+                method, path, query_params=query or [],
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body, auth_settings=["BearerToken"])[:4]
+            response = self.api.call_api(method, url, header_params=headers, body=body,
+                                         _request_timeout=self.timeout)
+            data = response.read()
+        except ApiException as exc:
+            raise KubeError(exc.status or 0, f"{method} {path}: {exc.status} "
+                            f"{_reason(exc)}") from None
+        except Exception as exc:  # connection refused, timeouts, TLS errors
+            raise KubeError(0, f"{method} {path}: {exc}") from None
+        if not 200 <= response.status <= 299:
+            raise KubeError(response.status, f"{method} {path}: {response.status} "
+                            f"{_message(data)}")
+        return json.loads(data) if data else None
+
+    def get(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", res.path(namespace, name))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, res: Resource, namespace: str | None,
+             labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        query = []
+        if labels:
+            query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items())))
+        items = (self._call("GET", res.path(namespace), query=query) or {}).get("items", [])
+        # Filter here too: the selector is a request, and the result must be right anyway.
+        return [item for item in items
+                if all((item.get("metadata", {}).get("labels") or {}).get(k) == v
+                       for k, v in (labels or {}).items())]
+
+    def create(self, res: Resource, namespace: str | None, body: dict[str, Any]) -> dict:
+        self.on_write("create", res.kind)
+        return self._call("POST", res.path(namespace), body=body)
+
+    def merge_patch(self, res: Resource, namespace: str | None, name: str, patch: dict,
+                    *, subresource: str | None = None) -> dict[str, Any]:
+        self.on_write("patch", res.kind)
+        return self._call("PATCH", res.path(namespace, name, subresource), body=patch,
+                          content_type="application/merge-patch+json")
+
+    def delete(self, res: Resource, namespace: str | None, name: str) -> None:
+        self.on_write("delete", res.kind)
+        try:
+            self._call("DELETE", res.path(namespace, name))
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
+    def api_available(self, group: str, version: str, *, ttl: float = 60.0) -> bool:
+        """Whether the server serves `group/version` (discovery, cached for `ttl`)."""
+        key = f"{group}/{version}"
+        now = time.monotonic()
+        cached = self._discovery.get(key)
+        if cached and now - cached[0] < ttl:
+            return cached[1]
+        try:
+            self._call("GET", f"/apis/{group}/{version}")
+            found = True
+        except KubeError as exc:
+            if exc.status not in (404, 503):
+                raise
+            found = False
+        self._discovery[key] = (now, found)
+        return found
+
+
+def _message(data: bytes | None) -> str:
+    try:
+        return json.loads(data or b"{}").get("message") or ""
+    except (TypeError, ValueError, AttributeError):
+        return (data or b"")[:200].decode("utf-8", "replace")
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body or "").get("message") or exc.reason
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def api_client_from_environment(kubeconfig: str | None = None) -> k8s.ApiClient:
+    """In a pod: the service account; elsewhere: the kubeconfig (KUBECONFIG or ~/.kube)."""
+    from kubernetes import config
+
+    configuration = k8s.Configuration()
+    try:
+        if kubeconfig:
+            raise config.ConfigException("explicit kubeconfig")
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    # kopf runs handlers in up to 16 threads that share this client.
+    configuration.connection_pool_maxsize = 32
+    return k8s.ApiClient(configuration)

@@ -1,0 +1,231 @@
+"""The SpamPolicy CustomResourceDefinition: `spec.policy` is the filter server's policy
+schema (`filter_server.policy.schema.POLICY_SCHEMA`) embedded verbatim, so the policy has
+one source; the serving part of the spec and the status are defined here, from the pieces
+both kinds share (`common/crd.py`). `python -m mailwarden_operator.crd` writes the files.
+
+The status schema declares every field the operator writes, and keeps
+`x-kubernetes-preserve-unknown-fields` under `status.kopf` so kopf's own bookkeeping is never
+pruned (a pruned kopf status silently breaks handlers).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from filter_server.policy.schema import POLICY_SCHEMA
+from mailwarden_operator.common import crd as common
+from mailwarden_operator.spampolicy import naming
+
+DEFAULT_MIN_REPLICAS = 2
+DEFAULT_MAX_REPLICAS = 10
+DEFAULT_RPS_METRIC = "mailwarden_classify_requests_per_second"
+
+
+SERVER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Settings of the filter server process (`mailwarden serve`).",
+    "default": {},
+    "properties": {
+        "workers": {"type": "integer", "minimum": 1, "maximum": 256,
+                    "description": "Worker threads per pod that classify messages "
+                    "(default: the server's own default, one per CPU)."},
+        "drainSeconds": {"type": "integer", "minimum": 0, "maximum": 600, "default": 10,
+                         "description": "After SIGTERM the pod reports NOT_SERVING and keeps "
+                         "answering in-flight and late requests for this long."},
+        "graceSeconds": {"type": "integer", "minimum": 0, "maximum": 600, "default": 5,
+                         "description": "Extra time after draining for open streams to "
+                         "finish before the server stops."},
+        "preStopSeconds": {"type": "integer", "minimum": 0, "maximum": 120, "default": 5,
+                           "description": "Pause before SIGTERM so endpoints and client "
+                           "resolvers drop the pod before it stops accepting work."},
+        "maxMessageBytes": {"type": "integer", "minimum": 1024, "maximum": 268435456,
+                            "description": "Largest raw message accepted (larger ones "
+                            "answer RESOURCE_EXHAUSTED). Default: the server's."},
+        "maxConnectionAgeMs": {"type": "integer", "minimum": 1000, "maximum": 86400000,
+                               "description": "Clients are asked to reconnect after this "
+                               "long, so they re-resolve and new pods get traffic. "
+                               "Default: the server's."},
+        "maxConcurrentRpcs": {"type": "integer", "minimum": 1, "maximum": 100000,
+                              "description": "Concurrent RPCs per pod before new ones "
+                              "queue. Default: the server's."},
+        "logLevel": {"type": "string", "default": "info",
+                     "enum": ["debug", "info", "warning", "error"],
+                     "description": "Server log level."},
+    },
+}
+
+SPEC_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The policy and how it is served.",
+    "required": ["policy"],
+    "properties": {
+        "policy": copy.deepcopy(POLICY_SCHEMA),
+        "unsubscribeStoreRef": {
+            "type": "object",
+            "description": "An UnsubscribeStore (same namespace) whose suppressions the "
+            "filter pods report in every Classify response: they follow its change stream "
+            "(`--suppression-store <name>-unsubscribe.<namespace>.svc:50061`). A missing or "
+            "not-ready store never stops classification; the SuppressionReady condition "
+            "says why suppressions are unavailable.",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "maxLength": 253,
+                         "description": "UnsubscribeStore name."},
+            },
+        },
+        "image": {"type": "string", "maxLength": 1024,
+                  "description": "Filter server image. Default: the operator's "
+                  "`--filter-image` (the chart sets it to the release's image)."},
+        "imagePullPolicy": common.image_pull_policy(
+            "Image pull policy of the filter container."),
+        "replicas": {
+            "type": "object",
+            "description": "Replica bounds. The HorizontalPodAutoscaler owns the actual "
+            "count between them.",
+            "default": {},
+            "properties": {
+                "min": {"type": "integer", "minimum": 1, "maximum": 1000,
+                        "default": DEFAULT_MIN_REPLICAS,
+                        "description": "Fewest replicas (at least 2 for high availability)."},
+                "max": {"type": "integer", "minimum": 1, "maximum": 1000,
+                        "default": DEFAULT_MAX_REPLICAS,
+                        "description": "Most replicas the autoscaler may run."},
+            },
+            "x-kubernetes-validations": [
+                {"rule": "self.min <= self.max",
+                 "message": "replicas.min must not exceed replicas.max"},
+            ],
+        },
+        "autoscaling": {
+            "type": "object",
+            "description": "Autoscaling targets. Scale-up is fast (doubling every 15 s, "
+            "no stabilization) for mail surges; scale-down is slow (10% a minute after "
+            "5 minutes of stability).",
+            "default": {},
+            "properties": {
+                "cpuUtilization": common.cpu_utilization(),
+                "requestsPerSecond": {
+                    "type": "object",
+                    "description": "Optional second target: average Classify requests per "
+                    "second per pod, read as a Pods metric (needs a custom metrics adapter "
+                    "such as prometheus-adapter exposing it).",
+                    "required": ["averageValue"],
+                    "properties": {
+                        "averageValue": {"type": "integer", "minimum": 1,
+                                         "description": "Requests per second per pod."},
+                        "metricName": {"type": "string", "maxLength": 253,
+                                       "default": DEFAULT_RPS_METRIC,
+                                       "description": "Name of the Pods metric."},
+                    },
+                },
+                "scaleDownStabilizationSeconds": common.scale_down_stabilization(),
+            },
+        },
+        "disruption": {
+            "type": "object",
+            "description": "Voluntary disruption budget (node drains, upgrades).",
+            "default": {},
+            "properties": {
+                "maxUnavailable": common.int_or_string(
+                    "Pods that may be evicted at once (number or percentage).", 1),
+            },
+        },
+        "rollout": {
+            "type": "object",
+            "description": "Rolling update of policy and image changes; no pod is taken "
+            "down before its replacement is ready (maxUnavailable is always 0).",
+            "default": {},
+            "properties": {
+                "maxSurge": common.int_or_string(
+                    "Extra pods during a rollout (number or percentage).", "25%"),
+            },
+        },
+        "resources": {
+            "type": "object",
+            "description": "Compute resources of the filter container. Default: requests "
+            "cpu 250m, memory 256Mi; limit memory 512Mi.",
+            "properties": common.resource_properties(),
+        },
+        "server": SERVER_SCHEMA,
+        "tls": {
+            "type": "object",
+            "description": "Serve gRPC over TLS from a Secret holding tls.crt, tls.key and "
+            "(for client certificates) ca.crt.",
+            "required": ["secretName"],
+            "properties": {
+                "secretName": {"type": "string", "maxLength": 253,
+                               "description": "Secret with the server certificate."},
+                "requireClientCert": {"type": "boolean", "default": False,
+                                      "description": "Require and verify client "
+                                      "certificates against ca.crt (mutual TLS)."},
+            },
+        },
+        "monitoring": common.monitoring(
+            "Prometheus scraping of the filter pods' metrics port."),
+        "scheduling": common.scheduling(
+            "Where the filter pods may run. Pods always spread across zones and nodes.",
+            pods="the pods"),
+    },
+}
+
+CONDITION_SCHEMA = common.condition_schema(
+    "Ready, Progressing, PolicyValid, Degraded or SuppressionReady.")
+
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Observed state, written by the operator.",
+    "properties": {
+        "observedGeneration": {"type": "integer", "format": "int64",
+                               "description": "The generation last reconciled."},
+        "conditions": {"type": "array", "items": CONDITION_SCHEMA,
+                       "x-kubernetes-list-type": "map",
+                       "x-kubernetes-list-map-keys": ["type"],
+                       "description": "Ready, Progressing, PolicyValid, Degraded, and "
+                       "SuppressionReady when unsubscribeStoreRef is set."},
+        "suppressionStore": {"type": "string",
+                             "description": "HOST:PORT of the UnsubscribeStore the filter "
+                             "pods read suppressions from (unsubscribeStoreRef)."},
+        "policyHash": {"type": "string",
+                       "description": "Content hash of the policy live on all replicas."},
+        "desiredPolicyHash": {"type": "string",
+                              "description": "Content hash of the newest valid policy."},
+        "policyConfigMap": {"type": "string",
+                            "description": "ConfigMap holding the desired policy."},
+        "rolloutStartedAt": {"type": "string", "format": "date-time",
+                             "description": "When the desired policy started rolling out."},
+        "lastPropagationSeconds": {"type": "number",
+                                   "description": "Seconds the last policy change took "
+                                   "from being applied to being ready on every replica."},
+        "recentPolicyHashes": {"type": "array", "items": {"type": "string"},
+                               "description": "Recently rolled-out hashes, newest first "
+                               "(their ConfigMaps are kept for rollback)."},
+        "replicas": {"type": "integer", "description": "Pods of the Deployment."},
+        "readyReplicas": {"type": "integer", "description": "Ready pods."},
+        "updatedReplicas": {"type": "integer",
+                            "description": "Pods on the desired policy and image."},
+        "availableReplicas": {"type": "integer", "description": "Available pods."},
+        "kopf": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                 "description": "kopf's own bookkeeping (do not edit)."},
+    },
+}
+
+
+def spampolicy_crd() -> dict[str, Any]:
+    """The SpamPolicy CustomResourceDefinition."""
+    return common.custom_resource_definition(
+        kind=naming.KIND, plural=naming.PLURAL, singular="spampolicy",
+        short_names=["sp", "spampol"],
+        description="SpamPolicy: a Mailwarden spam-filtering policy and the autoscaled, "
+        "highly available gRPC filter pods that serve it.",
+        spec=SPEC_SCHEMA, status=STATUS_SCHEMA, max_name_length=naming.MAX_NAME_LENGTH,
+        ready_description="Whether the policy is live on every replica.",
+        printer_columns=[
+            {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas",
+             "description": "Ready filter pods."},
+            {"name": "Policy Hash", "type": "string", "jsonPath": ".status.policyHash",
+             "description": "Content hash of the live policy."},
+            {"name": "Valid", "type": "string", "priority": 1,
+             "jsonPath": '.status.conditions[?(@.type=="PolicyValid")].status',
+             "description": "Whether the newest policy validated."},
+        ])

@@ -1,0 +1,71 @@
+"""Names, labels, mount paths and ports of a SpamPolicy's children, shared by the renderers,
+the reconciler and the chart. The ports are the filter server's wire contract
+(`mailwarden.wire`); the group and the shared labels come from `common/naming.py`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailwarden import wire
+from mailwarden_operator.common import naming as common
+
+KIND = "SpamPolicy"
+PLURAL = "spampolicies"
+
+HASH_ANNOTATION = f"{common.GROUP}/policy-hash"
+POLICY_LABEL = f"{common.GROUP}/spampolicy"
+ROLE_LABEL = common.ROLE_LABEL
+HASH_LABEL = f"{common.GROUP}/policy-hash"
+SERVICE_ROLE_LABEL = common.SERVICE_ROLE_LABEL
+
+GRPC_PORT = wire.FILTER_GRPC_PORT
+METRICS_PORT = wire.FILTER_METRICS_PORT
+POLICY_MOUNT = "/etc/mailwarden/policy"
+TLS_MOUNT = "/etc/mailwarden/tls"
+CONTAINER_NAME = "filter"
+
+# Longest SpamPolicy name whose children still fit the 63-character DNS label limit:
+# "<name>-filter-headless" is the longest child name.
+HEADLESS_SUFFIX = "-filter-headless"
+MAX_NAME_LENGTH = 63 - len(HEADLESS_SUFFIX)
+
+
+def workload_name(policy_name: str) -> str:
+    """Deployment, ClusterIP Service, HPA, PDB and ServiceMonitor share this name."""
+    return f"{policy_name}-filter"
+
+
+def headless_name(policy_name: str) -> str:
+    return f"{policy_name}{HEADLESS_SUFFIX}"
+
+
+def configmap_name(policy_name: str, policy_hash: str) -> str:
+    return f"{policy_name}-policy-{policy_hash}"
+
+
+def selector_labels(policy_name: str) -> dict[str, str]:
+    """The pod selector: stable for the life of the Deployment (selectors are immutable)."""
+    return {
+        "app.kubernetes.io/name": "mailwarden-filter",
+        "app.kubernetes.io/instance": policy_name,
+    }
+
+
+def common_labels(policy_name: str) -> dict[str, str]:
+    return {
+        **selector_labels(policy_name),
+        "app.kubernetes.io/component": "filter",
+        "app.kubernetes.io/part-of": "mailwarden",
+        "app.kubernetes.io/managed-by": common.MANAGED_BY,
+        POLICY_LABEL: policy_name,
+    }
+
+
+def child_metadata(owner: dict[str, Any], name: str, *,
+                   extra_labels: dict[str, str] | None = None,
+                   annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """Metadata of a child of SpamPolicy `owner` (owned: deleting the policy deletes it)."""
+    return common.metadata_for(owner, name,
+                               {**common_labels(owner["metadata"]["name"]),
+                                **(extra_labels or {})},
+                               kind=KIND, annotations=annotations)

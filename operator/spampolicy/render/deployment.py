@@ -1,0 +1,181 @@
+"""The filter Deployment: one rolling update per policy hash, never below capacity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailwarden import wire
+from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings
+from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.unsubscribestore import naming as store_naming
+
+DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"},
+                     "limits": {"memory": "512Mi"}}
+# Seconds added to preStop + drain + grace before the kubelet sends SIGKILL: the filter
+# server's supervisor gives its workers drain + grace + 10 s to exit before killing them,
+# and then needs a moment to exit itself.
+TERMINATION_MARGIN_SECONDS = 15
+
+
+def server_args(spec: dict[str, Any], suppression_store: str | None = None) -> list[str]:
+    """`mailwarden serve` arguments for this spec (the filter server's CLI contract);
+    `suppression_store` is the HOST:PORT of the referenced UnsubscribeStore."""
+    server = spec["server"]
+    args = ["serve",
+            "--policy-dir", naming.POLICY_MOUNT,
+            "--grpc-port", str(naming.GRPC_PORT),
+            "--metrics-port", str(naming.METRICS_PORT),
+            "--drain-seconds", str(server["drainSeconds"]),
+            "--grace-seconds", str(server["graceSeconds"]),
+            "--log-level", server["logLevel"]]
+    for key, flag in (("workers", "--workers"), ("maxMessageBytes", "--max-message-bytes"),
+                      ("maxConnectionAgeMs", "--max-connection-age-ms"),
+                      ("maxConcurrentRpcs", "--max-concurrent-rpcs")):
+        if key in server:
+            args += [flag, str(server[key])]
+    if "tls" in spec:
+        args += ["--tls-dir", naming.TLS_MOUNT]
+        if spec["tls"].get("requireClientCert"):
+            args.append("--require-client-cert")
+    if suppression_store:
+        args += ["--suppression-store", suppression_store]
+    return args
+
+
+def suppression_store(owner: dict[str, Any]) -> str | None:
+    """HOST:PORT of the UnsubscribeStore named by `spec.unsubscribeStoreRef`, or None.
+
+    Derived from the reference alone (not from whether the store exists or is ready), so a
+    store coming and going never rolls the filter pods; they reconnect on their own."""
+    ref = owner["spec"].get("unsubscribeStoreRef")
+    if not ref:
+        return None
+    return store_naming.grpc_target(ref["name"], owner["metadata"]["namespace"])
+
+
+def termination_grace_seconds(spec: dict[str, Any]) -> int:
+    server = spec["server"]
+    return (server["preStopSeconds"] + server["drainSeconds"] + server["graceSeconds"]
+            + TERMINATION_MARGIN_SECONDS)
+
+
+def _grpc_probe(period: int, failures: int, timeout: int = 2) -> dict[str, Any]:
+    # Native gRPC probe on grpc.health.v1 (overall service ""): NOT_SERVING until the
+    # policy is compiled and again as soon as SIGTERM arrives.
+    return {"grpc": {"port": naming.GRPC_PORT}, "periodSeconds": period,
+            "timeoutSeconds": timeout, "failureThreshold": failures}
+
+
+def _spread(policy_name: str, key: str) -> dict[str, Any]:
+    return {
+        "maxSkew": 1,
+        "topologyKey": key,
+        # ScheduleAnyway: a cluster with one zone (or few nodes) must still scale up.
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": naming.selector_labels(policy_name)},
+        # Spread each ReplicaSet on its own, so a rollout does not skew the new pods.
+        "matchLabelKeys": ["pod-template-hash"],
+    }
+
+
+def render_deployment(owner: dict[str, Any], policy_hash: str,
+                      settings: RenderSettings) -> dict[str, Any]:
+    spec = owner["spec"]
+    policy_name = owner["metadata"]["name"]
+    server = spec["server"]
+    container: dict[str, Any] = {
+        "name": naming.CONTAINER_NAME,
+        "image": spec.get("image") or settings.default_image,
+        "imagePullPolicy": spec["imagePullPolicy"],
+        "command": ["mailwarden"],
+        "args": server_args(spec, suppression_store(owner)),
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE",
+             "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            # The server sizes its budget for messages in flight from the memory limit, so
+            # a burst of large messages is refused instead of OOM-killing the pod.
+            {"name": wire.MEMORY_LIMIT_ENV,
+             "valueFrom": {"resourceFieldRef": {"containerName": naming.CONTAINER_NAME,
+                                                "resource": "limits.memory",
+                                                "divisor": "1"}}},
+        ],
+        "ports": [
+            {"name": "grpc", "containerPort": naming.GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": naming.METRICS_PORT, "protocol": "TCP"},
+        ],
+        # Compiling a large policy can take a while: up to 2 minutes before liveness counts.
+        "startupProbe": _grpc_probe(period=2, failures=60),
+        "readinessProbe": _grpc_probe(period=2, failures=1),
+        "livenessProbe": _grpc_probe(period=10, failures=3),
+        "lifecycle": {"preStop": {"sleep": {"seconds": server["preStopSeconds"]}}},
+        "resources": spec.get("resources") or DEFAULT_RESOURCES,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "policy", "mountPath": naming.POLICY_MOUNT, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    volumes: list[dict[str, Any]] = [
+        {"name": "policy", "configMap": {
+            "name": naming.configmap_name(policy_name, policy_hash)}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+    if "tls" in spec:
+        container["volumeMounts"].append(
+            {"name": "tls", "mountPath": naming.TLS_MOUNT, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": spec["tls"]["secretName"]}})
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec),
+        # The filter never calls the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "topologySpreadConstraints": [
+            _spread(policy_name, "topology.kubernetes.io/zone"),
+            _spread(policy_name, "kubernetes.io/hostname"),
+        ],
+    }
+    scheduling = spec.get("scheduling") or {}
+    for key in ("nodeSelector", "tolerations", "priorityClassName"):
+        if key in scheduling:
+            pod_spec[key] = scheduling[key]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": naming.child_metadata(owner, naming.workload_name(policy_name),
+                                          annotations={naming.HASH_ANNOTATION: policy_hash}),
+        "spec": {
+            # Only used on creation: afterwards the HPA owns the count (see apply.py).
+            "replicas": spec["replicas"]["min"],
+            "selector": {"matchLabels": naming.selector_labels(policy_name)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {
+                "maxUnavailable": 0, "maxSurge": spec["rollout"]["maxSurge"]}},
+            "minReadySeconds": 5,
+            "progressDeadlineSeconds": 600,
+            "revisionHistoryLimit": 5,
+            "template": {
+                "metadata": {
+                    "labels": naming.common_labels(policy_name),
+                    # The hash in the template is what makes a policy change a rollout.
+                    "annotations": {naming.HASH_ANNOTATION: policy_hash},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }

@@ -1,0 +1,31 @@
+"""Defaults and cross-field checks of a SpamPolicy spec.
+
+The API server applies the CRD's defaults and CEL rules; the operator applies the same
+defaults (read from the same schema, so there is one source) and repeats the cross-field
+checks, because it must behave the same when talking to a server that skipped them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from mailwarden_operator.common.spec import apply_schema_defaults
+from mailwarden_operator.spampolicy import crd, naming
+
+
+def with_defaults(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of `spec` with every CRD default filled in, as the API server would."""
+    return apply_schema_defaults(copy.deepcopy(spec or {}), crd.SPEC_SCHEMA)
+
+
+def serving_errors(spec: dict[str, Any], name: str) -> list[str]:
+    """Cross-field problems of the serving part (the CEL rules, repeated in Python)."""
+    errors = []
+    replicas = spec["replicas"]
+    if replicas["min"] > replicas["max"]:
+        errors.append(f"replicas.min ({replicas['min']}) must not exceed replicas.max "
+                      f"({replicas['max']})")
+    if len(name) > naming.MAX_NAME_LENGTH:
+        errors.append(f"metadata.name: at most {naming.MAX_NAME_LENGTH} characters")
+    return errors

@@ -1,0 +1,31 @@
+"""The signing-key Secret: created once when absent, never patched, never owned.
+
+No owner reference on purpose: tokens already in inboxes must keep working (CASL: at least
+60 days), so deleting and re-creating a store must not replace its key. The Secret is not
+`immutable` either, because rotating means editing it (new `current`, old one to
+`previous`).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from mailwarden_operator.common.naming import MANAGED_BY
+from mailwarden_operator.unsubscribestore import naming
+
+
+def render_signing_key_secret(owner: dict[str, Any], key: str) -> dict[str, Any]:
+    """The Secret holding `key` (text, e.g. `mailwarden.tokens
+    .generate_key()`) as `current`, laid out for `--signing-key-dir`."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": naming.child_metadata(
+            owner, naming.signing_key_secret(owner), owned=False,
+            extra_labels={naming.ROLE_LABEL: "signing-key"},
+            annotations={naming.GENERATED_ANNOTATION: MANAGED_BY}),
+        "data": {naming.SIGNING_KEY_CURRENT:
+                 base64.b64encode(key.encode("ascii")).decode("ascii")},
+    }

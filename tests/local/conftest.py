@@ -1,1 +1,0 @@
-from tests.server.harness import policy_dir, servers  # noqa: F401  (fixtures)

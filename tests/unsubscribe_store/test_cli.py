@@ -1,0 +1,99 @@
+"""The `mailwarden token` and `mailwarden unsubscribe(-server)` commands as a user runs them:
+clear errors (never a traceback), idempotent migrations, import checked before writing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from mailwarden.tokens import KeyRing, verify_token
+from testkit.store import count_rows
+from testkit.store import REPO
+
+
+def mw(*args: str, env: dict | None = None, stdin: bytes | None = None):
+    import os
+    return subprocess.run([sys.executable, "-m", "mailwarden.cli", *args], cwd=REPO,
+                          capture_output=True, input=stdin, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_token_commands(tmp_path):
+    key = mw("token", "generate-key").stdout.decode().strip()
+    assert len(key) >= 43
+    env = {"MAILWARDEN_SIGNING_KEY": key}
+    token = mw("token", "mint", "--address", "Ann@Example.com", "--scope", "news",
+               env=env).stdout.decode().strip()
+    assert verify_token(KeyRing.from_secrets(key), token).address == "ann@example.com"
+    out = mw("token", "headers", "--address", "ann@example.com", "--scope", "news",
+             "--base-url", "https://u.example.com", env=env).stdout.decode()
+    assert f"List-Unsubscribe: <https://u.example.com/u/{token}>" in out
+    assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in out
+    ok = mw("token", "verify", token, env=env)
+    assert ok.returncode == 0 and b"address=ann@example.com scope=news" in ok.stdout
+    bad = mw("token", "verify", token[:-2] + "AA", env=env)
+    assert bad.returncode == 1 and b"invalid token" in bad.stderr
+    for args, message in [
+        (("token", "mint", "--address", "x@example.com", "--scope", "n"), b"no signing key"),
+        (("token", "mint", "--address", "nope", "--scope", "n", "--signing-key-file",
+          str(tmp_path / "missing")), b"cannot read signing key file"),
+        (("token", "headers", "--address", "a@b.example", "--scope", "n", "--base-url",
+          "http://u.example.com"), b"requires https"),
+    ]:
+        result = mw(*args, env={"MAILWARDEN_SIGNING_KEY": ""} if b"no signing" in message
+                    else env)
+        assert result.returncode == 2 and message in result.stderr
+        assert b"Traceback" not in result.stderr
+    assert key.encode() not in mw("token", "mint", "--address", "a@b.example", "--scope", "n",
+                                  env=env).stderr
+
+
+def test_server_argument_errors_are_clear(tmp_path):
+    for args, message in [
+        (("--store", "postgres"), b"needs --dsn-file"),
+        (("--no-one-click", "--grpc-address", "nonsense"), b"must be HOST:PORT"),
+        (("--no-one-click", "--token-max-age-days", "30"), b"at least 60"),
+        (("--sqlite-path", str(tmp_path / "db"), "--grpc-address", "127.0.0.1:0"),
+         b"no signing key"),
+    ]:
+        result = mw("unsubscribe-server", *args, env={"MAILWARDEN_SIGNING_KEY": ""})
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_migrations_are_idempotent(pg_dsn, tmp_path):
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(pg_dsn)
+    args = ("unsubscribe-server", "--store", "postgres", "--dsn-file", str(dsn_file),
+            "--migrate-only")
+    first, second = mw(*args), mw(*args)
+    assert first.returncode == 0 and b"applied: 1" in first.stdout
+    assert second.returncode == 0 and b"applied: nothing" in second.stdout
+    unreachable = tmp_path / "bad-dsn"
+    unreachable.write_text("host=127.0.0.1 port=1 user=x password=s3cret connect_timeout=2")
+    failed = mw("unsubscribe-server", "--store", "postgres", "--dsn-file", str(unreachable),
+                "--migrate-only")
+    assert failed.returncode == 1 and b"database unreachable" in failed.stderr
+    assert b"s3cret" not in failed.stderr and b"Traceback" not in failed.stderr
+
+
+def test_import_is_checked_before_anything_is_written(store, backend, store_args, tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("email,list\nann@example.com,news\nbob@example.com,\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("address\nann@example.com\nnot an address\ncarol@example.com\n")
+    result = mw("unsubscribe", "--target", store.target, "import", str(bad))
+    assert result.returncode == 1
+    assert b"bad.csv:3:" in result.stderr and b"nothing imported" in result.stderr
+    assert count_rows(backend, store_args, "unsubscribe_suppressions") == 0
+    result = mw("unsubscribe", "--target", store.target, "import", str(good))
+    assert result.returncode == 0, result.stderr
+    assert b"imported 2 rows: 2 new" in result.stdout
+    exported = mw("unsubscribe", "--target", store.target, "export", "--format", "jsonl")
+    assert exported.stdout.count(b"\n") == 2
+    check = mw("unsubscribe", "--target", store.target, "check", "ANN@example.com",
+               "bob@example.com", "zed@example.com", "--scope", "news")
+    assert check.stdout.decode().splitlines() == [
+        "ANN@example.com\tsuppressed\tnews:unsubscribe", "bob@example.com\tsuppressed\t*:unsubscribe"]
+    down = mw("unsubscribe", "--target", "127.0.0.1:1", "--timeout", "2", "status")
+    assert down.returncode == 1 and b"UNAVAILABLE" in down.stderr

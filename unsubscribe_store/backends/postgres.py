@@ -1,0 +1,427 @@
+"""PostgreSQL backend (psycopg 3 + psycopg_pool).
+
+Writes are serialised on the single row of ``unsubscribe_sequence`` (taken FOR UPDATE as the
+first statement of every write transaction, so there is one lock order and no deadlock).
+PostgreSQL keeps a committing transaction's locks and hides its rows until the commit —
+including the wait for a synchronous standby — is complete, so sequence numbers become
+visible strictly in order and without gaps: a reader that has seen sequence N has seen every
+change up to N. The price is one commit at a time, so concurrent Unsubscribe requests are
+group-committed: those that queue up during a commit share the next transaction (a savepoint
+each) and are all acknowledged when its COMMIT returns.
+
+Every session runs with ``synchronous_commit = on``: COMMIT returns only once the WAL is
+flushed locally and, when the cluster names synchronous standbys, on the standby too. A
+commit whose wait for the standby was cancelled (PostgreSQL then warns that the transaction
+"has already committed locally, but might not have been replicated") is reported as
+StoreUnavailable, never acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import sql
+
+from mailwarden.suppression import Reason
+from unsubscribe_store import migrations
+from unsubscribe_store.model import (
+    Change,
+    IdempotencyConflict,
+    ImportRow,
+    Op,
+    Readiness,
+    ResubscribeResult,
+    StoreUnavailable,
+    Suppression,
+    UnsubscribeResult,
+    merge_reason,
+)
+from unsubscribe_store.store import Store, request_fingerprint
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "mailwarden_unsubscribe"
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout,
+                psycopg.errors.ReadOnlySqlTransaction)
+_SUPP_COLS = "address, scope, reason, source, first_seen, seq"
+_CHANGE_COLS = "seq, op, address, scope, reason, source, at"
+
+
+def _suppression(row: tuple) -> Suppression:
+    return Suppression(row[0], row[1], Reason(row[2]), row[3], row[4], row[5])
+
+
+def _change(row: tuple) -> Change:
+    return Change(row[0], Op(row[1]), row[2], row[3], Reason(row[4]), row[5], row[6])
+
+
+class PostgresStore(Store):
+    backend = "postgres"
+    highly_available = True  # as available as the PostgreSQL cluster behind the DSN
+
+    def __init__(self, dsn: str, *, durability: str = "local", pool_min: int = 1,
+                 pool_max: int = 10, connect_timeout: float = 10.0) -> None:
+        super().__init__(durability)
+        self._dsn = dsn  # may hold a password: never logged
+        self._connect_timeout = connect_timeout
+        self._pool = psycopg_pool.AsyncConnectionPool(
+            dsn, min_size=pool_min, max_size=pool_max, open=False, timeout=connect_timeout,
+            configure=self._configure, check=psycopg_pool.AsyncConnectionPool.check_connection,
+            kwargs={"autocommit": True, "application_name": "mailwarden-unsubscribe",
+                    "connect_timeout": int(max(1, connect_timeout))},
+            name="unsubscribe")
+        self._syncrep_cancelled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._listener: asyncio.Task | None = None
+        self._opened = False
+
+    # --- connections -------------------------------------------------------------------
+    async def _configure(self, conn: psycopg.AsyncConnection) -> None:
+        flag: list[str] = []
+        self._syncrep_cancelled[conn] = flag
+
+        def on_notice(diag: psycopg.errors.Diagnostic) -> None:
+            if "synchronous replication" in (diag.message_primary or ""):
+                flag.append(diag.message_primary or "")
+        conn.add_notice_handler(on_notice)
+        await conn.execute("SET synchronous_commit = on")
+
+    async def open(self, *, migrate: bool = True) -> None:
+        try:
+            if migrate:
+                await self.migrate()
+            if not self._opened:
+                await self._pool.open(wait=True, timeout=self._connect_timeout)
+                self._opened = True
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"database unreachable: {_describe(exc)}") from None
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="unsubscribe-listen")
+
+    async def close(self) -> None:
+        await self._stop_group_commit()
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._listener = None
+        if self._opened:
+            await self._pool.close()
+            self._opened = False
+
+    async def _listen(self) -> None:
+        """Turn NOTIFYs into wake-ups. Reconnects forever; after every (re)connect it wakes
+        all watchers once, since notifications sent while it was away are gone."""
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._dsn, autocommit=True, application_name="mailwarden-unsubscribe-listen",
+                    connect_timeout=int(max(1, self._connect_timeout)))
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    self.notifier.notify()
+                    async for _ in conn.notifies():
+                        self.notifier.notify()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep listening whatever happened; polling covers gaps
+                log.warning("change listener lost its connection (%s); reconnecting",
+                            _describe(exc))
+            await asyncio.sleep(1.0)
+
+    async def migrate(self) -> list[int]:
+        applied: list[int] = []
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, application_name="mailwarden-unsubscribe-migrate",
+                connect_timeout=int(max(1, self._connect_timeout)))
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"database unreachable: {_describe(exc)}") from None
+        async with conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)",
+                                   (migrations.PG_MIGRATION_LOCK,))
+                await conn.execute(migrations.PG_VERSION_TABLE)
+            for version, description, statements in migrations.POSTGRES:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)",
+                                       (migrations.PG_MIGRATION_LOCK,))
+                    cur = await conn.execute(
+                        "SELECT 1 FROM unsubscribe_schema_migrations WHERE version = %s",
+                        (version,))
+                    if await cur.fetchone():
+                        continue
+                    for statement in statements:
+                        await conn.execute(statement)
+                    await conn.execute(
+                        "INSERT INTO unsubscribe_schema_migrations (version, description) "
+                        "VALUES (%s, %s)", (version, description))
+                    applied.append(version)
+                    log.info("applied schema migration %d: %s", version, description)
+        return applied
+
+    # --- writes ------------------------------------------------------------------------
+    async def _write(self, body):
+        """Run ``body(conn, first_free_sequence)`` in a write transaction holding the sequence
+        lock; ``body`` returns (result, last_sequence_used)."""
+        try:
+            async with self._pool.connection() as conn:
+                flag = self._syncrep_cancelled.setdefault(conn, [])
+                flag.clear()
+                async with conn.transaction():
+                    cur = await conn.execute(
+                        "SELECT value, current_setting('synchronous_standby_names') "
+                        "FROM unsubscribe_sequence FOR UPDATE")
+                    row = await cur.fetchone()
+                    assert row is not None, "the sequence table holds one row"
+                    value, standby_names = row
+                    if self.durability == "replicated" and not standby_names.strip():
+                        raise StoreUnavailable(
+                            "durability is replicated but synchronous_standby_names is empty")
+                    result, last = await body(conn, value + 1)
+                    if last > value:
+                        await conn.execute("UPDATE unsubscribe_sequence SET value = %s", (last,))
+                        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(last)))
+                if flag:
+                    raise StoreUnavailable(
+                        "commit not confirmed by the synchronous standby: " + flag[0])
+                return result
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from None
+
+    @staticmethod
+    async def _suppress(conn, seq: int, address: str, scope: str, reason: Reason, source: str,
+                        first_seen=None) -> tuple[int, bool, bool]:
+        """Upsert one suppression; returns (its sequence, already_existed, used ``seq``)."""
+        cur = await conn.execute(
+            "INSERT INTO unsubscribe_suppressions "
+            "(address, scope, reason, source, first_seen, seq) "
+            "VALUES (%s, %s, %s, %s, coalesce(%s, now()), %s) "
+            "ON CONFLICT (address, scope) DO NOTHING RETURNING seq",
+            (address, scope, reason.value, source, first_seen, seq))
+        if await cur.fetchone():
+            await conn.execute(
+                "INSERT INTO unsubscribe_changes (seq, op, address, scope, reason, source) "
+                "VALUES (%s, 'suppress', %s, %s, %s, %s)",
+                (seq, address, scope, reason.value, source))
+            return seq, False, True
+        cur = await conn.execute(
+            "SELECT reason, seq FROM unsubscribe_suppressions WHERE address = %s AND scope = %s",
+            (address, scope))
+        old_reason, old_seq = await cur.fetchone()
+        escalated = merge_reason(Reason(old_reason), reason)
+        if escalated is None:
+            return old_seq, True, False
+        await conn.execute(
+            "UPDATE unsubscribe_suppressions SET reason = %s, seq = %s "
+            "WHERE address = %s AND scope = %s", (escalated.value, seq, address, scope))
+        await conn.execute(
+            "INSERT INTO unsubscribe_changes (seq, op, address, scope, reason, source) "
+            "VALUES (%s, 'suppress', %s, %s, %s, %s)",
+            (seq, address, scope, escalated.value, source))
+        return seq, True, True
+
+    async def unsubscribe(self, address: str, scope: str, reason: Reason, source: str,
+                          idempotency_key: str = "") -> UnsubscribeResult:
+        if not idempotency_key:
+            # Fast path for replays: a committed row is already durable, nothing to write.
+            found = await self._existing(address, scope)
+            if found is not None and merge_reason(found.reason, reason) is None:
+                return UnsubscribeResult(found.sequence, True, address, scope)
+        fingerprint = request_fingerprint(address, scope, reason)
+
+        async def body(conn, seq):
+            if idempotency_key:
+                cur = await conn.execute(
+                    "SELECT fingerprint, seq, already_existed FROM unsubscribe_idempotency_keys "
+                    "WHERE key = %s", (idempotency_key,))
+                row = await cur.fetchone()
+                if row is not None:
+                    if row[0] != fingerprint:
+                        raise IdempotencyConflict(
+                            "idempotency key was already used for a different request")
+                    return UnsubscribeResult(row[1], row[2], address, scope), seq - 1
+            result_seq, existed, used = await self._suppress(conn, seq, address, scope, reason,
+                                                             source)
+            if idempotency_key:
+                await conn.execute(
+                    "INSERT INTO unsubscribe_idempotency_keys "
+                    "(key, fingerprint, seq, already_existed, address, scope) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    (idempotency_key, fingerprint, result_seq, existed, address, scope))
+            return UnsubscribeResult(result_seq, existed, address, scope), seq if used else seq - 1
+        return await self._submit(body)
+
+    async def _commit_batch(self, bodies):
+        """One transaction for a group of queued writes, a savepoint each."""
+        async def run_all(conn, seq):
+            outcomes: list[tuple[Any, Exception | None]] = []
+            for body in bodies:
+                try:
+                    async with conn.transaction():  # a savepoint
+                        result, last = await body(conn, seq)
+                    seq = last + 1
+                    outcomes.append((result, None))
+                except IdempotencyConflict as exc:
+                    outcomes.append((None, exc))
+                except _UNAVAILABLE:
+                    raise  # the connection is gone: the whole batch failed
+                except psycopg.Error as exc:  # this request only (its savepoint rolled back)
+                    log.error("write failed: %s", _describe(exc))
+                    outcomes.append((None, exc))
+            return outcomes, seq - 1
+        return await self._write(run_all)
+
+    async def resubscribe(self, address: str, scope: str, source: str) -> ResubscribeResult:
+        async def body(conn, seq):
+            cur = await conn.execute(
+                "DELETE FROM unsubscribe_suppressions WHERE address = %s AND scope = %s "
+                "RETURNING reason", (address, scope))
+            row = await cur.fetchone()
+            if row is None:
+                return ResubscribeResult(seq - 1, False), seq - 1
+            await conn.execute(
+                "INSERT INTO unsubscribe_changes (seq, op, address, scope, reason, source) "
+                "VALUES (%s, 'resubscribe', %s, %s, %s, %s)", (seq, address, scope, row[0], source))
+            return ResubscribeResult(seq, True), seq
+        return await self._write(body)
+
+    async def import_rows(self, rows: Sequence[ImportRow]) -> tuple[int, int]:
+        async def body(conn, seq):
+            inserted = existed = 0
+            for row in rows:
+                _, was, used = await self._suppress(conn, seq, row.address, row.scope, row.reason,
+                                                    row.source, row.first_seen)
+                existed += was
+                inserted += used
+                seq += used
+            return (inserted, existed), seq - 1
+        return await self._write(body)
+
+    # --- reads -------------------------------------------------------------------------
+    async def _read(self, query: str, params: tuple = ()) -> list[tuple]:
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(query, params)
+                return await cur.fetchall()
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from None
+
+    async def _existing(self, address: str, scope: str) -> Suppression | None:
+        rows = await self._read(f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions "
+                                "WHERE address = %s AND scope = %s", (address, scope))
+        return _suppression(rows[0]) if rows else None
+
+    async def lookup(self, addresses: Sequence[str]) -> dict[str, list[Suppression]]:
+        out: dict[str, list[Suppression]] = {}
+        if not addresses:
+            return out
+        rows = await self._read(f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions "
+                                "WHERE address = ANY(%s)", (list(set(addresses)),))
+        for row in rows:
+            out.setdefault(row[0], []).append(_suppression(row))
+        return out
+
+    async def head(self) -> int:
+        rows = await self._read("SELECT value FROM unsubscribe_sequence")
+        return int(rows[0][0])
+
+    async def changes_after(self, sequence: int, limit: int = 1000) -> list[Change]:
+        rows = await self._read(f"SELECT {_CHANGE_COLS} FROM unsubscribe_changes WHERE seq > %s "
+                                "ORDER BY seq LIMIT %s", (sequence, limit))
+        return [_change(r) for r in rows]
+
+    async def _stream(self, query: str, params: tuple, batch_size: int,
+                      with_head: bool) -> AsyncIterator[tuple[int, list[Suppression]]]:
+        try:
+            async with self._pool.connection() as conn:
+                async with conn.transaction():
+                    # One snapshot for the head and every row: the set is exactly "as of head".
+                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    head = 0
+                    if with_head:
+                        cur = await conn.execute("SELECT value FROM unsubscribe_sequence")
+                        row = await cur.fetchone()
+                        assert row is not None, "the sequence table holds one row"
+                        head = int(row[0])
+                    cursor = conn.cursor(name="unsubscribe_stream")
+                    cursor.itersize = batch_size
+                    await cursor.execute(query, params)
+                    sent = False
+                    while True:
+                        rows = await cursor.fetchmany(batch_size)
+                        if not rows:
+                            break
+                        sent = True
+                        yield head, [_suppression(r) for r in rows]
+                    if not sent:
+                        yield head, []
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from None
+
+    def snapshot(self, batch_size: int = 1000) -> AsyncIterator[tuple[int, list[Suppression]]]:
+        return self._stream(f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions", (),
+                            batch_size, True)
+
+    async def export(self, scope: str = "") -> AsyncIterator[list[Suppression]]:
+        params: tuple[str, ...]
+        if scope:
+            query, params = (f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions WHERE scope = %s "
+                             "ORDER BY address, scope", (scope,))
+        else:
+            query, params = (f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions "
+                             "ORDER BY address, scope", ())
+        async for _, batch in self._stream(query, params, 1000, False):
+            if batch:
+                yield batch
+
+    async def count(self) -> int:
+        rows = await self._read("SELECT count(*) FROM unsubscribe_suppressions")
+        return int(rows[0][0])
+
+    async def readiness(self) -> Readiness:
+        try:
+            rows = await self._read(
+                "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names'), "
+                "(SELECT count(*) FROM pg_stat_replication "
+                "WHERE sync_state IN ('sync', 'quorum')), "
+                "(SELECT count(*) FROM pg_stat_replication WHERE sync_state IS NULL), "
+                "(SELECT coalesce(max(version), 0) FROM unsubscribe_schema_migrations), "
+                "(SELECT coalesce(extract(epoch FROM max(replay_lag)), 0) "
+                "FROM pg_stat_replication)")
+        except StoreUnavailable as exc:
+            return Readiness(False, str(exc))
+        except psycopg.errors.UndefinedTable:
+            return Readiness(False, "schema not migrated (run `mailwarden unsubscribe-server "
+                                    "--migrate-only`)")
+        in_recovery, standby_names, in_sync, hidden, version, lag = rows[0]
+        if in_recovery:
+            return Readiness(False, "connected to a read-only standby, not the primary")
+        if version < migrations.LATEST:
+            return Readiness(False, f"schema at version {version}, this server needs "
+                                    f"{migrations.LATEST} (run `mailwarden "
+                                    "unsubscribe-server --migrate-only`)")
+        if self.durability == "replicated":
+            if not standby_names.strip():
+                return Readiness(False, "durability is replicated but the database has no "
+                                        "synchronous_standby_names: commits are not replicated")
+            if in_sync == 0:
+                if hidden:
+                    return Readiness(False, "cannot see replication state: grant the store's "
+                                            "database role pg_monitor (pg_stat_replication)")
+                return Readiness(False, "durability is replicated but no standby is in sync "
+                                        "(pg_stat_replication has no sync_state = 'sync')")
+        return Readiness(True, "", int(in_sync), float(lag))
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line description of a database error without connection secrets."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]

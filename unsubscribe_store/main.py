@@ -1,0 +1,120 @@
+"""The unsubscribe store process: reads its configuration (DSN, signing keys, resubscribe
+credential) from the `mailwarden unsubscribe-server` flags, files and environment, applies
+migrations (`--migrate-only`) or runs `UnsubscribeServer` until SIGTERM.
+
+Configuration errors are one line on stderr and exit status 2; an unreachable database for
+`--migrate-only`, or a port that cannot be bound, exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mailwarden import wire
+from mailwarden.tokens import load_keyring
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SystemExit(f"mailwarden unsubscribe-server: cannot read {what} file {path}: "
+                         f"{exc.strerror or exc}") from None
+    if not value:
+        raise SystemExit(f"mailwarden unsubscribe-server: {what} file {path} is empty")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the store as `args` (the parsed `mailwarden unsubscribe-server` flags) say."""
+    import asyncio
+    import logging
+
+    from mailwarden.tokens import MIN_MAX_AGE_DAYS, SigningKeyError
+    from unsubscribe_store.backends import open_store
+    from unsubscribe_store.model import StoreUnavailable
+    from unsubscribe_store.server import ServerConfig, UnsubscribeServer, split_address
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").disabled = True
+    # The pool warns on every failed reconnect attempt; the server logs each change of
+    # readiness (with the reason) instead, which says the same once.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    err = "mailwarden unsubscribe-server: "
+    dsn = ""
+    if args.store == "postgres":
+        if args.dsn_file:
+            dsn = _read_secret_file(args.dsn_file, "DSN")
+        else:
+            dsn = args.dsn or os.environ.get(wire.STORE_DSN_ENV, "")
+        if not dsn:
+            print(err + f"--store postgres needs --dsn-file FILE (or ${wire.STORE_DSN_ENV})",
+                  file=sys.stderr)
+            return 2
+    if args.token_max_age_days and args.token_max_age_days < MIN_MAX_AGE_DAYS:
+        print(err + f"--token-max-age-days must be 0 (never) or at least {MIN_MAX_AGE_DAYS} "
+              "(CASL)", file=sys.stderr)
+        return 2
+    for name in ("grpc_address", "http_address") + (("metrics_address",)
+                                                     if args.metrics_address else ()):
+        try:
+            split_address(getattr(args, name))
+        except ValueError as exc:
+            print(err + str(exc), file=sys.stderr)
+            return 2
+    try:
+        store = open_store(args.store, dsn=dsn, sqlite_path=args.sqlite_path,
+                           durability=args.durability)
+    except ValueError as exc:
+        print(err + str(exc), file=sys.stderr)
+        return 2
+
+    if args.migrate_only:
+        async def migrate() -> list[int]:
+            try:
+                if args.store == "sqlite":
+                    await store.open(migrate=True)
+                    return []
+                return await store.migrate()
+            finally:
+                await store.close()
+        try:
+            applied = asyncio.run(migrate())
+        except StoreUnavailable as exc:
+            print(err + str(exc), file=sys.stderr)
+            return 1
+        print(f"schema up to date (applied: {', '.join(map(str, applied)) or 'nothing'})")
+        return 0
+
+    keys = None
+    if not args.no_one_click:
+        try:
+            keys = load_keyring(key_dir=args.signing_key_dir, key_file=args.signing_key_file,
+                                previous_files=args.previous_signing_key_file)
+        except SigningKeyError as exc:
+            print(err + f"{exc}; or pass --no-one-click", file=sys.stderr)
+            return 2
+    resubscribe = None
+    if args.resubscribe_token_file:
+        resubscribe = _read_secret_file(args.resubscribe_token_file, "resubscribe token").encode()
+    elif os.environ.get(wire.RESUBSCRIBE_TOKEN_ENV):
+        resubscribe = os.environ[wire.RESUBSCRIBE_TOKEN_ENV].strip().encode()
+    config = ServerConfig(
+        grpc_address=args.grpc_address, http_address=args.http_address,
+        metrics_address=args.metrics_address, keys=keys,
+        token_max_age_days=args.token_max_age_days, migrate=not args.no_migrate,
+        readiness_interval=args.readiness_interval, drain_seconds=args.drain_seconds,
+        grace_seconds=args.grace_seconds, ports_file=args.ports_file or "")
+    server = UnsubscribeServer(store, config, resubscribe_token=resubscribe)
+    try:
+        asyncio.run(server.run())
+    except OSError as exc:
+        print(err + f"cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+

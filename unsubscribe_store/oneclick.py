@@ -1,0 +1,126 @@
+"""RFC 8058 one-click unsubscribe endpoint (aiohttp).
+
+``POST /u/<token>`` with the body ``List-Unsubscribe=One-Click`` (form-urlencoded or
+multipart/form-data — aiohttp parses both) records the suppression the token names and
+answers only after the commit. A forged, tampered or unknown-key token writes nothing and
+gets exactly the same status, headers and body as a valid one, so the endpoint cannot be
+used to test tokens. ``GET /u/<token>`` — what link scanners and prefetchers send — never
+changes anything: it renders a page whose button POSTs the same body. The page does not
+show the address either, since that would reveal whether the token is valid.
+
+Tokens are bearer capabilities and contain the address, so they are never logged; the
+access log is off and our own log lines carry no token.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+
+from aiohttp import web
+
+from mailwarden.addresses import AddressInvalid, normalize_address, normalize_scope
+from mailwarden.suppression import Reason
+from mailwarden.tokens import KeyRing, TokenInvalid, verify_token
+from unsubscribe_store import metrics
+from unsubscribe_store.model import StoreUnavailable
+from unsubscribe_store.service import ServerState
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = web.AppKey("state", ServerState)
+KEYS_KEY = web.AppKey("keys", KeyRing)
+MAX_AGE_KEY = web.AppKey("max_age_days", int)
+SOURCE = "one-click"
+
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    # The token is in the URL: never send it onward in a Referer.
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
+_STYLE = ("body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;"
+          "color:#222}button{font-size:1.1rem;padding:.6rem 1.4rem;cursor:pointer}")
+
+
+def _page(title: str, body: str, status: int = 200) -> web.Response:
+    text = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+            f"<meta name=\"robots\" content=\"noindex\"><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}"
+            f"</body></html>")
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8",
+                        headers=_HEADERS)
+
+
+CONFIRM_BODY = ("<p>Do you want to stop receiving these messages?</p>"
+                "<form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" "
+                "value=\"One-Click\"><button type=\"submit\">Unsubscribe</button></form>")
+DONE_BODY = "<p>You will no longer receive these messages.</p>"
+
+
+async def confirm_page(request: web.Request) -> web.Response:
+    """GET: never writes, never checks the token (its validity must not show)."""
+    return _page("Unsubscribe", CONFIRM_BODY)
+
+
+async def one_click(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    form = await request.post()  # urlencoded and multipart/form-data
+    value = form.get("List-Unsubscribe")
+    # Checked before the token, so this answer is the same for valid and invalid tokens.
+    if not isinstance(value, str) or value.strip() != "One-Click":
+        metrics.ONECLICK.labels("bad_request").inc()
+        return _page("Unsubscribe", "<p>This request is missing "
+                     "<code>List-Unsubscribe=One-Click</code>.</p>", status=400)
+    state = request.app[STATE_KEY]
+    try:
+        claims = verify_token(request.app[KEYS_KEY], request.match_info["token"],
+                              max_age_days=request.app[MAX_AGE_KEY])
+        address = normalize_address(claims.address)
+        scope = normalize_scope(claims.scope)
+    except (TokenInvalid, AddressInvalid):
+        metrics.ONECLICK.labels("rejected").inc()
+        log.info("one-click POST with an invalid token ignored")
+        return _page("Unsubscribed", DONE_BODY)
+    if state.store.durability == "replicated" and not state.ready:
+        metrics.ONECLICK.labels("unavailable").inc()
+        return _page("Please try again", "<p>We could not record your request right now. "
+                     "Please try again in a few minutes.</p>", status=503)
+    try:
+        result = await state.store.unsubscribe(address, scope, Reason.UNSUBSCRIBE, SOURCE)
+    except StoreUnavailable as exc:
+        metrics.ONECLICK.labels("unavailable").inc()
+        log.warning("one-click unsubscribe not recorded: %s", exc)
+        return _page("Please try again", "<p>We could not record your request right now. "
+                     "Please try again in a few minutes.</p>", status=503)
+    metrics.ONECLICK.labels("replay" if result.already_existed else "recorded").inc()
+    metrics.ACK_SECONDS.observe(time.perf_counter() - started)
+    return _page("Unsubscribed", DONE_BODY)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    if state.ready and not state.draining:
+        return web.Response(text="ready\n")
+    return web.Response(text=f"not ready: {state.reason}\n", status=503)
+
+
+def build_app(state: ServerState, keys: KeyRing, *, max_age_days: int = 0) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[STATE_KEY] = state
+    app[KEYS_KEY] = keys
+    app[MAX_AGE_KEY] = max_age_days
+    app.router.add_get("/u/{token}", confirm_page)
+    app.router.add_post("/u/{token}", one_click)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

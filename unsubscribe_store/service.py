@@ -1,0 +1,331 @@
+"""gRPC servicer for mailwarden.unsubscribe.v1.UnsubscribeStore (grpc.aio)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mailwarden.addresses import AddressInvalid, normalize_address, normalize_scope
+from mailwarden.suppression import MailClass, Reason, applies
+from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
+from unsubscribe_store import metrics
+from unsubscribe_store.model import (
+    Change,
+    IdempotencyConflict,
+    ImportRow,
+    StoreUnavailable,
+    Suppression,
+)
+from unsubscribe_store.rows import RowError, RowParser, format_rows
+from unsubscribe_store.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_CHECK_BATCH = 1000
+MAX_TEXT = 200
+IMPORT_BATCH = 500
+_REASON_TO_PB = {Reason.UNSUBSCRIBE: pb.UNSUBSCRIBE, Reason.COMPLAINT: pb.COMPLAINT,
+                 Reason.BOUNCE: pb.BOUNCE, Reason.MANUAL: pb.MANUAL}
+_REASON_FROM_PB = {v: k for k, v in _REASON_TO_PB.items()} | {pb.REASON_UNSPECIFIED:
+                                                                Reason.UNSUBSCRIBE}
+_FORMATS = {pb.FORMAT_UNSPECIFIED: "csv", pb.CSV: "csv", pb.JSONL: "jsonl"}
+
+
+def reason_to_pb(reason: Reason) -> int:
+    return _REASON_TO_PB[reason]
+
+
+def reason_from_pb(value: int) -> Reason:
+    try:
+        return _REASON_FROM_PB[value]
+    except KeyError:
+        raise ValueError(f"unknown reason {value}") from None
+
+
+def _ts(value) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def suppression_to_pb(s: Suppression) -> pb.Suppression:
+    return pb.Suppression(address=s.address, scope=s.scope, reason=reason_to_pb(s.reason),
+                          source=s.source, first_seen=_ts(s.first_seen), sequence=s.sequence)
+
+
+def change_to_pb(c: Change) -> pb.Change:
+    return pb.Change(sequence=c.sequence, op=pb.SUPPRESS if c.op.value == "suppress"
+                     else pb.RESUBSCRIBE, address=c.address, scope=c.scope,
+                     reason=reason_to_pb(c.reason), source=c.source, at=_ts(c.at))
+
+
+class ServerState:
+    """What the servicer, the HTTP endpoint and the health updater share."""
+
+    def __init__(self, store: Store, *, resubscribe_token: bytes | None = None) -> None:
+        self.store = store
+        self.resubscribe_token = resubscribe_token
+        self.ready = False
+        self.reason = "starting"
+        self.sync_standbys = 0
+        self.draining = False
+
+
+def _text(value: str, name: str) -> str:
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"{name} longer than {MAX_TEXT} characters")
+    return value
+
+
+class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    @property
+    def store(self) -> Store:
+        return self.state.store
+
+    async def _writable(self, context: grpc.aio.ServicerContext) -> None:
+        # A replicated store that is not Ready must not accept writes it cannot replicate;
+        # failing fast lets the client retry elsewhere instead of hanging on COMMIT.
+        if self.store.durability == "replicated" and not self.state.ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"store not ready: {self.state.reason}")
+
+    async def Unsubscribe(self, request: pb.UnsubscribeRequest,
+                          context: grpc.aio.ServicerContext) -> pb.UnsubscribeResponse:
+        started = time.perf_counter()
+        try:
+            address = normalize_address(request.address)
+            scope = normalize_scope(request.scope)
+            reason = reason_from_pb(request.reason)
+            source = _text(request.source, "source")
+            key = _text(request.idempotency_key, "idempotency_key")
+        except (AddressInvalid, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._writable(context)
+        try:
+            result = await self.store.unsubscribe(address, scope, reason, source, key)
+        except IdempotencyConflict as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except StoreUnavailable as exc:
+            metrics.WRITES.labels("unsubscribe", "unavailable").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        metrics.WRITES.labels("unsubscribe", "replay" if result.already_existed else "new").inc()
+        metrics.ACK_SECONDS.observe(time.perf_counter() - started)
+        return pb.UnsubscribeResponse(sequence=result.sequence,
+                                      already_existed=result.already_existed,
+                                      address=result.address, scope=result.scope)
+
+    async def Check(self, request: pb.CheckRequest,
+                    context: grpc.aio.ServicerContext) -> pb.CheckResponse:
+        if len(request.addresses) > MAX_CHECK_BATCH:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"at most {MAX_CHECK_BATCH} addresses per Check")
+        try:
+            scope = normalize_scope(request.scope, allow_empty=True)
+            mail_class = MailClass.coerce(request.mail_class)
+            normalised = [normalize_address(a) for a in request.addresses]
+        except (AddressInvalid, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            head = await self.store.head()
+            found = await self.store.lookup(normalised)
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        response = pb.CheckResponse(head_sequence=head)
+        for given, address in zip(request.addresses, normalised):
+            entries = found.get(address, [])
+            if applies({s.scope: s.reason for s in entries}, scope, mail_class):
+                matched = [s for s in entries if s.scope in ("*", scope)]
+                response.suppressed.append(pb.CheckResult(
+                    address=given, matched=[suppression_to_pb(s) for s in matched]))
+        return response
+
+    async def Watch(self, request: pb.WatchRequest,
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
+        interval = min(30.0, max(0.1, request.heartbeat_seconds or 1.0))
+        metrics.WATCHERS.inc()
+        try:
+            if request.snapshot:
+                count = 0
+                cursor = 0
+                async for head, batch in self.store.snapshot(1000):
+                    cursor = head
+                    if batch:
+                        count += len(batch)
+                        yield pb.WatchEvent(snapshot_chunk=pb.SnapshotChunk(
+                            suppressions=[suppression_to_pb(s) for s in batch]))
+                yield pb.WatchEvent(snapshot_end=pb.SnapshotEnd(sequence=cursor, count=count))
+            else:
+                cursor = request.from_sequence
+                head = await self.store.head()
+                if cursor > head:
+                    # The consumer saw changes this database does not have (restored from an
+                    # older backup, or a different store): only a fresh snapshot is correct.
+                    await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                        f"from_sequence {cursor} is ahead of the store's head "
+                                        f"{head}: take a new snapshot")
+            last_heartbeat = 0.0
+            while True:
+                wake = self.store.notifier.arm()
+                changes = await self.store.changes_after(cursor, 1000)
+                for change in changes:
+                    if change.sequence != cursor + 1:
+                        # Sequences are gapless by construction; a gap means the log was
+                        # edited behind our back. Stop rather than let a consumer skip.
+                        log.error("change log gap after %d (next %d)", cursor, change.sequence)
+                        await context.abort(grpc.StatusCode.DATA_LOSS,
+                                            f"change log has a gap after sequence {cursor}")
+                    cursor = change.sequence
+                    yield pb.WatchEvent(change=change_to_pb(change))
+                if len(changes) == 1000:
+                    continue
+                now = time.monotonic()
+                if now - last_heartbeat >= interval:
+                    head = await self.store.head()
+                    server_time = Timestamp()
+                    server_time.GetCurrentTime()
+                    yield pb.WatchEvent(heartbeat=pb.Heartbeat(head_sequence=head,
+                                                               server_time=server_time))
+                    last_heartbeat = now
+                await self.store.notifier.wait(wake, max(0.0, interval - (time.monotonic()
+                                                                          - last_heartbeat)))
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        finally:
+            metrics.WATCHERS.dec()
+
+    async def Resubscribe(self, request: pb.ResubscribeRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ResubscribeResponse:
+        await self._authorise_resubscribe(context)
+        try:
+            address = normalize_address(request.address)
+            scope = normalize_scope(request.scope)
+            source = _text(request.source, "source")
+        except (AddressInvalid, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not source.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "source is required: say who or what authorised the resubscribe")
+        await self._writable(context)
+        try:
+            result = await self.store.resubscribe(address, scope, source)
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        log.info("resubscribe of one address in scope %s (removed=%s, source=%s)", scope,
+                 result.removed, source)
+        metrics.WRITES.labels("resubscribe", "new" if result.removed else "replay").inc()
+        return pb.ResubscribeResponse(sequence=result.sequence, removed=result.removed)
+
+    async def _authorise_resubscribe(self, context: grpc.aio.ServicerContext) -> None:
+        expected = self.state.resubscribe_token
+        if not expected:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "resubscribe is disabled on this server (no resubscribe "
+                                "credential configured)")
+        given = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                given = value if isinstance(value, str) else value.decode("latin-1")
+        scheme, _, credential = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(),
+                                                                  expected):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "resubscribe needs 'authorization: Bearer <resubscribe "
+                                "credential>' metadata")
+
+    async def Import(self, request_iterator: AsyncIterator[pb.ImportChunk],
+                     context: grpc.aio.ServicerContext) -> pb.ImportSummary:
+        await self._writable(context)
+        summary = pb.ImportSummary()
+        parser: RowParser | None = None
+        skip_invalid = False
+        batch: list[ImportRow] = []
+
+        async def flush() -> None:
+            if batch:
+                inserted, existed = await self.store.import_rows(list(batch))
+                summary.inserted += inserted
+                summary.already_existed += existed
+                batch.clear()
+
+        async def take(items) -> None:
+            for item in items:
+                if isinstance(item, RowError):
+                    summary.invalid_rows += 1
+                    if len(summary.errors) < 100:
+                        summary.errors.append(pb.ImportError(line=item.line,
+                                                             message=item.message))
+                    if not skip_invalid:
+                        await flush()
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"line {item.line}: {item.message} "
+                            f"({summary.inserted + summary.already_existed} rows before it "
+                            "were imported; re-running is safe: rows are upserts)")
+                    continue
+                summary.rows += 1
+                batch.append(item)
+                if len(batch) >= IMPORT_BATCH:
+                    await flush()
+
+        try:
+            async for chunk in request_iterator:
+                if parser is None:
+                    try:
+                        parser = RowParser(_FORMATS.get(chunk.format, "csv"),
+                                           default_scope=chunk.default_scope or "*",
+                                           default_reason=reason_from_pb(chunk.default_reason),
+                                           default_source=_text(chunk.default_source,
+                                                                "default_source"))
+                    except (AddressInvalid, ValueError) as exc:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    skip_invalid = chunk.skip_invalid
+                await take(parser.feed(chunk.data))
+            if parser is not None:
+                await take(parser.finish())
+            await flush()
+            summary.last_sequence = await self.store.head()
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"{exc} ({summary.inserted + summary.already_existed} rows were "
+                                "imported before; re-running is safe)")
+        return summary
+
+    async def Export(self, request: pb.ExportRequest,
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExportChunk]:
+        fmt = _FORMATS.get(request.format, "csv")
+        try:
+            scope = normalize_scope(request.scope, allow_empty=True)
+        except AddressInvalid as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        header = True
+        try:
+            async for batch in self.store.export(scope):
+                yield pb.ExportChunk(data=format_rows(fmt, batch, header=header))
+                header = False
+            if header and fmt == "csv":
+                yield pb.ExportChunk(data=format_rows(fmt, [], header=True))
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+
+    async def GetStatus(self, request: pb.GetStatusRequest,
+                        context: grpc.aio.ServicerContext) -> pb.StoreStatus:
+        status = pb.StoreStatus(ready=self.state.ready, reason=self.state.reason,
+                                backend=self.store.backend,
+                                highly_available=self.store.highly_available,
+                                durability=self.store.durability,
+                                sync_standbys=self.state.sync_standbys)
+        try:
+            status.head_sequence = await self.store.head()
+            status.suppressions = await self.store.count()
+        except StoreUnavailable:
+            pass  # the reason field already says the store is unavailable
+        return status

@@ -1,0 +1,182 @@
+"""The storage interface both backends implement (`backends/`, which also picks one).
+
+Every write method returns only after its transaction has committed (and, for a postgres
+store with ``durability="replicated"``, after the synchronous standby confirmed it): the
+gRPC and HTTP layers acknowledge on return, so an acknowledgement always means "durable".
+Addresses and scopes reach the store already normalised (see ``addresses``).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from mailwarden.suppression import Reason
+from unsubscribe_store.model import (
+    Change,
+    ImportRow,
+    Readiness,
+    ResubscribeResult,
+    StoreUnavailable,
+    Suppression,
+    UnsubscribeResult,
+)
+
+DURABILITIES = ("local", "replicated")
+
+
+class ChangeNotifier:
+    """Wakes every waiting Watch stream when the change log may have grown. It carries no
+    data: watchers always read the log by sequence, so a lost wake-up costs latency (the
+    periodic re-read catches it), never a change."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def arm(self) -> asyncio.Event:
+        """Take this before reading the log, then ``wait`` on it: a change committed between
+        the read and the wait still wakes the waiter."""
+        return self._event
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+
+def request_fingerprint(address: str, scope: str, reason: Reason) -> str:
+    """What an idempotency key is bound to: the same key with a different request is a
+    client bug, reported instead of silently answered with another request's result."""
+    return hashlib.sha256(f"{address}\x00{scope}\x00{reason.value}".encode()).hexdigest()
+
+
+class Store(abc.ABC):
+    backend: str = ""
+    highly_available: bool = False
+
+    def __init__(self, durability: str = "local") -> None:
+        if durability not in DURABILITIES:
+            raise ValueError(f"durability must be one of {DURABILITIES}, not {durability!r}")
+        self.durability = durability
+        self.notifier = ChangeNotifier()
+        self.max_batch = 256
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._writer: asyncio.Task | None = None
+
+    # --- group commit --------------------------------------------------------------------
+    # Both backends serialise writers (that is what keeps sequences gapless and in commit
+    # order), so one commit at a time. Requests that queue up while a commit is in flight go
+    # into the next transaction together — each in its own savepoint, so one bad request does
+    # not fail the others — and are all answered when that single COMMIT has returned.
+
+    async def _commit_batch(self, bodies: list) -> list[tuple[object, BaseException | None]]:
+        """Run ``bodies`` in one committed transaction; return (result, error) per body.
+        Raises (StoreUnavailable, ...) when nothing was committed."""
+        raise NotImplementedError
+
+    async def _submit(self, body: Callable[..., Any]) -> Any:
+        """Queue a write and wait until it is committed."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((body, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_batches(), name="unsubscribe-writer")
+        return await future
+
+    async def _write_batches(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [(body, fut) for body, fut in batch if not fut.cancelled()]
+            if not batch:
+                continue
+            try:
+                outcomes = await self._commit_batch([body for body, _ in batch])
+            except asyncio.CancelledError:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(StoreUnavailable("store is shutting down"))
+                raise
+            except Exception as exc:  # nothing in the batch was committed
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), (result, error) in zip(batch, outcomes):  # only now: committed
+                if fut.done():
+                    continue
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(result)
+
+    async def _stop_group_commit(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            try:
+                await self._writer
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._writer = None
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(StoreUnavailable("store is shutting down"))
+
+    @abc.abstractmethod
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect, apply migrations (unless told not to) and start change notifications.
+        Raises StoreUnavailable when the database cannot be reached."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied (empty when up to date)."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, address: str, scope: str, reason: Reason, source: str,
+                          idempotency_key: str = "") -> UnsubscribeResult: ...
+
+    @abc.abstractmethod
+    async def resubscribe(self, address: str, scope: str, source: str) -> ResubscribeResult: ...
+
+    @abc.abstractmethod
+    async def lookup(self, addresses: Sequence[str]) -> dict[str, list[Suppression]]:
+        """Every suppression (all scopes) of the given normalised addresses."""
+
+    @abc.abstractmethod
+    async def head(self) -> int:
+        """The last committed change sequence."""
+
+    @abc.abstractmethod
+    async def changes_after(self, sequence: int, limit: int = 1000) -> list[Change]:
+        """Committed changes with sequence > ``sequence``, in order, at most ``limit``."""
+
+    @abc.abstractmethod
+    def snapshot(self, batch_size: int = 1000) -> AsyncIterator[tuple[int, list[Suppression]]]:
+        """A consistent snapshot: yields (head, batch) pairs — the same head each time, at
+        least one pair — where the batches together are the suppression set as of head."""
+
+    @abc.abstractmethod
+    async def import_rows(self, rows: Sequence[ImportRow]) -> tuple[int, int]:
+        """Upsert rows in one transaction; return (inserted_or_escalated, already_existed)."""
+
+    @abc.abstractmethod
+    def export(self, scope: str = "") -> AsyncIterator[list[Suppression]]:
+        """All suppressions (of one scope, or all when ``scope`` is ""), in batches."""
+
+    @abc.abstractmethod
+    async def readiness(self) -> Readiness: ...
+
+    @abc.abstractmethod
+    async def count(self) -> int: ...
