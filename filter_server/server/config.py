@@ -118,6 +118,14 @@ class ServeConfig:
         if self.suppression_store is not None and ":" not in self.suppression_store:
             out.append(f"--suppression-store must be HOST:PORT (got "
                        f"{self.suppression_store!r})")
+        if self.port_file is not None:
+            directory = self.port_file.parent
+            if not directory.is_dir():
+                out.append(f"--port-file: directory {directory} does not exist")
+            elif self.port_file.is_dir():
+                out.append(f"--port-file: {self.port_file} is a directory")
+            elif not os.access(directory, os.W_OK):
+                out.append(f"--port-file: cannot write in {directory}")
         if self.require_client_cert and self.tls_dir is None:
             out.append("--require-client-cert needs --tls-dir")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
