@@ -38,6 +38,13 @@ MAX_UNCLOSED_ENCODED_WORDS = 16
 # before the stdlib address parser sees it: that parser reads nested comments by
 # recursion, two frames a level, and ~500 levels raised RecursionError (issue 20).
 MAX_FROM_PARENS = 64
+# The same parser reads a group ("name: a@b, c@d;") by recursion too, a level per ":"
+# (a From of 1,000 ":" raised RecursionError), and joins a group's members by list
+# concatenation (quadratic in their number). Only the first address is wanted, so the
+# value is cut to this many characters for it, and above MAX_FROM_COLONS ":" they are read
+# as spaces.
+MAX_FROM_ADDRESS_CHARS = 4096
+MAX_FROM_COLONS = 64
 # The parser is fed this many characters at a time (what the stdlib parser does itself),
 # and the CPU budget is checked between feeds.
 FEED_CHARS = 8192
@@ -426,11 +433,15 @@ def _finish(headers: list[tuple[str, str]], header_map: dict[str, list[str]], bo
 
 def address_of(value: str) -> str:
     """The (first) address in a From value, lower-cased, as `email.utils.parseaddr` finds
-    it; "" when there is none. A value with more than MAX_FROM_PARENS "(" has its comments
-    (which never hold the address) emptied first, so the recursive stdlib parser meets no
-    deep nesting."""
+    it in the first MAX_FROM_ADDRESS_CHARS; "" when there is none. The stdlib parser
+    recurses per comment level and per group, so a value with more than MAX_FROM_PARENS
+    "(" has its comments (which never hold the address) emptied first, and one with more
+    than MAX_FROM_COLONS ":" has them read as spaces: it meets no deep nesting."""
+    value = value[:MAX_FROM_ADDRESS_CHARS]
     if value.count("(") > MAX_FROM_PARENS:
         value = empty_comments(value)
+    if value.count(":") > MAX_FROM_COLONS:
+        value = value.replace(":", " ")
     return email.utils.parseaddr(value)[1].lower()
 
 

@@ -71,7 +71,7 @@ class ServeConfig:
     # Requests (server/receiving.py): recipients per call; how long a call that reserved
     # memory may take to deliver its message (or a stream its next one); streams one
     # connection may hold open.
-    max_recipients: int = 1000
+    max_recipients: int = 1000          # Postfix's smtpd_recipient_limit
     receive_timeout_seconds: float = 10.0
     max_streams_per_connection: int = 16
 

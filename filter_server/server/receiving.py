@@ -28,7 +28,6 @@ from google.protobuf.message import DecodeError
 from filter_server.server.config import ENVELOPE_ALLOWANCE_BYTES
 from mailwarden.filter.v1 import filter_pb2
 
-DEFAULT_MAX_RECIPIENTS = 1000        # Postfix's smtpd_recipient_limit
 # An address is at most 254 octets (RFC 5321); room for "<...>", quoting and IDNA.
 MAX_RECIPIENT_CHARS = 320
 MAX_FIELD_CHARS = 1024               # request_id, mail_from, helo, client_ip, list_scope

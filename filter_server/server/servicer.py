@@ -18,12 +18,12 @@ import grpc
 
 from filter_server.engine.compiled import Envelope, Verdict
 from filter_server.message import MAX_PARSE_BYTES
+from filter_server.server.config import ServeConfig
 from filter_server.server.cost import CostModel
 from filter_server.server.memory import MemoryBudget
 from filter_server.server.metrics import FilterMetrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.receiving import (
-    DEFAULT_MAX_RECIPIENTS,
     MAX_ENVELOPE_BYTES,
     ReceiveWatchdog,
     RequestInvalid,
@@ -53,8 +53,6 @@ HELD_OVERHEAD_BYTES = 64 * 1024
 # most this long for memory; without a bound a call could wait, holding its slot, forever.
 NO_DEADLINE_MEMORY_WAIT_SECONDS = 5.0
 STREAM_MEMORY_WAIT_SECONDS = NO_DEADLINE_MEMORY_WAIT_SECONDS
-DEFAULT_RECEIVE_TIMEOUT_SECONDS = 10.0
-DEFAULT_MAX_STREAMS_PER_CONNECTION = 16
 # What checking one recipient against the suppression cache costs (normalising it: IDNA,
 # Unicode), in parsed bytes of the cost model: about 36 us for a non-ASCII domain against
 # 40 ns per parsed byte. Admission prices a call's recipients with it.
@@ -114,9 +112,9 @@ class FilterServicer:
                  suppression: SuppressionProvider, max_message_bytes: int,
                  max_concurrent_rpcs: int, memory: MemoryBudget,
                  cpu_budget_seconds: float = 0.0,
-                 max_recipients: int = DEFAULT_MAX_RECIPIENTS,
-                 receive_timeout_seconds: float = DEFAULT_RECEIVE_TIMEOUT_SECONDS,
-                 max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
+                 max_recipients: int = ServeConfig.max_recipients,
+                 receive_timeout_seconds: float = ServeConfig.receive_timeout_seconds,
+                 max_streams_per_connection: int = ServeConfig.max_streams_per_connection
                  ) -> None:
         self._holder = holder
         self._metrics = metrics

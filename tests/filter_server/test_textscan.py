@@ -106,6 +106,7 @@ def test_a_from_of_hundreds_of_parentheses_gives_its_address() -> None:
     assert address_of("(" * 5000) == ""
     assert address_of('"(((" ' + "(" * 100 + ")" * 100 + " <a@[10.0.0.1]>") == \
         "a@[10.0.0.1]"
+    assert address_of(":" * 1000 + "a@b.example") == "a@b.example"  # groups recurse too
 
 
 @EXAMPLES
