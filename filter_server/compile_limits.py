@@ -9,29 +9,37 @@ character class costs about as much as its count squared (`[^a]{2000}b` 1.5 s al
   than MAX_COUNTED_REPEAT times, nested repetitions multiplied (`(a.{20}){20}` counts
   400). At the bound, the slowest shape measured compiles in about 0.25 s.
 - **Compile time, measured**: validation compiles in a child process (a fresh interpreter,
-  ~40 ms to start) that is killed when the time allowed runs out: COMPILE_SECONDS_BASE plus
-  COMPILE_SECONDS_PER_RULE per rule, several times what ordinary rules take (about 1 ms
-  each). Compilation releases no memory or CPU it holds until it ends, so a thread could
-  only be abandoned, never stopped; a process can. The compiled databases come back
-  serialized (as for the pattern cache), so nothing is compiled twice.
+  ~40 ms to start) that the kernel stops when it has used the CPU time allowed
+  (RLIMIT_CPU): COMPILE_SECONDS_BASE plus COMPILE_SECONDS_PER_RULE per rule, several
+  times what ordinary rules take (about 1 ms each). CPU time, not wall-clock time, so a
+  policy is not refused because the machine was busy (under a load of 15 on 2 cores a
+  wall-clock limit refused a one-rule policy); a wall-clock backstop of
+  WALL_SECONDS_FACTOR times as long ends a child that hangs. Compilation gives back no
+  CPU it holds until it ends, so a thread could only be abandoned, never stopped; a
+  process can. The compiled databases come back serialized (as for the pattern cache),
+  so nothing is compiled twice.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
 
 MAX_COUNTED_REPEAT = 250
 COMPILE_SECONDS_BASE = 5.0
 COMPILE_SECONDS_PER_RULE = 0.005
+WALL_SECONDS_FACTOR = 10
 
 
-def compile_seconds_for(rule_count: int) -> float:
-    """The time validation allows for compiling a policy of `rule_count` pattern rules."""
-    return COMPILE_SECONDS_BASE + COMPILE_SECONDS_PER_RULE * rule_count
+def compile_seconds_for(rule_count: int) -> int:
+    """The CPU seconds validation allows for compiling a policy of `rule_count` pattern
+    rules (whole seconds: what RLIMIT_CPU counts in)."""
+    return math.ceil(COMPILE_SECONDS_BASE + COMPILE_SECONDS_PER_RULE * rule_count)
 
 
 # --- complexity -------------------------------------------------------------------------
@@ -134,10 +142,14 @@ class CompileTimeout(Exception):
     """Compiling did not end within the time allowed (the child process was killed)."""
 
 
-# Runs in the child: reads [[flags, [pattern, ...]], ...] as JSON on stdin, writes one
-# result per job: ["ok", base64 of the serialized database] or ["error", message].
+# Runs in the child: limits its own CPU time to argv[1] seconds (no core file when that
+# stops it), reads [[flags, [pattern, ...]], ...] as JSON on stdin, writes one result per
+# job: ["ok", base64 of the serialized database] or ["error", message].
 _CHILD = """
-import base64, json, sys
+import base64, json, resource, sys
+seconds = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
 import hyperscan
 jobs = json.load(sys.stdin)
 out = []
@@ -155,22 +167,28 @@ json.dump(out, sys.stdout)
 
 
 def compile_in_child(jobs: list[tuple[int, tuple[str, ...]]],
-                     timeout: float) -> list[tuple[bool, bytes | str]]:
+                     cpu_seconds: int) -> list[tuple[bool, bytes | str]]:
     """Compile each (flags, patterns) job in a child process; per job (True, serialized
-    database) or (False, the engine's error). Raises CompileTimeout when they take longer
-    than `timeout` seconds in all."""
+    database) or (False, the engine's error). Raises CompileTimeout when they take more
+    than `cpu_seconds` of CPU time in all (or WALL_SECONDS_FACTOR times that in wall-clock
+    time)."""
+    cpu_seconds = max(1, math.ceil(cpu_seconds))
     # -P: not the working directory on sys.path (a checkout's operator/ folder would hide
     # the stdlib module of that name); the rest of the environment is kept.
-    child = subprocess.Popen([sys.executable, "-P", "-c", _CHILD], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env={**os.environ, "PYTHONHASHSEED": "0"})
+    child = subprocess.Popen([sys.executable, "-P", "-c", _CHILD, str(cpu_seconds)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env={**os.environ, "PYTHONHASHSEED": "0"})
     request = json.dumps([[flags, list(patterns)] for flags, patterns in jobs])
     try:
-        out, err = child.communicate(request.encode("utf-8", "surrogatepass"), timeout)
+        out, err = child.communicate(request.encode("utf-8", "surrogatepass"),
+                                     WALL_SECONDS_FACTOR * cpu_seconds)
     except subprocess.TimeoutExpired:
         child.kill()
         child.communicate()
-        raise CompileTimeout(f"compiling took more than {timeout:g} s") from None
+        raise CompileTimeout(f"compiling took more than {WALL_SECONDS_FACTOR * cpu_seconds} "
+                             "s (wall-clock)") from None
+    if child.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        raise CompileTimeout(f"compiling took more than {cpu_seconds} s of CPU")
     if child.returncode != 0:
         raise RuntimeError(f"pattern compiler exited {child.returncode}: "
                            f"{err.decode(errors='replace')[-500:]}")

@@ -24,7 +24,6 @@ import hashlib
 import os
 import tempfile
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -174,7 +173,7 @@ def pattern_error(pattern: str, flags: int = LINE_FLAGS) -> str | None:
     return None
 
 
-def pattern_problems(rules: list[dict[str, Any]], *, compile_seconds: float | None = None
+def pattern_problems(rules: list[dict[str, Any]], *, compile_seconds: int | None = None
                      ) -> list[tuple[int | None, str]]:
     """(rule index, reason) for every pattern rule whose pattern the engine cannot take;
     empty when all compile. Index None: a problem of a whole group, not of one pattern.
@@ -208,11 +207,11 @@ def pattern_problems(rules: list[dict[str, Any]], *, compile_seconds: float | No
         problems += _compile_here(rules, groups)
     else:
         try:
-            problems += _compile_in_child(rules, groups, time.monotonic() + compile_seconds)
-        except CompileTimeout:
-            problems.append((None, f"the patterns take more than {compile_seconds:g} s to "
-                                   "compile: simplify the slowest (many alternatives, long "
-                                   "counted repetitions) or split the rules"))
+            problems += _compile_in_child(rules, groups, compile_seconds)
+        except CompileTimeout as exc:
+            problems.append((None, f"the patterns take too long to compile ({exc}): "
+                                   "simplify the slowest (many alternatives, long counted "
+                                   "repetitions) or split the rules"))
     problems.sort(key=lambda p: -1 if p[0] is None else p[0])
     return problems
 
@@ -235,9 +234,9 @@ def _compile_here(rules: list[dict[str, Any]], groups: dict[str, list[int]]
 
 
 def _compile_in_child(rules: list[dict[str, Any]], groups: dict[str, list[int]],
-                      deadline: float) -> list[tuple[int | None, str]]:
-    """What `_compile_here` finds, compiled by a child process that must end by
-    `deadline` (raises CompileTimeout); the databases are kept as if compiled here."""
+                      cpu_seconds: int) -> list[tuple[int | None, str]]:
+    """What `_compile_here` finds, compiled by a child process allowed `cpu_seconds` of
+    CPU (raises CompileTimeout); the databases are kept as if compiled here."""
     problems: list[tuple[int | None, str]] = []
     todo = {}
     for key, indexes in groups.items():
@@ -246,7 +245,7 @@ def _compile_in_child(rules: list[dict[str, Any]], groups: dict[str, list[int]],
             todo[key] = db_key
     if not todo:
         return problems
-    results = compile_in_child(list(todo.values()), max(0.0, deadline - time.monotonic()))
+    results = compile_in_child(list(todo.values()), cpu_seconds)
     failed: dict[str, str] = {}
     for (key, db_key), (ok, value) in zip(todo.items(), results):
         if ok:
@@ -259,7 +258,7 @@ def _compile_in_child(rules: list[dict[str, Any]], groups: dict[str, list[int]],
     # Name the culprits: each pattern of a failed group on its own, in one more child.
     singles = [(key, i) for key in failed for i in groups[key]]
     results = compile_in_child([(flags_for(key), (rules[i]["pattern"],)) for key, i in singles],
-                               max(0.0, deadline - time.monotonic()))
+                               cpu_seconds)
     named: set[str] = set()
     for (key, i), (ok, value) in zip(singles, results):
         if not ok:
