@@ -19,7 +19,7 @@ import grpc
 from filter_server.engine.compiled import Envelope, Verdict
 from filter_server.message import MAX_PARSE_BYTES
 from filter_server.server.config import ServeConfig
-from filter_server.server.cost import CostModel
+from filter_server.server.cost import CostModel, idle_seconds
 from filter_server.server.memory import MemoryBudget
 from filter_server.server.metrics import FilterMetrics
 from filter_server.server.policy import PolicyHolder
@@ -429,13 +429,16 @@ class FilterServicer:
         to time out — the estimate is rough, and the answer still has to travel back. The
         work is priced by the bytes parsed and the recipients looked up. A deadline too
         short for this message even on an idle server is DEADLINE_EXCEEDED, not a
-        capacity rejection."""
+        capacity rejection; "idle" is the cost model's starting point (what one core
+        measures unloaded), not what it has learnt: a loaded server is at capacity, and
+        its callers should go elsewhere (pricing by the learnt cost turned a burst of large
+        messages under a load of 15 into deadline errors)."""
         remaining = _deadline_left(context)
         work = min(size, MAX_PARSE_BYTES) + self._recipient_cost * recipients
         if remaining is not None and \
-                self._turns.cost.seconds(1, work) > remaining * ADMISSION_DEADLINE_SHARE:
+                idle_seconds(work) > remaining * ADMISSION_DEADLINE_SHARE:
             raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
-                           f"the deadline leaves {remaining * 1000:.0f} ms, too little to "
+                           f"the deadline leaves {remaining * 1000:.1f} ms, too little to "
                            "classify this message even on an idle server")
         held.turn, expected = self._turns.join(remaining, work)
         if remaining is not None and expected > remaining * ADMISSION_DEADLINE_SHARE:
