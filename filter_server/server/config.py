@@ -74,6 +74,9 @@ class ServeConfig:
     max_recipients: int = 1000          # Postfix's smtpd_recipient_limit
     receive_timeout_seconds: float = 10.0
     max_streams_per_connection: int = 16
+    # The UnsubscribeStore's signing keys (its mounted Secret: `current` and `previous`),
+    # with which the bulk gate verifies one-click tokens (docs/authentication.md).
+    signing_key_dir: Path | None = None
 
     def to_json(self) -> str:
         doc = dataclasses.asdict(self)
@@ -85,7 +88,7 @@ class ServeConfig:
     @classmethod
     def from_json(cls, text: str) -> "ServeConfig":
         doc = json.loads(text)
-        for key in ("policy_dir", "tls_dir", "port_file"):
+        for key in ("policy_dir", "tls_dir", "port_file", "signing_key_dir"):
             if doc.get(key) is not None:
                 doc[key] = Path(doc[key])
         return cls(**doc)

@@ -16,8 +16,11 @@ from typing import Iterator
 
 import grpc
 
+from filter_server.auth.gather import Evidence
+from filter_server.auth.service import Authenticator
 from filter_server.engine.compiled import Envelope, Verdict
 from filter_server.message import MAX_PARSE_BYTES
+from filter_server.server.authentication import gather_for
 from filter_server.server.config import ServeConfig
 from filter_server.server.cost import CostModel, idle_seconds
 from filter_server.server.memory import MemoryBudget
@@ -114,9 +117,10 @@ class FilterServicer:
                  cpu_budget_seconds: float = 0.0,
                  max_recipients: int = ServeConfig.max_recipients,
                  receive_timeout_seconds: float = ServeConfig.receive_timeout_seconds,
-                 max_streams_per_connection: int = ServeConfig.max_streams_per_connection
-                 ) -> None:
+                 max_streams_per_connection: int = ServeConfig.max_streams_per_connection,
+                 authenticator: Authenticator | None = None) -> None:
         self._holder = holder
+        self._authenticator = authenticator
         self._metrics = metrics
         self._log = log
         self._suppression = suppression
@@ -179,6 +183,7 @@ class FilterServicer:
             self._keep_memory(held, len(raw) + HELD_OVERHEAD_BYTES)
             self._check_size(len(raw))
             self._check(call, context)
+            self._authenticate(call, context)
             self._join_queue(held, len(raw), len(call.recipients), context)
             return self._answer(held, call, context, "Classify")
         except Rejected as exc:
@@ -231,6 +236,7 @@ class FilterServicer:
                     self._keep_memory(held, len(raw) + HELD_OVERHEAD_BYTES)
                     self._check_size(len(raw))
                     self._check(call, context)
+                    self._authenticate(call, context)
                     self._join_queue(held, len(raw), len(call.recipients), context)
                     response = self._answer(held, call, context, "ClassifyStream")
                 except Rejected as exc:
@@ -422,6 +428,15 @@ class FilterServicer:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                            "message is empty: send the raw RFC 5322 message bytes")
 
+    def _authenticate(self, call: "_Call", context: grpc.ServicerContext) -> None:
+        """Sender authentication's DNS lookups, before the call queues for its turn (a
+        slow answer then holds up only this call). Never fails the call: what DNS does not
+        answer in time becomes a TEMPERROR result."""
+        if self._authenticator is not None:
+            call.evidence = gather_for(self._authenticator, self._holder.current, call.raw,
+                                       call.envelope, call.mail_class, call.list_scope,
+                                       _deadline_left(context))
+
     def _join_queue(self, held: _Held, size: int, recipients: int,
                     context: grpc.ServicerContext) -> None:
         """Deadline-aware: a call whose answer is expected after more than half of what is
@@ -486,8 +501,8 @@ class FilterServicer:
         raw = call.raw
         started = time.perf_counter()
         try:
-            verdict = policy.classify(raw, call.envelope,
-                                      cpu_budget_seconds=self._cpu_budget)
+            verdict = policy.classify(raw, call.envelope, cpu_budget_seconds=self._cpu_budget,
+                                      evidence=call.evidence)
             # in the turn: looking recipients up is work admission prices too
             suppression = self._suppression.check(call.recipients, call.mail_class,
                                                   call.list_scope)
@@ -525,7 +540,8 @@ class _Call:
     """What classification needs of a request, without the request (which holds a copy of
     the message)."""
 
-    __slots__ = ("request_id", "raw", "envelope", "recipients", "mail_class", "list_scope")
+    __slots__ = ("request_id", "raw", "envelope", "recipients", "mail_class", "list_scope",
+                 "evidence")
 
     def __init__(self, request: filter_pb2.ClassifyRequest) -> None:
         env = request.envelope
@@ -535,6 +551,7 @@ class _Call:
         self.envelope = Envelope(env.mail_from, self.recipients, env.client_ip, env.helo)
         self.mail_class = request.mail_class
         self.list_scope = request.list_scope
+        self.evidence: Evidence | None = None  # set by _authenticate
 
 
 def _size(value: str) -> int | None:
@@ -565,4 +582,5 @@ def _response(request_id: str, verdict: Verdict) -> filter_pb2.ClassifyResponse:
         request_id=request_id, action=_ACTIONS[verdict.action], score=verdict.score,
         hits=[filter_pb2.RuleHit(name=h.name, score=h.score, description=h.description)
               for h in verdict.hits],
-        spam_probability=verdict.spam_probability, policy_hash=verdict.policy_hash)
+        spam_probability=verdict.spam_probability, policy_hash=verdict.policy_hash,
+        authentication_results=verdict.authentication_results)

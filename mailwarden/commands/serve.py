@@ -106,6 +106,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         metavar="S", help="CPU time one message may take to parse; a message "
                         "that needs more is classified on what was read by then and its "
                         "verdict gets a SCAN_BUDGET_EXCEEDED hit (0 = no limit)")
+    parser.add_argument("--signing-key-dir", type=Path, default=None, metavar="DIR",
+                        help="the unsubscribe store's signing keys (a directory with "
+                        "'current' and optional 'previous', e.g. its mounted Secret): the "
+                        "bulk gate of policies with authentication.bulkGate verifies "
+                        "one-click tokens with them; without it tokens are not checked "
+                        "(BULK_ONECLICK_TOKEN_UNCHECKED)")
     parser.set_defaults(func=run)
 
 
@@ -137,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         memory_limit_bytes=memory_limit, cpu_budget_seconds=args.cpu_budget_seconds,
         max_recipients=args.max_recipients,
         receive_timeout_seconds=args.receive_timeout_seconds,
-        max_streams_per_connection=args.max_streams_per_connection)
+        max_streams_per_connection=args.max_streams_per_connection,
+        signing_key_dir=args.signing_key_dir)
     problems = config.problems()
     if problems:
         for problem in problems:
