@@ -72,8 +72,8 @@ def test_an_alias_inside_itself_is_refused() -> None:
 
 
 def test_aliases_that_share_a_block_are_fine() -> None:
-    text = ("lists:\n  allow: {domains: &ours [example.com, example.org]}\n"
-            "  block: {uriHosts: *ours}\n")
+    text = ("lists:\n  allow: {uriHosts: &ours [example.com, example.org]}\n"
+            "  block: {domains: *ours}\n")
     assert errors_of(text) == []
 
 
