@@ -176,7 +176,8 @@ def html_message(markup: str) -> bytes:
 
 
 def text_message(body: str) -> bytes:
-    return b"From: a@example.com\r\nSubject: hello\r\n\r\n" + body.encode("utf-8", "surrogateescape")
+    return (b"From: a@example.com\r\nSubject: hello\r\n\r\n"
+            + body.encode("utf-8", "surrogateescape"))
 
 
 def around_at(n: int) -> str:

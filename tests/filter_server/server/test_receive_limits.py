@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from mailwarden.wire import MESSAGE_BYTES_METADATA, REQUEST_BYTES_METADATA
 from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
+from mailwarden.wire import MESSAGE_BYTES_METADATA, REQUEST_BYTES_METADATA
 from testkit.filter import HAM, classify_request, outcomes, wait_for
 from tests.filter_server.server.test_memory import PeakRss
 
@@ -218,3 +218,43 @@ def test_idle_streams_are_capped_per_connection_and_time_limited(servers, policy
         idle.released.set()
     assert server.metric("mailwarden_filter_in_flight_requests") == 0
     assert server.metric("mailwarden_filter_capacity_rejections_total") == 0
+
+
+def test_a_call_without_a_deadline_waits_for_memory_for_a_bounded_time(
+        servers, policy_dir: Path) -> None:
+    """Calls that announce 25 MiB and never send it hold the large share of the budget;
+    the next ones without a deadline (which would otherwise wait for memory as long as
+    they hold it) are refused within NO_DEADLINE_MEMORY_WAIT_SECONDS (5 s)."""
+    server = servers(policy_dir, "--memory-limit-bytes", str(512 * MIB),
+                     "--receive-timeout-seconds", "30").wait_serving()
+    idle = Never()
+    ended: dict[int, tuple[str, float]] = {}
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            announce = channel.stream_unary(
+                METHOD + "Classify",
+                request_serializer=filter_pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=filter_pb2.ClassifyResponse.FromString)
+            started = time.monotonic()
+            calls = [announce.future(idle.requests(), metadata=(  # no deadline
+                (MESSAGE_BYTES_METADATA, str(25 * MIB)),)) for _ in range(8)]
+
+            def done(i: int):
+                def record(call) -> None:
+                    code = call.code().name if call.exception() else "OK"
+                    ended[i] = (code, time.monotonic() - started)
+                return record
+
+            for i, call in enumerate(calls):
+                call.add_done_callback(done(i))
+            wait_for(lambda: any(code == "RESOURCE_EXHAUSTED" for code, _ in ended.values()),
+                     15, "a call waiting for memory to be refused")
+            refused = [took for code, took in ended.values() if code == "RESOURCE_EXHAUSTED"]
+            print(f"\n{len(refused)} of 8 refused after {min(refused):.1f}-"
+                  f"{max(refused):.1f} s; the rest hold their memory until the receive "
+                  "time limit")
+            assert 4 < min(refused) < 12, refused
+            assert sum(not call.done() for call in calls) == 8 - len(refused)  # holding
+            assert server.health() == "SERVING"
+    finally:
+        idle.released.set()
