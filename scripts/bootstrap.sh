@@ -20,14 +20,16 @@ mkdir -p "$cache/bin"
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------
-debs=(postgresql prometheus shellcheck unzip nftables)  # nftables: kube-proxy (docs/control-plane.md)
+debs=(postgresql prometheus shellcheck unzip nftables knot)  # nftables: kube-proxy (docs/control-plane.md); knot: the authentication tests' DNS
 # The real peers of the mail-server protocol tests (docs/protocols.md): Postfix (milter),
 # spamc, rspamc (in the rspamd package); Exim's shared libraries (its binary: see below).
 debs+=(postfix spamc rspamd)
 command -v npm >/dev/null || debs+=(npm)   # nodejs from elsewhere may already ship npm
 if [[ "${1:-}" == "--bench" ]]; then
-  # Debian 12 ships spamd separately; spamass-milter: SpamAssassin behind Postfix
-  debs+=(spamassassin spamd spamc rspamd redis-server spamass-milter)
+  # Debian 12 ships spamd separately; spamass-milter: SpamAssassin behind Postfix;
+  # libmail-spf-perl, libmail-dmarc-perl: SpamAssassin's SPF and DMARC plugins (benchmarks/auth.py)
+  debs+=(spamassassin spamd spamc rspamd redis-server spamass-milter libmail-spf-perl
+         libmail-dmarc-perl)
 fi
 sudo_cmd=()
 [[ "$(id -u)" == 0 ]] || sudo_cmd=(sudo)

@@ -29,6 +29,7 @@ MAIL_PROTOCOLS: dict[str, tuple[int, int, str]] = {
 PROTOCOLS = ("grpc", *MAIL_PROTOCOLS)
 POLICY_MOUNT = "/etc/mailwarden/policy"
 TLS_MOUNT = "/etc/mailwarden/tls"
+SIGNING_KEYS_MOUNT = "/etc/mailwarden/signing-keys"  # the store's, for the bulk gate
 CONTAINER_NAME = "filter"
 
 # Longest SpamPolicy name whose children still fit the 63-character DNS label limit:
