@@ -133,7 +133,7 @@ class MilterClient:
                 recipients: tuple[str, ...] = ("<bob@test.example>",)
                 ) -> list[tuple[bytes, bytes]]:
         """One message through the session; the replies to end of message."""
-        self.ask(b"C", b"client.example\x004\x00\x30\x39127.0.0.1\x00")
+        self.ask(b"C", b"client.example\x004\x30\x39127.0.0.1\x00")
         self.ask(b"H", b"client.example\x00")
         self.ask(b"M", sender.encode() + b"\x00")
         for rcpt in recipients:

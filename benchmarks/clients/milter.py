@@ -72,7 +72,7 @@ class MilterSession:
         protocol = struct.unpack("!III", data[:12])[2]
         if protocol & 0x80 == 0:
             raise ProtocolError("the filter wants replies to headers; this client does not")
-        self.conn[1].write(packet(b"C", b"client.example\x004\x00\x30\x39127.0.0.1\x00")
+        self.conn[1].write(packet(b"C", b"client.example\x004\x30\x39127.0.0.1\x00")
                            + packet(b"H", b"client.example\x00"))
 
     async def classify(self, message: Message) -> Verdict:

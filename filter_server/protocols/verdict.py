@@ -51,6 +51,8 @@ class MtaOptions:
     mail_class_header: str = DEFAULT_MAIL_CLASS_HEADER
     tag_threshold: float = 5.0
     reject_threshold: float = 20.0
+    # authserv-id of sender authentication's results (policy `authentication`), when on
+    auth_authserv_id: str = ""
 
     @classmethod
     def of(cls, policy: dict[str, Any] | None) -> "MtaOptions":
@@ -58,6 +60,7 @@ class MtaOptions:
             return cls()
         mta = policy.get("mta") or {}
         thresholds = policy.get("thresholds") or {}
+        authentication = policy.get("authentication") or {}
         return cls(
             reject_reason=clean_text(mta.get("rejectReason", DEFAULT_REJECT_REASON)),
             quarantine_reason=clean_text(mta.get("quarantineReason",
@@ -68,7 +71,9 @@ class MtaOptions:
             list_scope_header=mta.get("listScopeHeader", DEFAULT_LIST_SCOPE_HEADER),
             mail_class_header=mta.get("mailClassHeader", DEFAULT_MAIL_CLASS_HEADER),
             tag_threshold=float(thresholds.get("tag", 5.0)),
-            reject_threshold=float(thresholds.get("reject", 20.0)))
+            reject_threshold=float(thresholds.get("reject", 20.0)),
+            auth_authserv_id=authentication.get("authservId", DEFAULT_AUTHSERV_ID)
+            if authentication.get("enabled") else "")
 
     def owned_header(self, name: str, value: str) -> bool:
         """Headers this filter writes: an incoming copy (forged, or from a filter upstream)
@@ -76,8 +81,10 @@ class MtaOptions:
         lower = name.lower()
         if lower.startswith(self.header_prefix.lower() + "-"):
             return True
-        return lower == "authentication-results" and \
-            value.strip().split(";", 1)[0].strip().lower() == self.authserv_id.lower()
+        if lower != "authentication-results":
+            return False
+        authserv_id = value.strip().split(";", 1)[0].strip().lower()
+        return authserv_id in (self.authserv_id.lower(), self.auth_authserv_id.lower())
 
 
 def is_spam(response: filter_pb2.ClassifyResponse) -> bool:
@@ -112,8 +119,18 @@ def result_headers(response: filter_pb2.ClassifyResponse,
                              f"tests={tests} policy={response.policy_hash[:12]}"),
         ("Authentication-Results",
          f"{options.authserv_id}; {AR_METHOD}={result} (score {score}, required {required}) "
-         f"policy.action={action} policy.score={score} policy.hits={tests}"),
+         f"policy.action={action} policy.score={score} policy.hits={tests}"
+         + _authentication_results(response)),
     ]
+
+
+def _authentication_results(response: filter_pb2.ClassifyResponse) -> str:
+    """Sender authentication's results (SPF, DKIM, DMARC, ARC; the policy's
+    `authentication`), appended to our Authentication-Results header as more methods:
+    one header for what this filter found, under one authserv-id."""
+    _, _, results = response.authentication_results.partition(";")
+    results = " ".join(results.split())  # unfolded
+    return "" if results in ("", "none") else f"; {results}"
 
 
 def report_text(response: filter_pb2.ClassifyResponse, options: MtaOptions) -> str:

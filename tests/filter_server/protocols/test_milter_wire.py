@@ -11,6 +11,7 @@ import time
 import pytest
 
 from testkit.filter import wait_for
+from testkit.processes import free_port
 from testkit.protocols import (
     HAM,
     HELD,
@@ -20,7 +21,9 @@ from testkit.protocols import (
     MilterClient,
     connect,
     milter_packet,
+    protocol_policy,
     read_milter_packet,
+    start_server,
 )
 from tests.filter_server.protocols.conftest import IDLE_SECONDS, MAX_MESSAGE_BYTES
 
@@ -54,7 +57,7 @@ def test_negotiation_asks_only_for_what_it_uses(milter):
     # add headers, change headers (to drop forged copies), delete recipients, quarantine
     assert client.actions == 0x01 | 0x10 | 0x08 | 0x20
     assert client.protocol == 0  # nothing offered, nothing taken: every event is answered
-    assert client.ask(b"C", b"h\x004\x00\x30\x39127.0.0.1\x00") == (b"c", b"")
+    assert client.ask(b"C", b"h\x004\x30\x39127.0.0.1\x00") == (b"c", b"")
 
 
 def test_no_reply_events_when_the_mta_offers_them(milter):
@@ -235,3 +238,29 @@ def read_replies_to_eom(client: MilterClient) -> list[tuple[bytes, bytes]]:
         replies.append(read_milter_packet(client.sock))
         if replies[-1][0] in (b"c", b"a", b"r", b"t", b"y", b"d"):
             return replies
+
+
+def test_sender_authentication_sees_the_smtp_envelope(tmp_path):
+    """With the policy's `authentication` on, the milter hands the SMTP client's IP, HELO
+    and MAIL FROM to it as Classify's envelope would, and its results join our header.
+    DNS is a closed port here: every lookup fails at once, so SPF says temperror."""
+    policy = protocol_policy()
+    policy["authentication"] = {"enabled": True, "authservId": "mx.test.example",
+                                "dns": {"servers": [f"127.0.0.1:{free_port()}"],
+                                        "timeoutSeconds": 0.5, "budgetSeconds": 1}}
+    server = start_server(tmp_path, policy=policy)
+    try:
+        client = MilterClient(server.ports["milter_port"])
+        try:
+            forged = HAM.replace(b"Subject:", b"Authentication-Results: mx.test.example; "
+                                 b"spf=pass smtp.mailfrom=example.com\r\nSubject:")
+            replies = client.message(forged)
+        finally:
+            client.close()
+        results = headers_added(replies)["Authentication-Results"]
+        assert results.strip().startswith("mailwarden; x-mailwarden=pass")
+        assert "; spf=temperror" in results and "smtp.mailfrom=alice@example.com" in results
+        removed = [data for command, data in replies if command == b"m"]
+        assert removed == [struct.pack("!I", 1) + b"Authentication-Results\0\0"]
+    finally:
+        server.kill()

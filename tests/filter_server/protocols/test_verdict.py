@@ -54,3 +54,24 @@ def test_refusals_are_temporary_unless_the_message_can_never_pass():
     assert not too_big.temporary and too_big.smtp_code == "552"
     assert refusal(grpc.StatusCode.UNAVAILABLE, "no policy loaded yet").temporary
     assert refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "late").temporary
+
+
+def test_sender_authentication_results_join_ours():
+    """With the policy's `authentication` on, SPF/DKIM/DMARC results go into our one
+    Authentication-Results header, and incoming copies under its authserv-id are removed."""
+    options = MtaOptions.of({"authentication": {"enabled": True,
+                                                "authservId": "mx.example.com"}})
+    response = filter_pb2.ClassifyResponse(
+        action=filter_pb2.ACCEPT,
+        authentication_results="mx.example.com; spf=pass smtp.mailfrom=example.org;\r\n"
+                               "\tdkim=pass header.d=example.org")
+    header = dict(result_headers(response, options))["Authentication-Results"]
+    assert header.startswith("mailwarden; x-mailwarden=pass")
+    assert header.endswith("policy.hits=none; spf=pass smtp.mailfrom=example.org; "
+                           "dkim=pass header.d=example.org")
+    assert options.owned_header("Authentication-Results", "mx.example.com; spf=pass")
+    none = filter_pb2.ClassifyResponse(authentication_results="mx.example.com; none")
+    assert dict(result_headers(none, options))["Authentication-Results"].endswith(
+        "policy.hits=none")
+    off = MtaOptions.of({"authentication": {"enabled": False, "authservId": "mx.example.com"}})
+    assert not off.owned_header("Authentication-Results", "mx.example.com; spf=pass")
