@@ -6,11 +6,23 @@ Date/X-Mailer), links (host, domain, path pieces) and the MIME structure. Tokens
 prefixed by where they came from (`subject:`, `from:`, `url:` ...) so the same word can carry
 different weight in different places. A message contributes each token once.
 
-Deliberately left out (they describe the mailbox the corpus was collected from, not the mail,
-so a filter in front of the mailbox never sees them and a model that learnt them would not
-generalise): headers written after delivery (X-Status, X-Keywords, Delivery-Date, other
-filters' X-Spam-* verdicts ...) and the `by` side of Received headers (the receiving site's
-own hosts are the same for every message it gets).
+Words are folded before they become tokens (normalize.py): look-alike letters of other
+scripts, invisible characters, accents, `i`/`l` confusion and leetspeak are undone, so
+"Mlcrosoft", "DownIoad N0W" and "Pаypal" (Cyrillic а) give the tokens of the real words;
+the trick itself becomes a token (`obf:leet`, `obf:mixed-script`, `obf:invisible`).
+
+Deliberately left out, because they would not generalise beyond the mail a model was
+trained on:
+- what describes the mailbox the corpus was collected from, not the mail (a filter in front
+  of the mailbox never sees it): headers written after delivery (X-Status, X-Keywords,
+  Delivery-Date, other filters' X-Spam-* verdicts ...), the `by` side of Received headers
+  (the receiving site's own hosts), the recipients' addresses (To, Cc);
+- what encodes the era or the software that wrote the mail rather than what it says: which
+  headers are present (In-Reply-To or References were absent from every 2002 spam, common in
+  today's), the character set (utf-8 was rare in 2002), the mailer name and version, the
+  MIME boundary and Message-ID formats, the Date's year and time zone, the number of
+  Received hops and their protocol names, link schemes (http then, https now), the share of
+  non-ASCII text, mailing-list software headers (List-Id, X-Mailman-Version ...).
 
 TOKENIZER_VERSION names this token set; a model records the version it was trained with and
 refuses to load under another, since its counts would not mean the same thing.
@@ -21,9 +33,10 @@ from __future__ import annotations
 import email.utils
 import re
 
+from filter_server.bayes.normalize import SKELETON_TABLE, fold, obfuscation, unleet
 from filter_server.message import ParsedMessage
 
-TOKENIZER_VERSION = "mailwarden-tokens/2"
+TOKENIZER_VERSION = "mailwarden-tokens/3"
 
 MAX_BODY_CHARS = 65536
 MAX_TOKENS_PER_HEADER = 40
@@ -32,12 +45,10 @@ MAX_URIS = 64              # links whose host and path pieces are tokenized
 MAX_BODY_ADDRESSES = 20    # e-mail addresses in the body tokenized
 MIN_WORD, MAX_WORD = 3, 20
 
-# Headers whose words are informative.
+# Headers whose words are informative (who sent it, and how urgent it claims to be).
 WORD_HEADERS = frozenset((
-    "from", "to", "cc", "reply-to", "return-path", "sender", "x-mailer", "user-agent",
-    "content-type", "content-transfer-encoding", "mime-version", "precedence", "list-id",
-    "list-unsubscribe", "x-mailing-list", "x-priority", "x-msmail-priority", "organization",
-    "errors-to", "x-beenthere", "x-mailman-version", "importance", "x-originating-ip",
+    "from", "reply-to", "return-path", "sender", "x-priority", "x-msmail-priority",
+    "importance",
 ))
 # Written by the mailbox, the mail client or other filters after delivery (see above).
 POST_DELIVERY_HEADERS = frozenset((
@@ -57,33 +68,30 @@ _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _ADDRESS = re.compile(r"[\w.+=-]+@[\w.-]+")
 _RECEIVED_FROM = re.compile(r"from\s+(\S+)(?:\s+\(([^)]*)\))?")
 _RECEIVED_BY = re.compile(r"\sby\s")
-_RECEIVED_WITH = re.compile(r"\swith\s+(\w+)")
 _SUBJECT_PUNCT = re.compile(r"[!$?*%.]{2,}|[!$]")
-_TZ = re.compile(r"([+-]\d{4}|\b[A-Z]{2,4}\b)\s*(?:\(.*\))?\s*$")
-_DATE_YEAR = re.compile(r"\b(\d{2,4})\s+\d{1,2}:\d\d")
-_ALNUM = re.compile(r"[0-9a-z]+")
-_HEX_DIGITS = frozenset("0123456789abcdef")
-_DIGITS = re.compile(r"[\d.]+")
 _URL_PIECES = re.compile(r"[/?&=.#_-]+")
-_CHARSET = re.compile(r'charset="?([\w-]+)')
-_BOUNDARY = re.compile(r'boundary="?([^";]+)')
 _LOCAL_DIGITS = re.compile(r"\d{3,}")
 _SKEW_BUCKETS = ((-2, "future"), (1, "1h"), (6, "6h"), (24, "1d"), (24 * 7, "1w"),
                  (24 * 60, "2m"))
 
 
 def _words(text: str) -> list[str]:
-    return [w.strip(_EDGE) for w in _WORD.findall(text.lower())]
+    return [w.strip(_EDGE) for w in _WORD.findall(fold(text))]
 
 
-def _shape(text: str) -> str:
-    """The format of an identifier: each run of letters and digits becomes `x` when it could
-    be a hex number and `a` otherwise (`012d13b1$7be63ba0@...` -> `x$x`)."""
-    return _ALNUM.sub(_shape_run, text.lower())[:20]
-
-
-def _shape_run(run: re.Match) -> str:
-    return "x" if _HEX_DIGITS.issuperset(run.group()) else "a"
+def _skeleton_words(words: set[str]) -> tuple[set[str], bool]:
+    """`words` (folded) as the model sees them (normalize.py): `i`/`l` merged, leetspeak
+    undone; and whether any word was written in leetspeak."""
+    out = {word.translate(SKELETON_TABLE) for word in words}
+    leet = False
+    # Most words are letters only; only the others can hold leet digits.
+    for word in [word for word in out if not word.isalpha()]:
+        plain = unleet(word)
+        if plain != word:
+            out.discard(word)
+            out.add(plain)
+            leet = True
+    return out, leet
 
 
 def _domain(host: str) -> str:
@@ -104,13 +112,6 @@ def tokenize(msg: ParsedMessage) -> set[str]:
     _date_tokens(msg.header("date"), first_received, add)
     _sender_tokens(msg, add)
     _link_tokens(msg, add)
-    ctype = msg.header("content-type").lower()
-    charset = _CHARSET.search(ctype)
-    if charset:
-        add("charset:" + charset.group(1))
-    boundary = _BOUNDARY.search(ctype)
-    if boundary:
-        add("boundary-shape:" + _shape(boundary.group(1)))
     add(f"html:{msg.html_present}")
     add(f"parts:{min(msg.part_count, 10)}")
     add(f"links:{min(len(msg.uris), 20) // 5 * 5}")
@@ -123,21 +124,18 @@ def tokenize(msg: ParsedMessage) -> set[str]:
 
 def _body_tokens(body: str) -> set[str]:
     """The body's tokens, as a new set (the other token kinds are added to it)."""
-    lower = body.lower()
+    lower = fold(body)
     chunks = _WORD.findall(lower)
     distinct = set(chunks)
     # Most words repeat: strip each one once. Set comprehensions, no per-word method calls.
-    words = {word.strip(_EDGE) for word in distinct}
+    words, leet = _skeleton_words({word.strip(_EDGE) for word in distinct})
     out = {word for word in words if MIN_WORD <= len(word) <= MAX_WORD}
     for word in [word for word in words if len(word) > MAX_WORD]:
         # long words are mostly unique; their shape still says something
         out.add(f"skip:{word[0]}{len(word) // 10 * 10}")
-    sample = body[:4000]
-    if sample:
-        # share of non-ASCII text, from the UTF-8 length (cheap: no per-character loop)
-        extra = len(sample.encode("utf-8", "replace")) - len(sample)
-        if extra:
-            out.add(f"body:8bit%{min(extra * 100 // len(sample), 100) // 10 * 10}")
+    if leet:
+        out.add("obf:leet")
+    out.update(obfuscation(body))
     ats = lower.count("@")
     if not ats:
         return out
@@ -163,9 +161,14 @@ def _body_tokens(body: str) -> set[str]:
 
 
 def _subject_tokens(subject: str, add) -> None:
-    for word in _words(subject):
+    words, leet = _skeleton_words(set(_words(subject)))
+    for word in words:
         if word:
             add("subject:" + word)
+    if leet:
+        add("subject:obf-leet")
+    for trick in obfuscation(subject):
+        add("subject:" + trick)
     for run in _SUBJECT_PUNCT.findall(subject):
         add("subject-punct:" + run[:5])
     letters = [c for c in subject if c.isalpha()]
@@ -183,7 +186,6 @@ def _header_tokens(msg: ParsedMessage, add) -> str | None:
         lname = name.lower()
         if lname in POST_DELIVERY_HEADERS:
             continue
-        add("header:" + lname)
         if lname in WORD_HEADERS:
             for word in _words(value)[:MAX_TOKENS_PER_HEADER]:
                 if 2 <= len(word) <= 40:
@@ -198,12 +200,8 @@ def _header_tokens(msg: ParsedMessage, add) -> str | None:
             local, _, domain = value.strip().strip("<>").rpartition("@")
             domain = domain.strip("> ").lower()[:60]
             add("message-id:" + domain)
-            add("message-id-shape:" + _shape(local))
             if "." not in domain:
                 add("message-id:nodot")
-    add(f"received:count:{min(nreceived, 12)}")
-    mailer = msg.header("x-mailer") or msg.header("user-agent")
-    add("x-mailer-full:" + (_DIGITS.sub("#", mailer.lower())[:60] if mailer else "none"))
     return first_received
 
 
@@ -217,9 +215,6 @@ def _received_tokens(value: str, add) -> None:
     for a, b, c in _IP.findall(sent_from)[:4]:
         add(f"received:ip:{a}.{b}.{c}")
         add(f"received:ip:{a}.{b}")
-    protocol = _RECEIVED_WITH.search(value)
-    if protocol:
-        add("received:with:" + protocol.group(1))
     clause = _RECEIVED_FROM.match(value.lstrip())
     if clause is None:
         return
@@ -246,11 +241,6 @@ def _date_tokens(date: str, first_received: str | None, add) -> None:
     if not date:
         add("date:missing")
         return
-    tz = _TZ.search(date)
-    add("date:tz:" + (tz.group(1) if tz else "none"))
-    year = _DATE_YEAR.search(date)
-    if year:
-        add("date:year:" + year.group(1))
     sent = email.utils.parsedate_tz(date)
     if sent is None:
         add("date:unparseable")
@@ -306,7 +296,6 @@ def _link_tokens(msg: ParsedMessage, add) -> None:
     for uri in msg.uris[:MAX_URIS]:
         lower = uri.lower()
         scheme, sep, rest = lower.partition(":")
-        add("url-scheme:" + (scheme if sep and len(scheme) < 10 else "none"))
         authority, _, path = (rest.lstrip("/") if sep else lower).partition("/")
         for piece in _URL_PIECES.split(path)[:10]:
             if 3 <= len(piece) <= 20:

@@ -207,9 +207,10 @@ class CompiledPolicy:
                 hits.append(hit)
         probability = -1.0
         if self.model is not None:
-            probability = self.model.spam_probability(tokenize(parsed))
+            probability, certainty = self.model.explain(tokenize(parsed))
             contribution = round(self.model_weight * (2.0 * probability - 1.0), 3)
-            hits.append(Hit("BAYES", contribution, f"spam probability {probability:.3f}"))
+            hits.append(Hit("BAYES", contribution,
+                            f"spam probability {probability:.3f} ({certainty})"))
         score = round(sum(h.score for h in hits), 3)
         tag, quarantine, reject = self.thresholds
         if score >= reject:

@@ -137,7 +137,7 @@ def test_cli_writes_a_loadable_model_and_reports_progress(tmp_path):
     assert f"wrote {out}" in result.stderr
     model = BayesModel.from_bytes(out.read_bytes())
     assert model.calibration is not None
-    assert json.loads(gzip.decompress(out.read_bytes()))["format"] == "mailwarden-bayes/2"
+    assert json.loads(gzip.decompress(out.read_bytes()))["format"] == "mailwarden-bayes/3"
     assert not (tmp_path / "model.json.gz.tmp").exists()
 
 
