@@ -115,6 +115,7 @@ class CompiledPolicy:
         self._body_db = self.databases.get("body")
         self._uri_db = self.databases.get("uri")
         self._sender_db = self.databases.get("sender")
+        self._attachment_db = self.databases.get("attachment")
         self._all_headers_db = self.databases.get("header:ALL")
         self._header_dbs = {key[7:]: db for key, db in self.databases.items()
                             if key.startswith("header:") and key != "header:ALL"}
@@ -172,6 +173,8 @@ class CompiledPolicy:
             text = "\n".join(s for s in (envelope.mail_from, parsed.from_address) if s)
             if text:
                 self._sender_db.scan(_encode(text), fired)
+        if self._attachment_db is not None and parsed.attached_files:
+            self._attachment_db.scan(_encode("\n".join(parsed.attached_files)), fired)
         if parsed.headers:
             if self._all_headers_db is not None:
                 text = "\n".join(f"{n}: {v}" for n, v in parsed.headers)
@@ -189,6 +192,17 @@ class CompiledPolicy:
 
     def classify(self, raw: bytes, envelope: Envelope = Envelope()) -> Verdict:
         parsed = parse_message(raw, max_text_bytes=self.max_scan_bytes)
+        return self.classify_parsed(parsed, envelope)
+
+    def parse(self, raw: bytes) -> ParsedMessage:
+        """`raw` parsed the way `classify` parses it (this policy's scan limit)."""
+        return parse_message(raw, max_text_bytes=self.max_scan_bytes)
+
+    def rule_hits(self, parsed: ParsedMessage, envelope: Envelope = Envelope()) -> list[Hit]:
+        """Every rule, list, signature and meta rule that fires, without the model."""
+        return self._rules(parsed, envelope)[0]
+
+    def _rules(self, parsed: ParsedMessage, envelope: Envelope) -> tuple[list[Hit], set[str]]:
         rule_hits = self._rule_hits
         hits = [rule_hits[index] for index in sorted(set(self.scan(parsed, envelope)))]
         senders = [s.lower() for s in (envelope.mail_from, parsed.from_address) if s]
@@ -205,6 +219,10 @@ class CompiledPolicy:
             if expression.evaluate(fired):
                 fired.add(name)
                 hits.append(hit)
+        return hits, fired
+
+    def classify_parsed(self, parsed: ParsedMessage, envelope: Envelope = Envelope()) -> Verdict:
+        hits, fired = self._rules(parsed, envelope)
         probability = -1.0
         if self.model is not None:
             probability, certainty = self.model.explain(tokenize(parsed))
