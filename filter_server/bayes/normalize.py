@@ -43,8 +43,8 @@ _CONFUSABLES = {
     "ꞵ": "b", "ß": "ss", "ø": "o", "đ": "d", "ħ": "h",
 }
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
-_CONFUSABLE_TABLE = str.maketrans({**{k: v for k, v in _CONFUSABLES.items()},
-                                   **{k: None for k in _INVISIBLE}})
+_CONFUSABLE_MAP: dict[str, str | None] = {**_CONFUSABLES, **{chr(k): None for k in _INVISIBLE}}
+_CONFUSABLE_TABLE = str.maketrans(_CONFUSABLE_MAP)
 
 
 def _accent_table() -> dict[int, str]:

@@ -4,7 +4,8 @@ A source is a path:
 - a Maildir (a directory with `cur/` or `new/`): every message in `cur/` and `new/` (`tmp/`
   holds deliveries in progress and is skipped), and its Maildir++ sub-folders are not
   followed (they hold other labels: give them as their own source);
-- an mbox file (starts with a `From ` line): every message in it;
+- an mbox file (starts with a `From ` line): every message in it, with the `>From ` quoting
+  of body lines undone (mboxrd: one `>` removed from `>From `, `>>From ` ...);
 - any other file: one raw RFC 5322 message;
 - any other directory: each file under it, recursively (hidden files and directories
   skipped), read as one of the above — so a directory of mbox files or of Maildirs works.
@@ -15,10 +16,14 @@ Messages are read lazily, in a stable order, so a large mailbox is never held in
 from __future__ import annotations
 
 import mailbox
+import re
 from pathlib import Path
 from typing import Iterator
 
 MBOX_MAGIC = b"From "
+# A body line that starts with "From " is written ">From " into an mbox (and ">From " as
+# ">>From "); Python's mailbox leaves the quoting in, so a reader undoes it here.
+_MBOX_QUOTED = re.compile(rb"^>(>*From )", re.M)
 
 
 class SourceError(ValueError):
@@ -77,7 +82,7 @@ def iter_messages(path: Path) -> Iterator[tuple[str, bytes]]:
         box = mailbox.mbox(str(path), create=False)
         try:
             for key in box.iterkeys():
-                yield f"{path}#{key}", box.get_bytes(key, from_=False)
+                yield f"{path}#{key}", _MBOX_QUOTED.sub(rb"\1", box.get_bytes(key, from_=False))
         finally:
             box.close()
         return

@@ -33,8 +33,12 @@ from filter_server.bayes.calibrate import fit_isotonic
 from filter_server.bayes.model import DEFAULT_PARAMS, BayesModel, ModelParams
 from filter_server.bayes.sources import count_files, describe, iter_messages
 from filter_server.bayes.tokenize import tokenize
-from filter_server.bayes.train import (CALIBRATION_MIN_BLOCK, DEFAULT_MAX_BYTES,
-                                       cross_validated_scores, train_from_tokens)
+from filter_server.bayes.train import (
+    CALIBRATION_MIN_BLOCK,
+    DEFAULT_CALIBRATION_FOLDS,
+    DEFAULT_MAX_BYTES,
+    train_from_tokens,
+)
 from filter_server.engine.compiled import CompiledPolicy
 from filter_server.policy.loader import LoadedPolicy, policy_hash
 
@@ -127,8 +131,10 @@ def _held_out(example: Example) -> bool:
 
 
 def out_of_fold_probabilities(examples: Sequence[Example], params: ModelParams,
-                              progress: Progress) -> list[float]:
-    """Each example's calibrated spam probability from models trained without it."""
+                              progress: Progress, calibrate: bool = True) -> list[float]:
+    """Each example's spam probability from models trained without it, calibrated as the
+    served model will be (`calibrate` False: the raw combined score, as a model trained
+    with calibration off reports)."""
     spam = [e for e in examples if e.is_spam]
     ham = [e for e in examples if not e.is_spam]
     raw_by_id: dict[int, float] = {}
@@ -149,7 +155,7 @@ def out_of_fold_probabilities(examples: Sequence[Example], params: ModelParams,
         progress(f"fitting: fold {f + 1}/{folds} scored")
     pairs = [(raw_by_id[id(e)], e.is_spam) for e in examples if id(e) in raw_by_id]
     calibration = fit_isotonic([r for r, _ in pairs], [y for _, y in pairs],
-                               min_block=CALIBRATION_MIN_BLOCK) if pairs else None
+                               min_block=CALIBRATION_MIN_BLOCK) if pairs and calibrate else None
     out = []
     for e in examples:
         raw = raw_by_id.get(id(e))
@@ -276,8 +282,11 @@ def compile_policy(policy: dict[str, Any], model: BayesModel | None) -> Compiled
 
 def fit(examples: Sequence[Example], policy: dict[str, Any], *,
         params: ModelParams = DEFAULT_PARAMS, targets: dict[str, float] | None = None,
-        max_bytes: int = DEFAULT_MAX_BYTES, progress: Progress | None = None) -> FitResult:
-    """Train the model on all examples, fit scores and thresholds (module docstring)."""
+        max_bytes: int = DEFAULT_MAX_BYTES, calibration_folds: int = DEFAULT_CALIBRATION_FOLDS,
+        progress: Progress | None = None) -> FitResult:
+    """Train the model on all examples, fit scores and thresholds (module docstring).
+    `calibration_folds` is the served model's (0: it reports raw combined scores, and the
+    scores are fitted to those)."""
     progress = progress or _stderr_progress
     targets = {**DEFAULT_TARGET_FPR, **(targets or {})}
     notes: list[str] = []
@@ -294,7 +303,8 @@ def fit(examples: Sequence[Example], policy: dict[str, Any], *,
         rates_on = "fit (cross-validated)"
         notes.append(f"fewer than {MIN_VALIDATION} held-out messages of a class: rates are "
                      "cross-validated on the messages the scores were fitted on")
-    probabilities = out_of_fold_probabilities(fit_set, params, progress)
+    probabilities = out_of_fold_probabilities(fit_set, params, progress,
+                                              calibrate=calibration_folds != 0)
     hand_set = _rule_scores(policy)
     counts: dict[str, int] = {}
     for e in fit_set:
@@ -318,7 +328,8 @@ def fit(examples: Sequence[Example], policy: dict[str, Any], *,
         progress("validation: training on the fit messages to classify the held-out ones")
         model = train_from_tokens([e.tokens for e in fit_set if e.is_spam],
                                   [e.tokens for e in fit_set if not e.is_spam],
-                                  params=params, max_bytes=max_bytes, progress=lambda _: None)
+                                  params=params, calibration_folds=calibration_folds,
+                                  max_bytes=max_bytes, progress=lambda _: None)
         scored = [(_score(e.fired, model.spam_probability(e.tokens), scores, weight),
                    e.is_spam) for e in held]
     else:
@@ -327,6 +338,7 @@ def fit(examples: Sequence[Example], policy: dict[str, Any], *,
     progress(f"training the model on all {len(examples)} messages")
     final = train_from_tokens([e.tokens for e in examples if e.is_spam],
                               [e.tokens for e in examples if not e.is_spam],
-                              params=params, max_bytes=max_bytes, progress=progress)
+                              params=params, calibration_folds=calibration_folds,
+                              max_bytes=max_bytes, progress=progress)
     return FitResult(final, fitted_policy(policy, scores, weight, thresholds), scores, kept,
                      weight, thresholds, table, rates_on, notes)

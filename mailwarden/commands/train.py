@@ -69,8 +69,7 @@ def _policy_document(path: Path | None):
     """(the document as written, its policy part, the validated and defaulted policy)."""
     import yaml
 
-    from filter_server.policy.validate import (apply_defaults, load_policy_file,
-                                               unwrap_policy)
+    from filter_server.policy.validate import apply_defaults, load_policy_file, unwrap_policy
     if path is None:
         return None, {}, apply_defaults({})
     policy = load_policy_file(path, base_dir=path.parent)
@@ -82,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from filter_server.bayes.sources import SourceError
-    from filter_server.bayes.train import train_from_tokens
     from filter_server.engine.fitting import compile_policy, fit, fitted_policy, load_examples
     from filter_server.policy.validate import PolicyInvalid
 
@@ -104,16 +102,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"need at least one ham and one spam message (found {len(ham)} "
                              f"ham in {', '.join(map(str, args.ham))}, {len(spam)} spam in "
                              f"{', '.join(map(str, args.spam))})")
-        if args.calibration_folds != 5:
-            # the model alone, as before fitting existed (calibration folds are a model knob)
-            model = train_from_tokens([e.tokens for e in spam], [e.tokens for e in ham],
-                                      calibration_folds=args.calibration_folds,
-                                      max_bytes=args.max_kib * 1024, progress=say)
-            result = None
-        else:
-            result = fit(ham + spam, policy, targets=dict(args.target_fpr),
-                         max_bytes=args.max_kib * 1024, progress=say)
-            model = result.model
+        result = fit(ham + spam, policy, targets=dict(args.target_fpr),
+                     max_bytes=args.max_kib * 1024,
+                     calibration_folds=args.calibration_folds, progress=say)
+        model = result.model
         data = model.to_bytes()
         _write(args.output, data)
     except PolicyInvalid as exc:
@@ -124,8 +116,6 @@ def run(args: argparse.Namespace) -> int:
         say(f"mailwarden train: {exc}")
         return 2
     say(f"wrote {args.output} ({len(data) / 1024:.0f} KiB, {len(model)} tokens)")
-    if result is None:
-        return 0
     print(f"expected rates per action on {result.rates_on} messages "
           f"(false positives: ham reaching the action; recall: spam reaching it):")
     for line in result.rates:
