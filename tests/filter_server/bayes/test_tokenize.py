@@ -64,16 +64,13 @@ def test_headers_written_after_delivery_are_ignored():
                    or "delivery-date" in x for x in t)
 
 
-def test_received_keeps_the_sending_side_only():
+def test_received_gives_the_shape_of_hops_but_no_hosts_or_networks():
     t = tokens()
-    assert "received:relay.sender.example" in t
-    assert "received:sender.example" in t
-    assert "received:ip:192.0.2" in t and "received:ip:192.0" in t
     assert "received:helo-rdns-match" in t
-    # the receiving site's own hosts ("by ...") say nothing about the message
-    assert "received:store.receiver.example" not in t
-    # ...but a hop *from* one of them is the sending side of that hop
-    assert "received:mx.receiver.example" in t
+    # which relays and networks the mail crossed describes the site that collected it
+    # (and the year), not the mail: no host, domain or IP range of either side
+    received = {x for x in t if x.startswith("received:")}
+    assert not any("example" in x or "192." in x for x in received), received
 
 
 def test_received_facts_about_the_relay():
@@ -116,14 +113,25 @@ def test_sender_facts():
     assert "to:none" in tokenize(parse_message(b"From: a@b.example\n\nhi\n"))
 
 
+def test_list_and_bounce_addresses_are_no_tokens():
+    """Return-Path, Sender and Reply-To name the lists the corpus owner read and the
+    bounce addresses of their software; only whether Reply-To matches From is kept."""
+    t = tokens("Return-Path: <crackmice-admin@crackmice.example>\n"
+               "Sender: crackmice-admin@crackmice.example\n"
+               "Reply-To: list@crackmice.example\n")
+    assert not any("crackmice" in x for x in t), sorted(x for x in t if "crackmice" in x)
+    assert "reply-to:differs" in t
+
+
 def test_links():
     body = ("See http://www.shop.example/deals/today.html?id=5 and "
             "http://192.0.2.7/win and http://user@evil.example/login and "
             "www.nosheme.example/path/pieces")
     t = tokens(body=body)
     assert {"url:www.shop.example", "url:shop.example", "url-tld:example",
-            "url-path:deals", "url-path:today", "url-path:html",
-            "url:192.0.2.7", "url:ip-host", "url:userinfo", "url-path:pieces"} <= t
+            "url:192.0.2.7", "url:ip-host", "url:userinfo"} <= t
+    # path pieces (/click, /images) were the top clues of cross-source false positives
+    assert not any(x.startswith("url-path:") for x in t)
     assert not any(x.startswith("url-scheme") for x in t)   # http then, https now
     mailto = tokenize(parse_message(
         b"Content-Type: text/html\n\n<a href=\"mailto:me@list.example?subject=remove\">x</a>"))

@@ -107,3 +107,37 @@ def test_fit_end_to_end_reports_validation_rates():
                                            "reject": result.thresholds["REJECT"]}
     assert [r.action for r in rates([(1.0, True)], result.thresholds)] == \
         ["TAG", "QUARANTINE", "REJECT"]
+
+
+def test_refitting_a_fitted_policy_keeps_every_rule_fitted():
+    """A rule the fit holds at 0 is written with the smallest score of its sign: written as
+    0 it would become a helper, never fitted again."""
+    policy = {"rules": [
+        {"name": "PRIZE_RULE", "target": "body", "pattern": "prize", "score": 1.0},
+        {"name": "HAM_RULE_ON_SPAM", "target": "body", "pattern": "x", "score": -1.0}]}
+    examples = synthetic_examples(400, 5)
+    # HAM_RULE_ON_SPAM has a ham sign but fires on spam only: the fit holds it at 0
+    examples = [Example(e.name, e.is_spam, e.tokens,
+                        e.fired | ({"HAM_RULE_ON_SPAM"} if e.is_spam and i % 3 == 0 else set()),
+                        e.digest) for i, e in enumerate(examples)]
+    first = fit(examples, policy, progress=lambda line: None)
+    written = {r["name"]: r["score"] for r in first.policy["rules"]}
+    assert written["HAM_RULE_ON_SPAM"] == -0.01
+    second = fit(examples, first.policy, progress=lambda line: None)
+    assert "HAM_RULE_ON_SPAM" in second.scores and second.scores["HAM_RULE_ON_SPAM"] < 0
+    assert second.kept == []
+
+
+def test_thresholds_never_fall_below_the_floors_of_the_model_weight():
+    """Fit ham far below every floor: the model alone may tag only when sure (p >= 0.99),
+    and QUARANTINE / REJECT need rules worth 1.5 / 3 points on top of a sure model."""
+    ham = [-4.0 + i / 1000 for i in range(1000)]
+    notes: list[str] = []
+    thresholds = choose_thresholds(ham, {"TAG": 0.01, "QUARANTINE": 0.005, "REJECT": 0.001},
+                                   notes, model_weight=4.0)
+    assert thresholds == {"TAG": pytest.approx(3.93, abs=0.011),
+                          "QUARANTINE": pytest.approx(5.5, abs=0.011),
+                          "REJECT": pytest.approx(7.0, abs=0.011)}
+    assert 4.0 * (2 * 0.99 - 1) <= thresholds["TAG"] < 4.0          # sure model alone: TAG
+    assert thresholds["QUARANTINE"] > 4.0 and thresholds["REJECT"] > 4.0  # never alone
+    assert sum("raised to its floor" in note for note in notes) == 3
