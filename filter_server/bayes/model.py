@@ -11,7 +11,7 @@ ways instead of letting the larger side win outright — and maps the result thr
 calibration learnt at training time.
 
 File format: gzip-compressed JSON
-    {"format": "mailwarden-bayes/3", "tokenizer": "mailwarden-tokens/3",
+    {"format": "mailwarden-bayes/3", "tokenizer": "mailwarden-tokens/4",
      "nspam": int, "nham": int,
      "params": {"prior_strength": float, "min_strength": float, "max_clues": int,
                 "min_count": int},

@@ -86,7 +86,10 @@ def _words(text: str) -> list[str]:
 def _skeleton_words(words: set[str]) -> tuple[set[str], bool]:
     """`words` (folded) as the model sees them (normalize.py): `i`/`l` merged, leetspeak
     undone; and whether any word was written in leetspeak."""
-    out = {word.translate(SKELETON_TABLE) for word in words}
+    # One translate over all the words joined (no word holds a newline: _WORD splits on
+    # whitespace) instead of one call per word, which cost a third of tokenize.
+    out = set("\n".join(words).translate(SKELETON_TABLE).split("\n"))
+    out.discard("")
     leet = False
     # Most words are letters only; only the others can hold leet digits.
     for word in [word for word in out if not word.isalpha()]:
