@@ -252,4 +252,5 @@ def verdict_dict(response: filter_pb2.ClassifyResponse) -> dict:
                  for h in response.hits],
         "suppressed_recipients": list(response.suppressed_recipients),
         "suppression_state": filter_pb2.SuppressionState.Name(response.suppression_state),
+        "authentication_results": response.authentication_results,
     }

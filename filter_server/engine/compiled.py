@@ -11,10 +11,13 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from filter_server.auth.evaluate import AuthOutcome, AuthSettings, evaluate
+from filter_server.auth.gather import Evidence
 from filter_server.bayes.model import BayesModel
 from filter_server.bayes.tokenize import tokenize
 from filter_server.message import ParsedMessage, parse_message
 from filter_server.patterns import PatternRule, TargetDatabase, target_key
+from filter_server.policy.auth_rules import ALL_RULES
 from filter_server.policy.loader import LoadedPolicy
 from filter_server.policy.meta import MetaExpression, parse_meta
 
@@ -44,6 +47,9 @@ class Verdict:
     spam_probability: float   # -1 when the policy has no model
     policy_hash: str
     fired: frozenset[str] = field(default_factory=frozenset)
+    # RFC 8601 Authentication-Results value (without the field name), "" when the policy
+    # does not authenticate: what the milter/header paths add to the message.
+    authentication_results: str = ""
 
 
 def body_digest(body_text: str) -> str:
@@ -74,6 +80,9 @@ class _Lists:
         self.domains = {d.lower().rstrip(".") for d in spec["domains"]}
         self.hosts = {h.lower().rstrip(".") for h in spec["uriHosts"]}
         self.empty = not (self.senders or self.domains or self.hosts)
+        # Allow lists match authenticated identities unless the policy opts out.
+        self.authenticated_only = prefix == "ALLOWLIST" and \
+            not spec.get("matchUnauthenticated", False)
         # Hits are immutable: made once, shared by every verdict.
         self._sender_hit = Hit(f"{prefix}_SENDER", self.score, "sender address is listed")
         self._domain_hit = Hit(f"{prefix}_DOMAIN", self.score, "sender domain is listed")
@@ -90,6 +99,27 @@ class _Lists:
                               for d in _domain_and_parents(h)):
             out.append(self._host_hit)
         return out
+
+    def authenticated_hits(self, auth: AuthOutcome | None,
+                           uri_hosts: list[str]) -> list[Hit]:
+        """Senders and domains matched against what authentication proved (nothing when
+        the message was not authenticated); link hosts as usual."""
+        out = []
+        if auth is not None:
+            if self.senders and not self.senders.isdisjoint(auth.senders):
+                out.append(self._sender_hit)
+            if self.domains and any(d in self.domains for domain in auth.domains
+                                    for d in _domain_and_parents(domain)):
+                out.append(self._domain_hit)
+        if self.hosts and any(d in self.hosts for h in uri_hosts
+                              for d in _domain_and_parents(h)):
+            out.append(self._host_hit)
+        return out
+
+
+def _auth_hits(scores: dict[str, float]) -> dict[str, Hit]:
+    return {name: Hit(name, float(scores.get(name, default)), description)
+            for name, (default, description) in ALL_RULES.items()}
 
 
 _SIGNATURE_DESCRIPTION = "body matches a known spam signature"
@@ -122,6 +152,8 @@ class CompiledPolicy:
         # One immutable Hit per rule, made here instead of per message.
         self._rule_hits = [Hit(rule["name"], float(rule["score"]), rule.get("description", ""))
                            for rule in self.rules]
+        self.auth = AuthSettings.from_policy(policy["authentication"])
+        self._auth_hits = _auth_hits(policy["authentication"]["scores"])
         self.allow = _Lists(policy["lists"]["allow"], "ALLOWLIST")
         self.block = _Lists(policy["lists"]["block"], "BLOCKLIST")
         self.digests = frozenset(policy["signatures"]["digests"])
@@ -190,9 +222,12 @@ class CompiledPolicy:
                     dbs[name].scan(_encode(text), fired)
         return fired
 
-    def classify(self, raw: bytes, envelope: Envelope = Envelope()) -> Verdict:
+    def classify(self, raw: bytes, envelope: Envelope = Envelope(), *,
+                 evidence: Evidence | None = None) -> Verdict:
+        """The verdict on one message; `evidence` is what the authentication service
+        gathered from DNS for it (filter_server/auth), when the policy authenticates."""
         parsed = parse_message(raw, max_text_bytes=self.max_scan_bytes)
-        return self.classify_parsed(parsed, envelope)
+        return self.classify_parsed(parsed, envelope, raw=raw, evidence=evidence)
 
     def parse(self, raw: bytes) -> ParsedMessage:
         """`raw` parsed the way `classify` parses it (this policy's scan limit)."""
@@ -202,12 +237,22 @@ class CompiledPolicy:
         """Every rule, list, signature and meta rule that fires, without the model."""
         return self._rules(parsed, envelope)[0]
 
-    def _rules(self, parsed: ParsedMessage, envelope: Envelope) -> tuple[list[Hit], set[str]]:
+    def _rules(self, parsed: ParsedMessage, envelope: Envelope, raw: bytes = b"",
+               evidence: Evidence | None = None
+               ) -> tuple[list[Hit], set[str], AuthOutcome | None]:
         rule_hits = self._rule_hits
         hits = [rule_hits[index] for index in sorted(set(self.scan(parsed, envelope)))]
         senders = [s.lower() for s in (envelope.mail_from, parsed.from_address) if s]
+        auth: AuthOutcome | None = None
+        if self.auth.enabled and evidence is not None:
+            auth = evaluate(raw, evidence, self.auth, body_text=parsed.body_text,
+                            uris=parsed.uris)
+            hits += [self._auth_hit(name, detail) for name, detail in auth.rules]
         if not self.allow.empty:
-            hits += self.allow.hits(senders, parsed.uri_hosts)
+            if self.allow.authenticated_only:
+                hits += self.allow.authenticated_hits(auth, parsed.uri_hosts)
+            else:
+                hits += self.allow.hits(senders, parsed.uri_hosts)
         if not self.block.empty:
             hits += self.block.hits(senders, parsed.uri_hosts)
         if self.digests and body_digest(parsed.body_text) in self.digests:
@@ -219,10 +264,13 @@ class CompiledPolicy:
             if expression.evaluate(fired):
                 fired.add(name)
                 hits.append(hit)
-        return hits, fired
+        return hits, fired, auth
 
-    def classify_parsed(self, parsed: ParsedMessage, envelope: Envelope = Envelope()) -> Verdict:
-        hits, fired = self._rules(parsed, envelope)
+    def classify_parsed(self, parsed: ParsedMessage, envelope: Envelope = Envelope(), *,
+                        raw: bytes = b"", evidence: Evidence | None = None) -> Verdict:
+        """`classify` of a message parsed already (`parse`); authentication needs the raw
+        bytes as well as the evidence (DKIM hashes the message as it came)."""
+        hits, fired, auth = self._rules(parsed, envelope, raw, evidence)
         probability = -1.0
         if self.model is not None:
             probability, certainty = self.model.explain(tokenize(parsed))
@@ -239,4 +287,9 @@ class CompiledPolicy:
             action = "TAG"
         else:
             action = "ACCEPT"
-        return Verdict(action, score, hits, probability, self.hash, frozenset(fired))
+        return Verdict(action, score, hits, probability, self.hash, frozenset(fired),
+                       auth.header if auth is not None else "")
+
+    def _auth_hit(self, name: str, detail: str) -> Hit:
+        hit = self._auth_hits[name]
+        return Hit(name, hit.score, f"{hit.description} ({detail})") if detail else hit

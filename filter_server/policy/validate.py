@@ -8,6 +8,7 @@ stops at the first error and never raises on bad input.
 from __future__ import annotations
 
 import copy
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,11 +18,13 @@ import yaml
 
 from filter_server.patterns import pattern_problems
 from filter_server.policy import meta, schema
+from filter_server.policy.auth_rules import ALL_RULES, AUTH_RULES, BULK_RULES
 
 SYNTHETIC_RULES = frozenset({
     "ALLOWLIST_SENDER", "ALLOWLIST_DOMAIN", "ALLOWLIST_URI_HOST",
     "BLOCKLIST_SENDER", "BLOCKLIST_DOMAIN", "BLOCKLIST_URI_HOST",
     "KNOWN_SPAM_SIGNATURE", "MIME_MALFORMED", "BAYES",
+    *ALL_RULES,
 })
 
 
@@ -92,6 +95,20 @@ def apply_defaults(policy: dict[str, Any]) -> dict[str, Any]:
         for key in ("senders", "domains", "uriHosts"):
             block.setdefault(key, [])
         block.setdefault("score", score)
+    lists["allow"].setdefault("matchUnauthenticated", False)
+    auth = out.setdefault("authentication", {})
+    auth.setdefault("enabled", False)
+    auth.setdefault("authservId", schema.DEFAULT_AUTHSERV_ID)
+    dns = auth.setdefault("dns", {})
+    dns.setdefault("servers", [])
+    dns.setdefault("timeoutSeconds", schema.DEFAULT_DNS_TIMEOUT_SECONDS)
+    dns.setdefault("budgetSeconds", schema.DEFAULT_DNS_BUDGET_SECONDS)
+    dns.setdefault("cacheEntries", schema.DEFAULT_DNS_CACHE_ENTRIES)
+    auth.setdefault("arc", {}).setdefault("trustedSealers", [])
+    auth.setdefault("bulkGate", {}).setdefault("enabled", False)
+    scores = auth.setdefault("scores", {})
+    for name, (score, _description) in ALL_RULES.items():
+        scores.setdefault(name, score)
     signatures = out.setdefault("signatures", {})
     signatures.setdefault("digests", [])
     signatures.setdefault("score", schema.DEFAULT_SIGNATURE_SCORE)
@@ -163,6 +180,8 @@ def validate_policy(policy: Any, *, base_dir: Path | None = None) -> list[Policy
         errors.append(PolicyError(f"metaRules[{where}].expression",
                                   "meta rules form a cycle: " + " -> ".join(cycle)))
 
+    errors += _authentication_errors(policy, parsed)
+
     model = policy.get("model")
     if model is not None:
         if "file" not in model and "configMapRef" not in model:
@@ -172,6 +191,56 @@ def validate_policy(policy: Any, *, base_dir: Path | None = None) -> list[Policy
         if base_dir is not None and "file" in model and not (base_dir / model["file"]).is_file():
             errors.append(PolicyError("model.file",
                                       f"{model['file']!r} not found in {base_dir}"))
+    return errors
+
+
+def _authentication_errors(policy: dict[str, Any],
+                           metas: dict[str, meta.MetaExpression]) -> list[PolicyError]:
+    """What authentication settings leave impossible or unsafe (defaults applied)."""
+    errors = []
+    auth = policy["authentication"]
+    for i, server in enumerate(auth["dns"]["servers"]):
+        host = server[1:].partition("]")[0] if server.startswith("[") else \
+            (server.rpartition(":")[0] if server.count(":") == 1 else server)
+        port = server.rpartition("]:")[2] if server.startswith("[") and "]:" in server else \
+            (server.rpartition(":")[2] if server.count(":") == 1 else "53")
+        try:
+            ipaddress.ip_address(host)
+            if not 0 < int(port) < 65536:
+                raise ValueError(port)
+        except ValueError:
+            errors.append(PolicyError(f"authentication.dns.servers[{i}]",
+                                      f"{server!r} is not an IP address with an optional "
+                                      "port (10.0.0.10, 10.0.0.10:53, fd00::a, [fd00::a]:53)"))
+    if auth["dns"]["budgetSeconds"] < auth["dns"]["timeoutSeconds"]:
+        errors.append(PolicyError("authentication.dns.budgetSeconds",
+                                  "must be at least timeoutSeconds (one lookup must fit)"))
+    allow = policy["lists"]["allow"]
+    if not auth["enabled"] and not allow["matchUnauthenticated"] and \
+            (allow["senders"] or allow["domains"]):
+        errors.append(PolicyError(
+            "lists.allow", "allow-listed senders and domains match only authenticated "
+            "senders: set authentication.enabled (recommended), or set "
+            "lists.allow.matchUnauthenticated to match the forgeable MAIL FROM and From "
+            "header as written"))
+    if auth["bulkGate"]["enabled"] and not auth["enabled"]:
+        errors.append(PolicyError("authentication.bulkGate.enabled",
+                                  "the bulk gate verifies DKIM: it needs "
+                                  "authentication.enabled"))
+    for i, rule in enumerate(policy["metaRules"]):
+        expression = metas.get(rule["name"])
+        if expression is None:
+            continue
+        off = set()
+        if not auth["enabled"]:
+            off |= expression.names() & set(AUTH_RULES)
+        if not auth["bulkGate"]["enabled"]:
+            off |= expression.names() & set(BULK_RULES)
+        if off:
+            errors.append(PolicyError(
+                f"metaRules[{i}].expression",
+                f"refers to {', '.join(sorted(off))}, which never fire(s) while "
+                f"{'authentication' if off & set(AUTH_RULES) else 'the bulk gate'} is off"))
     return errors
 
 

@@ -62,6 +62,9 @@ class ServeConfig:
     # from $MAILWARDEN_MEMORY_LIMIT_BYTES or the cgroup; the supervisor hands each worker its
     # share. The budget for messages in flight is derived from it (server/memory.py).
     memory_limit_bytes: int = 0
+    # The UnsubscribeStore's signing keys (its mounted Secret: `current` and `previous`),
+    # with which the bulk gate verifies one-click tokens (docs/authentication.md).
+    signing_key_dir: Path | None = None
 
     def to_json(self) -> str:
         doc = dataclasses.asdict(self)
@@ -73,7 +76,7 @@ class ServeConfig:
     @classmethod
     def from_json(cls, text: str) -> "ServeConfig":
         doc = json.loads(text)
-        for key in ("policy_dir", "tls_dir", "port_file"):
+        for key in ("policy_dir", "tls_dir", "port_file", "signing_key_dir"):
             if doc.get(key) is not None:
                 doc[key] = Path(doc[key])
         return cls(**doc)

@@ -16,8 +16,11 @@ from typing import Iterator
 
 import grpc
 
+from filter_server.auth.gather import Evidence
+from filter_server.auth.service import Authenticator
 from filter_server.engine.compiled import Envelope, Verdict
 from filter_server.message import MAX_PARSE_BYTES
+from filter_server.server.authentication import gather_for
 from filter_server.server.cost import CostModel
 from filter_server.server.memory import MemoryBudget
 from filter_server.server.metrics import FilterMetrics
@@ -94,8 +97,10 @@ def add_filter_service(servicer: "FilterServicer", server: grpc.Server) -> None:
 class FilterServicer:
     def __init__(self, holder: PolicyHolder, metrics: FilterMetrics, log: logging.Logger, *,
                  suppression: SuppressionProvider, max_message_bytes: int,
-                 max_concurrent_rpcs: int, memory: MemoryBudget) -> None:
+                 max_concurrent_rpcs: int, memory: MemoryBudget,
+                 authenticator: Authenticator | None = None) -> None:
         self._holder = holder
+        self._authenticator = authenticator
         self._metrics = metrics
         self._log = log
         self._suppression = suppression
@@ -151,6 +156,7 @@ class FilterServicer:
             self._keep_memory(held, len(raw) + HELD_OVERHEAD_BYTES)
             self._check_size(len(raw))
             self._check(call, context)
+            self._authenticate(call, context)
             self._join_queue(held, len(raw), context)
             return self._answer(held, call, context, "Classify")
         except Rejected as exc:
@@ -189,6 +195,7 @@ class FilterServicer:
                     self._reserve_memory(held, len(raw) + HELD_OVERHEAD_BYTES, context,
                                          no_deadline_wait=STREAM_MEMORY_WAIT_SECONDS)
                     self._check(call, context)
+                    self._authenticate(call, context)
                     self._join_queue(held, len(raw), context)
                     response = self._answer(held, call, context, "ClassifyStream")
                 except Rejected as exc:
@@ -274,6 +281,15 @@ class FilterServicer:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                            "message is empty: send the raw RFC 5322 message bytes")
 
+    def _authenticate(self, call: "_Call", context: grpc.ServicerContext) -> None:
+        """Sender authentication's DNS lookups, before the call queues for its turn (a
+        slow answer then holds up only this call). Never fails the call: what DNS does not
+        answer in time becomes a TEMPERROR result."""
+        if self._authenticator is not None:
+            call.evidence = gather_for(self._authenticator, self._holder.current, call.raw,
+                                       call.envelope, call.mail_class, call.list_scope,
+                                       _deadline_left(context))
+
     def _join_queue(self, held: _Held, size: int, context: grpc.ServicerContext) -> None:
         """Deadline-aware: a call whose answer is expected after more than half of what is
         left of its deadline is refused now (the caller can go elsewhere) rather than left
@@ -325,7 +341,7 @@ class FilterServicer:
         raw = call.raw
         started = time.perf_counter()
         try:
-            verdict = policy.classify(raw, call.envelope)
+            verdict = policy.classify(raw, call.envelope, evidence=call.evidence)
         finally:
             self._turns.done(turn)
         suppression = self._suppression.check(call.recipients, call.mail_class,
@@ -352,7 +368,8 @@ class _Call:
     """What classification needs of a request, without the request (which holds a copy of
     the message)."""
 
-    __slots__ = ("request_id", "raw", "envelope", "recipients", "mail_class", "list_scope")
+    __slots__ = ("request_id", "raw", "envelope", "recipients", "mail_class", "list_scope",
+                 "evidence")
 
     def __init__(self, request: filter_pb2.ClassifyRequest) -> None:
         env = request.envelope
@@ -362,6 +379,7 @@ class _Call:
         self.envelope = Envelope(env.mail_from, self.recipients, env.client_ip, env.helo)
         self.mail_class = request.mail_class
         self.list_scope = request.list_scope
+        self.evidence: Evidence | None = None  # set by _authenticate
 
 
 def _announced_size(context: grpc.ServicerContext) -> int | None:
@@ -395,4 +413,5 @@ def _response(request_id: str, verdict: Verdict) -> filter_pb2.ClassifyResponse:
         request_id=request_id, action=_ACTIONS[verdict.action], score=verdict.score,
         hits=[filter_pb2.RuleHit(name=h.name, score=h.score, description=h.description)
               for h in verdict.hits],
-        spam_probability=verdict.spam_probability, policy_hash=verdict.policy_hash)
+        spam_probability=verdict.spam_probability, policy_hash=verdict.policy_hash,
+        authentication_results=verdict.authentication_results)

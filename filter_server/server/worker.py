@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from filter_server.engine.compiled import CompiledPolicy
+from filter_server.server.authentication import make_authenticator
 from filter_server.server.config import (
     ENVELOPE_ALLOWANCE_BYTES,
     EXIT_CONFIG,
@@ -120,8 +121,10 @@ class Worker:
                 SuppressionCache(config.suppression_store,
                                  stale_after=config.suppression_stale_after), self.metrics)
             suppression = self.store_suppression
+        self.authenticator = make_authenticator(self.metrics, config.signing_key_dir,
+                                                self.log)
         self.servicer = FilterServicer(
-            self.holder, self.metrics, self.log,
+            self.holder, self.metrics, self.log, authenticator=self.authenticator,
             suppression=suppression or NoSuppressionStore(),
             max_message_bytes=config.max_message_bytes,
             max_concurrent_rpcs=config.max_concurrent_rpcs,
@@ -275,6 +278,7 @@ class Worker:
             self.server.stop(config.grace_seconds).wait()
         if self.store_suppression is not None:
             self.store_suppression.stop()
+        self.authenticator.close()
         self.log.info("stopped")
 
 

@@ -90,6 +90,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "$MAILWARDEN_MEMORY_LIMIT_BYTES, which the operator sets from the "
                         "pod's memory limit; else the cgroup's limit; else no limit (each "
                         "worker then holds at most 1 GiB of messages)]")
+    parser.add_argument("--signing-key-dir", type=Path, default=None, metavar="DIR",
+                        help="the unsubscribe store's signing keys (a directory with "
+                        "'current' and optional 'previous', e.g. its mounted Secret): the "
+                        "bulk gate of policies with authentication.bulkGate verifies "
+                        "one-click tokens with them; without it tokens are not checked "
+                        "(BULK_ONECLICK_TOKEN_UNCHECKED)")
     parser.set_defaults(func=run)
 
 
@@ -118,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         policy_wait_seconds=args.policy_wait_seconds, port_file=args.port_file,
         suppression_store=args.suppression_store,
         suppression_stale_after=args.suppression_stale_after,
-        memory_limit_bytes=memory_limit)
+        memory_limit_bytes=memory_limit, signing_key_dir=args.signing_key_dir)
     problems = config.problems()
     if problems:
         for problem in problems:
