@@ -31,6 +31,48 @@ def _strip_trailing_whitespace(content: bytes) -> bytes:
 
 dkim.canonicalization.strip_trailing_whitespace = _strip_trailing_whitespace
 
+_HEADER_NAME = re.compile(rb"([\x21-\x7e]+?):")
+
+
+def _rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """Linear replacement for dkimpy's `rfc822_parse`, which appends each continuation
+    line to the header's value by concatenation, copying the value each time: a header
+    folded over 256 KiB took 0.9 s, 1 MiB about 15 s, while the message is classified
+    (issue 20, item 1). Same output; a continuation line before any header, where dkimpy
+    raised IndexError (an internal error for the whole call), is a MessageFormatError like
+    any other line that is not a header."""
+    headers: list[list[bytes]] = []
+    pieces: list[bytes] = []  # the value of headers[-1], still in pieces
+    lines = re.split(b"\r?\n", message)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line:  # end of headers: the body follows the blank line
+            i += 1
+            break
+        if line[0] in (0x09, 0x20):
+            if not headers:
+                raise dkim.MessageFormatError("RFC822 header starts with a continuation "
+                                              f"line: {line[:80]!r}")
+            pieces += (line, b"\r\n")
+        else:
+            match = _HEADER_NAME.match(line)
+            if match is not None:
+                if headers:
+                    headers[-1][1] = b"".join(pieces)
+                headers.append([match.group(1), b""])
+                pieces = [line[match.end(0):], b"\r\n"]
+            elif not line.startswith(b"From "):
+                raise dkim.MessageFormatError("Unexpected characters in RFC822 header: "
+                                              f"{line[:80]!r}")
+        i += 1
+    if headers:
+        headers[-1][1] = b"".join(pieces)
+    return headers, b"\r\n".join(lines[i:])
+
+
+dkim.rfc822_parse = _rfc822_parse
+
 
 @dataclass(frozen=True)
 class KeyRequest:

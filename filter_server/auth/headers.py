@@ -25,19 +25,21 @@ class HeaderField:
 def header_fields(raw: bytes) -> list[HeaderField]:
     """The header fields of `raw`, in order, unfolded."""
     block = raw[:MAX_HEADER_BLOCK_BYTES]
-    fields: list[list[str]] = []
+    # (name, pieces of the value): a folded value is joined once at the end, not grown
+    # line by line (that copies it per line: quadratic in a header folded over the block)
+    fields: list[tuple[str, list[str]]] = []
     for line in block.decode("latin-1").split("\n"):
         line = line.rstrip("\r")
         if not line:
             break
         if line[0] in " \t":
             if fields:
-                fields[-1][1] += " " + line.strip()
+                fields[-1][1].append(line.strip())
             continue
         name, sep, value = line.partition(":")
         if sep and name and " " not in name and "\t" not in name:
-            fields.append([name, value.strip()])
-    return [HeaderField(name, value) for name, value in fields]
+            fields.append((name, [value.strip()]))
+    return [HeaderField(name, " ".join(pieces)) for name, pieces in fields]
 
 
 def tags(value: str) -> dict[str, str] | None:

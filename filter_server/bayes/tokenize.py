@@ -44,6 +44,7 @@ import re
 
 from filter_server.bayes.normalize import SKELETON_TABLE, fold, obfuscation, unleet
 from filter_server.message import ParsedMessage
+from filter_server.textscan import find_emails, find_hosts, first_address
 
 TOKENIZER_VERSION = "mailwarden-tokens/4"
 
@@ -65,13 +66,16 @@ POST_DELIVERY_HEADERS = frozenset((
     "x-virus-scanned",
 ))
 
+# Patterns whose plain `re` form is quadratic on crafted text (a 64 KB body of "a…@b…"
+# took 28 s) are linear scanners in filter_server/textscan.py, which give the same matches:
+# hosts `[a-z0-9][a-z0-9.-]*\.[a-z]{2,}` (find_hosts), body addresses
+# `[\w.+-]+@[\w-]+(?:\.[\w-]+)+` (find_emails), the first address of a header
+# `[\w.+=-]+@[\w.-]+` (first_address). Every pattern left
+# here cannot fail after a long scan (see textscan's docstring).
 _WORD = re.compile(r"[^\s<>\"'(){}\[\],;:=]+")
 _EDGE = ".!?*-_/\\|#~`^+"
-_HOST = re.compile(r"[a-z0-9][a-z0-9.-]*\.[a-z]{2,}")
 _IP = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.\d{1,3}\b")
 _IP_FULL = re.compile(r"\[?\d{1,3}(?:\.\d{1,3}){3}\]?")
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_ADDRESS = re.compile(r"[\w.+=-]+@[\w.-]+")
 _RECEIVED_FROM = re.compile(r"from\s+(\S+)(?:\s+\(([^)]*)\))?")
 _SUBJECT_PUNCT = re.compile(r"[!$?*%.]{2,}|[!$]")
 _LOCAL_DIGITS = re.compile(r"\d{3,}")
@@ -107,8 +111,8 @@ def _domain(host: str) -> str:
 
 
 def _address(value: str) -> str:
-    found = _ADDRESS.search(value)
-    return found.group(0).lower().strip(".") if found else ""
+    found = first_address(value)
+    return found.lower().strip(".") if found else ""
 
 
 def tokenize(msg: ParsedMessage) -> set[str]:
@@ -157,7 +161,7 @@ def _body_tokens(body: str) -> set[str]:
         holding = [chunk for chunk in chunks if "@" in chunk]
     found: list[str] = []
     for chunk in holding:
-        found += _EMAIL.findall(chunk)
+        found += find_emails(chunk, MAX_BODY_ADDRESSES - len(found))
         if len(found) >= MAX_BODY_ADDRESSES:
             break
     for address in found[:MAX_BODY_ADDRESSES]:
@@ -227,7 +231,7 @@ def _received_tokens(value: str, add) -> None:
         return
     if "unknown" in detail:
         add("received:rdns-unknown")
-    rdns = _HOST.findall(detail)
+    rdns = find_hosts(detail)
     if rdns and "." in helo:
         suffix = _domain(helo.strip("[]"))
         add("received:helo-rdns-match" if any(h.endswith(suffix) for h in rdns)

@@ -15,6 +15,7 @@ from filter_server.auth.evaluate import AuthOutcome, AuthSettings, evaluate
 from filter_server.auth.gather import Evidence
 from filter_server.bayes.model import BayesModel
 from filter_server.bayes.tokenize import tokenize
+from filter_server.cpu_budget import ScanBudget
 from filter_server.message import ParsedMessage, parse_message
 from filter_server.patterns import PatternRule, TargetDatabase, target_key
 from filter_server.policy.auth_rules import ALL_RULES
@@ -124,6 +125,8 @@ def _auth_hits(scores: dict[str, float]) -> dict[str, Hit]:
 
 _SIGNATURE_DESCRIPTION = "body matches a known spam signature"
 _MALFORMED_HIT = Hit("MIME_MALFORMED", 0.0, "the MIME structure is broken")
+# Like MIME_MALFORMED it scores nothing itself; a policy scores it with a meta rule.
+BUDGET_RULE = "SCAN_BUDGET_EXCEEDED"
 
 
 class CompiledPolicy:
@@ -223,11 +226,17 @@ class CompiledPolicy:
         return fired
 
     def classify(self, raw: bytes, envelope: Envelope = Envelope(), *,
+                 cpu_budget_seconds: float | None = None,
                  evidence: Evidence | None = None) -> Verdict:
         """The verdict on one message; `evidence` is what the authentication service
-        gathered from DNS for it (filter_server/auth), when the policy authenticates."""
-        parsed = parse_message(raw, max_text_bytes=self.max_scan_bytes)
-        return self.classify_parsed(parsed, envelope, raw=raw, evidence=evidence)
+        gathered from DNS for it (filter_server/auth), when the policy authenticates. With
+        `cpu_budget_seconds`, parsing stops once this thread has spent that much CPU time
+        on it; what was read is classified as usual and a SCAN_BUDGET_EXCEEDED hit says how
+        much that was (filter_server/cpu_budget.py)."""
+        budget = ScanBudget(cpu_budget_seconds) if cpu_budget_seconds else None
+        parsed = parse_message(raw, max_text_bytes=self.max_scan_bytes, budget=budget)
+        return self.classify_parsed(parsed, envelope, raw=raw, evidence=evidence,
+                                    cpu_budget_seconds=cpu_budget_seconds)
 
     def parse(self, raw: bytes) -> ParsedMessage:
         """`raw` parsed the way `classify` parses it (this policy's scan limit)."""
@@ -238,7 +247,7 @@ class CompiledPolicy:
         return self._rules(parsed, envelope)[0]
 
     def _rules(self, parsed: ParsedMessage, envelope: Envelope, raw: bytes = b"",
-               evidence: Evidence | None = None
+               evidence: Evidence | None = None, cpu_budget_seconds: float | None = None
                ) -> tuple[list[Hit], set[str], AuthOutcome | None]:
         rule_hits = self._rule_hits
         hits = [rule_hits[index] for index in sorted(set(self.scan(parsed, envelope)))]
@@ -259,6 +268,10 @@ class CompiledPolicy:
             hits.append(self._signature_hit)
         if parsed.malformed:
             hits.append(_MALFORMED_HIT)
+        if parsed.budget_note is not None:
+            budget = f" of {cpu_budget_seconds:g} s" if cpu_budget_seconds else ""
+            hits.append(Hit(BUDGET_RULE, 0.0, f"the CPU budget{budget} per message ran out: "
+                            f"{parsed.budget_note}; the rest was not read"))
         fired = {h.name for h in hits}
         for name, expression, hit in self._meta_hits:
             if expression.evaluate(fired):
@@ -267,10 +280,11 @@ class CompiledPolicy:
         return hits, fired, auth
 
     def classify_parsed(self, parsed: ParsedMessage, envelope: Envelope = Envelope(), *,
-                        raw: bytes = b"", evidence: Evidence | None = None) -> Verdict:
+                        raw: bytes = b"", evidence: Evidence | None = None,
+                        cpu_budget_seconds: float | None = None) -> Verdict:
         """`classify` of a message parsed already (`parse`); authentication needs the raw
         bytes as well as the evidence (DKIM hashes the message as it came)."""
-        hits, fired, auth = self._rules(parsed, envelope, raw, evidence)
+        hits, fired, auth = self._rules(parsed, envelope, raw, evidence, cpu_budget_seconds)
         probability = -1.0
         if self.model is not None:
             probability, certainty = self.model.explain(tokenize(parsed))

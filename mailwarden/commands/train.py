@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -93,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     if args.calibration_folds == 1 or args.calibration_folds < 0:
         say("mailwarden train: calibration folds must be 0 (no calibration) or at least 2")
         return 2
+    problem = _unwritable(args.output)
+    if problem:  # before training, which takes a while, not after it
+        print(f"mailwarden train: -o {args.output}: {problem}", file=sys.stderr)
+        return 2
     try:
         document, written, policy = _policy_document(args.policy)
         rules_only = compile_policy(policy, None)
@@ -139,3 +144,15 @@ def run(args: argparse.Namespace) -> int:
             return 2
         say(f"wrote {args.policy_out} (fitted scores, model weight and thresholds)")
     return 0
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (None: it can, as far as can be told)."""
+    directory = path.parent
+    if not directory.is_dir():
+        return f"directory {directory} does not exist"
+    if path.is_dir():
+        return "is a directory"
+    if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None
