@@ -64,7 +64,6 @@ _FOLD_TABLE = {**_ACCENTS, **_CONFUSABLE_TABLE}
 SKELETON_TABLE = str.maketrans({"i": "l", "|": "l"})
 _LEET = str.maketrans({"0": "o", "1": "l", "3": "e", "4": "a", "5": "s", "7": "t",
                        "@": "a", "$": "s"})
-_LEET_CHARS = frozenset("0134578@$")
 _ASCII_LETTERS = frozenset(_LETTERS)
 
 
@@ -77,10 +76,10 @@ def fold(text: str) -> str:
 
 
 def skeleton(word: str) -> str:
-    """A folded word as the model sees it: `i`/`l` merged, leetspeak undone."""
-    if not word.isalpha() and _LEET_CHARS.intersection(word):
-        word = unleet(word)
-    return word.translate(SKELETON_TABLE)
+    """A folded word as the model sees it: `i`/`l`/`|` merged, then leetspeak undone (in
+    that order, so "d0wn|oad" becomes "download": the pipe is a letter once merged)."""
+    word = word.translate(SKELETON_TABLE)
+    return word if word.isalpha() else unleet(word)
 
 
 def unleet(word: str) -> str:
@@ -92,6 +91,23 @@ def unleet(word: str) -> str:
         return word
     # "2024" and "$5" map to letters too; require letters in the original word, and at
     # least as many letters as substitutes so model numbers ("a4", "b2b") stay.
+    letters = sum(ch in _ASCII_LETTERS for ch in word)
+    if letters < 2 or letters < len(word) - letters:
+        return word
+    return mapped
+
+
+def unleet_many(words: list[str]) -> list[str]:
+    """`unleet` of each word (same result, position for position), with one translate over
+    all of them joined instead of one per word (no word may hold a newline)."""
+    mapped = "\n".join(words).translate(_LEET).split("\n")
+    return [_unleet_checked(word, plain) if plain != word else word
+            for word, plain in zip(words, mapped)]
+
+
+def _unleet_checked(word: str, mapped: str) -> str:
+    if not mapped.isalpha():
+        return word
     letters = sum(ch in _ASCII_LETTERS for ch in word)
     if letters < 2 or letters < len(word) - letters:
         return word

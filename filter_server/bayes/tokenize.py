@@ -42,7 +42,7 @@ from __future__ import annotations
 import email.utils
 import re
 
-from filter_server.bayes.normalize import SKELETON_TABLE, fold, obfuscation, unleet
+from filter_server.bayes.normalize import fold, obfuscation, unleet_many
 from filter_server.message import ParsedMessage
 from filter_server.textscan import find_emails, find_hosts, first_address
 
@@ -90,14 +90,15 @@ def _words(text: str) -> list[str]:
 def _skeleton_words(words: set[str]) -> tuple[set[str], bool]:
     """`words` (folded) as the model sees them (normalize.py): `i`/`l` merged, leetspeak
     undone; and whether any word was written in leetspeak."""
-    # One translate over all the words joined (no word holds a newline: _WORD splits on
-    # whitespace) instead of one call per word, which cost a third of tokenize.
-    out = set("\n".join(words).translate(SKELETON_TABLE).split("\n"))
+    # All the words joined (no word holds a newline: _WORD splits on whitespace) and the
+    # look-alikes replaced at once (str.replace is a memchr loop): one call per word cost
+    # a third of tokenize. The same as normalize.SKELETON_TABLE (i -> l, | -> l).
+    out = set("\n".join(words).replace("i", "l").replace("|", "l").split("\n"))
     out.discard("")
     leet = False
     # Most words are letters only; only the others can hold leet digits.
-    for word in [word for word in out if not word.isalpha()]:
-        plain = unleet(word)
+    others = [word for word in out if not word.isalpha()]
+    for word, plain in zip(others, unleet_many(others)):
         if plain != word:
             out.discard(word)
             out.add(plain)

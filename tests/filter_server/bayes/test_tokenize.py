@@ -188,3 +188,19 @@ def test_same_message_same_tokens_and_no_crash_on_garbage():
     for raw in (b"", b"\x00\xff\xfe", b"Subject: =?bogus?Q?x?=\n\n",
                 b"Content-Type: multipart/mixed\n\nno boundary at all"):
         assert isinstance(tokenize(parse_message(raw)), set)
+
+
+def test_words_are_folded_in_bulk_exactly_as_one_by_one():
+    # tokenize folds all of a message's words in one call (speed); normalize.py defines
+    # the folding word by word. They must agree on every kind of word.
+    from filter_server.bayes.normalize import skeleton, unleet, unleet_many
+    from filter_server.bayes.tokenize import _skeleton_words
+
+    words = ["v1agra", "n0w", "fr3e", "$100", "2024-05-01", "a4", "b2b", "win32", "mp3",
+             "x@y3.example", "m|crosoft", "paypa1", "d0wn|oad", "l1l1", "@@", "3", "ab",
+             "1ndeed", "c4$h", "plain", "", "h3ll0-w0rld", "ii|ll"]
+    assert unleet_many(words) == [unleet(w) for w in words]
+    folded, leet = _skeleton_words(set(words))
+    assert folded == {skeleton(w) for w in words} - {""}
+    assert leet
+    assert _skeleton_words({"plain", "2024"}) == ({"plaln", "2024"}, False)
