@@ -68,8 +68,10 @@ def test_breaker_answers_at_once_once_a_server_keeps_timing_out(
                                    ip=CLIENT_IP, mail_from=f"u{i}@d{i}.test")
             times.append(time.monotonic() - started)
             assert "SPF_TEMPERROR" in names(outcome)
-    # After BREAKER_FAILURES timeouts the server is skipped: answers come at once.
-    assert max(times[-4:]) < 0.05, [f"{t:.3f}" for t in times]
+    # After BREAKER_FAILURES timeouts the server is skipped: answers come without waiting
+    # for a 0.2 s timeout (the bound is below one timeout, not a speed figure, so a busy
+    # machine does not make it flake).
+    assert max(times[-4:]) < 0.15, [f"{t:.3f}" for t in times]
     assert metrics.lookups["resolver-down"] > 0
 
 
