@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -23,7 +22,10 @@ from unsubscribe_store.model import (
     StoreUnavailable,
     Suppression,
     UnsubscribeResult,
+    request_fingerprint,
 )
+
+__all__ = ["DURABILITIES", "ChangeNotifier", "Store", "request_fingerprint"]
 
 DURABILITIES = ("local", "replicated")
 
@@ -50,12 +52,6 @@ class ChangeNotifier:
             await asyncio.wait_for(event.wait(), timeout)
         except asyncio.TimeoutError:
             pass
-
-
-def request_fingerprint(address: str, scope: str, reason: Reason) -> str:
-    """What an idempotency key is bound to: the same key with a different request is a
-    client bug, reported instead of silently answered with another request's result."""
-    return hashlib.sha256(f"{address}\x00{scope}\x00{reason.value}".encode()).hexdigest()
 
 
 class Store(abc.ABC):

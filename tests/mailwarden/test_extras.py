@@ -39,7 +39,8 @@ def _names(requirements: list[str]) -> set[str]:
 
 
 def test_the_base_install_is_the_client_only() -> None:
-    assert _names(PYPROJECT["project"]["dependencies"]) == {"grpcio", "protobuf"}
+    # idna: the contract's address normalisation (UTS #46 / IDNA2008)
+    assert _names(PYPROJECT["project"]["dependencies"]) == {"grpcio", "protobuf", "idna"}
     extras = PYPROJECT["project"]["optional-dependencies"]
     assert {"server", "store", "operator", "all", "dev"} <= set(extras)
     assert extras["all"] == ["mailwarden[server,store,operator]"]

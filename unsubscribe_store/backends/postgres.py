@@ -42,6 +42,7 @@ from unsubscribe_store.model import (
     UnsubscribeResult,
     merge_reason,
 )
+from unsubscribe_store.renormalise import RENORMALISE_SOURCE, refingerprint, rekey
 from unsubscribe_store.store import Store, request_fingerprint
 
 log = logging.getLogger(__name__)
@@ -159,13 +160,66 @@ class PostgresStore(Store):
                     if await cur.fetchone():
                         continue
                     for statement in statements:
-                        await conn.execute(statement)
+                        if statement == migrations.RENORMALISE:
+                            await self._renormalise(conn)
+                        else:
+                            await conn.execute(statement)
                     await conn.execute(
                         "INSERT INTO unsubscribe_schema_migrations (version, description) "
                         "VALUES (%s, %s)", (version, description))
                     applied.append(version)
                     log.info("applied schema migration %d: %s", version, description)
         return applied
+
+    async def _renormalise(self, conn: psycopg.AsyncConnection) -> None:
+        """Migration step RENORMALISE (see ``renormalise``), inside the migration's
+        transaction and holding the sequence lock as every writer does: new keys are
+        suppressed before an old key is removed, each a change, then watchers are notified."""
+        cur = await conn.execute("SELECT value FROM unsubscribe_sequence FOR UPDATE")
+        row = await cur.fetchone()
+        assert row is not None, "the sequence table holds one row"
+        seq = int(row[0]) + 1
+        plan = []
+        async with conn.cursor(name="unsubscribe_renormalise") as rows:
+            await rows.execute("SELECT address, scope, reason, source, first_seen "
+                               "FROM unsubscribe_suppressions")
+            async for stored in rows:
+                found = rekey(stored[0])
+                if found is not None:
+                    plan.append((stored, found))
+        added = moved = 0
+        for (address, scope, reason, source, first_seen), found in plan:
+            for key in found.keys:
+                if key != address:
+                    _, _, used = await self._suppress(conn, seq, key, scope, Reason(reason),
+                                                      source, first_seen)
+                    seq += used
+                    added += used
+            if found.moves:
+                await conn.execute("DELETE FROM unsubscribe_suppressions "
+                                   "WHERE address = %s AND scope = %s", (address, scope))
+                await conn.execute(
+                    "INSERT INTO unsubscribe_changes (seq, op, address, scope, reason, source) "
+                    "VALUES (%s, 'resubscribe', %s, %s, %s, %s)",
+                    (seq, address, scope, reason, RENORMALISE_SOURCE))
+                seq += 1
+                moved += 1
+        await conn.execute("UPDATE unsubscribe_sequence SET value = %s", (seq - 1,))
+        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seq - 1)))
+        keys = []
+        async with conn.cursor(name="unsubscribe_renormalise_keys") as rows:
+            await rows.execute("SELECT key, fingerprint, address, scope "
+                               "FROM unsubscribe_idempotency_keys WHERE address IS NOT NULL")
+            async for key, fingerprint, address, scope in rows:
+                found = rekey(address)
+                if found is not None and found.moves:
+                    keys.append((key, fingerprint, address, scope, found.keys[0]))
+        for key, fingerprint, address, scope, new in keys:
+            await conn.execute(
+                "UPDATE unsubscribe_idempotency_keys SET address = %s, fingerprint = %s "
+                "WHERE key = %s",
+                (new, refingerprint(fingerprint, address, new, scope) or fingerprint, key))
+        log.info("re-keyed suppressions: %d moved to a new key, %d keys added", moved, added)
 
     # --- writes ------------------------------------------------------------------------
     async def _write(self, body):

@@ -12,6 +12,7 @@ file on a single disk, so it reports itself as not highly available and refuses
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +34,10 @@ from unsubscribe_store.model import (
     UnsubscribeResult,
     merge_reason,
 )
+from unsubscribe_store.renormalise import RENORMALISE_SOURCE, refingerprint, rekey
 from unsubscribe_store.store import Store, request_fingerprint
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 _SUPP_COLS = "address, scope, reason, source, first_seen, seq"
 _CHANGE_COLS = "seq, op, address, scope, reason, source, at"
@@ -118,7 +121,10 @@ class SqliteStore(Store):
                     conn.execute("COMMIT")
                     continue
                 for statement in statements:
-                    conn.execute(statement)
+                    if statement == migrations.RENORMALISE:
+                        self._renormalise_sync(conn)
+                    else:
+                        conn.execute(statement)
                 conn.execute("INSERT INTO unsubscribe_schema_migrations VALUES (?, ?, ?)",
                              (version, description, _now()))
                 conn.execute("COMMIT")
@@ -129,7 +135,46 @@ class SqliteStore(Store):
         return applied
 
     async def migrate(self) -> list[int]:
-        return await self._run(self._migrate_sync)
+        applied = await self._run(self._migrate_sync)
+        if applied:
+            self.notifier.notify()  # a data migration may have appended changes
+        return applied
+
+    def _renormalise_sync(self, conn: sqlite3.Connection) -> None:
+        """Migration step RENORMALISE (see ``renormalise``), in the migration's write
+        transaction: new keys are suppressed before an old key is removed, each a change."""
+        plan = [(row, found) for row in conn.execute(
+                    "SELECT address, scope, reason, source, first_seen "
+                    "FROM unsubscribe_suppressions")
+                if (found := rekey(row[0])) is not None]
+        seq = conn.execute("SELECT value FROM unsubscribe_sequence").fetchone()[0] + 1
+        added = moved = 0
+        for (address, scope, reason, source, first_seen), found in plan:
+            for key in found.keys:
+                if key != address:
+                    _, _, used = self._suppress(conn, seq, key, scope, Reason(reason), source,
+                                                _ts(first_seen))
+                    seq += used
+                    added += used
+            if found.moves:
+                conn.execute("DELETE FROM unsubscribe_suppressions WHERE address = ? "
+                             "AND scope = ?", (address, scope))
+                conn.execute("INSERT INTO unsubscribe_changes VALUES "
+                             "(?, 'resubscribe', ?, ?, ?, ?, ?)",
+                             (seq, address, scope, reason, RENORMALISE_SOURCE, _now()))
+                seq += 1
+                moved += 1
+        conn.execute("UPDATE unsubscribe_sequence SET value = ?", (seq - 1,))
+        keys = [(key, fingerprint, address, scope, found) for key, fingerprint, address, scope
+                in conn.execute("SELECT key, fingerprint, address, scope "
+                                "FROM unsubscribe_idempotency_keys WHERE address IS NOT NULL")
+                if (found := rekey(address)) is not None and found.moves]
+        for key, fingerprint, address, scope, found in keys:
+            new = found.keys[0]
+            conn.execute("UPDATE unsubscribe_idempotency_keys SET address = ?, fingerprint = ? "
+                         "WHERE key = ?", (new, refingerprint(fingerprint, address, new, scope)
+                                           or fingerprint, key))
+        log.info("re-keyed suppressions: %d moved to a new key, %d keys added", moved, added)
 
     # --- writes ------------------------------------------------------------------------
     def _write_sync(self, body: Callable[[sqlite3.Connection, int], tuple[T, int]]) -> T:
