@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mailwarden.tokens import MIN_MAX_AGE_DAYS, SigningKeyError
     from unsubscribe_store.backends import open_store
-    from unsubscribe_store.model import StoreUnavailable
+    from unsubscribe_store.model import StoreMisconfigured, StoreUnavailable
     from unsubscribe_store.server import ServerConfig, UnsubscribeServer, split_address
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         store = open_store(args.store, dsn=dsn, sqlite_path=args.sqlite_path,
                            durability=args.durability)
     except ValueError as exc:
-        print(err + str(exc), file=sys.stderr)
+        where = f" (from {args.dsn_file})" if args.store == "postgres" and args.dsn_file else ""
+        print(err + str(exc) + where, file=sys.stderr)
         return 2
 
     if args.migrate_only:
@@ -84,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
                 await store.close()
         try:
             applied = asyncio.run(migrate())
+        except StoreMisconfigured as exc:
+            print(err + str(exc), file=sys.stderr)
+            return 2
         except StoreUnavailable as exc:
             print(err + str(exc), file=sys.stderr)
             return 1
@@ -115,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(err + f"cannot listen: {exc}", file=sys.stderr)
         return 1
+    except StoreMisconfigured as exc:
+        print(err + str(exc), file=sys.stderr)
+        return 2
     return 0
 
 

@@ -75,6 +75,11 @@ class IdempotencyConflict(Exception):
     """An idempotency key was reused for a different request."""
 
 
+class StoreMisconfigured(Exception):
+    """The store can never open as configured (not a database, an invalid DSN): retrying
+    cannot help, so the server stops with this message instead of waiting forever."""
+
+
 class StoreUnavailable(Exception):
     """The database could not be reached or the outcome of a write is unknown; the caller
     must retry (with the same idempotency key) and must not treat the write as done."""

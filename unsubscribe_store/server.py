@@ -30,7 +30,7 @@ from mailwarden.tokens import KeyRing
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from unsubscribe_store import metrics
-from unsubscribe_store.model import Readiness, StoreUnavailable
+from unsubscribe_store.model import Readiness, StoreMisconfigured, StoreUnavailable
 from unsubscribe_store.oneclick import build_app
 from unsubscribe_store.service import ServerState, UnsubscribeService
 from unsubscribe_store.store import Store
@@ -58,6 +58,8 @@ def split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"address {address!r} must be HOST:PORT (PORT 0 picks a free port)")
+    if int(port) > 65535:
+        raise ValueError(f"address {address!r}: port {int(port)} is out of range (0-65535)")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -88,6 +90,7 @@ class UnsubscribeServer:
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._metrics_httpd: Any = None  # prometheus_client's WSGI server, when serving
+        self.fatal = ""  # why the server stopped by itself (a store that can never open)
 
     async def _set_health(self, ready: bool, reason: str) -> None:
         changed = (ready, reason) != (self.state.ready, self.state.reason)
@@ -155,6 +158,14 @@ class UnsubscribeServer:
                 return
             except StoreUnavailable as exc:
                 await self._set_health(False, str(exc))
+            except StoreMisconfigured as exc:  # retrying cannot help: stop, saying why
+                self.fatal = str(exc)
+                await self._set_health(False, str(exc))
+                self._stop.set()
+                return
+            except Exception as exc:  # never a silent "connecting" forever
+                await self._set_health(False, f"store failed to open: "
+                                              f"{type(exc).__name__}: {str(exc)[:300]}")
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
             except asyncio.TimeoutError:
@@ -187,7 +198,18 @@ class UnsubscribeServer:
         self._stop.set()
 
     async def run(self) -> None:
-        await self.start()
+        """Serve until SIGTERM/SIGINT. Raises OSError when a listener cannot be opened and
+        StoreMisconfigured when the store can never open (both after a clean shutdown)."""
+        try:
+            await self.start()
+        except BaseException:
+            if self._grpc is not None:
+                await self._grpc.stop(0)
+            if self._runner is not None:
+                await self._runner.cleanup()
+            if self._metrics_httpd is not None:
+                self._metrics_httpd.shutdown()
+            raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -197,7 +219,8 @@ class UnsubscribeServer:
         log.info("stopping: health NOT_SERVING, draining for %.1fs", self.config.drain_seconds)
         self.state.draining = True
         await self.health.enter_graceful_shutdown()
-        await asyncio.sleep(self.config.drain_seconds)
+        if not self.fatal:  # nothing was ever served: nothing to drain
+            await asyncio.sleep(self.config.drain_seconds)
         watcher.cancel()
         try:
             await watcher
@@ -211,6 +234,8 @@ class UnsubscribeServer:
             self._metrics_httpd.shutdown()
         await self.store.close()
         log.info("stopped")
+        if self.fatal:
+            raise StoreMisconfigured(self.fatal)
 
 
 def _probe_only_app(state: ServerState) -> web.Application:

@@ -320,7 +320,10 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                         context: grpc.aio.ServicerContext) -> pb.StoreStatus:
         status = pb.StoreStatus(ready=self.state.ready, reason=self.state.reason,
                                 backend=self.store.backend,
-                                highly_available=self.store.highly_available,
+                                # A store that is not Ready is not available at all,
+                                # let alone highly.
+                                highly_available=self.store.highly_available
+                                and self.state.ready,
                                 durability=self.store.durability,
                                 sync_standbys=self.state.sync_standbys)
         try:

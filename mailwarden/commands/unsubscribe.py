@@ -206,18 +206,40 @@ def run_export(args: argparse.Namespace) -> int:
     import grpc
 
     from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+    # A file is written beside its final name and renamed only once the export is complete,
+    # so a failed export never leaves a truncated file that looks like a whole one.
+    partial: Path | None = None
+    if args.output == "-":
+        out = sys.stdout.buffer
+    else:
+        target = Path(args.output)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            out = open(partial, "wb")
+        except OSError as exc:
+            print(f"mailwarden unsubscribe: cannot write {args.output}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 2
     channel, stub = _stub(args)
-    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")
     try:
         with channel:
             for chunk in stub.Export(pb.ExportRequest(format=pb.Format.Value(args.format.upper()),
                                                       scope=args.scope), timeout=args.timeout):
                 out.write(chunk.data)
+        if partial is not None:
+            out.close()
+            partial.replace(args.output)
+            partial = None
     except grpc.RpcError as exc:
         return _rpc_error(exc)
+    except OSError as exc:
+        print(f"mailwarden unsubscribe: cannot write {args.output}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     finally:
-        if out is not sys.stdout.buffer:
+        if partial is not None:
             out.close()
+            partial.unlink(missing_ok=True)
     return 0
 
 

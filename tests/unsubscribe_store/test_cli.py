@@ -97,3 +97,67 @@ def test_import_is_checked_before_anything_is_written(store, backend, store_args
         "ANN@example.com\tsuppressed\tnews:unsubscribe", "bob@example.com\tsuppressed\t*:unsubscribe"]
     down = mw("unsubscribe", "--target", "127.0.0.1:1", "--timeout", "2", "status")
     assert down.returncode == 1 and b"UNAVAILABLE" in down.stderr
+
+
+def _server(*args: str, env: dict | None = None):
+    """Run `unsubscribe-server` that must refuse to start: it may not hang, so 30 s."""
+    import os
+    return subprocess.run([sys.executable, "-m", "mailwarden.cli", "unsubscribe-server",
+                           "--grpc-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0",
+                           "--metrics-address", "", *args], cwd=REPO, capture_output=True,
+                          timeout=30, env={**os.environ, "MAILWARDEN_SIGNING_KEY": "k" * 43,
+                                           **(env or {})})
+
+
+def test_server_refuses_what_it_cannot_serve_with_one_line(tmp_path):
+    """Issue 20, item 15: a port out of range, a file that is not a database, a directory,
+    an invalid DSN — one clear line and exit status 2, never a traceback or a server that
+    says "connecting" forever."""
+    not_a_db = tmp_path / "notes.txt"
+    not_a_db.write_text("these are my notes, not a database\n" * 100)
+    bad_dsn = tmp_path / "dsn"
+    bad_dsn.write_text("host=db user=app password=s3cret-pw sslmode")
+    cases = [
+        (("--http-address", ":99999", "--sqlite-path", str(tmp_path / "a.db")),
+         b"port 99999 is out of range"),
+        (("--grpc-address", "127.0.0.1:70000", "--sqlite-path", str(tmp_path / "a.db")),
+         b"port 70000 is out of range"),
+        (("--sqlite-path", str(not_a_db)), b"is not an SQLite database"),
+        (("--sqlite-path", str(tmp_path)), b"is a directory"),
+        (("--store", "postgres", "--dsn-file", str(bad_dsn)),
+         b"is not a valid PostgreSQL connection string"),
+    ]
+    for args, message in cases:
+        result = _server(*args)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert message in result.stderr, (args, result.stderr[-2000:])
+        assert b"Traceback" not in result.stderr and b"s3cret-pw" not in result.stderr
+    assert not_a_db.read_text().startswith("these are my notes")  # untouched
+
+
+def test_export_into_a_missing_directory_is_a_clear_error(start_store, tmp_path):
+    store = start_store(["--store", "sqlite", "--sqlite-path", str(tmp_path / "s.db")])
+    target = tmp_path / "no" / "such" / "dir" / "out.csv"
+    result = mw("unsubscribe", "--target", store.target, "export", "-o", str(target))
+    assert result.returncode == 2, result.stderr
+    assert b"cannot write" in result.stderr and b"Traceback" not in result.stderr
+    good = tmp_path / "out.csv"
+    assert mw("unsubscribe", "--target", store.target, "export", "-o", str(good)).returncode == 0
+    assert good.read_text().startswith("address,scope")
+
+
+def test_a_store_that_never_connected_says_why_and_is_not_highly_available(start_store,
+                                                                           tmp_path):
+    dsn = tmp_path / "dsn"
+    dsn.write_text("host=127.0.0.1 port=1 dbname=x user=x password=s3cret connect_timeout=1")
+    store = start_store(["--store", "postgres", "--dsn-file", str(dsn)], wait_serving=False)
+    from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+    from testkit.filter import wait_for
+    wait_for(lambda: "unreachable" in store.stub().GetStatus(pb.GetStatusRequest()).reason,
+             30, "the reason the store is not ready")
+    status = store.stub().GetStatus(pb.GetStatusRequest())
+    assert not status.ready and not status.highly_available
+    assert "s3cret" not in status.reason
+    printed = mw("unsubscribe", "--target", store.target, "status")
+    assert printed.returncode == 1
+    assert b"highly available: no" in printed.stdout and b"unreachable" in printed.stdout

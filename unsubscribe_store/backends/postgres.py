@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from mailwarden.suppression import Reason
 from unsubscribe_store import migrations
@@ -69,6 +70,13 @@ class PostgresStore(Store):
     def __init__(self, dsn: str, *, durability: str = "local", pool_min: int = 1,
                  pool_max: int = 10, connect_timeout: float = 10.0) -> None:
         super().__init__(durability)
+        try:
+            conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:
+            # psycopg's message quotes the DSN, which may hold a password: not repeated.
+            raise ValueError("the DSN is not a valid PostgreSQL connection string (use "
+                             "key=value pairs, e.g. 'host=db dbname=mail user=unsub', or a "
+                             "postgresql:// URI)") from None
         self._dsn = dsn  # may hold a password: never logged
         self._connect_timeout = connect_timeout
         self._pool = psycopg_pool.AsyncConnectionPool(

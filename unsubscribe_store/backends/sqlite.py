@@ -29,6 +29,7 @@ from unsubscribe_store.model import (
     Op,
     Readiness,
     ResubscribeResult,
+    StoreMisconfigured,
     StoreUnavailable,
     Suppression,
     UnsubscribeResult,
@@ -67,6 +68,9 @@ class SqliteStore(Store):
     def __init__(self, path: str | Path, *, durability: str = "local") -> None:
         super().__init__(durability)
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ValueError(f"--sqlite-path {self.path} is a directory: give the database "
+                             "file (it is created if missing)")
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
 
@@ -81,16 +85,34 @@ class SqliteStore(Store):
 
     # --- lifecycle ---------------------------------------------------------------------
     def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create {self.path.parent}: "
+                                   f"{exc.strerror or exc}") from None
+        if self.path.is_dir():
+            raise StoreMisconfigured(f"{self.path} is a directory, not an SQLite database")
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA busy_timeout = 30000")
+        try:
+            # The first statement reads the file header: a file that is not a database
+            # fails here, before anything is written to it.
+            conn.execute("PRAGMA schema_version").fetchone()
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA busy_timeout = 30000")
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise StoreUnavailable(f"sqlite: cannot open {self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreMisconfigured(f"{self.path} is not an SQLite database ({exc})") \
+                from None
         self._conn = conn
 
     async def open(self, *, migrate: bool = True) -> None:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        if self._conn is None:
             await self._run(self._connect)
         if migrate:
             await self.migrate()
