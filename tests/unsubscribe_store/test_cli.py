@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 from mailwarden.tokens import KeyRing, verify_token
-from testkit.store import count_rows
-from testkit.store import REPO
+from testkit.store import REPO, count_rows
 
 
 def mw(*args: str, env: dict | None = None, stdin: bytes | None = None):
@@ -94,7 +93,8 @@ def test_import_is_checked_before_anything_is_written(store, backend, store_args
     check = mw("unsubscribe", "--target", store.target, "check", "ANN@example.com",
                "bob@example.com", "zed@example.com", "--scope", "news")
     assert check.stdout.decode().splitlines() == [
-        "ANN@example.com\tsuppressed\tnews:unsubscribe", "bob@example.com\tsuppressed\t*:unsubscribe"]
+        "ANN@example.com\tsuppressed\tnews:unsubscribe",
+        "bob@example.com\tsuppressed\t*:unsubscribe"]
     down = mw("unsubscribe", "--target", "127.0.0.1:1", "--timeout", "2", "status")
     assert down.returncode == 1 and b"UNAVAILABLE" in down.stderr
 
