@@ -107,12 +107,18 @@ def run(args: argparse.Namespace) -> int:
         resubscribe = _read_secret_file(args.resubscribe_token_file, "resubscribe token").encode()
     elif os.environ.get(wire.RESUBSCRIBE_TOKEN_ENV):
         resubscribe = os.environ[wire.RESUBSCRIBE_TOKEN_ENV].strip().encode()
+    if args.max_concurrent_snapshots < 1 or not args.watch_send_timeout > 0:
+        print(err + "--max-concurrent-snapshots must be at least 1 and --watch-send-timeout "
+              "positive", file=sys.stderr)
+        return 2
     config = ServerConfig(
         grpc_address=args.grpc_address, http_address=args.http_address,
         metrics_address=args.metrics_address, keys=keys,
         token_max_age_days=args.token_max_age_days, migrate=not args.no_migrate,
         readiness_interval=args.readiness_interval, drain_seconds=args.drain_seconds,
-        grace_seconds=args.grace_seconds, ports_file=args.ports_file or "")
+        grace_seconds=args.grace_seconds, ports_file=args.ports_file or "",
+        max_concurrent_snapshots=args.max_concurrent_snapshots,
+        watch_send_timeout_seconds=args.watch_send_timeout)
     server = UnsubscribeServer(store, config, resubscribe_token=resubscribe)
     try:
         asyncio.run(server.run())

@@ -18,6 +18,9 @@ ONECLICK = Counter("mailwarden_unsubscribe_oneclick_total",
                    "One-click POSTs by outcome (recorded, replay, rejected, unavailable, "
                    "bad_request)", ["outcome"])
 WATCHERS = Gauge("mailwarden_unsubscribe_watchers", "Open Watch streams")
+SLOW_CONSUMERS = Counter("mailwarden_unsubscribe_slow_consumers_total",
+                         "Watch and Export streams ended because the consumer did not read "
+                         "for --watch-send-timeout seconds")
 READY = Gauge("mailwarden_unsubscribe_ready", "1 when the store reports Ready")
 HEAD = Gauge("mailwarden_unsubscribe_head_sequence", "Last committed change sequence")
 SYNC_STANDBYS = Gauge("mailwarden_unsubscribe_sync_standbys",

@@ -52,6 +52,14 @@ POSTGRES: list[tuple[int, str, list[str]]] = [
              created_at      timestamptz NOT NULL DEFAULT now())""",
     ]),
     (2, _RENORMALISE_DESCRIPTION, [RENORMALISE]),
+    # Snapshots and exports read page by page in (address, scope) order (the primary key);
+    # an export of one scope pages through (scope, address), which the old index on scope
+    # alone could only sort anew for every page.
+    (3, "index suppressions by (scope, address) for paged exports", [
+        """CREATE INDEX IF NOT EXISTS unsubscribe_suppressions_scope_address
+             ON unsubscribe_suppressions (scope, address)""",
+        "DROP INDEX IF EXISTS unsubscribe_suppressions_scope",
+    ]),
 ]
 
 SQLITE: list[tuple[int, str, list[str]]] = [
@@ -89,6 +97,11 @@ SQLITE: list[tuple[int, str, list[str]]] = [
              created_at      TEXT NOT NULL)""",
     ]),
     (2, _RENORMALISE_DESCRIPTION, [RENORMALISE]),
+    (3, "index suppressions by (scope, address) for paged exports", [
+        """CREATE INDEX IF NOT EXISTS unsubscribe_suppressions_scope_address
+             ON unsubscribe_suppressions (scope, address)""",
+        "DROP INDEX IF EXISTS unsubscribe_suppressions_scope",
+    ]),
 ]
 
 LATEST = POSTGRES[-1][0]

@@ -32,7 +32,12 @@ from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from unsubscribe_store import metrics
 from unsubscribe_store.model import Readiness, StoreMisconfigured, StoreUnavailable
 from unsubscribe_store.oneclick import build_app
-from unsubscribe_store.service import ServerState, UnsubscribeService
+from unsubscribe_store.service import (
+    DEFAULT_MAX_SNAPSHOTS,
+    DEFAULT_SEND_TIMEOUT,
+    ServerState,
+    UnsubscribeService,
+)
 from unsubscribe_store.store import Store
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,8 @@ class ServerConfig:
     grace_seconds: float = 10.0            # then in-flight calls get this long
     max_connection_age_seconds: float = 300.0
     ports_file: str = ""
+    max_concurrent_snapshots: int = DEFAULT_MAX_SNAPSHOTS
+    watch_send_timeout_seconds: float = DEFAULT_SEND_TIMEOUT
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -83,7 +90,9 @@ class UnsubscribeServer:
                  resubscribe_token: bytes | None = None) -> None:
         self.store = store
         self.config = config
-        self.state = ServerState(store, resubscribe_token=resubscribe_token)
+        self.state = ServerState(store, resubscribe_token=resubscribe_token,
+                                 max_concurrent_snapshots=config.max_concurrent_snapshots,
+                                 send_timeout=config.watch_send_timeout_seconds)
         self.health = health_aio.HealthServicer()
         self.ports: dict[str, int] = {}
         self._stop = asyncio.Event()

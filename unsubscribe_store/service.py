@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 MAX_CHECK_BATCH = 1000
 MAX_TEXT = 200
 IMPORT_BATCH = 500
+SNAPSHOT_BATCH = 1000
+DEFAULT_MAX_SNAPSHOTS = 32
+# A stream whose consumer has not taken a message for this long is ended: a client that
+# stopped reading would otherwise hold its page, its buffers and a snapshot slot forever.
+DEFAULT_SEND_TIMEOUT = 30.0
 _REASON_TO_PB = {Reason.UNSUBSCRIBE: pb.UNSUBSCRIBE, Reason.COMPLAINT: pb.COMPLAINT,
                  Reason.BOUNCE: pb.BOUNCE, Reason.MANUAL: pb.MANUAL}
 _REASON_FROM_PB = {v: k for k, v in _REASON_TO_PB.items()} | {pb.REASON_UNSPECIFIED:
@@ -65,16 +72,26 @@ def change_to_pb(c: Change) -> pb.Change:
                      reason=reason_to_pb(c.reason), source=c.source, at=_ts(c.at))
 
 
+class _Stalled(Exception):
+    """The consumer of a server stream did not read for the send timeout."""
+
+
 class ServerState:
     """What the servicer, the HTTP endpoint and the health updater share."""
 
-    def __init__(self, store: Store, *, resubscribe_token: bytes | None = None) -> None:
+    def __init__(self, store: Store, *, resubscribe_token: bytes | None = None,
+                 max_concurrent_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT) -> None:
         self.store = store
         self.resubscribe_token = resubscribe_token
         self.ready = False
         self.reason = "starting"
         self.sync_standbys = 0
         self.draining = False
+        # Snapshots (and exports) in progress at once: each holds a page in memory while its
+        # consumer reads; more wait their turn instead of growing the process.
+        self.snapshot_slots = asyncio.Semaphore(max_concurrent_snapshots)
+        self.send_timeout = send_timeout
 
 
 def _text(value: str, name: str) -> str:
@@ -148,21 +165,45 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                     address=given, matched=[suppression_to_pb(s) for s in matched]))
         return response
 
+    async def _send(self, context: grpc.aio.ServicerContext, message) -> None:
+        """Write one message of a server stream; raise _Stalled when the consumer has not
+        taken a message for ``send_timeout`` seconds (HTTP/2 flow control makes the write
+        wait while the client does not read)."""
+        try:
+            await asyncio.wait_for(context.write(message), self.state.send_timeout)
+        except asyncio.TimeoutError:
+            raise _Stalled() from None
+
+    async def _end_stalled(self, context: grpc.aio.ServicerContext) -> None:
+        """End a stream whose consumer stopped reading. Called after its snapshot slot and
+        page are released: the status itself is sent only once the client reads what is
+        already queued (or its connection ends at the maximum connection age)."""
+        metrics.SLOW_CONSUMERS.inc()
+        log.info("stream closed: the consumer did not read for %gs", self.state.send_timeout)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the consumer did not read for {self.state.send_timeout:g}s: "
+                            "stream closed (reconnect; a Watch resumes from the last "
+                            "sequence applied)")
+
     async def Watch(self, request: pb.WatchRequest,
-                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
+                    context: grpc.aio.ServicerContext) -> None:
         interval = min(30.0, max(0.1, request.heartbeat_seconds or 1.0))
         metrics.WATCHERS.inc()
         try:
             if request.snapshot:
                 count = 0
                 cursor = 0
-                async for head, batch in self.store.snapshot(1000):
-                    cursor = head
-                    if batch:
-                        count += len(batch)
-                        yield pb.WatchEvent(snapshot_chunk=pb.SnapshotChunk(
-                            suppressions=[suppression_to_pb(s) for s in batch]))
-                yield pb.WatchEvent(snapshot_end=pb.SnapshotEnd(sequence=cursor, count=count))
+                async with self.state.snapshot_slots, contextlib.aclosing(
+                        self.store.snapshot(SNAPSHOT_BATCH)) as pages:
+                    async for head, batch in pages:
+                        cursor = head
+                        if batch:
+                            count += len(batch)
+                            await self._send(context, pb.WatchEvent(
+                                snapshot_chunk=pb.SnapshotChunk(
+                                    suppressions=[suppression_to_pb(s) for s in batch])))
+                await self._send(context, pb.WatchEvent(
+                    snapshot_end=pb.SnapshotEnd(sequence=cursor, count=count)))
             else:
                 cursor = request.from_sequence
                 head = await self.store.head()
@@ -184,7 +225,7 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                         await context.abort(grpc.StatusCode.DATA_LOSS,
                                             f"change log has a gap after sequence {cursor}")
                     cursor = change.sequence
-                    yield pb.WatchEvent(change=change_to_pb(change))
+                    await self._send(context, pb.WatchEvent(change=change_to_pb(change)))
                 if len(changes) == 1000:
                     continue
                 now = time.monotonic()
@@ -192,11 +233,13 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                     head = await self.store.head()
                     server_time = Timestamp()
                     server_time.GetCurrentTime()
-                    yield pb.WatchEvent(heartbeat=pb.Heartbeat(head_sequence=head,
-                                                               server_time=server_time))
+                    await self._send(context, pb.WatchEvent(heartbeat=pb.Heartbeat(
+                        head_sequence=head, server_time=server_time)))
                     last_heartbeat = now
                 await self.store.notifier.wait(wake, max(0.0, interval - (time.monotonic()
                                                                           - last_heartbeat)))
+        except _Stalled:
+            await self._end_stalled(context)
         except StoreUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         finally:
@@ -300,7 +343,7 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
         return summary
 
     async def Export(self, request: pb.ExportRequest,
-                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExportChunk]:
+                     context: grpc.aio.ServicerContext) -> None:
         fmt = _FORMATS.get(request.format, "csv")
         try:
             scope = normalize_scope(request.scope, allow_empty=True)
@@ -308,11 +351,16 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         header = True
         try:
-            async for batch in self.store.export(scope):
-                yield pb.ExportChunk(data=format_rows(fmt, batch, header=header))
-                header = False
+            async with self.state.snapshot_slots, contextlib.aclosing(
+                    self.store.export(scope)) as pages:
+                async for batch in pages:
+                    await self._send(context, pb.ExportChunk(
+                        data=format_rows(fmt, batch, header=header)))
+                    header = False
             if header and fmt == "csv":
-                yield pb.ExportChunk(data=format_rows(fmt, [], header=True))
+                await self._send(context, pb.ExportChunk(data=format_rows(fmt, [], header=True)))
+        except _Stalled:
+            await self._end_stalled(context)
         except StoreUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 

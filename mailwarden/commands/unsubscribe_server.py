@@ -56,6 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="after SIGTERM, report NOT_SERVING this long before closing listeners")
     p.add_argument("--grace-seconds", type=float, default=10.0,
                    help="after draining, in-flight calls get this long to finish")
+    p.add_argument("--max-concurrent-snapshots", type=int, default=32, metavar="N",
+                   help="Watch snapshots and exports streamed at once; more wait their turn "
+                        "(each holds one page of 1000 rows in memory; default: %(default)s)")
+    p.add_argument("--watch-send-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="end a Watch or Export stream whose consumer has not read for this "
+                        "long (RESOURCE_EXHAUSTED; a Watch resumes on reconnect; default: "
+                        "%(default)s)")
     p.add_argument("--ports-file", metavar="FILE",
                    help="write the bound ports as JSON here once listening (for port 0)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

@@ -66,7 +66,7 @@ def test_migrations_are_idempotent(pg_dsn, tmp_path):
     args = ("unsubscribe-server", "--store", "postgres", "--dsn-file", str(dsn_file),
             "--migrate-only")
     first, second = mw(*args), mw(*args)
-    assert first.returncode == 0 and b"applied: 1, 2" in first.stdout
+    assert first.returncode == 0 and b"applied: 1, 2, 3" in first.stdout
     assert second.returncode == 0 and b"applied: nothing" in second.stdout
     unreachable = tmp_path / "bad-dsn"
     unreachable.write_text("host=127.0.0.1 port=1 user=x password=s3cret connect_timeout=2")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -400,49 +400,23 @@ class PostgresStore(Store):
                                 "ORDER BY seq LIMIT %s", (sequence, limit))
         return [_change(r) for r in rows]
 
-    async def _stream(self, query: str, params: tuple, batch_size: int,
-                      with_head: bool) -> AsyncIterator[tuple[int, list[Suppression]]]:
-        try:
-            async with self._pool.connection() as conn:
-                async with conn.transaction():
-                    # One snapshot for the head and every row: the set is exactly "as of head".
-                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    head = 0
-                    if with_head:
-                        cur = await conn.execute("SELECT value FROM unsubscribe_sequence")
-                        row = await cur.fetchone()
-                        assert row is not None, "the sequence table holds one row"
-                        head = int(row[0])
-                    cursor = conn.cursor(name="unsubscribe_stream")
-                    cursor.itersize = batch_size
-                    await cursor.execute(query, params)
-                    sent = False
-                    while True:
-                        rows = await cursor.fetchmany(batch_size)
-                        if not rows:
-                            break
-                        sent = True
-                        yield head, [_suppression(r) for r in rows]
-                    if not sent:
-                        yield head, []
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from None
-
-    def snapshot(self, batch_size: int = 1000) -> AsyncIterator[tuple[int, list[Suppression]]]:
-        return self._stream(f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions", (),
-                            batch_size, True)
-
-    async def export(self, scope: str = "") -> AsyncIterator[list[Suppression]]:
-        params: tuple[str, ...]
-        if scope:
-            query, params = (f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions WHERE scope = %s "
-                             "ORDER BY address, scope", (scope,))
-        else:
-            query, params = (f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions "
-                             "ORDER BY address, scope", ())
-        async for _, batch in self._stream(query, params, 1000, False):
-            if batch:
-                yield batch
+    async def page(self, after: tuple[str, str] | None, limit: int,
+                   scope: str = "") -> list[Suppression]:
+        where: list[str] = []
+        params: list[Any] = []
+        if scope:  # one scope: page by (scope, address), which an index covers
+            where.append("scope = %s")
+            params.append(scope)
+            if after is not None:
+                where.append("address > %s")
+                params.append(after[0])
+        elif after is not None:
+            where.append("(address, scope) > (%s, %s)")
+            params += list(after)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._read(f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions {clause} "
+                                "ORDER BY address, scope LIMIT %s", (*params, limit))
+        return [_suppression(r) for r in rows]
 
     async def count(self) -> int:
         rows = await self._read("SELECT count(*) FROM unsubscribe_suppressions")
