@@ -184,6 +184,7 @@ class UnsubscribeServer:
     async def _watch_readiness(self) -> None:
         metrics.STORE_INFO.labels(self.store.backend, self.store.durability).set(1)
         await self._open_store()
+        self.state.feed.start()
         while not self._stop.is_set():
             try:
                 readiness = await self.store.readiness()
@@ -235,6 +236,7 @@ class UnsubscribeServer:
             await watcher
         except (asyncio.CancelledError, Exception):
             pass
+        await self.state.feed.stop()
         if self._grpc is not None:
             await self._grpc.stop(self.config.grace_seconds)
         if self._runner is not None:
