@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mailwarden.tokens import MIN_MAX_AGE_DAYS, SigningKeyError
     from unsubscribe_store.backends import open_store
+    from unsubscribe_store.http_guard import raise_descriptor_limit
     from unsubscribe_store.model import StoreMisconfigured, StoreUnavailable
     from unsubscribe_store.server import ServerConfig, UnsubscribeServer, split_address
 
@@ -111,6 +112,12 @@ def run(args: argparse.Namespace) -> int:
         print(err + "--max-concurrent-snapshots must be at least 1 and --watch-send-timeout "
               "positive", file=sys.stderr)
         return 2
+    if not (args.http_header_timeout > 0 and args.http_body_timeout > 0) \
+            or args.http_max_connections < 0:
+        print(err + "--http-header-timeout and --http-body-timeout must be positive, "
+              "--http-max-connections 0 (automatic) or more", file=sys.stderr)
+        return 2
+    raise_descriptor_limit()
     config = ServerConfig(
         grpc_address=args.grpc_address, http_address=args.http_address,
         metrics_address=args.metrics_address, keys=keys,
@@ -118,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
         readiness_interval=args.readiness_interval, drain_seconds=args.drain_seconds,
         grace_seconds=args.grace_seconds, ports_file=args.ports_file or "",
         max_concurrent_snapshots=args.max_concurrent_snapshots,
-        watch_send_timeout_seconds=args.watch_send_timeout)
+        watch_send_timeout_seconds=args.watch_send_timeout,
+        http_header_timeout=args.http_header_timeout, http_body_timeout=args.http_body_timeout,
+        http_max_connections=args.http_max_connections)
     server = UnsubscribeServer(store, config, resubscribe_token=resubscribe)
     try:
         asyncio.run(server.run())

@@ -31,3 +31,9 @@ REPLICATION_LAG = Gauge("mailwarden_unsubscribe_replication_lag_seconds",
 STORE_INFO = Gauge("mailwarden_unsubscribe_store_info",
                    "Always 1; labels say the backend and the durability this store requires",
                    ["backend", "durability"])
+HTTP_CONNECTIONS = Gauge("mailwarden_unsubscribe_http_connections",
+                         "Open connections to the one-click HTTP listener")
+HTTP_REJECTED = Counter("mailwarden_unsubscribe_http_rejected_total",
+                        "One-click HTTP connections and requests ended by the server's limits "
+                        "or the client: body_timeout, evicted (over the "
+                        "connection cap), disconnected, malformed", ["reason"])

@@ -14,6 +14,7 @@ access log is off and our own log lines carry no token.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import time
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 STATE_KEY = web.AppKey("state", ServerState)
 KEYS_KEY = web.AppKey("keys", KeyRing)
 MAX_AGE_KEY = web.AppKey("max_age_days", int)
+BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
 SOURCE = "one-click"
 
 _HEADERS = {
@@ -68,12 +70,43 @@ async def confirm_page(request: web.Request) -> web.Response:
     return _page("Unsubscribe", CONFIRM_BODY)
 
 
+class _BodyTimeout(Exception):
+    """The POST body did not arrive within the body timeout."""
+
+
+async def _one_click_value(request: web.Request) -> str | None:
+    """The ``List-Unsubscribe`` field of the POST body (urlencoded or multipart/form-data),
+    None when the body is not such a form. Raises _BodyTimeout, or ConnectionError when the
+    client went away."""
+    try:
+        async with asyncio.timeout(request.app[BODY_TIMEOUT_KEY]):
+            form = await request.post()
+    except TimeoutError:
+        raise _BodyTimeout() from None
+    except ConnectionError as exc:  # the client went away: nobody reads an answer
+        metrics.HTTP_REJECTED.labels("disconnected").inc()
+        log.debug("client disconnected mid-request (%s)", type(exc).__name__)
+        raise
+    except (ValueError, UnicodeDecodeError, web.HTTPException) as exc:
+        log.debug("one-click body is not a form (%s)", type(exc).__name__)
+        return None
+    value = form.get("List-Unsubscribe")
+    return value if isinstance(value, str) else None
+
+
 async def one_click(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    form = await request.post()  # urlencoded and multipart/form-data
-    value = form.get("List-Unsubscribe")
+    try:
+        value = await _one_click_value(request)
+    except _BodyTimeout:
+        metrics.HTTP_REJECTED.labels("body_timeout").inc()
+        log.debug("one-click body not received within %gs", request.app[BODY_TIMEOUT_KEY])
+        response = _page("Request timeout", "<p>The request body did not arrive in time.</p>",
+                         status=408)
+        response.force_close()
+        return response
     # Checked before the token, so this answer is the same for valid and invalid tokens.
-    if not isinstance(value, str) or value.strip() != "One-Click":
+    if value is None or value.strip() != "One-Click":
         metrics.ONECLICK.labels("bad_request").inc()
         return _page("Unsubscribe", "<p>This request is missing "
                      "<code>List-Unsubscribe=One-Click</code>.</p>", status=400)
@@ -114,11 +147,13 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(text=f"not ready: {state.reason}\n", status=503)
 
 
-def build_app(state: ServerState, keys: KeyRing, *, max_age_days: int = 0) -> web.Application:
+def build_app(state: ServerState, keys: KeyRing, *, max_age_days: int = 0,
+              body_timeout: float = 10.0) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[STATE_KEY] = state
     app[KEYS_KEY] = keys
     app[MAX_AGE_KEY] = max_age_days
+    app[BODY_TIMEOUT_KEY] = body_timeout
     app.router.add_get("/u/{token}", confirm_page)
     app.router.add_post("/u/{token}", one_click)
     app.router.add_get("/healthz", healthz)

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 from dataclasses import dataclass
@@ -30,6 +31,12 @@ from mailwarden.tokens import KeyRing
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from unsubscribe_store import metrics
+from unsubscribe_store.http_guard import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    GuardedSite,
+    default_max_connections,
+)
 from unsubscribe_store.model import Readiness, StoreMisconfigured, StoreUnavailable
 from unsubscribe_store.oneclick import build_app
 from unsubscribe_store.service import (
@@ -42,6 +49,9 @@ from unsubscribe_store.store import Store
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["UnsubscribeStore"].full_name
+# After answering a request whose body was not read (a body timeout), aiohttp drains what
+# the client still sends for this long before closing (its default: 10 s more per client).
+LINGER_SECONDS = 2.0
 
 
 @dataclass
@@ -59,6 +69,9 @@ class ServerConfig:
     ports_file: str = ""
     max_concurrent_snapshots: int = DEFAULT_MAX_SNAPSHOTS
     watch_send_timeout_seconds: float = DEFAULT_SEND_TIMEOUT
+    http_header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    http_body_timeout: float = DEFAULT_BODY_TIMEOUT
+    http_max_connections: int = 0          # 0: from the descriptor limit (http_guard)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -139,13 +152,21 @@ class UnsubscribeServer:
         await self._set_health(False, "starting: connecting to the store")
         await self._grpc.start()
 
-        app = build_app(self.state, cfg.keys, max_age_days=cfg.token_max_age_days) \
+        app = build_app(self.state, cfg.keys, max_age_days=cfg.token_max_age_days,
+                        body_timeout=cfg.http_body_timeout) \
             if cfg.keys else _probe_only_app(self.state)
-        self._runner = web.AppRunner(app, access_log=None)  # paths carry tokens: no access log
+        # Paths carry tokens: no access log. A request head must be complete within the
+        # header timeout, which is what aiohttp's keep-alive timer enforces (see http_guard).
+        self._runner = web.AppRunner(app, access_log=None,
+                                     keepalive_timeout=cfg.http_header_timeout,
+                                     lingering_time=LINGER_SECONDS,
+                                     shutdown_timeout=cfg.grace_seconds)
         await self._runner.setup()
         sock = _bind(cfg.http_address)
         self.ports["http"] = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock, shutdown_timeout=cfg.grace_seconds).start()
+        max_connections = cfg.http_max_connections or default_max_connections(
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        await GuardedSite(self._runner, sock, max_connections=max_connections).start()
 
         if cfg.metrics_address:
             from prometheus_client import start_http_server
@@ -156,7 +177,8 @@ class UnsubscribeServer:
             tmp = Path(cfg.ports_file + ".tmp")
             tmp.write_text(json.dumps(self.ports | {"pid": os.getpid()}))
             tmp.replace(cfg.ports_file)
-        log.info("listening: grpc %d, http %d%s", self.ports["grpc"], self.ports["http"],
+        log.info("listening: grpc %d, http %d (at most %d connections)%s", self.ports["grpc"],
+                 self.ports["http"], max_connections,
                  f", metrics {self.ports['metrics']}" if "metrics" in self.ports else "")
 
     async def _open_store(self) -> None:

@@ -63,6 +63,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="end a Watch or Export stream whose consumer has not read for this "
                         "long (RESOURCE_EXHAUSTED; a Watch resumes on reconnect; default: "
                         "%(default)s)")
+    p.add_argument("--http-header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close an HTTP connection that has not sent a complete request head "
+                        "this long after opening (or after its last response; default: "
+                        "%(default)s)")
+    p.add_argument("--http-body-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="answer 408 to a one-click POST whose body has not arrived this long "
+                        "after its head (default: %(default)s)")
+    p.add_argument("--http-max-connections", type=int, default=0, metavar="N",
+                   help="HTTP connections at once; over it the connection silent longest is "
+                        "closed. 0 (default): half of the open-file limit left after 256, at "
+                        "most 1024 (the limit is raised to its hard limit at start)")
     p.add_argument("--ports-file", metavar="FILE",
                    help="write the bound ports as JSON here once listening (for port 0)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
