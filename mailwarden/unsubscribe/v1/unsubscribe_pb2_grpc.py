@@ -92,9 +92,12 @@ class UnsubscribeStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Ordered change stream. With snapshot=true the stream starts with the full suppression
-        set as of some sequence S (SnapshotChunk... SnapshotEnd{S}) and continues with every
-        change after S; with snapshot=false it continues with every change after from_sequence.
+        """Ordered change stream. With snapshot=true the stream starts with the suppression set
+        (SnapshotChunk... SnapshotEnd{S}), read page by page after the store's head was S — a
+        key may already show a change committed after S — and continues with every change
+        after S, which makes the set exact; with snapshot=false it continues with every change
+        after from_sequence. A stream whose consumer stops reading is ended after the server's
+        send timeout (RESOURCE_EXHAUSTED).
         Sequences are gapless and commit-ordered, so a consumer that reconnects with the last
         sequence it applied misses nothing. Heartbeats carry the store's head sequence.
         """
