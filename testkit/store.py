@@ -39,6 +39,7 @@ class StoreProcess(ServerProcess):
         self.extra_args = list(extra_args)
         self.grpc_port = 0
         self.http_port = 0
+        self.metrics_port = 0
         self._channel: grpc.Channel | None = None
 
     @property
@@ -53,6 +54,10 @@ class StoreProcess(ServerProcess):
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def start(self, *, wait_serving: bool = True, timeout: float = 60.0) -> StoreProcess:
         assert self.port_file is not None
         self.argv = mailwarden_argv(
@@ -65,6 +70,7 @@ class StoreProcess(ServerProcess):
         super().start()
         ports = self.wait_ports(timeout)
         self.grpc_port, self.http_port = ports["grpc"], ports["http"]
+        self.metrics_port = ports.get("metrics", 0)
         if wait_serving:
             self.wait_health(health_pb2.HealthCheckResponse.SERVING, timeout)
         return self

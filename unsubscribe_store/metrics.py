@@ -15,8 +15,8 @@ ACK_SECONDS = Histogram("mailwarden_unsubscribe_ack_seconds",
                         "Time from an Unsubscribe request to its acknowledgement (committed)",
                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
 ONECLICK = Counter("mailwarden_unsubscribe_oneclick_total",
-                   "One-click POSTs by outcome (recorded, replay, rejected, unavailable, "
-                   "bad_request)", ["outcome"])
+                   "One-click POSTs by outcome (recorded, replay, recorded_expired, "
+                   "replay_expired, unknown_key, rejected, unavailable, bad_request)", ["outcome"])
 WATCHERS = Gauge("mailwarden_unsubscribe_watchers", "Open Watch streams")
 SLOW_CONSUMERS = Counter("mailwarden_unsubscribe_slow_consumers_total",
                          "Watch and Export streams ended because the consumer did not read "

@@ -130,7 +130,8 @@ SPEC_SCHEMA: dict[str, Any] = {
             "type": "object",
             "description": "The Secret with the HMAC keys of one-click tokens: key "
             "`current` (one key, at least 32 bytes) and optional `previous` (one key per "
-            "line, still accepted). Generated once when absent (32 random bytes, "
+            "line, still accepted; optionally followed by ` retired=YYYY-MM-DD`, as "
+            "`mailwarden token rotate` writes). Generated once when absent (32 random bytes, "
             "base64url), never overwritten, and kept when the store is deleted so links "
             "already sent keep working. Editing it rolls the store pods.",
             "default": {},

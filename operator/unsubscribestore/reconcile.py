@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mailwarden.tokens import SigningKey, SigningKeyError, generate_key
+from mailwarden.tokens import SigningKey, SigningKeyError, generate_key, parse_previous_key_line
 from mailwarden_operator.common import events, metrics
 from mailwarden_operator.common.apply import apply, ensure_exists
 from mailwarden_operator.common.kube import (
@@ -96,7 +96,7 @@ def _secret_value(secret: dict[str, Any], key: str) -> bytes | None:
 def check_signing_key_secret(secret: dict[str, Any]) -> None:
     """Raise StoreProblem unless the server would accept the Secret as `--signing-key-dir`
     (the server's rule: one key per non-empty line, `current` exactly one, each key at least
-    32 bytes). Messages never contain key material."""
+    32 bytes, a `previous` key optionally followed by ` retired=YYYY-MM-DD`). Messages never contain key material."""
     name = secret["metadata"]["name"]
     current = _secret_value(secret, store_naming.SIGNING_KEY_CURRENT)
     if current is None:
@@ -113,6 +113,8 @@ def check_signing_key_secret(secret: dict[str, Any]) -> None:
                                f"Secret {name}: '{key}' must hold exactly one key")
         for line in lines:
             try:
+                if key == store_naming.SIGNING_KEY_PREVIOUS:  # `KEY [retired=YYYY-MM-DD]`
+                    line = parse_previous_key_line(line, key)[0]
                 SigningKey(line)
             except SigningKeyError as exc:
                 raise StoreProblem("SigningKeyInvalid", f"Secret {name}, '{key}': {exc}") \

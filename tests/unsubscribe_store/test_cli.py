@@ -17,6 +17,29 @@ def mw(*args: str, env: dict | None = None, stdin: bytes | None = None):
                           env={**os.environ, **(env or {})})
 
 
+def test_token_rotate_keeps_old_links_working(tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "current").write_text(mw("token", "generate-key").stdout.decode())
+    before = mw("token", "mint", "--address", "a@example.com", "--scope", "n",
+                "--signing-key-dir", str(keys)).stdout.decode().strip()
+    rotated = mw("token", "rotate", "--signing-key-dir", str(keys))
+    assert rotated.returncode == 0, rotated.stderr
+    assert b"previous keys still verifying: 1" in rotated.stdout
+    assert (keys / "current").stat().st_mode & 0o077 == 0
+    ok = mw("token", "verify", before, "--signing-key-dir", str(keys))
+    assert ok.returncode == 0 and b"address=a@example.com" in ok.stdout
+    too_short = mw("token", "rotate", "--signing-key-dir", str(keys), "--keep-days", "30")
+    assert too_short.returncode == 2 and b"at least 60 days" in too_short.stderr
+    missing = mw("token", "rotate", "--signing-key-dir", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and b"Traceback" not in missing.stderr
+    other = keys.parent / "other"
+    other.mkdir()
+    (other / "current").write_text(mw("token", "generate-key").stdout.decode())
+    unknown = mw("token", "verify", before, "--signing-key-dir", str(other))
+    assert unknown.returncode == 1 and b"not configured" in unknown.stderr
+
+
 def test_token_commands(tmp_path):
     key = mw("token", "generate-key").stdout.decode().strip()
     assert len(key) >= 43

@@ -149,7 +149,10 @@ def test_the_generated_signing_key_is_what_the_server_loads(tmp_path: Path) -> N
      "must hold exactly one key"),
     ({"current": base64.b64encode(b"c" * 40).decode(),
       "previous": base64.b64encode(b"d" * 40 + b"\nZq9xKw\n").decode()}, "too short"),
-], ids=["missing", "short", "two-current", "short-previous"])
+    ({"current": base64.b64encode(b"c" * 40).decode(),
+      "previous": base64.b64encode(b"d" * 40 + b" retired=yesterday\n").decode()},
+     "retired= must be a date"),
+], ids=["missing", "short", "two-current", "short-previous", "bad-retired-date"])
 def test_unusable_signing_keys_are_refused_without_revealing_them(data, problem) -> None:
     secret = {"metadata": {"name": "k"}, "data": data}
     with pytest.raises(StoreProblem) as caught:
@@ -165,6 +168,11 @@ def test_previous_keys_are_accepted() -> None:
     check_signing_key_secret({"metadata": {"name": "k"}, "data": {
         "current": base64.b64encode(generate_key().encode() + b"\n").decode(),
         "previous": base64.b64encode(f"{generate_key()}\n{generate_key()}\n".encode())
+        .decode()}})
+    # as `mailwarden token rotate` writes them
+    check_signing_key_secret({"metadata": {"name": "k"}, "data": {
+        "current": base64.b64encode(generate_key().encode()).decode(),
+        "previous": base64.b64encode(f"{generate_key()} retired=2026-01-01\n".encode())
         .decode()}})
 
 
