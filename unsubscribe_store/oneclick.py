@@ -7,9 +7,10 @@ the same status, headers and body as a valid one, so the endpoint cannot be used
 tokens. An authentic token older than the maximum age is still recorded: the request is
 genuine, and mailbox providers POST where nobody reads an "expired" page. A token whose key
 is no longer configured cannot be checked: nothing is recorded and the page says so (this
-tells a caller only that the key id is not ours, nothing about any address). ``GET /u/<token>`` — what link scanners and prefetchers send — never
-changes anything: it renders a page whose button POSTs the same body. The page does not
-show the address either, since that would reveal whether the token is valid.
+tells a caller only that the key id is not ours, nothing about any address).
+``GET /u/<token>`` — what link scanners and prefetchers send — never changes anything: it
+renders a page whose button POSTs the same body. The page does not show the address either,
+since that would reveal whether the token is valid.
 
 Tokens are bearer capabilities, so they are never logged; the access log is off and our own
 log lines carry no token.

@@ -96,7 +96,8 @@ def _secret_value(secret: dict[str, Any], key: str) -> bytes | None:
 def check_signing_key_secret(secret: dict[str, Any]) -> None:
     """Raise StoreProblem unless the server would accept the Secret as `--signing-key-dir`
     (the server's rule: one key per non-empty line, `current` exactly one, each key at least
-    32 bytes, a `previous` key optionally followed by ` retired=YYYY-MM-DD`). Messages never contain key material."""
+    32 bytes, a `previous` key optionally followed by ` retired=YYYY-MM-DD`). Messages never
+    contain key material."""
     name = secret["metadata"]["name"]
     current = _secret_value(secret, store_naming.SIGNING_KEY_CURRENT)
     if current is None:
