@@ -1,5 +1,5 @@
-"""The unsubscribe store process: reads its configuration (DSN, signing keys, resubscribe
-credential) from the `mailwarden unsubscribe-server` flags, files and environment, applies
+"""The unsubscribe store process: reads its configuration (DSN, signing keys, admin
+credential, TLS) from the `mailwarden unsubscribe-server` flags, files and environment, applies
 migrations (`--migrate-only`) or runs `UnsubscribeServer` until SIGTERM.
 
 Configuration errors are one line on stderr and exit status 2; an unreachable database for
@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from mailwarden.tls import TlsConfigError, check_tls_dir
     from mailwarden.tokens import MIN_MAX_AGE_DAYS, SigningKeyError
+    from unsubscribe_store.access import AccessPolicy
     from unsubscribe_store.backends import open_store
     from unsubscribe_store.http_guard import raise_descriptor_limit
     from unsubscribe_store.model import StoreMisconfigured, StoreUnavailable
@@ -103,11 +105,27 @@ def run(args: argparse.Namespace) -> int:
         except SigningKeyError as exc:
             print(err + f"{exc}; or pass --no-one-click", file=sys.stderr)
             return 2
-    resubscribe = None
-    if args.resubscribe_token_file:
-        resubscribe = _read_secret_file(args.resubscribe_token_file, "resubscribe token").encode()
-    elif os.environ.get(wire.RESUBSCRIBE_TOKEN_ENV):
-        resubscribe = os.environ[wire.RESUBSCRIBE_TOKEN_ENV].strip().encode()
+    admin_token = None
+    if args.admin_token_file:
+        admin_token = _read_secret_file(args.admin_token_file, "admin token").encode()
+    else:
+        for name in (wire.ADMIN_TOKEN_ENV, wire.RESUBSCRIBE_TOKEN_ENV):
+            if os.environ.get(name, "").strip():
+                admin_token = os.environ[name].strip().encode()
+                break
+    if args.require_client_cert and args.tls_dir is None:
+        print(err + "--require-client-cert needs --tls-dir", file=sys.stderr)
+        return 2
+    if args.admin_client and not args.require_client_cert:
+        print(err + "--admin-client names client certificates: it needs --tls-dir and "
+              "--require-client-cert", file=sys.stderr)
+        return 2
+    if args.tls_dir is not None:
+        try:
+            check_tls_dir(args.tls_dir, args.require_client_cert)
+        except TlsConfigError as exc:
+            print(err + f"--tls-dir: {exc}", file=sys.stderr)
+            return 2
     if args.max_concurrent_snapshots < 1 or not args.watch_send_timeout > 0:
         print(err + "--max-concurrent-snapshots must be at least 1 and --watch-send-timeout "
               "positive", file=sys.stderr)
@@ -127,8 +145,10 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent_snapshots=args.max_concurrent_snapshots,
         watch_send_timeout_seconds=args.watch_send_timeout,
         http_header_timeout=args.http_header_timeout, http_body_timeout=args.http_body_timeout,
-        http_max_connections=args.http_max_connections)
-    server = UnsubscribeServer(store, config, resubscribe_token=resubscribe)
+        http_max_connections=args.http_max_connections, tls_dir=args.tls_dir,
+        require_client_cert=args.require_client_cert)
+    server = UnsubscribeServer(store, config,
+                               access=AccessPolicy.of(admin_token, args.admin_client))
     try:
         asyncio.run(server.run())
     except OSError as exc:

@@ -37,3 +37,6 @@ HTTP_REJECTED = Counter("mailwarden_unsubscribe_http_rejected_total",
                         "One-click HTTP connections and requests ended by the server's limits "
                         "or the client: body_timeout, evicted (over the "
                         "connection cap), disconnected, malformed", ["reason"])
+DENIED = Counter("mailwarden_unsubscribe_denied_total",
+                 "Calls of admin methods (Import, Export, Resubscribe) refused: no admin "
+                 "credential or client certificate", ["method"])

@@ -27,10 +27,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from mailwarden.tls import server_credentials
 from mailwarden.tokens import KeyRing
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from unsubscribe_store import metrics
+from unsubscribe_store.access import AccessPolicy
 from unsubscribe_store.http_guard import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -67,6 +69,8 @@ class ServerConfig:
     grace_seconds: float = 10.0            # then in-flight calls get this long
     max_connection_age_seconds: float = 300.0
     ports_file: str = ""
+    tls_dir: Path | None = None  # gRPC over TLS (tls.crt, tls.key; ca.crt for client certs)
+    require_client_cert: bool = False
     max_concurrent_snapshots: int = DEFAULT_MAX_SNAPSHOTS
     watch_send_timeout_seconds: float = DEFAULT_SEND_TIMEOUT
     http_header_timeout: float = DEFAULT_HEADER_TIMEOUT
@@ -100,10 +104,10 @@ def _bind(address: str) -> socket.socket:
 
 class UnsubscribeServer:
     def __init__(self, store: Store, config: ServerConfig, *,
-                 resubscribe_token: bytes | None = None) -> None:
+                 access: AccessPolicy | None = None) -> None:
         self.store = store
         self.config = config
-        self.state = ServerState(store, resubscribe_token=resubscribe_token,
+        self.state = ServerState(store, access=access,
                                  max_concurrent_snapshots=config.max_concurrent_snapshots,
                                  send_timeout=config.watch_send_timeout_seconds)
         self.health = health_aio.HealthServicer()
@@ -144,7 +148,11 @@ class UnsubscribeServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self._grpc)
         try:
-            self.ports["grpc"] = self._grpc.add_insecure_port(cfg.grpc_address)
+            if cfg.tls_dir is not None:
+                credentials = server_credentials(cfg.tls_dir, cfg.require_client_cert, log)
+                self.ports["grpc"] = self._grpc.add_secure_port(cfg.grpc_address, credentials)
+            else:
+                self.ports["grpc"] = self._grpc.add_insecure_port(cfg.grpc_address)
         except RuntimeError:
             self.ports["grpc"] = 0
         if not self.ports["grpc"]:

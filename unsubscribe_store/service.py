@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from mailwarden.suppression import MailClass, Reason, applies
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from unsubscribe_store import metrics
+from unsubscribe_store.access import AccessPolicy
 from unsubscribe_store.feed import ChangeFeed
 from unsubscribe_store.model import (
     Change,
@@ -84,11 +84,11 @@ class _Stalled(Exception):
 class ServerState:
     """What the servicer, the HTTP endpoint and the health updater share."""
 
-    def __init__(self, store: Store, *, resubscribe_token: bytes | None = None,
+    def __init__(self, store: Store, *, access: AccessPolicy | None = None,
                  max_concurrent_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
                  send_timeout: float = DEFAULT_SEND_TIMEOUT) -> None:
         self.store = store
-        self.resubscribe_token = resubscribe_token
+        self.access = access or AccessPolicy()
         self.ready = False
         self.reason = "starting"
         self.sync_standbys = 0
@@ -269,7 +269,7 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
 
     async def Resubscribe(self, request: pb.ResubscribeRequest,
                           context: grpc.aio.ServicerContext) -> pb.ResubscribeResponse:
-        await self._authorise_resubscribe(context)
+        await self.state.access.authorise("Resubscribe", context)
         try:
             address = normalize_address(request.address)
             scope = normalize_scope(request.scope)
@@ -289,25 +289,9 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
         metrics.WRITES.labels("resubscribe", "new" if result.removed else "replay").inc()
         return pb.ResubscribeResponse(sequence=result.sequence, removed=result.removed)
 
-    async def _authorise_resubscribe(self, context: grpc.aio.ServicerContext) -> None:
-        expected = self.state.resubscribe_token
-        if not expected:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                "resubscribe is disabled on this server (no resubscribe "
-                                "credential configured)")
-        given = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                given = value if isinstance(value, str) else value.decode("latin-1")
-        scheme, _, credential = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(),
-                                                                  expected):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "resubscribe needs 'authorization: Bearer <resubscribe "
-                                "credential>' metadata")
-
     async def Import(self, request_iterator: AsyncIterator[pb.ImportChunk],
                      context: grpc.aio.ServicerContext) -> pb.ImportSummary:
+        await self.state.access.authorise("Import", context)
         await self._writable(context)
         summary = pb.ImportSummary()
         parser: RowParser | None = None
@@ -366,6 +350,7 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
 
     async def Export(self, request: pb.ExportRequest,
                      context: grpc.aio.ServicerContext) -> None:
+        await self.state.access.authorise("Export", context)
         fmt = _FORMATS.get(request.format, "csv")
         try:
             scope = normalize_scope(request.scope, allow_empty=True)

@@ -31,6 +31,7 @@ from mailwarden_operator.common.apply import apply, ensure_exists
 from mailwarden_operator.common.kube import (
     DEPLOYMENTS,
     HPAS,
+    NETWORKPOLICIES,
     PDBS,
     PVCS,
     SECRETS,
@@ -51,6 +52,10 @@ from mailwarden_operator.common.status import observe_rollout, status_patch
 from mailwarden_operator.unsubscribestore import naming as store_naming
 from mailwarden_operator.unsubscribestore.render.deployment import render_store_deployment
 from mailwarden_operator.unsubscribestore.render.hpa import render_store_hpa
+from mailwarden_operator.unsubscribestore.render.networkpolicy import (
+    networkpolicy_wanted,
+    render_store_networkpolicy,
+)
 from mailwarden_operator.unsubscribestore.render.pdb import render_store_pdb
 from mailwarden_operator.unsubscribestore.render.pvc import render_data_claim, wants_claim
 from mailwarden_operator.unsubscribestore.render.secret import render_signing_key_secret
@@ -196,6 +201,7 @@ class StoreReconciler:
                 apply(kube, HPAS, render_store_hpa(owner))
                 apply(kube, PDBS, render_store_pdb(owner))
             self._servicemonitor(owner)
+            self._networkpolicy(owner)
         else:
             # Leave every child as it is: whatever served before keeps serving.
             deployment = kube.get(DEPLOYMENTS, namespace, workload)
@@ -286,6 +292,15 @@ class StoreReconciler:
                                f"Secret {ref['name']} ({field_path}) has no non-empty key "
                                f"'{ref['key']}'")
         return secret["metadata"].get("resourceVersion", "")
+
+    def _networkpolicy(self, owner: dict[str, Any]) -> None:
+        meta = owner["metadata"]
+        if networkpolicy_wanted(owner):
+            apply(self.kube, NETWORKPOLICIES, render_store_networkpolicy(owner))
+        elif self.kube.get(NETWORKPOLICIES, meta["namespace"],
+                           store_naming.workload_name(meta["name"])) is not None:
+            self.kube.delete(NETWORKPOLICIES, meta["namespace"],
+                             store_naming.workload_name(meta["name"]))
 
     def _servicemonitor(self, owner: dict[str, Any]) -> None:
         if not self.kube.api_available(MONITORING_GROUP, MONITORING_VERSION):

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 from mailwarden.tokens import KeyRing, verify_token
-from testkit.store import REPO, count_rows
+from testkit.store import REPO, RESUBSCRIBE_TOKEN, count_rows
+
+ADMIN_ENV = {"MAILWARDEN_ADMIN_TOKEN": RESUBSCRIBE_TOKEN}
 
 
 def mw(*args: str, env: dict | None = None, stdin: bytes | None = None):
@@ -108,10 +110,11 @@ def test_import_is_checked_before_anything_is_written(store, backend, store_args
     assert result.returncode == 1
     assert b"bad.csv:3:" in result.stderr and b"nothing imported" in result.stderr
     assert count_rows(backend, store_args, "unsubscribe_suppressions") == 0
-    result = mw("unsubscribe", "--target", store.target, "import", str(good))
+    result = mw("unsubscribe", "--target", store.target, "import", str(good), env=ADMIN_ENV)
     assert result.returncode == 0, result.stderr
     assert b"imported 2 rows: 2 new" in result.stdout
-    exported = mw("unsubscribe", "--target", store.target, "export", "--format", "jsonl")
+    exported = mw("unsubscribe", "--target", store.target, "export", "--format", "jsonl",
+                  env=ADMIN_ENV)
     assert exported.stdout.count(b"\n") == 2
     check = mw("unsubscribe", "--target", store.target, "check", "ANN@example.com",
                "bob@example.com", "zed@example.com", "--scope", "news")
@@ -165,7 +168,8 @@ def test_export_into_a_missing_directory_is_a_clear_error(start_store, tmp_path)
     assert result.returncode == 2, result.stderr
     assert b"cannot write" in result.stderr and b"Traceback" not in result.stderr
     good = tmp_path / "out.csv"
-    assert mw("unsubscribe", "--target", store.target, "export", "-o", str(good)).returncode == 0
+    assert mw("unsubscribe", "--target", store.target, "export", "-o", str(good),
+              env=ADMIN_ENV).returncode == 0
     assert good.read_text().startswith("address,scope")
 
 
