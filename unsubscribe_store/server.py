@@ -30,9 +30,9 @@ from grpc_reflection.v1alpha import reflection
 from mailwarden.tls import server_credentials
 from mailwarden.tokens import KeyRing
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
-from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from unsubscribe_store import metrics
 from unsubscribe_store.access import AccessPolicy
+from unsubscribe_store.handlers import add_servicer
 from unsubscribe_store.http_guard import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -142,7 +142,7 @@ class UnsubscribeServer:
             ("grpc.max_connection_age_grace_ms", int(cfg.grace_seconds * 1000)),
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_UnsubscribeStoreServicer_to_server(UnsubscribeService(self.state), self._grpc)
+        add_servicer(UnsubscribeService(self.state), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -107,6 +107,9 @@ class ServeConfig:
                        f"{self.suppression_store!r})")
         if self.require_client_cert and self.tls_dir is None:
             out.append("--require-client-cert needs --tls-dir")
+        if self.port_file is not None and not self.port_file.parent.is_dir():
+            out.append(f"--port-file {self.port_file}: directory {self.port_file.parent} "
+                       "does not exist")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             out.append(f"--log-level must be debug, info, warning or error "
                        f"(got {self.log_level!r})")

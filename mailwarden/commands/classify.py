@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         print("mailwarden classify: --target is required (or set MAILWARDEN_TARGET)",
               file=sys.stderr)
         return 2
+    if not args.deadline > 0:
+        print("mailwarden classify: --deadline must be positive (seconds)", file=sys.stderr)
+        return 2
     if (args.tls_cert is None) != (args.tls_key is None):
         print("mailwarden classify: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2

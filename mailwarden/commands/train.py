@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_kib < 1:
         print("mailwarden train: --max-kib must be at least 1", file=sys.stderr)
+        return 2
+    # Checked before training, which can take minutes, not after it.
+    directory = args.output.parent
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        print(f"mailwarden train: -o {args.output}: directory {directory} does not exist or "
+              "is not writable", file=sys.stderr)
         return 2
     try:
         model = train(args.ham, args.spam, max_bytes=args.max_kib * 1024,

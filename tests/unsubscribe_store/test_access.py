@@ -164,3 +164,29 @@ def test_the_cli_speaks_tls(start_store, sqlite_args, tmp_path, pki):
     broken = mw("unsubscribe", "--target", target, "--tls-dir", str(tmp_path / "nope"),
                 "status")
     assert broken.returncode == 2 and b"Traceback" not in broken.stderr
+
+
+def test_malformed_protobuf_is_invalid_argument(start_store, sqlite_args):
+    """Issue 20 item 16: bytes that are not the request message got INTERNAL (a server
+    fault, which clients retry and alerts count) instead of INVALID_ARGUMENT."""
+    store = start_store(sqlite_args)
+    channel = grpc.insecure_channel(store.target)
+    service = "/mailwarden.unsubscribe.v1.UnsubscribeStore/"
+    garbage = b"\xff\xff\xff\xff"  # a field header with a truncated varint
+    check = channel.unary_unary(service + "Check")
+    with pytest.raises(grpc.RpcError) as info:
+        check(garbage, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid CheckRequest" in info.value.details()
+    import_ = channel.stream_unary(service + "Import")
+    with pytest.raises(grpc.RpcError) as info:
+        import_(iter([garbage]), timeout=10, metadata=BEARER)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    watch = channel.unary_stream(service + "Watch")
+    with pytest.raises(grpc.RpcError) as info:
+        list(watch(garbage, timeout=10))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # well-formed calls on the same channel still work
+    ok = pb_grpc.UnsubscribeStoreStub(channel).Check(pb.CheckRequest(addresses=["a@b.example"]))
+    assert not ok.suppressed
+    channel.close()
