@@ -190,3 +190,18 @@ def test_malformed_protobuf_is_invalid_argument(start_store, sqlite_args):
     ok = pb_grpc.UnsubscribeStoreStub(channel).Check(pb.CheckRequest(addresses=["a@b.example"]))
     assert not ok.suppressed
     channel.close()
+
+
+def test_long_invalid_input_is_not_echoed(start_store, sqlite_args):
+    """Issue 20 item 16: long invalid addresses were echoed whole into status details."""
+    store = start_store(sqlite_args)
+    stub = store.stub()
+    for request in (pb.UnsubscribeRequest(address="<" * 1_000_000, scope="news"),
+                    pb.UnsubscribeRequest(address="a" * 500_000 + "@example.com", scope="n"),
+                    pb.UnsubscribeRequest(address="a@example.com", scope="n",
+                                          source="s" * 1_000_000)):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Unsubscribe(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert len(info.value.details()) < 400
+    assert len(store.log()) < 20_000
