@@ -174,7 +174,8 @@ def test_import_export_round_trip(backend, store, store_args):
     assert (again.inserted, again.already_existed) == (0, 1201)
     assert count_rows(backend, store_args, "unsubscribe_changes") == 1201
 
-    exported = b"".join(c.data for c in stub.Export(pb.ExportRequest(format=pb.JSONL), metadata=ADMIN))
+    exported = b"".join(c.data for c in stub.Export(pb.ExportRequest(format=pb.JSONL),
+                                                    metadata=ADMIN))
     lines = exported.decode().splitlines()
     assert len(lines) == 1201
     assert '"first_seen": "2020-05-01T00:00:00+00:00"' in lines[-1] or \

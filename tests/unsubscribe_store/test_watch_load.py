@@ -118,6 +118,6 @@ def test_idle_watchers_cost_no_database_work(start_store, pg_dsn, tmp_path: Path
             time.sleep(0.1)
     assert not watchers.errors, watchers.errors[:3]
     print(f"{WATCHERS} watchers at a 0.1 s heartbeat: {rate:.0f} database transactions/s "
-          f"(no watchers: {idle:.0f}/s); heartbeats per stream while counted: {min(got)}-{max(got)}")
+          f"(no watchers: {idle:.0f}/s); heartbeats per stream counted: {min(got)}-{max(got)}")
     assert min(got) >= 4, "heartbeats stopped"  # every stream still hears the store
     assert rate < idle + 20, f"{rate:.0f} transactions/s for idle watchers"
