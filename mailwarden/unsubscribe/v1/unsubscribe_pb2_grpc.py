@@ -106,9 +106,10 @@ class UnsubscribeStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Resubscribe(self, request, context):
-        """Remove a suppression (a person explicitly opted back in). Separately authorised: the
-        call must carry `authorization: Bearer <resubscribe credential>` metadata, a credential
-        distinct from anything senders hold. Disabled when the server has none configured.
+        """Remove a suppression (a person explicitly opted back in). An admin method, like Import
+        and Export: the caller's client certificate must be one the server names as an admin
+        client, or the call must carry `authorization: Bearer <admin credential>` metadata, a
+        credential distinct from anything senders hold. Disabled when the server has neither.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,14 +118,14 @@ class UnsubscribeStoreServicer:
     def Import(self, request_iterator, context):
         """Bulk import (CSV with a header row, or JSONL) of suppressions, for migrations. The first
         message carries the format and defaults; every message carries bytes of the file, split
-        anywhere. Rows are upserts, so re-running an interrupted import is harmless.
+        anywhere. Rows are upserts, so re-running an interrupted import is harmless. Admin only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Export(self, request, context):
-        """Bulk export in the same formats Import reads.
+        """Bulk export in the same formats Import reads. Admin only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
