@@ -60,12 +60,13 @@ def _line(name: str, verdict: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from mailwarden.client import ClassifyError, FilterClient, verdict_dict
 
+    if not args.deadline > 0:  # also refuses NaN
+        print(f"mailwarden classify: --deadline must be a positive number of seconds "
+              f"(got {args.deadline:g})", file=sys.stderr)
+        return 2
     if not args.target:
         print("mailwarden classify: --target is required (or set MAILWARDEN_TARGET)",
               file=sys.stderr)
-        return 2
-    if not args.deadline > 0:
-        print("mailwarden classify: --deadline must be positive (seconds)", file=sys.stderr)
         return 2
     if (args.tls_cert is None) != (args.tls_key is None):
         print("mailwarden classify: --tls-cert and --tls-key go together", file=sys.stderr)

@@ -35,11 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_kib < 1:
         print("mailwarden train: --max-kib must be at least 1", file=sys.stderr)
         return 2
-    # Checked before training, which can take minutes, not after it.
-    directory = args.output.parent
-    if not directory.is_dir() or not os.access(directory, os.W_OK):
-        print(f"mailwarden train: -o {args.output}: directory {directory} does not exist or "
-              "is not writable", file=sys.stderr)
+    problem = _unwritable(args.output)
+    if problem:  # before training, which takes a while, not after it
+        print(f"mailwarden train: -o {args.output}: {problem}", file=sys.stderr)
         return 2
     try:
         model = train(args.ham, args.spam, max_bytes=args.max_kib * 1024,
@@ -54,3 +52,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.output} ({len(data) / 1024:.0f} KiB, {len(model)} tokens)",
           file=sys.stderr)
     return 0
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (None: it can, as far as can be told)."""
+    directory = path.parent
+    if not directory.is_dir():
+        return f"directory {directory} does not exist"
+    if path.is_dir():
+        return "is a directory"
+    if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None
