@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from mailwarden_operator.common import events, metrics
-from mailwarden_operator.common.apply import apply, ensure_exists
+from mailwarden_operator.common.apply import Applier, ensure_exists
 from mailwarden_operator.common.kube import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -62,6 +62,10 @@ class Reconciler:
     keep_configmaps: int = DEFAULT_KEEP_CONFIGMAPS
     clock: Callable[[], datetime.datetime] = _utcnow
     _locks: ObjectLocks = field(default_factory=ObjectLocks)
+    applier: Applier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.applier = Applier(self.kube)
 
     def reconcile(self, namespace: str, name: str, *, trigger: str = "event") -> str:
         """Reconcile one SpamPolicy; returns a one-word outcome for logs and metrics."""
@@ -78,6 +82,12 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         self._locks.forget(namespace, name)
         metrics.forget(namespace, name)
+        for res, child in ((DEPLOYMENTS, naming.workload_name(name)),
+                           (SERVICES, naming.workload_name(name)),
+                           (SERVICES, naming.headless_name(name)),
+                           (HPAS, naming.workload_name(name)), (PDBS, naming.workload_name(name)),
+                           (SERVICEMONITORS, naming.workload_name(name))):
+            self.applier.forget(res.kind, namespace, child)
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -108,12 +118,13 @@ class Reconciler:
         if bundle is not None:
             target_hash: str | None = bundle.hash
             ensure_exists(kube, CONFIGMAPS, render_configmap(owner, bundle))
-            _, deployment = apply(kube, DEPLOYMENTS,
+            apply = self.applier.apply
+            _, deployment = apply(DEPLOYMENTS,
                                   render_deployment(owner, bundle.hash, self.settings))
-            apply(kube, SERVICES, render_service(owner))
-            apply(kube, SERVICES, render_headless_service(owner))
-            apply(kube, HPAS, render_hpa(owner))
-            apply(kube, PDBS, render_pdb(owner))
+            apply(SERVICES, render_service(owner))
+            apply(SERVICES, render_headless_service(owner))
+            apply(HPAS, render_hpa(owner))
+            apply(PDBS, render_pdb(owner))
             self._servicemonitor(owner)
         else:
             # An invalid policy never reaches a pod: leave every child as it is, so the
@@ -188,7 +199,7 @@ class Reconciler:
             return
         meta = owner["metadata"]
         if servicemonitor_wanted(owner):
-            apply(self.kube, SERVICEMONITORS, render_servicemonitor(owner))
+            self.applier.apply(SERVICEMONITORS, render_servicemonitor(owner))
         elif self.kube.get(SERVICEMONITORS, meta["namespace"],
                            naming.workload_name(meta["name"])) is not None:
             self.kube.delete(SERVICEMONITORS, meta["namespace"],

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from mailwarden.tokens import SigningKey, SigningKeyError, generate_key
 from mailwarden_operator.common import events, metrics
-from mailwarden_operator.common.apply import apply, ensure_exists
+from mailwarden_operator.common.apply import Applier, ensure_exists
 from mailwarden_operator.common.kube import (
     DEPLOYMENTS,
     HPAS,
@@ -56,7 +56,6 @@ from mailwarden_operator.unsubscribestore.render.pvc import render_data_claim, w
 from mailwarden_operator.unsubscribestore.render.secret import render_signing_key_secret
 from mailwarden_operator.unsubscribestore.render.servicemonitor import render_store_servicemonitor
 from mailwarden_operator.unsubscribestore.render.services import (
-    annotation_removals,
     render_grpc_service,
     render_http_service,
 )
@@ -128,6 +127,10 @@ class StoreReconciler:
     # so SpamPolicies referencing it update their SuppressionReady condition at once.
     on_ready_changed: Callable[[str, str], None] | None = None
     _locks: ObjectLocks = field(default_factory=ObjectLocks)
+    applier: Applier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.applier = Applier(self.kube)
 
     def reconcile(self, namespace: str, name: str, *, trigger: str = "event") -> str:
         """Reconcile one UnsubscribeStore; returns a one-word outcome."""
@@ -147,6 +150,11 @@ class StoreReconciler:
     def forget(self, namespace: str, name: str) -> None:
         self._locks.forget(namespace, name)
         metrics.forget_store(namespace, name)
+        workload = store_naming.workload_name(name)
+        for res, child in ((DEPLOYMENTS, workload), (SERVICES, workload),
+                           (SERVICES, store_naming.http_service_name(name)), (HPAS, workload),
+                           (PDBS, workload), (SERVICEMONITORS, workload)):
+            self.applier.forget(res.kind, namespace, child)
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -181,17 +189,15 @@ class StoreReconciler:
                 ensure_exists(kube, PVCS, render_data_claim(owner))
             desired = render_store_deployment(owner, self.settings, versions)
             # Embedded: no autoscaler, and never a second SQLite writer: replicas enforced.
-            _, deployment = apply(kube, DEPLOYMENTS, desired,
-                                  create_only=() if embedded else None)
+            apply = self.applier.apply
+            _, deployment = apply(DEPLOYMENTS, desired, create_only=() if embedded else None)
             target_hash: str | None = desired["metadata"]["annotations"][
                 store_naming.CONFIG_HASH_ANNOTATION]
-            apply(kube, SERVICES, render_grpc_service(owner))
-            http = render_http_service(owner)
-            current_http = kube.get(SERVICES, namespace, http["metadata"]["name"])
-            apply(kube, SERVICES, annotation_removals(http, current_http), current=current_http)
+            apply(SERVICES, render_grpc_service(owner))
+            apply(SERVICES, render_http_service(owner))
             if not embedded:
-                apply(kube, HPAS, render_store_hpa(owner))
-                apply(kube, PDBS, render_store_pdb(owner))
+                apply(HPAS, render_store_hpa(owner))
+                apply(PDBS, render_store_pdb(owner))
             self._servicemonitor(owner)
         else:
             # Leave every child as it is: whatever served before keeps serving.
@@ -290,7 +296,7 @@ class StoreReconciler:
         meta = owner["metadata"]
         name = store_naming.workload_name(meta["name"])
         if servicemonitor_wanted(owner):
-            apply(self.kube, SERVICEMONITORS, render_store_servicemonitor(owner))
+            self.applier.apply(SERVICEMONITORS, render_store_servicemonitor(owner))
         elif self.kube.get(SERVICEMONITORS, meta["namespace"], name) is not None:
             self.kube.delete(SERVICEMONITORS, meta["namespace"], name)
 

@@ -23,8 +23,7 @@ from mailwarden_operator.unsubscribestore.render.pdb import render_store_pdb
 from mailwarden_operator.unsubscribestore.render.pvc import render_data_claim, wants_claim
 from mailwarden_operator.unsubscribestore.render.secret import render_signing_key_secret
 from mailwarden_operator.unsubscribestore.render.servicemonitor import render_store_servicemonitor
-from mailwarden_operator.unsubscribestore.render.services import (MANAGED_ANNOTATIONS,
-                                                       annotation_removals,
+from mailwarden_operator.unsubscribestore.render.services import (
                                                        render_grpc_service,
                                                        render_http_service)
 from mailwarden_operator.spampolicy.spec import with_defaults as policy_defaults
@@ -329,19 +328,12 @@ def test_services() -> None:
     assert store_naming.grpc_target("sup", "team") == "sup-unsubscribe.team.svc:50061"
 
 
-def test_annotations_removed_from_the_spec_are_removed_from_the_service() -> None:
-    before = render_http_service(store(**FULL))
-    after = render_http_service(store())
-    assert after["metadata"]["annotations"] == {MANAGED_ANNOTATIONS: ""}
-    patch = annotation_removals(after, before)
-    assert patch["metadata"]["annotations"][
-        "service.beta.kubernetes.io/aws-load-balancer-type"] is None
-    # Annotations added by others (cloud controllers) are left alone.
-    before["metadata"]["annotations"]["cloud.example/id"] = "lb-1"
-    assert "cloud.example/id" not in annotation_removals(after, before)["metadata"][
-        "annotations"]
-    assert annotation_removals(after, None) is after
-    assert annotation_removals(after, after) is after
+def test_the_http_service_carries_exactly_the_specs_annotations() -> None:
+    # Removal of a key dropped from the spec is server-side apply's (tests/operator_cluster/
+    # test_apply.py shows it on a real API server).
+    assert "annotations" not in render_http_service(store())["metadata"]
+    assert render_http_service(store(**FULL))["metadata"]["annotations"] == \
+        FULL["http"]["service"]["annotations"]
 
 
 def test_hpa_pdb_and_servicemonitor() -> None:

@@ -1,0 +1,191 @@
+"""The operator's writes on a real API server (issue 13 items 8, 9, 17): server-side apply
+as `mailwarden-operator` removes what the spec no longer asks for, a no-op reconcile writes
+nothing (counted in the API server's audit log), the HPA's replica count is left alone, a
+foreign object with a child's name is not adopted, and every request says who made it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from e2e.cluster import ControlPlane
+from tests.operator_cluster.kubeapi import kubectl, wait_for
+from tests.operator_cluster.operator_proc import AuditLog, OperatorOnCluster
+
+pytestmark = pytest.mark.slow
+
+RESYNC_SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane: ControlPlane, crds_installed: list[str],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorOnCluster]:
+    proc = OperatorOnCluster(control_plane, tmp_path_factory.mktemp("operator"),
+                             resync=RESYNC_SECONDS)
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+
+
+def apply(cp: ControlPlane, body: dict[str, Any]) -> None:
+    done = kubectl(cp, "apply", "--server-side", "--field-manager", "tests", "-f", "-",
+                   stdin=yaml.safe_dump(body))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def policy(namespace: str, name: str = "mail", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "mailwarden.dev/v1alpha1", "kind": "SpamPolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"policy": {"rules": [{"name": "R1", "target": "body",
+                                           "pattern": "viagra", "score": 5}]}, **spec}}
+
+
+def store(namespace: str, name: str = "sup", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "mailwarden.dev/v1alpha1", "kind": "UnsubscribeStore",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"storage": {"type": "embedded", "embedded": {"volume": "emptyDir"}},
+                     "replicas": {"min": 1, "max": 1}, **spec}}
+
+
+def deployment(cp: ControlPlane, namespace: str, name: str) -> Any:
+    try:
+        return client.AppsV1Api(cp.api_client()).read_namespaced_deployment(name, namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def service(cp: ControlPlane, namespace: str, name: str) -> Any:
+    try:
+        return client.CoreV1Api(cp.api_client()).read_namespaced_service(name, namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def resync_rounds(operator: OperatorOnCluster, policies: int, rounds: int = 2,
+                  timeout: float = 120) -> None:
+    """Wait until every SpamPolicy was resynced `rounds` more times."""
+    before = operator.metric("mailwarden_operator_reconciles_total", trigger="resync")
+    wait_for(f"{rounds} resync rounds", lambda: operator.metric(
+        "mailwarden_operator_reconciles_total", trigger="resync") - before
+        >= rounds * policies, timeout=timeout)
+
+
+def settle(audit: AuditLog, user: str, namespace: str, quiet: float = 8.0,
+           timeout: float = 120) -> None:
+    """Wait until the operator has written nothing in `namespace` for `quiet` seconds (the
+    Deployment controller's status changes trigger legitimate status updates first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mark = audit.mark()
+        time.sleep(quiet)
+        if not audit.writes(user, mark, namespace=namespace):
+            return
+    raise AssertionError(f"the operator kept writing in {namespace}: "
+                         f"{[str(e) for e in audit.writes(user, mark, namespace=namespace)]}")
+
+
+def test_removed_fields_disappear_from_the_children(control_plane: ControlPlane,
+                                                   operator: OperatorOnCluster,
+                                                   namespace: str) -> None:
+    scheduling = {"nodeSelector": {"disk": "ssd", "zone": "a"},
+                  "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "mail",
+                                   "effect": "NoSchedule"}]}
+    apply(control_plane, policy(namespace, scheduling=scheduling))
+    annotations = {"example.com/a": "1", "example.com/b": "2"}
+    apply(control_plane, store(namespace, http={"service": {"annotations": annotations}}))
+
+    def pod_spec() -> Any:
+        dep = deployment(control_plane, namespace, "mail-filter")
+        return dep.spec.template.spec if dep else None
+    wait_for("the filter Deployment with the scheduling constraints",
+             lambda: pod_spec() and pod_spec().node_selector == scheduling["nodeSelector"]
+             and pod_spec().tolerations)
+    wait_for("the store's HTTP Service with both annotations",
+             lambda: (svc := service(control_plane, namespace, "sup-unsubscribe-http"))
+             and (svc.metadata.annotations or {}).items() >= annotations.items())
+
+    apply(control_plane, policy(namespace, scheduling={"nodeSelector": {"disk": "ssd"}}))
+    apply(control_plane, store(namespace, http={"service": {
+        "annotations": {"example.com/a": "1"}}}))
+    wait_for("the removed nodeSelector key and toleration to leave the Deployment",
+             lambda: pod_spec().node_selector == {"disk": "ssd"} and not pod_spec().tolerations,
+             timeout=60)
+    wait_for("the removed annotation to leave the Service", lambda: "example.com/b" not in (
+        service(control_plane, namespace, "sup-unsubscribe-http").metadata.annotations or {}),
+        timeout=60)
+
+
+def test_a_no_op_reconcile_writes_nothing(control_plane: ControlPlane,
+                                          operator: OperatorOnCluster,
+                                          namespace: str) -> None:
+    apply(control_plane, policy(namespace, resources={
+        "requests": {"cpu": 1, "memory": "256Mi"}, "limits": {"memory": "512Mi"}}))
+    apply(control_plane, store(namespace))
+    wait_for("the children", lambda: deployment(control_plane, namespace, "mail-filter")
+             and deployment(control_plane, namespace, "sup-unsubscribe"))
+    audit = AuditLog(control_plane)
+    settle(audit, operator.username, namespace)
+    mark = audit.mark()
+    policies = len(client.CustomObjectsApi(control_plane.api_client())
+                   .list_cluster_custom_object("mailwarden.dev", "v1alpha1", "spampolicies")
+                   ["items"])
+    resync_rounds(operator, policies, rounds=3)
+    writes = audit.writes(operator.username, mark, namespace=namespace)
+    assert writes == [], f"a no-op reconcile wrote: {[str(w) for w in writes]}"
+
+
+def test_the_hpa_owns_the_replica_count(control_plane: ControlPlane,
+                                        operator: OperatorOnCluster, namespace: str) -> None:
+    apply(control_plane, policy(namespace, replicas={"min": 2, "max": 8}))
+
+    def ours() -> list[Any]:
+        dep = deployment(control_plane, namespace, "mail-filter")
+        return [m for m in dep.metadata.managed_fields
+                if m.manager == "mailwarden-operator"] if dep else []
+    # Created with the count, which is handed over to another manager at once.
+    wait_for("the Deployment, the replica count not ours",
+             lambda: ours() and "f:replicas" not in ours()[0].fields_v1.get("f:spec", {}))
+    assert [m.operation for m in ours()] == ["Apply"]
+    assert deployment(control_plane, namespace, "mail-filter").spec.replicas == 2
+    # The HPA (or a person) scales: later reconciles must not undo it.
+    done = kubectl(control_plane, "scale", "-n", namespace, "deployment/mail-filter",
+                   "--replicas=5")
+    assert done.returncode == 0, done.stderr
+    resync_rounds(operator, 1, rounds=2)
+    assert deployment(control_plane, namespace, "mail-filter").spec.replicas == 5
+
+
+def test_a_foreign_object_with_a_childs_name_is_not_adopted(control_plane: ControlPlane,
+                                                           operator: OperatorOnCluster,
+                                                           namespace: str) -> None:
+    core = client.CoreV1Api(control_plane.api_client())
+    core.create_namespaced_service(namespace, {
+        "metadata": {"name": "mail-filter", "labels": {"team": "theirs"}},
+        "spec": {"selector": {"app": "theirs"}, "ports": [{"port": 80}]}})
+    apply(control_plane, policy(namespace))
+    wait_for("the filter Deployment", lambda: deployment(control_plane, namespace,
+                                                         "mail-filter"))
+    resync_rounds(operator, 1, rounds=2)
+    theirs = core.read_namespaced_service("mail-filter", namespace)
+    assert theirs.spec.selector == {"app": "theirs"}
+    assert not theirs.metadata.owner_references
+    assert "mailwarden-operator" not in {m.manager for m in theirs.metadata.managed_fields}
+
+
+def test_every_write_names_the_operator(control_plane: ControlPlane,
+                                        operator: OperatorOnCluster) -> None:
+    writes = AuditLog(control_plane).writes(operator.username, include_peering=True)
+    assert writes
+    agents = {w.agent.split("/")[0] for w in writes}
+    assert agents == {"mailwarden-operator"}, agents
+
