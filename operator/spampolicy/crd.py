@@ -157,7 +157,8 @@ SPEC_SCHEMA: dict[str, Any] = {
 }
 
 CONDITION_SCHEMA = common.condition_schema(
-    "Ready, Progressing, PolicyValid, Degraded or SuppressionReady.")
+    "Ready, Progressing, PolicyValid, Degraded, ApplyFailed, SuppressionReady or "
+    "SuppressionFresh.")
 
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -168,8 +169,9 @@ STATUS_SCHEMA: dict[str, Any] = {
         "conditions": {"type": "array", "items": CONDITION_SCHEMA,
                        "x-kubernetes-list-type": "map",
                        "x-kubernetes-list-map-keys": ["type"],
-                       "description": "Ready, Progressing, PolicyValid, Degraded, and "
-                       "SuppressionReady when unsubscribeStoreRef is set."},
+                       "description": "Ready, Progressing, PolicyValid, Degraded, "
+                       "ApplyFailed (the API server refused a child: its message), and "
+                       "SuppressionReady/SuppressionFresh when unsubscribeStoreRef is set."},
         "suppressionStore": {"type": "string",
                              "description": "HOST:PORT of the UnsubscribeStore the filter "
                              "pods read suppressions from (unsubscribeStoreRef)."},

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from mailwarden_operator.common import events, metrics
 from mailwarden_operator.common.apply import Applier, ensure_exists
+from mailwarden_operator.common.backoff import ApplyBackoff, ApplyFailure, is_persistent
 from mailwarden_operator.common.kube import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -63,6 +64,7 @@ class Reconciler:
     clock: Callable[[], datetime.datetime] = _utcnow
     _locks: ObjectLocks = field(default_factory=ObjectLocks)
     applier: Applier = field(init=False)
+    backoff: ApplyBackoff = field(default_factory=ApplyBackoff)
 
     def __post_init__(self) -> None:
         self.applier = Applier(self.kube)
@@ -82,6 +84,7 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         self._locks.forget(namespace, name)
         metrics.forget(namespace, name)
+        self.backoff.forget(namespace, name)
         for res, child in ((DEPLOYMENTS, naming.workload_name(name)),
                            (SERVICES, naming.workload_name(name)),
                            (SERVICES, naming.headless_name(name)),
@@ -114,22 +117,29 @@ class Reconciler:
             rejected = exc
 
         workload = naming.workload_name(name)
-        deployment: dict[str, Any] | None
+        generation = owner["metadata"].get("generation")
+        deployment: dict[str, Any] | None = None
+        failure: ApplyFailure | None = None
+        target_hash: str | None = None
         if bundle is not None:
-            target_hash: str | None = bundle.hash
-            ensure_exists(kube, CONFIGMAPS, render_configmap(owner, bundle))
-            apply = self.applier.apply
-            _, deployment = apply(DEPLOYMENTS,
-                                  render_deployment(owner, bundle.hash, self.settings))
-            apply(SERVICES, render_service(owner))
-            apply(SERVICES, render_headless_service(owner))
-            apply(HPAS, render_hpa(owner))
-            apply(PDBS, render_pdb(owner))
-            self._servicemonitor(owner)
-        else:
-            # An invalid policy never reaches a pod: leave every child as it is, so the
-            # last good policy keeps serving.
-            deployment = kube.get(DEPLOYMENTS, namespace, workload)
+            failure = self.backoff.paused(namespace, name, generation)
+            if failure is None:
+                try:
+                    deployment = self._apply_children(owner, bundle)
+                    target_hash = bundle.hash
+                    self.backoff.succeeded(namespace, name)
+                except KubeError as exc:
+                    if not is_persistent(exc):
+                        raise
+                    failure = ApplyFailure.of(exc)
+                    pause = self.backoff.failed(namespace, name, generation, failure)
+                    log.warning("SpamPolicy %s/%s: the API server refused a child (%s); "
+                                "next attempt in %.0f s or at a spec change", namespace,
+                                name, failure.message, pause)
+        if target_hash is None:
+            # An invalid policy never reaches a pod, and a refused write changed nothing:
+            # leave every child as it is and report what is live.
+            deployment = deployment or kube.get(DEPLOYMENTS, namespace, workload)
             target_hash = _template_hash(deployment)
 
         rollout = observe_rollout(deployment, target_hash, naming.HASH_ANNOTATION)
@@ -144,7 +154,8 @@ class Reconciler:
             rollout=rollout,
             suppression=self._suppression(owner, store_target) if store_target else None,
             suppression_store=store_target,
-            suppression_fresh=suppression_health.observe(kube, owner))
+            suppression_fresh=suppression_health.observe(kube, owner),
+            apply_failure=failure)
         now = self.clock()
         status, transitions = compute_status(previous, observation, now)
         if target_hash is not None:
@@ -164,6 +175,19 @@ class Reconciler:
         if rejected is not None:
             return "rejected"
         return "changed" if patch else "unchanged"
+
+    def _apply_children(self, owner: dict[str, Any], bundle: PolicyBundle
+                        ) -> dict[str, Any]:
+        """Write every child (nothing when all are as desired); returns the Deployment."""
+        apply = self.applier.apply
+        ensure_exists(self.kube, CONFIGMAPS, render_configmap(owner, bundle))
+        _, deployment = apply(DEPLOYMENTS, render_deployment(owner, bundle.hash, self.settings))
+        apply(SERVICES, render_service(owner))
+        apply(SERVICES, render_headless_service(owner))
+        apply(HPAS, render_hpa(owner))
+        apply(PDBS, render_pdb(owner))
+        self._servicemonitor(owner)
+        return deployment
 
     def reconcile_referencing(self, namespace: str, store: str, *,
                               trigger: str = "store") -> None:

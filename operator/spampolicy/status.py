@@ -15,6 +15,8 @@ Conditions follow the Kubernetes API conventions: `type`, `status`, `reason` (Ca
   answers are current (suppression_health.py reads it from the pods).
 - SuppressionReady — only with `unsubscribeStoreRef`: whether the referenced UnsubscribeStore
   exists and is Ready. Informational: classification never waits for it.
+- ApplyFailed — True when the API server refused a child write (the message is the API's);
+  writes pause with back-off (common/backoff.py) and Degraded says ApplyFailed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailwarden_operator.common.backoff import ApplyFailure, apply_condition, quiet_first_success
 from mailwarden_operator.common.status import (
     Rollout,
     Transition,
@@ -49,6 +52,8 @@ class Observation:
     suppression_store: str | None = None
     # The SuppressionFresh condition (type, status, reason, message), with a store reference.
     suppression_fresh: tuple[str, str, str, str] | None = None
+    # The API server's refusal of a child write, if the last attempt was refused.
+    apply_failure: ApplyFailure | None = None
 
 
 def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
@@ -79,7 +84,11 @@ def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
                      f"policy {target} serving on {r.available} replicas")
         else:
             ready = ("Ready", "False", "NoReplicasAvailable", "no filter pod is available")
-    if obs.bundle_hash is None and target is not None:
+    if obs.apply_failure is not None:
+        degraded = ("Degraded", "True", "ApplyFailed",
+                    f"a child object was refused ({obs.apply_failure.reason}); see the "
+                    "ApplyFailed condition")
+    elif obs.bundle_hash is None and target is not None:
         degraded = ("Degraded", "True", "LastGoodPolicyServing",
                     f"the new policy is rejected ({valid[2]}); policy {target} keeps "
                     "serving")
@@ -93,7 +102,7 @@ def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
         degraded = ("Degraded", "True", "SuppressionStale", obs.suppression_fresh[3])
     else:
         degraded = ("Degraded", "False", "AsExpected", "all checks pass")
-    out = [ready, progressing, valid, degraded]
+    out = [ready, progressing, valid, degraded, apply_condition(obs.apply_failure)]
     if obs.suppression is not None:
         out.append(obs.suppression)
     if obs.suppression_fresh is not None:
@@ -102,7 +111,8 @@ def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
 
 
 WARNING_WHEN = {("PolicyValid", "False"), ("Degraded", "True"), ("Ready", "False"),
-                ("SuppressionReady", "False"), ("SuppressionFresh", "False")}
+                ("SuppressionReady", "False"), ("SuppressionFresh", "False"),
+                ("ApplyFailed", "True")}
 
 
 def _spampolicy_warning(ctype: str, cstatus: str, reason: str,
@@ -149,6 +159,6 @@ def compute_status(previous: dict[str, Any] | None, obs: Observation,
 
     out["conditions"], transitions = build_conditions(prev, _conditions(obs), obs.generation,
                                                       now, _spampolicy_warning)
-    return out, transitions
+    return out, quiet_first_success(prev, transitions)
 
 

@@ -261,7 +261,8 @@ SPEC_SCHEMA: dict[str, Any] = {
          "replicas.max to 1"},
     ],
 }
-CONDITION_SCHEMA = common.condition_schema("Ready, Progressing, StorageReady or Degraded.")
+CONDITION_SCHEMA = common.condition_schema(
+    "Ready, Progressing, StorageReady, Degraded or ApplyFailed.")
 
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -272,7 +273,8 @@ STATUS_SCHEMA: dict[str, Any] = {
         "conditions": {"type": "array", "items": CONDITION_SCHEMA,
                        "x-kubernetes-list-type": "map",
                        "x-kubernetes-list-map-keys": ["type"],
-                       "description": "Ready, Progressing, StorageReady, Degraded."},
+                       "description": "Ready, Progressing, StorageReady, Degraded, "
+                       "ApplyFailed (the API server refused a child: its message)."},
         "storage": {"type": "string", "description": "postgres or embedded."},
         "durability": {"type": "string", "description": "local or replicated."},
         "highlyAvailable": {"type": "boolean",

@@ -100,7 +100,8 @@ def test_create_renders_every_child_and_reports_ready(cluster: Cluster,
     assert conditions == {"Ready": ("True", "PolicyLive"),
                           "Progressing": ("False", "RolloutComplete"),
                           "PolicyValid": ("True", "Valid"),
-                          "Degraded": ("False", "AsExpected")}
+                          "Degraded": ("False", "AsExpected"),
+                          "ApplyFailed": ("False", "Applied")}
     reasons = {e["reason"] for e in cluster.kube.list(EVENTS, ns)}
     assert "ReadyPolicyLive" in reasons and "PolicyValidValid" in reasons
     assert operator.metric("mailwarden_operator_policy_propagation_seconds_count") >= 1

@@ -155,3 +155,46 @@ class AuditLog:
                 if e.user == user and e.verb in WRITE_VERBS and not e.dry_run
                 and (include_peering or "kopfpeerings" not in e.resource)
                 and (namespace is None or e.namespace == namespace)]
+
+
+WEBHOOK_ENDPOINTS = "mailwarden-tests-host"
+
+
+def install_webhook(cp: ControlPlane, cert_dir: Path, port: int) -> list[dict[str, Any]]:
+    """The chart's webhook Service, ValidatingWebhookConfiguration and certificate (one
+    `helm template`, so the CA bundle matches), with the Service's endpoint at the control
+    plane's host address (an EndpointSlice of our own, as e2e/cluster registers
+    metrics-server): the API server calls an operator running on this host. Writes tls.crt
+    and tls.key to `cert_dir`; returns the objects created (for `uninstall_webhook`)."""
+    import base64
+
+    from tests.operator_cluster.kubeapi import chart_objects, create_objects, ensure_namespace
+    ensure_namespace(cp, RELEASE_NAMESPACE)
+    docs = chart_objects()
+    secret = next(d for d in docs if d["kind"] == "Secret"
+                  and d["metadata"]["name"].endswith("-webhook-tls"))
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    for key in ("tls.crt", "tls.key"):
+        (cert_dir / key).write_bytes(base64.b64decode(secret["data"][key]))
+    service = next(d for d in docs if d["kind"] == "Service"
+                   and d["metadata"]["name"].endswith("-webhook"))
+    config = next(d for d in docs if d["kind"] == "ValidatingWebhookConfiguration")
+    meta = service["metadata"]
+    endpoints = {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": WEBHOOK_ENDPOINTS, "namespace": meta["namespace"],
+                     "labels": {"kubernetes.io/service-name": meta["name"],
+                                "endpointslice.kubernetes.io/managed-by": "mailwarden-tests"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [cp.host_ip], "conditions": {"ready": True}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}
+    created = [service, endpoints, config]
+    create_objects(cp, created)
+    return created
+
+
+def uninstall_webhook(cp: ControlPlane, created: list[dict[str, Any]]) -> None:
+    from tests.operator_cluster.kubeapi import kubectl
+    import yaml
+    kubectl(cp, "delete", "--ignore-not-found", "-f", "-",
+            stdin=yaml.safe_dump_all(list(reversed(created))))

@@ -42,7 +42,8 @@ def test_a_rollout_then_completion_records_the_propagation_time():
     assert conditions(rolling) == {"Ready": ("False", "RollingOut"),
                                    "Progressing": ("True", "RollingOut"),
                                    "PolicyValid": ("True", "Valid"),
-                                   "Degraded": ("False", "AsExpected")}
+                                   "Degraded": ("False", "AsExpected"),
+                                   "ApplyFailed": ("False", "Applied")}
     assert rolling["desiredPolicyHash"] == "h1" and "policyHash" not in rolling
     assert rolling["observedGeneration"] == 1
     assert len(events) == 4  # every condition is new
@@ -78,7 +79,8 @@ def test_an_invalid_policy_keeps_the_last_good_one_and_says_so():
     assert conditions(status) == {"Ready": ("True", "PolicyLive"),
                                   "Progressing": ("False", "RolloutComplete"),
                                   "PolicyValid": ("False", "InvalidPolicy"),
-                                  "Degraded": ("True", "LastGoodPolicyServing")}
+                                  "Degraded": ("True", "LastGoodPolicyServing"),
+                                  "ApplyFailed": ("False", "Applied")}
     assert status["policyHash"] == "h1" and status["observedGeneration"] == 2
     assert {(e.type, e.reason) for e in events} == {
         ("Warning", "PolicyValidInvalidPolicy"), ("Warning", "DegradedLastGoodPolicyServing")}

@@ -198,8 +198,9 @@ def test_postgres_server_args_and_mounts() -> None:
     server = pod["containers"][0]
     args = _parse(server["args"])
     assert (args.store, args.durability) == ("postgres", "replicated")
-    assert args.grpc_address == "0.0.0.0:50061" and args.http_address == "0.0.0.0:8080"
-    assert args.metrics_address == "0.0.0.0:9091"
+    # Dual stack (issue 13 item 7): IPv6-only and dual-stack clusters reach the pods.
+    assert args.grpc_address == "[::]:50061" and args.http_address == "[::]:8080"
+    assert args.metrics_address == "[::]:9091"
     assert args.token_max_age_days == 90 and args.log_level == "warning"
     assert (args.readiness_interval, args.drain_seconds, args.grace_seconds) == (3, 8, 12)
     volumes = {v["name"]: v for v in pod["volumes"]}
