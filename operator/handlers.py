@@ -81,10 +81,12 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
                           **_: Any) -> None:
         run(namespace, name, "resume", logger, retry)
 
-    # optional: no finalizer — children go by owner references (garbage collection).
-    @kopf.on.delete(*resource, optional=True, registry=registry)
-    def spampolicy_deleted(namespace: str, name: str, **_: Any) -> None:
-        get_reconciler().forget(namespace, name)
+    # No finalizer (children go by owner references): a delete handler without one never
+    # runs, so the watch event is what tells us to drop the policy's metrics and locks.
+    @kopf.on.event(*resource, registry=registry)
+    def spampolicy_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
+        if type == "DELETED":
+            get_reconciler().forget(namespace, name)
 
     @kopf.on.event("apps", "v1", "deployments", registry=registry,
                    labels={"app.kubernetes.io/managed-by": MANAGED_BY,

@@ -17,6 +17,7 @@ import kopf
 
 from mailwarden_operator.common import metrics
 from mailwarden_operator.common.certwatch import CertWatcher
+from mailwarden_operator.common.diffbase import SpecDigestDiffBaseStorage
 from mailwarden_operator.common.httpserve import (
     ALL_INTERFACES,
     HttpEndpoints,
@@ -27,6 +28,7 @@ from mailwarden_operator.common.httpserve import (
     metrics_route,
 )
 from mailwarden_operator.common.kube import Kube, api_client_from_environment
+from mailwarden_operator.common.naming import MANAGED_BY, MANAGED_BY_LABEL
 from mailwarden_operator.common.render import RenderSettings
 from mailwarden_operator.handlers import build_registry
 from mailwarden_operator.resync import Resync
@@ -126,8 +128,14 @@ def run(config: OperatorConfig) -> int:
         # kopf's bookkeeping in annotations of our own prefix; status stays ours.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix="kopf.mailwarden.dev")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        # A digest of the spec, not a copy: large policies must fit the 256 KiB limit on
+        # annotations (common/diffbase.py).
+        settings.persistence.diffbase_storage = SpecDigestDiffBaseStorage(
             prefix="kopf.mailwarden.dev", key="last-handled-configuration")
+        # Watch only our own children, filtered by the API server: not every Deployment
+        # of the cluster (kopf's handler label filters are applied client-side).
+        settings.watching.label_selectors["apps", "deployments"] = \
+            f"{MANAGED_BY_LABEL}={MANAGED_BY}"
         settings.persistence.finalizer = "mailwarden.dev/operator"
         # Only warnings become Events (the reconciler posts its own on transitions).
         settings.posting.level = logging.WARNING

@@ -55,7 +55,11 @@ SERVER_SCHEMA: dict[str, Any] = {
 
 SPEC_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "The policy and how it is served.",
+    "description": "The policy and how it is served. Size: the validated policy and its "
+    "model must fit one ConfigMap (1,000,000 bytes; PolicyTooLarge beyond), about 7,500 "
+    "rules of 140 bytes. Client-side `kubectl apply` also copies the object into an "
+    "annotation, and all annotations together must stay under 256 KiB: about 1,800 such "
+    "rules; use `kubectl apply --server-side` (or create) for larger policies.",
     "required": ["policy"],
     "properties": {
         "policy": copy.deepcopy(POLICY_SCHEMA),

@@ -143,8 +143,9 @@ def test_a_missing_dsn_secret_is_reported_then_picked_up(cluster: Cluster,
     assert conditions(body)["Degraded"] == ("True", "DSNSecretNotFound")
     assert "pg-app" in condition(body, "Ready")["message"]
     assert cluster.kube.get(DEPLOYMENTS, ns, "sup-unsubscribe") is None
-    warnings = [e for e in cluster.kube.list(EVENTS, ns) if e["type"] == "Warning"]
-    assert any(e["reason"] == "DegradedDSNSecretNotFound" for e in warnings)
+    # Events are posted right after the status write: wait for them too.
+    wait_for(lambda: any(e["type"] == "Warning" and e["reason"] == "DegradedDSNSecretNotFound"
+                         for e in cluster.kube.list(EVENTS, ns)), 30, "the Warning Event")
     # A Secret without the key is reported as such; with it, the resync rolls the store out.
     cluster.kube.create(SECRETS, ns, secret(ns, "pg-app", dsn=DSN))
     wait_condition(cluster, UNSUBSCRIBESTORES, ns, "sup", "Ready", "False",
@@ -243,8 +244,8 @@ def test_a_spampolicy_follows_its_store_without_waiting_for_it(
     store = wait_condition(cluster, UNSUBSCRIBESTORES, ns, "sup", "StorageReady", "False",
                            "StoreNotReady")
     assert conditions(store)["Degraded"] == ("True", "StoreNotReady")
-    assert any(e["type"] == "Warning" and e["reason"] == "StorageReadyStoreNotReady"
-               for e in cluster.kube.list(EVENTS, ns))
+    wait_for(lambda: any(e["type"] == "Warning" and e["reason"] == "StorageReadyStoreNotReady"
+                         for e in cluster.kube.list(EVENTS, ns)), 30, "the Warning Event")
     policy = wait_condition(cluster, SPAMPOLICIES, ns, "mail", "SuppressionReady", "False",
                             "StoreNotReady")
     assert "not Ready" in condition(policy, "SuppressionReady")["message"]

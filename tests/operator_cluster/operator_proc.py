@@ -65,13 +65,14 @@ class OperatorOnCluster(ServerProcess):
                                     timeout=2) as rsp:
             return rsp.status == 200
 
-    def metric(self, name: str, **labels: str) -> float:
+    def metric(self, metric_name: str, /, **labels: str) -> float:
         with urllib.request.urlopen(self._url(self.metrics_port, "/metrics"),
                                     timeout=5) as rsp:
             text = rsp.read().decode()
         total = 0.0
         for line in text.splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
+            if not line.startswith(metric_name + "{") and \
+                    not line.startswith(metric_name + " "):
                 continue
             if all(f'{k}="{v}"' in line for k, v in labels.items()):
                 total += float(line.rsplit(" ", 1)[1])
@@ -146,6 +147,11 @@ class AuditLog:
 
     def mark(self) -> int:
         return len(self.events())
+
+    def requests(self, user: str, since: int = 0) -> list[AuditEvent]:
+        """Every request of `user` after `since` (reads only where the audit policy logs
+        them: this folder's does for the operator's ServiceAccount)."""
+        return [e for e in self.events()[since:] if e.user == user]
 
     def writes(self, user: str, since: int = 0, *, namespace: str | None = None,
                include_peering: bool = False) -> list[AuditEvent]:
