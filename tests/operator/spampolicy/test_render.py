@@ -162,8 +162,20 @@ def test_deployment_probes_shutdown_and_spreading() -> None:
     dep = render_deployment(owner(**copy.deepcopy(FULL)), "abc123", SETTINGS)
     pod = dep["spec"]["template"]["spec"]
     container = pod["containers"][0]
+    # FULL serves gRPC over TLS: the kubelet's plaintext gRPC probe checks the plaintext
+    # health port instead (issue 13 item 3), which the server opens with --health-port.
+    assert {"name": "health", "containerPort": naming.HEALTH_PORT, "protocol": "TCP"} in \
+        container["ports"]
+    args = container["args"]
+    assert args[args.index("--health-port") + 1] == str(naming.HEALTH_PORT)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": naming.GRPC_PORT}
+        assert container[probe]["grpc"] == {"port": naming.HEALTH_PORT}
+    plain = render_deployment(owner(), "abc123", SETTINGS)["spec"]["template"]["spec"][
+        "containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert plain[probe]["grpc"] == {"port": naming.GRPC_PORT}
+    assert "--health-port" not in plain["args"]
+    assert [p["name"] for p in plain["ports"]] == ["grpc", "metrics"]
     assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 7}}
     # The kubelet must not SIGKILL before preStop + drain + grace are over.
     assert pod["terminationGracePeriodSeconds"] > 7 + 20 + 10
@@ -213,6 +225,7 @@ def test_server_args_follow_the_serve_command_line() -> None:
     assert pairs["--max-connection-age-ms"] == "300000"
     assert pairs["--max-concurrent-rpcs"] == "512" and pairs["--log-level"] == "warning"
     assert pairs["--tls-dir"] == naming.TLS_MOUNT and args[-1] == "--require-client-cert"
+    assert pairs["--health-port"] == str(naming.HEALTH_PORT)
     defaults = server_args(owner()["spec"])
     assert "--workers" not in defaults and "--tls-dir" not in defaults
 
