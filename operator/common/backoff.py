@@ -65,11 +65,19 @@ def apply_condition(failure: ApplyFailure | None) -> Condition:
             f"a spec change): {failure.message}")
 
 
-def quiet_first_success(previous: dict, transitions: list) -> list:
-    """Without an event for the first "ApplyFailed False" (nothing happened worth a line in
-    `kubectl describe`); a recovery from True still posts one."""
-    had = any(c.get("type") == "ApplyFailed" for c in previous.get("conditions") or [])
-    return [t for t in transitions if had or t.reason != "ApplyFailedApplied"]
+def quiet_transitions(previous: dict, transitions: list,
+                      types: tuple[str, ...] = ("ApplyFailed",)) -> list:
+    """The transitions worth an Event for the conditions `types` whose good state is
+    routine: warnings, and recoveries from a bad state (`ApplyFailed` back to False, an
+    autoscaler condition back to True); not their first, routine appearance."""
+    before = {c.get("type"): c.get("status") for c in previous.get("conditions") or []}
+    bad = {"ApplyFailed": "True"}
+    out = []
+    for t in transitions:
+        ctype = next((x for x in types if t.reason.startswith(x)), None)
+        if ctype is None or t.type == "Warning" or before.get(ctype) == bad.get(ctype, "False"):
+            out.append(t)
+    return out
 
 
 @dataclass

@@ -81,6 +81,8 @@ SPEC_SCHEMA: dict[str, Any] = {
                   "`--filter-image` (the chart sets it to the release's image)."},
         "imagePullPolicy": common.image_pull_policy(
             "Image pull policy of the filter container."),
+        "imagePullSecrets": common.image_pull_secrets("the filter pods"),
+        "serviceAccountName": common.service_account_name("the filter pods"),
         "replicas": common.replica_bounds(
             "Replica bounds. The HorizontalPodAutoscaler owns the actual count between them.",
             default_min=DEFAULT_MIN_REPLICAS, default_max=DEFAULT_MAX_REPLICAS, maximum=1000,
@@ -98,7 +100,10 @@ SPEC_SCHEMA: dict[str, Any] = {
                     "type": "object",
                     "description": "Optional second target: average Classify requests per "
                     "second per pod, read as a Pods metric (needs a custom metrics adapter "
-                    "such as prometheus-adapter exposing it).",
+                    "such as prometheus-adapter exposing it). While the cluster serves no "
+                    "custom.metrics.k8s.io API the target is left out of the "
+                    "HorizontalPodAutoscaler (which would otherwise never scale down) and "
+                    "Degraded says CustomMetricsUnavailable.",
                     "required": ["averageValue"],
                     "properties": {
                         "averageValue": {"type": "integer", "minimum": 1,
@@ -135,8 +140,12 @@ SPEC_SCHEMA: dict[str, Any] = {
         "resources": {
             "type": "object",
             "description": "Compute resources of the filter container. Default: requests "
-            "cpu 250m, memory 256Mi; limit memory 512Mi.",
+            "cpu 250m, memory 256Mi; limit memory 512Mi. A CPU request (or limit) is "
+            "required: the autoscaler's target is a percentage of it.",
             "properties": common.resource_properties(),
+            "x-kubernetes-validations": [{
+                "rule": common.CPU_REQUESTED_RULE.format(r="self"),
+                "message": common.CPU_REQUESTED_MESSAGE}],
         },
         "server": SERVER_SCHEMA,
         "tls": {
@@ -161,8 +170,8 @@ SPEC_SCHEMA: dict[str, Any] = {
 }
 
 CONDITION_SCHEMA = common.condition_schema(
-    "Ready, Progressing, PolicyValid, Degraded, ApplyFailed, SuppressionReady or "
-    "SuppressionFresh.")
+    "Ready, Progressing, PolicyValid, Degraded, ApplyFailed, ScalingActive, AbleToScale, "
+    "SuppressionReady or SuppressionFresh.")
 
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",

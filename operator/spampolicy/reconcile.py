@@ -50,6 +50,8 @@ from mailwarden_operator.unsubscribestore.status import is_ready, ready_message
 log = logging.getLogger("mailwarden.operator")
 
 DEFAULT_KEEP_CONFIGMAPS = 3
+CUSTOM_METRICS_GROUP = "custom.metrics.k8s.io"
+CUSTOM_METRICS_VERSIONS = ("v1beta2", "v1beta1")
 
 
 def _utcnow() -> datetime.datetime:
@@ -119,13 +121,14 @@ class Reconciler:
         workload = naming.workload_name(name)
         generation = owner["metadata"].get("generation")
         deployment: dict[str, Any] | None = None
+        hpa: dict[str, Any] | None = None
         failure: ApplyFailure | None = None
         target_hash: str | None = None
         if bundle is not None:
             failure = self.backoff.paused(namespace, name, generation)
             if failure is None:
                 try:
-                    deployment = self._apply_children(owner, bundle)
+                    deployment, hpa = self._apply_children(owner, bundle)
                     target_hash = bundle.hash
                     self.backoff.succeeded(namespace, name)
                 except KubeError as exc:
@@ -155,7 +158,11 @@ class Reconciler:
             suppression=self._suppression(owner, store_target) if store_target else None,
             suppression_store=store_target,
             suppression_fresh=suppression_health.observe(kube, owner),
-            apply_failure=failure)
+            apply_failure=failure,
+            autoscaler=hpa if hpa is not None else kube.get(HPAS, namespace, workload),
+            requests_per_second_ignored=bool(
+                spec["autoscaling"].get("requestsPerSecond") and hpa is not None
+                and len(hpa["spec"]["metrics"]) == 1))
         now = self.clock()
         status, transitions = compute_status(previous, observation, now)
         if target_hash is not None:
@@ -177,17 +184,25 @@ class Reconciler:
         return "changed" if patch else "unchanged"
 
     def _apply_children(self, owner: dict[str, Any], bundle: PolicyBundle
-                        ) -> dict[str, Any]:
-        """Write every child (nothing when all are as desired); returns the Deployment."""
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Write every child (nothing when all are as desired); returns the Deployment and
+        the HorizontalPodAutoscaler (with their status)."""
         apply = self.applier.apply
         ensure_exists(self.kube, CONFIGMAPS, render_configmap(owner, bundle))
         _, deployment = apply(DEPLOYMENTS, render_deployment(owner, bundle.hash, self.settings))
         apply(SERVICES, render_service(owner))
         apply(SERVICES, render_headless_service(owner))
-        apply(HPAS, render_hpa(owner))
+        _, hpa = apply(HPAS, render_hpa(owner, self._custom_metrics(owner)))
         apply(PDBS, render_pdb(owner))
         self._servicemonitor(owner)
-        return deployment
+        return deployment, hpa
+
+    def _custom_metrics(self, owner: dict[str, Any]) -> bool:
+        """Whether the requests/s target can be read (asked only when one is set)."""
+        if not owner["spec"]["autoscaling"].get("requestsPerSecond"):
+            return True
+        return any(self.kube.api_available(CUSTOM_METRICS_GROUP, version)
+                   for version in CUSTOM_METRICS_VERSIONS)
 
     def reconcile_referencing(self, namespace: str, store: str, *,
                               trigger: str = "store") -> None:

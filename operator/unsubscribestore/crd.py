@@ -212,6 +212,8 @@ SPEC_SCHEMA: dict[str, Any] = {
                   "`--filter-image` (the chart sets it to the release's image)."},
         "imagePullPolicy": common.image_pull_policy(
             "Image pull policy of the store containers."),
+        "imagePullSecrets": common.image_pull_secrets("the store pods"),
+        "serviceAccountName": common.service_account_name("the store pods"),
         "replicas": common.replica_bounds(
             "Replica bounds; the HorizontalPodAutoscaler owns the count between them. "
             "Embedded storage runs exactly one replica.",
@@ -242,7 +244,8 @@ SPEC_SCHEMA: dict[str, Any] = {
         "resources": {
             "type": "object",
             "description": "Compute resources of the store container. Default: requests "
-            "cpu 100m, memory 128Mi; limit memory 256Mi.",
+            "cpu 100m, memory 128Mi; limit memory 256Mi. With PostgreSQL storage a CPU "
+            "request (or limit) is required: the autoscaler's target is a percentage of it.",
             "properties": common.resource_properties(),
         },
         "server": SERVER_SCHEMA,
@@ -255,6 +258,9 @@ SPEC_SCHEMA: dict[str, Any] = {
         {"rule": "self.storage.type != 'embedded' || self.durability != 'replicated'",
          "message": "durability replicated needs PostgreSQL with a synchronous standby; "
          "embedded SQLite cannot replicate"},
+        {"rule": "self.storage.type == 'embedded' || !has(self.resources) || " +
+                 common.CPU_REQUESTED_RULE.format(r="self.resources"),
+         "message": common.CPU_REQUESTED_MESSAGE},
         {"rule": "self.storage.type != 'embedded' || "
                  "(self.replicas.min == 1 && self.replicas.max == 1)",
          "message": "embedded storage runs exactly one replica: set replicas.min and "

@@ -20,7 +20,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailwarden_operator.common.backoff import ApplyFailure, apply_condition, quiet_first_success
+from mailwarden_operator.common.backoff import ApplyFailure, apply_condition, quiet_transitions
 from mailwarden_operator.common.status import Rollout, Transition, build_conditions
 
 # Configuration problems found before rendering; storage-related ones also make
@@ -161,7 +161,7 @@ def compute_store_status(previous: dict[str, Any] | None, obs: StoreObservation,
         _condition(prev, "Degraded").get("reason") == "StoreNotReady"
     out["conditions"], transitions = build_conditions(prev, _conditions(obs, lost),
                                                       obs.generation, now, _warning)
-    return out, quiet_first_success(prev, transitions)
+    return out, quiet_transitions(prev, transitions)
 
 
 def is_ready(status: dict[str, Any] | None) -> bool:

@@ -101,7 +101,9 @@ def test_create_renders_every_child_and_reports_ready(cluster: Cluster,
                           "Progressing": ("False", "RolloutComplete"),
                           "PolicyValid": ("True", "Valid"),
                           "Degraded": ("False", "AsExpected"),
-                          "ApplyFailed": ("False", "Applied")}
+                          "ApplyFailed": ("False", "Applied"),
+                          "ScalingActive": ("Unknown", "NotReported"),
+                          "AbleToScale": ("Unknown", "NotReported")}
     # Events are posted right after the status write: wait for them too.
     wait_for(lambda: {"ReadyPolicyLive", "PolicyValidValid"} <= {
         e["reason"] for e in cluster.kube.list(EVENTS, ns)}, 30, "the Events")

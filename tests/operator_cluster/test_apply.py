@@ -1,4 +1,4 @@
-"""The operator's writes on a real API server (issue 13 items 8, 9, 17): server-side apply
+"""The operator's writes on a real API server (issue 13 items 8, 9, 16, 17): server-side apply
 as `mailwarden-operator` removes what the spec no longer asks for, a no-op reconcile writes
 nothing (counted in the API server's audit log), the HPA's replica count is left alone, a
 foreign object with a child's name is not adopted, and every request says who made it."""
@@ -170,6 +170,74 @@ def test_a_foreign_object_with_a_childs_name_is_not_adopted(control_plane: Contr
     assert theirs.spec.selector == {"app": "theirs"}
     assert not theirs.metadata.owner_references
     assert "mailwarden-operator" not in {m.manager for m in theirs.metadata.managed_fields}
+
+
+def test_pods_pull_with_the_given_secrets_as_the_given_service_account(
+        control_plane: ControlPlane, operator: OperatorOnCluster, namespace: str) -> None:
+    """Issue 13 item 17: private registries. The fields reach the Pods the ReplicaSet
+    controller creates (the ServiceAccount admission plugin checks the account exists), and
+    leave the Deployment when the spec drops them."""
+    core = client.CoreV1Api(control_plane.api_client())
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "mail-puller"}})
+    identity = {"imagePullSecrets": [{"name": "registry-creds"}],
+                "serviceAccountName": "mail-puller"}
+    apply(control_plane, policy(namespace, **identity))
+    apply(control_plane, store(namespace, **identity))
+
+    def pods(app: str) -> list[Any]:
+        return [p for p in core.list_namespaced_pod(namespace).items
+                if p.metadata.name.startswith(app)]
+    for app in ("mail-filter-", "sup-unsubscribe-"):
+        wait_for(f"{app} pods", lambda: pods(app), timeout=90)
+        for pod in pods(app):
+            assert pod.spec.service_account_name == "mail-puller"
+            assert [s.name for s in pod.spec.image_pull_secrets] == ["registry-creds"]
+            assert pod.spec.automount_service_account_token is False
+
+    apply(control_plane, policy(namespace))
+    wait_for("the pull secret and account to leave the filter Deployment", lambda: (
+        spec := deployment(control_plane, namespace, "mail-filter").spec.template.spec)
+        and not spec.image_pull_secrets and spec.service_account_name in (None, "default"),
+        timeout=60)
+
+
+def test_the_autoscalers_state_is_in_the_status(control_plane: ControlPlane,
+                                                operator: OperatorOnCluster,
+                                                namespace: str) -> None:
+    """Issue 13 item 16: a requests/s target the cluster cannot read (no custom metrics
+    adapter here) kept the HPA from ever scaling down, silently. It is left out of the HPA
+    and Degraded says why; the HPA's own ScalingActive and AbleToScale reach the status
+    (True here: metrics-server reads the pods' CPU from the node agents)."""
+    apply(control_plane, policy(namespace, replicas={"min": 1, "max": 3}, autoscaling={
+        "requestsPerSecond": {"averageValue": 400}}))
+    wait_for("the HPA", lambda: hpa(control_plane, namespace, "mail-filter"))
+    assert [m.type for m in hpa(control_plane, namespace, "mail-filter").spec.metrics] == \
+        ["Resource"]
+
+    def conditions() -> dict[str, tuple[str, str]]:
+        return {c["type"]: (c["status"], c["reason"]) for c in (
+            client.CustomObjectsApi(control_plane.api_client()).get_namespaced_custom_object(
+                "mailwarden.dev", "v1alpha1", namespace, "spampolicies", "mail")
+            .get("status") or {}).get("conditions") or []}
+    wait_for("Degraded CustomMetricsUnavailable", lambda: conditions().get("Degraded") ==
+             ("True", "CustomMetricsUnavailable"), timeout=120)
+    wait_for("ScalingActive and AbleToScale True", lambda: (
+        c := conditions()).get("ScalingActive") == ("True", "ScalingActive")
+        and c.get("AbleToScale") == ("True", "AbleToScale"), timeout=240, interval=3)
+    # Dropping the target clears the complaint.
+    apply(control_plane, policy(namespace, replicas={"min": 1, "max": 3}))
+    wait_for("Degraded False", lambda: conditions().get("Degraded", ("",))[0] == "False",
+             timeout=60)
+
+
+def hpa(cp: ControlPlane, namespace: str, name: str) -> Any:
+    try:
+        return client.AutoscalingV2Api(cp.api_client()).read_namespaced_horizontal_pod_autoscaler(
+            name, namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 
 def condition(cp: ControlPlane, namespace: str, name: str, ctype: str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailwarden import wire
-from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings
+from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings, pod_identity
 from mailwarden_operator.spampolicy import naming
 from mailwarden_operator.unsubscribestore import naming as store_naming
 
@@ -160,6 +160,7 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
     for key in ("nodeSelector", "tolerations", "priorityClassName"):
         if key in scheduling:
             pod_spec[key] = scheduling[key]
+    pod_spec.update(pod_identity(spec))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

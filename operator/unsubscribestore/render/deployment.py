@@ -26,7 +26,7 @@ import hashlib
 import json
 from typing import Any
 
-from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings
+from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings, pod_identity
 from mailwarden_operator.unsubscribestore import naming
 
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"},
@@ -232,6 +232,7 @@ def render_store_deployment(owner: dict[str, Any], settings: RenderSettings,
     for key in ("nodeSelector", "tolerations", "priorityClassName"):
         if key in scheduling:
             pod_spec[key] = copy.deepcopy(scheduling[key])
+    pod_spec.update(pod_identity(spec))
     template: dict[str, Any] = {
         "metadata": {
             "labels": naming.common_labels(name),

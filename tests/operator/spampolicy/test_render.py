@@ -62,7 +62,8 @@ FULL = dict(
     monitoring={"interval": "15s", "labels": {"release": "prometheus"}},
     scheduling={"nodeSelector": {"pool": "mail"}, "priorityClassName": "critical",
                 "tolerations": [{"key": "mail", "operator": "Exists",
-                                 "effect": "NoSchedule"}]})
+                                 "effect": "NoSchedule"}]},
+    imagePullSecrets=[{"name": "registry-creds"}], serviceAccountName="mail-puller")
 
 
 @pytest.mark.parametrize("spec", [{}, FULL], ids=["defaults", "every-field"])
@@ -74,6 +75,16 @@ def test_every_rendered_object_is_valid_for_kubernetes(spec: dict[str, Any]) -> 
         assert (ref["kind"], ref["name"], ref["uid"], ref["controller"],
                 ref["blockOwnerDeletion"]) == ("SpamPolicy", "mail", "0f0e-uid", True, True)
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == MANAGED_BY
+
+
+def test_pods_pull_with_the_given_secrets_as_the_given_account() -> None:
+    """Issue 13 item 17 (private registries); absent unless set."""
+    pod = render_deployment(owner(**copy.deepcopy(FULL)), "h", SETTINGS)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert pod["serviceAccountName"] == "mail-puller"
+    assert pod["automountServiceAccountToken"] is False
+    plain = render_deployment(owner(), "h", SETTINGS)["spec"]["template"]["spec"]
+    assert "imagePullSecrets" not in plain and "serviceAccountName" not in plain
 
 
 def test_renderers_are_pure() -> None:

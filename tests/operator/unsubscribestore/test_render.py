@@ -68,7 +68,8 @@ FULL = dict(
     monitoring={"interval": "15s", "labels": {"release": "prometheus"}},
     scheduling={"nodeSelector": {"pool": "mail"}, "priorityClassName": "critical",
                 "tolerations": [{"key": "mail", "operator": "Exists",
-                                 "effect": "NoSchedule"}]})
+                                 "effect": "NoSchedule"}]},
+    imagePullSecrets=[{"name": "registry-creds"}], serviceAccountName="mail-puller")
 
 
 def children(body: dict[str, Any]) -> list[dict[str, Any]]:
