@@ -44,6 +44,10 @@ def pod_identity(spec: dict[str, Any]) -> dict[str, Any]:
         out["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
     if spec.get("serviceAccountName"):
         out["serviceAccountName"] = spec["serviceAccountName"]
+        # The API server copies serviceAccountName into the deprecated serviceAccount and,
+        # reading an object back, copies serviceAccount into an empty serviceAccountName:
+        # unless we own (and so can drop) both, a removed account stays forever.
+        out["serviceAccount"] = spec["serviceAccountName"]
     return out
 
 

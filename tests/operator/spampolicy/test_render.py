@@ -81,10 +81,10 @@ def test_pods_pull_with_the_given_secrets_as_the_given_account() -> None:
     """Issue 13 item 17 (private registries); absent unless set."""
     pod = render_deployment(owner(**copy.deepcopy(FULL)), "h", SETTINGS)["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
-    assert pod["serviceAccountName"] == "mail-puller"
+    assert pod["serviceAccountName"] == pod["serviceAccount"] == "mail-puller"
     assert pod["automountServiceAccountToken"] is False
     plain = render_deployment(owner(), "h", SETTINGS)["spec"]["template"]["spec"]
-    assert "imagePullSecrets" not in plain and "serviceAccountName" not in plain
+    assert not {"imagePullSecrets", "serviceAccountName", "serviceAccount"} & set(plain)
 
 
 def test_renderers_are_pure() -> None:
