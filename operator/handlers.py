@@ -55,9 +55,11 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
         return IdentifiedConnection(**{f.name: getattr(info, f.name)
                                        for f in dataclasses.fields(info)})
 
-    def run(namespace: str, name: str, trigger: str, logger: Any, retry: int = 0) -> None:
+    def run(namespace: str, name: str, trigger: str, logger: Any, retry: int = 0,
+            deployment: dict[str, Any] | None = None) -> None:
         try:
-            outcome = get_reconciler().reconcile(namespace, name, trigger=trigger)
+            outcome = get_reconciler().reconcile(namespace, name, trigger=trigger,
+                                                 deployment=deployment)
         except KubeError as exc:
             # Transient (the API server unreachable, throttling, 5xx; refusals are reported
             # in status instead): retried by kopf, the delay doubling each time.
@@ -92,11 +94,14 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
                    labels={"app.kubernetes.io/managed-by": MANAGED_BY,
                            naming.POLICY_LABEL: kopf.PRESENT})
     def deployment_changed(namespace: str, labels: dict[str, str], type: str | None,
-                           logger: Any, **_: Any) -> None:
+                           body: Any, logger: Any, **_: Any) -> None:
         if type is None:  # the initial listing: resume handlers cover those
             return
         try:
-            run(namespace, labels[naming.POLICY_LABEL], "deployment", logger)
+            # The event carries the Deployment: no GET of it, nor of the other children
+            # (a deleted one is recreated after a full read).
+            run(namespace, labels[naming.POLICY_LABEL], "deployment", logger,
+                deployment=None if type == "DELETED" else dict(body))
         except kopf.TemporaryError as exc:
             # Event handlers are not retried; the resync timer catches up.
             logger.warning("status update after a Deployment change failed: %s", exc)

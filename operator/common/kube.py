@@ -76,6 +76,10 @@ BY_KIND = {r.kind: r for r in (SPAMPOLICIES, UNSUBSCRIBESTORES, CONFIGMAPS, SECR
                                SERVICES, EVENTS, DEPLOYMENTS, HPAS, PDBS, SERVICEMONITORS)}
 
 
+# Objects per LIST page (the API server's and client-go's informers use 500).
+LIST_PAGE_SIZE = 500
+
+
 class KubeError(Exception):
     """An API call failed; `status` is the HTTP status (0 when the server was unreachable)."""
 
@@ -122,11 +126,28 @@ class Kube:
             raise
 
     def list(self, res: Resource, namespace: str | None,
-             labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        query = []
+             labels: dict[str, str] | None = None, *,
+             page_size: int = LIST_PAGE_SIZE) -> list[dict[str, Any]]:
+        """Every object (paginated: the API server builds a page at a time, not one
+        response holding thousands of objects; an expired continue token restarts)."""
+        query = [("limit", str(page_size))]
         if labels:
             query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items())))
-        items = (self._call("GET", res.path(namespace), query=query) or {}).get("items", [])
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            try:
+                page = self._call("GET", res.path(namespace),
+                                  query=query + ([("continue", token)] if token else [])) or {}
+            except KubeError as exc:
+                if exc.status != 410 or not token:
+                    raise
+                items, token = [], ""  # the snapshot expired mid-way: start over
+                continue
+            items += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                break
         # Filter here too: the selector is a request, and the result must be right anyway.
         return [item for item in items
                 if all((item.get("metadata", {}).get("labels") or {}).get(k) == v

@@ -71,13 +71,19 @@ class Reconciler:
     def __post_init__(self) -> None:
         self.applier = Applier(self.kube)
 
-    def reconcile(self, namespace: str, name: str, *, trigger: str = "event") -> str:
-        """Reconcile one SpamPolicy; returns a one-word outcome for logs and metrics."""
+    def reconcile(self, namespace: str, name: str, *, trigger: str = "event",
+                  deployment: dict[str, Any] | None = None) -> str:
+        """Reconcile one SpamPolicy; returns a one-word outcome for logs and metrics.
+
+        `deployment`: the policy's Deployment as a watch event delivered it. Such an event
+        (rollout progress, several per pod start) can only mean the Deployment changed:
+        only it is checked, from that body, without reading the other children (the
+        create/update handlers and the resync do that)."""
         started = time.perf_counter()
         result = "error"
         try:
             with self._locks.of(namespace, name):
-                result = self._reconcile(namespace, name)
+                result = self._reconcile(namespace, name, deployment)
             return result
         finally:
             metrics.RECONCILES.labels(trigger, result).inc()
@@ -96,7 +102,8 @@ class Reconciler:
 
     # -- the steps -------------------------------------------------------------------------
 
-    def _reconcile(self, namespace: str, name: str) -> str:
+    def _reconcile(self, namespace: str, name: str,
+                   seen_deployment: dict[str, Any] | None = None) -> str:
         kube = self.kube
         owner = kube.get(SPAMPOLICIES, namespace, name)
         if owner is None or owner["metadata"].get("deletionTimestamp"):
@@ -128,7 +135,7 @@ class Reconciler:
             failure = self.backoff.paused(namespace, name, generation)
             if failure is None:
                 try:
-                    deployment, hpa = self._apply_children(owner, bundle)
+                    deployment, hpa = self._apply_children(owner, bundle, seen_deployment)
                     target_hash = bundle.hash
                     self.backoff.succeeded(namespace, name)
                 except KubeError as exc:
@@ -146,6 +153,7 @@ class Reconciler:
             target_hash = _template_hash(deployment)
 
         rollout = observe_rollout(deployment, target_hash, naming.HASH_ANNOTATION)
+        autoscaler = hpa if hpa is not None else kube.get(HPAS, namespace, workload)
         store_target = suppression_store(owner)
         observation = Observation(
             generation=owner["metadata"].get("generation"),
@@ -159,10 +167,10 @@ class Reconciler:
             suppression_store=store_target,
             suppression_fresh=suppression_health.observe(kube, owner),
             apply_failure=failure,
-            autoscaler=hpa if hpa is not None else kube.get(HPAS, namespace, workload),
+            autoscaler=autoscaler,
             requests_per_second_ignored=bool(
-                spec["autoscaling"].get("requestsPerSecond") and hpa is not None
-                and len(hpa["spec"]["metrics"]) == 1))
+                spec["autoscaling"].get("requestsPerSecond") and autoscaler is not None
+                and len(autoscaler["spec"]["metrics"]) == 1))
         now = self.clock()
         status, transitions = compute_status(previous, observation, now)
         if target_hash is not None:
@@ -183,11 +191,19 @@ class Reconciler:
             return "rejected"
         return "changed" if patch else "unchanged"
 
-    def _apply_children(self, owner: dict[str, Any], bundle: PolicyBundle
-                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _apply_children(self, owner: dict[str, Any], bundle: PolicyBundle,
+                        seen_deployment: dict[str, Any] | None = None
+                        ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Write every child (nothing when all are as desired); returns the Deployment and
-        the HorizontalPodAutoscaler (with their status)."""
+        the HorizontalPodAutoscaler (with their status; None when not read)."""
         apply = self.applier.apply
+        if seen_deployment is not None and _template_hash(seen_deployment) == bundle.hash:
+            # A Deployment event for the current policy: its ConfigMap exists (it was
+            # created before the Deployment pointed at it), other children are unchanged.
+            _, deployment = apply(DEPLOYMENTS,
+                                  render_deployment(owner, bundle.hash, self.settings),
+                                  current=seen_deployment)
+            return deployment, None
         ensure_exists(self.kube, CONFIGMAPS, render_configmap(owner, bundle))
         _, deployment = apply(DEPLOYMENTS, render_deployment(owner, bundle.hash, self.settings))
         apply(SERVICES, render_service(owner))

@@ -121,3 +121,17 @@ def urllib_get(operator: OperatorOnCluster) -> str:
     with urllib.request.urlopen(operator._url(operator.metrics_port, "/metrics"),
                                 timeout=5) as rsp:
         return rsp.read().decode()
+
+
+def test_the_operators_own_lists_are_paginated(control_plane: ControlPlane,
+                                               operator: OperatorOnCluster) -> None:
+    """Issue 13 item 18: the resync's cluster-wide LIST of every SpamPolicy (and the
+    operator's other lists) asks for pages of 500, not one unbounded response."""
+    time.sleep(8)  # a resync round or two (3 s in this folder)
+    requests = AuditLog(control_plane).requests(operator.username)
+    ours = [r for r in requests if r.verb == "list" and "watch=" not in r.uri
+            and r.resource in ("spampolicies", "unsubscribestores")]
+
+    def limit(uri: str) -> list[str] | None:
+        return urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query).get("limit")
+    assert any(limit(r.uri) == ["500"] for r in ours), [r.uri for r in ours][:5]
