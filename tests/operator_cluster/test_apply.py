@@ -118,6 +118,11 @@ def test_a_no_op_reconcile_writes_nothing(control_plane: ControlPlane,
     apply(control_plane, store(namespace))
     wait_for("the children", lambda: deployment(control_plane, namespace, "mail-filter")
              and deployment(control_plane, namespace, "sup-unsubscribe"))
+    # The HPA's conditions are in the status (item 16): they change, legitimately, when
+    # metrics-server first has the new pods' CPU figures. Nothing changes after that.
+    wait_for("ScalingActive True", lambda: (c := condition(
+        control_plane, namespace, "mail", "ScalingActive")) and c["status"] == "True",
+        timeout=240, interval=3)
     audit = AuditLog(control_plane)
     settle(audit, operator.username, namespace)
     mark = audit.mark()
