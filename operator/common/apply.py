@@ -132,16 +132,23 @@ class Applier:
 
     def apply(self, res: Resource, desired: dict[str, Any], *,
               create_only: tuple[tuple[str, ...], ...] | None = None,
-              current: dict[str, Any] | None = None, read: bool = True
-              ) -> tuple[str, dict[str, Any]]:
+              current: dict[str, Any] | None = None, read: bool = True,
+              seen: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Make the object match `desired`; returns ("created"|"applied"|"unchanged",
         object). `create_only` overrides CREATE_ONLY (e.g. `()` when no autoscaler owns a
         Deployment's replica count); `current` skips the read when the caller has it
-        (`read=False`: the caller knows it is absent)."""
+        (`read=False`: the caller knows it is absent). `seen`: a copy that may be stale
+        (a watch event's): enough to tell "as we left it" without a read; anything else
+        is decided from a fresh read (a stale copy must not cause a write)."""
         meta = desired["metadata"]
         namespace, name = meta.get("namespace"), meta["name"]
         key = (res.kind, namespace, name)
         paths = CREATE_ONLY.get(desired["kind"], ()) if create_only is None else create_only
+        if current is None and seen is not None:
+            with self._guard:
+                remembered = self._applied.get(key)
+            if remembered == (_digest(_without(desired, paths)), _digest(our_fields(seen))):
+                return "unchanged", seen
         if current is None and read:
             current = self.kube.get(res, namespace, name)
         if current is None:

@@ -202,7 +202,7 @@ class Reconciler:
             # created before the Deployment pointed at it), other children are unchanged.
             _, deployment = apply(DEPLOYMENTS,
                                   render_deployment(owner, bundle.hash, self.settings),
-                                  current=seen_deployment)
+                                  seen=seen_deployment)
             return deployment, None
         ensure_exists(self.kube, CONFIGMAPS, render_configmap(owner, bundle))
         _, deployment = apply(DEPLOYMENTS, render_deployment(owner, bundle.hash, self.settings))

@@ -63,8 +63,11 @@ def breakdown(events: list[Any]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.most_common(12))
 
 
-def run(policies: int, resync: float, with_nodes: bool, rounds: int) -> None:
+def run(policies: int, resync: float, with_nodes: bool, rounds: int,
+        keep: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        if keep is not None:
+            tmp = str(keep)
         workdir, pods, services = free_workdir(Path(tmp))
         cp = ControlPlane(workdir / "cp", cluster_cidr=pods, service_cidr=services)
         default_policy = controlplane_module.AUDIT_POLICY
@@ -137,9 +140,10 @@ def run(policies: int, resync: float, with_nodes: bool, rounds: int) -> None:
                                    trigger="resync") - before
             steady = [e for e in audit.requests(operator.username, mark)
                       if "kopfpeerings" not in e.resource]
+            dry = sum(1 for e in steady if e.dry_run)
             print(f"steady state: {done:.0f} resync reconciles in {elapsed:.0f} s, "
                   f"{len(steady)} requests ({len(steady) / max(done, 1):.2f} per reconcile): "
-                  f"{breakdown(steady)}")
+                  f"{breakdown(steady)}; {dry} of them dry runs")
             print(f"operator after {rounds} rounds: {memory(pid)} MiB")
         finally:
             if operator is not None:
@@ -157,8 +161,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="resync rounds to count")
     parser.add_argument("--nodes", action="store_true",
                         help="run the filter pods (two node agents) and wait for Ready")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="work in DIR and keep it (logs, the audit log) afterwards")
     args = parser.parse_args()
-    run(args.policies, args.resync, args.nodes, args.rounds)
+    run(args.policies, args.resync, args.nodes, args.rounds, args.keep)
 
 
 if __name__ == "__main__":

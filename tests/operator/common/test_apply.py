@@ -115,6 +115,26 @@ def test_a_changed_config_or_a_taken_field_is_applied() -> None:
         == "applied"
 
 
+def test_a_seen_copy_saves_the_read_but_a_stale_one_never_writes() -> None:
+    """Issue 13 item 18: a Deployment watch event's body spares the GET when it shows the
+    object as we left it. An older event's body (our fields from before the last apply,
+    seen on the real control plane while a Deployment was being created) must not lead to
+    an apply: a fresh read decides."""
+    kube = FakeKube()
+    applier = Applier(kube)
+    applier.apply(DEPLOYMENTS, deployment(), read=False)
+    kube.calls.clear()
+    ours = {"f:spec": {"f:template": {}}}
+    assert applier.apply(DEPLOYMENTS, deployment(), seen=with_fields(deployment(), ours)) \
+        [0] == "unchanged"
+    assert kube.calls == []
+    stale = with_fields(deployment(), {"f:spec": {"f:replicas": {}, "f:template": {}}})
+    fresh = with_fields(deployment(), ours)
+    kube.get = lambda res, ns, name: (kube.calls.append(("get", name, {})), fresh)[1]
+    assert applier.apply(DEPLOYMENTS, deployment(), seen=stale)[0] == "unchanged"
+    assert [c[0] for c in kube.calls] == ["get"]
+
+
 def test_without_memory_a_dry_run_decides() -> None:
     ours = {"f:spec": {"f:template": {}}}
     current = with_fields(deployment(5), ours)
