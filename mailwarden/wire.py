@@ -31,6 +31,8 @@ FILTER_MILTER_PORT = 11332
 FILTER_SPAMD_PORT = 7830
 FILTER_SPAMD_SERVICE_PORT = 783
 FILTER_RSPAMD_PORT = 11333
+# Plaintext grpc.health.v1 of a filter pod whose gRPC port is behind TLS (probes).
+FILTER_HEALTH_PORT = 9092
 STORE_GRPC_PORT = 50061
 STORE_HTTP_PORT = 8080
 STORE_METRICS_PORT = 9091
@@ -42,7 +44,8 @@ MEMORY_LIMIT_ENV = "MAILWARDEN_MEMORY_LIMIT_BYTES"
 # The unsubscribe store's PostgreSQL DSN, and the credential Resubscribe calls present
 # (read by `mailwarden unsubscribe-server`, and by `mailwarden unsubscribe resubscribe`).
 STORE_DSN_ENV = "MAILWARDEN_STORE_DSN"
-RESUBSCRIBE_TOKEN_ENV = "MAILWARDEN_RESUBSCRIBE_TOKEN"
+ADMIN_TOKEN_ENV = "MAILWARDEN_ADMIN_TOKEN"
+RESUBSCRIBE_TOKEN_ENV = "MAILWARDEN_RESUBSCRIBE_TOKEN"  # the admin credential's former name
 
 # --- metrics other processes read ----------------------------------------------------------
 # Filter pod gauges the operator scrapes for the SpamPolicy's SuppressionFresh condition.

@@ -27,7 +27,7 @@ MAX_SIGNATURES = 100000
 MAX_PATTERN_LENGTH = 4096
 MAX_EXPRESSION_LENGTH = 4096
 
-RULE_TARGETS = ("header", "body", "uri", "sender")
+RULE_TARGETS = ("header", "body", "uri", "sender", "attachment")
 
 DEFAULT_THRESHOLDS = {"tag": 5.0, "quarantine": 10.0, "reject": 20.0}
 DEFAULT_ALLOW_SCORE = -100.0
@@ -228,7 +228,9 @@ POLICY_SCHEMA: dict[str, Any] = {
                         "`header`, decoded, one per line), `body` (decoded text of all "
                         "text parts, HTML stripped, whitespace collapsed), `uri` (every "
                         "link in the body, one per line), `sender` (envelope MAIL FROM "
-                        "and From header address, one per line).",
+                        "and From header address, one per line), `attachment` (every "
+                        "attached file as `content/type file-name`, the name lower-cased, "
+                        "one per line).",
                     },
                     "header": {"type": "string", "maxLength": 128,
                                "pattern": r"^([!-9;-~]+|ALL)$",

@@ -27,6 +27,7 @@ MAIL_PROTOCOLS: dict[str, tuple[int, int, str]] = {
     "rspamd": (wire.FILTER_RSPAMD_PORT, wire.FILTER_RSPAMD_PORT, "--rspamd-port"),
 }
 PROTOCOLS = ("grpc", *MAIL_PROTOCOLS)
+HEALTH_PORT = wire.FILTER_HEALTH_PORT
 POLICY_MOUNT = "/etc/mailwarden/policy"
 TLS_MOUNT = "/etc/mailwarden/tls"
 SIGNING_KEYS_MOUNT = "/etc/mailwarden/signing-keys"  # the store's, for the bulk gate

@@ -12,6 +12,7 @@ from typing import Any
 
 from mailwarden_operator.common.spec import (
     apply_schema_defaults,
+    cpu_request_errors,
     name_errors,
     positive_count_errors,
 )
@@ -35,5 +36,6 @@ def serving_errors(spec: dict[str, Any], name: str) -> list[str]:
                                     spec["disruption"]["maxUnavailable"])
     if "grpc" not in spec.get("protocols", ["grpc"]):
         errors.append("protocols must include grpc (the probes and clients use it)")
+    errors += cpu_request_errors(spec.get("resources"))
     errors += name_errors(naming.KIND, name, naming.MAX_NAME_LENGTH)
     return errors

@@ -130,7 +130,8 @@ SPEC_SCHEMA: dict[str, Any] = {
             "type": "object",
             "description": "The Secret with the HMAC keys of one-click tokens: key "
             "`current` (one key, at least 32 bytes) and optional `previous` (one key per "
-            "line, still accepted). Generated once when absent (32 random bytes, "
+            "line, still accepted; optionally followed by ` retired=YYYY-MM-DD`, as "
+            "`mailwarden token rotate` writes). Generated once when absent (32 random bytes, "
             "base64url), never overwritten, and kept when the store is deleted so links "
             "already sent keep working. Editing it rolls the store pods.",
             "default": {},
@@ -142,11 +143,37 @@ SPEC_SCHEMA: dict[str, Any] = {
         },
         "resubscribe": {
             "type": "object",
-            "description": "Credential that Resubscribe calls must present as a bearer "
-            "token. Without it Resubscribe is disabled.",
+            "description": "The admin credential: Import, Export and Resubscribe calls must "
+            "present it as a bearer token (`--admin-token-file`). Without it those methods "
+            "are disabled.",
             "required": ["secretRef"],
             "properties": {
                 "secretRef": _secret_key_ref("Secret holding the credential.", "token"),
+            },
+        },
+        "networkPolicy": {
+            "type": "object",
+            "description": "A NetworkPolicy (rendered unless disabled) admitting to the gRPC "
+            "port only the filter pods of this namespace and `grpcClients`; the one-click "
+            "port stays open, the metrics port is open to `metricsFrom` (everyone when "
+            "empty). Needs a CNI that enforces NetworkPolicies.",
+            "default": {},
+            "properties": {
+                "enabled": {"type": "boolean", "default": True,
+                            "description": "Render the NetworkPolicy (false: none; the "
+                            "gRPC API is then reachable by every pod of the cluster)."},
+                "grpcClients": {
+                    "type": "array", "maxItems": 64, "default": [],
+                    "description": "NetworkPolicyPeers (podSelector, namespaceSelector, "
+                    "ipBlock) also admitted to the gRPC port: senders, import/export jobs.",
+                    "items": {"type": "object",
+                              "x-kubernetes-preserve-unknown-fields": True}},
+                "metricsFrom": {
+                    "type": "array", "maxItems": 64, "default": [],
+                    "description": "NetworkPolicyPeers admitted to the metrics port "
+                    "(Prometheus); empty: everyone.",
+                    "items": {"type": "object",
+                              "x-kubernetes-preserve-unknown-fields": True}},
             },
         },
         "oneClick": {
@@ -160,8 +187,9 @@ SPEC_SCHEMA: dict[str, Any] = {
                             "needed)."},
                 "tokenMaxAgeDays": {
                     "type": "integer", "minimum": 0, "maximum": 36500, "default": 0,
-                    "description": "Refuse tokens older than this many days; 0 (default) "
-                    "never expires them. CASL requires at least 60.",
+                    "description": "Tokens older than this many days count as expired: "
+                    "an authentic one is still honoured (recorded) and counted apart; 0 "
+                    "(default) never. CASL requires at least 60.",
                     "x-kubernetes-validations": [{
                         "rule": f"self == 0 || self >= {MIN_TOKEN_MAX_AGE_DAYS}",
                         "message": "oneClick.tokenMaxAgeDays must be 0 (never expire) or at "
@@ -212,6 +240,8 @@ SPEC_SCHEMA: dict[str, Any] = {
                   "`--filter-image` (the chart sets it to the release's image)."},
         "imagePullPolicy": common.image_pull_policy(
             "Image pull policy of the store containers."),
+        "imagePullSecrets": common.image_pull_secrets("the store pods"),
+        "serviceAccountName": common.service_account_name("the store pods"),
         "replicas": common.replica_bounds(
             "Replica bounds; the HorizontalPodAutoscaler owns the count between them. "
             "Embedded storage runs exactly one replica.",
@@ -242,7 +272,8 @@ SPEC_SCHEMA: dict[str, Any] = {
         "resources": {
             "type": "object",
             "description": "Compute resources of the store container. Default: requests "
-            "cpu 100m, memory 128Mi; limit memory 256Mi.",
+            "cpu 100m, memory 128Mi; limit memory 256Mi. With PostgreSQL storage a CPU "
+            "request (or limit) is required: the autoscaler's target is a percentage of it.",
             "properties": common.resource_properties(),
         },
         "server": SERVER_SCHEMA,
@@ -255,13 +286,17 @@ SPEC_SCHEMA: dict[str, Any] = {
         {"rule": "self.storage.type != 'embedded' || self.durability != 'replicated'",
          "message": "durability replicated needs PostgreSQL with a synchronous standby; "
          "embedded SQLite cannot replicate"},
+        {"rule": "self.storage.type == 'embedded' || !has(self.resources) || " +
+                 common.CPU_REQUESTED_RULE.format(r="self.resources"),
+         "message": common.CPU_REQUESTED_MESSAGE},
         {"rule": "self.storage.type != 'embedded' || "
                  "(self.replicas.min == 1 && self.replicas.max == 1)",
          "message": "embedded storage runs exactly one replica: set replicas.min and "
          "replicas.max to 1"},
     ],
 }
-CONDITION_SCHEMA = common.condition_schema("Ready, Progressing, StorageReady or Degraded.")
+CONDITION_SCHEMA = common.condition_schema(
+    "Ready, Progressing, StorageReady, Degraded or ApplyFailed.")
 
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -272,7 +307,8 @@ STATUS_SCHEMA: dict[str, Any] = {
         "conditions": {"type": "array", "items": CONDITION_SCHEMA,
                        "x-kubernetes-list-type": "map",
                        "x-kubernetes-list-map-keys": ["type"],
-                       "description": "Ready, Progressing, StorageReady, Degraded."},
+                       "description": "Ready, Progressing, StorageReady, Degraded, "
+                       "ApplyFailed (the API server refused a child: its message)."},
         "storage": {"type": "string", "description": "postgres or embedded."},
         "durability": {"type": "string", "description": "local or replicated."},
         "highlyAvailable": {"type": "boolean",

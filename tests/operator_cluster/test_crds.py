@@ -76,6 +76,8 @@ INVALID_SPAMPOLICIES = {
                          'Unsupported value: "lmtp"'),
     "policy mta typo": (lambda ns: spampolicy(ns, policy={"mta": {"headerPrefix": "X Spam"}}),
                         "spec.policy.mta.headerPrefix"),
+    "no cpu request": (lambda ns: spampolicy(ns, resources={"requests": {"memory": "1Gi"}}),
+                       "resources must request cpu"),
 }
 
 
