@@ -125,7 +125,9 @@ def test_a_policy_or_model_change_changes_the_hash_and_the_name() -> None:
     body = owner()
     first = bundle_of(body)
     changed = owner()
-    changed["spec"]["policy"]["thresholds"]["tag"] = 6
+    # A valid change whatever the fitted thresholds are: tag moves below quarantine.
+    thresholds = changed["spec"]["policy"]["thresholds"]
+    thresholds["tag"] = round(thresholds["tag"] - 0.5, 2)
     assert bundle_of(changed).hash != first.hash
     other_model = build_bundle(body["spec"]["policy"],
                                lambda name: {"data": {"model.json.gz": "other"}})
