@@ -16,6 +16,7 @@ from pathlib import Path
 from e2e.nodes.build import bin_dir
 from e2e.nodes.cluster import ClusterInfo
 from e2e.nodes.network import HostNetwork
+from e2e.nodes.storage import LocalVolumes
 
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
@@ -68,7 +69,7 @@ class NodeAgents:
 
     def __init__(self, workdir: str | os.PathLike[str], cluster: ClusterInfo,
                  nodes: list[NodeSpec], *, venv: Path | None = None, kube_proxy: bool = False,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, local_volumes: int = 0) -> None:
         self.workdir = Path(workdir).resolve()
         self.cluster = cluster
         self.nodes = {n.name: n for n in nodes}
@@ -76,6 +77,10 @@ class NodeAgents:
         self.venv = venv or Path(sys.prefix)
         self.extra_args = extra_args or []
         self.kube_proxy = kube_proxy
+        # Statically provisioned local PersistentVolumes per node (storage.py), outside the
+        # agents' state directories, which are hidden from containers.
+        self.volumes = (LocalVolumes(self.workdir.with_name(self.workdir.name + "-volumes"),
+                                     per_node=local_volumes) if local_volumes else None)
         self.net = HostNetwork(self.workdir, cluster.cluster_cidr, cluster.service_cidr,
                                cluster.api_host, cluster.dns_ip, kube_proxy=kube_proxy)
         self.procs: dict[str, subprocess.Popen] = {}
@@ -117,6 +122,10 @@ class NodeAgents:
                 raise NodeAgentError("kube_proxy=True, but the control plane cannot start kube-proxy")
             # The agents share the host's network namespace: one kube-proxy routes for all.
             self.cluster.start_kube_proxy(self.order[0])
+        if self.volumes is not None:
+            from kubernetes import config
+            self.volumes.create(config.new_client_from_config(
+                str(self.cluster.admin_kubeconfig)), self.order)
 
     def _dns_kubeconfig(self) -> Path:
         """Credentials for the DNS server with only what CoreDNS's system:coredns role has
@@ -304,6 +313,8 @@ class NodeAgents:
                 self.dns.kill()
         self.dns = None
         self.net.tear_down()
+        if self.volumes is not None:
+            self.volumes.remove()
 
 
 def _write(path: Path, value: str) -> bool:
