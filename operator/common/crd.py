@@ -14,23 +14,69 @@ from typing import Any
 from mailwarden_operator.common.naming import GROUP, VERSION
 
 DEFAULT_CPU_UTILIZATION = 70
+# What a Service name must be (and so the name of a resource whose Services are named after
+# it): Kubernetes' DNS-1035 label, length checked separately.
+DNS_1035_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # A Kubernetes resource quantity ("250m", "1Gi", "1e3"), as the API server's own pattern.
 QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
                     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 
 
-def int_or_string(description: str, default: Any = None) -> dict[str, Any]:
+def positive_int_or_string(field: str, description: str, default: Any = None
+                           ) -> dict[str, Any]:
+    """A count of pods as Deployments and PDBs take it: an integer or a percentage, never
+    zero — a Deployment with `maxSurge` 0 beside our `maxUnavailable` 0 is refused by the
+    API server, and a PodDisruptionBudget with `maxUnavailable` 0 blocks every node drain
+    forever. `field` names it in the message (e.g. "rollout.maxSurge")."""
     out: dict[str, Any] = {"x-kubernetes-int-or-string": True, "description": description}
     if default is not None:
         out["default"] = default
-    # Plain integers or percentages, as Deployments and PDBs accept them. Structural
-    # schemas allow only bare types inside the int-or-string anyOf, so the range is a rule.
+    # Structural schemas allow only bare types inside the int-or-string anyOf, so the range
+    # is a rule.
     out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     out["x-kubernetes-validations"] = [{
-        "rule": "type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')",
-        "message": "must be a non-negative integer or a percentage such as '25%'",
+        "rule": "type(self) == int ? self >= 1 : self.matches('^(100|[1-9][0-9]?)%$')",
+        "message": f"{field} must be at least 1 or a percentage from 1% to 100% (0 would "
+        f"{ZERO_CONSEQUENCES[field.split('.')[-1]]})",
     }]
     return out
+
+
+# What a zero would do, for the messages of positive_int_or_string.
+ZERO_CONSEQUENCES = {
+    "maxSurge": "make the Deployment invalid: maxUnavailable is always 0",
+    "maxUnavailable": "block every node drain",
+}
+
+
+def replica_bounds(description: str, *, default_min: int, default_max: int, maximum: int,
+                   min_description: str, max_description: str) -> dict[str, Any]:
+    """`replicas: {min, max}` with the rule min <= max. The object's default is complete
+    (both bounds): the API server validates a default as written, CEL rules included, and
+    `{}` has no `min` to compare."""
+    return {
+        "type": "object",
+        "description": description,
+        "default": {"min": default_min, "max": default_max},
+        "properties": {
+            "min": {"type": "integer", "minimum": 1, "maximum": maximum,
+                    "default": default_min, "description": min_description},
+            "max": {"type": "integer", "minimum": 1, "maximum": maximum,
+                    "default": default_max, "description": max_description},
+        },
+        "x-kubernetes-validations": [
+            {"rule": "self.min <= self.max",
+             "message": "replicas.min must not exceed replicas.max"},
+        ],
+    }
+
+
+def pre_stop_seconds(default: int) -> dict[str, Any]:
+    # At least 1: Kubernetes before 1.33 refuses a preStop sleep of 0 s, and without the
+    # pause endpoints keep routing to a pod that has stopped accepting work.
+    return {"type": "integer", "minimum": 1, "maximum": 120, "default": default,
+            "description": "Pause before SIGTERM (1 to 120 s) so endpoints and client "
+            "resolvers drop the pod before it stops accepting work."}
 
 
 def quantity_map(description: str) -> dict[str, Any]:
@@ -160,7 +206,9 @@ def custom_resource_definition(*, kind: str, plural: str, singular: str,
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of the object."},
             "kind": {"type": "string", "description": "Kind of the object."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server's own: a CRD may say nothing about it but `type: object` (and
+            # restrict name/generateName), not even a description.
+            "metadata": {"type": "object"},
             "spec": copy.deepcopy(spec),
             "status": copy.deepcopy(status),
         },
@@ -168,6 +216,13 @@ def custom_resource_definition(*, kind: str, plural: str, singular: str,
             {"rule": f"size(self.metadata.name) <= {max_name_length}",
              "message": f"{kind} names are at most {max_name_length} characters "
              "(child Service names must fit 63)"},
+            # Services are named after the resource, and a Service name must be a DNS-1035
+            # label: a valid object name such as `mail.inbound` or `1st` would wedge every
+            # reconcile on the Service's 422.
+            {"rule": f"self.metadata.name.matches('{DNS_1035_LABEL}')",
+             "message": f"{kind} names must be DNS-1035 labels (lower-case letters, digits "
+             "and '-', starting with a letter and ending with a letter or digit): the "
+             "operator names Services after them"},
         ],
     }
     return {
@@ -186,7 +241,9 @@ def custom_resource_definition(*, kind: str, plural: str, singular: str,
                 "plural": plural,
                 "singular": singular,
                 "shortNames": short_names,
-                "categories": ["mailwarden", "all"],
+                # Not `all`: `kubectl delete all --all` would delete SpamPolicies and so
+                # stop filtering. `kubectl get mailwarden` lists both kinds.
+                "categories": ["mailwarden"],
             },
             "versions": [{
                 "name": VERSION,

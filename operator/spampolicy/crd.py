@@ -36,9 +36,7 @@ SERVER_SCHEMA: dict[str, Any] = {
         "graceSeconds": {"type": "integer", "minimum": 0, "maximum": 600, "default": 5,
                          "description": "Extra time after draining for open streams to "
                          "finish before the server stops."},
-        "preStopSeconds": {"type": "integer", "minimum": 0, "maximum": 120, "default": 5,
-                           "description": "Pause before SIGTERM so endpoints and client "
-                           "resolvers drop the pod before it stops accepting work."},
+        "preStopSeconds": common.pre_stop_seconds(5),
         "maxMessageBytes": {"type": "integer", "minimum": 1024, "maximum": 268435456,
                             "description": "Largest raw message accepted (larger ones "
                             "answer RESOURCE_EXHAUSTED). Default: the server's."},
@@ -79,24 +77,11 @@ SPEC_SCHEMA: dict[str, Any] = {
                   "`--filter-image` (the chart sets it to the release's image)."},
         "imagePullPolicy": common.image_pull_policy(
             "Image pull policy of the filter container."),
-        "replicas": {
-            "type": "object",
-            "description": "Replica bounds. The HorizontalPodAutoscaler owns the actual "
-            "count between them.",
-            "default": {},
-            "properties": {
-                "min": {"type": "integer", "minimum": 1, "maximum": 1000,
-                        "default": DEFAULT_MIN_REPLICAS,
-                        "description": "Fewest replicas (at least 2 for high availability)."},
-                "max": {"type": "integer", "minimum": 1, "maximum": 1000,
-                        "default": DEFAULT_MAX_REPLICAS,
-                        "description": "Most replicas the autoscaler may run."},
-            },
-            "x-kubernetes-validations": [
-                {"rule": "self.min <= self.max",
-                 "message": "replicas.min must not exceed replicas.max"},
-            ],
-        },
+        "replicas": common.replica_bounds(
+            "Replica bounds. The HorizontalPodAutoscaler owns the actual count between them.",
+            default_min=DEFAULT_MIN_REPLICAS, default_max=DEFAULT_MAX_REPLICAS, maximum=1000,
+            min_description="Fewest replicas (at least 2 for high availability).",
+            max_description="Most replicas the autoscaler may run."),
         "autoscaling": {
             "type": "object",
             "description": "Autoscaling targets. Scale-up is fast (doubling every 15 s, "
@@ -127,8 +112,9 @@ SPEC_SCHEMA: dict[str, Any] = {
             "description": "Voluntary disruption budget (node drains, upgrades).",
             "default": {},
             "properties": {
-                "maxUnavailable": common.int_or_string(
-                    "Pods that may be evicted at once (number or percentage).", 1),
+                "maxUnavailable": common.positive_int_or_string(
+                    "disruption.maxUnavailable",
+                    "Pods that may be evicted at once (at least 1, or a percentage).", 1),
             },
         },
         "rollout": {
@@ -137,8 +123,9 @@ SPEC_SCHEMA: dict[str, Any] = {
             "down before its replacement is ready (maxUnavailable is always 0).",
             "default": {},
             "properties": {
-                "maxSurge": common.int_or_string(
-                    "Extra pods during a rollout (number or percentage).", "25%"),
+                "maxSurge": common.positive_int_or_string(
+                    "rollout.maxSurge",
+                    "Extra pods during a rollout (at least 1, or a percentage).", "25%"),
             },
         },
         "resources": {

@@ -10,7 +10,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from mailwarden_operator.common.spec import apply_schema_defaults
+from mailwarden_operator.common.spec import (
+    apply_schema_defaults,
+    name_errors,
+    positive_count_errors,
+)
 from mailwarden_operator.spampolicy import crd, naming
 
 
@@ -26,6 +30,8 @@ def serving_errors(spec: dict[str, Any], name: str) -> list[str]:
     if replicas["min"] > replicas["max"]:
         errors.append(f"replicas.min ({replicas['min']}) must not exceed replicas.max "
                       f"({replicas['max']})")
-    if len(name) > naming.MAX_NAME_LENGTH:
-        errors.append(f"metadata.name: at most {naming.MAX_NAME_LENGTH} characters")
+    errors += positive_count_errors("rollout.maxSurge", spec["rollout"]["maxSurge"])
+    errors += positive_count_errors("disruption.maxUnavailable",
+                                    spec["disruption"]["maxUnavailable"])
+    errors += name_errors(naming.KIND, name, naming.MAX_NAME_LENGTH)
     return errors

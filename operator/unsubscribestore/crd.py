@@ -103,9 +103,7 @@ SERVER_SCHEMA: dict[str, Any] = {
         "graceSeconds": {"type": "integer", "minimum": 0, "maximum": 600, "default": 10,
                          "description": "After draining, in-flight calls (Watch streams, "
                          "imports) get this long to finish."},
-        "preStopSeconds": {"type": "integer", "minimum": 0, "maximum": 120, "default": 5,
-                           "description": "Pause before SIGTERM so endpoints drop the pod "
-                           "before it stops accepting work."},
+        "preStopSeconds": common.pre_stop_seconds(5),
         "readinessIntervalSeconds": {"type": "integer", "minimum": 1, "maximum": 60,
                                      "default": 2,
                                      "description": "How often the server re-checks the "
@@ -214,26 +212,13 @@ SPEC_SCHEMA: dict[str, Any] = {
                   "`--filter-image` (the chart sets it to the release's image)."},
         "imagePullPolicy": common.image_pull_policy(
             "Image pull policy of the store containers."),
-        "replicas": {
-            "type": "object",
-            "description": "Replica bounds; the HorizontalPodAutoscaler owns the count "
-            "between them. Embedded storage runs exactly one replica.",
-            "default": {},
-            "properties": {
-                "min": {"type": "integer", "minimum": 1, "maximum": 100,
-                        "default": DEFAULT_MIN_REPLICAS,
-                        "description": "Fewest replicas (at least 2 for high "
-                        "availability; 1 for embedded storage)."},
-                "max": {"type": "integer", "minimum": 1, "maximum": 100,
-                        "default": DEFAULT_MAX_REPLICAS,
-                        "description": "Most replicas the autoscaler may run (1 for "
-                        "embedded storage)."},
-            },
-            "x-kubernetes-validations": [
-                {"rule": "self.min <= self.max",
-                 "message": "replicas.min must not exceed replicas.max"},
-            ],
-        },
+        "replicas": common.replica_bounds(
+            "Replica bounds; the HorizontalPodAutoscaler owns the count between them. "
+            "Embedded storage runs exactly one replica.",
+            default_min=DEFAULT_MIN_REPLICAS, default_max=DEFAULT_MAX_REPLICAS, maximum=100,
+            min_description="Fewest replicas (at least 2 for high availability; 1 for "
+            "embedded storage).",
+            max_description="Most replicas the autoscaler may run (1 for embedded storage)."),
         "autoscaling": {
             "type": "object",
             "description": "Autoscaling (PostgreSQL storage only): fast scale-up, slow "
@@ -249,8 +234,9 @@ SPEC_SCHEMA: dict[str, Any] = {
             "description": "Voluntary disruption budget (PostgreSQL storage only).",
             "default": {},
             "properties": {
-                "maxUnavailable": common.int_or_string(
-                    "Pods that may be evicted at once (number or percentage).", 1),
+                "maxUnavailable": common.positive_int_or_string(
+                    "disruption.maxUnavailable",
+                    "Pods that may be evicted at once (at least 1, or a percentage).", 1),
             },
         },
         "resources": {

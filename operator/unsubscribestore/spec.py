@@ -10,7 +10,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from mailwarden_operator.common.spec import apply_schema_defaults
+from mailwarden_operator.common.spec import (
+    apply_schema_defaults,
+    name_errors,
+    positive_count_errors,
+)
 from mailwarden_operator.unsubscribestore import crd, naming
 
 
@@ -52,8 +56,9 @@ def spec_errors(spec: dict[str, Any], name: str) -> list[str]:
     if age and age < crd.MIN_TOKEN_MAX_AGE_DAYS:
         errors.append("oneClick.tokenMaxAgeDays must be 0 (never expire) or at least "
                       f"{crd.MIN_TOKEN_MAX_AGE_DAYS} (CASL)")
-    if len(name) > naming.MAX_NAME_LENGTH:
-        errors.append(f"metadata.name: at most {naming.MAX_NAME_LENGTH} characters")
+    errors += positive_count_errors("disruption.maxUnavailable",
+                                    spec["disruption"]["maxUnavailable"])
+    errors += name_errors(naming.KIND, name, naming.MAX_NAME_LENGTH)
     return errors
 
 

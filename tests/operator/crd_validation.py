@@ -56,6 +56,10 @@ def _evaluate(rule: str, value: Any, old: Any = _ABSENT) -> Any:
         if old is not _ABSENT:
             activation["oldSelf"] = celpy.json_to_cel(old)
         return program.evaluate(activation)
+    except celpy.CELEvalError as exc:
+        # A rule that cannot be evaluated (e.g. a missing field: "no such key") fails, as
+        # on the API server.
+        return exc
     finally:
         sys.setrecursionlimit(limit)
 
@@ -82,4 +86,78 @@ def validate_custom_resource(obj: dict[str, Any], crd: dict[str, Any],
             result = _evaluate(rule["rule"], value, old_value if transition else _ABSENT)
             if isinstance(result, Exception) or not bool(result):
                 errors.append(f"{path or '<root>'}: {rule.get('message', rule['rule'])}")
+    return errors
+
+
+def _schema_nodes(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, schema
+    for key, sub in (schema.get("properties") or {}).items():
+        yield from _schema_nodes(sub, f"{path}.properties[{key}]")
+    if isinstance(schema.get("items"), dict):
+        yield from _schema_nodes(schema["items"], f"{path}.items")
+    # Defaults are forbidden under additionalProperties (the API server does not follow it).
+
+
+def _pruned(value: Any, schema: dict[str, Any]) -> Any:
+    """`value` without the fields `schema` does not declare (the API server's pruning)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return value
+    if isinstance(value, dict):
+        if "properties" in schema:
+            return {k: _pruned(v, schema["properties"][k]) for k, v in value.items()
+                    if k in schema["properties"]}
+        if isinstance(schema.get("additionalProperties"), dict):
+            return {k: _pruned(v, schema["additionalProperties"]) for k, v in value.items()}
+        return value
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_pruned(v, schema["items"]) for v in value]
+    return value
+
+
+def default_errors(crd: dict[str, Any]) -> list[str]:
+    """Every `default` the API server would refuse when the CRD is created.
+
+    As the API server does (apiextensions-apiserver schema/defaulting/validation.go), each
+    default is checked *as written*: nested defaults are not applied first. It must be
+    pruned (no undeclared fields), pass the OpenAPI schema of its node (types, ranges,
+    `required`, patterns) and every CEL rule of its node and of the fields it contains —
+    transition rules with `oldSelf` being the default itself."""
+    errors = []
+    for version in crd["spec"]["versions"]:
+        root = version["schema"]["openAPIV3Schema"]
+        for path, node in _schema_nodes(root, "openAPIV3Schema"):
+            if "default" not in node:
+                continue
+            default = node["default"]
+            where = f"{version['name']}: {path}.default"
+            if _pruned(copy.deepcopy(default), node) != default:
+                errors.append(f"{where}: must not have unknown fields")
+            errors += [f"{where}: {e.message}"
+                       for e in jsonschema.Draft7Validator(_strict(node)).iter_errors(default)]
+            for cel_path, cel_node, value, _ in _cel_nodes(node, default, ""):
+                for rule in cel_node["x-kubernetes-validations"]:
+                    old = value if "oldSelf" in rule["rule"] else _ABSENT
+                    result = _evaluate(rule["rule"], value, old)
+                    if isinstance(result, Exception) or not bool(result):
+                        errors.append(f"{where}{cel_path}: {rule.get('message', rule['rule'])}")
+    return errors
+
+
+def metadata_schema_errors(crd: dict[str, Any]) -> list[str]:
+    """The structural-schema rule for the root `metadata` node (apiextensions-apiserver
+    schema/validation.go): nothing but `type: object`, and at most restrictions of the
+    `name` and `generateName` properties — not even a description."""
+    errors = []
+    for version in crd["spec"]["versions"]:
+        root = version["schema"]["openAPIV3Schema"]
+        metadata = (root.get("properties") or {}).get("metadata")
+        if metadata is None:
+            continue
+        if metadata.get("type") != "object":
+            errors.append(f"{version['name']}: metadata: type must be object")
+        extra = set(metadata) - {"type", "properties"}
+        extra_properties = set(metadata.get("properties") or {}) - {"name", "generateName"}
+        if extra or extra_properties:
+            errors.append(f"{version['name']}: metadata: must not specify anything other "
+                          f"than name and generateName (found {sorted(extra | extra_properties)})")
     return errors

@@ -11,6 +11,7 @@ import yaml
 
 from filter_server.policy.schema import POLICY_SCHEMA
 from mailwarden_operator import crd
+from tests.operator.crd_validation import default_errors, metadata_schema_errors
 from tests.operator.k8s_schemas import VERSIONS
 
 import kubernetes_validate
@@ -55,6 +56,8 @@ def _store_crd() -> dict[str, Any]:
 def test_every_field_is_typed_and_documented(make) -> None:
     schema = make()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _nodes(schema):
+        if path == ".metadata":
+            continue  # the API server's own; a CRD may not even describe it
         typed = ("type" in node or node.get("x-kubernetes-int-or-string")
                  or node.get("x-kubernetes-preserve-unknown-fields"))
         assert typed, f"{path or '<root>'} has no type (the schema must be structural)"
@@ -124,8 +127,44 @@ def test_crd_shape() -> None:
     assert body["spec"]["names"]["shortNames"] and body["spec"]["names"]["categories"]
 
 
+@pytest.mark.parametrize("name", ["spampolicies.mailwarden.dev.yaml",
+                                  "unsubscribestores.mailwarden.dev.yaml"])
+def test_not_in_the_all_category(name: str) -> None:
+    # `kubectl delete all --all` must not delete our resources (issue 13 item 17).
+    assert crd.all_crds()[name]["spec"]["names"]["categories"] == ["mailwarden"]
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("name", sorted(crd.all_crds()))
 def test_crds_are_valid_kubernetes_objects(name: str, version: str) -> None:
     kubernetes_validate.validate(yaml.safe_load((REPO / "crds" / name).read_text()),
                                  version, strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(crd.all_crds()))
+def test_root_metadata_is_only_typed(name: str) -> None:
+    """The API server refuses a CRD whose root `metadata` says more than `type: object` (or
+    restricts more than name/generateName): "must not specify anything other than name and
+    generateName" (issue 13 item 1)."""
+    assert metadata_schema_errors(crd.all_crds()[name]) == []
+
+
+@pytest.mark.parametrize("name", sorted(crd.all_crds()))
+def test_every_default_validates_as_written(name: str) -> None:
+    """The API server validates each default as written — schema and CEL, without filling in
+    nested defaults first — and refuses the CRD otherwise (issue 13 item 2: `replicas:
+    default {}` under the rule `self.min <= self.max`)."""
+    assert default_errors(crd.all_crds()[name]) == []
+
+
+def test_default_validation_catches_what_the_api_server_refuses() -> None:
+    """The checks above see the defects the API server refused (so they can fail)."""
+    body = crd.spampolicy_crd()
+    schema = body["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["properties"]["metadata"]["description"] = "Standard object metadata."
+    assert metadata_schema_errors(body)
+    replicas = schema["properties"]["spec"]["properties"]["replicas"]
+    replicas["default"] = {}
+    assert any("replicas.min must not exceed replicas.max" in e for e in default_errors(body))
+    replicas["default"] = {"min": 2, "max": 10, "extra": 1}
+    assert any("unknown fields" in e for e in default_errors(body))

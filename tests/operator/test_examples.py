@@ -71,11 +71,27 @@ def _example() -> dict:
     (lambda d: d["spec"]["policy"]["model"].update(file="model.bin"),
      "model takes either file or configMapRef, not both"),
     (lambda d: d["spec"].update(disruption={"maxUnavailable": "150%"}),
-     "must be a non-negative integer or a percentage"),
+     "disruption.maxUnavailable must be at least 1 or a percentage from 1% to 100%"),
     (lambda d: d["metadata"].update(name="n" * 60),
      "SpamPolicy names are at most 47 characters"),
+    # Issue 13 item 5: valid object names the Services named after them cannot take.
+    (lambda d: d["metadata"].update(name="mail.inbound"),
+     "SpamPolicy names must be DNS-1035 labels"),
+    (lambda d: d["metadata"].update(name="1st"), "SpamPolicy names must be DNS-1035 labels"),
+    # Issue 13 item 6: a Deployment the API server refuses, a PDB that blocks every drain.
+    (lambda d: d["spec"].update(rollout={"maxSurge": 0}),
+     "rollout.maxSurge must be at least 1 or a percentage from 1% to 100%"),
+    (lambda d: d["spec"].update(rollout={"maxSurge": "0%"}),
+     "rollout.maxSurge must be at least 1 or a percentage from 1% to 100%"),
+    (lambda d: d["spec"].update(disruption={"maxUnavailable": 0}),
+     "disruption.maxUnavailable must be at least 1 or a percentage from 1% to 100%"),
+    (lambda d: d["spec"].update(disruption={"maxUnavailable": "0%"}),
+     "disruption.maxUnavailable must be at least 1 or a percentage from 1% to 100%"),
+    (lambda d: d["spec"].update(server={"preStopSeconds": 0}),
+     "0 is less than the minimum of 1"),
 ], ids=["replicas", "thresholds", "header-missing", "header-extra", "model-both",
-        "percentage", "name-length"])
+        "percentage", "name-length", "dotted-name", "digit-name", "surge-0", "surge-0%",
+        "unavailable-0", "unavailable-0%", "prestop-0"])
 def test_cel_rules_refuse_broken_resources(change, message) -> None:
     doc = _example()
     change(doc)
