@@ -10,6 +10,7 @@ import pytest
 from e2e.conftest import E2E
 from e2e.jobs import LoadRun, describe_load
 from e2e.kube import wait_for
+from mailwarden_operator.spampolicy import naming
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -47,3 +48,44 @@ def test_policy_change_rolls_out_with_zero_failed_calls_under_load(e2e: E2E) -> 
     assert set(summary["last_hashes"]) == {new_hash}
     # The superseded ConfigMap is kept for rollback (keepPolicyConfigMaps), the new one live.
     assert old_hash in sp["status"].get("recentPolicyHashes", [])
+
+
+def policy_configmaps(e2e: E2E) -> dict[str, str]:
+    """The SpamPolicy's policy ConfigMaps: name -> the hash they hold."""
+    items = e2e.kube.items("configmaps", "-l", f"{naming.POLICY_LABEL}={e2e.policy},"
+                                               f"{naming.ROLE_LABEL}=policy")
+    return {cm["metadata"]["name"]: cm["metadata"]["labels"][naming.HASH_LABEL] for cm in items}
+
+
+def test_old_policy_configmaps_are_pruned_keeping_the_newest(e2e: E2E) -> None:
+    """docs/operator.md: a change is a new ConfigMap; old ones are deleted once a rollout has
+    completed, keeping the newest `operator.keepPolicyConfigMaps` (3, the live one
+    included). Two more policy changes make at least four hashes in this policy's life."""
+    keep = 3
+    seen = list(e2e.wait_policy_settled()["status"].get("recentPolicyHashes") or [])
+    hashes_made = set(policy_configmaps(e2e).values()) | set(seen)
+    for step in (0.1, 0.2):
+        sp = e2e.spampolicy()
+        tag = sp["spec"]["policy"]["thresholds"]["tag"]
+        old = sp["status"]["policyHash"]
+        e2e.kube.merge_patch("spampolicy", e2e.policy,
+                             {"spec": {"policy": {"thresholds": {"tag": round(tag - step, 3)}}}})
+        wait_for(lambda old=old: e2e.spampolicy()["status"].get("desiredPolicyHash")
+                 not in (None, old),
+                 120, "the operator to accept the new policy")
+        settled = e2e.wait_policy_settled()
+        hashes_made.add(settled["status"]["policyHash"])
+    assert len(hashes_made) > keep, hashes_made
+    sp = e2e.wait_policy_settled()
+    live = sp["status"]["policyHash"]
+    recent = sp["status"]["recentPolicyHashes"]
+    # The prune follows the completed rollout (same reconcile); allow the next one too.
+    left = wait_for(lambda: (lambda cms: cms if len(cms) == keep else None)(
+        policy_configmaps(e2e)), 120, f"{keep} policy ConfigMaps to remain")
+    print(f"{len(hashes_made)} policy hashes so far; kept {sorted(left.values())}, "
+          f"live {live}, recentPolicyHashes {recent}")
+    assert set(left.values()) == set(recent[:keep]) and live in left.values()
+    assert set(left) == {naming.configmap_name(e2e.policy, h) for h in recent[:keep]}
+    # What was pruned is really gone from the API server.
+    for gone in hashes_made - set(left.values()):
+        assert e2e.kube.get("configmap", naming.configmap_name(e2e.policy, gone)) is None
