@@ -42,6 +42,7 @@ def collect(kube: Kube, directory: Path, namespaces: tuple[str, ...] = NAMESPACE
             name = pod.removeprefix("pod/")
             _write(directory / f"logs-{ns}-{name}.txt", there, "logs", pod, "--all-containers",
                    "--prefix", "--timestamps", namespaced=True)
-            _write(directory / f"logs-{ns}-{name}.previous.txt", there, "logs", pod,
-                   "--all-containers", "--prefix", "--timestamps", "--previous",
-                   namespaced=True)
+            previous = there.run("logs", pod, "--all-containers", "--prefix", "--timestamps",
+                                 "--previous", check=False, timeout=120)
+            if previous.returncode == 0 and previous.stdout:  # only after a restart
+                (directory / f"logs-{ns}-{name}.previous.txt").write_text(previous.stdout)

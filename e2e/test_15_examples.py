@@ -93,9 +93,20 @@ def prepared(e2e: E2E, postgres: PgCluster, tmp_path_factory: pytest.TempPathFac
     return work
 
 
+def startup_kills(kube: Kube, workload_name: str) -> list[str]:
+    """Containers of the workload's pods that the kubelet killed because their startup probe
+    used up its whole budget: such a pod cannot become Ready, waiting longer shows nothing."""
+    return [f"{e['involvedObject']['name']}: {e['message']}"
+            for e in kube.items("events", "--field-selector", "reason=Killing")
+            if e["involvedObject"]["name"].startswith(f"{workload_name}-")
+            and "failed startup probe" in e.get("message", "")]
+
+
 def ready_resource(kube: Kube, kind: str, name: str) -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
         body = kube.get(KINDS[kind], name)
+        killed = startup_kills(kube, workload(kind, name))
+        assert not killed, f"{kind} {kube.namespace}/{name} cannot become Ready: {killed}"
         return body if observed(body) and is_true(body, "Ready") else None
     return wait_for(ready, READY_TIMEOUT, f"{kind} {kube.namespace}/{name} to be Ready",
                     interval=2)
@@ -127,8 +138,21 @@ def workload(kind: str, name: str) -> str:
             else store_naming.workload_name(name))
 
 
-@pytest.mark.parametrize("name", FILES)
+def example_param(name: str) -> Any:
+    if name == "spampolicy-production.yaml":
+        # Its filter pods serve gRPC only over TLS while the kubelet's gRPC probe speaks
+        # plaintext: the startup probe kills them. Strict: passing once fixed fails here,
+        # so the marker goes with the fix.
+        return pytest.param(name, marks=pytest.mark.xfail(
+            strict=True, reason="issue 13 item 3: spec.tls filter pods never become Ready"))
+    return name
+
+
+@pytest.mark.parametrize("name", [example_param(n) for n in FILES])
 def test_example_applies_and_becomes_ready(e2e: E2E, prepared: Path, name: str) -> None:
+    """`kubectl apply -f` as the file says, every custom resource Ready with its pods Running
+    and Ready through the Deployment's ReplicaSet, and for a SpamPolicy Classify answering
+    through its headless Service (mutual TLS when it asks for it)."""
     docs = documents(name)
     namespaces = {d["metadata"].get("namespace") for d in docs}
     (namespace,) = namespaces
@@ -143,20 +167,14 @@ def test_example_applies_and_becomes_ready(e2e: E2E, prepared: Path, name: str) 
               f"(readyReplicas {body['status'].get('readyReplicas')}); " +
               check_pods_through_replicasets(kube, workload(doc["kind"],
                                                             doc["metadata"]["name"])))
+        if doc["kind"] == "SpamPolicy":
+            classify_through_the_headless_service(e2e, kube, body)
 
 
-POLICIES = [(n, d["metadata"]["name"], d["metadata"].get("namespace"), "tls" in d["spec"])
-            for n in FILES for d in documents(n) if d["kind"] == "SpamPolicy"]
-
-
-@pytest.mark.parametrize("name,policy,namespace,tls", [pytest.param(*p, id=p[0])
-                                                        for p in POLICIES])
-def test_classify_answers_through_the_headless_service(e2e: E2E, prepared: Path, name: str,
-                                                       policy: str, namespace: str | None,
-                                                       tls: bool) -> None:
-    kube = e2e.kube_in(namespace or e2e.namespace)
-    body = ready_resource(kube, "SpamPolicy", policy)
-    host = f"{policy_naming.headless_name(policy)}.{kube.namespace}.svc.cluster.local"
+def classify_through_the_headless_service(e2e: E2E, kube: Kube, policy: dict[str, Any]) -> None:
+    """`mailwarden classify` in a client pod, at dns:///<policy>-filter-headless...:9090."""
+    name, tls = policy["metadata"]["name"], "tls" in policy["spec"]
+    host = f"{policy_naming.headless_name(name)}.{kube.namespace}.svc.cluster.local"
     messages = sorted(pick_messages(e2e.split))[:4]
     command = ["mailwarden", "classify", "--json", "--deadline", "20",
                "--target", f"dns:///{host}:{policy_naming.GRPC_PORT}"]
@@ -171,6 +189,8 @@ def test_classify_answers_through_the_headless_service(e2e: E2E, prepared: Path,
     verdicts = [json.loads(line[line.find("{"):]) for line in output.splitlines()
                 if '"action"' in line]
     assert len(verdicts) == len(messages), output
-    assert {v["policy_hash"] for v in verdicts} == {body["status"]["policyHash"]}, output
-    print(f"{host}: {len(verdicts)} verdicts from policy {body['status']['policyHash']}"
-          f"{' over mutual TLS' if tls else ''}")
+    assert {v["policy_hash"] for v in verdicts} == {policy["status"]["policyHash"]}, output
+    print(f"Classify through {host}: {len(verdicts)} verdicts from policy "
+          f"{policy['status']['policyHash']}{' over mutual TLS' if tls else ''}")
+
+
