@@ -79,6 +79,22 @@ def test_unsubscribestore_becomes_ready_with_the_documented_columns(e2e: E2E,
     assert store_name in e2e.kube.run("get", "unsub").stdout
 
 
+def test_one_kubectl_get_shows_both_kinds_with_their_columns(e2e: E2E,
+                                                            store_name: str) -> None:
+    """`kubectl get spampolicies,unsubscribestores`, as the README says: one table per kind,
+    each with its own printer columns."""
+    text = e2e.kube.run("get", "spampolicies,unsubscribestores").stdout
+    print(text)
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    assert len(blocks) == 2, text
+    for block, plural, name in ((blocks[0], "spampolicies", e2e.policy),
+                                (blocks[1], "unsubscribestores", store_name)):
+        rows = table(block)
+        assert list(rows[0]) == printer_columns(crd_file(plural), wide=False), block
+        kind = crd_file(plural)["spec"]["names"]["singular"]
+        assert f"{kind}.mailwarden.dev/{name}" in [r["NAME"] for r in rows], block
+
+
 def test_filter_pods_pass_restricted_admission_and_spread_over_nodes(e2e: E2E) -> None:
     e2e.wait_policy_settled()
     ns = e2e.kube.json("get", "namespace", e2e.namespace, namespaced=False)

@@ -15,10 +15,18 @@ from mailwarden_operator.spampolicy import naming
 pytestmark = pytest.mark.timeout(1200)
 
 
+def replica_sets(e2e: E2E) -> dict[str, int]:
+    """The filter Deployment's ReplicaSets (by owner reference): name -> spec.replicas."""
+    uid = e2e.kube.json("get", "deployment", e2e.workload)["metadata"]["uid"]
+    return {rs["metadata"]["name"]: rs["spec"]["replicas"] for rs in e2e.kube.items("rs")
+            if any(ref["uid"] == uid for ref in rs["metadata"].get("ownerReferences") or [])}
+
+
 def test_policy_change_rolls_out_with_zero_failed_calls_under_load(e2e: E2E) -> None:
     sp = e2e.wait_policy_settled()
     old_hash = sp["status"]["policyHash"]
     old_pods = {p["metadata"]["name"] for p in e2e.filter_pods(ready_only=False)}
+    old_sets = replica_sets(e2e)
     tag = sp["spec"]["policy"]["thresholds"]["tag"]
     new_tag = tag + 0.25 if tag + 0.25 <= sp["spec"]["policy"]["thresholds"]["quarantine"] \
         else tag - 0.25
@@ -43,6 +51,13 @@ def test_policy_change_rolls_out_with_zero_failed_calls_under_load(e2e: E2E) -> 
           f"(operator's figure); {describe_load(summary)}; answers per hash "
           f"{summary['hashes']}")
     assert new_hash != old_hash
+    # A real rolling update: the Deployment controller made a new ReplicaSet for the new
+    # template and scaled every old one to zero.
+    sets = replica_sets(e2e)
+    new_sets = {name: n for name, n in sets.items() if name not in old_sets}
+    print(f"ReplicaSets before {old_sets}, after {sets}")
+    assert len(new_sets) == 1 and list(new_sets.values()) == [len(e2e.filter_pods())]
+    assert all(sets.get(name, 0) == 0 for name in old_sets)
     assert summary["failed"] == 0, summary["failures"]
     assert summary["hashes"].get(old_hash, 0) > 0 and summary["hashes"].get(new_hash, 0) > 0
     assert set(summary["last_hashes"]) == {new_hash}

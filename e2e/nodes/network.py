@@ -121,7 +121,7 @@ class HostNetwork:
     def pod_routes(self) -> list[str]:
         """The destinations a pod can reach: pods, Services, the API server, the nodes."""
         routes = [self.cluster_cidr, self.service_cidr, str(self.block), f"{self.api_host}/32"]
-        if not ipaddress.ip_address(self.dns_ip) in ipaddress.ip_network(self.service_cidr):
+        if ipaddress.ip_address(self.dns_ip) not in ipaddress.ip_network(self.service_cidr):
             routes.append(f"{self.dns_ip}/32")
         return routes
 
