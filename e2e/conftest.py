@@ -91,6 +91,19 @@ class E2E:
         pods = self.kube.items("pods", "-l", self.selector)
         return [p for p in pods if pod_ready(p)] if ready_only else pods
 
+    def wait_policy_live(self, timeout: float = 600) -> dict[str, Any]:
+        """The desired policy serves on every replica (rollout complete), old pods may still
+        be terminating."""
+        def live() -> dict[str, Any] | None:
+            sp = self.spampolicy()
+            status = sp.get("status") or {}
+            return sp if (observed(sp) and is_true(sp, "Ready")
+                          and not is_true(sp, "Progressing")
+                          and status.get("policyHash") == status.get("desiredPolicyHash")) \
+                else None
+        return wait_for(live, timeout, f"SpamPolicy {self.policy}'s policy to be live",
+                        interval=2)
+
     def wait_policy_settled(self, timeout: float = 600) -> dict[str, Any]:
         """Ready, rollout complete, status current, every pod of the Deployment ready."""
         def settled() -> dict[str, Any] | None:

@@ -88,10 +88,10 @@ def test_old_policy_configmaps_are_pruned_keeping_the_newest(e2e: E2E) -> None:
         wait_for(lambda old=old: e2e.spampolicy()["status"].get("desiredPolicyHash")
                  not in (None, old),
                  120, "the operator to accept the new policy")
-        settled = e2e.wait_policy_settled()
-        hashes_made.add(settled["status"]["policyHash"])
+        # Rollout complete is what the prune waits for (old pods may still be draining).
+        hashes_made.add(e2e.wait_policy_live()["status"]["policyHash"])
     assert len(hashes_made) > keep, hashes_made
-    sp = e2e.wait_policy_settled()
+    sp = e2e.wait_policy_live()
     live = sp["status"]["policyHash"]
     recent = sp["status"]["recentPolicyHashes"]
     # The prune follows the completed rollout (same reconcile); allow the next one too.
