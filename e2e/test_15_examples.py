@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,26 @@ def prepared(e2e: E2E, postgres: PgCluster, tmp_path_factory: pytest.TempPathFac
     return work
 
 
+def file_namespace(name: str) -> str | None:
+    """The namespace the file's resources name (one per file), None for the suite's own."""
+    (namespace,) = {d["metadata"].get("namespace") for d in documents(name)}
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def applied(e2e: E2E, prepared: Path) -> dict[str, subprocess.CompletedProcess[str]]:
+    """`kubectl apply -f examples/NAME` of every file at once, as the file says (in its own
+    namespace if it names one), so that their pods start side by side; each test then
+    checks its own file's outcome."""
+    results = {}
+    for name in FILES:
+        namespace = file_namespace(name)
+        kube = e2e.kube_in(namespace) if namespace else e2e.kube
+        results[name] = kube.run("apply", "-f", str(EXAMPLES / name), check=False,
+                                 namespaced=namespace is None)
+    return results
+
+
 def startup_kills(kube: Kube, workload_name: str) -> list[str]:
     """Containers of the workload's pods that the kubelet killed because their startup probe
     used up its whole budget: such a pod cannot become Ready, waiting longer shows nothing."""
@@ -149,17 +170,17 @@ def example_param(name: str) -> Any:
 
 
 @pytest.mark.parametrize("name", [example_param(n) for n in FILES])
-def test_example_applies_and_becomes_ready(e2e: E2E, prepared: Path, name: str) -> None:
+def test_example_applies_and_becomes_ready(
+        e2e: E2E, applied: dict[str, subprocess.CompletedProcess[str]], name: str) -> None:
     """`kubectl apply -f` as the file says, every custom resource Ready with its pods Running
     and Ready through the Deployment's ReplicaSet, and for a SpamPolicy Classify answering
     through its headless Service (mutual TLS when it asks for it)."""
-    docs = documents(name)
-    namespaces = {d["metadata"].get("namespace") for d in docs}
-    (namespace,) = namespaces
+    result = applied[name]
+    assert result.returncode == 0, f"kubectl apply -f examples/{name}:\n{result.stderr}"
+    print(result.stdout)
+    namespace = file_namespace(name)
     kube = e2e.kube_in(namespace) if namespace else e2e.kube
-    # As the file says: `kubectl apply -f examples/NAME` (in its own namespace if it names one).
-    print(kube.run("apply", "-f", str(EXAMPLES / name), namespaced=namespace is None).stdout)
-    for doc in docs:
+    for doc in documents(name):
         if doc["kind"] not in KINDS:
             continue  # e.g. the Ingress in front of the one-click endpoint: just applied
         body = ready_resource(kube, doc["kind"], doc["metadata"]["name"])

@@ -75,23 +75,26 @@ def policy_configmaps(e2e: E2E) -> dict[str, str]:
 def test_old_policy_configmaps_are_pruned_keeping_the_newest(e2e: E2E) -> None:
     """docs/operator.md: a change is a new ConfigMap; old ones are deleted once a rollout has
     completed, keeping the newest `operator.keepPolicyConfigMaps` (3, the live one
-    included). Two more policy changes make at least four hashes in this policy's life."""
+    included). Two more policy changes make at least four hashes in this policy's life; the
+    second comes while the first is rolling out (a superseded rollout still counts in the
+    history, and its ConfigMap is kept or pruned like any other)."""
     keep = 3
     seen = list(e2e.wait_policy_settled()["status"].get("recentPolicyHashes") or [])
     hashes_made = set(policy_configmaps(e2e).values()) | set(seen)
     for step in (0.1, 0.2):
         sp = e2e.spampolicy()
         tag = sp["spec"]["policy"]["thresholds"]["tag"]
-        old = sp["status"]["policyHash"]
+        old = sp["status"]["desiredPolicyHash"]
         e2e.kube.merge_patch("spampolicy", e2e.policy,
                              {"spec": {"policy": {"thresholds": {"tag": round(tag - step, 3)}}}})
-        wait_for(lambda old=old: e2e.spampolicy()["status"].get("desiredPolicyHash")
-                 not in (None, old),
-                 120, "the operator to accept the new policy")
-        # Rollout complete is what the prune waits for (old pods may still be draining).
-        hashes_made.add(e2e.wait_policy_live()["status"]["policyHash"])
+        accepted = wait_for(lambda old=old: (lambda s: s if s["status"].get("desiredPolicyHash")
+                                             not in (None, old) else None)(e2e.spampolicy()),
+                            120, "the operator to accept the new policy")
+        hashes_made.add(accepted["status"]["desiredPolicyHash"])
     assert len(hashes_made) > keep, hashes_made
+    # Rollout complete is what the prune waits for (old pods may still be draining).
     sp = e2e.wait_policy_live()
+    assert sp["status"]["policyHash"] == accepted["status"]["desiredPolicyHash"]
     live = sp["status"]["policyHash"]
     recent = sp["status"]["recentPolicyHashes"]
     # The prune follows the completed rollout (same reconcile); allow the next one too.
