@@ -150,17 +150,20 @@ def _load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def prepare(workdir: Path) -> tuple[Path, list[str], str]:
-    from mailwarden_local.projection import project
+def prepare(workdir: Path, dns: str) -> tuple[Path, list[str], str]:
+    from mailwarden_local.corpus import DEFAULT_CORPUS, Split
     from mailwarden_local.main import DEFAULT_POLICY
     from mailwarden_local.model import ensure_model
     from mailwarden_local.policy import local_policy
-    from mailwarden_local.corpus import DEFAULT_CORPUS, Split
+    from mailwarden_local.projection import project
 
     model, _ = ensure_model(DEFAULT_CORPUS, DEFAULT_CORPUS.parent,
                             lambda line: print(line, file=sys.stderr))
     policy_dir = workdir / "policy"
-    project(policy_dir, {"policy.yaml": local_policy(DEFAULT_POLICY), "model.json.gz": model})
+    # Sender authentication resolves through the benchmark's DNS sink (instant SERVFAIL,
+    # as for the peers in benchmarks/run.py): nothing leaves the machine.
+    project(policy_dir, {"policy.yaml": local_policy(DEFAULT_POLICY, [dns]),
+                         "model.json.gz": model})
     split = Split(DEFAULT_CORPUS.parent / "split")
     files = [str(p) for p in split.files("test", "ham") + split.files("test", "spam")]
     sizes = [os.path.getsize(f) for f in files]
@@ -241,9 +244,11 @@ def main() -> int:
     rates = [float(r) for r in args.rates.split(",") if r]
     worker_counts = [int(w) for w in args.workers.split(",")]
 
-    with tempfile.TemporaryDirectory(prefix="mailwarden-bench-") as tmp:
+    from benchmarks.dns_sink import DnsSink
+
+    with tempfile.TemporaryDirectory(prefix="mailwarden-bench-") as tmp, DnsSink() as dns:
         workdir = Path(tmp)
-        policy_dir, files, described = prepare(workdir)
+        policy_dir, files, described = prepare(workdir, dns.address)
         print(f"machine: {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
         print(f"messages: {described}")
         print(f"policy: examples/spampolicy.yaml + model; load generator: separate process, "

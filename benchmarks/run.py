@@ -349,7 +349,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> Results:
         if "mailwarden" in args.systems:
             systems["mailwarden"] = Mailwarden(work / "mailwarden", servers,
                                                workers=args.workers,
-                                               max_concurrency=levels_max, progress=progress)
+                                               max_concurrency=levels_max, dns=dns.address,
+                                               progress=progress)
         by_name = {key: SystemResult(name=s.name, workers=args.workers)
                    for key, s in systems.items()}
         results.systems = [by_name[k] for k in SYSTEMS if k in by_name]

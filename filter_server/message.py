@@ -12,10 +12,15 @@ import email.utils
 import html
 import re
 from dataclasses import dataclass, field
-from email import message_from_bytes
+from email import utils as email_utils
+from email.feedparser import FeedParser
 from email.message import Message
 from email.policy import compat32
+from typing import Any
 from urllib.parse import urlsplit
+
+from filter_server.cpu_budget import ScanBudget
+from filter_server.textscan import sub_up_to_last
 
 MAX_PARTS = 256          # MIME parts visited per message
 MAX_DEPTH = 32           # multipart nesting followed
@@ -24,6 +29,25 @@ MAX_HEADER_BYTES = 65536  # decoded header text kept per message
 # One header value is cut to this before RFC 2047 decoding: the stdlib decoder is
 # quadratic in the value's length (a 700 KB folded Subject took seconds).
 MAX_HEADER_VALUE_BYTES = 16384
+# A header value with more encoded-word openers ("=?") that nothing closes after them on
+# their line than this is kept as raw text: the stdlib decoder retries its pattern at each
+# such opener, scanning to the end of the line every time (quadratic: 1 s for 32 KB of
+# "=?a?q?x"). Mail has one at most (a Subject cut short).
+MAX_UNCLOSED_ENCODED_WORDS = 16
+# A From value holding more "(" than this has its comments taken out by a linear scan
+# before the stdlib address parser sees it: that parser reads nested comments by
+# recursion, two frames a level, and ~500 levels raised RecursionError (issue 20).
+MAX_FROM_PARENS = 64
+# The same parser reads a group ("name: a@b, c@d;") by recursion too, a level per ":"
+# (a From of 1,000 ":" raised RecursionError), and joins a group's members by list
+# concatenation (quadratic in their number). Only the first address is wanted, so the
+# value is cut to this many characters for it, and above MAX_FROM_COLONS ":" they are read
+# as spaces.
+MAX_FROM_ADDRESS_CHARS = 4096
+MAX_FROM_COLONS = 64
+# The parser is fed this many characters at a time (what the stdlib parser does itself),
+# and the CPU budget is checked between feeds.
+FEED_CHARS = 8192
 # A message declaring more multipart boundaries than this is not handed to the stdlib
 # parser, whose cost grows with the square of the nesting depth (a 56 KB message nested
 # 1000 deep took over a second); it is scanned as raw text and marked malformed.
@@ -51,6 +75,9 @@ _HTML_HREF = re.compile(
     r"""[hHsSſaA](?<!\w[hHsSſaA])"""
     r"""(?:(?<=[hH])[rR][eE][fF]|(?<=[sSſ])[rR][cC]|(?<=[aA])[cC][tT][iIİı][oO][nN])"""
     r"""\s*=\s*["']?([^"'\s>]+)""")
+# Tags and line-breaking tags. Both match up to the first ">" after a "<", so they are
+# only run up to the last ">" (textscan.sub_up_to_last: linear; over the whole text each
+# unclosed "<" is retried to the end, and 256 KiB of "<" took 40 s).
 _HTML_TAG = re.compile(r"<[^>]*>")
 _HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
 # Links in text: (?:https?://|www\.)[^\s<>"'()\[\]{}]+ case-insensitively, spelt out the same
@@ -71,6 +98,9 @@ class ParsedMessage:
     malformed: bool
     part_count: int = 0
     attachments: list[str] = field(default_factory=list)  # content types of non-text parts
+    # Set when the CPU budget ran out while parsing: what was read of the message (the
+    # rest was not parsed), for the SCAN_BUDGET_EXCEEDED hit.
+    budget_note: str | None = None
 
     def header(self, name: str) -> str:
         values = self.header_map.get(name.lower())
@@ -78,15 +108,27 @@ class ParsedMessage:
 
 
 def decode_header_value(value: str) -> str:
-    """Unfold and decode RFC 2047 encoded-words; never raises."""
+    """Unfold and decode RFC 2047 encoded-words; never raises. A value with more than
+    MAX_UNCLOSED_ENCODED_WORDS openers that are never closed is kept as it is."""
     if "\n" in value:  # only folded values need the regex (most are one line)
         value = _FOLD.sub(" ", value)
-    if "=?" not in value:
+    if "=?" not in value or unclosed_openers(value) > MAX_UNCLOSED_ENCODED_WORDS:
         return value
     try:
         return str(email.header.make_header(email.header.decode_header(value)))
     except Exception:  # malformed encoded-words, unknown charsets: keep the raw text
         return value
+
+
+def unclosed_openers(value: str) -> int:
+    """How many "=?" of `value` have no "?=" after them on their line (lines as the stdlib
+    decoder splits them): the openers at which its pattern scans to the end of the line
+    and fails. Linear."""
+    count = 0
+    for line in value.splitlines():
+        close = line.rfind("?=")
+        count += line.count("=?", close + 2 if close >= 0 else 0)
+    return count
 
 
 def _decode_payload(part: Message) -> str:
@@ -143,8 +185,8 @@ def html_to_text(markup: str, uris: list[str]) -> str:
     markup = drop_hidden(markup)
     if len(uris) < MAX_URIS:
         uris.extend(_HTML_HREF.findall(markup)[: MAX_URIS - len(uris)])
-    markup = _HTML_BREAK.sub("\n", markup)
-    return html.unescape(_HTML_TAG.sub(" ", markup))
+    markup = sub_up_to_last(_HTML_BREAK, "\n", markup)
+    return html.unescape(sub_up_to_last(_HTML_TAG, " ", markup))
 
 
 def collapse_whitespace(text: str) -> str:
@@ -165,6 +207,9 @@ def uri_host(uri: str) -> str | None:
     return host.rstrip(".").lower()
 
 
+_NO_BUDGET = ScanBudget(None)
+
+
 def _walk(root: Message) -> list[Message]:
     """Leaf parts, depth-first, bounded in depth and count (iterative: no recursion)."""
     leaves: list[Message] = []
@@ -183,13 +228,15 @@ def _walk(root: Message) -> list[Message]:
     return leaves
 
 
-def parse_message(raw: bytes, *, max_text_bytes: int = 262144) -> ParsedMessage:
+def parse_message(raw: bytes, *, max_text_bytes: int = 262144,
+                  budget: ScanBudget | None = None) -> ParsedMessage:
     """Parse the first MAX_PARSE_BYTES of `raw`; text beyond `max_text_bytes` is dropped.
-    Never raises."""
+    With a `budget`, parsing stops where its CPU time runs out (`budget_note` says how far
+    it got). Never raises."""
     raw = _parsed_part(raw)
     try:
-        return _parse(raw, max_text_bytes)
-    except Exception:  # includes RecursionError from pathological nesting
+        return _parse(raw, max_text_bytes, budget)
+    except Exception:  # malformed input the stdlib parser cannot take
         return _fallback(raw, max_text_bytes)
 
 
@@ -202,19 +249,91 @@ def _parsed_part(raw: bytes) -> bytes:
     return raw[:end + 1] if end > 0 else raw[:MAX_PARSE_BYTES]
 
 
-def _parse(raw: bytes, max_text_bytes: int) -> ParsedMessage:
+class _Part(Message):
+    """A compat32 message whose header parameters (boundary=, charset=, ...) are split in
+    linear time. The stdlib splitter copies the rest of the value at every ";" and recounts
+    the quotes before it from the start of the value, so a Content-Type of 32 KB of ";"
+    after an unbalanced quote took 0.8 s, and 256 KB would take a minute (a corpus spam
+    has 7,138 ";" in one). The result is the stdlib's, parameter for parameter."""
+
+    def _get_params_preserve(self, failobj: Any, header: str) -> Any:
+        missing = object()
+        value = self.get(header, missing)
+        if value is missing:
+            return failobj
+        params = []
+        for param in split_params(str(value)):
+            name, sep, val = param.partition("=")
+            params.append((name.strip(), val.strip()) if sep else (param.strip(), ""))
+        return email_utils.decode_params(params)
+
+
+def split_params(value: str) -> list[str]:
+    """What the stdlib's `email.message._parseparam(value)` returns, in linear time: `value`
+    split at each ";" outside double quotes (a quote after a backslash does not count), each
+    piece stripped, and "name = v" pieces written "name=v" with the name lower-cased.
+
+    The stdlib decides whether a ";" is inside quotes by counting the quotes from the start
+    of the rest of the value; those counts are sums over the stretches between ";"s (a
+    backslash-quote pair cannot straddle a ";"), so they are kept as running totals here."""
+    text = ";" + value
+    out: list[str] = []
+    start = 0
+    size = len(text)
+    while start < size and text[start] == ";":
+        start += 1
+        end = text.find(";", start)
+        quotes = 0  # quotes minus backslash-quotes in text[start:end], kept as it grows
+        counted = start
+        while end > start:
+            quotes += text.count('"', counted, end) - text.count('\\"', counted, end)
+            counted = end
+            if quotes % 2 == 0:
+                break
+            end = text.find(";", end + 1)
+        if end < 0:
+            end = size
+        piece = text[start:end]
+        if "=" in piece:
+            i = piece.index("=")
+            piece = piece[:i].strip().lower() + "=" + piece[i + 1:].strip()
+        out.append(piece.strip())
+        start = end
+    return out
+
+
+def _parse(raw: bytes, max_text_bytes: int, budget: ScanBudget | None) -> ParsedMessage:
     # Every match of _BOUNDARY (ASCII case-insensitive, like bytes.lower) holds the word
     # "boundary" once, so counting the word first spares most messages the regex pass.
     if raw.lower().count(b"boundary") > MAX_BOUNDARIES and \
             len(_BOUNDARY.findall(raw, 0, len(raw))[:MAX_BOUNDARIES + 1]) > MAX_BOUNDARIES:
         return _fallback(raw, max_text_bytes)
-    msg = message_from_bytes(raw, policy=compat32)
+    budget = budget or _NO_BUDGET
+    # What email.message_from_bytes does, a slice at a time, so the budget is checked
+    # between slices (the stdlib parser reads 8192 characters at a time itself).
+    text = raw.decode("ASCII", errors="surrogateescape")
+    parser = FeedParser(_Part, policy=compat32)
+    read = 0
+    while read < len(text):
+        if budget.spent():
+            break
+        parser.feed(text[read:read + FEED_CHARS])
+        read += FEED_CHARS
+    msg = parser.close()
+    stopped: list[str] = []  # what the budget cut short, for the verdict
+    if read < len(text):
+        stopped.append(f"parsed {read:,} of {len(raw):,} bytes")
+        budget.renew()  # to decode what was read
     headers: list[tuple[str, str]] = []
     header_map: dict[str, list[str]] = {}
     kept = 0
     fetch = msg.policy.header_fetch_parse
-    for name, value in msg.raw_items():
+    items = list(msg.raw_items())
+    for index, (name, value) in enumerate(items):
         if kept > MAX_HEADER_BYTES:
+            break
+        if budget.spent():
+            stopped.append(f"decoded {index} of {len(items)} headers")
             break
         # What msg.items() would give: compat32 turns a value holding undecodable bytes
         # (surrogates, never in ASCII) into a Header object; ASCII values stay as they are.
@@ -233,7 +352,10 @@ def _parse(raw: bytes, max_text_bytes: int) -> ParsedMessage:
     html_present = False
     attachments: list[str] = []
     leaves = _walk(msg)
-    for part in leaves:
+    for index, part in enumerate(leaves):
+        if budget.spent():
+            stopped.append(f"decoded {index} of {len(leaves)} parts")
+            break
         ctype = part.get_content_type()
         if part.get_content_maintype() != "text" or \
                 (str(part.get("content-disposition", "")).lower().startswith("attachment")
@@ -251,8 +373,11 @@ def _parse(raw: bytes, max_text_bytes: int) -> ParsedMessage:
     body = collapse_whitespace(" ".join(texts))
     malformed = any(_is_serious(d) for d in msg.defects) or \
         any(any(_is_serious(d) for d in p.defects) for p in leaves)
-    return _finish(headers, header_map, body, html_present, uris, malformed,
-                   len(leaves), attachments)
+    parsed = _finish(headers, header_map, body, html_present, uris, malformed,
+                     len(leaves), attachments)
+    if stopped:
+        parsed.budget_note = ", ".join(stopped)
+    return parsed
 
 
 def _is_serious(defect: Exception) -> bool:
@@ -271,11 +396,17 @@ def _fallback(raw: bytes, max_text_bytes: int) -> ParsedMessage:
     head, body = parts[0], parts[1] if len(parts) > 1 else b""
     headers: list[tuple[str, str]] = []
     header_map: dict[str, list[str]] = {}
+    kept = 0
     for line in _FOLD.sub(" ", head.decode("latin-1")).splitlines():
+        if kept > MAX_HEADER_BYTES:
+            break
         name, sep, value = line.partition(":")
         if sep and name and " " not in name:
-            headers.append((name, value.strip()))
-            header_map.setdefault(name.lower(), []).append(value.strip())
+            # bounded like the parser's headers: the tokenizer reads these values
+            value = value[:MAX_HEADER_VALUE_BYTES].strip()
+            kept += len(value)
+            headers.append((name, value))
+            header_map.setdefault(name.lower(), []).append(value)
     text = body[:max_text_bytes].decode("utf-8", errors="replace")
     return _finish(headers, header_map, collapse_whitespace(text), False, [], True, 0, [])
 
@@ -293,10 +424,70 @@ def _finish(headers: list[tuple[str, str]], header_map: dict[str, list[str]], bo
             seen.add(host)
             hosts.append(host)
     from_values = header_map.get("from")
-    from_address = ""
-    if from_values:
-        from_address = email.utils.parseaddr(from_values[0])[1].lower()
+    from_address = address_of(from_values[0]) if from_values else ""
     return ParsedMessage(headers=headers, header_map=header_map, body_text=body,
                          html_present=html_present, uris=uris, uri_hosts=hosts,
                          from_address=from_address, malformed=malformed,
                          part_count=part_count, attachments=attachments)
+
+
+def address_of(value: str) -> str:
+    """The (first) address in a From value, lower-cased, as `email.utils.parseaddr` finds
+    it in the first MAX_FROM_ADDRESS_CHARS; "" when there is none. The stdlib parser
+    recurses per comment level and per group, so a value with more than MAX_FROM_PARENS
+    "(" has its comments (which never hold the address) emptied first, and one with more
+    than MAX_FROM_COLONS ":" has them read as spaces: it meets no deep nesting."""
+    value = value[:MAX_FROM_ADDRESS_CHARS]
+    if value.count("(") > MAX_FROM_PARENS:
+        value = empty_comments(value)
+    if value.count(":") > MAX_FROM_COLONS:
+        value = value.replace(":", " ")
+    return email.utils.parseaddr(value)[1].lower()
+
+
+def empty_comments(value: str) -> str:
+    """`value` with every RFC 5322 comment, nested ones included, replaced by "()" — read
+    the way the stdlib address parser reads them: a backslash quotes the next character,
+    ")" or CR closes one level, and an unclosed comment runs to the end; parentheses in a
+    quoted string or in a domain literal ("[" after "@") are text. One pass, no recursion.
+
+    For the address this is exactly what the stdlib parser finds in values without "["
+    (tests/filter_server/test_textscan.py); in a domain it reads a "[" as a literal only right
+    after the "@", a simplification that matters only to values this one is used for
+    (more than MAX_FROM_PARENS "(", where the stdlib parser would recurse to a crash)."""
+    out: list[str] = []
+    depth = 0
+    closer = ""      # what ends the quoted string or domain literal we are in ("" = none)
+    escaped = False
+    kept_from = 0
+    previous = ""    # the last character outside comments that is not white space
+    for i, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif char == "\\" and (depth or closer):
+            escaped = True
+        elif depth:
+            if char == "(":
+                depth += 1
+            elif char in ")\r":
+                depth -= 1
+                if not depth:
+                    out.append("()")
+                    kept_from = i + 1
+        elif closer:
+            if char in closer:
+                closer = ""
+        elif char == '"':
+            closer = '"\r'
+        elif char == "[" and previous == "@":
+            closer = "]\r"
+        elif char == "(":
+            out.append(value[kept_from:i])
+            depth = 1
+        if not depth and not char.isspace():
+            previous = char
+    if depth:
+        out.append("()")
+    else:
+        out.append(value[kept_from:])
+    return "".join(out)

@@ -30,6 +30,12 @@ from typing import Any, Iterable
 
 import hyperscan
 
+from filter_server.compile_limits import (
+    CompileTimeout,
+    compile_in_child,
+    complexity_problem,
+)
+
 # SINGLEMATCH: we only need to know *whether* a rule matched, and it bounds callbacks per
 # scan to one per pattern. UTF8: inputs are always valid UTF-8 (we encode decoded text).
 BASE_FLAGS = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_UTF8
@@ -73,6 +79,16 @@ def compiled_database(patterns: Iterable[str], flags: int) -> hyperscan.Database
     Compilation runs outside the lock (it can take seconds); two threads asking for the
     same new database at once both compile it, which is only wasted work."""
     key = (flags, tuple(patterns))
+    db = _known_database(key)
+    if db is None:
+        db = _compile(key[1], flags)
+        _keep(key, db)
+    return db
+
+
+def _known_database(key: tuple[int, tuple[str, ...]]) -> hyperscan.Database | None:
+    """The database of `key` if it was compiled before (here, or by another process into
+    the pattern cache directory)."""
     with _kept_lock:
         db = _kept.get(key)
         if db is not None:
@@ -80,15 +96,22 @@ def compiled_database(patterns: Iterable[str], flags: int) -> hyperscan.Database
             return db
     cached = _cache_file(key)
     db = _read_cached(cached) if cached else None
-    if db is None:
-        db = _compile(key[1], flags)
-        if cached:
-            _write_cached(cached, db)
+    if db is not None:
+        with _kept_lock:
+            _kept[key] = db
+            while len(_kept) > MAX_KEPT_DATABASES:
+                _kept.popitem(last=False)
+    return db
+
+
+def _keep(key: tuple[int, tuple[str, ...]], db: hyperscan.Database) -> None:
+    cached = _cache_file(key)
+    if cached:
+        _write_cached(cached, db)
     with _kept_lock:
         _kept[key] = db
         while len(_kept) > MAX_KEPT_DATABASES:
             _kept.popitem(last=False)
-    return db
 
 
 CACHE_DIR_ENV = "MAILWARDEN_PATTERN_CACHE_DIR"
@@ -129,7 +152,7 @@ def _write_cached(path: str, db: hyperscan.Database) -> None:
         pass
 
 
-def _reason(exc: hyperscan.error) -> str:
+def _reason(exc: hyperscan.error | str) -> str:
     reason = str(exc)
     if "empty buffer" in reason:
         return "matches the empty string, so it would fire on every message"
@@ -140,6 +163,9 @@ def pattern_error(pattern: str, flags: int = LINE_FLAGS) -> str | None:
     """Why Hyperscan cannot take `pattern` alone, or None when it can."""
     if "\x00" in pattern:
         return "must not contain NUL characters"
+    costly = complexity_problem(pattern)
+    if costly:
+        return costly
     try:
         _compile((pattern,), flags)
     except hyperscan.error as exc:
@@ -147,14 +173,18 @@ def pattern_error(pattern: str, flags: int = LINE_FLAGS) -> str | None:
     return None
 
 
-def pattern_problems(rules: list[dict[str, Any]]) -> list[tuple[int | None, str]]:
+def pattern_problems(rules: list[dict[str, Any]], *, compile_seconds: int | None = None
+                     ) -> list[tuple[int | None, str]]:
     """(rule index, reason) for every pattern rule whose pattern the engine cannot take;
     empty when all compile. Index None: a problem of a whole group, not of one pattern.
 
     One compile per group on the happy path, with the flags the group is served with (the
     databases are kept for `TargetDatabase`); only a group whose compile fails is compiled
     pattern by pattern, to name the culprits. A rule whose target or header is itself
-    invalid (reported by the validator) is checked on its own."""
+    invalid (reported by the validator) is checked on its own. Patterns too complex to
+    compile quickly are refused before compiling (compile_limits.py); with
+    `compile_seconds`, compiling happens in a child process that is stopped after that
+    long, and running out of time is a problem of the whole policy."""
     problems: list[tuple[int | None, str]] = []
     groups: dict[str, list[int]] = {}
     for index, rule in enumerate(rules):
@@ -168,7 +198,27 @@ def pattern_problems(rules: list[dict[str, Any]]) -> list[tuple[int | None, str]
         if "\x00" in rule["pattern"]:  # the engine takes C strings: check before it
             problems.append((index, "must not contain NUL characters"))
             continue
+        costly = complexity_problem(rule["pattern"])
+        if costly:
+            problems.append((index, costly))
+            continue
         groups.setdefault(key, []).append(index)
+    if compile_seconds is None:
+        problems += _compile_here(rules, groups)
+    else:
+        try:
+            problems += _compile_in_child(rules, groups, compile_seconds)
+        except CompileTimeout as exc:
+            problems.append((None, f"the patterns take too long to compile ({exc}): "
+                                   "simplify the slowest (many alternatives, long counted "
+                                   "repetitions) or split the rules"))
+    problems.sort(key=lambda p: -1 if p[0] is None else p[0])
+    return problems
+
+
+def _compile_here(rules: list[dict[str, Any]], groups: dict[str, list[int]]
+                  ) -> list[tuple[int | None, str]]:
+    problems: list[tuple[int | None, str]] = []
     for key, indexes in groups.items():
         flags = flags_for(key)
         try:
@@ -180,7 +230,44 @@ def pattern_problems(rules: list[dict[str, Any]]) -> list[tuple[int | None, str]
         found: list[tuple[int | None, str]] = [(i, reason) for i, reason in errors if reason]
         problems += found or [(None, f"the {len(indexes)} patterns scanning {key} do not "
                                      f"compile together: {group_reason}")]
-    problems.sort(key=lambda p: -1 if p[0] is None else p[0])
+    return problems
+
+
+def _compile_in_child(rules: list[dict[str, Any]], groups: dict[str, list[int]],
+                      cpu_seconds: int) -> list[tuple[int | None, str]]:
+    """What `_compile_here` finds, compiled by a child process allowed `cpu_seconds` of
+    CPU (raises CompileTimeout); the databases are kept as if compiled here."""
+    problems: list[tuple[int | None, str]] = []
+    todo = {}
+    for key, indexes in groups.items():
+        db_key = (flags_for(key), tuple(rules[i]["pattern"] for i in indexes))
+        if _known_database(db_key) is None:
+            todo[key] = db_key
+    if not todo:
+        return problems
+    results = compile_in_child(list(todo.values()), cpu_seconds)
+    failed: dict[str, str] = {}
+    for (key, db_key), (ok, value) in zip(todo.items(), results):
+        if ok:
+            assert isinstance(value, bytes)
+            _keep(db_key, hyperscan.loadb(value, hyperscan.HS_MODE_BLOCK))
+        else:
+            failed[key] = str(value)
+    if not failed:
+        return problems
+    # Name the culprits: each pattern of a failed group on its own, in one more child.
+    singles = [(key, i) for key in failed for i in groups[key]]
+    results = compile_in_child([(flags_for(key), (rules[i]["pattern"],)) for key, i in singles],
+                               cpu_seconds)
+    named: set[str] = set()
+    for (key, i), (ok, value) in zip(singles, results):
+        if not ok:
+            problems.append((i, _reason(str(value))))
+            named.add(key)
+    for key, reason in failed.items():
+        if key not in named:
+            problems.append((None, f"the {len(groups[key])} patterns scanning {key} do not "
+                                   f"compile together: {reason}"))
     return problems
 
 

@@ -29,7 +29,7 @@ import grpc
 
 from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
 from mailwarden.wire import FILTER_SERVICE as SERVICE_NAME
-from mailwarden.wire import MESSAGE_BYTES_METADATA
+from mailwarden.wire import MESSAGE_BYTES_METADATA, REQUEST_BYTES_METADATA
 
 DEFAULT_DEADLINE_SECONDS = 5.0
 DEFAULT_MAX_ATTEMPTS = 4          # the gRPC service config allows at most 5
@@ -204,20 +204,32 @@ class FilterClient:
                                list_scope=list_scope, request_id=request_id)
         try:
             return self._stub.Classify(request, timeout=deadline or self.deadline,
-                                       metadata=((MESSAGE_BYTES_METADATA, str(len(message))),))
+                                       metadata=((MESSAGE_BYTES_METADATA, str(len(message))),
+                                                 (REQUEST_BYTES_METADATA,
+                                                  str(request.ByteSize()))))
         except grpc.RpcError as exc:
             raise ClassifyError(exc.code(), exc.details() or "", request.request_id) from None
 
     def classify_stream(self, items: Iterable[bytes | filter_pb2.ClassifyRequest], *,
-                        deadline: float | None = None) -> Iterator[filter_pb2.ClassifyResponse]:
+                        deadline: float | None = None, max_request_bytes: int | None = None
+                        ) -> Iterator[filter_pb2.ClassifyResponse]:
         """Classify many messages over one ClassifyStream call; responses come back in
         order. `items` are raw messages or requests from `FilterClient.request`. `deadline`
         covers the whole stream (none by default). A stream stays on one replica and is
-        not retried; for balancing and retries per message, use `classify`."""
+        not retried; for balancing and retries per message, use `classify`.
+
+        `max_request_bytes`: the size of the largest request the stream will send (a
+        message and its envelope; `FilterClient.request(...).ByteSize()`). The server
+        reserves that much memory before each message instead of room for the largest
+        message it accepts, so streams of small messages do not wait for memory; a larger
+        request ends the stream with INVALID_ARGUMENT. The server ends a stream that sends
+        nothing for its receive time limit (10 s by default)."""
         requests = (item if isinstance(item, filter_pb2.ClassifyRequest)
                     else self.request(item) for item in items)
+        metadata = () if max_request_bytes is None else \
+            ((REQUEST_BYTES_METADATA, str(max_request_bytes)),)
         try:
-            yield from self._stub.ClassifyStream(requests, timeout=deadline)
+            yield from self._stub.ClassifyStream(requests, timeout=deadline, metadata=metadata)
         except grpc.RpcError as exc:
             raise ClassifyError(exc.code(), exc.details() or "") from None
 
@@ -252,4 +264,5 @@ def verdict_dict(response: filter_pb2.ClassifyResponse) -> dict:
                  for h in response.hits],
         "suppressed_recipients": list(response.suppressed_recipients),
         "suppression_state": filter_pb2.SuppressionState.Name(response.suppression_state),
+        "authentication_results": response.authentication_results,
     }

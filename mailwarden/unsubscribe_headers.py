@@ -36,6 +36,19 @@ def unsubscribe_url(address: str, scope: str, *, keys: KeyRing, base_url: str) -
     return f"{base_url.rstrip('/')}/u/{mint_token(keys, address, scope)}"
 
 
+def token_from_url(url: str) -> str | None:
+    """The token of a one-click URL made by `unsubscribe_url` (``<base>/u/<token>``), or
+    None when `url` is not one."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    _base, sep, token = parts.path.rpartition("/u/")
+    if not sep or not token or "/" in token or parts.query or parts.fragment:
+        return None
+    return token
+
+
 def list_unsubscribe_headers(address: str, scope: str, *, keys: KeyRing, base_url: str,
                              mailto: str | None = None) -> dict[str, str]:
     """Both headers, ready to add to a message. ``mailto`` (optional) adds an RFC 2369

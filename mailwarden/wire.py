@@ -14,6 +14,10 @@ UNSUBSCRIBE_SERVICE = "mailwarden.unsubscribe.v1.UnsubscribeStore"
 # before it arrives, and without this must reserve for the largest message allowed (so
 # small messages wait behind large ones when memory is short).
 MESSAGE_BYTES_METADATA = "mailwarden-message-bytes"
+# ... and the whole request's size (message and envelope), which the server reserves for
+# exactly. On a ClassifyStream: the size of its largest request. A request larger than
+# announced is refused (INVALID_ARGUMENT).
+REQUEST_BYTES_METADATA = "mailwarden-request-bytes"
 
 # --- ports ---------------------------------------------------------------------------------
 # What the operator renders (containerPorts, Services, probes) and what the servers listen

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
             return max(0.0, deadline - time.monotonic())
 
         policy_dir = workdir / "policy"
-        project(policy_dir, {"policy.yaml": local_policy(args.policy), "model.json.gz": model})
+        project(policy_dir, {"policy.yaml": local_policy(
+            args.policy, getattr(args, "dns_servers", None)), "model.json.gz": model})
         say(f"policy: {args.policy} -> {policy_dir} (kubelet ConfigMap layout)")
         store.wait_ports(left())
         store.wait_serving(left())

@@ -7,9 +7,11 @@ from pathlib import Path
 from mailwarden_local.errors import LocalError
 
 
-def local_policy(policy_file: Path) -> bytes:
+def local_policy(policy_file: Path, dns_servers: list[str] | None = None) -> bytes:
     """The example policy with its model taken from the policy directory (`model.file`)
-    instead of the ConfigMap reference only the operator can resolve."""
+    instead of the ConfigMap reference only the operator can resolve; with `dns_servers`,
+    sender authentication resolves through them (else through this machine's resolver,
+    /etc/resolv.conf)."""
     import yaml
 
     from filter_server.policy.validate import PolicyInvalid, parse_policy_text
@@ -26,4 +28,7 @@ def local_policy(policy_file: Path) -> bytes:
     model.pop("configMapRef", None)
     model["file"] = "model.json.gz"
     policy["model"] = model
+    if dns_servers:
+        auth = policy.setdefault("authentication", {})
+        auth.setdefault("dns", {})["servers"] = list(dns_servers)
     return yaml.safe_dump(policy, sort_keys=False).encode()

@@ -16,10 +16,11 @@ mkdir -p "$cache/bin"
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------
-debs=(postgresql prometheus shellcheck unzip nftables)  # nftables: kube-proxy (docs/control-plane.md)
+debs=(postgresql prometheus shellcheck unzip nftables knot)  # nftables: kube-proxy (docs/control-plane.md); knot: the authentication tests' DNS
 command -v npm >/dev/null || debs+=(npm)   # nodejs from elsewhere may already ship npm
 if [[ "${1:-}" == "--bench" ]]; then
-  debs+=(spamassassin spamd spamc rspamd redis-server)  # Debian 12 ships spamd separately
+  # libmail-spf-perl, libmail-dmarc-perl: SpamAssassin's SPF and DMARC plugins (benchmarks/auth.py)
+  debs+=(spamassassin spamd spamc rspamd redis-server libmail-spf-perl libmail-dmarc-perl)  # Debian 12 ships spamd separately
 fi
 missing=()
 for p in "${debs[@]}"; do

@@ -67,8 +67,10 @@ class Mailwarden:
     name = "Mailwarden"
 
     def __init__(self, work: Path, servers: ServerSet, *, workers: int,
-                 max_concurrency: int, progress=print) -> None:
+                 max_concurrency: int, dns: str = "", progress=print) -> None:
         self.work = work
+        # Sender authentication resolves here (the benchmark's DNS sink, as for the peers).
+        self.dns = dns
         self.servers = servers
         self.workers = workers
         self.max_concurrency = max_concurrency
@@ -100,7 +102,9 @@ class Mailwarden:
 
     def start(self, policy: dict[str, Any] | None = None, tag: str = "example") -> None:
         """Serve `policy` (default: the example policy) from a fresh policy directory."""
-        policy = policy if policy is not None else example_policy()
+        policy = copy.deepcopy(policy if policy is not None else example_policy())
+        if self.dns and "authentication" in policy:
+            policy["authentication"].setdefault("dns", {})["servers"] = [self.dns]
         self.rules = len(policy.get("rules", [])) + len(policy.get("metaRules", []))
         policy_dir = self.work / f"policy-{tag}"
         self.expected_hash = write_policy_dir(policy_dir, policy, self.model)

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from e2e.nodes import ClusterInfo, NodeAgents, NodeSpec, cluster_ranges
+from mailwarden.wire import FILTER_GRPC_PORT
 
 IMAGE = "ghcr.io/mailwarden/mailwarden:0.1.0"
 SECURE = {"runAsNonRoot": True, "runAsUser": 65532, "readOnlyRootFilesystem": True}
@@ -50,7 +51,8 @@ def serve_pod(name: str, node: str) -> dict:
                      "containers": [{
                          "name": "filter", "image": IMAGE, "securityContext": SECURE,
                          "args": ["serve", "--policy-dir", "/policy", "--workers", "1"],
-                         "readinessProbe": {"grpc": {"port": 50051}, "periodSeconds": 1},
+                         "readinessProbe": {"grpc": {"port": FILTER_GRPC_PORT},
+                                            "periodSeconds": 1},
                          "volumeMounts": [{"name": "policy", "mountPath": "/policy"}]}]}}
 
 

@@ -28,6 +28,10 @@ from filter_server.bayes.tokenize import TOKENIZER_VERSION
 
 FORMAT = "mailwarden-bayes/2"
 PRIOR_PROBABILITY = 0.5
+# A model decompresses to at most this much JSON. The corpus model is 0.7 MB (30,723
+# tokens, 22 bytes each); this allows about three million tokens, which take ~450 MB
+# once loaded. Unbounded, a 1 MB gzip bomb took a worker to 2.2 GB (issue 20).
+MAX_MODEL_JSON_BYTES = 64 * 1024 * 1024
 
 
 class ModelError(ValueError):
@@ -185,8 +189,10 @@ class BayesModel:
     @classmethod
     def from_bytes(cls, data: bytes) -> "BayesModel":
         try:
-            doc = json.loads(gzip.decompress(data))
-        except (OSError, EOFError, ValueError, zlib.error) as exc:
+            doc = json.loads(_gunzip(data, MAX_MODEL_JSON_BYTES))
+        except ModelError:
+            raise
+        except (OSError, EOFError, ValueError, zlib.error, RecursionError) as exc:
             raise ModelError(f"not a gzip-compressed JSON model: {exc}") from exc
         if not isinstance(doc, dict) or "format" not in doc:
             raise ModelError(f"not a Mailwarden model (no \"format\" field; expected {FORMAT})")
@@ -213,3 +219,23 @@ class BayesModel:
                        params, calibration)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ModelError(f"malformed model: {exc!r}") from exc
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """`gzip.decompress(data)`, refusing (ModelError) to produce more than `limit` bytes:
+    decompression stops there instead of filling memory."""
+    out: list[bytes] = []
+    size = 0
+    rest = data
+    while rest:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # one gzip member
+        chunk = inflater.decompress(rest, limit + 1 - size)
+        size += len(chunk)
+        out.append(chunk)
+        if size > limit or inflater.unconsumed_tail:
+            raise ModelError(f"the model decompresses to more than {limit:,} bytes "
+                             "(a model this large would not fit a filter worker)")
+        if not inflater.eof:
+            raise EOFError("compressed model ends in the middle of its data")
+        rest = inflater.unused_data
+    return b"".join(out)

@@ -22,6 +22,7 @@ import email.utils
 import re
 
 from filter_server.message import ParsedMessage
+from filter_server.textscan import find_emails, find_hosts, first_address, time_zone
 
 TOKENIZER_VERSION = "mailwarden-tokens/2"
 
@@ -48,18 +49,20 @@ POST_DELIVERY_HEADERS = frozenset((
     "x-virus-scanned",
 ))
 
+# Patterns whose plain `re` form is quadratic on crafted text (a 64 KB body of "a…@b…"
+# took 28 s) are linear scanners in filter_server/textscan.py, which give the same matches:
+# hosts `[a-z0-9][a-z0-9.-]*\.[a-z]{2,}` (find_hosts), body addresses
+# `[\w.+-]+@[\w-]+(?:\.[\w-]+)+` (find_emails), the first address of a header
+# `[\w.+=-]+@[\w.-]+` (first_address) and the Date's zone (time_zone). Every pattern left
+# here cannot fail after a long scan (see textscan's docstring).
 _WORD = re.compile(r"[^\s<>\"'(){}\[\],;:=]+")
 _EDGE = ".!?*-_/\\|#~`^+"
-_HOST = re.compile(r"[a-z0-9][a-z0-9.-]*\.[a-z]{2,}")
 _IP = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.\d{1,3}\b")
 _IP_FULL = re.compile(r"\[?\d{1,3}(?:\.\d{1,3}){3}\]?")
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_ADDRESS = re.compile(r"[\w.+=-]+@[\w.-]+")
 _RECEIVED_FROM = re.compile(r"from\s+(\S+)(?:\s+\(([^)]*)\))?")
 _RECEIVED_BY = re.compile(r"\sby\s")
 _RECEIVED_WITH = re.compile(r"\swith\s+(\w+)")
 _SUBJECT_PUNCT = re.compile(r"[!$?*%.]{2,}|[!$]")
-_TZ = re.compile(r"([+-]\d{4}|\b[A-Z]{2,4}\b)\s*(?:\(.*\))?\s*$")
 _DATE_YEAR = re.compile(r"\b(\d{2,4})\s+\d{1,2}:\d\d")
 _ALNUM = re.compile(r"[0-9a-z]+")
 _HEX_DIGITS = frozenset("0123456789abcdef")
@@ -92,8 +95,8 @@ def _domain(host: str) -> str:
 
 
 def _address(value: str) -> str:
-    found = _ADDRESS.search(value)
-    return found.group(0).lower().strip(".") if found else ""
+    found = first_address(value)
+    return found.lower().strip(".") if found else ""
 
 
 def tokenize(msg: ParsedMessage) -> set[str]:
@@ -152,7 +155,7 @@ def _body_tokens(body: str) -> set[str]:
         holding = [chunk for chunk in chunks if "@" in chunk]
     found: list[str] = []
     for chunk in holding:
-        found += _EMAIL.findall(chunk)
+        found += find_emails(chunk, MAX_BODY_ADDRESSES - len(found))
         if len(found) >= MAX_BODY_ADDRESSES:
             break
     for address in found[:MAX_BODY_ADDRESSES]:
@@ -210,7 +213,7 @@ def _header_tokens(msg: ParsedMessage, add) -> str | None:
 def _received_tokens(value: str, add) -> None:
     # Only the sending side ("from ..."): the "by" side names the receiving site itself.
     sent_from = _RECEIVED_BY.split(value, 1)[0]
-    for host in _HOST.findall(sent_from)[:8]:
+    for host in find_hosts(sent_from)[:8]:
         add("received:" + host)
         if host.count(".") > 1:
             add("received:" + _domain(host))
@@ -233,7 +236,7 @@ def _received_tokens(value: str, add) -> None:
         return
     if "unknown" in detail:
         add("received:rdns-unknown")
-    rdns = _HOST.findall(detail)
+    rdns = find_hosts(detail)
     if rdns and "." in helo:
         suffix = _domain(helo.strip("[]"))
         add("received:helo-rdns-match" if any(h.endswith(suffix) for h in rdns)
@@ -246,8 +249,7 @@ def _date_tokens(date: str, first_received: str | None, add) -> None:
     if not date:
         add("date:missing")
         return
-    tz = _TZ.search(date)
-    add("date:tz:" + (tz.group(1) if tz else "none"))
+    add("date:tz:" + (time_zone(date) or "none"))
     year = _DATE_YEAR.search(date)
     if year:
         add("date:year:" + year.group(1))

@@ -11,10 +11,14 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from filter_server.auth.evaluate import AuthOutcome, AuthSettings, evaluate
+from filter_server.auth.gather import Evidence
 from filter_server.bayes.model import BayesModel
 from filter_server.bayes.tokenize import tokenize
+from filter_server.cpu_budget import ScanBudget
 from filter_server.message import ParsedMessage, parse_message
 from filter_server.patterns import PatternRule, TargetDatabase, target_key
+from filter_server.policy.auth_rules import ALL_RULES
 from filter_server.policy.loader import LoadedPolicy
 from filter_server.policy.meta import MetaExpression, parse_meta
 
@@ -44,6 +48,9 @@ class Verdict:
     spam_probability: float   # -1 when the policy has no model
     policy_hash: str
     fired: frozenset[str] = field(default_factory=frozenset)
+    # RFC 8601 Authentication-Results value (without the field name), "" when the policy
+    # does not authenticate: what the milter/header paths add to the message.
+    authentication_results: str = ""
 
 
 def body_digest(body_text: str) -> str:
@@ -74,6 +81,9 @@ class _Lists:
         self.domains = {d.lower().rstrip(".") for d in spec["domains"]}
         self.hosts = {h.lower().rstrip(".") for h in spec["uriHosts"]}
         self.empty = not (self.senders or self.domains or self.hosts)
+        # Allow lists match authenticated identities unless the policy opts out.
+        self.authenticated_only = prefix == "ALLOWLIST" and \
+            not spec.get("matchUnauthenticated", False)
         # Hits are immutable: made once, shared by every verdict.
         self._sender_hit = Hit(f"{prefix}_SENDER", self.score, "sender address is listed")
         self._domain_hit = Hit(f"{prefix}_DOMAIN", self.score, "sender domain is listed")
@@ -91,9 +101,32 @@ class _Lists:
             out.append(self._host_hit)
         return out
 
+    def authenticated_hits(self, auth: AuthOutcome | None,
+                           uri_hosts: list[str]) -> list[Hit]:
+        """Senders and domains matched against what authentication proved (nothing when
+        the message was not authenticated); link hosts as usual."""
+        out = []
+        if auth is not None:
+            if self.senders and not self.senders.isdisjoint(auth.senders):
+                out.append(self._sender_hit)
+            if self.domains and any(d in self.domains for domain in auth.domains
+                                    for d in _domain_and_parents(domain)):
+                out.append(self._domain_hit)
+        if self.hosts and any(d in self.hosts for h in uri_hosts
+                              for d in _domain_and_parents(h)):
+            out.append(self._host_hit)
+        return out
+
+
+def _auth_hits(scores: dict[str, float]) -> dict[str, Hit]:
+    return {name: Hit(name, float(scores.get(name, default)), description)
+            for name, (default, description) in ALL_RULES.items()}
+
 
 _SIGNATURE_DESCRIPTION = "body matches a known spam signature"
 _MALFORMED_HIT = Hit("MIME_MALFORMED", 0.0, "the MIME structure is broken")
+# Like MIME_MALFORMED it scores nothing itself; a policy scores it with a meta rule.
+BUDGET_RULE = "SCAN_BUDGET_EXCEEDED"
 
 
 class CompiledPolicy:
@@ -121,6 +154,8 @@ class CompiledPolicy:
         # One immutable Hit per rule, made here instead of per message.
         self._rule_hits = [Hit(rule["name"], float(rule["score"]), rule.get("description", ""))
                            for rule in self.rules]
+        self.auth = AuthSettings.from_policy(policy["authentication"])
+        self._auth_hits = _auth_hits(policy["authentication"]["scores"])
         self.allow = _Lists(policy["lists"]["allow"], "ALLOWLIST")
         self.block = _Lists(policy["lists"]["block"], "BLOCKLIST")
         self.digests = frozenset(policy["signatures"]["digests"])
@@ -187,19 +222,39 @@ class CompiledPolicy:
                     dbs[name].scan(_encode(text), fired)
         return fired
 
-    def classify(self, raw: bytes, envelope: Envelope = Envelope()) -> Verdict:
-        parsed = parse_message(raw, max_text_bytes=self.max_scan_bytes)
+    def classify(self, raw: bytes, envelope: Envelope = Envelope(), *,
+                 cpu_budget_seconds: float | None = None,
+                 evidence: Evidence | None = None) -> Verdict:
+        """The verdict on one message; `evidence` is what the authentication service
+        gathered from DNS for it (filter_server/auth), when the policy authenticates. With
+        `cpu_budget_seconds`, parsing stops once this thread has spent that much CPU time
+        on it; what was read is classified as usual and a SCAN_BUDGET_EXCEEDED hit says how
+        much that was (filter_server/cpu_budget.py)."""
+        budget = ScanBudget(cpu_budget_seconds) if cpu_budget_seconds else None
+        parsed = parse_message(raw, max_text_bytes=self.max_scan_bytes, budget=budget)
         rule_hits = self._rule_hits
         hits = [rule_hits[index] for index in sorted(set(self.scan(parsed, envelope)))]
         senders = [s.lower() for s in (envelope.mail_from, parsed.from_address) if s]
+        auth: AuthOutcome | None = None
+        if self.auth.enabled and evidence is not None:
+            auth = evaluate(raw, evidence, self.auth, body_text=parsed.body_text,
+                            uris=parsed.uris)
+            hits += [self._auth_hit(name, detail) for name, detail in auth.rules]
         if not self.allow.empty:
-            hits += self.allow.hits(senders, parsed.uri_hosts)
+            if self.allow.authenticated_only:
+                hits += self.allow.authenticated_hits(auth, parsed.uri_hosts)
+            else:
+                hits += self.allow.hits(senders, parsed.uri_hosts)
         if not self.block.empty:
             hits += self.block.hits(senders, parsed.uri_hosts)
         if self.digests and body_digest(parsed.body_text) in self.digests:
             hits.append(self._signature_hit)
         if parsed.malformed:
             hits.append(_MALFORMED_HIT)
+        if parsed.budget_note is not None:
+            hits.append(Hit(BUDGET_RULE, 0.0, f"the CPU budget of {cpu_budget_seconds:g} s "
+                            f"per message ran out: {parsed.budget_note}; the rest was not "
+                            "read"))
         fired = {h.name for h in hits}
         for name, expression, hit in self._meta_hits:
             if expression.evaluate(fired):
@@ -220,4 +275,9 @@ class CompiledPolicy:
             action = "TAG"
         else:
             action = "ACCEPT"
-        return Verdict(action, score, hits, probability, self.hash, frozenset(fired))
+        return Verdict(action, score, hits, probability, self.hash, frozenset(fired),
+                       auth.header if auth is not None else "")
+
+    def _auth_hit(self, name: str, detail: str) -> Hit:
+        hit = self._auth_hits[name]
+        return Hit(name, hit.score, f"{hit.description} ({detail})") if detail else hit

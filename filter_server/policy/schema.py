@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 from filter_server.message import MAX_PARSE_BYTES
+from filter_server.policy.auth_rules import ALL_RULES
 
 RULE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
@@ -34,11 +35,17 @@ DEFAULT_BLOCK_SCORE = 100.0
 DEFAULT_SIGNATURE_SCORE = 20.0
 DEFAULT_MODEL_WEIGHT = 6.0
 DEFAULT_MAX_SCAN_BYTES = 262144
+DEFAULT_AUTHSERV_ID = "mailwarden"
+DEFAULT_DNS_TIMEOUT_SECONDS = 1.0
+DEFAULT_DNS_BUDGET_SECONDS = 2.0
+DEFAULT_DNS_CACHE_ENTRIES = 100000
+# IPv4[:port], IPv6, or [IPv6]:port; the validator checks the addresses themselves.
+NAMESERVER_PATTERN = r"^([0-9.]+(:[0-9]{1,5})?|[0-9A-Fa-f:.]+|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?)$"
 
 
 def _list_block(kind: str, default_score: float) -> dict[str, Any]:
     verb = "lowers" if default_score < 0 else "raises"
-    return {
+    block: dict[str, Any] = {
         "type": "object",
         "description": f"{kind.capitalize()} list: a hit {verb} the score by `score` "
         f"(rule name {kind.upper()}LIST_SENDER, {kind.upper()}LIST_DOMAIN or "
@@ -71,6 +78,110 @@ def _list_block(kind: str, default_score: float) -> dict[str, Any]:
             },
         },
     }
+    if kind == "allow":
+        block["description"] += (
+            " Senders and domains match only what authentication proved: the envelope "
+            "MAIL FROM when SPF passed for it, the From address when DMARC passed, and the "
+            "domain (or a parent) of every DKIM signature that verifies — so a forged "
+            "From never matches. This needs `authentication.enabled`, unless "
+            "`matchUnauthenticated` is set.")
+        block["properties"]["matchUnauthenticated"] = {
+            "type": "boolean", "default": False,
+            "description": "Match senders and domains against the unauthenticated envelope "
+            "MAIL FROM and From header, as written by whoever sent the message. Anyone can "
+            "forge those: only for mail that reaches the filter over a trusted path."}
+        block["properties"]["senders"]["description"] = (
+            "Exact addresses (case-insensitive), matched against the authenticated "
+            "addresses (see above).")
+    return block
+
+
+def _scores_block() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Scores of the built-in authentication and bulk-gate rules "
+        "(each may be overridden; meta rules can use the names too).",
+        "default": {},
+        "properties": {
+            name: {"type": "number", "default": score,
+                   "description": f"{description} (default {score})."}
+            for name, (score, description) in ALL_RULES.items()},
+    }
+
+
+AUTHENTICATION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Sender authentication (SPF, DKIM, DMARC, ARC) as built-in rules, an "
+    "Authentication-Results header (RFC 8601) in every response, and the bulk-mail "
+    "compliance gate. DNS lookups go through a caching resolver within each call's "
+    "deadline; a DNS outage gives TEMPERROR results, never an error or a stall.",
+    "properties": {
+        "enabled": {"type": "boolean", "default": False,
+                    "description": "Check SPF (when the request carries the client IP), "
+                    "DKIM, DMARC and ARC for every message."},
+        "authservId": {"type": "string", "maxLength": 253, "pattern": HOST_PATTERN,
+                       "default": DEFAULT_AUTHSERV_ID,
+                       "description": "The authserv-id that starts the "
+                       "Authentication-Results header (your MX host name)."},
+        "dns": {
+            "type": "object",
+            "description": "The resolver the checks use.",
+            "default": {},
+            "properties": {
+                "servers": {
+                    "type": "array", "maxItems": 8,
+                    "description": "Recursive resolvers as IP or IP:port ([v6]:port); "
+                    "tried in order. Default: the nameservers of the pod's "
+                    "/etc/resolv.conf (cluster DNS).",
+                    "items": {"type": "string", "maxLength": 64,
+                              "pattern": NAMESERVER_PATTERN}},
+                "timeoutSeconds": {"type": "number", "minimum": 0.01, "maximum": 30,
+                                   "default": DEFAULT_DNS_TIMEOUT_SECONDS,
+                                   "description": "Longest one lookup may take (all "
+                                   "servers together)."},
+                "budgetSeconds": {"type": "number", "minimum": 0.01, "maximum": 60,
+                                  "default": DEFAULT_DNS_BUDGET_SECONDS,
+                                  "description": "Longest all lookups of one message may "
+                                  "take; never more than half of what is left of the "
+                                  "call's deadline. What is not answered by then is a "
+                                  "TEMPERROR."},
+                "cacheEntries": {"type": "integer", "minimum": 0, "maximum": 10000000,
+                                 "default": DEFAULT_DNS_CACHE_ENTRIES,
+                                 "description": "Answers kept per worker (TTL-respecting, "
+                                 "negative answers included)."},
+            },
+        },
+        "arc": {
+            "type": "object",
+            "description": "ARC (RFC 8617): how far forwarders' seals are trusted.",
+            "default": {},
+            "properties": {
+                "trustedSealers": {
+                    "type": "array", "maxItems": 1000,
+                    "description": "Domains whose valid ARC seal overrides a DMARC "
+                    "failure (mailing lists and forwarders you trust): "
+                    "DMARC_ARC_OVERRIDE fires instead of DMARC_REJECT/QUARANTINE.",
+                    "items": {"type": "string", "maxLength": 253,
+                              "pattern": HOST_PATTERN}},
+            },
+        },
+        "bulkGate": {
+            "type": "object",
+            "description": "Outbound compliance gate for messages sent with mail_class "
+            "BULK: one-click List-Unsubscribe (RFC 8058) with an https URI whose token "
+            "verifies with the unsubscribe store's keys (`mailwarden serve "
+            "--signing-key-dir`), List-Unsubscribe-Post, an aligned DKIM signature "
+            "covering both, List-Id and a visible unsubscribe link. Each failure is a "
+            "BULK_* rule hit.",
+            "default": {},
+            "properties": {
+                "enabled": {"type": "boolean", "default": False,
+                            "description": "Check requests whose mail_class is BULK."},
+            },
+        },
+        "scores": _scores_block(),
+    },
+}
 
 
 POLICY_SCHEMA: dict[str, Any] = {
@@ -213,6 +324,7 @@ POLICY_SCHEMA: dict[str, Any] = {
                  "message": "model takes either file or configMapRef, not both"},
             ],
         },
+        "authentication": AUTHENTICATION_SCHEMA,
         "limits": {
             "type": "object",
             "description": "Bounds on the work done per message.",

@@ -22,8 +22,10 @@ DEFAULT_GRPC_PORT = FILTER_GRPC_PORT
 DEFAULT_METRICS_PORT = FILTER_METRICS_PORT
 DEFAULT_MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 # Room for the envelope and protobuf framing on top of the message itself, so a message of
-# exactly --max-message-bytes is still accepted by the transport limit.
-ENVELOPE_ALLOWANCE_BYTES = 64 * 1024
+# exactly --max-message-bytes is still accepted by the transport limit: the most an
+# envelope can hold within the request limits of server/receiving.py (1,000 recipients of
+# at most 320 characters, five fields of at most 1,024), rounded up.
+ENVELOPE_ALLOWANCE_BYTES = 512 * 1024
 
 
 def default_workers() -> int:
@@ -62,6 +64,19 @@ class ServeConfig:
     # from $MAILWARDEN_MEMORY_LIMIT_BYTES or the cgroup; the supervisor hands each worker its
     # share. The budget for messages in flight is derived from it (server/memory.py).
     memory_limit_bytes: int = 0
+    # CPU time one message may take to parse (filter_server/cpu_budget.py); 0 = no limit. Ordinary
+    # 4 MiB messages (the most that is parsed) take 0.05-0.25 s; crafted ones took up to
+    # 17 s before this bound.
+    cpu_budget_seconds: float = 1.0
+    # Requests (server/receiving.py): recipients per call; how long a call that reserved
+    # memory may take to deliver its message (or a stream its next one); streams one
+    # connection may hold open.
+    max_recipients: int = 1000          # Postfix's smtpd_recipient_limit
+    receive_timeout_seconds: float = 10.0
+    max_streams_per_connection: int = 16
+    # The UnsubscribeStore's signing keys (its mounted Secret: `current` and `previous`),
+    # with which the bulk gate verifies one-click tokens (docs/authentication.md).
+    signing_key_dir: Path | None = None
 
     def to_json(self) -> str:
         doc = dataclasses.asdict(self)
@@ -73,7 +88,7 @@ class ServeConfig:
     @classmethod
     def from_json(cls, text: str) -> "ServeConfig":
         doc = json.loads(text)
-        for key in ("policy_dir", "tls_dir", "port_file"):
+        for key in ("policy_dir", "tls_dir", "port_file", "signing_key_dir"):
             if doc.get(key) is not None:
                 doc[key] = Path(doc[key])
         return cls(**doc)
@@ -89,13 +104,14 @@ class ServeConfig:
         if self.grpc_port and self.grpc_port == self.metrics_port:
             out.append("--grpc-port and --metrics-port must differ")
         positive = ("workers", "max_message_bytes", "max_concurrent_rpcs",
-                    "max_connection_age_ms", "policy_poll_seconds")
+                    "max_connection_age_ms", "policy_poll_seconds", "max_recipients",
+                    "receive_timeout_seconds", "max_streams_per_connection")
         for name in positive:
             if getattr(self, name) <= 0:
                 out.append(f"--{name.replace('_', '-')} must be positive "
                            f"(got {getattr(self, name)})")
         for name in ("drain_seconds", "grace_seconds", "max_connection_age_grace_ms",
-                     "policy_wait_seconds", "memory_limit_bytes"):
+                     "policy_wait_seconds", "memory_limit_bytes", "cpu_budget_seconds"):
             if getattr(self, name) < 0:
                 out.append(f"--{name.replace('_', '-')} must not be negative "
                            f"(got {getattr(self, name)})")
@@ -105,6 +121,14 @@ class ServeConfig:
         if self.suppression_store is not None and ":" not in self.suppression_store:
             out.append(f"--suppression-store must be HOST:PORT (got "
                        f"{self.suppression_store!r})")
+        if self.port_file is not None:
+            directory = self.port_file.parent
+            if not directory.is_dir():
+                out.append(f"--port-file: directory {directory} does not exist")
+            elif self.port_file.is_dir():
+                out.append(f"--port-file: {self.port_file} is a directory")
+            elif not os.access(directory, os.W_OK):
+                out.append(f"--port-file: cannot write in {directory}")
         if self.require_client_cert and self.tls_dir is None:
             out.append("--require-client-cert needs --tls-dir")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -47,3 +47,9 @@ class CostModel:
     def seconds(self, messages: int, parsed_bytes: int) -> float:
         """Expected seconds to classify `messages` messages of `parsed_bytes` in all."""
         return self.per_message * messages + self.per_byte * parsed_bytes
+
+
+def idle_seconds(parsed_bytes: int) -> float:
+    """What classifying one message of `parsed_bytes` takes on an unloaded core (the
+    starting point above): a deadline shorter than that cannot be met anywhere."""
+    return INITIAL_SECONDS_PER_MESSAGE + INITIAL_SECONDS_PER_BYTE * parsed_bytes

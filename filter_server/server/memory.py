@@ -74,18 +74,56 @@ def budget_for(limit_share: int | None, resident: int) -> int:
     return max(0, int((limit_share - resident - PARSE_RESERVE_BYTES) * BUDGET_SHARE))
 
 
+# What one suppression (address and scope) costs in a worker's SuppressionCache, measured:
+# 300-310 bytes (a str key, a small dict per address).
+SUPPRESSION_BYTES = 320
+# Reservations larger than this (to receive a message of about 4 MiB or more) may together
+# take at most LARGE_SHARE of the budget, so the rest is always there for ordinary mail:
+# three calls that announced 25 MiB messages and never sent them held a worker's whole
+# budget, and every other call was refused (issue 20).
+LARGE_RESERVATION_BYTES = 16 * 1024 * 1024
+LARGE_SHARE = 0.75
+
+
 class MemoryBudget:
     """Bytes reserved by calls in flight, never more than `capacity` — except that one
     reservation larger than the whole budget is let through when nothing else is reserved,
-    so a worker whose limit is small for the largest message still serves it, alone."""
+    so a worker whose limit is small for the largest message still serves it, alone.
+    Large reservations (over LARGE_RESERVATION_BYTES) together stay within LARGE_SHARE of
+    `capacity` (the same exception applies).
+
+    `capacity` is the worker's budget (`base`) less what the worker holds besides messages
+    and grows after the budget was sized: its suppression cache, which loads (and can grow
+    to hundreds of MB) while the worker serves (`set_outside`)."""
 
     def __init__(self, capacity: int) -> None:
+        self.base = capacity
+        self.outside = 0
         self.capacity = capacity
         self.reserved = 0
+        self.large = 0  # the part of `reserved` in large reservations
         self._changed = threading.Condition(threading.Lock())
 
+    def set_base(self, nbytes: int) -> None:
+        with self._changed:
+            self.base = nbytes
+            self.capacity = max(0, self.base - self.outside)
+            self._changed.notify_all()
+
+    def set_outside(self, nbytes: int) -> None:
+        """The worker now holds `nbytes` outside the budget (the suppression cache)."""
+        with self._changed:
+            self.outside = nbytes
+            self.capacity = max(0, self.base - self.outside)
+            self._changed.notify_all()
+
     def _fits(self, nbytes: int) -> bool:
-        return self.reserved + nbytes <= self.capacity or self.reserved == 0
+        if self.reserved == 0:
+            return True
+        if self.reserved + nbytes > self.capacity:
+            return False
+        return nbytes <= LARGE_RESERVATION_BYTES or \
+            self.large + nbytes <= self.capacity * LARGE_SHARE
 
     def reserve(self, nbytes: int, timeout: float | None) -> bool:
         """Reserve `nbytes`, waiting up to `timeout` seconds (None: no limit) for others to
@@ -94,14 +132,23 @@ class MemoryBudget:
             if not self._changed.wait_for(lambda: self._fits(nbytes), timeout):
                 return False
             self.reserved += nbytes
+            self.large += _large(nbytes)
             return True
 
     def shrink(self, held: int, nbytes: int) -> None:
         """Keep only `nbytes` of a reservation of `held` (a message turned out smaller than
         was reserved for receiving it)."""
-        self.release(held - nbytes)
+        with self._changed:
+            self.reserved -= held - nbytes
+            self.large += _large(nbytes) - _large(held)
+            self._changed.notify_all()
 
     def release(self, nbytes: int) -> None:
         with self._changed:
             self.reserved -= nbytes
+            self.large -= _large(nbytes)
             self._changed.notify_all()
+
+
+def _large(nbytes: int) -> int:
+    return nbytes if nbytes > LARGE_RESERVATION_BYTES else 0

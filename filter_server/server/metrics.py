@@ -36,6 +36,11 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0)
 METHODS = ("Classify", "ClassifyStream")
+# One DNS query: ~1 ms on loopback, a few ms to cluster DNS, up to the lookup timeout.
+DNS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+DNS_OUTCOMES = ("cached", "ok", "nxdomain", "nodata", "timeout", "servfail", "refused",
+                "unreachable", "resolver-down", "malformed-response", "error")
+AUTH_METHODS = ("spf", "dkim", "dmarc")
 # Commit at the unsubscribe store -> applied by a filter worker (visible in Classify). Normally
 # well under a second; the long tail covers catch-up after an outage up to the compliance
 # windows the alert rules use (1 h, 1 d, 2 d, 10 d): a rule can only test a bucket bound.
@@ -124,6 +129,27 @@ class FilterMetrics:
         self.stale_suppression_answers = Counter(
             "mailwarden_filter_stale_suppression_responses_total", "Classify responses marked "
             "SUPPRESSION_STALE", registry=registry)
+        # Sender authentication (policies with authentication.enabled).
+        self.dns_lookups = Counter(
+            "mailwarden_filter_dns_lookups_total", "DNS lookups of the authentication "
+            "checks, by outcome: cached (answered from the cache), ok, nxdomain, nodata, "
+            "or a temporary failure (timeout, servfail, refused, unreachable, "
+            "resolver-down = every server paused after repeated timeouts)", ["outcome"],
+            registry=registry)
+        self.dns_duration = Histogram(
+            "mailwarden_filter_dns_lookup_duration_seconds", "Time of DNS lookups that "
+            "went to a server (cache hits are not observed)", buckets=DNS_BUCKETS,
+            registry=registry)
+        self.auth_gather = Histogram(
+            "mailwarden_filter_auth_dns_seconds", "Time one message waited for the DNS "
+            "answers its authentication needed (0 when all came from the cache)",
+            buckets=DNS_BUCKETS, registry=registry)
+        self.auth_temperrors = Counter(
+            "mailwarden_filter_auth_temperrors_total", "Messages whose SPF, DKIM or DMARC "
+            "check could not be completed because DNS did not answer in time (answered "
+            "TEMPERROR, never an error to the caller)", ["method"], registry=registry)
+        for method in AUTH_METHODS:
+            self.auth_temperrors.labels(method)
         for method in METHODS:  # export zero series from the start, so rates work at once
             self.duration.labels(method)
             self.requests.labels(method, "OK")
@@ -136,6 +162,17 @@ class FilterMetrics:
         self.suppression_fresh.set(1 if stats.ready and age <= stale_after  # type: ignore[attr-defined]
                                    else 0)
         self.suppression_entries.set(stats.size)  # type: ignore[attr-defined]
+
+    # --- filter_server.auth.service.AuthMetrics -----------------------------------------
+    def dns_lookup(self, outcome: str, seconds: float) -> None:
+        self.dns_lookups.labels(outcome if outcome in DNS_OUTCOMES else "error").inc()
+        if outcome != "cached":
+            self.dns_duration.observe(seconds)
+
+    def gathered(self, seconds: float, temperrors: list[str]) -> None:
+        self.auth_gather.observe(seconds)
+        for method in temperrors:
+            self.auth_temperrors.labels(method).inc()
 
     def policy_swapped(self, old_hash: str | None, new_hash: str, rules: int) -> None:
         if old_hash and old_hash != new_hash:

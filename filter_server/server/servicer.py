@@ -16,16 +16,27 @@ from typing import Iterator
 
 import grpc
 
+from filter_server.auth.gather import Evidence
+from filter_server.auth.service import Authenticator
 from filter_server.engine.compiled import Envelope, Verdict
 from filter_server.message import MAX_PARSE_BYTES
-from filter_server.server.cost import CostModel
+from filter_server.server.authentication import gather_for
+from filter_server.server.config import ServeConfig
+from filter_server.server.cost import CostModel, idle_seconds
 from filter_server.server.memory import MemoryBudget
 from filter_server.server.metrics import FilterMetrics
 from filter_server.server.policy import PolicyHolder
-from filter_server.server.suppression import SuppressionProvider
+from filter_server.server.receiving import (
+    MAX_ENVELOPE_BYTES,
+    ReceiveWatchdog,
+    RequestInvalid,
+    parse_request,
+    shown,
+)
+from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
 from filter_server.server.turns import Turn, TurnQueue
 from mailwarden.filter.v1 import filter_pb2
-from mailwarden.wire import MESSAGE_BYTES_METADATA
+from mailwarden.wire import MESSAGE_BYTES_METADATA, REQUEST_BYTES_METADATA
 
 SERVICE_NAME = filter_pb2.DESCRIPTOR.services_by_name["Filter"].full_name
 # A call is admitted only if its expected time to an answer (the work queued ahead of it
@@ -41,8 +52,14 @@ MEMORY_WAIT_DEADLINE_SHARE = 0.25
 # call keeps its message once (the parsed request is dropped) plus this much for the rest.
 RECEIVE_COPIES = 4
 HELD_OVERHEAD_BYTES = 64 * 1024
-# A ClassifyStream without a deadline waits at most this long for memory per message.
-STREAM_MEMORY_WAIT_SECONDS = 5.0
+# A call without a deadline (and every ClassifyStream without one, per message) waits at
+# most this long for memory; without a bound a call could wait, holding its slot, forever.
+NO_DEADLINE_MEMORY_WAIT_SECONDS = 5.0
+STREAM_MEMORY_WAIT_SECONDS = NO_DEADLINE_MEMORY_WAIT_SECONDS
+# What checking one recipient against the suppression cache costs (normalising it: IDNA,
+# Unicode), in parsed bytes of the cost model: about 36 us for a non-ASCII domain against
+# 40 ns per parsed byte. Admission prices a call's recipients with it.
+RECIPIENT_COST_BYTES = 1024
 _ACTIONS: dict[str, int] = {
     name: filter_pb2.Action.Value(name) for name in ("ACCEPT", "TAG", "QUARANTINE", "REJECT")}
 _OK = grpc.StatusCode.OK
@@ -50,7 +67,8 @@ _OK = grpc.StatusCode.OK
 
 class Rejected(Exception):
     """A request the service answers with a non-OK status; `at_capacity` when the worker
-    was too busy (counted in the capacity-rejection metric)."""
+    was too busy (counted in the capacity-rejection metric; not when the caller's own
+    request or deadline was the reason)."""
 
     def __init__(self, code: grpc.StatusCode, details: str, *,
                  at_capacity: bool = False) -> None:
@@ -77,13 +95,14 @@ def add_filter_service(servicer: "FilterServicer", server: grpc.Server) -> None:
     receives a unary call's message before the handler runs, and only a streaming handler
     decides when a message is received: here, once the call has reserved the memory for it
     (a burst of large messages is then refused, not received and OOM-killed)."""
-    handlers = {
+    # No request deserializer: the handlers get each request as bytes, check its size
+    # against what they reserved and parse it themselves (server/receiving.py).
+    handlers: dict[str, grpc.RpcMethodHandler] = {
         "Classify": grpc.stream_unary_rpc_method_handler(
-            servicer.Classify, request_deserializer=filter_pb2.ClassifyRequest.FromString,
+            servicer.Classify,
             response_serializer=filter_pb2.ClassifyResponse.SerializeToString),
         "ClassifyStream": grpc.stream_stream_rpc_method_handler(
             servicer.ClassifyStream,
-            request_deserializer=filter_pb2.ClassifyRequest.FromString,
             response_serializer=filter_pb2.ClassifyResponse.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME,
@@ -94,13 +113,29 @@ def add_filter_service(servicer: "FilterServicer", server: grpc.Server) -> None:
 class FilterServicer:
     def __init__(self, holder: PolicyHolder, metrics: FilterMetrics, log: logging.Logger, *,
                  suppression: SuppressionProvider, max_message_bytes: int,
-                 max_concurrent_rpcs: int, memory: MemoryBudget) -> None:
+                 max_concurrent_rpcs: int, memory: MemoryBudget,
+                 cpu_budget_seconds: float = 0.0,
+                 max_recipients: int = ServeConfig.max_recipients,
+                 receive_timeout_seconds: float = ServeConfig.receive_timeout_seconds,
+                 max_streams_per_connection: int = ServeConfig.max_streams_per_connection,
+                 authenticator: Authenticator | None = None) -> None:
         self._holder = holder
+        self._authenticator = authenticator
         self._metrics = metrics
         self._log = log
         self._suppression = suppression
         self._max_bytes = max_message_bytes
         self._capacity = max_concurrent_rpcs
+        self._cpu_budget = cpu_budget_seconds
+        self._max_recipients = max_recipients
+        self._receive_timeout = receive_timeout_seconds
+        self._max_streams = max_streams_per_connection
+        self._streams: dict[str, int] = {}  # open ClassifyStreams per connection (peer)
+        self._streams_lock = threading.Lock()
+        self._watchdog = ReceiveWatchdog()
+        # Recipients cost admission time only when they are looked up (normalised).
+        self._recipient_cost = 0 if isinstance(suppression, NoSuppressionStore) \
+            else RECIPIENT_COST_BYTES
         self.memory = memory
         # Admission control of our own (not only the gRPC core's maximum_concurrent_rpcs):
         # it applies to Filter calls only, so health checks keep headroom under overload.
@@ -123,35 +158,33 @@ class FilterServicer:
                              ("Classify", "ClassifyStream")}
 
     # --- RPCs ---------------------------------------------------------------------------
-    def Classify(self, request_iterator: Iterator[filter_pb2.ClassifyRequest],
+    def Classify(self, request_iterator: Iterator[bytes],
                  context: grpc.ServicerContext) -> filter_pb2.ClassifyResponse:
         """One message (a unary call; see add_filter_service). Admission runs before the
-        message is received: a call slot, then memory to receive it into."""
+        request is received: a call slot, then memory to receive it into; the request must
+        then arrive within the receive time limit."""
         held = _Held()
         code = _OK
         at_capacity = False
         request_id = ""
         try:
+            self._check_deadline(context)
             self._take_slot(held)
-            announced = _announced_size(context)
-            if announced is not None:  # an oversized message is refused before it is sent
-                self._check_size(announced)
-            self._reserve_memory(held, self.receive_reservation(announced), context)
-            request = next(request_iterator, None)
-            if request is None:
+            announced = self._announced(context)
+            self._reserve_memory(held, self.receive_reservation(announced.request), context,
+                                 no_deadline_wait=NO_DEADLINE_MEMORY_WAIT_SECONDS)
+            data = self._receive(request_iterator, context)
+            if data is None:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                                "no request message: Classify takes exactly one")
-            call = _Call(request)
-            del request  # it holds a copy of the message too
+            call = self._read(data, announced)
+            del data  # the parsed request and the message read from it are all we keep
             request_id, raw = call.request_id, call.raw
-            if announced is not None and len(raw) > announced:
-                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"message is {len(raw)} bytes but the call announced "
-                               f"{announced} ({MESSAGE_BYTES_METADATA})")
             self._keep_memory(held, len(raw) + HELD_OVERHEAD_BYTES)
             self._check_size(len(raw))
             self._check(call, context)
-            self._join_queue(held, len(raw), context)
+            self._authenticate(call, context)
+            self._join_queue(held, len(raw), len(call.recipients), context)
             return self._answer(held, call, context, "Classify")
         except Rejected as exc:
             code, at_capacity = exc.code, exc.at_capacity
@@ -163,46 +196,68 @@ class FilterServicer:
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
-            self._log.exception("classification failed", extra={"request_id": request_id})
-            context.abort(code, f"internal error (request_id {request_id!r})")
+            self._log.exception("classification failed",
+                                extra={"request_id": shown(request_id)})
+            context.abort(code, f"internal error (request_id {shown(request_id)!r})")
             raise
         finally:
             self._release(held)
             self._count("Classify", code, at_capacity=at_capacity)
 
-    def ClassifyStream(self, request_iterator: Iterator[filter_pb2.ClassifyRequest],
+    def ClassifyStream(self, request_iterator: Iterator[bytes],
                        context: grpc.ServicerContext) -> Iterator[filter_pb2.ClassifyResponse]:
-        """One message at a time, so responses come back in request order. A stream's
-        messages are received as it iterates: each reserves memory once received (an idle
-        stream, waiting for its client's next message, must not hold a reservation)."""
+        """One message at a time, so responses come back in request order. Each message
+        is received like a Classify call's: only after memory for it is reserved (for the
+        request size the stream announced, else the largest), and within the receive time
+        limit — which also ends a stream that stays idle that long. A connection may hold
+        at most --max-streams-per-connection streams."""
         held = _Held()
         code = _OK
         failure: Rejected | None = None
+        peer: str | None = None
         try:
+            self._check_deadline(context)
             self._take_slot(held)
-            for request in request_iterator:
-                call = _Call(request)
-                del request  # it holds a copy of the message too
-                request_id, raw = call.request_id, call.raw
+            peer = self._open_stream(context)
+            announced = self._announced(context)
+            while True:
+                request_id = ""
+                call: _Call | None = None
+                raw: bytes | None = None
                 try:
+                    self._reserve_memory(held, self.receive_reservation(announced.request),
+                                         context, no_deadline_wait=STREAM_MEMORY_WAIT_SECONDS)
+                    data = self._receive(request_iterator, context)
+                    if data is None:  # the client closed its side: the stream is done
+                        break
+                    call = self._read(data, announced)
+                    del data
+                    request_id, raw = call.request_id, call.raw
+                    self._keep_memory(held, len(raw) + HELD_OVERHEAD_BYTES)
                     self._check_size(len(raw))
-                    self._reserve_memory(held, len(raw) + HELD_OVERHEAD_BYTES, context,
-                                         no_deadline_wait=STREAM_MEMORY_WAIT_SECONDS)
                     self._check(call, context)
-                    self._join_queue(held, len(raw), context)
+                    self._authenticate(call, context)
+                    self._join_queue(held, len(raw), len(call.recipients), context)
                     response = self._answer(held, call, context, "ClassifyStream")
                 except Rejected as exc:
                     self._log_rejection(request_id, exc)
-                    failure = Rejected(exc.code, f"request_id {request_id!r}: {exc.details}",
+                    failure = Rejected(exc.code, f"request_id {shown(request_id)!r}: "
+                                       f"{exc.details}" if request_id else exc.details,
                                        at_capacity=exc.at_capacity)
                     break
                 finally:
+                    # The message goes with its reservation: the generator is suspended
+                    # at `yield` and then waits for the next message, and a message kept
+                    # referenced meanwhile is memory the budget no longer counts (64
+                    # streams held 650 MB that way).
+                    call = raw = None
                     self._release_message(held)
                 yield response
             if not context.is_active():  # the request stream "ended" by cancellation
                 code = _ended_early(context)  # (best effort: gRPC may not know yet)
-        except Rejected as exc:  # no slot
+        except Rejected as exc:  # no slot, too many streams, deadline passed
             failure = exc
+            self._log_rejection("", exc)
         except grpc.RpcError:  # the deadline passed, or the client cancelled or went away
             code = _ended_early(context)
         except GeneratorExit:  # gRPC closed the stream (cancellation, shutdown)
@@ -214,11 +269,102 @@ class FilterServicer:
         finally:
             if failure is not None:
                 code = failure.code
+            if peer is not None:
+                self._close_stream(peer)
             self._release(held)
             self._count("ClassifyStream", code, at_capacity=failure is not None
                         and failure.at_capacity)
         if failure is not None:
             context.abort(failure.code, failure.details)
+
+    # --- receiving ----------------------------------------------------------------------
+    def _receive(self, request_iterator: Iterator[bytes],
+                 context: grpc.ServicerContext) -> bytes | None:
+        """The next request's bytes (None: the client sent no more), waiting at most the
+        receive time limit: past it the call is ended with DEADLINE_EXCEEDED, which gives
+        back its reservation and slot."""
+        watch = self._watchdog.arm(
+            context, self._receive_timeout,
+            f"no request received within {self._receive_timeout:g} s "
+            "(--receive-timeout-seconds); the server stopped waiting")
+        try:
+            data = next(request_iterator, None)
+        except grpc.RpcError:
+            if self._watchdog.disarm(watch):
+                raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"no request received within {self._receive_timeout:g} s") \
+                    from None
+            raise
+        if self._watchdog.disarm(watch):  # it came just as the call was ended
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           f"no request received within {self._receive_timeout:g} s")
+        return data
+
+    def _read(self, data: bytes, announced: "_Announced") -> "_Call":
+        """The request in `data`, checked against what the call announced (before it is
+        parsed: a request larger than its reservation is not unpacked) and the limits on
+        what a request may hold."""
+        if announced.request is not None and len(data) > announced.request:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"the request is {len(data):,} bytes but the call announced "
+                           f"{announced.request:,} ({REQUEST_BYTES_METADATA})"
+                           if announced.message is None else
+                           f"the request is {len(data):,} bytes, more than a message of the "
+                           f"{announced.message:,} bytes the call announced "
+                           f"({MESSAGE_BYTES_METADATA}) and an envelope can take")
+        try:
+            call = _Call(parse_request(data, max_recipients=self._max_recipients))
+        except RequestInvalid as exc:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if announced.message is not None and len(call.raw) > announced.message:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"message is {len(call.raw)} bytes but the call announced "
+                           f"{announced.message} ({MESSAGE_BYTES_METADATA})")
+        return call
+
+    def _announced(self, context: grpc.ServicerContext) -> "_Announced":
+        """The sizes the call announced: its request (REQUEST_BYTES_METADATA, else its
+        MESSAGE_BYTES_METADATA plus the largest envelope; None: nothing usable) and its
+        message. For a stream, those of its largest request. Too large a size is refused
+        before anything is received."""
+        announced = _Announced()
+        for key, value in context.invocation_metadata() or ():
+            if not isinstance(value, str):
+                continue
+            if key == REQUEST_BYTES_METADATA:
+                announced.request = _size(value)
+            elif key == MESSAGE_BYTES_METADATA:
+                announced.message = _size(value)
+        if announced.message is not None:
+            self._check_size(announced.message)  # refused before the message is sent
+            if announced.request is None:
+                announced.request = announced.message + MAX_ENVELOPE_BYTES
+        largest = self._max_bytes + MAX_ENVELOPE_BYTES
+        if announced.request is not None and announced.request > largest:
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"the request is {announced.request:,} bytes; this server "
+                           f"accepts at most {largest:,} (a message of {self._max_bytes:,} "
+                           "bytes and its envelope)")
+        return announced
+
+    def _open_stream(self, context: grpc.ServicerContext) -> str:
+        """Count a stream against its connection's limit; returns the connection."""
+        peer = context.peer()
+        with self._streams_lock:
+            count = self._streams.get(peer, 0)
+            if count >= self._max_streams:
+                raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"this connection already has {count} streams open (at most "
+                               f"{self._max_streams}, --max-streams-per-connection); send "
+                               "more messages on them, or open another connection")
+            self._streams[peer] = count + 1
+        return peer
+
+    def _close_stream(self, peer: str) -> None:
+        with self._streams_lock:
+            count = self._streams.pop(peer) - 1
+            if count:
+                self._streams[peer] = count
 
     # --- admission ----------------------------------------------------------------------
     def _take_slot(self, held: _Held) -> None:
@@ -229,10 +375,17 @@ class FilterServicer:
         held.slot = True
         self._metrics.in_flight.inc()
 
+    def _check_deadline(self, context: grpc.ServicerContext) -> None:
+        """A call whose deadline passed before it was served is DEADLINE_EXCEEDED, not a
+        capacity rejection (a 1 us deadline was answered "server at capacity")."""
+        if _deadline_left(context) == 0.0:
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           "the deadline passed before the call was served")
+
     def _reserve_memory(self, held: _Held, nbytes: int, context: grpc.ServicerContext, *,
-                        no_deadline_wait: float | None = None) -> None:
+                        no_deadline_wait: float) -> None:
         """Reserve `nbytes` of the memory budget, waiting at most a share of the call's
-        deadline for others to give some back."""
+        deadline (or `no_deadline_wait`) for others to give some back."""
         remaining = _deadline_left(context)
         wait = no_deadline_wait if remaining is None else remaining * MEMORY_WAIT_DEADLINE_SHARE
         if not self.memory.reserve(nbytes, wait):
@@ -244,9 +397,10 @@ class FilterServicer:
         self._metrics.memory_reserved.inc(nbytes)
 
     def receive_reservation(self, announced: int | None) -> int:
-        """Room to receive a message: of the size the call announced, else of the largest
-        one this server accepts."""
-        size = self._max_bytes if announced is None else min(announced, self._max_bytes)
+        """Room to receive a request: of the size the call announced, else of the largest
+        one this server accepts (a message of --max-message-bytes and its envelope)."""
+        largest = self._max_bytes + MAX_ENVELOPE_BYTES
+        size = largest if announced is None else min(announced, largest)
         return RECEIVE_COPIES * (size + HELD_OVERHEAD_BYTES)
 
     def _keep_memory(self, held: _Held, nbytes: int) -> None:
@@ -274,12 +428,34 @@ class FilterServicer:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                            "message is empty: send the raw RFC 5322 message bytes")
 
-    def _join_queue(self, held: _Held, size: int, context: grpc.ServicerContext) -> None:
+    def _authenticate(self, call: "_Call", context: grpc.ServicerContext) -> None:
+        """Sender authentication's DNS lookups, before the call queues for its turn (a
+        slow answer then holds up only this call). Never fails the call: what DNS does not
+        answer in time becomes a TEMPERROR result."""
+        if self._authenticator is not None:
+            call.evidence = gather_for(self._authenticator, self._holder.current, call.raw,
+                                       call.envelope, call.mail_class, call.list_scope,
+                                       _deadline_left(context))
+
+    def _join_queue(self, held: _Held, size: int, recipients: int,
+                    context: grpc.ServicerContext) -> None:
         """Deadline-aware: a call whose answer is expected after more than half of what is
         left of its deadline is refused now (the caller can go elsewhere) rather than left
-        to time out — the estimate is rough, and the answer still has to travel back."""
+        to time out — the estimate is rough, and the answer still has to travel back. The
+        work is priced by the bytes parsed and the recipients looked up. A deadline too
+        short for this message even on an idle server is DEADLINE_EXCEEDED, not a
+        capacity rejection; "idle" is the cost model's starting point (what one core
+        measures unloaded), not what it has learnt: a loaded server is at capacity, and
+        its callers should go elsewhere (pricing by the learnt cost turned a burst of large
+        messages under a load of 15 into deadline errors)."""
         remaining = _deadline_left(context)
-        held.turn, expected = self._turns.join(remaining, min(size, MAX_PARSE_BYTES))
+        work = min(size, MAX_PARSE_BYTES) + self._recipient_cost * recipients
+        if remaining is not None and \
+                idle_seconds(work) > remaining * ADMISSION_DEADLINE_SHARE:
+            raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           f"the deadline leaves {remaining * 1000:.1f} ms, too little to "
+                           "classify this message even on an idle server")
+        held.turn, expected = self._turns.join(remaining, work)
         if remaining is not None and expected > remaining * ADMISSION_DEADLINE_SHARE:
             raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"server at capacity (about {expected:.1f}s of work queued, the "
@@ -325,11 +501,13 @@ class FilterServicer:
         raw = call.raw
         started = time.perf_counter()
         try:
-            verdict = policy.classify(raw, call.envelope)
+            verdict = policy.classify(raw, call.envelope, cpu_budget_seconds=self._cpu_budget,
+                                      evidence=call.evidence)
+            # in the turn: looking recipients up is work admission prices too
+            suppression = self._suppression.check(call.recipients, call.mail_class,
+                                                  call.list_scope)
         finally:
             self._turns.done(turn)
-        suppression = self._suppression.check(call.recipients, call.mail_class,
-                                              call.list_scope)
         response = _response(call.request_id, verdict)
         response.suppressed_recipients.extend(suppression.suppressed)
         response.suppression_state = suppression.state
@@ -338,21 +516,32 @@ class FilterServicer:
         self._verdicts[verdict.action].inc()
         if self._log_verdicts:
             self._log.debug("classified", extra={
-                "request_id": call.request_id, "action": verdict.action,
+                "request_id": shown(call.request_id), "action": verdict.action,
                 "score": verdict.score, "policy_hash": verdict.policy_hash,
                 "hits": [h.name for h in verdict.hits], "bytes": len(raw)})
         return response
 
     def _log_rejection(self, request_id: str, exc: Rejected) -> None:
         self._log.info("request rejected", extra={
-            "request_id": request_id, "code": exc.code.name, "reason": exc.details})
+            "request_id": shown(request_id), "code": exc.code.name, "reason": exc.details})
+
+
+class _Announced:
+    """Sizes a call announced in its metadata (None: not announced)."""
+
+    __slots__ = ("request", "message")
+
+    def __init__(self) -> None:
+        self.request: int | None = None
+        self.message: int | None = None
 
 
 class _Call:
     """What classification needs of a request, without the request (which holds a copy of
     the message)."""
 
-    __slots__ = ("request_id", "raw", "envelope", "recipients", "mail_class", "list_scope")
+    __slots__ = ("request_id", "raw", "envelope", "recipients", "mail_class", "list_scope",
+                 "evidence")
 
     def __init__(self, request: filter_pb2.ClassifyRequest) -> None:
         env = request.envelope
@@ -362,15 +551,13 @@ class _Call:
         self.envelope = Envelope(env.mail_from, self.recipients, env.client_ip, env.helo)
         self.mail_class = request.mail_class
         self.list_scope = request.list_scope
+        self.evidence: Evidence | None = None  # set by _authenticate
 
 
-def _announced_size(context: grpc.ServicerContext) -> int | None:
-    """The message size the caller announced in MESSAGE_BYTES_METADATA (our client always
-    does), or None."""
-    for key, value in context.invocation_metadata() or ():
-        if key == MESSAGE_BYTES_METADATA:
-            return int(value) if value.isdigit() else None
-    return None
+def _size(value: str) -> int | None:
+    """A size from call metadata: ASCII digits only (None otherwise; str.isdigit takes "²",
+    which int() refuses, and a 5,000-digit number int() refuses too)."""
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 15 else None
 
 
 def _deadline_left(context: grpc.ServicerContext) -> float | None:
@@ -395,4 +582,5 @@ def _response(request_id: str, verdict: Verdict) -> filter_pb2.ClassifyResponse:
         request_id=request_id, action=_ACTIONS[verdict.action], score=verdict.score,
         hits=[filter_pb2.RuleHit(name=h.name, score=h.score, description=h.description)
               for h in verdict.hits],
-        spam_probability=verdict.spam_probability, policy_hash=verdict.policy_hash)
+        spam_probability=verdict.spam_probability, policy_hash=verdict.policy_hash,
+        authentication_results=verdict.authentication_results)

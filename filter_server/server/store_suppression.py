@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from filter_server.server.metrics import FilterMetrics
 from filter_server.server.suppression import SuppressionAnswer
@@ -25,9 +25,15 @@ NEVER_FRESH_AGE_SECONDS = 1e9
 
 
 class StoreSuppression:
-    def __init__(self, cache: SuppressionCache, metrics: FilterMetrics) -> None:
+    def __init__(self, cache: SuppressionCache, metrics: FilterMetrics, *,
+                 on_held: Callable[[int], None] | None = None) -> None:
         self.cache = cache
         self.metrics = metrics
+        # Told how many suppressions the cache holds (a snapshot being received included)
+        # whenever that changes, checked every export: the worker's memory budget leaves
+        # room for them (server/memory.py).
+        self.on_held = on_held
+        self._held = -1
         self._stop = threading.Event()
         if cache.on_change is None:
             cache.on_change = self._changed
@@ -67,5 +73,10 @@ class StoreSuppression:
         # object in the worker would never be scraped, so the cache state is copied into
         # gauges periodically.
         while not self._stop.is_set():
-            self.metrics.suppression_cache_updated(self.cache.stats(), self.cache.stale_after)
+            stats = self.cache.stats()
+            self.metrics.suppression_cache_updated(stats, self.cache.stale_after)
+            held = stats.size + stats.loading
+            if self.on_held is not None and held != self._held:
+                self._held = held
+                self.on_held(held)
             self._stop.wait(every)

@@ -52,6 +52,7 @@ class CacheStats:
     size: int                # (address, scope) suppressions held
     reconnects: int
     snapshots: int
+    loading: int = 0         # suppressions of a snapshot being received (held beside `size`)
 
 
 class SuppressionCache:
@@ -70,6 +71,7 @@ class SuppressionCache:
         self._channel_options = list(channel_options)
         self._entries: dict[str, dict[str, Reason]] = {}
         self._size = 0
+        self._loading = 0  # entries of the snapshot being received (memory accounting)
         self._applied: int | None = None  # None: no snapshot yet (or one must be retaken)
         self._head = 0
         self._fresh_at: float | None = None
@@ -133,14 +135,18 @@ class SuppressionCache:
         except AddressInvalid:
             scope_key = ""  # an invalid list name still gets the global suppressions
         klass = MailClass.coerce(mail_class)
+        # Normalised before the lock is taken: it is the costly part (IDNA, Unicode), and
+        # the Watch thread must not wait for it to apply changes.
+        keys = []
+        for recipient in recipients:
+            try:
+                keys.append((recipient, normalize_address(recipient)))
+            except AddressInvalid:
+                continue
         out: list[str] = []
         with self._cond:
             entries = self._entries
-            for recipient in recipients:
-                try:
-                    key = normalize_address(recipient)
-                except AddressInvalid:
-                    continue
+            for recipient, key in keys:
                 found = entries.get(key)
                 if found and applies(found, scope_key, klass):
                     out.append(recipient)
@@ -152,7 +158,7 @@ class SuppressionCache:
             age = float("inf") if self._fresh_at is None else time.monotonic() - self._fresh_at
             return CacheStats(self._applied is not None, self._connected, applied, self._head,
                               max(0, self._head - applied), age, self._size, self._reconnects,
-                              self._snapshots)
+                              self._snapshots, self._loading)
 
     @property
     def ready(self) -> bool:
@@ -212,10 +218,12 @@ class SuppressionCache:
                         for s in event.snapshot_chunk.suppressions:
                             pending.setdefault(s.address, {})[s.scope] = _REASONS[s.reason]
                             pending_size += 1
+                        self._loading = pending_size
                     elif kind == "snapshot_end":
                         assert pending is not None, "a snapshot end without a snapshot"
                         self._install(pending, pending_size, event.snapshot_end.sequence)
                         pending = None
+                        self._loading = 0
                     elif kind == "change":
                         if not self._apply(event.change):
                             break  # gap: reconnect for a fresh snapshot
@@ -239,6 +247,7 @@ class SuppressionCache:
             finally:
                 self._connected = False
                 self._call = None
+                self._loading = 0  # an unfinished snapshot is dropped
                 channel.close()
             if self._stop.is_set():
                 break

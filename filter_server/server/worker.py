@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from filter_server.engine.compiled import CompiledPolicy
+from filter_server.server.authentication import make_authenticator
 from filter_server.server.config import (
     ENVELOPE_ALLOWANCE_BYTES,
     EXIT_CONFIG,
@@ -41,7 +42,7 @@ from filter_server.server.config import (
 from filter_server.server.health import NOT_SERVING, SERVING, HealthServicer
 from filter_server.server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from filter_server.server.logs import LOGGER_NAME, setup_logging
-from filter_server.server.memory import MemoryBudget, budget_for, resident_bytes
+from filter_server.server.memory import SUPPRESSION_BYTES, MemoryBudget, budget_for, resident_bytes
 from filter_server.server.metrics import FilterMetrics, serve_metrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.ports import PortInUse, check_free, write_port_file
@@ -118,13 +119,20 @@ class Worker:
         if suppression is None and config.suppression_store:
             self.store_suppression = StoreSuppression(
                 SuppressionCache(config.suppression_store,
-                                 stale_after=config.suppression_stale_after), self.metrics)
+                                 stale_after=config.suppression_stale_after), self.metrics,
+                on_held=self._suppressions_held)
             suppression = self.store_suppression
+        self.authenticator = make_authenticator(self.metrics, config.signing_key_dir,
+                                                self.log)
         self.servicer = FilterServicer(
-            self.holder, self.metrics, self.log,
+            self.holder, self.metrics, self.log, authenticator=self.authenticator,
             suppression=suppression or NoSuppressionStore(),
             max_message_bytes=config.max_message_bytes,
             max_concurrent_rpcs=config.max_concurrent_rpcs,
+            cpu_budget_seconds=config.cpu_budget_seconds,
+            max_recipients=config.max_recipients,
+            receive_timeout_seconds=config.receive_timeout_seconds,
+            max_streams_per_connection=config.max_streams_per_connection,
             memory=MemoryBudget(budget_for(config.memory_limit_bytes or None,
                                            resident_bytes())))
         self.server: grpc.Server | None = None
@@ -240,23 +248,31 @@ class Worker:
 
     def size_memory_budget(self) -> None:
         """The budget for messages in flight: the worker's share of the container's memory
-        limit less what the worker holds once its policy is loaded (filter_server/server/
-        memory.py)."""
+        limit less what the worker holds once its policy is loaded, less its suppression
+        cache as it grows (filter_server/server/memory.py)."""
         limit = self.config.memory_limit_bytes or None
-        resident = resident_bytes()
-        budget = budget_for(limit, resident)
-        self.servicer.memory.capacity = budget
+        memory = self.servicer.memory
+        # The cache may be loading already; it is counted apart, as it grows.
+        resident = resident_bytes() - memory.outside
+        memory.set_base(budget_for(limit, resident))
+        budget = memory.capacity
         self.metrics.memory_budget.set(budget)
         mib = 1 << 20
         self.log.info("memory budget for messages in flight", extra={
             "budget_mib": budget // mib, "memory_limit_mib": limit // mib if limit else None,
-            "resident_mib": resident // mib})
+            "resident_mib": resident // mib, "suppression_cache_mib": memory.outside // mib})
         receive = self.servicer.receive_reservation(None)
         if budget < receive:
             self.log.warning(
                 "the memory limit is small for --max-message-bytes: a message that large "
                 "is received only while no other call holds memory", extra={
                     "budget_mib": budget // mib, "needed_mib": receive // mib})
+
+    def _suppressions_held(self, count: int) -> None:
+        """The suppression cache holds `count` suppressions: leave room for them."""
+        memory = self.servicer.memory
+        memory.set_outside(count * SUPPRESSION_BYTES)
+        self.metrics.memory_budget.set(memory.capacity)
 
     def shutdown(self) -> None:
         config = self.config
@@ -275,6 +291,7 @@ class Worker:
             self.server.stop(config.grace_seconds).wait()
         if self.store_suppression is not None:
             self.store_suppression.stop()
+        self.authenticator.close()
         self.log.info("stopped")
 
 

@@ -60,6 +60,10 @@ def _line(name: str, verdict: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from mailwarden.client import ClassifyError, FilterClient, verdict_dict
 
+    if not args.deadline > 0:  # also refuses NaN
+        print(f"mailwarden classify: --deadline must be a positive number of seconds "
+              f"(got {args.deadline:g})", file=sys.stderr)
+        return 2
     if not args.target:
         print("mailwarden classify: --target is required (or set MAILWARDEN_TARGET)",
               file=sys.stderr)

@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS,
                         help="SpamAssassin corpus directory (default .cache/corpus, fetched "
                         "by scripts/bootstrap.sh)")
+    parser.add_argument("--dns-server", dest="dns_servers", action="append", default=[],
+                        metavar="IP[:PORT]",
+                        help="resolver for sender authentication (repeatable; default: this "
+                        "machine's, from /etc/resolv.conf)")
     parser.add_argument("--once", "--exit-after-demo", dest="once", action="store_true",
                         help="stop the replicas and exit after the demo")
     parser.set_defaults(func=run)

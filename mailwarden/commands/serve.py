@@ -90,6 +90,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "$MAILWARDEN_MEMORY_LIMIT_BYTES, which the operator sets from the "
                         "pod's memory limit; else the cgroup's limit; else no limit (each "
                         "worker then holds at most 1 GiB of messages)]")
+    parser.add_argument("--max-recipients", type=int, default=d.max_recipients, metavar="N",
+                        help="envelope recipients one call may carry; more get "
+                        "INVALID_ARGUMENT (split the envelope)")
+    parser.add_argument("--receive-timeout-seconds", type=float,
+                        default=d.receive_timeout_seconds, metavar="S",
+                        help="a call that has reserved memory must deliver its request "
+                        "within S seconds, and an open ClassifyStream its next one; "
+                        "otherwise it ends with DEADLINE_EXCEEDED and gives the memory back")
+    parser.add_argument("--max-streams-per-connection", type=int,
+                        default=d.max_streams_per_connection, metavar="N",
+                        help="ClassifyStream calls one client connection may hold open; "
+                        "more get RESOURCE_EXHAUSTED")
+    parser.add_argument("--cpu-budget-seconds", type=float, default=d.cpu_budget_seconds,
+                        metavar="S", help="CPU time one message may take to parse; a message "
+                        "that needs more is classified on what was read by then and its "
+                        "verdict gets a SCAN_BUDGET_EXCEEDED hit (0 = no limit)")
+    parser.add_argument("--signing-key-dir", type=Path, default=None, metavar="DIR",
+                        help="the unsubscribe store's signing keys (a directory with "
+                        "'current' and optional 'previous', e.g. its mounted Secret): the "
+                        "bulk gate of policies with authentication.bulkGate verifies "
+                        "one-click tokens with them; without it tokens are not checked "
+                        "(BULK_ONECLICK_TOKEN_UNCHECKED)")
     parser.set_defaults(func=run)
 
 
@@ -118,7 +140,11 @@ def run(args: argparse.Namespace) -> int:
         policy_wait_seconds=args.policy_wait_seconds, port_file=args.port_file,
         suppression_store=args.suppression_store,
         suppression_stale_after=args.suppression_stale_after,
-        memory_limit_bytes=memory_limit)
+        memory_limit_bytes=memory_limit, cpu_budget_seconds=args.cpu_budget_seconds,
+        max_recipients=args.max_recipients,
+        receive_timeout_seconds=args.receive_timeout_seconds,
+        max_streams_per_connection=args.max_streams_per_connection,
+        signing_key_dir=args.signing_key_dir)
     problems = config.problems()
     if problems:
         for problem in problems:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_kib < 1:
         print("mailwarden train: --max-kib must be at least 1", file=sys.stderr)
         return 2
+    problem = _unwritable(args.output)
+    if problem:  # before training, which takes a while, not after it
+        print(f"mailwarden train: -o {args.output}: {problem}", file=sys.stderr)
+        return 2
     try:
         model = train(args.ham, args.spam, max_bytes=args.max_kib * 1024,
                       calibration_folds=args.calibration_folds)
@@ -47,3 +52,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.output} ({len(data) / 1024:.0f} KiB, {len(model)} tokens)",
           file=sys.stderr)
     return 0
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (None: it can, as far as can be told)."""
+    directory = path.parent
+    if not directory.is_dir():
+        return f"directory {directory} does not exist"
+    if path.is_dir():
+        return "is a directory"
+    if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None

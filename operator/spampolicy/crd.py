@@ -70,6 +70,12 @@ SPEC_SCHEMA: dict[str, Any] = {
             "properties": {
                 "name": {"type": "string", "maxLength": 253,
                          "description": "UnsubscribeStore name."},
+                "signingKeySecretName": {
+                    "type": "string", "maxLength": 253,
+                    "description": "The store's signing-key Secret, mounted into the "
+                    "filter pods only when `policy.authentication.bulkGate.enabled`, so "
+                    "the gate can verify one-click tokens. Default: `<name>-signing-key` "
+                    "(set it when the store's spec.signingKey.secretName differs)."},
             },
         },
         "image": {"type": "string", "maxLength": 1024,

@@ -22,6 +22,7 @@ GRPC_PORT = wire.FILTER_GRPC_PORT
 METRICS_PORT = wire.FILTER_METRICS_PORT
 POLICY_MOUNT = "/etc/mailwarden/policy"
 TLS_MOUNT = "/etc/mailwarden/tls"
+SIGNING_KEYS_MOUNT = "/etc/mailwarden/signing-keys"  # the store's, for the bulk gate
 CONTAINER_NAME = "filter"
 
 # Longest SpamPolicy name whose children still fit the 63-character DNS label limit:

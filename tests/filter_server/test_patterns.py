@@ -37,16 +37,23 @@ def _rules(n: int, prefix: str = "R") -> list[dict]:
 
 @pytest.fixture
 def compiles(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """Every engine compile as (number of patterns, flags), from a cold cache."""
+    """Every engine compile as (number of patterns, flags), from a cold cache: in this
+    process, or in the child process validation compiles in (one entry per job)."""
     seen: list[tuple[int, int]] = []
     real = patterns._compile
+    real_in_child = patterns.compile_in_child
     monkeypatch.setattr(patterns, "_kept", type(patterns._kept)())
 
     def counting(expressions, flags):
         seen.append((len(expressions), flags))
         return real(expressions, flags)
 
+    def counting_in_child(jobs, timeout):
+        seen.extend((len(expressions), flags) for flags, expressions in jobs)
+        return real_in_child(jobs, timeout)
+
     monkeypatch.setattr(patterns, "_compile", counting)
+    monkeypatch.setattr(patterns, "compile_in_child", counting_in_child)
     return seen
 
 

@@ -11,13 +11,18 @@ import sys
 from pathlib import Path
 
 from mailwarden_local.corpus import DEFAULT_CORPUS
+from testkit.dns import KnotServer, Zone
 
 
 def test_local_once(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "mailwarden.cli", "local", "--once", "--samples", "4"],
-        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
-        cwd=tmp_path)
+    # Sender authentication resolves through a Knot server that knows no sender (as DNS
+    # for the corpus' 2002 domains would), never through this machine's resolver.
+    with KnotServer(tmp_path / "knot", Zone()) as knot:
+        result = subprocess.run(
+            [sys.executable, "-m", "mailwarden.cli", "local", "--once", "--samples", "4",
+             "--dns-server", knot.address],
+            capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+            cwd=tmp_path)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "replicas: 3 SERVING" in out

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from mailwarden.wire import FILTER_GRPC_PORT
 from tests.nodes.conftest import Cluster, wait_for
 
 IMAGE = "ghcr.io/mailwarden/mailwarden:0.1.0"
@@ -92,8 +93,8 @@ def test_deployment_of_mailwarden_serve_becomes_ready_through_a_replicaset(
                    "data": {"policy.yaml": yaml.safe_dump(MINI_POLICY)}}, namespace)
     serve = {"name": "filter", "image": IMAGE,
              "args": ["serve", "--policy-dir", "/etc/mailwarden/policy", "--workers", "1"],
-             "ports": [{"name": "grpc", "containerPort": 50051}],
-             "readinessProbe": {"grpc": {"port": 50051}, "periodSeconds": 1},
+             "ports": [{"name": "grpc", "containerPort": FILTER_GRPC_PORT}],
+             "readinessProbe": {"grpc": {"port": FILTER_GRPC_PORT}, "periodSeconds": 1},
              "securityContext": SECURE,
              "volumeMounts": [{"name": "policy", "mountPath": "/etc/mailwarden/policy",
                                "readOnly": True}]}
@@ -120,7 +121,7 @@ def test_deployment_of_mailwarden_serve_becomes_ready_through_a_replicaset(
     # Classify through the pod IP, from the host, as a client off the cluster network would.
     import grpc
     from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
-    with grpc.insecure_channel(f"{ps[0].status.pod_ip}:50051") as ch:
+    with grpc.insecure_channel(f"{ps[0].status.pod_ip}:{FILTER_GRPC_PORT}") as ch:
         reply = filter_pb2_grpc.FilterStub(ch).Classify(
             filter_pb2.ClassifyRequest(request_id="x", message=b"Subject: free money\r\n\r\nhi"),
             timeout=10)

@@ -123,9 +123,10 @@ def test_create_generates_the_key_once_and_renders_every_child(
                                 "Progressing": ("False", "RolloutComplete"),
                                 "StorageReady": ("True", "StoreReady"),
                                 "Degraded": ("False", "AsExpected")}
+    wanted = {"SigningKeyGenerated", "ReadyServing", "StorageReadyStoreReady"}
+    wait_for(lambda: wanted <= {e["reason"] for e in cluster.kube.list(EVENTS, ns)}, 30,
+             f"events {sorted(wanted)}")
     events = cluster.kube.list(EVENTS, ns)
-    assert {"SigningKeyGenerated", "ReadyServing", "StorageReadyStoreReady"} <= \
-        {e["reason"] for e in events}
     for event in events:  # what `kubectl describe unsubscribestore sup` lists
         assert (event["involvedObject"]["kind"], event["involvedObject"]["name"],
                 event["involvedObject"]["uid"]) == ("UnsubscribeStore", "sup", uid)
@@ -142,8 +143,9 @@ def test_a_missing_dsn_secret_is_reported_then_picked_up(cluster: Cluster,
     assert conditions(body)["Degraded"] == ("True", "DSNSecretNotFound")
     assert "pg-app" in condition(body, "Ready")["message"]
     assert cluster.kube.get(DEPLOYMENTS, ns, "sup-unsubscribe") is None
-    warnings = [e for e in cluster.kube.list(EVENTS, ns) if e["type"] == "Warning"]
-    assert any(e["reason"] == "DegradedDSNSecretNotFound" for e in warnings)
+    wait_for(lambda: any(e["type"] == "Warning" and e["reason"] == "DegradedDSNSecretNotFound"
+                         for e in cluster.kube.list(EVENTS, ns)), 30,
+             "a DegradedDSNSecretNotFound Warning event")
     # A Secret without the key is reported as such; with it, the resync rolls the store out.
     cluster.kube.create(SECRETS, ns, secret(ns, "pg-app", dsn=DSN))
     wait_condition(cluster, UNSUBSCRIBESTORES, ns, "sup", "Ready", "False",
@@ -242,8 +244,10 @@ def test_a_spampolicy_follows_its_store_without_waiting_for_it(
     store = wait_condition(cluster, UNSUBSCRIBESTORES, ns, "sup", "StorageReady", "False",
                            "StoreNotReady")
     assert conditions(store)["Degraded"] == ("True", "StoreNotReady")
-    assert any(e["type"] == "Warning" and e["reason"] == "StorageReadyStoreNotReady"
-               for e in cluster.kube.list(EVENTS, ns))
+    # kopf posts Events from its own queue, after the status patch: wait for it.
+    wait_for(lambda: any(e["type"] == "Warning" and e["reason"] == "StorageReadyStoreNotReady"
+                         for e in cluster.kube.list(EVENTS, ns)), 30,
+             "a StorageReadyStoreNotReady Warning event")
     policy = wait_condition(cluster, SPAMPOLICIES, ns, "mail", "SuppressionReady", "False",
                             "StoreNotReady")
     assert "not Ready" in condition(policy, "SuppressionReady")["message"]

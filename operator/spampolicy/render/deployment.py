@@ -39,7 +39,18 @@ def server_args(spec: dict[str, Any], suppression_store: str | None = None) -> l
             args.append("--require-client-cert")
     if suppression_store:
         args += ["--suppression-store", suppression_store]
+        if bulk_gate_keys(spec):
+            args += ["--signing-key-dir", naming.SIGNING_KEYS_MOUNT]
     return args
+
+
+def bulk_gate_keys(spec: dict[str, Any]) -> bool:
+    """Whether the filter pods get the store's signing keys: only when the policy's bulk
+    gate checks one-click tokens (authentication.bulkGate) and a store is referenced.
+    The keys could mint tokens too, so pods that do not need them never see them."""
+    auth = (spec.get("policy") or {}).get("authentication") or {}
+    return bool(spec.get("unsubscribeStoreRef")) and \
+        bool((auth.get("bulkGate") or {}).get("enabled"))
 
 
 def suppression_store(owner: dict[str, Any]) -> str | None:
@@ -128,6 +139,18 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
             "name": naming.configmap_name(policy_name, policy_hash)}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
     ]
+    if bulk_gate_keys(spec):
+        # The referenced store's signing-key Secret (current + previous after a rotation);
+        # optional: a store not created yet must not keep the filter pods from starting
+        # (tokens are then reported unchecked until the keys appear).
+        ref = spec["unsubscribeStoreRef"]
+        container["volumeMounts"].append(
+            {"name": "signing-keys", "mountPath": naming.SIGNING_KEYS_MOUNT,
+             "readOnly": True})
+        volumes.append({"name": "signing-keys", "secret": {
+            "secretName": ref.get("signingKeySecretName") or
+            store_naming.default_signing_key_secret(ref["name"]),
+            "defaultMode": 0o440, "optional": True}})
     if "tls" in spec:
         container["volumeMounts"].append(
             {"name": "tls", "mountPath": naming.TLS_MOUNT, "readOnly": True})

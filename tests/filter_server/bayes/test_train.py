@@ -164,7 +164,7 @@ def test_cli_explains_missing_or_empty_input(tmp_path):
     ham_dir, spam_dir = write_corpus(tmp_path / "c")
     result = run_cli("--ham", str(ham_dir), "--spam", str(spam_dir),
                      "-o", str(tmp_path / "no" / "such" / "dir" / "m.gz"))
-    assert result.returncode == 2 and "No such file or directory" in result.stderr
+    assert result.returncode == 2 and "/no/such/dir does not exist" in result.stderr
     assert "Traceback" not in result.stderr
 
 

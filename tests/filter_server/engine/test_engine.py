@@ -72,8 +72,11 @@ def test_base64_and_quoted_printable_bodies_are_decoded(tmp_path):
 
 
 def test_lists_match_addresses_domains_and_parent_domains(tmp_path):
+    # matchUnauthenticated: the matching itself is tested here; what authentication
+    # proves is matched in tests/filter_server/auth/test_server.py.
     policy = compile_policy(tmp_path, {"lists": {
-        "allow": {"senders": ["Boss@Corp.example"], "domains": ["partner.example"]},
+        "allow": {"senders": ["Boss@Corp.example"], "domains": ["partner.example"],
+                  "matchUnauthenticated": True},
         "block": {"uriHosts": ["bad.example"], "score": 50}}})
     v = policy.classify(msg(), Envelope(mail_from="boss@corp.example"))
     assert hit_names(v) == ["ALLOWLIST_SENDER"] and v.score == -100
@@ -83,6 +86,19 @@ def test_lists_match_addresses_domains_and_parent_domains(tmp_path):
     assert hit_names(v) == ["BLOCKLIST_URI_HOST"] and v.action == "REJECT"
     v = policy.classify(msg(body="see https://notbad.example/promo"))
     assert hit_names(v) == []
+
+
+def test_allow_lists_need_authentication_unless_a_policy_opts_out(tmp_path):
+    lists = {"allow": {"senders": ["boss@corp.example"], "domains": ["partner.example"]}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(Exception, match="match only authenticated senders"):
+        compile_policy(tmp_path / "a", {"lists": lists})
+    policy = compile_policy(tmp_path / "b", {"lists": lists,
+                                             "authentication": {"enabled": True}})
+    # Without evidence from authentication nothing is proved: the claims do not match.
+    v = policy.classify(msg(), Envelope(mail_from="boss@corp.example"))
+    assert not [n for n in hit_names(v) if n.startswith("ALLOWLIST")]
 
 
 def test_signature_matches_reformatted_copies(tmp_path):

@@ -29,7 +29,8 @@ FUZZ_SETTINGS = settings(max_examples=int(os.environ.get("MAILWARDEN_FUZZ_EXAMPL
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> CompiledPolicy:
     directory: Path = tmp_path_factory.mktemp("fuzz-policy")
     policy = mini_policy(1)
-    policy["lists"]["allow"] = {"senders": ["boss@example.com"], "uriHosts": ["ok.example"]}
+    policy["lists"]["allow"] = {"senders": ["boss@example.com"], "uriHosts": ["ok.example"],
+                                "matchUnauthenticated": True}
     policy["signatures"] = {"digests": ["sha256:" + "0" * 64]}
     policy["rules"].append({"name": "ALL_HEADERS", "target": "header", "header": "ALL",
                             "pattern": r"(?i)x-spam", "score": 1})

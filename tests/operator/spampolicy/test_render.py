@@ -265,3 +265,33 @@ def test_servicemonitor_scrapes_the_clusterip_service_only() -> None:
     assert sm["spec"]["endpoints"] == [{"port": "metrics", "interval": "15s",
                                         "path": "/metrics"}]
     assert sm["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_bulk_gate_gets_the_store_signing_keys_and_nothing_else_does() -> None:
+    """Filter pods see the store's signing keys only when the policy's bulk gate needs
+    them to verify one-click tokens; the policy (and its resolver settings) reaches the
+    pods in the ConfigMap as every other policy field does."""
+    gate = owner(unsubscribeStoreRef={"name": "news"})
+    gate["spec"]["policy"]["authentication"]["bulkGate"] = {"enabled": True}
+    gate["spec"]["policy"]["authentication"]["dns"] = {"servers": ["10.96.0.10"],
+                                                       "timeoutSeconds": 0.5}
+    deployment = render_deployment(gate, bundle_of(gate).hash, SETTINGS)
+    pod = deployment["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--signing-key-dir") + 1] == naming.SIGNING_KEYS_MOUNT
+    volume = next(v for v in pod["volumes"] if v["name"] == "signing-keys")
+    assert volume["secret"] == {"secretName": "news-signing-key", "defaultMode": 0o440,
+                                "optional": True}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"]
+                 if m["name"] == "signing-keys")
+    assert mount == {"name": "signing-keys", "mountPath": naming.SIGNING_KEYS_MOUNT,
+                     "readOnly": True}
+    validate_k8s(deployment)
+    policy = yaml.safe_load(render_configmap(gate, bundle_of(gate))["data"]["policy.yaml"])
+    assert policy["authentication"]["dns"]["servers"] == ["10.96.0.10"]
+    for without in (owner(unsubscribeStoreRef={"name": "news"}), owner()):
+        rendered = render_deployment(without, bundle_of(without).hash, SETTINGS)
+        assert "--signing-key-dir" not in rendered["spec"]["template"]["spec"][
+            "containers"][0]["args"]
+        assert all(v["name"] != "signing-keys"
+                   for v in rendered["spec"]["template"]["spec"]["volumes"])
