@@ -36,6 +36,9 @@ class Cluster:
     pod_sources: tuple[str, ...] = ()
     # The API server's audit log (JSON lines, writes at Metadata level), when there is one.
     audit_log: Path | None = None
+    # The cluster DNS (the pods' nameserver, HOST or HOST:PORT) when this machine can query
+    # it too: the suite then asks it what the filter pods' sender authentication asked.
+    dns_server: str | None = None
 
     def env(self) -> dict[str, str]:
         """Environment for kubectl/helm against this cluster (never the user's context)."""
