@@ -263,6 +263,7 @@ def verdict_dict(response: filter_pb2.ClassifyResponse) -> dict:
         "hits": [{"name": h.name, "score": round(h.score, 3), "description": h.description}
                  for h in response.hits],
         "suppressed_recipients": list(response.suppressed_recipients),
+        "unparseable_recipients": list(response.unparseable_recipients),
         "suppression_state": filter_pb2.SuppressionState.Name(response.suppression_state),
         "authentication_results": response.authentication_results,
     }

@@ -15,16 +15,30 @@ job); plain http is accepted only for loopback hosts, for local mode.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from mailwarden.tokens import KeyRing, mint_token
 
 ONE_CLICK_VALUE = "List-Unsubscribe=One-Click"
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+# The characters of an RFC 3986 URI (unreserved, reserved, and '%' of percent-encoding).
+# Everything the header gets is checked against this: CR/LF would start a header of the
+# caller's choosing, '<' and '>' would close the <...> and add URIs of theirs.
+_URI = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+
+
+def _uri(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _URI.fullmatch(value):
+        raise ValueError(f"{what} {value!r:.80} is not a plain URI: only RFC 3986 characters "
+                         "are allowed (no spaces, controls, quotes or angle brackets; "
+                         "percent-encode anything else)")
+    return value
 
 
 def unsubscribe_url(address: str, scope: str, *, keys: KeyRing, base_url: str) -> str:
     """The one-click URL for (address, scope): ``<base_url>/u/<token>``."""
+    _uri(base_url, "base URL")
     parts = urlsplit(base_url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ValueError(f"base URL {base_url!r} must be an absolute https:// URL")
@@ -55,5 +69,17 @@ def list_unsubscribe_headers(address: str, scope: str, *, keys: KeyRing, base_ur
     mailto: alternative for clients that do not do one-click."""
     values = [f"<{unsubscribe_url(address, scope, keys=keys, base_url=base_url)}>"]
     if mailto:
-        values.append(f"<{mailto if mailto.startswith('mailto:') else 'mailto:' + mailto}>")
+        values.append(f"<{mailto_uri(mailto)}>")
     return {"List-Unsubscribe": ", ".join(values), "List-Unsubscribe-Post": ONE_CLICK_VALUE}
+
+
+def mailto_uri(mailto: str) -> str:
+    """``mailto:`` URI (RFC 6068) for an address or a mailto URI, refusing anything that is
+    not one (header injection)."""
+    uri = mailto if mailto.startswith("mailto:") else "mailto:" + mailto
+    _uri(uri, "mailto")
+    to = uri[len("mailto:"):].split("?", 1)[0]
+    if "@" not in to or to.startswith("@") or to.endswith("@") or "//" in uri:
+        raise ValueError(f"mailto {mailto!r:.80} must be an address or a mailto: URI, "
+                         "e.g. unsubscribe@example.com?subject=unsubscribe")
+    return uri

@@ -35,7 +35,8 @@ MEMORY_LIMIT_ENV = "MAILWARDEN_MEMORY_LIMIT_BYTES"
 # The unsubscribe store's PostgreSQL DSN, and the credential Resubscribe calls present
 # (read by `mailwarden unsubscribe-server`, and by `mailwarden unsubscribe resubscribe`).
 STORE_DSN_ENV = "MAILWARDEN_STORE_DSN"
-RESUBSCRIBE_TOKEN_ENV = "MAILWARDEN_RESUBSCRIBE_TOKEN"
+ADMIN_TOKEN_ENV = "MAILWARDEN_ADMIN_TOKEN"
+RESUBSCRIBE_TOKEN_ENV = "MAILWARDEN_RESUBSCRIBE_TOKEN"  # the admin credential's former name
 
 # --- metrics other processes read ----------------------------------------------------------
 # Filter pod gauges the operator scrapes for the SpamPolicy's SuppressionFresh condition.

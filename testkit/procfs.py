@@ -112,6 +112,16 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
+def peak_rss_kib(pid: int) -> int:
+    """The largest resident set `pid` has had so far (VmHWM): catches a peak between two
+    samples."""
+    return _status_kib(pid, "VmHWM:")
+
+
+def rss_kib(pid: int) -> int:
+    return _status_kib(pid, "VmRSS:")
+
+
 @dataclass
 class Memory:
     rss_kib: int = 0

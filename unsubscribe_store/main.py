@@ -1,5 +1,5 @@
-"""The unsubscribe store process: reads its configuration (DSN, signing keys, resubscribe
-credential) from the `mailwarden unsubscribe-server` flags, files and environment, applies
+"""The unsubscribe store process: reads its configuration (DSN, signing keys, admin
+credential, TLS) from the `mailwarden unsubscribe-server` flags, files and environment, applies
 migrations (`--migrate-only`) or runs `UnsubscribeServer` until SIGTERM.
 
 Configuration errors are one line on stderr and exit status 2; an unreachable database for
@@ -33,9 +33,12 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from mailwarden.tls import TlsConfigError, check_tls_dir
     from mailwarden.tokens import MIN_MAX_AGE_DAYS, SigningKeyError
+    from unsubscribe_store.access import AccessPolicy
     from unsubscribe_store.backends import open_store
-    from unsubscribe_store.model import StoreUnavailable
+    from unsubscribe_store.http_guard import raise_descriptor_limit
+    from unsubscribe_store.model import StoreMisconfigured, StoreUnavailable
     from unsubscribe_store.server import ServerConfig, UnsubscribeServer, split_address
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -70,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         store = open_store(args.store, dsn=dsn, sqlite_path=args.sqlite_path,
                            durability=args.durability)
     except ValueError as exc:
-        print(err + str(exc), file=sys.stderr)
+        where = f" (from {args.dsn_file})" if args.store == "postgres" and args.dsn_file else ""
+        print(err + str(exc) + where, file=sys.stderr)
         return 2
 
     if args.migrate_only:
@@ -84,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
                 await store.close()
         try:
             applied = asyncio.run(migrate())
+        except StoreMisconfigured as exc:
+            print(err + str(exc), file=sys.stderr)
+            return 2
         except StoreUnavailable as exc:
             print(err + str(exc), file=sys.stderr)
             return 1
@@ -98,23 +105,58 @@ def run(args: argparse.Namespace) -> int:
         except SigningKeyError as exc:
             print(err + f"{exc}; or pass --no-one-click", file=sys.stderr)
             return 2
-    resubscribe = None
-    if args.resubscribe_token_file:
-        resubscribe = _read_secret_file(args.resubscribe_token_file, "resubscribe token").encode()
-    elif os.environ.get(wire.RESUBSCRIBE_TOKEN_ENV):
-        resubscribe = os.environ[wire.RESUBSCRIBE_TOKEN_ENV].strip().encode()
+    admin_token = None
+    if args.admin_token_file:
+        admin_token = _read_secret_file(args.admin_token_file, "admin token").encode()
+    else:
+        for name in (wire.ADMIN_TOKEN_ENV, wire.RESUBSCRIBE_TOKEN_ENV):
+            if os.environ.get(name, "").strip():
+                admin_token = os.environ[name].strip().encode()
+                break
+    if args.require_client_cert and args.tls_dir is None:
+        print(err + "--require-client-cert needs --tls-dir", file=sys.stderr)
+        return 2
+    if args.admin_client and not args.require_client_cert:
+        print(err + "--admin-client names client certificates: it needs --tls-dir and "
+              "--require-client-cert", file=sys.stderr)
+        return 2
+    if args.tls_dir is not None:
+        try:
+            check_tls_dir(args.tls_dir, args.require_client_cert)
+        except TlsConfigError as exc:
+            print(err + f"--tls-dir: {exc}", file=sys.stderr)
+            return 2
+    if args.max_concurrent_snapshots < 1 or not args.watch_send_timeout > 0:
+        print(err + "--max-concurrent-snapshots must be at least 1 and --watch-send-timeout "
+              "positive", file=sys.stderr)
+        return 2
+    if not (args.http_header_timeout > 0 and args.http_body_timeout > 0) \
+            or args.http_max_connections < 0:
+        print(err + "--http-header-timeout and --http-body-timeout must be positive, "
+              "--http-max-connections 0 (automatic) or more", file=sys.stderr)
+        return 2
+    raise_descriptor_limit()
     config = ServerConfig(
         grpc_address=args.grpc_address, http_address=args.http_address,
         metrics_address=args.metrics_address, keys=keys,
         token_max_age_days=args.token_max_age_days, migrate=not args.no_migrate,
         readiness_interval=args.readiness_interval, drain_seconds=args.drain_seconds,
-        grace_seconds=args.grace_seconds, ports_file=args.ports_file or "")
-    server = UnsubscribeServer(store, config, resubscribe_token=resubscribe)
+        grace_seconds=args.grace_seconds, ports_file=args.ports_file or "",
+        max_concurrent_snapshots=args.max_concurrent_snapshots,
+        watch_send_timeout_seconds=args.watch_send_timeout,
+        http_header_timeout=args.http_header_timeout, http_body_timeout=args.http_body_timeout,
+        http_max_connections=args.http_max_connections, tls_dir=args.tls_dir,
+        require_client_cert=args.require_client_cert)
+    server = UnsubscribeServer(store, config,
+                               access=AccessPolicy.of(admin_token, args.admin_client))
     try:
         asyncio.run(server.run())
     except OSError as exc:
         print(err + f"cannot listen: {exc}", file=sys.stderr)
         return 1
+    except StoreMisconfigured as exc:
+        print(err + str(exc), file=sys.stderr)
+        return 2
     return 0
 
 

@@ -15,9 +15,12 @@ ACK_SECONDS = Histogram("mailwarden_unsubscribe_ack_seconds",
                         "Time from an Unsubscribe request to its acknowledgement (committed)",
                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
 ONECLICK = Counter("mailwarden_unsubscribe_oneclick_total",
-                   "One-click POSTs by outcome (recorded, replay, rejected, unavailable, "
-                   "bad_request)", ["outcome"])
+                   "One-click POSTs by outcome (recorded, replay, recorded_expired, "
+                   "replay_expired, unknown_key, rejected, unavailable, bad_request)", ["outcome"])
 WATCHERS = Gauge("mailwarden_unsubscribe_watchers", "Open Watch streams")
+SLOW_CONSUMERS = Counter("mailwarden_unsubscribe_slow_consumers_total",
+                         "Watch and Export streams ended because the consumer did not read "
+                         "for --watch-send-timeout seconds")
 READY = Gauge("mailwarden_unsubscribe_ready", "1 when the store reports Ready")
 HEAD = Gauge("mailwarden_unsubscribe_head_sequence", "Last committed change sequence")
 SYNC_STANDBYS = Gauge("mailwarden_unsubscribe_sync_standbys",
@@ -28,3 +31,12 @@ REPLICATION_LAG = Gauge("mailwarden_unsubscribe_replication_lag_seconds",
 STORE_INFO = Gauge("mailwarden_unsubscribe_store_info",
                    "Always 1; labels say the backend and the durability this store requires",
                    ["backend", "durability"])
+HTTP_CONNECTIONS = Gauge("mailwarden_unsubscribe_http_connections",
+                         "Open connections to the one-click HTTP listener")
+HTTP_REJECTED = Counter("mailwarden_unsubscribe_http_rejected_total",
+                        "One-click HTTP connections and requests ended by the server's limits "
+                        "or the client: body_timeout, evicted (over the "
+                        "connection cap), disconnected, malformed", ["reason"])
+DENIED = Counter("mailwarden_unsubscribe_denied_total",
+                 "Calls of admin methods (Import, Export, Resubscribe) refused: no admin "
+                 "credential or client certificate", ["method"])

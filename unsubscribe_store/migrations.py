@@ -1,9 +1,18 @@
 """Schema migrations for both backends. Each migration runs once, in its own transaction,
 recorded in ``unsubscribe_schema_migrations``; applying them again changes nothing, and
 concurrent starters (several replicas rolling out at once) serialise on an advisory lock.
-Append new migrations; never edit one that has shipped."""
+Append new migrations; never edit one that has shipped.
+
+A step is an SQL statement, or ``RENORMALISE``: the data migration of ``renormalise`` (re-keying
+suppressions when address normalisation changes), which each backend runs in Python inside
+the migration's transaction, holding the sequence lock, recording every re-keyed row in the
+change log so running caches follow."""
 
 from __future__ import annotations
+
+RENORMALISE = "-- data: re-key suppressions by the current address normalisation"
+_RENORMALISE_DESCRIPTION = ("re-key addresses: UTS #46 / IDNA2008 domains, NFKC and case "
+                            "folding, quoted and forward-path forms (issue 20)")
 
 # The counter row serialises writers (see pg_store): sequences are assigned in commit order
 # and without gaps, which is what lets a Watch consumer resume from "the last sequence I
@@ -42,6 +51,15 @@ POSTGRES: list[tuple[int, str, list[str]]] = [
              scope           text,
              created_at      timestamptz NOT NULL DEFAULT now())""",
     ]),
+    (2, _RENORMALISE_DESCRIPTION, [RENORMALISE]),
+    # Snapshots and exports read page by page in (address, scope) order (the primary key);
+    # an export of one scope pages through (scope, address), which the old index on scope
+    # alone could only sort anew for every page.
+    (3, "index suppressions by (scope, address) for paged exports", [
+        """CREATE INDEX IF NOT EXISTS unsubscribe_suppressions_scope_address
+             ON unsubscribe_suppressions (scope, address)""",
+        "DROP INDEX IF EXISTS unsubscribe_suppressions_scope",
+    ]),
 ]
 
 SQLITE: list[tuple[int, str, list[str]]] = [
@@ -77,6 +95,12 @@ SQLITE: list[tuple[int, str, list[str]]] = [
              address         TEXT,
              scope           TEXT,
              created_at      TEXT NOT NULL)""",
+    ]),
+    (2, _RENORMALISE_DESCRIPTION, [RENORMALISE]),
+    (3, "index suppressions by (scope, address) for paged exports", [
+        """CREATE INDEX IF NOT EXISTS unsubscribe_suppressions_scope_address
+             ON unsubscribe_suppressions (scope, address)""",
+        "DROP INDEX IF EXISTS unsubscribe_suppressions_scope",
     ]),
 ]
 

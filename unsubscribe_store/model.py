@@ -5,6 +5,7 @@ contract: ``mailwarden.suppression``."""
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -74,6 +75,11 @@ class IdempotencyConflict(Exception):
     """An idempotency key was reused for a different request."""
 
 
+class StoreMisconfigured(Exception):
+    """The store can never open as configured (not a database, an invalid DSN): retrying
+    cannot help, so the server stops with this message instead of waiting forever."""
+
+
 class StoreUnavailable(Exception):
     """The database could not be reached or the outcome of a write is unknown; the caller
     must retry (with the same idempotency key) and must not treat the write as done."""
@@ -86,3 +92,9 @@ def merge_reason(existing: Reason, new: Reason) -> Reason | None:
     if new == Reason.COMPLAINT and existing != Reason.COMPLAINT:
         return Reason.COMPLAINT
     return None
+
+
+def request_fingerprint(address: str, scope: str, reason: Reason) -> str:
+    """What an idempotency key is bound to: the same key with a different request is a
+    client bug, reported instead of silently answered with another request's result."""
+    return hashlib.sha256(f"{address}\x00{scope}\x00{reason.value}".encode()).hexdigest()

@@ -2,18 +2,23 @@
 
 ``POST /u/<token>`` with the body ``List-Unsubscribe=One-Click`` (form-urlencoded or
 multipart/form-data — aiohttp parses both) records the suppression the token names and
-answers only after the commit. A forged, tampered or unknown-key token writes nothing and
-gets exactly the same status, headers and body as a valid one, so the endpoint cannot be
-used to test tokens. ``GET /u/<token>`` — what link scanners and prefetchers send — never
-changes anything: it renders a page whose button POSTs the same body. The page does not
-show the address either, since that would reveal whether the token is valid.
+answers only after the commit. A forged or tampered token writes nothing and gets exactly
+the same status, headers and body as a valid one, so the endpoint cannot be used to test
+tokens. An authentic token older than the maximum age is still recorded: the request is
+genuine, and mailbox providers POST where nobody reads an "expired" page. A token whose key
+is no longer configured cannot be checked: nothing is recorded and the page says so (this
+tells a caller only that the key id is not ours, nothing about any address).
+``GET /u/<token>`` — what link scanners and prefetchers send — never changes anything: it
+renders a page whose button POSTs the same body. The page does not show the address either,
+since that would reveal whether the token is valid.
 
-Tokens are bearer capabilities and contain the address, so they are never logged; the
-access log is off and our own log lines carry no token.
+Tokens are bearer capabilities, so they are never logged; the access log is off and our own
+log lines carry no token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import time
@@ -22,7 +27,14 @@ from aiohttp import web
 
 from mailwarden.addresses import AddressInvalid, normalize_address, normalize_scope
 from mailwarden.suppression import Reason
-from mailwarden.tokens import KeyRing, TokenInvalid, verify_token
+from mailwarden.tokens import (
+    KeyRing,
+    TokenClaims,
+    TokenExpired,
+    TokenInvalid,
+    TokenUnknownKey,
+    verify_token,
+)
 from unsubscribe_store import metrics
 from unsubscribe_store.model import StoreUnavailable
 from unsubscribe_store.service import ServerState
@@ -32,6 +44,7 @@ log = logging.getLogger(__name__)
 STATE_KEY = web.AppKey("state", ServerState)
 KEYS_KEY = web.AppKey("keys", KeyRing)
 MAX_AGE_KEY = web.AppKey("max_age_days", int)
+BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
 SOURCE = "one-click"
 
 _HEADERS = {
@@ -61,6 +74,9 @@ CONFIRM_BODY = ("<p>Do you want to stop receiving these messages?</p>"
                 "<form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" "
                 "value=\"One-Click\"><button type=\"submit\">Unsubscribe</button></form>")
 DONE_BODY = "<p>You will no longer receive these messages.</p>"
+UNKNOWN_KEY_BODY = ("<p>This unsubscribe link can no longer be used, so nothing was changed. "
+                    "Please use the unsubscribe link in a recent message from the sender, or "
+                    "ask the sender to remove you.</p>")
 
 
 async def confirm_page(request: web.Request) -> web.Response:
@@ -68,21 +84,64 @@ async def confirm_page(request: web.Request) -> web.Response:
     return _page("Unsubscribe", CONFIRM_BODY)
 
 
+class _BodyTimeout(Exception):
+    """The POST body did not arrive within the body timeout."""
+
+
+async def _one_click_value(request: web.Request) -> str | None:
+    """The ``List-Unsubscribe`` field of the POST body (urlencoded or multipart/form-data),
+    None when the body is not such a form. Raises _BodyTimeout, or ConnectionError when the
+    client went away."""
+    try:
+        async with asyncio.timeout(request.app[BODY_TIMEOUT_KEY]):
+            form = await request.post()
+    except TimeoutError:
+        raise _BodyTimeout() from None
+    except ConnectionError as exc:  # the client went away: nobody reads an answer
+        metrics.HTTP_REJECTED.labels("disconnected").inc()
+        log.debug("client disconnected mid-request (%s)", type(exc).__name__)
+        raise
+    except (ValueError, UnicodeDecodeError, web.HTTPException) as exc:
+        log.debug("one-click body is not a form (%s)", type(exc).__name__)
+        return None
+    value = form.get("List-Unsubscribe")
+    return value if isinstance(value, str) else None
+
+
 async def one_click(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    form = await request.post()  # urlencoded and multipart/form-data
-    value = form.get("List-Unsubscribe")
+    try:
+        value = await _one_click_value(request)
+    except _BodyTimeout:
+        metrics.HTTP_REJECTED.labels("body_timeout").inc()
+        log.debug("one-click body not received within %gs", request.app[BODY_TIMEOUT_KEY])
+        response = _page("Request timeout", "<p>The request body did not arrive in time.</p>",
+                         status=408)
+        response.force_close()
+        return response
     # Checked before the token, so this answer is the same for valid and invalid tokens.
-    if not isinstance(value, str) or value.strip() != "One-Click":
+    if value is None or value.strip() != "One-Click":
         metrics.ONECLICK.labels("bad_request").inc()
         return _page("Unsubscribe", "<p>This request is missing "
                      "<code>List-Unsubscribe=One-Click</code>.</p>", status=400)
     state = request.app[STATE_KEY]
+    expired = False
     try:
-        claims = verify_token(request.app[KEYS_KEY], request.match_info["token"],
-                              max_age_days=request.app[MAX_AGE_KEY])
+        try:
+            claims: TokenClaims = verify_token(request.app[KEYS_KEY], request.match_info["token"],
+                                               max_age_days=request.app[MAX_AGE_KEY])
+        except TokenExpired as exc:  # authentic: honour it, count it apart
+            claims, expired = exc.claims, True
         address = normalize_address(claims.address)
         scope = normalize_scope(claims.scope)
+    except TokenUnknownKey as exc:
+        metrics.ONECLICK.labels("unknown_key").inc()
+        # The key id is a one-way hash: safe to log, and it tells operators which key they
+        # dropped too early.
+        log.warning("one-click POST with a token of key %s, which is not configured: nothing "
+                    "recorded (keep retired keys in 'previous' for at least 60 days)",
+                    exc.key_id)
+        return _page("Link no longer valid", UNKNOWN_KEY_BODY)
     except (TokenInvalid, AddressInvalid):
         metrics.ONECLICK.labels("rejected").inc()
         log.info("one-click POST with an invalid token ignored")
@@ -98,7 +157,8 @@ async def one_click(request: web.Request) -> web.Response:
         log.warning("one-click unsubscribe not recorded: %s", exc)
         return _page("Please try again", "<p>We could not record your request right now. "
                      "Please try again in a few minutes.</p>", status=503)
-    metrics.ONECLICK.labels("replay" if result.already_existed else "recorded").inc()
+    outcome = "replay" if result.already_existed else "recorded"
+    metrics.ONECLICK.labels(f"{outcome}_expired" if expired else outcome).inc()
     metrics.ACK_SECONDS.observe(time.perf_counter() - started)
     return _page("Unsubscribed", DONE_BODY)
 
@@ -114,11 +174,13 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(text=f"not ready: {state.reason}\n", status=503)
 
 
-def build_app(state: ServerState, keys: KeyRing, *, max_age_days: int = 0) -> web.Application:
+def build_app(state: ServerState, keys: KeyRing, *, max_age_days: int = 0,
+              body_timeout: float = 10.0) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[STATE_KEY] = state
     app[KEYS_KEY] = keys
     app[MAX_AGE_KEY] = max_age_days
+    app[BODY_TIMEOUT_KEY] = body_timeout
     app.router.add_get("/u/{token}", confirm_page)
     app.router.add_post("/u/{token}", one_click)
     app.router.add_get("/healthz", healthz)

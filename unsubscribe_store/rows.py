@@ -63,10 +63,19 @@ class RowParser:
         self.default_reason = default_reason
         self.default_source = default_source or "import"
         self._buffer = b""
+        self._skipping = False  # inside a line already reported as too long
         self._line = 0
         self._header: list[str] | None = None
 
     def feed(self, data: bytes) -> list[ImportRow | RowError]:
+        if self._skipping:
+            # The rest of a line already reported as too long: drop it up to its end, never
+            # read its tail as a row of its own.
+            end = data.find(b"\n")
+            if end < 0:
+                return []
+            data = data[end + 1:]
+            self._skipping = False
         self._buffer += data
         out: list[ImportRow | RowError] = []
         *lines, self._buffer = self._buffer.split(b"\n")
@@ -76,10 +85,12 @@ class RowParser:
             self._line += 1
             out.append(RowError(self._line, f"line longer than {MAX_LINE} bytes"))
             self._buffer = b""
+            self._skipping = True
         return out
 
     def finish(self) -> list[ImportRow | RowError]:
         rest, self._buffer = self._buffer, b""
+        self._skipping = False
         out = self._line_in(rest) if rest.strip() else []
         if self.fmt == "csv" and self._header is None:
             out.append(RowError(max(self._line, 1), "empty file: a CSV import needs a header row"))
@@ -87,6 +98,8 @@ class RowParser:
 
     def _line_in(self, raw: bytes) -> list[ImportRow | RowError]:
         self._line += 1
+        if len(raw) > MAX_LINE:
+            return [RowError(self._line, f"line longer than {MAX_LINE} bytes")]
         try:
             text = raw.decode("utf-8-sig" if self._line == 1 else "utf-8").rstrip("\r")
         except UnicodeDecodeError:

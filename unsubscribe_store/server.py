@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 from dataclasses import dataclass
@@ -26,17 +27,33 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from mailwarden.tls import server_credentials
 from mailwarden.tokens import KeyRing
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
-from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from unsubscribe_store import metrics
-from unsubscribe_store.model import Readiness, StoreUnavailable
+from unsubscribe_store.access import AccessPolicy
+from unsubscribe_store.handlers import add_servicer
+from unsubscribe_store.http_guard import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    GuardedSite,
+    default_max_connections,
+)
+from unsubscribe_store.model import Readiness, StoreMisconfigured, StoreUnavailable
 from unsubscribe_store.oneclick import build_app
-from unsubscribe_store.service import ServerState, UnsubscribeService
+from unsubscribe_store.service import (
+    DEFAULT_MAX_SNAPSHOTS,
+    DEFAULT_SEND_TIMEOUT,
+    ServerState,
+    UnsubscribeService,
+)
 from unsubscribe_store.store import Store
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["UnsubscribeStore"].full_name
+# After answering a request whose body was not read (a body timeout), aiohttp drains what
+# the client still sends for this long before closing (its default: 10 s more per client).
+LINGER_SECONDS = 2.0
 
 
 @dataclass
@@ -52,12 +69,21 @@ class ServerConfig:
     grace_seconds: float = 10.0            # then in-flight calls get this long
     max_connection_age_seconds: float = 300.0
     ports_file: str = ""
+    tls_dir: Path | None = None  # gRPC over TLS (tls.crt, tls.key; ca.crt for client certs)
+    require_client_cert: bool = False
+    max_concurrent_snapshots: int = DEFAULT_MAX_SNAPSHOTS
+    watch_send_timeout_seconds: float = DEFAULT_SEND_TIMEOUT
+    http_header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    http_body_timeout: float = DEFAULT_BODY_TIMEOUT
+    http_max_connections: int = 0          # 0: from the descriptor limit (http_guard)
 
 
 def split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"address {address!r} must be HOST:PORT (PORT 0 picks a free port)")
+    if int(port) > 65535:
+        raise ValueError(f"address {address!r}: port {int(port)} is out of range (0-65535)")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -78,16 +104,19 @@ def _bind(address: str) -> socket.socket:
 
 class UnsubscribeServer:
     def __init__(self, store: Store, config: ServerConfig, *,
-                 resubscribe_token: bytes | None = None) -> None:
+                 access: AccessPolicy | None = None) -> None:
         self.store = store
         self.config = config
-        self.state = ServerState(store, resubscribe_token=resubscribe_token)
+        self.state = ServerState(store, access=access,
+                                 max_concurrent_snapshots=config.max_concurrent_snapshots,
+                                 send_timeout=config.watch_send_timeout_seconds)
         self.health = health_aio.HealthServicer()
         self.ports: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._metrics_httpd: Any = None  # prometheus_client's WSGI server, when serving
+        self.fatal = ""  # why the server stopped by itself (a store that can never open)
 
     async def _set_health(self, ready: bool, reason: str) -> None:
         changed = (ready, reason) != (self.state.ready, self.state.reason)
@@ -113,13 +142,17 @@ class UnsubscribeServer:
             ("grpc.max_connection_age_grace_ms", int(cfg.grace_seconds * 1000)),
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_UnsubscribeStoreServicer_to_server(UnsubscribeService(self.state), self._grpc)
+        add_servicer(UnsubscribeService(self.state), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self._grpc)
         try:
-            self.ports["grpc"] = self._grpc.add_insecure_port(cfg.grpc_address)
+            if cfg.tls_dir is not None:
+                credentials = server_credentials(cfg.tls_dir, cfg.require_client_cert, log)
+                self.ports["grpc"] = self._grpc.add_secure_port(cfg.grpc_address, credentials)
+            else:
+                self.ports["grpc"] = self._grpc.add_insecure_port(cfg.grpc_address)
         except RuntimeError:
             self.ports["grpc"] = 0
         if not self.ports["grpc"]:
@@ -127,13 +160,21 @@ class UnsubscribeServer:
         await self._set_health(False, "starting: connecting to the store")
         await self._grpc.start()
 
-        app = build_app(self.state, cfg.keys, max_age_days=cfg.token_max_age_days) \
+        app = build_app(self.state, cfg.keys, max_age_days=cfg.token_max_age_days,
+                        body_timeout=cfg.http_body_timeout) \
             if cfg.keys else _probe_only_app(self.state)
-        self._runner = web.AppRunner(app, access_log=None)  # paths carry tokens: no access log
+        # Paths carry tokens: no access log. A request head must be complete within the
+        # header timeout, which is what aiohttp's keep-alive timer enforces (see http_guard).
+        self._runner = web.AppRunner(app, access_log=None,
+                                     keepalive_timeout=cfg.http_header_timeout,
+                                     lingering_time=LINGER_SECONDS,
+                                     shutdown_timeout=cfg.grace_seconds)
         await self._runner.setup()
         sock = _bind(cfg.http_address)
         self.ports["http"] = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock, shutdown_timeout=cfg.grace_seconds).start()
+        max_connections = cfg.http_max_connections or default_max_connections(
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        await GuardedSite(self._runner, sock, max_connections=max_connections).start()
 
         if cfg.metrics_address:
             from prometheus_client import start_http_server
@@ -144,7 +185,8 @@ class UnsubscribeServer:
             tmp = Path(cfg.ports_file + ".tmp")
             tmp.write_text(json.dumps(self.ports | {"pid": os.getpid()}))
             tmp.replace(cfg.ports_file)
-        log.info("listening: grpc %d, http %d%s", self.ports["grpc"], self.ports["http"],
+        log.info("listening: grpc %d, http %d (at most %d connections)%s", self.ports["grpc"],
+                 self.ports["http"], max_connections,
                  f", metrics {self.ports['metrics']}" if "metrics" in self.ports else "")
 
     async def _open_store(self) -> None:
@@ -155,6 +197,14 @@ class UnsubscribeServer:
                 return
             except StoreUnavailable as exc:
                 await self._set_health(False, str(exc))
+            except StoreMisconfigured as exc:  # retrying cannot help: stop, saying why
+                self.fatal = str(exc)
+                await self._set_health(False, str(exc))
+                self._stop.set()
+                return
+            except Exception as exc:  # never a silent "connecting" forever
+                await self._set_health(False, f"store failed to open: "
+                                              f"{type(exc).__name__}: {str(exc)[:300]}")
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
             except asyncio.TimeoutError:
@@ -164,6 +214,7 @@ class UnsubscribeServer:
     async def _watch_readiness(self) -> None:
         metrics.STORE_INFO.labels(self.store.backend, self.store.durability).set(1)
         await self._open_store()
+        self.state.feed.start()
         while not self._stop.is_set():
             try:
                 readiness = await self.store.readiness()
@@ -187,7 +238,18 @@ class UnsubscribeServer:
         self._stop.set()
 
     async def run(self) -> None:
-        await self.start()
+        """Serve until SIGTERM/SIGINT. Raises OSError when a listener cannot be opened and
+        StoreMisconfigured when the store can never open (both after a clean shutdown)."""
+        try:
+            await self.start()
+        except BaseException:
+            if self._grpc is not None:
+                await self._grpc.stop(0)
+            if self._runner is not None:
+                await self._runner.cleanup()
+            if self._metrics_httpd is not None:
+                self._metrics_httpd.shutdown()
+            raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -197,12 +259,14 @@ class UnsubscribeServer:
         log.info("stopping: health NOT_SERVING, draining for %.1fs", self.config.drain_seconds)
         self.state.draining = True
         await self.health.enter_graceful_shutdown()
-        await asyncio.sleep(self.config.drain_seconds)
+        if not self.fatal:  # nothing was ever served: nothing to drain
+            await asyncio.sleep(self.config.drain_seconds)
         watcher.cancel()
         try:
             await watcher
         except (asyncio.CancelledError, Exception):
             pass
+        await self.state.feed.stop()
         if self._grpc is not None:
             await self._grpc.stop(self.config.grace_seconds)
         if self._runner is not None:
@@ -211,6 +275,8 @@ class UnsubscribeServer:
             self._metrics_httpd.shutdown()
         await self.store.close()
         log.info("stopped")
+        if self.fatal:
+            raise StoreMisconfigured(self.fatal)
 
 
 def _probe_only_app(state: ServerState) -> web.Application:

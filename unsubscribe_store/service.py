@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import hmac
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,8 @@ from mailwarden.suppression import MailClass, Reason, applies
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from unsubscribe_store import metrics
+from unsubscribe_store.access import AccessPolicy
+from unsubscribe_store.feed import ChangeFeed
 from unsubscribe_store.model import (
     Change,
     IdempotencyConflict,
@@ -30,6 +33,15 @@ log = logging.getLogger(__name__)
 MAX_CHECK_BATCH = 1000
 MAX_TEXT = 200
 IMPORT_BATCH = 500
+SNAPSHOT_BATCH = 1000
+# Heartbeats are taken from memory (see feed), but each is still a message per stream: a
+# floor of half a second keeps 300 streams at 600 messages a second.
+MIN_HEARTBEAT_SECONDS = 0.5
+MAX_HEARTBEAT_SECONDS = 30.0
+DEFAULT_MAX_SNAPSHOTS = 32
+# A stream whose consumer has not taken a message for this long is ended: a client that
+# stopped reading would otherwise hold its page, its buffers and a snapshot slot forever.
+DEFAULT_SEND_TIMEOUT = 30.0
 _REASON_TO_PB = {Reason.UNSUBSCRIBE: pb.UNSUBSCRIBE, Reason.COMPLAINT: pb.COMPLAINT,
                  Reason.BOUNCE: pb.BOUNCE, Reason.MANUAL: pb.MANUAL}
 _REASON_FROM_PB = {v: k for k, v in _REASON_TO_PB.items()} | {pb.REASON_UNSPECIFIED:
@@ -65,16 +77,27 @@ def change_to_pb(c: Change) -> pb.Change:
                      reason=reason_to_pb(c.reason), source=c.source, at=_ts(c.at))
 
 
+class _Stalled(Exception):
+    """The consumer of a server stream did not read for the send timeout."""
+
+
 class ServerState:
     """What the servicer, the HTTP endpoint and the health updater share."""
 
-    def __init__(self, store: Store, *, resubscribe_token: bytes | None = None) -> None:
+    def __init__(self, store: Store, *, access: AccessPolicy | None = None,
+                 max_concurrent_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT) -> None:
         self.store = store
-        self.resubscribe_token = resubscribe_token
+        self.access = access or AccessPolicy()
         self.ready = False
         self.reason = "starting"
         self.sync_standbys = 0
         self.draining = False
+        # Snapshots (and exports) in progress at once: each holds a page in memory while its
+        # consumer reads; more wait their turn instead of growing the process.
+        self.snapshot_slots = asyncio.Semaphore(max_concurrent_snapshots)
+        self.send_timeout = send_timeout
+        self.feed = ChangeFeed(store)
 
 
 def _text(value: str, name: str) -> str:
@@ -148,21 +171,46 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                     address=given, matched=[suppression_to_pb(s) for s in matched]))
         return response
 
+    async def _send(self, context: grpc.aio.ServicerContext, message) -> None:
+        """Write one message of a server stream; raise _Stalled when the consumer has not
+        taken a message for ``send_timeout`` seconds (HTTP/2 flow control makes the write
+        wait while the client does not read)."""
+        try:
+            await asyncio.wait_for(context.write(message), self.state.send_timeout)
+        except asyncio.TimeoutError:
+            raise _Stalled() from None
+
+    async def _end_stalled(self, context: grpc.aio.ServicerContext) -> None:
+        """End a stream whose consumer stopped reading. Called after its snapshot slot and
+        page are released: the status itself is sent only once the client reads what is
+        already queued (or its connection ends at the maximum connection age)."""
+        metrics.SLOW_CONSUMERS.inc()
+        log.info("stream closed: the consumer did not read for %gs", self.state.send_timeout)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the consumer did not read for {self.state.send_timeout:g}s: "
+                            "stream closed (reconnect; a Watch resumes from the last "
+                            "sequence applied)")
+
     async def Watch(self, request: pb.WatchRequest,
-                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
-        interval = min(30.0, max(0.1, request.heartbeat_seconds or 1.0))
+                    context: grpc.aio.ServicerContext) -> None:
+        interval = min(MAX_HEARTBEAT_SECONDS,
+                       max(MIN_HEARTBEAT_SECONDS, request.heartbeat_seconds or 1.0))
         metrics.WATCHERS.inc()
         try:
             if request.snapshot:
                 count = 0
                 cursor = 0
-                async for head, batch in self.store.snapshot(1000):
-                    cursor = head
-                    if batch:
-                        count += len(batch)
-                        yield pb.WatchEvent(snapshot_chunk=pb.SnapshotChunk(
-                            suppressions=[suppression_to_pb(s) for s in batch]))
-                yield pb.WatchEvent(snapshot_end=pb.SnapshotEnd(sequence=cursor, count=count))
+                async with self.state.snapshot_slots, contextlib.aclosing(
+                        self.store.snapshot(SNAPSHOT_BATCH)) as pages:
+                    async for head, batch in pages:
+                        cursor = head
+                        if batch:
+                            count += len(batch)
+                            await self._send(context, pb.WatchEvent(
+                                snapshot_chunk=pb.SnapshotChunk(
+                                    suppressions=[suppression_to_pb(s) for s in batch])))
+                await self._send(context, pb.WatchEvent(
+                    snapshot_end=pb.SnapshotEnd(sequence=cursor, count=count)))
             else:
                 cursor = request.from_sequence
                 head = await self.store.head()
@@ -172,39 +220,56 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                     await context.abort(grpc.StatusCode.OUT_OF_RANGE,
                                         f"from_sequence {cursor} is ahead of the store's head "
                                         f"{head}: take a new snapshot")
-            last_heartbeat = 0.0
-            while True:
-                wake = self.store.notifier.arm()
-                changes = await self.store.changes_after(cursor, 1000)
-                for change in changes:
-                    if change.sequence != cursor + 1:
-                        # Sequences are gapless by construction; a gap means the log was
-                        # edited behind our back. Stop rather than let a consumer skip.
-                        log.error("change log gap after %d (next %d)", cursor, change.sequence)
-                        await context.abort(grpc.StatusCode.DATA_LOSS,
-                                            f"change log has a gap after sequence {cursor}")
-                    cursor = change.sequence
-                    yield pb.WatchEvent(change=change_to_pb(change))
-                if len(changes) == 1000:
-                    continue
-                now = time.monotonic()
-                if now - last_heartbeat >= interval:
-                    head = await self.store.head()
-                    server_time = Timestamp()
-                    server_time.GetCurrentTime()
-                    yield pb.WatchEvent(heartbeat=pb.Heartbeat(head_sequence=head,
-                                                               server_time=server_time))
-                    last_heartbeat = now
-                await self.store.notifier.wait(wake, max(0.0, interval - (time.monotonic()
-                                                                          - last_heartbeat)))
+            await self._follow(context, cursor, interval)
+        except _Stalled:
+            await self._end_stalled(context)
         except StoreUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         finally:
             metrics.WATCHERS.dec()
 
+    async def _follow(self, context: grpc.aio.ServicerContext, cursor: int,
+                      interval: float) -> None:
+        """Send every change after ``cursor``, and a heartbeat every ``interval`` seconds,
+        until the stream ends. Changes come from the shared feed (the database only for a
+        cursor older than its window); heartbeats cost no database work."""
+        feed = self.state.feed
+        generation = feed.generation
+        last_heartbeat = 0.0
+        while True:
+            wake = feed.arm()
+            if feed.generation != generation and cursor > feed.head:
+                await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                    f"the store's change log went back to {feed.head} "
+                                    f"(restore or failover) behind this stream's {cursor}: "
+                                    "take a new snapshot")
+            generation = feed.generation
+            changes = feed.after(cursor, 1000)
+            if changes is None:  # older than the window: page through the log itself
+                changes = await self.store.changes_after(cursor, 1000)
+            for change in changes:
+                if change.sequence != cursor + 1:
+                    # Sequences are gapless by construction; a gap means the log was edited
+                    # behind our back. Stop rather than let a consumer skip.
+                    log.error("change log gap after %d (next %d)", cursor, change.sequence)
+                    await context.abort(grpc.StatusCode.DATA_LOSS,
+                                        f"change log has a gap after sequence {cursor}")
+                cursor = change.sequence
+                await self._send(context, pb.WatchEvent(change=change_to_pb(change)))
+            if changes and cursor < feed.head:
+                continue
+            now = time.monotonic()
+            if now - last_heartbeat >= interval:
+                server_time = Timestamp()
+                server_time.GetCurrentTime()
+                await self._send(context, pb.WatchEvent(heartbeat=pb.Heartbeat(
+                    head_sequence=max(feed.head, cursor), server_time=server_time)))
+                last_heartbeat = now
+            await feed.wait(wake, max(0.0, interval - (time.monotonic() - last_heartbeat)))
+
     async def Resubscribe(self, request: pb.ResubscribeRequest,
                           context: grpc.aio.ServicerContext) -> pb.ResubscribeResponse:
-        await self._authorise_resubscribe(context)
+        await self.state.access.authorise("Resubscribe", context)
         try:
             address = normalize_address(request.address)
             scope = normalize_scope(request.scope)
@@ -224,25 +289,9 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
         metrics.WRITES.labels("resubscribe", "new" if result.removed else "replay").inc()
         return pb.ResubscribeResponse(sequence=result.sequence, removed=result.removed)
 
-    async def _authorise_resubscribe(self, context: grpc.aio.ServicerContext) -> None:
-        expected = self.state.resubscribe_token
-        if not expected:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                "resubscribe is disabled on this server (no resubscribe "
-                                "credential configured)")
-        given = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                given = value if isinstance(value, str) else value.decode("latin-1")
-        scheme, _, credential = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(),
-                                                                  expected):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "resubscribe needs 'authorization: Bearer <resubscribe "
-                                "credential>' metadata")
-
     async def Import(self, request_iterator: AsyncIterator[pb.ImportChunk],
                      context: grpc.aio.ServicerContext) -> pb.ImportSummary:
+        await self.state.access.authorise("Import", context)
         await self._writable(context)
         summary = pb.ImportSummary()
         parser: RowParser | None = None
@@ -300,7 +349,8 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
         return summary
 
     async def Export(self, request: pb.ExportRequest,
-                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExportChunk]:
+                     context: grpc.aio.ServicerContext) -> None:
+        await self.state.access.authorise("Export", context)
         fmt = _FORMATS.get(request.format, "csv")
         try:
             scope = normalize_scope(request.scope, allow_empty=True)
@@ -308,11 +358,16 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         header = True
         try:
-            async for batch in self.store.export(scope):
-                yield pb.ExportChunk(data=format_rows(fmt, batch, header=header))
-                header = False
+            async with self.state.snapshot_slots, contextlib.aclosing(
+                    self.store.export(scope)) as pages:
+                async for batch in pages:
+                    await self._send(context, pb.ExportChunk(
+                        data=format_rows(fmt, batch, header=header)))
+                    header = False
             if header and fmt == "csv":
-                yield pb.ExportChunk(data=format_rows(fmt, [], header=True))
+                await self._send(context, pb.ExportChunk(data=format_rows(fmt, [], header=True)))
+        except _Stalled:
+            await self._end_stalled(context)
         except StoreUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
@@ -320,7 +375,10 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                         context: grpc.aio.ServicerContext) -> pb.StoreStatus:
         status = pb.StoreStatus(ready=self.state.ready, reason=self.state.reason,
                                 backend=self.store.backend,
-                                highly_available=self.store.highly_available,
+                                # A store that is not Ready is not available at all,
+                                # let alone highly.
+                                highly_available=self.store.highly_available
+                                and self.state.ready,
                                 durability=self.store.durability,
                                 sync_standbys=self.state.sync_standbys)
         try:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 from mailwarden.suppression import Reason
@@ -23,7 +22,10 @@ from unsubscribe_store.model import (
     StoreUnavailable,
     Suppression,
     UnsubscribeResult,
+    request_fingerprint,
 )
+
+__all__ = ["DURABILITIES", "ChangeNotifier", "Store", "request_fingerprint"]
 
 DURABILITIES = ("local", "replicated")
 
@@ -50,12 +52,6 @@ class ChangeNotifier:
             await asyncio.wait_for(event.wait(), timeout)
         except asyncio.TimeoutError:
             pass
-
-
-def request_fingerprint(address: str, scope: str, reason: Reason) -> str:
-    """What an idempotency key is bound to: the same key with a different request is a
-    client bug, reported instead of silently answered with another request's result."""
-    return hashlib.sha256(f"{address}\x00{scope}\x00{reason.value}".encode()).hexdigest()
 
 
 class Store(abc.ABC):
@@ -163,17 +159,54 @@ class Store(abc.ABC):
         """Committed changes with sequence > ``sequence``, in order, at most ``limit``."""
 
     @abc.abstractmethod
-    def snapshot(self, batch_size: int = 1000) -> AsyncIterator[tuple[int, list[Suppression]]]:
-        """A consistent snapshot: yields (head, batch) pairs — the same head each time, at
-        least one pair — where the batches together are the suppression set as of head."""
+    async def page(self, after: tuple[str, str] | None, limit: int,
+                   scope: str = "") -> list[Suppression]:
+        """At most ``limit`` suppressions (of one scope, or all when ``scope`` is "") in
+        (address, scope) order, starting after the key ``after`` (None: from the start).
+        One short read each: no transaction or connection outlives a page."""
+
+    async def snapshot(self, batch_size: int = 1000
+                       ) -> AsyncGenerator[tuple[int, list[Suppression]], None]:
+        """The suppression set for a Watch: yields (head, batch) pairs — the same head each
+        time, at least one pair — read page by page after reading head, so memory is one
+        page and a consumer that stops reading holds no database resources.
+
+        The pages are read after ``head``, so a key may already show a change committed
+        after it; every such change is also in the change log after ``head``, and each
+        change sets its key's whole state, so replaying the changes after ``head`` (which
+        Watch sends next) ends exactly at the store's state. Nothing a consumer sees is a
+        state that did not exist, and nothing committed is missed."""
+        head = await self.head()
+        after: tuple[str, str] | None = None
+        sent = False
+        while True:
+            batch = await self.page(after, batch_size)
+            if batch:
+                sent = True
+                yield head, batch
+                after = (batch[-1].address, batch[-1].scope)
+            if len(batch) < batch_size:
+                break
+        if not sent:
+            yield head, []
+
+    async def export(self, scope: str = "", batch_size: int = 1000
+                     ) -> AsyncGenerator[list[Suppression], None]:
+        """All suppressions (of one scope, or all when ``scope`` is ""), in batches, in
+        (address, scope) order; page by page, so rows changed while an export runs may or
+        may not be in it."""
+        after: tuple[str, str] | None = None
+        while True:
+            batch = await self.page(after, batch_size, scope)
+            if batch:
+                yield batch
+                after = (batch[-1].address, batch[-1].scope)
+            if len(batch) < batch_size:
+                return
 
     @abc.abstractmethod
     async def import_rows(self, rows: Sequence[ImportRow]) -> tuple[int, int]:
         """Upsert rows in one transaction; return (inserted_or_escalated, already_existed)."""
-
-    @abc.abstractmethod
-    def export(self, scope: str = "") -> AsyncIterator[list[Suppression]]:
-        """All suppressions (of one scope, or all when ``scope`` is ""), in batches."""
 
     @abc.abstractmethod
     async def readiness(self) -> Readiness: ...

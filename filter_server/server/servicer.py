@@ -510,6 +510,7 @@ class FilterServicer:
             self._turns.done(turn)
         response = _response(call.request_id, verdict)
         response.suppressed_recipients.extend(suppression.suppressed)
+        response.unparseable_recipients.extend(suppression.unparseable)
         response.suppression_state = suppression.state
         response.suppression_age_seconds = suppression.age_seconds
         self._duration[method].observe(time.perf_counter() - started)

@@ -40,14 +40,17 @@ class StoreSuppression:
 
     def check(self, recipients: Sequence[str], mail_class: int,
               list_scope: str) -> SuppressionAnswer:
-        suppressed = tuple(self.cache.suppressed(recipients, list_scope, mail_class)) \
-            if recipients else ()
+        checked = self.cache.check(recipients, list_scope, mail_class) if recipients else None
+        suppressed = tuple(checked.suppressed) if checked else ()
+        unparseable = tuple(checked.unparseable) if checked else ()
         stats = self.cache.stats()
         age = stats.age_seconds if math.isfinite(stats.age_seconds) else NEVER_FRESH_AGE_SECONDS
         if stats.ready and stats.age_seconds <= self.cache.stale_after:
-            return SuppressionAnswer(suppressed, filter_pb2.SUPPRESSION_FRESH, round(age, 3))
+            return SuppressionAnswer(suppressed, filter_pb2.SUPPRESSION_FRESH, round(age, 3),
+                                     unparseable)
         self.metrics.stale_suppression_answers.inc()
-        return SuppressionAnswer(suppressed, filter_pb2.SUPPRESSION_STALE, round(age, 3))
+        return SuppressionAnswer(suppressed, filter_pb2.SUPPRESSION_STALE, round(age, 3),
+                                 unparseable)
 
     def _changed(self, change: "object") -> None:
         """Observe commit -> applied here: the ack -> suppressed-in-Classify SLI. Wall clocks

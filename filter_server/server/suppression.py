@@ -19,6 +19,7 @@ class SuppressionAnswer:
     suppressed: tuple[str, ...]
     state: int                 # filter_pb2.SuppressionState value
     age_seconds: float = 0.0   # age of the suppression data used
+    unparseable: tuple[str, ...] = ()  # recipients that are not addresses (not checked)
 
 
 class SuppressionProvider(Protocol):

@@ -55,6 +55,12 @@ class CacheStats:
     loading: int = 0         # suppressions of a snapshot being received (held beside `size`)
 
 
+@dataclass(frozen=True)
+class RecipientCheck:
+    suppressed: list[str]    # recipients (as given, in order) that must not be mailed
+    unparseable: list[str]   # recipients that are not addresses: nothing could be looked up
+
+
 class SuppressionCache:
     def __init__(self, target: str, *, stale_after: float = 10.0, heartbeat_seconds: float = 1.0,
                  silence_timeout: float | None = None, max_backoff: float = 5.0,
@@ -123,13 +129,14 @@ class SuppressionCache:
                 lambda: self._applied is not None and self._applied >= sequence, timeout)
 
     # --- queries -----------------------------------------------------------------------
-    def suppressed(self, recipients: Iterable[str], scope: str = "",
-                   mail_class: MailClass | int | str = MailClass.BULK) -> list[str]:
-        """The recipients (as given, in order) that must not receive mail of ``mail_class``
-        sent for list ``scope`` ("" = no list). Global suppressions stop everything; a
-        suppression of the list itself stops bulk mail, and transactional mail too when its
-        reason is a complaint. Unparseable addresses are never reported as suppressed here:
-        the filter has no basis to suppress them."""
+    def check(self, recipients: Iterable[str], scope: str = "",
+              mail_class: MailClass | int | str = MailClass.BULK) -> RecipientCheck:
+        """Which recipients (as given, in order) must not receive mail of ``mail_class``
+        sent for list ``scope`` ("" = no list), and which are not addresses at all. Global
+        suppressions stop everything; a suppression of the list itself stops bulk mail, and
+        transactional mail too when its reason is a complaint. Recipients are looked up by
+        ``mailwarden.addresses.normalize_address`` — the function the store keys by — and
+        one that it rejects is reported as unparseable, never dropped silently."""
         try:
             scope_key = normalize_scope(scope, allow_empty=True)
         except AddressInvalid:
@@ -137,20 +144,26 @@ class SuppressionCache:
         klass = MailClass.coerce(mail_class)
         # Normalised before the lock is taken: it is the costly part (IDNA, Unicode), and
         # the Watch thread must not wait for it to apply changes.
-        keys = []
+        keys: list[tuple[str, str | None]] = []
+        unparseable: list[str] = []
         for recipient in recipients:
             try:
                 keys.append((recipient, normalize_address(recipient)))
             except AddressInvalid:
-                continue
-        out: list[str] = []
+                unparseable.append(recipient)
+        suppressed: list[str] = []
         with self._cond:
             entries = self._entries
             for recipient, key in keys:
-                found = entries.get(key)
+                found = entries.get(key) if key is not None else None
                 if found and applies(found, scope_key, klass):
-                    out.append(recipient)
-        return out
+                    suppressed.append(recipient)
+        return RecipientCheck(suppressed, unparseable)
+
+    def suppressed(self, recipients: Iterable[str], scope: str = "",
+                   mail_class: MailClass | int | str = MailClass.BULK) -> list[str]:
+        """``check(...).suppressed``: the suppressed recipients only."""
+        return self.check(recipients, scope, mail_class).suppressed
 
     def stats(self) -> CacheStats:
         with self._cond:

@@ -1,4 +1,4 @@
-"""`mailwarden token generate-key|mint|headers|verify`: one-click unsubscribe tokens."""
+"""`mailwarden token generate-key|rotate|mint|headers|verify`: one-click unsubscribe tokens."""
 
 from __future__ import annotations
 
@@ -27,11 +27,19 @@ def keyring_from_args(args: argparse.Namespace):
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("token", help="mint and check one-click unsubscribe tokens",
-                            description="Tokens are HMAC-SHA256 signed (address, scope, key "
-                            "version); see docs/unsubscribe.md.")
+                            description="Tokens carry (address, scope, key version) encrypted "
+                            "and authenticated (AES-SIV); see docs/unsubscribe.md.")
     tsub = parser.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     gen = tsub.add_parser("generate-key", help="print a new random signing key")
     gen.set_defaults(func=run_generate)
+    rot = tsub.add_parser("rotate", help="new current key in a key directory; the old one "
+                          "moves to 'previous' and keeps verifying")
+    rot.add_argument("--signing-key-dir", metavar="DIR", required=True,
+                     help="directory with the 'current' and 'previous' files")
+    rot.add_argument("--keep-days", type=int, default=90, metavar="DAYS",
+                     help="drop previous keys retired more than DAYS ago (default 90, "
+                          "at least 60: CASL)")
+    rot.set_defaults(func=run_rotate)
     for name, helptext in (("mint", "print the token for an address and scope"),
                            ("headers", "print List-Unsubscribe and List-Unsubscribe-Post")):
         p = tsub.add_parser(name, help=helptext)
@@ -62,6 +70,17 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_rotate(args: argparse.Namespace) -> int:
+    from mailwarden.tokens import SigningKeyError, rotate_keys
+    try:
+        ring = rotate_keys(args.signing_key_dir, keep_days=args.keep_days)
+    except (SigningKeyError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"current key {ring.current.key_id.hex()}; previous keys still verifying: "
+          f"{len(ring.previous)}")
+    return 0
+
+
 def run_mint(args: argparse.Namespace) -> int:
     from mailwarden.tokens import mint_token
     try:
@@ -84,11 +103,19 @@ def run_headers(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from mailwarden.tokens import TokenInvalid, verify_token
+    from mailwarden.tokens import TokenExpired, TokenInvalid, TokenUnknownKey, verify_token
     try:
         claims = verify_token(keyring_from_args(args), args.token, max_age_days=args.max_age_days)
+    except TokenExpired as exc:
+        print(f"authentic but expired token (issued_day={exc.claims.issued_day}, older than "
+              f"{args.max_age_days} days)", file=sys.stderr)
+        return 1
+    except TokenUnknownKey as exc:
+        print(f"token signed by key {exc.key_id}, which is not configured: cannot check it",
+              file=sys.stderr)
+        return 1
     except TokenInvalid:
-        print("invalid token (malformed, forged, signed by an unknown key, or too old)",
+        print("invalid token (malformed, forged or tampered)",
               file=sys.stderr)
         return 1
     except ValueError as exc:

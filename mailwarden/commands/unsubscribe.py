@@ -11,6 +11,7 @@ from pathlib import Path
 from mailwarden import wire
 
 ENV_TARGET = "MAILWARDEN_UNSUBSCRIBE_TARGET"
+ENV_TLS_DIR = "MAILWARDEN_UNSUBSCRIBE_TLS_DIR"
 DEFAULT_TARGET = f"127.0.0.1:{wire.STORE_GRPC_PORT}"
 
 
@@ -22,6 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    metavar="HOST:PORT", help=f"store gRPC address (default: ${ENV_TARGET} or "
                    f"{DEFAULT_TARGET})")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per call in seconds")
+    p.add_argument("--tls-dir", default=os.environ.get(ENV_TLS_DIR) or None, metavar="DIR",
+                   help=f"connect over TLS: DIR/ca.crt verifies the store, DIR/tls.crt and "
+                        f"DIR/tls.key (when present) are the client certificate (default: "
+                        f"${ENV_TLS_DIR}; without it, plaintext)")
+    p.add_argument("--admin-credential-file", metavar="FILE",
+                   help=f"admin credential for import, export and resubscribe (or set "
+                        f"${wire.ADMIN_TOKEN_ENV}); not needed with a client certificate the "
+                        f"store names in --admin-client")
     a = p.add_subparsers(dest="unsubscribe_command", required=True, metavar="ACTION")
 
     add = a.add_parser("add", help="record a suppression")
@@ -39,12 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--mail-class", default="bulk", choices=("bulk", "transactional"))
     check.set_defaults(func=run_check)
 
-    resub = a.add_parser("resubscribe", help="remove a suppression (needs the resubscribe "
-                         f"credential in ${wire.RESUBSCRIBE_TOKEN_ENV} or --credential-file)")
+    resub = a.add_parser("resubscribe", help="remove a suppression (needs the admin "
+                         "credential, or an admin client certificate)")
     resub.add_argument("address")
     resub.add_argument("--scope", required=True)
     resub.add_argument("--source", required=True, help="who/what authorised it")
-    resub.add_argument("--credential-file", metavar="FILE")
+    resub.add_argument("--credential-file", metavar="FILE",
+                       help="the admin credential (same as --admin-credential-file)")
     resub.set_defaults(func=run_resubscribe)
 
     imp = a.add_parser("import", help="bulk import suppressions from CSV or JSONL")
@@ -77,8 +87,27 @@ def _stub(args: argparse.Namespace):
     import grpc
 
     from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
-    channel = grpc.insecure_channel(args.target)
+    if args.tls_dir:
+        from mailwarden.tls import TlsConfigError, channel_credentials
+        try:
+            credentials = channel_credentials(Path(args.tls_dir))
+        except TlsConfigError as exc:
+            print(f"mailwarden unsubscribe: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        channel = grpc.secure_channel(args.target, credentials)
+    else:
+        channel = grpc.insecure_channel(args.target)
     return channel, pb_grpc.UnsubscribeStoreStub(channel)
+
+
+def _admin_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """The admin credential as call metadata; none when not configured (a client certificate
+    the store names in --admin-client is enough)."""
+    path = getattr(args, "credential_file", None) or args.admin_credential_file
+    credential = _read_credential(path) if path else ""
+    for name in (wire.ADMIN_TOKEN_ENV, wire.RESUBSCRIBE_TOKEN_ENV):
+        credential = credential or os.environ.get(name, "").strip()
+    return (("authorization", f"Bearer {credential}"),) if credential else ()
 
 
 def _rpc_error(exc) -> int:
@@ -130,21 +159,18 @@ def run_resubscribe(args: argparse.Namespace) -> int:
     import grpc
 
     from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
-    credential = os.environ.get(wire.RESUBSCRIBE_TOKEN_ENV, "")
-    if args.credential_file:
-        credential = _read_credential(args.credential_file)
-    if not credential:
-        print("mailwarden unsubscribe: resubscribe needs --credential-file or "
-              f"${wire.RESUBSCRIBE_TOKEN_ENV}",
-              file=sys.stderr)
+    metadata = _admin_metadata(args)
+    if not metadata and not args.tls_dir:
+        print("mailwarden unsubscribe: resubscribe needs the admin credential "
+              f"(--credential-file or ${wire.ADMIN_TOKEN_ENV}) or an admin client certificate "
+              "(--tls-dir)", file=sys.stderr)
         return 2
     channel, stub = _stub(args)
     with channel:
         try:
             r = stub.Resubscribe(pb.ResubscribeRequest(address=args.address, scope=args.scope,
                                                        source=args.source),
-                                 metadata=(("authorization", f"Bearer {credential}"),),
-                                 timeout=args.timeout)
+                                 metadata=metadata, timeout=args.timeout)
         except grpc.RpcError as exc:
             return _rpc_error(exc)
     print("removed" if r.removed else "no such suppression", f"(sequence {r.sequence})")
@@ -192,7 +218,8 @@ def run_import(args: argparse.Namespace) -> int:
     channel, stub = _stub(args)
     with channel:
         try:
-            r = stub.Import(chunks(), timeout=max(args.timeout, 600.0))
+            r = stub.Import(chunks(), timeout=max(args.timeout, 600.0),
+                            metadata=_admin_metadata(args))
         except grpc.RpcError as exc:
             return _rpc_error(exc)
     if total > 256 * 1024:
@@ -206,18 +233,41 @@ def run_export(args: argparse.Namespace) -> int:
     import grpc
 
     from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
+    # A file is written beside its final name and renamed only once the export is complete,
+    # so a failed export never leaves a truncated file that looks like a whole one.
+    partial: Path | None = None
+    if args.output == "-":
+        out = sys.stdout.buffer
+    else:
+        target = Path(args.output)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            out = open(partial, "wb")
+        except OSError as exc:
+            print(f"mailwarden unsubscribe: cannot write {args.output}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 2
     channel, stub = _stub(args)
-    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")
     try:
         with channel:
             for chunk in stub.Export(pb.ExportRequest(format=pb.Format.Value(args.format.upper()),
-                                                      scope=args.scope), timeout=args.timeout):
+                                                      scope=args.scope), timeout=args.timeout,
+                                     metadata=_admin_metadata(args)):
                 out.write(chunk.data)
+        if partial is not None:
+            out.close()
+            partial.replace(args.output)
+            partial = None
     except grpc.RpcError as exc:
         return _rpc_error(exc)
+    except OSError as exc:
+        print(f"mailwarden unsubscribe: cannot write {args.output}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     finally:
-        if out is not sys.stdout.buffer:
+        if partial is not None:
             out.close()
+            partial.unlink(missing_ok=True)
     return 0
 
 

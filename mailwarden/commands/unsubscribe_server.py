@@ -6,6 +6,7 @@ The flags are defined here; the store's own bootstrap is `unsubscribe_store.main
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from mailwarden import wire
 from mailwarden.commands.token import add_key_arguments
@@ -41,11 +42,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-one-click", action="store_true",
                    help="run without signing keys: no one-click endpoint (probes only)")
     p.add_argument("--token-max-age-days", type=int, default=0,
-                   help="reject one-click tokens older than this; 0 = never expire (default). "
-                        "CASL requires at least 60")
-    p.add_argument("--resubscribe-token-file", metavar="FILE",
-                   help=f"credential Resubscribe calls must present as a bearer token (or set "
-                        f"${wire.RESUBSCRIBE_TOKEN_ENV}); without one Resubscribe is disabled")
+                   help="one-click tokens older than this count as expired (still honoured "
+                        "when authentic, counted apart); 0 = never (default). CASL requires "
+                        "at least 60")
+    p.add_argument("--admin-token-file", "--resubscribe-token-file", dest="admin_token_file",
+                   metavar="FILE",
+                   help=f"admin credential: Import, Export and Resubscribe calls must present "
+                        f"it as a bearer token, unless their client certificate is named by "
+                        f"--admin-client (or set ${wire.ADMIN_TOKEN_ENV}). With neither, "
+                        f"those methods are disabled")
+    p.add_argument("--admin-client", action="append", default=[], metavar="NAME",
+                   help="client certificate name (CN or DNS SAN) allowed to call Import, "
+                        "Export and Resubscribe (repeatable; needs --require-client-cert)")
+    p.add_argument("--tls-dir", type=Path, metavar="DIR",
+                   help="serve gRPC over TLS from DIR (tls.crt, tls.key; ca.crt for client "
+                        "certificates), reloaded when the files change")
+    p.add_argument("--require-client-cert", action="store_true",
+                   help="mutual TLS: refuse gRPC clients without a certificate signed by "
+                        "DIR/ca.crt (needs --tls-dir)")
     p.add_argument("--no-migrate", action="store_true",
                    help="do not apply schema migrations (they must have been applied already)")
     p.add_argument("--migrate-only", action="store_true",
@@ -56,6 +70,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="after SIGTERM, report NOT_SERVING this long before closing listeners")
     p.add_argument("--grace-seconds", type=float, default=10.0,
                    help="after draining, in-flight calls get this long to finish")
+    p.add_argument("--max-concurrent-snapshots", type=int, default=32, metavar="N",
+                   help="Watch snapshots and exports streamed at once; more wait their turn "
+                        "(each holds one page of 1000 rows in memory; default: %(default)s)")
+    p.add_argument("--watch-send-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="end a Watch or Export stream whose consumer has not read for this "
+                        "long (RESOURCE_EXHAUSTED; a Watch resumes on reconnect; default: "
+                        "%(default)s)")
+    p.add_argument("--http-header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close an HTTP connection that has not sent a complete request head "
+                        "this long after opening (or after its last response; default: "
+                        "%(default)s)")
+    p.add_argument("--http-body-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="answer 408 to a one-click POST whose body has not arrived this long "
+                        "after its head (default: %(default)s)")
+    p.add_argument("--http-max-connections", type=int, default=0, metavar="N",
+                   help="HTTP connections at once; over it the connection silent longest is "
+                        "closed. 0 (default): half of the open-file limit left after 256, at "
+                        "most 1024 (the limit is raised to its hard limit at start)")
     p.add_argument("--ports-file", metavar="FILE",
                    help="write the bound ports as JSON here once listening (for port 0)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

@@ -54,9 +54,11 @@ DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
 PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 SERVICEMONITORS = Resource("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")
+NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 
 BY_KIND = {r.kind: r for r in (SPAMPOLICIES, UNSUBSCRIBESTORES, CONFIGMAPS, SECRETS, PVCS,
-                               SERVICES, EVENTS, DEPLOYMENTS, HPAS, PDBS, SERVICEMONITORS)}
+                               SERVICES, EVENTS, DEPLOYMENTS, HPAS, PDBS, SERVICEMONITORS,
+                               NETWORKPOLICIES)}
 
 
 class KubeError(Exception):

@@ -130,7 +130,8 @@ SPEC_SCHEMA: dict[str, Any] = {
             "type": "object",
             "description": "The Secret with the HMAC keys of one-click tokens: key "
             "`current` (one key, at least 32 bytes) and optional `previous` (one key per "
-            "line, still accepted). Generated once when absent (32 random bytes, "
+            "line, still accepted; optionally followed by ` retired=YYYY-MM-DD`, as "
+            "`mailwarden token rotate` writes). Generated once when absent (32 random bytes, "
             "base64url), never overwritten, and kept when the store is deleted so links "
             "already sent keep working. Editing it rolls the store pods.",
             "default": {},
@@ -142,11 +143,37 @@ SPEC_SCHEMA: dict[str, Any] = {
         },
         "resubscribe": {
             "type": "object",
-            "description": "Credential that Resubscribe calls must present as a bearer "
-            "token. Without it Resubscribe is disabled.",
+            "description": "The admin credential: Import, Export and Resubscribe calls must "
+            "present it as a bearer token (`--admin-token-file`). Without it those methods "
+            "are disabled.",
             "required": ["secretRef"],
             "properties": {
                 "secretRef": _secret_key_ref("Secret holding the credential.", "token"),
+            },
+        },
+        "networkPolicy": {
+            "type": "object",
+            "description": "A NetworkPolicy (rendered unless disabled) admitting to the gRPC "
+            "port only the filter pods of this namespace and `grpcClients`; the one-click "
+            "port stays open, the metrics port is open to `metricsFrom` (everyone when "
+            "empty). Needs a CNI that enforces NetworkPolicies.",
+            "default": {},
+            "properties": {
+                "enabled": {"type": "boolean", "default": True,
+                            "description": "Render the NetworkPolicy (false: none; the "
+                            "gRPC API is then reachable by every pod of the cluster)."},
+                "grpcClients": {
+                    "type": "array", "maxItems": 64, "default": [],
+                    "description": "NetworkPolicyPeers (podSelector, namespaceSelector, "
+                    "ipBlock) also admitted to the gRPC port: senders, import/export jobs.",
+                    "items": {"type": "object",
+                              "x-kubernetes-preserve-unknown-fields": True}},
+                "metricsFrom": {
+                    "type": "array", "maxItems": 64, "default": [],
+                    "description": "NetworkPolicyPeers admitted to the metrics port "
+                    "(Prometheus); empty: everyone.",
+                    "items": {"type": "object",
+                              "x-kubernetes-preserve-unknown-fields": True}},
             },
         },
         "oneClick": {
@@ -160,8 +187,9 @@ SPEC_SCHEMA: dict[str, Any] = {
                             "needed)."},
                 "tokenMaxAgeDays": {
                     "type": "integer", "minimum": 0, "maximum": 36500, "default": 0,
-                    "description": "Refuse tokens older than this many days; 0 (default) "
-                    "never expires them. CASL requires at least 60.",
+                    "description": "Tokens older than this many days count as expired: "
+                    "an authentic one is still honoured (recorded) and counted apart; 0 "
+                    "(default) never. CASL requires at least 60.",
                     "x-kubernetes-validations": [{
                         "rule": f"self == 0 || self >= {MIN_TOKEN_MAX_AGE_DAYS}",
                         "message": "oneClick.tokenMaxAgeDays must be 0 (never expire) or at "

@@ -23,6 +23,11 @@ CONFIG_HASH_ANNOTATION = f"{common.GROUP}/config-hash"
 SECRET_VERSIONS_ANNOTATION = f"{common.GROUP}/secret-versions"
 GENERATED_ANNOTATION = f"{common.GROUP}/generated-by"
 
+# Labels every filter pod carries (SpamPolicy pods, see spampolicy/naming.selector_labels):
+# the store's NetworkPolicy admits them to the gRPC port.
+FILTER_POD_LABELS = {"app.kubernetes.io/name": "mailwarden-filter",
+                     "app.kubernetes.io/part-of": "mailwarden"}
+
 GRPC_PORT = wire.STORE_GRPC_PORT
 HTTP_PORT = wire.STORE_HTTP_PORT
 METRICS_PORT = wire.STORE_METRICS_PORT
@@ -50,7 +55,7 @@ MAX_NAME_LENGTH = 63 - len(HTTP_SUFFIX)
 
 
 def workload_name(store: str) -> str:
-    """Deployment, gRPC Service, HPA, PDB and ServiceMonitor share this name."""
+    """Deployment, gRPC Service, HPA, PDB, ServiceMonitor and NetworkPolicy share this name."""
     return f"{store}{WORKLOAD_SUFFIX}"
 
 

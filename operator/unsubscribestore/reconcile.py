@@ -25,12 +25,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mailwarden.tokens import SigningKey, SigningKeyError, generate_key
+from mailwarden.tokens import SigningKey, SigningKeyError, generate_key, parse_previous_key_line
 from mailwarden_operator.common import events, metrics
 from mailwarden_operator.common.apply import apply, ensure_exists
 from mailwarden_operator.common.kube import (
     DEPLOYMENTS,
     HPAS,
+    NETWORKPOLICIES,
     PDBS,
     PVCS,
     SECRETS,
@@ -51,6 +52,10 @@ from mailwarden_operator.common.status import observe_rollout, status_patch
 from mailwarden_operator.unsubscribestore import naming as store_naming
 from mailwarden_operator.unsubscribestore.render.deployment import render_store_deployment
 from mailwarden_operator.unsubscribestore.render.hpa import render_store_hpa
+from mailwarden_operator.unsubscribestore.render.networkpolicy import (
+    networkpolicy_wanted,
+    render_store_networkpolicy,
+)
 from mailwarden_operator.unsubscribestore.render.pdb import render_store_pdb
 from mailwarden_operator.unsubscribestore.render.pvc import render_data_claim, wants_claim
 from mailwarden_operator.unsubscribestore.render.secret import render_signing_key_secret
@@ -96,7 +101,8 @@ def _secret_value(secret: dict[str, Any], key: str) -> bytes | None:
 def check_signing_key_secret(secret: dict[str, Any]) -> None:
     """Raise StoreProblem unless the server would accept the Secret as `--signing-key-dir`
     (the server's rule: one key per non-empty line, `current` exactly one, each key at least
-    32 bytes). Messages never contain key material."""
+    32 bytes, a `previous` key optionally followed by ` retired=YYYY-MM-DD`). Messages never
+    contain key material."""
     name = secret["metadata"]["name"]
     current = _secret_value(secret, store_naming.SIGNING_KEY_CURRENT)
     if current is None:
@@ -113,6 +119,8 @@ def check_signing_key_secret(secret: dict[str, Any]) -> None:
                                f"Secret {name}: '{key}' must hold exactly one key")
         for line in lines:
             try:
+                if key == store_naming.SIGNING_KEY_PREVIOUS:  # `KEY [retired=YYYY-MM-DD]`
+                    line = parse_previous_key_line(line, key)[0]
                 SigningKey(line)
             except SigningKeyError as exc:
                 raise StoreProblem("SigningKeyInvalid", f"Secret {name}, '{key}': {exc}") \
@@ -193,6 +201,7 @@ class StoreReconciler:
                 apply(kube, HPAS, render_store_hpa(owner))
                 apply(kube, PDBS, render_store_pdb(owner))
             self._servicemonitor(owner)
+            self._networkpolicy(owner)
         else:
             # Leave every child as it is: whatever served before keeps serving.
             deployment = kube.get(DEPLOYMENTS, namespace, workload)
@@ -283,6 +292,15 @@ class StoreReconciler:
                                f"Secret {ref['name']} ({field_path}) has no non-empty key "
                                f"'{ref['key']}'")
         return secret["metadata"].get("resourceVersion", "")
+
+    def _networkpolicy(self, owner: dict[str, Any]) -> None:
+        meta = owner["metadata"]
+        if networkpolicy_wanted(owner):
+            apply(self.kube, NETWORKPOLICIES, render_store_networkpolicy(owner))
+        elif self.kube.get(NETWORKPOLICIES, meta["namespace"],
+                           store_naming.workload_name(meta["name"])) is not None:
+            self.kube.delete(NETWORKPOLICIES, meta["namespace"],
+                             store_naming.workload_name(meta["name"]))
 
     def _servicemonitor(self, owner: dict[str, Any]) -> None:
         if not self.kube.api_available(MONITORING_GROUP, MONITORING_VERSION):

@@ -39,7 +39,10 @@ def _names(requirements: list[str]) -> set[str]:
 
 
 def test_the_base_install_is_the_client_only() -> None:
-    assert _names(PYPROJECT["project"]["dependencies"]) == {"grpcio", "protobuf"}
+    # idna: the contract's address normalisation (UTS #46 / IDNA2008); cryptography: the
+    # AES-SIV of one-click tokens, which senders mint with the contract's header helper
+    assert _names(PYPROJECT["project"]["dependencies"]) == {"grpcio", "protobuf", "idna",
+                                                            "cryptography"}
     extras = PYPROJECT["project"]["optional-dependencies"]
     assert {"server", "store", "operator", "all", "dev"} <= set(extras)
     assert extras["all"] == ["mailwarden[server,store,operator]"]

@@ -5,6 +5,8 @@ answer, urlencoded and multipart bodies, key rotation."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import time
 
 import aiohttp
 import pytest
@@ -74,7 +76,8 @@ def test_forged_and_tampered_tokens_write_nothing_and_look_the_same(backend, sto
     baseline = count_rows(backend, store_args, "unsubscribe_changes")
     stranger = KeyRing.from_secrets(generate_key())
     forged = [
-        mint_token(stranger, "other@example.com", "news"),         # someone else's key
+        _with_key_id(mint_token(stranger, "other@example.com", "news"),
+                     keys.current.key_id),                         # someone else's key
         valid[:12] + ("A" if valid[12] != "A" else "B") + valid[13:],   # tampered payload
         valid[:-3] + ("A" if valid[-3] != "A" else "B") + valid[-2:],   # tampered MAC
         "A" * 80,                                                  # garbage
@@ -87,6 +90,45 @@ def test_forged_and_tampered_tokens_write_nothing_and_look_the_same(backend, sto
             assert _comparable(headers) == _comparable(reference[1])
     assert count_rows(backend, store_args, "unsubscribe_changes") == baseline
     assert addresses_in(backend, store_args) == {("victim@example.com", "news")}
+
+
+def _with_key_id(token: str, key_id: bytes) -> str:
+    """The token with its key id replaced: a forger's key posing as ours."""
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    return base64.urlsafe_b64encode(raw[:1] + key_id + raw[5:]).rstrip(b"=").decode()
+
+
+def test_an_authentic_expired_token_is_honoured(backend, start_store, store_args,
+                                                signing_keys):
+    """Issue 20 item 9: a link older than --token-max-age-days said "You will no longer
+    receive these messages" and recorded nothing. The request is genuine (the token
+    verifies): it must be recorded."""
+    _, keys, _ = signing_keys
+    store = start_store(store_args, extra_args=["--token-max-age-days", "60"])
+    today = int(time.time() // 86400)
+    old = mint_token(keys, "old-link@example.com", "news", issued_day=today - 400)
+    status, _, text = request("POST", f"{store.http_url}/u/{old}")
+    assert status == 200 and "no longer receive" in text
+    assert addresses_in(backend, store_args) == {("old-link@example.com", "news")}
+    metrics = asyncio.run(_metrics(store.metrics_url))
+    assert 'mailwarden_unsubscribe_oneclick_total{outcome="recorded_expired"} 1.0' in metrics
+
+
+def test_a_token_of_a_retired_key_gets_a_truthful_page(backend, store, store_args):
+    """A token whose key is no longer configured cannot be checked, so nothing is recorded —
+    and the page must not claim otherwise; it says what to do instead."""
+    retired = KeyRing.from_secrets(generate_key())
+    token = mint_token(retired, "retired@example.com", "news")
+    status, _, text = request("POST", f"{store.http_url}/u/{token}")
+    assert status == 200
+    assert "no longer receive" not in text
+    assert "recent message" in text
+    assert count_rows(backend, store_args, "unsubscribe_changes") == 0
+
+
+async def _metrics(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.text()
 
 
 def test_post_without_one_click_body_is_rejected_before_the_token(backend, store, store_args,

@@ -17,6 +17,8 @@ from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from testkit.store import RESUBSCRIBE_TOKEN, addresses_in, count_rows
 
+ADMIN = (("authorization", f"Bearer {RESUBSCRIBE_TOKEN}"),)
+
 
 def unsub(stub, address, scope="news", reason=pb.UNSUBSCRIBE, key="", timeout=30):
     return stub.Unsubscribe(pb.UnsubscribeRequest(address=address, scope=scope, reason=reason,
@@ -166,29 +168,32 @@ def test_import_export_round_trip(backend, store, store_args):
                 + b"complainer@example.com,,complaint,fbl,\n")
     chunks = [pb.ImportChunk(format=pb.CSV, default_scope="*", data=csv_data[:1000])] + \
         [pb.ImportChunk(data=csv_data[i:i + 777]) for i in range(1000, len(csv_data), 777)]
-    summary = stub.Import(iter(chunks), timeout=120)
+    summary = stub.Import(iter(chunks), timeout=120, metadata=ADMIN)
     assert (summary.rows, summary.inserted, summary.already_existed) == (1201, 1201, 0)
-    again = stub.Import(iter(chunks), timeout=120)          # re-running is harmless
+    again = stub.Import(iter(chunks), timeout=120, metadata=ADMIN)          # re-running is harmless
     assert (again.inserted, again.already_existed) == (0, 1201)
     assert count_rows(backend, store_args, "unsubscribe_changes") == 1201
 
-    exported = b"".join(c.data for c in stub.Export(pb.ExportRequest(format=pb.JSONL)))
+    exported = b"".join(c.data for c in stub.Export(pb.ExportRequest(format=pb.JSONL),
+                                                    metadata=ADMIN))
     lines = exported.decode().splitlines()
     assert len(lines) == 1201
     assert '"first_seen": "2020-05-01T00:00:00+00:00"' in lines[-1] or \
         any("2020-05-01" in line for line in lines)
-    news_csv = b"".join(c.data for c in stub.Export(pb.ExportRequest(format=pb.CSV, scope="news")))
+    news_csv = b"".join(c.data for c in stub.Export(pb.ExportRequest(format=pb.CSV, scope="news"),
+                                                      metadata=ADMIN))
     assert len(news_csv.decode().splitlines()) == 1 + 1200
-    glob = b"".join(c.data for c in stub.Export(pb.ExportRequest(format=pb.CSV, scope="*")))
+    glob = b"".join(c.data for c in stub.Export(pb.ExportRequest(format=pb.CSV, scope="*"),
+                                                  metadata=ADMIN))
     assert glob.decode().splitlines()[1].startswith("complainer@example.com,*,complaint,fbl,")
 
     bad = pb.ImportChunk(format=pb.JSONL, data=b'{"address": "ok@example.com"}\n{"address": 5}\n')
     with pytest.raises(grpc.RpcError) as info:
-        stub.Import(iter([bad]))
+        stub.Import(iter([bad]), metadata=ADMIN)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "line 2" in info.value.details()
     skip = pb.ImportChunk(format=pb.JSONL, skip_invalid=True, data=bad.data)
-    summary = stub.Import(iter([skip]))
+    summary = stub.Import(iter([skip]), metadata=ADMIN)
     assert summary.invalid_rows == 1 and summary.errors[0].line == 2
 
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 import psycopg_pool
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from mailwarden.suppression import Reason
 from unsubscribe_store import migrations
@@ -42,6 +43,7 @@ from unsubscribe_store.model import (
     UnsubscribeResult,
     merge_reason,
 )
+from unsubscribe_store.renormalise import RENORMALISE_SOURCE, refingerprint, rekey
 from unsubscribe_store.store import Store, request_fingerprint
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,13 @@ class PostgresStore(Store):
     def __init__(self, dsn: str, *, durability: str = "local", pool_min: int = 1,
                  pool_max: int = 10, connect_timeout: float = 10.0) -> None:
         super().__init__(durability)
+        try:
+            conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:
+            # psycopg's message quotes the DSN, which may hold a password: not repeated.
+            raise ValueError("the DSN is not a valid PostgreSQL connection string (use "
+                             "key=value pairs, e.g. 'host=db dbname=mail user=unsub', or a "
+                             "postgresql:// URI)") from None
         self._dsn = dsn  # may hold a password: never logged
         self._connect_timeout = connect_timeout
         self._pool = psycopg_pool.AsyncConnectionPool(
@@ -159,13 +168,66 @@ class PostgresStore(Store):
                     if await cur.fetchone():
                         continue
                     for statement in statements:
-                        await conn.execute(statement)
+                        if statement == migrations.RENORMALISE:
+                            await self._renormalise(conn)
+                        else:
+                            await conn.execute(statement)
                     await conn.execute(
                         "INSERT INTO unsubscribe_schema_migrations (version, description) "
                         "VALUES (%s, %s)", (version, description))
                     applied.append(version)
                     log.info("applied schema migration %d: %s", version, description)
         return applied
+
+    async def _renormalise(self, conn: psycopg.AsyncConnection) -> None:
+        """Migration step RENORMALISE (see ``renormalise``), inside the migration's
+        transaction and holding the sequence lock as every writer does: new keys are
+        suppressed before an old key is removed, each a change, then watchers are notified."""
+        cur = await conn.execute("SELECT value FROM unsubscribe_sequence FOR UPDATE")
+        row = await cur.fetchone()
+        assert row is not None, "the sequence table holds one row"
+        seq = int(row[0]) + 1
+        plan = []
+        async with conn.cursor(name="unsubscribe_renormalise") as rows:
+            await rows.execute("SELECT address, scope, reason, source, first_seen "
+                               "FROM unsubscribe_suppressions")
+            async for stored in rows:
+                found = rekey(stored[0])
+                if found is not None:
+                    plan.append((stored, found))
+        added = moved = 0
+        for (address, scope, reason, source, first_seen), found in plan:
+            for key in found.keys:
+                if key != address:
+                    _, _, used = await self._suppress(conn, seq, key, scope, Reason(reason),
+                                                      source, first_seen)
+                    seq += used
+                    added += used
+            if found.moves:
+                await conn.execute("DELETE FROM unsubscribe_suppressions "
+                                   "WHERE address = %s AND scope = %s", (address, scope))
+                await conn.execute(
+                    "INSERT INTO unsubscribe_changes (seq, op, address, scope, reason, source) "
+                    "VALUES (%s, 'resubscribe', %s, %s, %s, %s)",
+                    (seq, address, scope, reason, RENORMALISE_SOURCE))
+                seq += 1
+                moved += 1
+        await conn.execute("UPDATE unsubscribe_sequence SET value = %s", (seq - 1,))
+        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seq - 1)))
+        keys = []
+        async with conn.cursor(name="unsubscribe_renormalise_keys") as rows:
+            await rows.execute("SELECT key, fingerprint, address, scope "
+                               "FROM unsubscribe_idempotency_keys WHERE address IS NOT NULL")
+            async for key, fingerprint, address, scope in rows:
+                found = rekey(address)
+                if found is not None and found.moves:
+                    keys.append((key, fingerprint, address, scope, found.keys[0]))
+        for key, fingerprint, address, scope, new in keys:
+            await conn.execute(
+                "UPDATE unsubscribe_idempotency_keys SET address = %s, fingerprint = %s "
+                "WHERE key = %s",
+                (new, refingerprint(fingerprint, address, new, scope) or fingerprint, key))
+        log.info("re-keyed suppressions: %d moved to a new key, %d keys added", moved, added)
 
     # --- writes ------------------------------------------------------------------------
     async def _write(self, body):
@@ -338,49 +400,23 @@ class PostgresStore(Store):
                                 "ORDER BY seq LIMIT %s", (sequence, limit))
         return [_change(r) for r in rows]
 
-    async def _stream(self, query: str, params: tuple, batch_size: int,
-                      with_head: bool) -> AsyncIterator[tuple[int, list[Suppression]]]:
-        try:
-            async with self._pool.connection() as conn:
-                async with conn.transaction():
-                    # One snapshot for the head and every row: the set is exactly "as of head".
-                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    head = 0
-                    if with_head:
-                        cur = await conn.execute("SELECT value FROM unsubscribe_sequence")
-                        row = await cur.fetchone()
-                        assert row is not None, "the sequence table holds one row"
-                        head = int(row[0])
-                    cursor = conn.cursor(name="unsubscribe_stream")
-                    cursor.itersize = batch_size
-                    await cursor.execute(query, params)
-                    sent = False
-                    while True:
-                        rows = await cursor.fetchmany(batch_size)
-                        if not rows:
-                            break
-                        sent = True
-                        yield head, [_suppression(r) for r in rows]
-                    if not sent:
-                        yield head, []
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from None
-
-    def snapshot(self, batch_size: int = 1000) -> AsyncIterator[tuple[int, list[Suppression]]]:
-        return self._stream(f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions", (),
-                            batch_size, True)
-
-    async def export(self, scope: str = "") -> AsyncIterator[list[Suppression]]:
-        params: tuple[str, ...]
-        if scope:
-            query, params = (f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions WHERE scope = %s "
-                             "ORDER BY address, scope", (scope,))
-        else:
-            query, params = (f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions "
-                             "ORDER BY address, scope", ())
-        async for _, batch in self._stream(query, params, 1000, False):
-            if batch:
-                yield batch
+    async def page(self, after: tuple[str, str] | None, limit: int,
+                   scope: str = "") -> list[Suppression]:
+        where: list[str] = []
+        params: list[Any] = []
+        if scope:  # one scope: page by (scope, address), which an index covers
+            where.append("scope = %s")
+            params.append(scope)
+            if after is not None:
+                where.append("address > %s")
+                params.append(after[0])
+        elif after is not None:
+            where.append("(address, scope) > (%s, %s)")
+            params += list(after)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._read(f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions {clause} "
+                                "ORDER BY address, scope LIMIT %s", (*params, limit))
+        return [_suppression(r) for r in rows]
 
     async def count(self) -> int:
         rows = await self._read("SELECT count(*) FROM unsubscribe_suppressions")

@@ -12,8 +12,10 @@ file on a single disk, so it reports itself as not highly available and refuses
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,14 +30,18 @@ from unsubscribe_store.model import (
     Op,
     Readiness,
     ResubscribeResult,
+    StoreMisconfigured,
     StoreUnavailable,
     Suppression,
     UnsubscribeResult,
     merge_reason,
 )
+from unsubscribe_store.renormalise import RENORMALISE_SOURCE, refingerprint, rekey
 from unsubscribe_store.store import Store, request_fingerprint
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
+READER_THREADS = 2
 _SUPP_COLS = "address, scope, reason, source, first_seen, seq"
 _CHANGE_COLS = "seq, op, address, scope, reason, source, at"
 
@@ -64,8 +70,17 @@ class SqliteStore(Store):
     def __init__(self, path: str | Path, *, durability: str = "local") -> None:
         super().__init__(durability)
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ValueError(f"--sqlite-path {self.path} is a directory: give the database "
+                             "file (it is created if missing)")
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        # Reads run on their own connections and threads (WAL lets readers and the writer
+        # proceed together), so Watch, Check and snapshots never queue behind a commit.
+        self._readers: ThreadPoolExecutor | None = None
+        self._reader_local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
 
     async def _run(self, fn: Callable[..., T], *args) -> T:
         if self._executor is None:
@@ -76,24 +91,73 @@ class SqliteStore(Store):
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"sqlite: {exc}") from None
 
+    def _read_sync(self, query: str, params: tuple) -> list[tuple]:
+        conn = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA query_only = 1")
+            self._reader_local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn.execute(query, params).fetchall()
+
+    async def _run_read(self, query: str, params: tuple = ()) -> list[tuple]:
+        if self._readers is None or self._conn is None:
+            raise StoreUnavailable("store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._readers, self._read_sync, query, params)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"sqlite: {exc}") from None
+
     # --- lifecycle ---------------------------------------------------------------------
     def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create {self.path.parent}: "
+                                   f"{exc.strerror or exc}") from None
+        if self.path.is_dir():
+            raise StoreMisconfigured(f"{self.path} is a directory, not an SQLite database")
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA busy_timeout = 30000")
+        try:
+            # The first statement reads the file header: a file that is not a database
+            # fails here, before anything is written to it.
+            conn.execute("PRAGMA schema_version").fetchone()
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA busy_timeout = 30000")
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise StoreUnavailable(f"sqlite: cannot open {self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreMisconfigured(f"{self.path} is not an SQLite database ({exc})") \
+                from None
         self._conn = conn
 
     async def open(self, *, migrate: bool = True) -> None:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        if self._conn is None:
             await self._run(self._connect)
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(max_workers=READER_THREADS,
+                                               thread_name_prefix="sqlite-read")
         if migrate:
             await self.migrate()
 
     async def close(self) -> None:
         await self._stop_group_commit()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+            self._readers = None
+            with self._reader_lock:
+                for conn in self._reader_conns:
+                    conn.close()
+                self._reader_conns.clear()
+            self._reader_local = threading.local()
         if self._executor is not None:
             if self._conn is not None:
                 await self._run(self._conn.close)
@@ -118,7 +182,10 @@ class SqliteStore(Store):
                     conn.execute("COMMIT")
                     continue
                 for statement in statements:
-                    conn.execute(statement)
+                    if statement == migrations.RENORMALISE:
+                        self._renormalise_sync(conn)
+                    else:
+                        conn.execute(statement)
                 conn.execute("INSERT INTO unsubscribe_schema_migrations VALUES (?, ?, ?)",
                              (version, description, _now()))
                 conn.execute("COMMIT")
@@ -129,7 +196,46 @@ class SqliteStore(Store):
         return applied
 
     async def migrate(self) -> list[int]:
-        return await self._run(self._migrate_sync)
+        applied = await self._run(self._migrate_sync)
+        if applied:
+            self.notifier.notify()  # a data migration may have appended changes
+        return applied
+
+    def _renormalise_sync(self, conn: sqlite3.Connection) -> None:
+        """Migration step RENORMALISE (see ``renormalise``), in the migration's write
+        transaction: new keys are suppressed before an old key is removed, each a change."""
+        plan = [(row, found) for row in conn.execute(
+                    "SELECT address, scope, reason, source, first_seen "
+                    "FROM unsubscribe_suppressions")
+                if (found := rekey(row[0])) is not None]
+        seq = conn.execute("SELECT value FROM unsubscribe_sequence").fetchone()[0] + 1
+        added = moved = 0
+        for (address, scope, reason, source, first_seen), found in plan:
+            for key in found.keys:
+                if key != address:
+                    _, _, used = self._suppress(conn, seq, key, scope, Reason(reason), source,
+                                                _ts(first_seen))
+                    seq += used
+                    added += used
+            if found.moves:
+                conn.execute("DELETE FROM unsubscribe_suppressions WHERE address = ? "
+                             "AND scope = ?", (address, scope))
+                conn.execute("INSERT INTO unsubscribe_changes VALUES "
+                             "(?, 'resubscribe', ?, ?, ?, ?, ?)",
+                             (seq, address, scope, reason, RENORMALISE_SOURCE, _now()))
+                seq += 1
+                moved += 1
+        conn.execute("UPDATE unsubscribe_sequence SET value = ?", (seq - 1,))
+        keys = [(key, fingerprint, address, scope, found) for key, fingerprint, address, scope
+                in conn.execute("SELECT key, fingerprint, address, scope "
+                                "FROM unsubscribe_idempotency_keys WHERE address IS NOT NULL")
+                if (found := rekey(address)) is not None and found.moves]
+        for key, fingerprint, address, scope, found in keys:
+            new = found.keys[0]
+            conn.execute("UPDATE unsubscribe_idempotency_keys SET address = ?, fingerprint = ? "
+                         "WHERE key = ?", (new, refingerprint(fingerprint, address, new, scope)
+                                           or fingerprint, key))
+        log.info("re-keyed suppressions: %d moved to a new key, %d keys added", moved, added)
 
     # --- writes ------------------------------------------------------------------------
     def _write_sync(self, body: Callable[[sqlite3.Connection, int], tuple[T, int]]) -> T:
@@ -256,51 +362,41 @@ class SqliteStore(Store):
         for start in range(0, len(unique), 500):  # stay under SQLite's variable limit
             chunk = unique[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = await self._run(self._query,
-                                   f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions "
-                                   f"WHERE address IN ({marks})", tuple(chunk))
+            rows = await self._run_read(f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions "
+                                        f"WHERE address IN ({marks})", tuple(chunk))
             for row in rows:
                 out.setdefault(row[0], []).append(_suppression(row))
         return out
 
     async def head(self) -> int:
-        rows = await self._run(self._query, "SELECT value FROM unsubscribe_sequence")
+        rows = await self._run_read("SELECT value FROM unsubscribe_sequence")
         return int(rows[0][0])
 
     async def changes_after(self, sequence: int, limit: int = 1000) -> list[Change]:
-        rows = await self._run(self._query, f"SELECT {_CHANGE_COLS} FROM unsubscribe_changes "
-                                            "WHERE seq > ? ORDER BY seq LIMIT ?", (sequence, limit))
+        rows = await self._run_read(f"SELECT {_CHANGE_COLS} FROM unsubscribe_changes "
+                                    "WHERE seq > ? ORDER BY seq LIMIT ?", (sequence, limit))
         return [_change(r) for r in rows]
 
-    def _snapshot_sync(self, query: str, params: tuple) -> tuple[int, list[tuple]]:
-        conn = self._connection()
-        conn.execute("BEGIN")  # one read transaction: head and rows from the same state
-        try:
-            head = int(conn.execute("SELECT value FROM unsubscribe_sequence").fetchone()[0])
-            rows = conn.execute(query, params).fetchall()
-        finally:
-            conn.execute("COMMIT")
-        return head, rows
-
-    async def snapshot(self, batch_size: int = 1000
-                       ) -> AsyncIterator[tuple[int, list[Suppression]]]:
-        head, rows = await self._run(self._snapshot_sync,
-                                     f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions", ())
-        if not rows:
-            yield head, []
-        for start in range(0, len(rows), batch_size):
-            yield head, [_suppression(r) for r in rows[start:start + batch_size]]
-
-    async def export(self, scope: str = "") -> AsyncIterator[list[Suppression]]:
-        where, params = ("WHERE scope = ?", (scope,)) if scope else ("", ())
-        _, rows = await self._run(self._snapshot_sync,
-                                  f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions {where} "
-                                  "ORDER BY address, scope", params)
-        for start in range(0, len(rows), 1000):
-            yield [_suppression(r) for r in rows[start:start + 1000]]
+    async def page(self, after: tuple[str, str] | None, limit: int,
+                   scope: str = "") -> list[Suppression]:
+        where, params = [], []
+        if scope:  # one scope: page by (scope, address), which an index covers
+            where.append("scope = ?")
+            params.append(scope)
+            if after is not None:
+                where.append("address > ?")
+                params.append(after[0])
+        elif after is not None:
+            where.append("(address, scope) > (?, ?)")
+            params += list(after)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._run_read(f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions "
+                                    f"{clause} ORDER BY address, scope LIMIT ?",
+                                    (*params, limit))
+        return [_suppression(r) for r in rows]
 
     async def count(self) -> int:
-        rows = await self._run(self._query, "SELECT count(*) FROM unsubscribe_suppressions")
+        rows = await self._run_read("SELECT count(*) FROM unsubscribe_suppressions")
         return int(rows[0][0])
 
     async def readiness(self) -> Readiness:

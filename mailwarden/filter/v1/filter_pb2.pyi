@@ -77,7 +77,7 @@ class RuleHit(_message.Message):
     def __init__(self, name: _Optional[str] = ..., score: _Optional[float] = ..., description: _Optional[str] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("request_id", "action", "score", "hits", "spam_probability", "policy_hash", "suppressed_recipients", "suppression_state", "suppression_age_seconds", "authentication_results")
+    __slots__ = ("request_id", "action", "score", "hits", "spam_probability", "policy_hash", "suppressed_recipients", "suppression_state", "suppression_age_seconds", "unparseable_recipients", "authentication_results")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class ClassifyResponse(_message.Message):
     SUPPRESSED_RECIPIENTS_FIELD_NUMBER: _ClassVar[int]
     SUPPRESSION_STATE_FIELD_NUMBER: _ClassVar[int]
     SUPPRESSION_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UNPARSEABLE_RECIPIENTS_FIELD_NUMBER: _ClassVar[int]
     AUTHENTICATION_RESULTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     action: Action
@@ -97,5 +98,6 @@ class ClassifyResponse(_message.Message):
     suppressed_recipients: _containers.RepeatedScalarFieldContainer[str]
     suppression_state: SuppressionState
     suppression_age_seconds: float
+    unparseable_recipients: _containers.RepeatedScalarFieldContainer[str]
     authentication_results: str
-    def __init__(self, request_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., score: _Optional[float] = ..., hits: _Optional[_Iterable[_Union[RuleHit, _Mapping]]] = ..., spam_probability: _Optional[float] = ..., policy_hash: _Optional[str] = ..., suppressed_recipients: _Optional[_Iterable[str]] = ..., suppression_state: _Optional[_Union[SuppressionState, str]] = ..., suppression_age_seconds: _Optional[float] = ..., authentication_results: _Optional[str] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., score: _Optional[float] = ..., hits: _Optional[_Iterable[_Union[RuleHit, _Mapping]]] = ..., spam_probability: _Optional[float] = ..., policy_hash: _Optional[str] = ..., suppressed_recipients: _Optional[_Iterable[str]] = ..., suppression_state: _Optional[_Union[SuppressionState, str]] = ..., suppression_age_seconds: _Optional[float] = ..., unparseable_recipients: _Optional[_Iterable[str]] = ..., authentication_results: _Optional[str] = ...) -> None: ...

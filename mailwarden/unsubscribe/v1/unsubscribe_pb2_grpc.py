@@ -92,9 +92,12 @@ class UnsubscribeStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Ordered change stream. With snapshot=true the stream starts with the full suppression
-        set as of some sequence S (SnapshotChunk... SnapshotEnd{S}) and continues with every
-        change after S; with snapshot=false it continues with every change after from_sequence.
+        """Ordered change stream. With snapshot=true the stream starts with the suppression set
+        (SnapshotChunk... SnapshotEnd{S}), read page by page after the store's head was S — a
+        key may already show a change committed after S — and continues with every change
+        after S, which makes the set exact; with snapshot=false it continues with every change
+        after from_sequence. A stream whose consumer stops reading is ended after the server's
+        send timeout (RESOURCE_EXHAUSTED).
         Sequences are gapless and commit-ordered, so a consumer that reconnects with the last
         sequence it applied misses nothing. Heartbeats carry the store's head sequence.
         """
@@ -103,9 +106,10 @@ class UnsubscribeStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Resubscribe(self, request, context):
-        """Remove a suppression (a person explicitly opted back in). Separately authorised: the
-        call must carry `authorization: Bearer <resubscribe credential>` metadata, a credential
-        distinct from anything senders hold. Disabled when the server has none configured.
+        """Remove a suppression (a person explicitly opted back in). An admin method, like Import
+        and Export: the caller's client certificate must be one the server names as an admin
+        client, or the call must carry `authorization: Bearer <admin credential>` metadata, a
+        credential distinct from anything senders hold. Disabled when the server has neither.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,14 +118,14 @@ class UnsubscribeStoreServicer:
     def Import(self, request_iterator, context):
         """Bulk import (CSV with a header row, or JSONL) of suppressions, for migrations. The first
         message carries the format and defaults; every message carries bytes of the file, split
-        anywhere. Rows are upserts, so re-running an interrupted import is harmless.
+        anywhere. Rows are upserts, so re-running an interrupted import is harmless. Admin only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Export(self, request, context):
-        """Bulk export in the same formats Import reads.
+        """Bulk export in the same formats Import reads. Admin only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -69,7 +69,7 @@ def server_args(spec: dict[str, Any]) -> list[str]:
     else:
         args.append("--no-one-click")
     if "resubscribe" in spec:
-        args += ["--resubscribe-token-file",
+        args += ["--admin-token-file",
                  f"{naming.RESUBSCRIBE_MOUNT}/{naming.RESUBSCRIBE_FILE}"]
     args += ["--no-migrate",  # the init container migrated
              "--readiness-interval", str(server["readinessIntervalSeconds"]),

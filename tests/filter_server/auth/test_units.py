@@ -91,3 +91,79 @@ def test_evaluation_never_raises(shape: bytes, tail: bytes) -> None:
     outcome = evaluate(raw, evidence, AuthSettings(enabled=True, bulk_gate=True),
                        body_text=tail.decode("latin-1"))
     assert "\n" not in outcome.header and "\r" not in outcome.header
+
+
+_PIECES = [b"A: b", b" c", b"\td", b"From x", b"B:", b"C:d:e", b"", b"\r", b"\n", b"x",
+           b" ", b"From ", b"\xff", b"  \t"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=10),
+       st.sampled_from([b"\n", b"\r\n", b"\r"]))
+def test_linear_rfc822_parse_equals_dkimpys(pieces: list[bytes], separator: bytes) -> None:
+    """Same headers and body as dkimpy's parser, or a MessageFormatError where dkimpy
+    raised IndexError (a continuation line before any header)."""
+    import dkim
+
+    message = separator.join(pieces)
+
+    def outcome(parse):
+        try:
+            return parse(message)
+        except dkim.MessageFormatError:
+            return "MessageFormatError"
+        except IndexError:
+            return "IndexError"
+
+    ours, theirs = outcome(auth_dkim._rfc822_parse), outcome(auth_dkim.DKIMPY_RFC822_PARSE)
+    assert ours == theirs or (ours, theirs) == ("MessageFormatError", "IndexError")
+
+
+def test_a_large_body_is_canonicalized_without_an_object_per_line() -> None:
+    """dkimpy split the whole message into lines: 20 MiB of short lines cost 640 MiB and
+    20 s for any message with a DKIM-Signature, and its blank substitutions keep an object
+    per match. Parsing and relaxed body canonicalization now peak within a few copies of
+    the message."""
+    import tracemalloc
+
+    from dkim.canonicalization import Relaxed
+
+    raw = (b"DKIM-Signature: v=1; d=example.com; s=sel; h=from; bh=YQ==; b=YQ==\r\n"
+           b"From: a@example.com\r\n\r\n" + b"x \t\n" * (1024 * 1024))
+    tracemalloc.start()
+    try:
+        headers, body = auth_dkim._rfc822_parse(raw)
+        canonical = Relaxed.canonicalize_body(body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [name for name, _ in headers] == [b"DKIM-Signature", b"From"]
+    assert canonical == b"x\r\n" * (1024 * 1024)
+    assert peak < 5 * len(raw), f"{peak / len(raw):.1f} times the message"
+
+
+def test_a_header_block_beyond_what_authentication_reads_is_not_verified() -> None:
+    import dkim
+
+    raw = b"DKIM-Signature: v=1\r\n" + b"X: y\r\n" * 60_000 + b"\r\nbody\r\n"
+    try:
+        auth_dkim._rfc822_parse(raw)
+    except dkim.MessageFormatError as exc:
+        assert "header block over 262,144 bytes" in str(exc)
+    else:
+        raise AssertionError("a 360 KB header block was parsed")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b" ", b"\t", b"\r", b"\n", b"\r\n", b"x", b" \r\n"]),
+                max_size=40),
+       st.integers(min_value=1, max_value=4))
+def test_blank_substitutions_in_slices_equal_the_whole(pieces: list[bytes],
+                                                       repeat: int) -> None:
+    content = b"".join(pieces) * (repeat * 600)  # over a slice (64 KiB) when repeated
+    # the regex itself is quadratic on long blank runs; this reference is linear and equal
+    # to it (test_linear_trailing_blank_strip_equals_the_regex checks that on short input)
+    lines = content.split(b"\r\n")
+    stripped = b"\r\n".join([line.rstrip(b" \t") for line in lines[:-1]] + lines[-1:])
+    assert auth_dkim._strip_trailing_whitespace(content) == stripped
+    assert auth_dkim._compress_whitespace(content) == re.sub(b"[\t ]+", b" ", content)

@@ -19,6 +19,10 @@ from mailwarden_operator.common.render import RenderSettings
 from mailwarden_operator.spampolicy.render.deployment import render_deployment, server_args
 from mailwarden_operator.unsubscribestore.render.deployment import config_hash, render_store_deployment
 from mailwarden_operator.unsubscribestore.render.hpa import render_store_hpa
+from mailwarden_operator.unsubscribestore.render.networkpolicy import (
+    networkpolicy_wanted,
+    render_store_networkpolicy,
+)
 from mailwarden_operator.unsubscribestore.render.pdb import render_store_pdb
 from mailwarden_operator.unsubscribestore.render.pvc import render_data_claim, wants_claim
 from mailwarden_operator.unsubscribestore.render.secret import render_signing_key_secret
@@ -67,6 +71,10 @@ FULL = dict(
     server={"drainSeconds": 8, "graceSeconds": 12, "preStopSeconds": 6,
             "readinessIntervalSeconds": 3, "logLevel": "warning"},
     monitoring={"interval": "15s", "labels": {"release": "prometheus"}},
+    networkPolicy={"grpcClients": [{"namespaceSelector": {"matchLabels": {"team": "senders"}},
+                                    "podSelector": {"matchLabels": {"app": "mailer"}}}],
+                   "metricsFrom": [{"namespaceSelector": {"matchLabels": {
+                       "kubernetes.io/metadata.name": "monitoring"}}}]},
     scheduling={"nodeSelector": {"pool": "mail"}, "priorityClassName": "critical",
                 "tolerations": [{"key": "mail", "operator": "Exists",
                                  "effect": "NoSchedule"}]})
@@ -76,7 +84,7 @@ def children(body: dict[str, Any]) -> list[dict[str, Any]]:
     out = [render_signing_key_secret(body, generate_key()),
            render_store_deployment(body, SETTINGS, VERSIONS),
            render_grpc_service(body), render_http_service(body),
-           render_store_servicemonitor(body)]
+           render_store_servicemonitor(body), render_store_networkpolicy(body)]
     if wants_claim(body):
         out.append(render_data_claim(body))
     if body["spec"]["storage"]["type"] == "postgres":
@@ -149,7 +157,10 @@ def test_the_generated_signing_key_is_what_the_server_loads(tmp_path: Path) -> N
      "must hold exactly one key"),
     ({"current": base64.b64encode(b"c" * 40).decode(),
       "previous": base64.b64encode(b"d" * 40 + b"\nZq9xKw\n").decode()}, "too short"),
-], ids=["missing", "short", "two-current", "short-previous"])
+    ({"current": base64.b64encode(b"c" * 40).decode(),
+      "previous": base64.b64encode(b"d" * 40 + b" retired=yesterday\n").decode()},
+     "retired= must be a date"),
+], ids=["missing", "short", "two-current", "short-previous", "bad-retired-date"])
 def test_unusable_signing_keys_are_refused_without_revealing_them(data, problem) -> None:
     secret = {"metadata": {"name": "k"}, "data": data}
     with pytest.raises(StoreProblem) as caught:
@@ -165,6 +176,11 @@ def test_previous_keys_are_accepted() -> None:
     check_signing_key_secret({"metadata": {"name": "k"}, "data": {
         "current": base64.b64encode(generate_key().encode() + b"\n").decode(),
         "previous": base64.b64encode(f"{generate_key()}\n{generate_key()}\n".encode())
+        .decode()}})
+    # as `mailwarden token rotate` writes them
+    check_signing_key_secret({"metadata": {"name": "k"}, "data": {
+        "current": base64.b64encode(generate_key().encode()).decode(),
+        "previous": base64.b64encode(f"{generate_key()} retired=2026-01-01\n".encode())
         .decode()}})
 
 
@@ -214,7 +230,7 @@ def test_postgres_server_args_and_mounts() -> None:
         return secret["secretName"], item["key"]
 
     assert file_of(args.dsn_file) == ("pg-app", "dsn")
-    assert file_of(args.resubscribe_token_file) == ("resub", "credential")
+    assert file_of(args.admin_token_file) == ("resub", "credential")
     key_volume = volumes[mounts[args.signing_key_dir]["name"]]["secret"]
     assert key_volume["secretName"] == "sup-signing-key"
     assert "items" not in key_volume  # `current` and, after a rotation, `previous`
@@ -360,6 +376,33 @@ def test_hpa_pdb_and_servicemonitor() -> None:
     assert sm["spec"]["endpoints"] == [{"port": "metrics", "interval": "15s",
                                         "path": "/metrics"}]
     assert sm["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_networkpolicy_admits_only_filter_pods_and_named_clients_to_grpc() -> None:
+    """Issue 20 item 8: anyone who reached the gRPC port exported every address."""
+    default = render_store_networkpolicy(store())
+    assert networkpolicy_wanted(store())
+    spec = default["spec"]
+    assert spec["podSelector"]["matchLabels"] == store_naming.selector_labels("sup")
+    assert spec["policyTypes"] == ["Ingress"]
+    grpc_rule, http_rule, metrics_rule = spec["ingress"]
+    assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    (filters,) = grpc_rule["from"]
+    # the selector matches the filter pods the SpamPolicy renderer makes
+    pod_labels = render_deployment(_policy(), "h1", SETTINGS)["spec"]["template"][
+        "metadata"]["labels"]
+    assert filters["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert "namespaceSelector" not in filters  # this namespace only
+    assert http_rule == {"ports": [{"port": "http", "protocol": "TCP"}]}  # the internet
+    assert "from" not in metrics_rule
+    container_ports = {p["name"] for p in render_store_deployment(store(), SETTINGS, VERSIONS)[
+        "spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert {"grpc", "http", "metrics"} <= container_ports  # the named ports exist
+
+    full = render_store_networkpolicy(store(**FULL))["spec"]["ingress"]
+    assert full[0]["from"][1]["podSelector"] == {"matchLabels": {"app": "mailer"}}
+    assert full[2]["from"] == FULL["networkPolicy"]["metricsFrom"]
+    assert not networkpolicy_wanted(store(networkPolicy={"enabled": False}))
 
 
 # -- SpamPolicy → store ---------------------------------------------------------------------

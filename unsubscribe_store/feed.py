@@ -1,0 +1,132 @@
+"""ChangeFeed: one reader of the change log for every Watch stream of the process.
+
+Without it each Watch stream read the log after each wake-up and queried the head for each
+heartbeat: 300 streams at a 0.1 s heartbeat were thousands of queries a second, and every
+Unsubscribe waited behind them (issue 20, item 14). The feed reads the log once per change
+burst into a bounded in-memory window and keeps the head; streams take their changes from
+the window and their heartbeats from memory. A stream whose cursor is older than the window
+(a consumer resuming from far behind) reads the database itself, a page at a time, until it
+is inside the window again.
+
+The feed is woken by the store's notifier (local commits, and PostgreSQL NOTIFY for commits
+of other replicas) and polls the head every ``poll_seconds`` in case a notification was
+lost, so the head a heartbeat reports lags the database by at most that long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+
+from unsubscribe_store.model import Change, StoreUnavailable
+from unsubscribe_store.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 20_000
+DEFAULT_POLL_SECONDS = 1.0
+
+
+class LogRewound(Exception):
+    """The store's head went below sequences already handed out (a restore, or a failover
+    to a replica that missed commits): consumers ahead of it must take a new snapshot."""
+
+
+class ChangeFeed:
+    def __init__(self, store: Store, *, window: int = DEFAULT_WINDOW,
+                 poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self._window: collections.deque[Change] = collections.deque(maxlen=window)
+        self.head = 0          # last sequence read from the log (= the store's head)
+        self.known = False     # head has been read at least once
+        self.error = ""        # why the last read failed ("" when it did not)
+        self.generation = 0    # incremented when the log was found rewound
+        self._event = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    # --- for Watch streams -----------------------------------------------------------------
+    def arm(self) -> asyncio.Event:
+        """Take this before looking at the feed, then wait on it: an update in between
+        still wakes the waiter."""
+        return self._event
+
+    def after(self, cursor: int, limit: int) -> list[Change] | None:
+        """Changes after ``cursor`` from the window (at most ``limit``), or None when the
+        window no longer reaches back to ``cursor`` (read the database instead)."""
+        if cursor >= self.head:
+            return []
+        if not self._window or self._window[0].sequence > cursor + 1:
+            return None
+        start = cursor + 1 - self._window[0].sequence
+        end = min(len(self._window), start + limit)
+        return [self._window[i] for i in range(start, end)]
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # --- the reader ------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="change-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    def _publish(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def _run(self) -> None:
+        while True:
+            wake = self.store.notifier.arm()
+            try:
+                await self._catch_up()
+                self.error = ""
+            except StoreUnavailable as exc:
+                self.error = str(exc)
+            except Exception as exc:  # keep feeding; the next poll retries
+                log.exception("change feed read failed")
+                self.error = f"{type(exc).__name__}: {exc}"
+            await self.store.notifier.wait(wake, self.poll_seconds)
+
+    async def _catch_up(self) -> None:
+        head = await self.store.head()
+        if self.known and head < self.head:
+            log.error("the change log went back from %d to %d (restore or failover): "
+                      "watchers ahead of it take a new snapshot", self.head, head)
+            self._window.clear()
+            self.head = head
+            self.generation += 1
+            self._publish()
+            return
+        if not self.known:
+            self.head, self.known = head, True
+            self._publish()
+        while self.head < head:
+            changes = await self.store.changes_after(self.head, 1000)
+            if not changes:
+                break
+            for change in changes:
+                if change.sequence != self.head + 1:
+                    # A hole in the log: keep nothing after it; streams reading the database
+                    # find the same hole and end with DATA_LOSS.
+                    log.error("change log gap after %d (next %d)", self.head, change.sequence)
+                    self._window.clear()
+                    self.head = change.sequence - 1
+                self._window.append(change)
+                self.head = change.sequence
+            self._publish()
+            if len(changes) < 1000:
+                head = max(head, self.head)
+                break
