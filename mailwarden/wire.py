@@ -24,6 +24,8 @@ REQUEST_BYTES_METADATA = "mailwarden-request-bytes"
 # on by default, so `mailwarden serve` outside a cluster answers where clients look.
 FILTER_GRPC_PORT = 9090
 FILTER_METRICS_PORT = 9091
+# Plaintext grpc.health.v1 of a filter pod whose gRPC port is behind TLS (probes).
+FILTER_HEALTH_PORT = 9092
 STORE_GRPC_PORT = 50061
 STORE_HTTP_PORT = 8080
 STORE_METRICS_PORT = 9091

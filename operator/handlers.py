@@ -9,21 +9,35 @@ webhook reuses the policy validator.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import kopf
 
 from mailwarden_operator.common import metrics
-from mailwarden_operator.common.kube import KubeError
+from mailwarden_operator.common.backoff import retry_delay
+from mailwarden_operator.common.kube import USER_AGENT, KubeError
 from mailwarden_operator.common.naming import GROUP, MANAGED_BY, VERSION
 from mailwarden_operator.spampolicy import naming
 from mailwarden_operator.spampolicy.reconcile import Reconciler
-from mailwarden_operator.spampolicy.webhook import admission_errors, admission_message
+from mailwarden_operator.spampolicy.webhook import (
+    admission_errors,
+    admission_message,
+    needs_review,
+)
 from mailwarden_operator.unsubscribestore import naming as store_naming
 from mailwarden_operator.unsubscribestore.reconcile import StoreReconciler
 
-RETRY_DELAY_SECONDS = 5.0
 WEBHOOK_ID = "validate-spampolicy"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IdentifiedConnection(kopf.ConnectionInfo):
+    """kopf's connection with our User-Agent: audit logs (and the field manager the API
+    server derives for kopf's own patches) name the operator, not "kopf"."""
+
+    def as_http_headers(self) -> dict[str, str]:
+        return {**super().as_http_headers(), "User-Agent": USER_AGENT}
 
 
 def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
@@ -35,44 +49,59 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
         # The service account in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config).
-        return kopf.login_via_client(**kwargs)
+        info = kopf.login_via_client(**kwargs)
+        if info is None:
+            return None
+        return IdentifiedConnection(**{f.name: getattr(info, f.name)
+                                       for f in dataclasses.fields(info)})
 
-    def run(namespace: str, name: str, trigger: str, logger: Any) -> None:
+    def run(namespace: str, name: str, trigger: str, logger: Any, retry: int = 0,
+            deployment: dict[str, Any] | None = None) -> None:
         try:
-            outcome = get_reconciler().reconcile(namespace, name, trigger=trigger)
+            outcome = get_reconciler().reconcile(namespace, name, trigger=trigger,
+                                                 deployment=deployment)
         except KubeError as exc:
-            # Retried by kopf with a delay; the status keeps its last observed state.
+            # Transient (the API server unreachable, throttling, 5xx; refusals are reported
+            # in status instead): retried by kopf, the delay doubling each time.
             raise kopf.TemporaryError(f"API call failed: {exc}",
-                                      delay=RETRY_DELAY_SECONDS) from exc
+                                      delay=retry_delay(retry)) from exc
         if outcome not in ("unchanged", "gone"):
             logger.debug("reconciled (%s): %s", trigger, outcome)
 
     @kopf.on.create(*resource, registry=registry)
-    def spampolicy_created(namespace: str, name: str, logger: Any, **_: Any) -> None:
-        run(namespace, name, "create", logger)
+    def spampolicy_created(namespace: str, name: str, logger: Any, retry: int,
+                          **_: Any) -> None:
+        run(namespace, name, "create", logger, retry)
 
     @kopf.on.update(*resource, registry=registry)
-    def spampolicy_updated(namespace: str, name: str, logger: Any, **_: Any) -> None:
-        run(namespace, name, "update", logger)
+    def spampolicy_updated(namespace: str, name: str, logger: Any, retry: int,
+                          **_: Any) -> None:
+        run(namespace, name, "update", logger, retry)
 
     @kopf.on.resume(*resource, registry=registry)
-    def spampolicy_resumed(namespace: str, name: str, logger: Any, **_: Any) -> None:
-        run(namespace, name, "resume", logger)
+    def spampolicy_resumed(namespace: str, name: str, logger: Any, retry: int,
+                          **_: Any) -> None:
+        run(namespace, name, "resume", logger, retry)
 
-    # optional: no finalizer — children go by owner references (garbage collection).
-    @kopf.on.delete(*resource, optional=True, registry=registry)
-    def spampolicy_deleted(namespace: str, name: str, **_: Any) -> None:
-        get_reconciler().forget(namespace, name)
+    # No finalizer (children go by owner references): a delete handler without one never
+    # runs, so the watch event is what tells us to drop the policy's metrics and locks.
+    @kopf.on.event(*resource, registry=registry)
+    def spampolicy_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
+        if type == "DELETED":
+            get_reconciler().forget(namespace, name)
 
     @kopf.on.event("apps", "v1", "deployments", registry=registry,
                    labels={"app.kubernetes.io/managed-by": MANAGED_BY,
                            naming.POLICY_LABEL: kopf.PRESENT})
     def deployment_changed(namespace: str, labels: dict[str, str], type: str | None,
-                           logger: Any, **_: Any) -> None:
+                           body: Any, logger: Any, **_: Any) -> None:
         if type is None:  # the initial listing: resume handlers cover those
             return
         try:
-            run(namespace, labels[naming.POLICY_LABEL], "deployment", logger)
+            # The event carries the Deployment: no GET of it, nor of the other children
+            # (a deleted one is recreated after a full read).
+            run(namespace, labels[naming.POLICY_LABEL], "deployment", logger,
+                deployment=None if type == "DELETED" else dict(body))
         except kopf.TemporaryError as exc:
             # Event handlers are not retried; the resync timer catches up.
             logger.warning("status update after a Deployment change failed: %s", exc)
@@ -82,7 +111,12 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
 
     if webhook:
         @kopf.on.validate(*resource, id=WEBHOOK_ID, registry=registry)
-        def validate_spampolicy(spec: dict[str, Any], name: str | None, **_: Any) -> None:
+        def validate_spampolicy(spec: dict[str, Any], name: str | None,
+                                operation: str | None, old: Any, new: Any,
+                                **_: Any) -> None:
+            if not needs_review(operation, old, new):
+                metrics.WEBHOOK_REVIEWS.labels("skipped").inc()
+                return
             errors = admission_errors(dict(spec or {}), name or "")
             metrics.WEBHOOK_REVIEWS.labels("false" if errors else "true").inc()
             if errors:
@@ -98,26 +132,29 @@ def _register_store(registry: kopf.OperatorRegistry,
     # Explicit ids: kopf names progress annotations after them, and the default id of a
     # closure here ("_register_store.<locals>...") is not a valid annotation name.
 
-    def run(namespace: str, name: str, trigger: str, logger: Any) -> None:
+    def run(namespace: str, name: str, trigger: str, logger: Any, retry: int = 0) -> None:
         try:
             outcome = get_store_reconciler().reconcile(namespace, name, trigger=trigger)
         except KubeError as exc:
             raise kopf.TemporaryError(f"API call failed: {exc}",
-                                      delay=RETRY_DELAY_SECONDS) from exc
+                                      delay=retry_delay(retry)) from exc
         if outcome not in ("unchanged", "gone"):
             logger.debug("reconciled (%s): %s", trigger, outcome)
 
     @kopf.on.create(*resource, id="store-created", registry=registry)
-    def store_created(namespace: str, name: str, logger: Any, **_: Any) -> None:
-        run(namespace, name, "create", logger)
+    def store_created(namespace: str, name: str, logger: Any, retry: int,
+                      **_: Any) -> None:
+        run(namespace, name, "create", logger, retry)
 
     @kopf.on.update(*resource, id="store-updated", registry=registry)
-    def store_updated(namespace: str, name: str, logger: Any, **_: Any) -> None:
-        run(namespace, name, "update", logger)
+    def store_updated(namespace: str, name: str, logger: Any, retry: int,
+                      **_: Any) -> None:
+        run(namespace, name, "update", logger, retry)
 
     @kopf.on.resume(*resource, id="store-resumed", registry=registry)
-    def store_resumed(namespace: str, name: str, logger: Any, **_: Any) -> None:
-        run(namespace, name, "resume", logger)
+    def store_resumed(namespace: str, name: str, logger: Any, retry: int,
+                      **_: Any) -> None:
+        run(namespace, name, "resume", logger, retry)
 
     # No finalizer (children go by owner references); the watch event is enough to tell
     # the SpamPolicies that referenced the store.

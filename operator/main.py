@@ -14,11 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
 from mailwarden_operator.common import metrics
 from mailwarden_operator.common.certwatch import CertWatcher
+from mailwarden_operator.common.diffbase import SpecDigestDiffBaseStorage
+from mailwarden_operator.common.httpserve import (
+    ALL_INTERFACES,
+    HttpEndpoints,
+    accepts_connections,
+    checks_route,
+    connect_host,
+    http_ok,
+    metrics_route,
+)
 from mailwarden_operator.common.kube import Kube, api_client_from_environment
+from mailwarden_operator.common.naming import MANAGED_BY, MANAGED_BY_LABEL
 from mailwarden_operator.common.render import RenderSettings
 from mailwarden_operator.handlers import build_registry
 from mailwarden_operator.resync import Resync
@@ -56,7 +66,7 @@ class OperatorConfig:
     webhook_port: int = 9443
     webhook_cert_dir: Path | None = None                  # tls.crt + tls.key
     webhook_insecure: bool = False                        # plain HTTP (local testing)
-    listen_address: str = "0.0.0.0"
+    listen_address: str = ALL_INTERFACES                  # `::`: IPv4 and IPv6
     watch_server_timeout: int = 300
     watch_client_timeout: int = 330
     api_timeout: float = 30.0
@@ -66,6 +76,36 @@ class OperatorConfig:
     def webhook_enabled(self) -> bool:
         return self.webhook_port > 0 and (self.webhook_cert_dir is not None
                                           or self.webhook_insecure)
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def webhook_bind_address(listen_address: str) -> str | None:
+    """kopf's webhook address: `::` becomes None, which aiohttp binds on every interface
+    of both families (an explicit `::` would be IPv6 only there)."""
+    return None if listen_address == ALL_INTERFACES else listen_address
+
+
+def start_endpoints(config: OperatorConfig, kopf_liveness: str) -> list[HttpEndpoints]:
+    """/healthz and /readyz on the liveness port, /metrics on the metrics port."""
+    servers = []
+    if config.liveness_port > 0:
+        alive = http_ok(kopf_liveness)
+        ready = {"kopf": alive}
+        if config.webhook_enabled:
+            ready["webhook"] = accepts_connections(connect_host(config.listen_address),
+                                                   config.webhook_port)
+        servers.append(HttpEndpoints(config.listen_address, config.liveness_port, {
+            "/healthz": checks_route({"kopf": alive}), "/readyz": checks_route(ready)},
+            name="health"))
+    if config.metrics_port > 0:
+        servers.append(HttpEndpoints(config.listen_address, config.metrics_port,
+                                     {"/metrics": metrics_route}, name="metrics"))
+    return servers
 
 
 def run(config: OperatorConfig) -> int:
@@ -88,8 +128,14 @@ def run(config: OperatorConfig) -> int:
         # kopf's bookkeeping in annotations of our own prefix; status stays ours.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix="kopf.mailwarden.dev")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        # A digest of the spec, not a copy: large policies must fit the 256 KiB limit on
+        # annotations (common/diffbase.py).
+        settings.persistence.diffbase_storage = SpecDigestDiffBaseStorage(
             prefix="kopf.mailwarden.dev", key="last-handled-configuration")
+        # Watch only our own children, filtered by the API server: not every Deployment
+        # of the cluster (kopf's handler label filters are applied client-side).
+        settings.watching.label_selectors["apps", "deployments"] = \
+            f"{MANAGED_BY_LABEL}={MANAGED_BY}"
         settings.persistence.finalizer = "mailwarden.dev/operator"
         # Only warnings become Events (the reconciler posts its own on transitions).
         settings.posting.level = logging.WARNING
@@ -98,7 +144,7 @@ def run(config: OperatorConfig) -> int:
         settings.peering.mandatory = config.peering is not None
         if config.webhook_enabled:
             settings.admission.server = kopf.WebhookServer(
-                addr=config.listen_address, port=config.webhook_port,
+                addr=webhook_bind_address(config.listen_address), port=config.webhook_port,
                 certfile=str(config.webhook_cert_dir / "tls.crt")
                 if config.webhook_cert_dir else None,
                 pkeyfile=str(config.webhook_cert_dir / "tls.key")
@@ -123,8 +169,6 @@ def run(config: OperatorConfig) -> int:
             watcher = CertWatcher(config.webhook_cert_dir)
             watcher.start()
             threads.append(watcher)
-        if config.metrics_port > 0:
-            start_http_server(config.metrics_port, addr=config.listen_address)
         log.info("operator starting: peering=%s priority=%s namespaces=%s",
                  config.peering or "standalone", priority, config.namespaces or "all")
 
@@ -133,8 +177,19 @@ def run(config: OperatorConfig) -> int:
         for thread in threads:
             thread.stop()
 
-    liveness = (f"http://{config.listen_address}:{config.liveness_port}/healthz"
+    # kopf's own liveness endpoint stays on loopback; ours (dual-stack) forward it.
+    liveness = (f"http://127.0.0.1:{free_loopback_port()}/healthz"
                 if config.liveness_port > 0 else None)
+    endpoints = start_endpoints(config, liveness or "")
+    try:
+        return _run_kopf(config, registry, priority, identity, liveness)
+    finally:
+        for server in endpoints:
+            server.stop()
+
+
+def _run_kopf(config: OperatorConfig, registry: kopf.OperatorRegistry, priority: int,
+              identity: str, liveness: str | None) -> int:
     asyncio.run(kopf.operator(
         registry=registry,
         standalone=config.peering is None,

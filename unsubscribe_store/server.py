@@ -89,8 +89,18 @@ def split_address(address: str) -> tuple[str, int]:
 
 def _bind(address: str) -> socket.socket:
     host, port = split_address(address)
+    if host == "::" and not socket.has_ipv6:
+        host = "0.0.0.0"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:  # IPv6 disabled in this kernel: `::` means every IPv4 address then
+        if host != "::":
+            raise
+        host, sock = "0.0.0.0", socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if sock.family == socket.AF_INET6 and host == "::":
+        # `[::]` serves IPv4 and IPv6 (dual stack), whatever the host's default.
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -42,6 +42,9 @@ class ServeConfig:
     host: str = "[::]"
     grpc_port: int = DEFAULT_GRPC_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
+    # A second, plaintext listener serving only grpc.health.v1 (None: none). The kubelet's
+    # gRPC probe speaks plaintext, so with --tls-dir it cannot probe the gRPC port itself.
+    health_port: int | None = None
     workers: int = 1
     drain_seconds: float = 5.0
     grace_seconds: float = 20.0
@@ -134,4 +137,10 @@ class ServeConfig:
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             out.append(f"--log-level must be debug, info, warning or error "
                        f"(got {self.log_level!r})")
+        if self.health_port is not None:
+            if not 1 <= self.health_port <= 65535:
+                out.append(f"--health-port must be between 1 and 65535 (got "
+                           f"{self.health_port})")
+            elif self.health_port in (self.grpc_port, self.metrics_port):
+                out.append("--health-port must differ from --grpc-port and --metrics-port")
         return out

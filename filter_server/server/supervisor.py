@@ -74,6 +74,7 @@ class Supervisor:
         self._own_metrics_dir = False
         self._pattern_cache_dir: str | None = None
         self._reservation: socket.socket | None = None
+        self._health_reservation: socket.socket | None = None
 
     def alive_workers(self) -> int:
         """Called from the metrics thread while the supervisor loop replaces workers, so it
@@ -129,6 +130,11 @@ class Supervisor:
                 self._reservation, grpc_port = reserve(config.host, config.grpc_port)
             except PortInUse as exc:
                 raise Fatal(f"--grpc-port: {exc}", EXIT_CONFIG) from None
+            if config.health_port is not None:
+                try:
+                    self._health_reservation, _ = reserve(config.host, config.health_port)
+                except PortInUse as exc:
+                    raise Fatal(f"--health-port: {exc}", EXIT_CONFIG) from None
             self._metrics_dir = self._setup_metrics_dir()
             registry, self._worker_files = multiprocess_registry(self._metrics_dir)
             registry.register(SupervisorCollector(self))
@@ -247,6 +253,8 @@ class Supervisor:
     def _cleanup(self) -> None:
         if self._reservation is not None:
             self._reservation.close()
+        if self._health_reservation is not None:
+            self._health_reservation.close()
         if self._own_metrics_dir and self._metrics_dir:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
         if self._pattern_cache_dir:

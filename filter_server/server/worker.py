@@ -136,6 +136,7 @@ class Worker:
             memory=MemoryBudget(budget_for(config.memory_limit_bytes or None,
                                            resident_bytes())))
         self.server: grpc.Server | None = None
+        self.health_server: grpc.Server | None = None
         self.grpc_port = 0
 
     # --- signals ------------------------------------------------------------------------
@@ -182,6 +183,31 @@ class Worker:
             raise StartupError(f"cannot listen on {address}: {exc}") from None
         server.start()
         self.server, self.grpc_port = server, port
+        if config.health_port is not None:
+            self.start_health()
+
+    def start_health(self) -> None:
+        """grpc.health.v1 alone, in plaintext, on --health-port: the same health states as
+        the gRPC port (one servicer), for probes that cannot speak TLS. Nothing else is
+        served there, so TLS and client certificates still guard Classify."""
+        config = self.config
+        assert config.health_port is not None
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4,
+                                                        thread_name_prefix="health"),
+                             options=[("grpc.so_reuseport", 1 if config.workers > 1 else 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if not self.supervised:
+            try:
+                check_free(config.host, config.health_port)
+            except PortInUse as exc:
+                raise StartupError(f"--health-port: {exc}") from None
+        address = f"{config.host}:{config.health_port}"
+        try:
+            server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {address}: {exc}") from None
+        server.start()
+        self.health_server = server
 
     def start_metrics(self) -> int:
         try:
@@ -289,6 +315,8 @@ class Worker:
                       extra={"grace_seconds": config.grace_seconds})
         if self.server is not None:
             self.server.stop(config.grace_seconds).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0)
         if self.store_suppression is not None:
             self.store_suppression.stop()
         self.authenticator.close()

@@ -52,8 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="directory with tls.crt and tls.key for the webhook")
     parser.add_argument("--webhook-insecure", action="store_true",
                         help="serve the webhook over plain HTTP (local testing only)")
-    parser.add_argument("--listen-address", default="0.0.0.0",
-                        help="address for the webhook, liveness and metrics listeners")
+    parser.add_argument("--listen-address", default="::",
+                        help="address for the webhook, health (/healthz, /readyz) and "
+                        "metrics listeners; `::` accepts IPv4 and IPv6 (falls back to "
+                        "0.0.0.0 on a host without IPv6), 0.0.0.0 IPv4 only")
     parser.add_argument("--kubeconfig", default=None,
                         help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     parser.add_argument("--log-level", default="info",

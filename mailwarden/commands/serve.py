@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="gRPC port (0 = pick a free one; see --port-file)")
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, metavar="M",
                         help="Prometheus /metrics port (0 = pick a free one)")
+    parser.add_argument("--health-port", type=int, default=None, metavar="H",
+                        help="also serve grpc.health.v1 (and nothing else) in plaintext on "
+                        "this port, for probes of a server whose gRPC port is behind "
+                        "--tls-dir (the kubelet's gRPC probe speaks plaintext) [default: "
+                        "none]")
     parser.add_argument("--workers", type=int, default=None, metavar="K",
                         help="worker processes sharing the gRPC port (SO_REUSEPORT) "
                         "[default: the CPUs this process may use]")
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
     config = ServeConfig(
         policy_dir=args.policy_dir, host=args.host, grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
+        metrics_port=args.metrics_port, health_port=args.health_port,
         workers=args.workers if args.workers is not None else default_workers(),
         drain_seconds=args.drain_seconds, grace_seconds=args.grace_seconds,
         max_message_bytes=args.max_message_bytes,

@@ -97,6 +97,37 @@ def image_pull_policy(description: str) -> dict[str, Any]:
             "default": "IfNotPresent", "description": description}
 
 
+# A DNS-1123 subdomain (Secret and ServiceAccount names), as the API server checks it.
+SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def image_pull_secrets(pods: str) -> dict[str, Any]:
+    """`imagePullSecrets` of `pods` ("the filter pods"), as in a Pod spec."""
+    return {
+        "type": "array",
+        "description": f"Secrets (kubernetes.io/dockerconfigjson, same namespace) with "
+        f"credentials for pulling the image of {pods} from a private registry. Those of "
+        "the ServiceAccount (serviceAccountName) apply too.",
+        "maxItems": 16,
+        "items": {
+            "type": "object",
+            "description": "A Secret in the same namespace.",
+            "required": ["name"],
+            "properties": {"name": {"type": "string", "maxLength": 253,
+                                    "pattern": SUBDOMAIN_PATTERN,
+                                    "description": "Secret name."}},
+        },
+    }
+
+
+def service_account_name(pods: str) -> dict[str, Any]:
+    return {"type": "string", "maxLength": 253, "pattern": SUBDOMAIN_PATTERN,
+            "description": f"ServiceAccount (same namespace, must exist) {pods} run as, for "
+            "its imagePullSecrets or a cloud workload identity. Default: the namespace's "
+            "`default`. Its API token is never mounted: the pods do not call the "
+            "Kubernetes API."}
+
+
 def cpu_utilization() -> dict[str, Any]:
     return {"type": "integer", "minimum": 1, "maximum": 100,
             "default": DEFAULT_CPU_UTILIZATION,
@@ -114,6 +145,13 @@ def resource_properties() -> dict[str, Any]:
         "requests": quantity_map("Requested resources (cpu, memory, ...)."),
         "limits": quantity_map("Resource limits (cpu, memory, ...)."),
     }
+
+
+CPU_REQUESTED_RULE = ("(has({r}.requests) && 'cpu' in {r}.requests) || "
+                      "(has({r}.limits) && 'cpu' in {r}.limits)")
+CPU_REQUESTED_MESSAGE = ("resources must request cpu (requests.cpu, or limits.cpu, which "
+                         "the request defaults to): the autoscaler's CPU target is a "
+                         "percentage of the request, and without one it stops scaling")
 
 
 def monitoring(description: str) -> dict[str, Any]:

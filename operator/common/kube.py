@@ -2,7 +2,9 @@
 
 It uses the `kubernetes` client's ApiClient for configuration, authentication and HTTP, and
 speaks JSON dicts (no model classes), so one code path serves every kind, custom or not.
-Writes are create, JSON merge-patch and delete; each is counted (`on_write`).
+Writes are server-side apply (children), create, JSON merge-patch (status) and delete; each
+is counted (`on_write`) and made as field manager `mailwarden-operator`, with the User-Agent
+`mailwarden-operator/<version>` (so audit logs and managedFields name us).
 """
 
 from __future__ import annotations
@@ -15,6 +17,21 @@ from urllib.parse import quote
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+
+FIELD_MANAGER = "mailwarden-operator"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("mailwarden")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+USER_AGENT = f"{FIELD_MANAGER}/{_version()}"
+# RFC 6902 operations (a module-level name: inside Kube, `list` is a method).
+JsonPatch = list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,10 @@ NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "Networ
 BY_KIND = {r.kind: r for r in (SPAMPOLICIES, UNSUBSCRIBESTORES, CONFIGMAPS, SECRETS, PVCS,
                                SERVICES, EVENTS, DEPLOYMENTS, HPAS, PDBS, SERVICEMONITORS,
                                NETWORKPOLICIES)}
+
+
+# Objects per LIST page (the API server's and client-go's informers use 500).
+LIST_PAGE_SIZE = 500
 
 
 class KubeError(Exception):
@@ -107,11 +128,28 @@ class Kube:
             raise
 
     def list(self, res: Resource, namespace: str | None,
-             labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        query = []
+             labels: dict[str, str] | None = None, *,
+             page_size: int = LIST_PAGE_SIZE) -> list[dict[str, Any]]:
+        """Every object (paginated: the API server builds a page at a time, not one
+        response holding thousands of objects; an expired continue token restarts)."""
+        query = [("limit", str(page_size))]
         if labels:
             query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items())))
-        items = (self._call("GET", res.path(namespace), query=query) or {}).get("items", [])
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            try:
+                page = self._call("GET", res.path(namespace),
+                                  query=query + ([("continue", token)] if token else [])) or {}
+            except KubeError as exc:
+                if exc.status != 410 or not token:
+                    raise
+                items, token = [], ""  # the snapshot expired mid-way: start over
+                continue
+            items += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                break
         # Filter here too: the selector is a request, and the result must be right anyway.
         return [item for item in items
                 if all((item.get("metadata", {}).get("labels") or {}).get(k) == v
@@ -119,13 +157,38 @@ class Kube:
 
     def create(self, res: Resource, namespace: str | None, body: dict[str, Any]) -> dict:
         self.on_write("create", res.kind)
-        return self._call("POST", res.path(namespace), body=body)
+        return self._call("POST", res.path(namespace), body=body,
+                          query=[("fieldManager", FIELD_MANAGER)])
 
     def merge_patch(self, res: Resource, namespace: str | None, name: str, patch: dict,
                     *, subresource: str | None = None) -> dict[str, Any]:
         self.on_write("patch", res.kind)
         return self._call("PATCH", res.path(namespace, name, subresource), body=patch,
-                          content_type="application/merge-patch+json")
+                          content_type="application/merge-patch+json",
+                          query=[("fieldManager", FIELD_MANAGER)])
+
+    def server_side_apply(self, res: Resource, namespace: str | None, name: str,
+                          body: dict[str, Any], *, field_manager: str = FIELD_MANAGER,
+                          force: bool = True, dry_run: bool = False) -> dict[str, Any]:
+        """Server-side apply of `body` (the full configuration `field_manager` wants):
+        fields it applied before and no longer lists are removed. `force` takes fields
+        another manager set; `dry_run` computes the result without storing it (not a
+        write)."""
+        query = [("fieldManager", field_manager), ("force", "true" if force else "false")]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        else:
+            self.on_write("apply", res.kind)
+        # JSON is YAML: the body goes as JSON text under the apply content type.
+        return self._call("PATCH", res.path(namespace, name), body=json.dumps(body),
+                          content_type="application/apply-patch+yaml", query=query)
+
+    def json_patch(self, res: Resource, namespace: str | None, name: str,
+                   operations: JsonPatch) -> dict[str, Any]:
+        self.on_write("patch", res.kind)
+        return self._call("PATCH", res.path(namespace, name), body=operations,
+                          content_type="application/json-patch+json",
+                          query=[("fieldManager", FIELD_MANAGER)])
 
     def delete(self, res: Resource, namespace: str | None, name: str) -> None:
         self.on_write("delete", res.kind)
@@ -180,4 +243,6 @@ def api_client_from_environment(kubeconfig: str | None = None) -> k8s.ApiClient:
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     # kopf runs handlers in up to 16 threads that share this client.
     configuration.connection_pool_maxsize = 32
-    return k8s.ApiClient(configuration)
+    api = k8s.ApiClient(configuration)
+    api.user_agent = USER_AGENT
+    return api

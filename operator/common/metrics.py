@@ -29,7 +29,9 @@ POLICY_READY = Gauge("mailwarden_operator_policy_ready",
 PRUNED_CONFIGMAPS = Counter("mailwarden_operator_pruned_configmaps_total",
                             "Old policy ConfigMaps deleted after rollouts.")
 WEBHOOK_REVIEWS = Counter("mailwarden_operator_webhook_reviews_total",
-                          "Admission reviews of SpamPolicies by outcome.", ["allowed"])
+                          "Admission reviews of SpamPolicies by outcome: allowed true, "
+                          "false, or skipped (an unchanged spec or an object being "
+                          "deleted).", ["allowed"])
 STORE_RECONCILES = Counter("mailwarden_operator_store_reconciles_total",
                            "UnsubscribeStore reconciles by trigger and result.",
                            ["trigger", "result"])

@@ -9,6 +9,7 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 MANAGED_BY = "mailwarden-operator"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 ROLE_LABEL = f"{GROUP}/role"
 SERVICE_ROLE_LABEL = f"{GROUP}/service"
 

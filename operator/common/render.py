@@ -36,6 +36,21 @@ def hpa_behavior(scale_down_stabilization_seconds: int) -> dict[str, Any]:
     }
 
 
+def pod_identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec fields of spec.imagePullSecrets and spec.serviceAccountName (only those
+    set, so server-side apply releases a field the user removes)."""
+    out: dict[str, Any] = {}
+    if spec.get("imagePullSecrets"):
+        out["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
+    if spec.get("serviceAccountName"):
+        out["serviceAccountName"] = spec["serviceAccountName"]
+        # The API server copies serviceAccountName into the deprecated serviceAccount and,
+        # reading an object back, copies serviceAccount into an empty serviceAccountName:
+        # unless we own (and so can drop) both, a removed account stays forever.
+        out["serviceAccount"] = spec["serviceAccountName"]
+    return out
+
+
 def pod_disruption_budget(metadata: dict[str, Any], selector: dict[str, str],
                           max_unavailable: int | str) -> dict[str, Any]:
     """A policy/v1 PodDisruptionBudget over the pods `selector` matches."""

@@ -38,6 +38,18 @@ def name_errors(kind: str, name: str, max_length: int) -> list[str]:
     return errors
 
 
+def cpu_request_errors(resources: dict[str, Any] | None) -> list[str]:
+    """The CRD's rule: user resources must request (or limit) cpu, since the autoscaler's
+    CPU target is a percentage of the request (none: the operator's defaults, which do)."""
+    if not resources:
+        return []
+    if "cpu" in (resources.get("requests") or {}) or "cpu" in (resources.get("limits") or {}):
+        return []
+    return ["resources must request cpu (requests.cpu, or limits.cpu, which the request "
+            "defaults to): the autoscaler's CPU target is a percentage of the request, and "
+            "without one it stops scaling"]
+
+
 def positive_count_errors(field: str, value: Any) -> list[str]:
     """The CRD's rule for a pod count such as rollout.maxSurge: at least 1 or 1%-100%."""
     if isinstance(value, bool):

@@ -55,7 +55,11 @@ SERVER_SCHEMA: dict[str, Any] = {
 
 SPEC_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "The policy and how it is served.",
+    "description": "The policy and how it is served. Size: the validated policy and its "
+    "model must fit one ConfigMap (1,000,000 bytes; PolicyTooLarge beyond), about 7,500 "
+    "rules of 140 bytes. Client-side `kubectl apply` also copies the object into an "
+    "annotation, and all annotations together must stay under 256 KiB: about 1,800 such "
+    "rules; use `kubectl apply --server-side` (or create) for larger policies.",
     "required": ["policy"],
     "properties": {
         "policy": copy.deepcopy(POLICY_SCHEMA),
@@ -83,6 +87,8 @@ SPEC_SCHEMA: dict[str, Any] = {
                   "`--filter-image` (the chart sets it to the release's image)."},
         "imagePullPolicy": common.image_pull_policy(
             "Image pull policy of the filter container."),
+        "imagePullSecrets": common.image_pull_secrets("the filter pods"),
+        "serviceAccountName": common.service_account_name("the filter pods"),
         "replicas": common.replica_bounds(
             "Replica bounds. The HorizontalPodAutoscaler owns the actual count between them.",
             default_min=DEFAULT_MIN_REPLICAS, default_max=DEFAULT_MAX_REPLICAS, maximum=1000,
@@ -100,7 +106,10 @@ SPEC_SCHEMA: dict[str, Any] = {
                     "type": "object",
                     "description": "Optional second target: average Classify requests per "
                     "second per pod, read as a Pods metric (needs a custom metrics adapter "
-                    "such as prometheus-adapter exposing it).",
+                    "such as prometheus-adapter exposing it). While the cluster serves no "
+                    "custom.metrics.k8s.io API the target is left out of the "
+                    "HorizontalPodAutoscaler (which would otherwise never scale down) and "
+                    "Degraded says CustomMetricsUnavailable.",
                     "required": ["averageValue"],
                     "properties": {
                         "averageValue": {"type": "integer", "minimum": 1,
@@ -137,8 +146,12 @@ SPEC_SCHEMA: dict[str, Any] = {
         "resources": {
             "type": "object",
             "description": "Compute resources of the filter container. Default: requests "
-            "cpu 250m, memory 256Mi; limit memory 512Mi.",
+            "cpu 250m, memory 256Mi; limit memory 512Mi. A CPU request (or limit) is "
+            "required: the autoscaler's target is a percentage of it.",
             "properties": common.resource_properties(),
+            "x-kubernetes-validations": [{
+                "rule": common.CPU_REQUESTED_RULE.format(r="self"),
+                "message": common.CPU_REQUESTED_MESSAGE}],
         },
         "server": SERVER_SCHEMA,
         "tls": {
@@ -163,7 +176,8 @@ SPEC_SCHEMA: dict[str, Any] = {
 }
 
 CONDITION_SCHEMA = common.condition_schema(
-    "Ready, Progressing, PolicyValid, Degraded or SuppressionReady.")
+    "Ready, Progressing, PolicyValid, Degraded, ApplyFailed, ScalingActive, AbleToScale, "
+    "SuppressionReady or SuppressionFresh.")
 
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -174,8 +188,9 @@ STATUS_SCHEMA: dict[str, Any] = {
         "conditions": {"type": "array", "items": CONDITION_SCHEMA,
                        "x-kubernetes-list-type": "map",
                        "x-kubernetes-list-map-keys": ["type"],
-                       "description": "Ready, Progressing, PolicyValid, Degraded, and "
-                       "SuppressionReady when unsubscribeStoreRef is set."},
+                       "description": "Ready, Progressing, PolicyValid, Degraded, "
+                       "ApplyFailed (the API server refused a child: its message), and "
+                       "SuppressionReady/SuppressionFresh when unsubscribeStoreRef is set."},
         "suppressionStore": {"type": "string",
                              "description": "HOST:PORT of the UnsubscribeStore the filter "
                              "pods read suppressions from (unsubscribeStoreRef)."},

@@ -20,6 +20,7 @@ SERVICE_ROLE_LABEL = common.SERVICE_ROLE_LABEL
 
 GRPC_PORT = wire.FILTER_GRPC_PORT
 METRICS_PORT = wire.FILTER_METRICS_PORT
+HEALTH_PORT = wire.FILTER_HEALTH_PORT
 POLICY_MOUNT = "/etc/mailwarden/policy"
 TLS_MOUNT = "/etc/mailwarden/tls"
 SIGNING_KEYS_MOUNT = "/etc/mailwarden/signing-keys"  # the store's, for the bulk gate

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from mailwarden_operator.common import events, metrics
-from mailwarden_operator.common.apply import apply, ensure_exists
+from mailwarden_operator.common.apply import Applier, ensure_exists
+from mailwarden_operator.common.backoff import ApplyBackoff, ApplyFailure, is_persistent
 from mailwarden_operator.common.kube import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -49,6 +50,8 @@ from mailwarden_operator.unsubscribestore.status import is_ready, ready_message
 log = logging.getLogger("mailwarden.operator")
 
 DEFAULT_KEEP_CONFIGMAPS = 3
+CUSTOM_METRICS_GROUP = "custom.metrics.k8s.io"
+CUSTOM_METRICS_VERSIONS = ("v1beta2", "v1beta1")
 
 
 def _utcnow() -> datetime.datetime:
@@ -62,14 +65,25 @@ class Reconciler:
     keep_configmaps: int = DEFAULT_KEEP_CONFIGMAPS
     clock: Callable[[], datetime.datetime] = _utcnow
     _locks: ObjectLocks = field(default_factory=ObjectLocks)
+    applier: Applier = field(init=False)
+    backoff: ApplyBackoff = field(default_factory=ApplyBackoff)
 
-    def reconcile(self, namespace: str, name: str, *, trigger: str = "event") -> str:
-        """Reconcile one SpamPolicy; returns a one-word outcome for logs and metrics."""
+    def __post_init__(self) -> None:
+        self.applier = Applier(self.kube)
+
+    def reconcile(self, namespace: str, name: str, *, trigger: str = "event",
+                  deployment: dict[str, Any] | None = None) -> str:
+        """Reconcile one SpamPolicy; returns a one-word outcome for logs and metrics.
+
+        `deployment`: the policy's Deployment as a watch event delivered it. Such an event
+        (rollout progress, several per pod start) can only mean the Deployment changed:
+        only it is checked, from that body, without reading the other children (the
+        create/update handlers and the resync do that)."""
         started = time.perf_counter()
         result = "error"
         try:
             with self._locks.of(namespace, name):
-                result = self._reconcile(namespace, name)
+                result = self._reconcile(namespace, name, deployment)
             return result
         finally:
             metrics.RECONCILES.labels(trigger, result).inc()
@@ -78,10 +92,18 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         self._locks.forget(namespace, name)
         metrics.forget(namespace, name)
+        self.backoff.forget(namespace, name)
+        for res, child in ((DEPLOYMENTS, naming.workload_name(name)),
+                           (SERVICES, naming.workload_name(name)),
+                           (SERVICES, naming.headless_name(name)),
+                           (HPAS, naming.workload_name(name)), (PDBS, naming.workload_name(name)),
+                           (SERVICEMONITORS, naming.workload_name(name))):
+            self.applier.forget(res.kind, namespace, child)
 
     # -- the steps -------------------------------------------------------------------------
 
-    def _reconcile(self, namespace: str, name: str) -> str:
+    def _reconcile(self, namespace: str, name: str,
+                   seen_deployment: dict[str, Any] | None = None) -> str:
         kube = self.kube
         owner = kube.get(SPAMPOLICIES, namespace, name)
         if owner is None or owner["metadata"].get("deletionTimestamp"):
@@ -104,24 +126,34 @@ class Reconciler:
             rejected = exc
 
         workload = naming.workload_name(name)
-        deployment: dict[str, Any] | None
+        generation = owner["metadata"].get("generation")
+        deployment: dict[str, Any] | None = None
+        hpa: dict[str, Any] | None = None
+        failure: ApplyFailure | None = None
+        target_hash: str | None = None
         if bundle is not None:
-            target_hash: str | None = bundle.hash
-            ensure_exists(kube, CONFIGMAPS, render_configmap(owner, bundle))
-            _, deployment = apply(kube, DEPLOYMENTS,
-                                  render_deployment(owner, bundle.hash, self.settings))
-            apply(kube, SERVICES, render_service(owner))
-            apply(kube, SERVICES, render_headless_service(owner))
-            apply(kube, HPAS, render_hpa(owner))
-            apply(kube, PDBS, render_pdb(owner))
-            self._servicemonitor(owner)
-        else:
-            # An invalid policy never reaches a pod: leave every child as it is, so the
-            # last good policy keeps serving.
-            deployment = kube.get(DEPLOYMENTS, namespace, workload)
+            failure = self.backoff.paused(namespace, name, generation)
+            if failure is None:
+                try:
+                    deployment, hpa = self._apply_children(owner, bundle, seen_deployment)
+                    target_hash = bundle.hash
+                    self.backoff.succeeded(namespace, name)
+                except KubeError as exc:
+                    if not is_persistent(exc):
+                        raise
+                    failure = ApplyFailure.of(exc)
+                    pause = self.backoff.failed(namespace, name, generation, failure)
+                    log.warning("SpamPolicy %s/%s: the API server refused a child (%s); "
+                                "next attempt in %.0f s or at a spec change", namespace,
+                                name, failure.message, pause)
+        if target_hash is None:
+            # An invalid policy never reaches a pod, and a refused write changed nothing:
+            # leave every child as it is and report what is live.
+            deployment = deployment or kube.get(DEPLOYMENTS, namespace, workload)
             target_hash = _template_hash(deployment)
 
         rollout = observe_rollout(deployment, target_hash, naming.HASH_ANNOTATION)
+        autoscaler = hpa if hpa is not None else kube.get(HPAS, namespace, workload)
         store_target = suppression_store(owner)
         observation = Observation(
             generation=owner["metadata"].get("generation"),
@@ -133,7 +165,12 @@ class Reconciler:
             rollout=rollout,
             suppression=self._suppression(owner, store_target) if store_target else None,
             suppression_store=store_target,
-            suppression_fresh=suppression_health.observe(kube, owner))
+            suppression_fresh=suppression_health.observe(kube, owner),
+            apply_failure=failure,
+            autoscaler=autoscaler,
+            requests_per_second_ignored=bool(
+                spec["autoscaling"].get("requestsPerSecond") and autoscaler is not None
+                and len(autoscaler["spec"]["metrics"]) == 1))
         now = self.clock()
         status, transitions = compute_status(previous, observation, now)
         if target_hash is not None:
@@ -153,6 +190,35 @@ class Reconciler:
         if rejected is not None:
             return "rejected"
         return "changed" if patch else "unchanged"
+
+    def _apply_children(self, owner: dict[str, Any], bundle: PolicyBundle,
+                        seen_deployment: dict[str, Any] | None = None
+                        ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Write every child (nothing when all are as desired); returns the Deployment and
+        the HorizontalPodAutoscaler (with their status; None when not read)."""
+        apply = self.applier.apply
+        if seen_deployment is not None and _template_hash(seen_deployment) == bundle.hash:
+            # A Deployment event for the current policy: its ConfigMap exists (it was
+            # created before the Deployment pointed at it), other children are unchanged.
+            _, deployment = apply(DEPLOYMENTS,
+                                  render_deployment(owner, bundle.hash, self.settings),
+                                  seen=seen_deployment)
+            return deployment, None
+        ensure_exists(self.kube, CONFIGMAPS, render_configmap(owner, bundle))
+        _, deployment = apply(DEPLOYMENTS, render_deployment(owner, bundle.hash, self.settings))
+        apply(SERVICES, render_service(owner))
+        apply(SERVICES, render_headless_service(owner))
+        _, hpa = apply(HPAS, render_hpa(owner, self._custom_metrics(owner)))
+        apply(PDBS, render_pdb(owner))
+        self._servicemonitor(owner)
+        return deployment, hpa
+
+    def _custom_metrics(self, owner: dict[str, Any]) -> bool:
+        """Whether the requests/s target can be read (asked only when one is set)."""
+        if not owner["spec"]["autoscaling"].get("requestsPerSecond"):
+            return True
+        return any(self.kube.api_available(CUSTOM_METRICS_GROUP, version)
+                   for version in CUSTOM_METRICS_VERSIONS)
 
     def reconcile_referencing(self, namespace: str, store: str, *,
                               trigger: str = "store") -> None:
@@ -188,7 +254,7 @@ class Reconciler:
             return
         meta = owner["metadata"]
         if servicemonitor_wanted(owner):
-            apply(self.kube, SERVICEMONITORS, render_servicemonitor(owner))
+            self.applier.apply(SERVICEMONITORS, render_servicemonitor(owner))
         elif self.kube.get(SERVICEMONITORS, meta["namespace"],
                            naming.workload_name(meta["name"])) is not None:
             self.kube.delete(SERVICEMONITORS, meta["namespace"],

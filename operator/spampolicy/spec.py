@@ -12,6 +12,7 @@ from typing import Any
 
 from mailwarden_operator.common.spec import (
     apply_schema_defaults,
+    cpu_request_errors,
     name_errors,
     positive_count_errors,
 )
@@ -33,5 +34,6 @@ def serving_errors(spec: dict[str, Any], name: str) -> list[str]:
     errors += positive_count_errors("rollout.maxSurge", spec["rollout"]["maxSurge"])
     errors += positive_count_errors("disruption.maxUnavailable",
                                     spec["disruption"]["maxUnavailable"])
+    errors += cpu_request_errors(spec.get("resources"))
     errors += name_errors(naming.KIND, name, naming.MAX_NAME_LENGTH)
     return errors

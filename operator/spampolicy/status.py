@@ -15,6 +15,11 @@ Conditions follow the Kubernetes API conventions: `type`, `status`, `reason` (Ca
   answers are current (suppression_health.py reads it from the pods).
 - SuppressionReady — only with `unsubscribeStoreRef`: whether the referenced UnsubscribeStore
   exists and is Ready. Informational: classification never waits for it.
+- ScalingActive, AbleToScale — the HorizontalPodAutoscaler's own conditions (False: with its
+  reason and message; True: a fixed message, since the HPA rewrites it with every
+  recommendation): an autoscaler that cannot read its metrics stops scaling silently.
+- ApplyFailed — True when the API server refused a child write (the message is the API's);
+  writes pause with back-off (common/backoff.py) and Degraded says ApplyFailed.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailwarden_operator.common.backoff import ApplyFailure, apply_condition, quiet_transitions
 from mailwarden_operator.common.status import (
     Rollout,
     Transition,
@@ -49,6 +55,35 @@ class Observation:
     suppression_store: str | None = None
     # The SuppressionFresh condition (type, status, reason, message), with a store reference.
     suppression_fresh: tuple[str, str, str, str] | None = None
+    # The API server's refusal of a child write, if the last attempt was refused.
+    apply_failure: ApplyFailure | None = None
+    # The HorizontalPodAutoscaler as read (its status conditions), or None.
+    autoscaler: dict[str, Any] | None = None
+    # spec.autoscaling.requestsPerSecond is set but no custom metrics API is served.
+    requests_per_second_ignored: bool = False
+
+
+AUTOSCALER_CONDITIONS = {
+    "ScalingActive": "the HorizontalPodAutoscaler computes replica counts from its metrics",
+    "AbleToScale": "the HorizontalPodAutoscaler can change the replica count",
+}
+
+
+def _autoscaler_conditions(hpa: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    reported = {c.get("type"): c for c in ((hpa or {}).get("status") or {}).get("conditions")
+                or []}
+    out = []
+    for ctype, fine in AUTOSCALER_CONDITIONS.items():
+        c = reported.get(ctype)
+        if c is None:
+            out.append((ctype, "Unknown", "NotReported",
+                        "the HorizontalPodAutoscaler has not reported yet"))
+        elif c.get("status") == "True":
+            out.append((ctype, "True", ctype, fine))
+        else:
+            out.append((ctype, str(c.get("status") or "Unknown"), c.get("reason") or "Unknown",
+                        f"HorizontalPodAutoscaler: {c.get('message') or ''}"[:1000]))
+    return out
 
 
 def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
@@ -79,7 +114,11 @@ def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
                      f"policy {target} serving on {r.available} replicas")
         else:
             ready = ("Ready", "False", "NoReplicasAvailable", "no filter pod is available")
-    if obs.bundle_hash is None and target is not None:
+    if obs.apply_failure is not None:
+        degraded = ("Degraded", "True", "ApplyFailed",
+                    f"a child object was refused ({obs.apply_failure.reason}); see the "
+                    "ApplyFailed condition")
+    elif obs.bundle_hash is None and target is not None:
         degraded = ("Degraded", "True", "LastGoodPolicyServing",
                     f"the new policy is rejected ({valid[2]}); policy {target} keeps "
                     "serving")
@@ -91,9 +130,15 @@ def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
                     f"{obs.min_replicas}")
     elif obs.suppression_fresh is not None and obs.suppression_fresh[2] == "SuppressionStale":
         degraded = ("Degraded", "True", "SuppressionStale", obs.suppression_fresh[3])
+    elif obs.requests_per_second_ignored:
+        degraded = ("Degraded", "True", "CustomMetricsUnavailable",
+                    "autoscaling.requestsPerSecond is ignored: the cluster serves no "
+                    "custom.metrics.k8s.io API (install a metrics adapter such as "
+                    "prometheus-adapter exposing the metric); scaling on CPU only")
     else:
         degraded = ("Degraded", "False", "AsExpected", "all checks pass")
-    out = [ready, progressing, valid, degraded]
+    out = [ready, progressing, valid, degraded, apply_condition(obs.apply_failure),
+           *_autoscaler_conditions(obs.autoscaler)]
     if obs.suppression is not None:
         out.append(obs.suppression)
     if obs.suppression_fresh is not None:
@@ -102,11 +147,15 @@ def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
 
 
 WARNING_WHEN = {("PolicyValid", "False"), ("Degraded", "True"), ("Ready", "False"),
-                ("SuppressionReady", "False"), ("SuppressionFresh", "False")}
+                ("SuppressionReady", "False"), ("SuppressionFresh", "False"),
+                ("ApplyFailed", "True")}
 
 
 def _spampolicy_warning(ctype: str, cstatus: str, reason: str,
                         before: dict[str, Any] | None) -> bool:
+    if ctype in AUTOSCALER_CONDITIONS:
+        # New pods have no CPU figures for a minute: not worth a warning.
+        return cstatus == "False" and reason != "FailedGetResourceMetric"
     return (ctype, cstatus) in WARNING_WHEN and reason != "RollingOut"
 
 
@@ -149,6 +198,6 @@ def compute_status(previous: dict[str, Any] | None, obs: Observation,
 
     out["conditions"], transitions = build_conditions(prev, _conditions(obs), obs.generation,
                                                       now, _spampolicy_warning)
-    return out, transitions
+    return out, quiet_transitions(prev, transitions, ("ApplyFailed", *AUTOSCALER_CONDITIONS))
 
 

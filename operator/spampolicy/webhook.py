@@ -3,16 +3,48 @@ refused with the validator's messages instead of being accepted and left unserve
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 from filter_server.policy.validate import validate_policy
 from mailwarden_operator.spampolicy.spec import serving_errors, with_defaults
 
 MAX_ERRORS = 20
+# Verdicts remembered by content: kopf's bookkeeping patches, retries and re-applies of an
+# unchanged spec are answered without compiling the policy again.
+VERDICT_CACHE_SIZE = 256
 
 
 def admission_errors(spec: dict[str, Any] | None, name: str) -> list[str]:
-    """Every reason to refuse this SpamPolicy spec (empty: admit it)."""
+    """Every reason to refuse this SpamPolicy spec (empty: admit it), remembered by content."""
+    try:
+        key = json.dumps([spec, name], sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return _admission_errors(spec, name)
+    return list(_cached_errors(key))
+
+
+@functools.lru_cache(maxsize=VERDICT_CACHE_SIZE)
+def _cached_errors(key: str) -> tuple[str, ...]:
+    spec, name = json.loads(key)
+    return tuple(_admission_errors(spec, name))
+
+
+def needs_review(operation: str | None, old: dict[str, Any] | None,
+                 new: dict[str, Any] | None) -> bool:
+    """Whether an admission request must be judged: not an UPDATE that leaves the spec as it
+    was (labels, annotations, kopf's bookkeeping, finalizers), nor a write to an object that
+    is being deleted (the garbage collector removing its finalizer). The chart's
+    matchConditions keep the API server from even calling for those; this repeats them."""
+    if new is not None and (new.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    if operation == "UPDATE" and old is not None and new is not None:
+        return old.get("spec") != new.get("spec")
+    return True
+
+
+def _admission_errors(spec: dict[str, Any] | None, name: str) -> list[str]:
     defaulted = with_defaults(spec)
     errors = [f"spec.policy.{e}" if e.path else f"spec.policy: {e.reason}"
               for e in validate_policy(defaulted.get("policy"))]

@@ -240,6 +240,8 @@ SPEC_SCHEMA: dict[str, Any] = {
                   "`--filter-image` (the chart sets it to the release's image)."},
         "imagePullPolicy": common.image_pull_policy(
             "Image pull policy of the store containers."),
+        "imagePullSecrets": common.image_pull_secrets("the store pods"),
+        "serviceAccountName": common.service_account_name("the store pods"),
         "replicas": common.replica_bounds(
             "Replica bounds; the HorizontalPodAutoscaler owns the count between them. "
             "Embedded storage runs exactly one replica.",
@@ -270,7 +272,8 @@ SPEC_SCHEMA: dict[str, Any] = {
         "resources": {
             "type": "object",
             "description": "Compute resources of the store container. Default: requests "
-            "cpu 100m, memory 128Mi; limit memory 256Mi.",
+            "cpu 100m, memory 128Mi; limit memory 256Mi. With PostgreSQL storage a CPU "
+            "request (or limit) is required: the autoscaler's target is a percentage of it.",
             "properties": common.resource_properties(),
         },
         "server": SERVER_SCHEMA,
@@ -283,13 +286,17 @@ SPEC_SCHEMA: dict[str, Any] = {
         {"rule": "self.storage.type != 'embedded' || self.durability != 'replicated'",
          "message": "durability replicated needs PostgreSQL with a synchronous standby; "
          "embedded SQLite cannot replicate"},
+        {"rule": "self.storage.type == 'embedded' || !has(self.resources) || " +
+                 common.CPU_REQUESTED_RULE.format(r="self.resources"),
+         "message": common.CPU_REQUESTED_MESSAGE},
         {"rule": "self.storage.type != 'embedded' || "
                  "(self.replicas.min == 1 && self.replicas.max == 1)",
          "message": "embedded storage runs exactly one replica: set replicas.min and "
          "replicas.max to 1"},
     ],
 }
-CONDITION_SCHEMA = common.condition_schema("Ready, Progressing, StorageReady or Degraded.")
+CONDITION_SCHEMA = common.condition_schema(
+    "Ready, Progressing, StorageReady, Degraded or ApplyFailed.")
 
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -300,7 +307,8 @@ STATUS_SCHEMA: dict[str, Any] = {
         "conditions": {"type": "array", "items": CONDITION_SCHEMA,
                        "x-kubernetes-list-type": "map",
                        "x-kubernetes-list-map-keys": ["type"],
-                       "description": "Ready, Progressing, StorageReady, Degraded."},
+                       "description": "Ready, Progressing, StorageReady, Degraded, "
+                       "ApplyFailed (the API server refused a child: its message)."},
         "storage": {"type": "string", "description": "postgres or embedded."},
         "durability": {"type": "string", "description": "local or replicated."},
         "highlyAvailable": {"type": "boolean",

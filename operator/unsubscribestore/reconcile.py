@@ -27,7 +27,8 @@ from typing import Any, Callable
 
 from mailwarden.tokens import SigningKey, SigningKeyError, generate_key, parse_previous_key_line
 from mailwarden_operator.common import events, metrics
-from mailwarden_operator.common.apply import apply, ensure_exists
+from mailwarden_operator.common.apply import Applier, ensure_exists
+from mailwarden_operator.common.backoff import ApplyBackoff, ApplyFailure, is_persistent
 from mailwarden_operator.common.kube import (
     DEPLOYMENTS,
     HPAS,
@@ -61,7 +62,6 @@ from mailwarden_operator.unsubscribestore.render.pvc import render_data_claim, w
 from mailwarden_operator.unsubscribestore.render.secret import render_signing_key_secret
 from mailwarden_operator.unsubscribestore.render.servicemonitor import render_store_servicemonitor
 from mailwarden_operator.unsubscribestore.render.services import (
-    annotation_removals,
     render_grpc_service,
     render_http_service,
 )
@@ -136,6 +136,11 @@ class StoreReconciler:
     # so SpamPolicies referencing it update their SuppressionReady condition at once.
     on_ready_changed: Callable[[str, str], None] | None = None
     _locks: ObjectLocks = field(default_factory=ObjectLocks)
+    applier: Applier = field(init=False)
+    backoff: ApplyBackoff = field(default_factory=ApplyBackoff)
+
+    def __post_init__(self) -> None:
+        self.applier = Applier(self.kube)
 
     def reconcile(self, namespace: str, name: str, *, trigger: str = "event") -> str:
         """Reconcile one UnsubscribeStore; returns a one-word outcome."""
@@ -155,6 +160,13 @@ class StoreReconciler:
     def forget(self, namespace: str, name: str) -> None:
         self._locks.forget(namespace, name)
         metrics.forget_store(namespace, name)
+        self.backoff.forget(namespace, name)
+        workload = store_naming.workload_name(name)
+        for res, child in ((DEPLOYMENTS, workload), (SERVICES, workload),
+                           (SERVICES, store_naming.http_service_name(name)), (HPAS, workload),
+                           (PDBS, workload), (SERVICEMONITORS, workload),
+                           (NETWORKPOLICIES, workload)):
+            self.applier.forget(res.kind, namespace, child)
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -171,38 +183,36 @@ class StoreReconciler:
         now = self.clock()
 
         problem: StoreProblem | None = None
-        versions: dict[str, str] = {}
+        failure: ApplyFailure | None = None
+        generation = owner["metadata"].get("generation")
         errors = spec_errors(spec, name)
         if errors:
             problem = StoreProblem("InvalidSpec", "; ".join(errors))
         else:
-            try:
-                versions = self._secret_versions(owner, now)
-            except StoreProblem as exc:
-                problem = exc
+            failure = self.backoff.paused(namespace, name, generation)
 
         workload = store_naming.workload_name(name)
-        deployment: dict[str, Any] | None
+        deployment: dict[str, Any] | None = None
+        target_hash: str | None = None
         embedded = spec.get("storage", {}).get("type") == "embedded"
-        if problem is None:
-            if wants_claim(owner):
-                ensure_exists(kube, PVCS, render_data_claim(owner))
-            desired = render_store_deployment(owner, self.settings, versions)
-            # Embedded: no autoscaler, and never a second SQLite writer: replicas enforced.
-            _, deployment = apply(kube, DEPLOYMENTS, desired,
-                                  create_only=() if embedded else None)
-            target_hash: str | None = desired["metadata"]["annotations"][
-                store_naming.CONFIG_HASH_ANNOTATION]
-            apply(kube, SERVICES, render_grpc_service(owner))
-            http = render_http_service(owner)
-            current_http = kube.get(SERVICES, namespace, http["metadata"]["name"])
-            apply(kube, SERVICES, annotation_removals(http, current_http), current=current_http)
-            if not embedded:
-                apply(kube, HPAS, render_store_hpa(owner))
-                apply(kube, PDBS, render_store_pdb(owner))
-            self._servicemonitor(owner)
-            self._networkpolicy(owner)
-        else:
+        if problem is None and failure is None:
+            try:
+                deployment, target_hash = self._apply_children(owner, now)
+                self.backoff.succeeded(namespace, name)
+            except StoreProblem as exc:
+                problem = exc
+            except KubeError as exc:
+                if not is_persistent(exc):
+                    raise
+                failure = ApplyFailure.of(exc)
+                pause = self.backoff.failed(namespace, name, generation, failure)
+                log.warning("UnsubscribeStore %s/%s: the API server refused a child (%s); "
+                            "next attempt in %.0f s or at a spec change", namespace, name,
+                            failure.message, pause)
+        if failure is not None and problem is None:
+            problem = StoreProblem("ApplyFailed", f"the API server refused a child object: "
+                                   f"{failure.message}")
+        if target_hash is None:
             # Leave every child as it is: whatever served before keeps serving.
             deployment = kube.get(DEPLOYMENTS, namespace, workload)
             target_hash = ((deployment or {}).get("spec", {}).get("template", {})
@@ -232,7 +242,7 @@ class StoreReconciler:
             rollout=rollout,
             rollout_stuck=_progress_deadline_exceeded(deployment),
             signing_key_secret=store_naming.signing_key_secret(owner) if one_click else None,
-            endpoints=endpoints)
+            endpoints=endpoints, apply_failure=failure)
         status, transitions = compute_store_status(previous, observation, now)
         patch = status_patch(previous, status)
         if patch:
@@ -247,6 +257,29 @@ class StoreReconciler:
         if problem is not None:
             return "rejected", ready_changed
         return ("changed" if patch else "unchanged"), ready_changed
+
+    def _apply_children(self, owner: dict[str, Any], now: datetime.datetime
+                        ) -> tuple[dict[str, Any], str]:
+        """Check the Secrets, then write every child (nothing when all are as desired);
+        returns the Deployment and its config hash. Raises StoreProblem or KubeError."""
+        kube = self.kube
+        embedded = owner["spec"]["storage"]["type"] == "embedded"
+        versions = self._secret_versions(owner, now)
+        if wants_claim(owner):
+            ensure_exists(kube, PVCS, render_data_claim(owner))
+        desired = render_store_deployment(owner, self.settings, versions)
+        # Embedded: no autoscaler, and never a second SQLite writer: replicas enforced.
+        apply = self.applier.apply
+        _, deployment = apply(DEPLOYMENTS, desired, create_only=() if embedded else None)
+        apply(SERVICES, render_grpc_service(owner))
+        apply(SERVICES, render_http_service(owner))
+        if not embedded:
+            apply(HPAS, render_store_hpa(owner))
+            apply(PDBS, render_store_pdb(owner))
+        self._servicemonitor(owner)
+        self._networkpolicy(owner)
+        return deployment, desired["metadata"]["annotations"][
+            store_naming.CONFIG_HASH_ANNOTATION]
 
     def _secret_versions(self, owner: dict[str, Any], now: datetime.datetime) -> dict[str, str]:
         """Check (and for the signing key, create) the Secrets the pods mount; returns
@@ -296,7 +329,7 @@ class StoreReconciler:
     def _networkpolicy(self, owner: dict[str, Any]) -> None:
         meta = owner["metadata"]
         if networkpolicy_wanted(owner):
-            apply(self.kube, NETWORKPOLICIES, render_store_networkpolicy(owner))
+            self.applier.apply(NETWORKPOLICIES, render_store_networkpolicy(owner))
         elif self.kube.get(NETWORKPOLICIES, meta["namespace"],
                            store_naming.workload_name(meta["name"])) is not None:
             self.kube.delete(NETWORKPOLICIES, meta["namespace"],
@@ -308,7 +341,7 @@ class StoreReconciler:
         meta = owner["metadata"]
         name = store_naming.workload_name(meta["name"])
         if servicemonitor_wanted(owner):
-            apply(self.kube, SERVICEMONITORS, render_store_servicemonitor(owner))
+            self.applier.apply(SERVICEMONITORS, render_store_servicemonitor(owner))
         elif self.kube.get(SERVICEMONITORS, meta["namespace"], name) is not None:
             self.kube.delete(SERVICEMONITORS, meta["namespace"], name)
 

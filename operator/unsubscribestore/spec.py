@@ -12,6 +12,7 @@ from typing import Any
 
 from mailwarden_operator.common.spec import (
     apply_schema_defaults,
+    cpu_request_errors,
     name_errors,
     positive_count_errors,
 )
@@ -58,6 +59,8 @@ def spec_errors(spec: dict[str, Any], name: str) -> list[str]:
                       f"{crd.MIN_TOKEN_MAX_AGE_DAYS} (CASL)")
     errors += positive_count_errors("disruption.maxUnavailable",
                                     spec["disruption"]["maxUnavailable"])
+    if kind != "embedded":
+        errors += cpu_request_errors(spec.get("resources"))
     errors += name_errors(naming.KIND, name, naming.MAX_NAME_LENGTH)
     return errors
 

@@ -20,6 +20,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailwarden_operator.common.backoff import ApplyFailure, apply_condition, quiet_transitions
 from mailwarden_operator.common.status import Rollout, Transition, build_conditions
 
 # Configuration problems found before rendering; storage-related ones also make
@@ -45,6 +46,7 @@ class StoreObservation:
     rollout_stuck: bool = False        # the Deployment reports ProgressDeadlineExceeded
     signing_key_secret: str | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
+    apply_failure: ApplyFailure | None = None  # the API server refused a child write
 
 
 def _storage_ready(obs: StoreObservation) -> tuple[str, str, str, str]:
@@ -109,14 +111,14 @@ def _conditions(obs: StoreObservation, lost: bool) -> list[tuple[str, str, str, 
                     f"{obs.min_replicas}")
     else:
         degraded = ("Degraded", "False", "AsExpected", "all checks pass")
-    return [ready, progressing, storage, degraded]
+    return [ready, progressing, storage, degraded, apply_condition(obs.apply_failure)]
 
 
 def _warning(ctype: str, cstatus: str, reason: str, before: dict[str, Any] | None) -> bool:
     """Warnings for configuration problems and for losing what worked; a store that is
     merely starting (not Ready yet) posts Normal Events."""
     if (ctype, cstatus) not in {("Ready", "False"), ("StorageReady", "False"),
-                                ("Degraded", "True")}:
+                                ("Degraded", "True"), ("ApplyFailed", "True")}:
         return False
     if reason in ("RollingOut", "NoStorePods"):
         return False
@@ -159,7 +161,7 @@ def compute_store_status(previous: dict[str, Any] | None, obs: StoreObservation,
         _condition(prev, "Degraded").get("reason") == "StoreNotReady"
     out["conditions"], transitions = build_conditions(prev, _conditions(obs, lost),
                                                       obs.generation, now, _warning)
-    return out, transitions
+    return out, quiet_transitions(prev, transitions)
 
 
 def is_ready(status: dict[str, Any] | None) -> bool:

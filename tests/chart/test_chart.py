@@ -167,15 +167,75 @@ def test_self_signed_webhook_certificate_verifies_against_the_ca_bundle() -> Non
 
 
 def test_cert_manager_issues_the_certificate_when_present() -> None:
+    """Issue 13 item 15: the standard chain (self-signed Issuer -> CA Certificate -> CA
+    Issuer -> serving Certificate). A self-signed Issuer signing the serving certificate
+    directly made every renewal a new CA, and until cainjector caught up the API server
+    refused the webhook's certificate (x509: unknown authority)."""
     docs = render(*VARIANTS["cert-manager"])
     assert by_kind(docs, "Secret") == []
-    cert = by_kind(docs, "Certificate")[0]
-    assert cert["spec"]["secretName"] == "mw-mailwarden-webhook-tls"
+    issuers = {d["metadata"]["name"]: d["spec"] for d in by_kind(docs, "Issuer")}
+    certs = {d["metadata"]["name"]: d["spec"] for d in by_kind(docs, "Certificate")}
+    assert issuers["mw-mailwarden-selfsigned"] == {"selfSigned": {}}
+    ca = certs["mw-mailwarden-webhook-ca"]
+    assert ca["isCA"] is True and ca["issuerRef"]["name"] == "mw-mailwarden-selfsigned"
+    assert issuers["mw-mailwarden-webhook-ca"] == {"ca": {"secretName": ca["secretName"]}}
+    serving = certs["mw-mailwarden-webhook"]
+    assert serving["secretName"] == "mw-mailwarden-webhook-tls"
+    assert serving["issuerRef"] == {"name": "mw-mailwarden-webhook-ca", "kind": "Issuer"}
+    assert "isCA" not in serving
     config = by_kind(docs, "ValidatingWebhookConfiguration")[0]
     assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == \
         "mail-system/mw-mailwarden-webhook"
     assert "caBundle" not in config["webhooks"][0]["clientConfig"]
     assert by_kind(docs, "ServiceMonitor")
+
+
+EXISTING = ("--set", "webhook.tls.existingSecret=webhook-cert",
+            "--set", "webhook.tls.caBundle=" + base64.b64encode(b"-----BEGIN CERT").decode())
+
+
+@pytest.mark.parametrize("extra", [(), ("--api-versions", "cert-manager.io/v1")],
+                         ids=["plain", "cert-manager-installed"])
+def test_an_existing_certificate_renders_the_same_every_time(extra: tuple[str, ...]) -> None:
+    """Issue 13 item 15 (GitOps): `helm template` cannot look up the Secret it made before,
+    so the chart-generated certificate changed on every render; an existing Secret and its
+    caBundle make the output stable."""
+    def text() -> str:
+        out = subprocess.run([_helm(), "template", "mw", str(CHART), "-n", "mail-system",
+                              *EXISTING, *extra], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+    first = text()
+    assert text() == first
+    docs = [d for d in yaml.safe_load_all(first) if d]
+    assert by_kind(docs, "Secret") == [] and by_kind(docs, "Certificate") == []
+    webhook = by_kind(docs, "ValidatingWebhookConfiguration")[0]
+    assert webhook["webhooks"][0]["clientConfig"]["caBundle"] == EXISTING[3].split("=", 1)[1]
+    assert "annotations" not in webhook["metadata"]
+    volumes = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["volumes"]
+    assert {"secretName": "webhook-cert"} in [v.get("secret") for v in volumes]
+
+
+def test_an_existing_certificate_needs_its_ca_bundle() -> None:
+    out = subprocess.run([_helm(), "template", "mw", str(CHART), *EXISTING[:2]],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "webhook.tls.caBundle is required with webhook.tls.existingSecret" in out.stderr
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("operator.replica=3", "additional properties 'replica' not allowed"),
+    ("webhook.failurePolicy=fail", "value must be one of 'Fail', 'Ignore'"),
+    ("webhook.certManager.enabled=maybe", "/webhook/certManager/enabled"),
+    ("operator.logLevel=verbose", "/operator/logLevel"),
+    ("imagePullSecrets[0]=regcred", "/imagePullSecrets/0"),
+])
+def test_values_schema_refuses_misspelt_keys_and_bad_values(setting: str, message: str) -> None:
+    """Issue 13 item 17: values.schema.json; a typo was silently ignored before."""
+    out = subprocess.run([_helm(), "template", "mw", str(CHART), "--set", setting],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr
 
 
 def test_chart_ships_the_crds() -> None:

@@ -19,7 +19,7 @@ from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as upb
 from testkit.filter import Server, mini_policy, outcomes, wait_for, write_policy
 from tests.filter_server.server.test_memory import PeakRss
-from testkit.store import StoreProcess
+from testkit.store import RESUBSCRIBE_TOKEN, StoreProcess
 
 MIB = 1024 * 1024
 SUPPRESSIONS = 200_000
@@ -28,14 +28,19 @@ LIMIT = 384 * MIB
 
 @pytest.fixture
 def store(tmp_path: Path):
+    admin_token = tmp_path / "admin-token"
+    admin_token.write_text(RESUBSCRIBE_TOKEN)
     proc = StoreProcess(tmp_path, ["--store", "sqlite", "--sqlite-path",
-                                   str(tmp_path / "store.db"), "--no-one-click"]).start()
+                                   str(tmp_path / "store.db"), "--no-one-click",
+                                   "--admin-token-file", str(admin_token)]).start()
     data = b"address\n" + b"".join(f"reader{i:07d}@example{i % 997}.com\n".encode()
                                    for i in range(SUPPRESSIONS))
     step = 1 << 20
     chunks = [upb.ImportChunk(format=upb.CSV, default_scope="*", data=data[:step])] + \
         [upb.ImportChunk(data=data[i:i + step]) for i in range(step, len(data), step)]
-    assert proc.stub().Import(iter(chunks), timeout=300).inserted == SUPPRESSIONS
+    assert proc.stub().Import(
+        iter(chunks), timeout=300,
+        metadata=(("authorization", f"Bearer {RESUBSCRIBE_TOKEN}"),)).inserted == SUPPRESSIONS
     yield proc
     proc.close()
 

@@ -70,7 +70,7 @@ class Cluster:
         """Every create/patch/put/delete the emulator has served, as 'METHOD path'."""
         out = []
         for method, path, group in self.emulator.requests():
-            if method in ("GET", "HEAD", "OPTIONS") or group in exclude_groups:
+            if method in ("GET", "HEAD", "OPTIONS", "DRYRUN") or group in exclude_groups:
                 continue
             out.append(f"{method} {path}")
         return out

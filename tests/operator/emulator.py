@@ -3,10 +3,12 @@
 KMock 0.8 is a generic in-memory object store with watch streams. This subclass adds the
 few API-server behaviours the operator relies on and that a real server always has:
 `metadata.uid`, `creationTimestamp` and `generation` on create, `generation` bumped when
-`spec` changes, and PUT (replace), used by the kubernetes client's Lease lock. It still has
-no server-side apply, no resourceVersion conflicts, no garbage collection, no admission, no
-label-selector filtering and no status-subresource split (see docs/operator.md for what only
-a real cluster shows).
+`spec` changes, PUT (replace), used by the kubernetes client's Lease lock, and a simplified
+server-side apply (lists are atomic; a field another client changes loses its appliers'
+ownership, as on a real server) with dry-run. It still has no resourceVersion conflicts,
+no garbage collection, no admission, no label-selector filtering and no status-subresource
+split (see docs/operator.md for what only a real cluster shows; tests/operator_cluster/
+runs the operator against a real API server).
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
         inflight[id(request)] = request
         self._requests[:] = [r for r in self._requests if id(r) in inflight]
         self.__dict__.setdefault("log", []).append(
-            (request.method.upper(), request.url.path,
+            ("DRYRUN" if request.params.get("dryRun") else request.method.upper(),
+             request.url.path,
              request.resource.group if request.resource is not None else None))
         self.__dict__.setdefault("detailed_log", []).append(RequestRecord(
             method=request.method.upper(), path=request.url.path,
@@ -109,6 +112,22 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
         if request.resource is not None and request.method.upper() == "PUT" \
                 and request.name is not None:
             return await self._replace(request)
+        if request.resource is not None and request.method.upper() == "PATCH" \
+                and request.name is not None and "apply-patch" in \
+                request.headers.get("Content-Type", ""):
+            return await self._server_side_apply(request)
+        if request.resource is not None and request.action == enums.action.UPDATE \
+                and request.name is not None:
+            key = (request.resource, request.namespace, request.name)
+            before = copy.deepcopy(self._objects[key].raw) \
+                if key in self._objects and not self._objects[key].deleted else None
+            response = await self._update(request)
+            if before is not None and key in self._objects and not self._objects[key].deleted:
+                self._transfer_ownership(key, before, self._objects[key].raw)
+            return response
+        return await self._update(request)
+
+    async def _update(self, request: Any) -> aiohttp.web.StreamResponse:
         if request.resource is not None and request.action == enums.action.CREATE \
                 and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
@@ -135,6 +154,90 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
                                         for k, v in bump.items())
         return await super()._handle(request)
 
+    # -- server-side apply (simplified: lists are atomic) ----------------------------------
+
+    def _field_sets(self) -> dict[Any, dict[str, Any]]:
+        return self.__dict__.setdefault("_applied_fields", {})
+
+    def _managed_fields(self, key: Any) -> list[dict[str, Any]]:
+        return [{"manager": manager, "operation": "Apply", "apiVersion": "v1",
+                 "fieldsType": "FieldsV1", "fieldsV1": fields}
+                for (k, manager), fields in sorted(self._field_sets().items(),
+                                                   key=lambda item: item[0][1])
+                if k == key and fields]
+
+    async def _server_side_apply(self, request: Any) -> aiohttp.web.StreamResponse:
+        key = (request.resource, request.namespace, request.name)
+        manager = request.params.get("fieldManager", "")
+        dry_run = request.params.get("dryRun") == "All"
+        body = copy.deepcopy(request.data)
+        body.get("metadata", {}).pop("managedFields", None)
+        new_fields = _field_set(body)
+        async with self._lock:
+            exists = key in self._objects and not self._objects[key].deleted
+            current = copy.deepcopy(self._objects[key].raw) if exists else None
+            sets = self._field_sets()
+            if current is None:
+                obj = body
+                meta = obj.setdefault("metadata", {})
+                meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
+            else:
+                obj = copy.deepcopy(current)
+                others = [f for (k, m), f in sets.items() if k == key and m != manager]
+                for path in _leaves(sets.get((key, manager), {})):
+                    if path not in set(_leaves(new_fields)) and \
+                            not any(_has_path(f, path) for f in others):
+                        _remove_path(obj, path)
+                obj = _merge(obj, body)
+            if not dry_run:
+                sets[(key, manager)] = new_fields
+            managed = self._managed_fields(key)
+            if dry_run:
+                others = [{"manager": m, "operation": "Apply", "apiVersion": "v1",
+                           "fieldsType": "FieldsV1", "fieldsV1": f}
+                          for (k, m), f in sets.items() if k == key and m != manager]
+                managed = sorted(others + [{"manager": manager, "operation": "Apply",
+                                            "apiVersion": "v1", "fieldsType": "FieldsV1",
+                                            "fieldsV1": new_fields}],
+                                 key=lambda e: e["manager"])
+            obj["metadata"]["managedFields"] = managed
+            changed = current is None or _strip(obj) != _strip(current) or \
+                (current.get("metadata") or {}).get("managedFields") != managed
+            if changed:
+                obj["metadata"]["resourceVersion"] = self._next_revision()
+                if current is not None and obj.get("spec") != current.get("spec"):
+                    obj["metadata"]["generation"] = \
+                        current["metadata"].get("generation", 1) + 1
+            if dry_run or not changed:
+                return aiohttp.web.json_response(obj)
+            if current is None:
+                if key in self._objects:
+                    self._objects[key].create(obj)
+                else:
+                    self._objects[key] = obj
+                event = "ADDED"
+            else:
+                removals = {k: None for k in current if k not in obj}
+                self._objects[key].patch({**removals, **_nulls_for_removed(current, obj)})
+                event = "MODIFIED"
+            raw = self._objects[key].raw
+            await self._buses[request.resource].put({"type": event, "object": raw})
+        return aiohttp.web.json_response(raw)
+
+    def _transfer_ownership(self, key: Any, before: dict[str, Any],
+                            after: dict[str, Any]) -> None:
+        """Another client changed fields: appliers lose ownership of what changed."""
+        changed = _changed_paths(_strip(before), _strip(after))
+        if not changed:
+            return
+        sets = self._field_sets()
+        for (k, manager), fields in list(sets.items()):
+            if k != key:
+                continue
+            for path in changed:
+                _remove_path(fields, tuple(f"f:{p}" for p in path), prune=True)
+        self._objects[key].patch({"metadata": {"managedFields": self._managed_fields(key)}})
+
     async def _replace(self, request: Any) -> aiohttp.web.StreamResponse:
         key = (request.resource, request.namespace, request.name)
         async with self._lock:
@@ -148,6 +251,83 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
             raw = obj.raw
             await self._buses[request.resource].put({"type": "MODIFIED", "object": raw})
         return aiohttp.web.json_response(raw)
+
+
+def _field_set(obj: Any) -> dict[str, Any]:
+    """The fields an applied configuration sets, as `fieldsV1` (lists atomic)."""
+    if not isinstance(obj, dict):
+        return {}
+    return {f"f:{k}": _field_set(v) for k, v in obj.items()}
+
+
+def _leaves(fields: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for key, sub in fields.items():
+        out += _leaves(sub, prefix + (key,)) if sub else [prefix + (key,)]
+    return out
+
+
+def _has_path(fields: dict[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = fields
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _remove_path(obj: Any, path: tuple[str, ...], prune: bool = False) -> None:
+    """Remove `path` (of `f:` keys for field sets, plain keys for objects) from `obj`."""
+    keys = [p[2:] if p.startswith("f:") and not prune else p for p in path]
+    node = obj
+    parents = []
+    for part in keys[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            return
+        parents.append((node, part))
+        node = node[part]
+    if isinstance(node, dict):
+        node.pop(keys[-1], None)
+    if prune:  # drop parents left empty in a field set
+        for parent, part in reversed(parents):
+            if parent[part] == {}:
+                parent.pop(part)
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            out[key] = _merge(base.get(key), value) if key in base else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(patch)
+
+
+def _strip(obj: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in obj.items() if k != "status"}
+    out["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items()
+                       if k not in ("managedFields", "resourceVersion", "generation")}
+    return out
+
+
+def _changed_paths(before: Any, after: Any, prefix: tuple[str, ...] = ()
+                   ) -> list[tuple[str, ...]]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in set(before) | set(after):
+            out += _changed_paths(before.get(key), after.get(key), prefix + (key,))
+        return out
+    return [] if before == after else [prefix]
+
+
+def _nulls_for_removed(before: Any, after: Any) -> Any:
+    """`after` as a KMock patch of `before`: keys `after` lacks become None."""
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return after
+    out = {key: None for key in before if key not in after}
+    for key, value in after.items():
+        out[key] = _nulls_for_removed(before.get(key), value) if key in before else value
+    return out
 
 
 class EmulatorThread:

@@ -89,9 +89,12 @@ def _example() -> dict:
      "disruption.maxUnavailable must be at least 1 or a percentage from 1% to 100%"),
     (lambda d: d["spec"].update(server={"preStopSeconds": 0}),
      "0 is less than the minimum of 1"),
+    # Issue 13 item 16: no CPU request, no CPU utilization: the HPA stops scaling.
+    (lambda d: d["spec"].update(resources={"requests": {"memory": "1Gi"}}),
+     "resources must request cpu"),
 ], ids=["replicas", "thresholds", "header-missing", "header-extra", "model-both",
         "percentage", "name-length", "dotted-name", "digit-name", "surge-0", "surge-0%",
-        "unavailable-0", "unavailable-0%", "prestop-0"])
+        "unavailable-0", "unavailable-0%", "prestop-0", "no-cpu-request"])
 def test_cel_rules_refuse_broken_resources(change, message) -> None:
     doc = _example()
     change(doc)

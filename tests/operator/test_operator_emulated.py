@@ -100,9 +100,13 @@ def test_create_renders_every_child_and_reports_ready(cluster: Cluster,
     assert conditions == {"Ready": ("True", "PolicyLive"),
                           "Progressing": ("False", "RolloutComplete"),
                           "PolicyValid": ("True", "Valid"),
-                          "Degraded": ("False", "AsExpected")}
-    reasons = {e["reason"] for e in cluster.kube.list(EVENTS, ns)}
-    assert "ReadyPolicyLive" in reasons and "PolicyValidValid" in reasons
+                          "Degraded": ("False", "AsExpected"),
+                          "ApplyFailed": ("False", "Applied"),
+                          "ScalingActive": ("Unknown", "NotReported"),
+                          "AbleToScale": ("Unknown", "NotReported")}
+    # Events are posted right after the status write: wait for them too.
+    wait_for(lambda: {"ReadyPolicyLive", "PolicyValidValid"} <= {
+        e["reason"] for e in cluster.kube.list(EVENTS, ns)}, 30, "the Events")
     assert operator.metric("mailwarden_operator_policy_propagation_seconds_count") >= 1
 
 
@@ -157,8 +161,8 @@ def test_invalid_policy_keeps_the_last_good_one_serving(cluster: Cluster,
     assert _template_hash(cluster, ns, name) == good
     assert [cm["metadata"]["name"] for cm in _policy_configmaps(cluster, ns, name)] == \
         [naming.configmap_name(name, good)]
-    warnings = [e for e in cluster.kube.list(EVENTS, ns) if e["type"] == "Warning"]
-    assert any(e["reason"] == "PolicyValidInvalidPolicy" for e in warnings)
+    wait_for(lambda: any(e["type"] == "Warning" and e["reason"] == "PolicyValidInvalidPolicy"
+                         for e in cluster.kube.list(EVENTS, ns)), 30, "the Warning Event")
 
     # Fixing it rolls out the fixed policy.
     policy["rules"][0]["pattern"] = "(closed)"

@@ -122,7 +122,8 @@ def test_create_generates_the_key_once_and_renders_every_child(
     assert conditions(body) == {"Ready": ("True", "Serving"),
                                 "Progressing": ("False", "RolloutComplete"),
                                 "StorageReady": ("True", "StoreReady"),
-                                "Degraded": ("False", "AsExpected")}
+                                "Degraded": ("False", "AsExpected"),
+                                "ApplyFailed": ("False", "Applied")}
     wanted = {"SigningKeyGenerated", "ReadyServing", "StorageReadyStoreReady"}
     wait_for(lambda: wanted <= {e["reason"] for e in cluster.kube.list(EVENTS, ns)}, 30,
              f"events {sorted(wanted)}")

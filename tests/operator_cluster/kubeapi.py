@@ -69,6 +69,8 @@ def install_crds(cp: ControlPlane, directory: Path = CRD_DIR) -> list[str]:
 CHART = REPO / "charts" / "mailwarden"
 RELEASE = "mw"
 RELEASE_NAMESPACE = "mail-system"
+# The chart's ServiceAccount for release `mw` in `mail-system`.
+OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}-mailwarden"
 
 
 def helm() -> str:

@@ -70,6 +70,8 @@ INVALID_SPAMPOLICIES = {
     "maxUnavailable 0%": (lambda ns: spampolicy(ns, disruption={"maxUnavailable": "0%"}),
                           "disruption.maxUnavailable must be at least 1 or a percentage "
                           "from 1% to 100%"),
+    "no cpu request": (lambda ns: spampolicy(ns, resources={"requests": {"memory": "1Gi"}}),
+                       "resources must request cpu"),
 }
 
 

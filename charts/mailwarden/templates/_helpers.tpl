@@ -40,13 +40,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{- define "mailwarden.webhookSecret" -}}
-{{- printf "%s-webhook-tls" (include "mailwarden.fullname" .) -}}
+{{- .Values.webhook.tls.existingSecret | default (printf "%s-webhook-tls" (include "mailwarden.fullname" .)) -}}
 {{- end -}}
 
 {{/* "true" when cert-manager issues the webhook certificate. */}}
 {{- define "mailwarden.certManager" -}}
 {{- $mode := toString .Values.webhook.certManager.enabled -}}
-{{- if or (eq $mode "true") (and (eq $mode "auto") (.Capabilities.APIVersions.Has "cert-manager.io/v1")) -}}
+{{- if and (not .Values.webhook.tls.existingSecret) (or (eq $mode "true") (and (eq $mode "auto") (.Capabilities.APIVersions.Has "cert-manager.io/v1"))) -}}
 true
 {{- end -}}
 {{- end -}}

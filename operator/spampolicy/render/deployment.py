@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailwarden import wire
-from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings
+from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings, pod_identity
 from mailwarden_operator.spampolicy import naming
 from mailwarden_operator.unsubscribestore import naming as store_naming
 
@@ -34,7 +34,9 @@ def server_args(spec: dict[str, Any], suppression_store: str | None = None) -> l
         if key in server:
             args += [flag, str(server[key])]
     if "tls" in spec:
-        args += ["--tls-dir", naming.TLS_MOUNT]
+        # The kubelet's gRPC probe speaks plaintext: health gets a plaintext port of its
+        # own (grpc.health.v1 only; Classify stays behind TLS).
+        args += ["--tls-dir", naming.TLS_MOUNT, "--health-port", str(naming.HEALTH_PORT)]
         if spec["tls"].get("requireClientCert"):
             args.append("--require-client-cert")
     if suppression_store:
@@ -70,10 +72,10 @@ def termination_grace_seconds(spec: dict[str, Any]) -> int:
             + TERMINATION_MARGIN_SECONDS)
 
 
-def _grpc_probe(period: int, failures: int, timeout: int = 2) -> dict[str, Any]:
+def _grpc_probe(port: int, period: int, failures: int, timeout: int = 2) -> dict[str, Any]:
     # Native gRPC probe on grpc.health.v1 (overall service ""): NOT_SERVING until the
     # policy is compiled and again as soon as SIGTERM arrives.
-    return {"grpc": {"port": naming.GRPC_PORT}, "periodSeconds": period,
+    return {"grpc": {"port": port}, "periodSeconds": period,
             "timeoutSeconds": timeout, "failureThreshold": failures}
 
 
@@ -94,6 +96,7 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
     spec = owner["spec"]
     policy_name = owner["metadata"]["name"]
     server = spec["server"]
+    probe_port = naming.HEALTH_PORT if "tls" in spec else naming.GRPC_PORT
     container: dict[str, Any] = {
         "name": naming.CONTAINER_NAME,
         "image": spec.get("image") or settings.default_image,
@@ -116,9 +119,9 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
             {"name": "metrics", "containerPort": naming.METRICS_PORT, "protocol": "TCP"},
         ],
         # Compiling a large policy can take a while: up to 2 minutes before liveness counts.
-        "startupProbe": _grpc_probe(period=2, failures=60),
-        "readinessProbe": _grpc_probe(period=2, failures=1),
-        "livenessProbe": _grpc_probe(period=10, failures=3),
+        "startupProbe": _grpc_probe(probe_port, period=2, failures=60),
+        "readinessProbe": _grpc_probe(probe_port, period=2, failures=1),
+        "livenessProbe": _grpc_probe(probe_port, period=10, failures=3),
         "lifecycle": {"preStop": {"sleep": {"seconds": server["preStopSeconds"]}}},
         "resources": spec.get("resources") or DEFAULT_RESOURCES,
         "securityContext": {
@@ -152,6 +155,8 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
             store_naming.default_signing_key_secret(ref["name"]),
             "defaultMode": 0o440, "optional": True}})
     if "tls" in spec:
+        container["ports"].append(
+            {"name": "health", "containerPort": naming.HEALTH_PORT, "protocol": "TCP"})
         container["volumeMounts"].append(
             {"name": "tls", "mountPath": naming.TLS_MOUNT, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": spec["tls"]["secretName"]}})
@@ -178,6 +183,7 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
     for key in ("nodeSelector", "tolerations", "priorityClassName"):
         if key in scheduling:
             pod_spec[key] = scheduling[key]
+    pod_spec.update(pod_identity(spec))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -8,7 +8,10 @@ from mailwarden_operator.common.render import hpa_behavior
 from mailwarden_operator.spampolicy import naming
 
 
-def render_hpa(owner: dict[str, Any]) -> dict[str, Any]:
+def render_hpa(owner: dict[str, Any], custom_metrics: bool = True) -> dict[str, Any]:
+    """`custom_metrics`: whether the cluster serves custom.metrics.k8s.io. Without it the
+    requests/s target is left out: a metric the HPA cannot read keeps it from ever scaling
+    down (it scales on the others, up only), so CPU alone is the better autoscaler."""
     spec = owner["spec"]
     name = owner["metadata"]["name"]
     scaling = spec["autoscaling"]
@@ -18,7 +21,7 @@ def render_hpa(owner: dict[str, Any]) -> dict[str, Any]:
             "type": "Utilization", "averageUtilization": scaling["cpuUtilization"]}},
     }]
     rps = scaling.get("requestsPerSecond")
-    if rps:
+    if rps and custom_metrics:
         metrics.append({
             "type": "Pods",
             "pods": {"metric": {"name": rps["metricName"]},

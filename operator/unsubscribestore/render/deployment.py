@@ -26,7 +26,7 @@ import hashlib
 import json
 from typing import Any
 
-from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings
+from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings, pod_identity
 from mailwarden_operator.unsubscribestore import naming
 
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"},
@@ -58,9 +58,10 @@ def server_args(spec: dict[str, Any]) -> list[str]:
     """`mailwarden unsubscribe-server` arguments (the server's CLI contract)."""
     server = spec["server"]
     args = ["unsubscribe-server", *store_args(spec),
-            "--grpc-address", f"0.0.0.0:{naming.GRPC_PORT}",
-            "--http-address", f"0.0.0.0:{naming.HTTP_PORT}",
-            "--metrics-address", f"0.0.0.0:{naming.METRICS_PORT}"]
+            # `[::]`: IPv4 and IPv6, so IPv6-only and dual-stack clusters reach the pod.
+            "--grpc-address", f"[::]:{naming.GRPC_PORT}",
+            "--http-address", f"[::]:{naming.HTTP_PORT}",
+            "--metrics-address", f"[::]:{naming.METRICS_PORT}"]
     one_click = spec["oneClick"]
     if one_click["enabled"]:
         args += ["--signing-key-dir", naming.SIGNING_KEY_MOUNT]
@@ -231,6 +232,7 @@ def render_store_deployment(owner: dict[str, Any], settings: RenderSettings,
     for key in ("nodeSelector", "tolerations", "priorityClassName"):
         if key in scheduling:
             pod_spec[key] = copy.deepcopy(scheduling[key])
+    pod_spec.update(pod_identity(spec))
     template: dict[str, Any] = {
         "metadata": {
             "labels": naming.common_labels(name),

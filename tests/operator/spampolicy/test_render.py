@@ -62,7 +62,8 @@ FULL = dict(
     monitoring={"interval": "15s", "labels": {"release": "prometheus"}},
     scheduling={"nodeSelector": {"pool": "mail"}, "priorityClassName": "critical",
                 "tolerations": [{"key": "mail", "operator": "Exists",
-                                 "effect": "NoSchedule"}]})
+                                 "effect": "NoSchedule"}]},
+    imagePullSecrets=[{"name": "registry-creds"}], serviceAccountName="mail-puller")
 
 
 @pytest.mark.parametrize("spec", [{}, FULL], ids=["defaults", "every-field"])
@@ -74,6 +75,16 @@ def test_every_rendered_object_is_valid_for_kubernetes(spec: dict[str, Any]) -> 
         assert (ref["kind"], ref["name"], ref["uid"], ref["controller"],
                 ref["blockOwnerDeletion"]) == ("SpamPolicy", "mail", "0f0e-uid", True, True)
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == MANAGED_BY
+
+
+def test_pods_pull_with_the_given_secrets_as_the_given_account() -> None:
+    """Issue 13 item 17 (private registries); absent unless set."""
+    pod = render_deployment(owner(**copy.deepcopy(FULL)), "h", SETTINGS)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert pod["serviceAccountName"] == pod["serviceAccount"] == "mail-puller"
+    assert pod["automountServiceAccountToken"] is False
+    plain = render_deployment(owner(), "h", SETTINGS)["spec"]["template"]["spec"]
+    assert not {"imagePullSecrets", "serviceAccountName", "serviceAccount"} & set(plain)
 
 
 def test_renderers_are_pure() -> None:
@@ -162,8 +173,20 @@ def test_deployment_probes_shutdown_and_spreading() -> None:
     dep = render_deployment(owner(**copy.deepcopy(FULL)), "abc123", SETTINGS)
     pod = dep["spec"]["template"]["spec"]
     container = pod["containers"][0]
+    # FULL serves gRPC over TLS: the kubelet's plaintext gRPC probe checks the plaintext
+    # health port instead (issue 13 item 3), which the server opens with --health-port.
+    assert {"name": "health", "containerPort": naming.HEALTH_PORT, "protocol": "TCP"} in \
+        container["ports"]
+    args = container["args"]
+    assert args[args.index("--health-port") + 1] == str(naming.HEALTH_PORT)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": naming.GRPC_PORT}
+        assert container[probe]["grpc"] == {"port": naming.HEALTH_PORT}
+    plain = render_deployment(owner(), "abc123", SETTINGS)["spec"]["template"]["spec"][
+        "containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert plain[probe]["grpc"] == {"port": naming.GRPC_PORT}
+    assert "--health-port" not in plain["args"]
+    assert [p["name"] for p in plain["ports"]] == ["grpc", "metrics"]
     assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 7}}
     # The kubelet must not SIGKILL before preStop + drain + grace are over.
     assert pod["terminationGracePeriodSeconds"] > 7 + 20 + 10
@@ -213,6 +236,7 @@ def test_server_args_follow_the_serve_command_line() -> None:
     assert pairs["--max-connection-age-ms"] == "300000"
     assert pairs["--max-concurrent-rpcs"] == "512" and pairs["--log-level"] == "warning"
     assert pairs["--tls-dir"] == naming.TLS_MOUNT and args[-1] == "--require-client-cert"
+    assert pairs["--health-port"] == str(naming.HEALTH_PORT)
     defaults = server_args(owner()["spec"])
     assert "--workers" not in defaults and "--tls-dir" not in defaults
 

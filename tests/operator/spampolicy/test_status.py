@@ -42,7 +42,10 @@ def test_a_rollout_then_completion_records_the_propagation_time():
     assert conditions(rolling) == {"Ready": ("False", "RollingOut"),
                                    "Progressing": ("True", "RollingOut"),
                                    "PolicyValid": ("True", "Valid"),
-                                   "Degraded": ("False", "AsExpected")}
+                                   "Degraded": ("False", "AsExpected"),
+                                   "ApplyFailed": ("False", "Applied"),
+                                   "ScalingActive": ("Unknown", "NotReported"),
+                                   "AbleToScale": ("Unknown", "NotReported")}
     assert rolling["desiredPolicyHash"] == "h1" and "policyHash" not in rolling
     assert rolling["observedGeneration"] == 1
     assert len(events) == 4  # every condition is new
@@ -78,7 +81,10 @@ def test_an_invalid_policy_keeps_the_last_good_one_and_says_so():
     assert conditions(status) == {"Ready": ("True", "PolicyLive"),
                                   "Progressing": ("False", "RolloutComplete"),
                                   "PolicyValid": ("False", "InvalidPolicy"),
-                                  "Degraded": ("True", "LastGoodPolicyServing")}
+                                  "Degraded": ("True", "LastGoodPolicyServing"),
+                                  "ApplyFailed": ("False", "Applied"),
+                                  "ScalingActive": ("Unknown", "NotReported"),
+                                  "AbleToScale": ("Unknown", "NotReported")}
     assert status["policyHash"] == "h1" and status["observedGeneration"] == 2
     assert {(e.type, e.reason) for e in events} == {
         ("Warning", "PolicyValidInvalidPolicy"), ("Warning", "DegradedLastGoodPolicyServing")}
@@ -97,3 +103,47 @@ def test_no_valid_policy_ever_and_too_few_pods():
         rollout=Rollout("h1", True, desired=1, replicas=1, updated=1, ready=1, available=1)),
         T0)
     assert conditions(thin)["Degraded"] == ("True", "BelowMinReplicas")
+
+
+def test_the_autoscalers_conditions_are_surfaced() -> None:
+    from mailwarden_operator.spampolicy.status import Observation as Obs
+    done = Rollout("h1", True, desired=2, replicas=2, updated=2, ready=2, available=2)
+    failing = {"status": {"conditions": [
+        {"type": "AbleToScale", "status": "True", "reason": "ScaleDownStabilized",
+         "message": "recent recommendations were higher than current one"},
+        {"type": "ScalingActive", "status": "False", "reason": "FailedGetPodsMetric",
+         "message": "the HPA was unable to compute the replica count: unable to get metric"}]}}
+    status, events = compute_status(None, Obs(generation=1, min_replicas=2, bundle_hash="h1",
+                                              rollout=done, autoscaler=failing), T0)
+    got = {c["type"]: c for c in status["conditions"]}
+    assert (got["ScalingActive"]["status"], got["ScalingActive"]["reason"]) == \
+        ("False", "FailedGetPodsMetric")
+    assert "unable to get metric" in got["ScalingActive"]["message"]
+    # True: a fixed message (the HPA rewrites its own with every recommendation, which
+    # would be a status write each time).
+    assert (got["AbleToScale"]["status"], got["AbleToScale"]["reason"]) == \
+        ("True", "AbleToScale")
+    assert any(e.type == "Warning" and e.reason == "ScalingActiveFailedGetPodsMetric"
+               for e in events)
+    assert not any(e.reason.startswith("AbleToScale") for e in events)
+
+
+def test_an_unreadable_requests_per_second_target_is_degraded() -> None:
+    done = Rollout("h1", True, desired=2, replicas=2, updated=2, ready=2, available=2)
+    status, _ = compute_status(None, Observation(
+        generation=1, min_replicas=2, bundle_hash="h1", rollout=done,
+        requests_per_second_ignored=True), T0)
+    degraded = {c["type"]: c for c in status["conditions"]}["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "CustomMetricsUnavailable")
+    assert "custom.metrics.k8s.io" in degraded["message"]
+
+
+def test_the_hpa_leaves_out_a_target_it_could_not_read() -> None:
+    from mailwarden_operator.spampolicy.render.hpa import render_hpa
+    from mailwarden_operator.spampolicy.spec import with_defaults
+    owner = {"metadata": {"name": "mail", "namespace": "ns", "uid": "u"},
+             "spec": with_defaults({"policy": {}, "autoscaling": {
+                 "requestsPerSecond": {"averageValue": 400}}})}
+    assert [m["type"] for m in render_hpa(owner)["spec"]["metrics"]] == ["Resource", "Pods"]
+    assert [m["type"] for m in render_hpa(owner, custom_metrics=False)["spec"]["metrics"]] == \
+        ["Resource"]

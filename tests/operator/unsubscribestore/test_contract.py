@@ -7,7 +7,7 @@ path, the data directory), and probed the way the rendered probes do (paths, por
 failure threshold). A real PostgreSQL (testkit/pg.py) and the embedded SQLite store.
 
 Substitutions, all forced by running on a shared test machine instead of in a pod: each
-mount path becomes a temporary directory, the listen addresses `0.0.0.0:<port>` become
+mount path becomes a temporary directory, the listen addresses `[::]:<port>` become
 loopback addresses on ephemeral ports. Everything else is passed exactly as rendered.
 """
 
@@ -92,8 +92,8 @@ class Pod:
                 if arg == mount_path or arg.startswith(mount_path + "/"):
                     arg = str(local) + arg[len(mount_path):]
                     break
-            if arg.startswith("0.0.0.0:") and int(arg.split(":")[1]) in self.ports:
-                arg = f"127.0.0.1:{self.ports[int(arg.split(':')[1])]}"
+            if arg.startswith("[::]:") and int(arg.rsplit(":", 1)[1]) in self.ports:
+                arg = f"127.0.0.1:{self.ports[int(arg.rsplit(':', 1)[1])]}"
             out.append(arg)
         return out
 

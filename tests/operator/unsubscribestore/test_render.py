@@ -27,8 +27,7 @@ from mailwarden_operator.unsubscribestore.render.pdb import render_store_pdb
 from mailwarden_operator.unsubscribestore.render.pvc import render_data_claim, wants_claim
 from mailwarden_operator.unsubscribestore.render.secret import render_signing_key_secret
 from mailwarden_operator.unsubscribestore.render.servicemonitor import render_store_servicemonitor
-from mailwarden_operator.unsubscribestore.render.services import (MANAGED_ANNOTATIONS,
-                                                       annotation_removals,
+from mailwarden_operator.unsubscribestore.render.services import (
                                                        render_grpc_service,
                                                        render_http_service)
 from mailwarden_operator.spampolicy.spec import with_defaults as policy_defaults
@@ -77,7 +76,8 @@ FULL = dict(
                        "kubernetes.io/metadata.name": "monitoring"}}}]},
     scheduling={"nodeSelector": {"pool": "mail"}, "priorityClassName": "critical",
                 "tolerations": [{"key": "mail", "operator": "Exists",
-                                 "effect": "NoSchedule"}]})
+                                 "effect": "NoSchedule"}]},
+    imagePullSecrets=[{"name": "registry-creds"}], serviceAccountName="mail-puller")
 
 
 def children(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -215,8 +215,9 @@ def test_postgres_server_args_and_mounts() -> None:
     server = pod["containers"][0]
     args = _parse(server["args"])
     assert (args.store, args.durability) == ("postgres", "replicated")
-    assert args.grpc_address == "0.0.0.0:50061" and args.http_address == "0.0.0.0:8080"
-    assert args.metrics_address == "0.0.0.0:9091"
+    # Dual stack (issue 13 item 7): IPv6-only and dual-stack clusters reach the pods.
+    assert args.grpc_address == "[::]:50061" and args.http_address == "[::]:8080"
+    assert args.metrics_address == "[::]:9091"
     assert args.token_max_age_days == 90 and args.log_level == "warning"
     assert (args.readiness_interval, args.drain_seconds, args.grace_seconds) == (3, 8, 12)
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -345,19 +346,12 @@ def test_services() -> None:
     assert store_naming.grpc_target("sup", "team") == "sup-unsubscribe.team.svc:50061"
 
 
-def test_annotations_removed_from_the_spec_are_removed_from_the_service() -> None:
-    before = render_http_service(store(**FULL))
-    after = render_http_service(store())
-    assert after["metadata"]["annotations"] == {MANAGED_ANNOTATIONS: ""}
-    patch = annotation_removals(after, before)
-    assert patch["metadata"]["annotations"][
-        "service.beta.kubernetes.io/aws-load-balancer-type"] is None
-    # Annotations added by others (cloud controllers) are left alone.
-    before["metadata"]["annotations"]["cloud.example/id"] = "lb-1"
-    assert "cloud.example/id" not in annotation_removals(after, before)["metadata"][
-        "annotations"]
-    assert annotation_removals(after, None) is after
-    assert annotation_removals(after, after) is after
+def test_the_http_service_carries_exactly_the_specs_annotations() -> None:
+    # Removal of a key dropped from the spec is server-side apply's (tests/operator_cluster/
+    # test_apply.py shows it on a real API server).
+    assert "annotations" not in render_http_service(store())["metadata"]
+    assert render_http_service(store(**FULL))["metadata"]["annotations"] == \
+        FULL["http"]["service"]["annotations"]
 
 
 def test_hpa_pdb_and_servicemonitor() -> None:

@@ -36,14 +36,16 @@ def test_a_new_store_starts_quietly_then_reports_ready_and_highly_available() ->
     assert conditions(starting) == {"Ready": ("False", "StoreNotReady"),
                                     "Progressing": ("True", "RollingOut"),
                                     "StorageReady": ("False", "StoreNotReady"),
-                                    "Degraded": ("False", "AsExpected")}
+                                    "Degraded": ("False", "AsExpected"),
+                                    "ApplyFailed": ("False", "Applied")}
     assert all(e.type == "Normal" for e in events), events  # starting is not a warning
     assert starting["highlyAvailable"] is False
     ready, events = compute_store_status(starting, obs(), LATER)
     assert conditions(ready) == {"Ready": ("True", "Serving"),
                                  "Progressing": ("False", "RolloutComplete"),
                                  "StorageReady": ("True", "StoreReady"),
-                                 "Degraded": ("False", "AsExpected")}
+                                 "Degraded": ("False", "AsExpected"),
+                                 "ApplyFailed": ("False", "Applied")}
     assert ready["highlyAvailable"] is True
     assert ready["configHash"] == "c1" and ready["signingKeySecret"] == "s-signing-key"
     assert ready["endpoints"] == {"grpc": "s-unsubscribe.ns.svc:50061"}
@@ -101,7 +103,8 @@ def test_a_missing_secret_stops_the_rollout_and_leaves_the_old_pods_serving() ->
     assert conditions(fresh) == {"Ready": ("False", "DSNSecretNotFound"),
                                  "Progressing": ("False", "DSNSecretNotFound"),
                                  "StorageReady": ("False", "DSNSecretNotFound"),
-                                 "Degraded": ("True", "DSNSecretNotFound")}
+                                 "Degraded": ("True", "DSNSecretNotFound"),
+                                 "ApplyFailed": ("False", "Applied")}
     assert {e.reason: e.type for e in events}["DegradedDSNSecretNotFound"] == "Warning"
     serving, _ = compute_store_status(None, obs(
         problem_reason="SigningKeyInvalid", problem_message="Secret k: too short"), T0)
