@@ -159,17 +159,7 @@ def workload(kind: str, name: str) -> str:
             else store_naming.workload_name(name))
 
 
-def example_param(name: str) -> Any:
-    if name == "spampolicy-production.yaml":
-        # Its filter pods serve gRPC only over TLS while the kubelet's gRPC probe speaks
-        # plaintext: the startup probe kills them. Strict: passing once fixed fails here,
-        # so the marker goes with the fix.
-        return pytest.param(name, marks=pytest.mark.xfail(
-            strict=True, reason="issue 13 item 3: spec.tls filter pods never become Ready"))
-    return name
-
-
-@pytest.mark.parametrize("name", [example_param(n) for n in FILES])
+@pytest.mark.parametrize("name", FILES)
 def test_example_applies_and_becomes_ready(
         e2e: E2E, applied: dict[str, subprocess.CompletedProcess[str]], name: str) -> None:
     """`kubectl apply -f` as the file says, every custom resource Ready with its pods Running
