@@ -25,6 +25,7 @@ from filter_server.textscan import sub_up_to_last
 MAX_PARTS = 256          # MIME parts visited per message
 MAX_DEPTH = 32           # multipart nesting followed
 MAX_URIS = 512           # links collected per message
+MAX_ATTACHED_FILES = 64  # attachments described per message
 MAX_HEADER_BYTES = 65536  # decoded header text kept per message
 # One header value is cut to this before RFC 2047 decoding: the stdlib decoder is
 # quadratic in the value's length (a 700 KB folded Subject took seconds).
@@ -98,6 +99,9 @@ class ParsedMessage:
     malformed: bool
     part_count: int = 0
     attachments: list[str] = field(default_factory=list)  # content types of non-text parts
+    # Every attached file, text ones included, as "content/type file-name" (the name
+    # lower-cased, "" when there is none): what `attachment` rules scan.
+    attached_files: list[str] = field(default_factory=list)
     # Set when the CPU budget ran out while parsing: what was read of the message (the
     # rest was not parsed), for the SCAN_BUDGET_EXCEEDED hit.
     budget_note: str | None = None
@@ -351,15 +355,20 @@ def _parse(raw: bytes, max_text_bytes: int, budget: ScanBudget | None) -> Parsed
     uris: list[str] = []
     html_present = False
     attachments: list[str] = []
+    attached_files: list[str] = []
     leaves = _walk(msg)
     for index, part in enumerate(leaves):
         if budget.spent():
             stopped.append(f"decoded {index} of {len(leaves)} parts")
             break
         ctype = part.get_content_type()
-        if part.get_content_maintype() != "text" or \
-                (str(part.get("content-disposition", "")).lower().startswith("attachment")
-                 and ctype not in ("text/plain", "text/html")):
+        disposition = str(part.get("content-disposition", "")).lower()
+        is_text = part.get_content_maintype() == "text"
+        if not is_text or disposition.startswith("attachment"):
+            if len(attached_files) < MAX_ATTACHED_FILES:
+                attached_files.append(f"{ctype} {_file_name(part)}")
+        if not is_text or \
+                (disposition.startswith("attachment") and ctype not in ("text/plain", "text/html")):
             attachments.append(ctype)
             continue
         if size >= max_text_bytes:
@@ -375,9 +384,23 @@ def _parse(raw: bytes, max_text_bytes: int, budget: ScanBudget | None) -> Parsed
         any(any(_is_serious(d) for d in p.defects) for p in leaves)
     parsed = _finish(headers, header_map, body, html_present, uris, malformed,
                      len(leaves), attachments)
+    parsed.attached_files = attached_files
     if stopped:
         parsed.budget_note = ", ".join(stopped)
     return parsed
+
+
+def _file_name(part: Message) -> str:
+    """The attachment's file name (Content-Disposition filename, else Content-Type name),
+    decoded, lower-cased, at most 255 characters; "" when it has none or it is unreadable."""
+    try:
+        name = part.get_filename() or part.get_param("name") or ""
+        if isinstance(name, tuple):  # RFC 2231 value the stdlib could not decode
+            name = email.utils.collapse_rfc2231_value(name)
+        name = decode_header_value(str(name)[:1024])
+    except Exception:  # malformed parameters: the part still counts, nameless
+        return ""
+    return " ".join(name.split())[:255].lower()
 
 
 def _is_serious(defect: Exception) -> bool:

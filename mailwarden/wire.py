@@ -24,6 +24,13 @@ REQUEST_BYTES_METADATA = "mailwarden-request-bytes"
 # on by default, so `mailwarden serve` outside a cluster answers where clients look.
 FILTER_GRPC_PORT = 9090
 FILTER_METRICS_PORT = 9091
+# Mail-server protocols (SpamPolicy spec.protocols, `mailwarden serve --<name>-port`): the
+# container ports, and the Service ports MTAs are configured with (spamd's registered 783
+# needs no privilege on a Service; the container listens unprivileged).
+FILTER_MILTER_PORT = 11332
+FILTER_SPAMD_PORT = 7830
+FILTER_SPAMD_SERVICE_PORT = 783
+FILTER_RSPAMD_PORT = 11333
 # Plaintext grpc.health.v1 of a filter pod whose gRPC port is behind TLS (probes).
 FILTER_HEALTH_PORT = 9092
 STORE_GRPC_PORT = 50061

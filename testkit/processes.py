@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import socket
 
-from mailwarden_local.processes import (ServerFailed, ServerProcess, health_status,
-                                        mailwarden_argv)
+from mailwarden_local.processes import ServerFailed, ServerProcess, health_status, mailwarden_argv
 
 __all__ = ["ServerFailed", "ServerProcess", "free_port", "health_status", "mailwarden_argv"]
 

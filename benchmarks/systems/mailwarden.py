@@ -78,6 +78,7 @@ class Mailwarden:
         self.model = work / MODEL_FILE
         self.server: Server | None = None
         self.port = 0
+        self.ports: dict[str, Any] = {}
         self.expected_hash = ""
         self.rules = 0
         self.trained = Training()
@@ -100,8 +101,10 @@ class Mailwarden:
                                 offered_spam=len(split.files("train", "spam")),
                                 seconds=time.monotonic() - started, note="mailwarden train")
 
-    def start(self, policy: dict[str, Any] | None = None, tag: str = "example") -> None:
-        """Serve `policy` (default: the example policy) from a fresh policy directory."""
+    def start(self, policy: dict[str, Any] | None = None, tag: str = "example",
+              extra_args: tuple[str, ...] = ()) -> None:
+        """Serve `policy` (default: the example policy) from a fresh policy directory;
+        `extra_args` for `mailwarden serve` (the bound ports are in `self.ports`)."""
         policy = copy.deepcopy(policy if policy is not None else example_policy())
         if self.dns and "authentication" in policy:
             policy["authentication"].setdefault("dns", {})["servers"] = [self.dns]
@@ -113,12 +116,14 @@ class Mailwarden:
                 "--policy-dir", str(policy_dir), "--host", "127.0.0.1",
                 "--grpc-port", "0", "--metrics-port", "0", "--port-file", str(port_file),
                 "--workers", str(self.workers), "--drain-seconds", "0", "--grace-seconds", "5",
-                "--max-concurrent-rpcs", str(max(64, 2 * self.max_concurrency))]
+                "--max-concurrent-rpcs", str(max(64, 2 * self.max_concurrency)),
+                *extra_args]
         started = time.monotonic()
         self.server = self.servers.start(f"mailwarden serve ({tag})", argv,
                                          log=self.work / f"serve-{tag}.log", cwd=REPO,
                                          port_file=port_file)
-        self.port = int(self.server.wait_ports(timeout=600)["grpc_port"])
+        self.ports = self.server.wait_ports(timeout=600)
+        self.port = int(self.ports["grpc_port"])
         self.server.wait_healthy(f"127.0.0.1:{self.port}", service=SERVICE, timeout=600)
         self.start_seconds = time.monotonic() - started
 

@@ -3,7 +3,8 @@
 Configuration (the stock /etc/rspamd rules and scores, plus these local overrides):
 - our own top-level rspamd.conf that includes the stock `common.conf` (all modules, rules,
   scores, actions) and defines only two workers: `normal` with count = workers on
-  127.0.0.1:<port>, and one `controller` (for learning) on 127.0.0.1:<port>; no proxy, no
+  127.0.0.1:<port>, and one `controller` (for learning) on 127.0.0.1:<port>; no proxy (but
+  for benchmarks/protocols.py's milter row: a `rspamd_proxy` worker in milter mode), no
   fuzzy storage; DBDIR/RUNDIR/LOGDIR point into the temp dir (`--var`); logging at
   `notice` (one summary line per message);
 - Bayes: the stock classifier on a private redis-server (no persistence) at
@@ -66,12 +67,28 @@ worker "normal" {{
     mime = true;
 }}
 
-worker "controller" {{
+{proxy}worker "controller" {{
     bind_socket = "127.0.0.1:{controller_port}";
     count = 1;
     secure_ip = "127.0.0.1";
     static_dir = "${{WWWDIR}}";
 }}
+"""
+
+# Rspamd's milter: the proxy worker in milter mode, scanning with the normal workers (its
+# upstream), as a Postfix in front of Rspamd is set up (benchmarks/protocols.py).
+PROXY_WORKER = """\
+worker "rspamd_proxy" {{
+    bind_socket = "127.0.0.1:{proxy_port}";
+    milter = yes;
+    timeout = 120s;
+    count = {workers};
+    upstream "local" {{
+        default = yes;
+        hosts = "127.0.0.1:{port}";
+    }}
+}}
+
 """
 
 OPTIONS_INC = """\
@@ -94,7 +111,7 @@ class Rspamd:
     name = "Rspamd"
 
     def __init__(self, work: Path, servers: ServerSet, *, workers: int, dns: str,
-                 hs_cache: Path, progress=print) -> None:
+                 hs_cache: Path, progress=print, milter_proxy: bool = False) -> None:
         self.work = work
         self.servers = servers
         self.workers = workers
@@ -106,6 +123,8 @@ class Rspamd:
         self.port = free_port()
         self.controller_port = free_port()
         self.redis_port = free_port()
+        # the milter proxy worker's port (0: no proxy worker)
+        self.proxy_port = free_port() if milter_proxy else 0
         self.rspamd: Server | None = None
         self.redis: Server | None = None
         self.trained = Training()
@@ -122,8 +141,11 @@ class Rspamd:
         for name in ("db", "run", "log", "redis"):
             (self.work / name).mkdir(exist_ok=True)
         self.hs_cache.mkdir(parents=True, exist_ok=True)
+        proxy = PROXY_WORKER.format(proxy_port=self.proxy_port, port=self.port,
+                                    workers=self.workers) if self.proxy_port else ""
         (etc / "rspamd.conf").write_text(TOP_CONF.format(
-            port=self.port, controller_port=self.controller_port, workers=self.workers))
+            port=self.port, controller_port=self.controller_port, workers=self.workers,
+            proxy=proxy))
         (local / "options.inc").write_text(OPTIONS_INC.format(dns=self.dns,
                                                                hs_cache=self.hs_cache))
         (local / "classifier-bayes.conf").write_text(

@@ -148,6 +148,7 @@ class CompiledPolicy:
         self._body_db = self.databases.get("body")
         self._uri_db = self.databases.get("uri")
         self._sender_db = self.databases.get("sender")
+        self._attachment_db = self.databases.get("attachment")
         self._all_headers_db = self.databases.get("header:ALL")
         self._header_dbs = {key[7:]: db for key, db in self.databases.items()
                             if key.startswith("header:") and key != "header:ALL"}
@@ -207,6 +208,8 @@ class CompiledPolicy:
             text = "\n".join(s for s in (envelope.mail_from, parsed.from_address) if s)
             if text:
                 self._sender_db.scan(_encode(text), fired)
+        if self._attachment_db is not None and parsed.attached_files:
+            self._attachment_db.scan(_encode("\n".join(parsed.attached_files)), fired)
         if parsed.headers:
             if self._all_headers_db is not None:
                 text = "\n".join(f"{n}: {v}" for n, v in parsed.headers)
@@ -232,6 +235,20 @@ class CompiledPolicy:
         much that was (filter_server/cpu_budget.py)."""
         budget = ScanBudget(cpu_budget_seconds) if cpu_budget_seconds else None
         parsed = parse_message(raw, max_text_bytes=self.max_scan_bytes, budget=budget)
+        return self.classify_parsed(parsed, envelope, raw=raw, evidence=evidence,
+                                    cpu_budget_seconds=cpu_budget_seconds)
+
+    def parse(self, raw: bytes) -> ParsedMessage:
+        """`raw` parsed the way `classify` parses it (this policy's scan limit)."""
+        return parse_message(raw, max_text_bytes=self.max_scan_bytes)
+
+    def rule_hits(self, parsed: ParsedMessage, envelope: Envelope = Envelope()) -> list[Hit]:
+        """Every rule, list, signature and meta rule that fires, without the model."""
+        return self._rules(parsed, envelope)[0]
+
+    def _rules(self, parsed: ParsedMessage, envelope: Envelope, raw: bytes = b"",
+               evidence: Evidence | None = None, cpu_budget_seconds: float | None = None
+               ) -> tuple[list[Hit], set[str], AuthOutcome | None]:
         rule_hits = self._rule_hits
         hits = [rule_hits[index] for index in sorted(set(self.scan(parsed, envelope)))]
         senders = [s.lower() for s in (envelope.mail_from, parsed.from_address) if s]
@@ -252,19 +269,28 @@ class CompiledPolicy:
         if parsed.malformed:
             hits.append(_MALFORMED_HIT)
         if parsed.budget_note is not None:
-            hits.append(Hit(BUDGET_RULE, 0.0, f"the CPU budget of {cpu_budget_seconds:g} s "
-                            f"per message ran out: {parsed.budget_note}; the rest was not "
-                            "read"))
+            budget = f" of {cpu_budget_seconds:g} s" if cpu_budget_seconds else ""
+            hits.append(Hit(BUDGET_RULE, 0.0, f"the CPU budget{budget} per message ran out: "
+                            f"{parsed.budget_note}; the rest was not read"))
         fired = {h.name for h in hits}
         for name, expression, hit in self._meta_hits:
             if expression.evaluate(fired):
                 fired.add(name)
                 hits.append(hit)
+        return hits, fired, auth
+
+    def classify_parsed(self, parsed: ParsedMessage, envelope: Envelope = Envelope(), *,
+                        raw: bytes = b"", evidence: Evidence | None = None,
+                        cpu_budget_seconds: float | None = None) -> Verdict:
+        """`classify` of a message parsed already (`parse`); authentication needs the raw
+        bytes as well as the evidence (DKIM hashes the message as it came)."""
+        hits, fired, auth = self._rules(parsed, envelope, raw, evidence, cpu_budget_seconds)
         probability = -1.0
         if self.model is not None:
-            probability = self.model.spam_probability(tokenize(parsed))
+            probability, certainty = self.model.explain(tokenize(parsed))
             contribution = round(self.model_weight * (2.0 * probability - 1.0), 3)
-            hits.append(Hit("BAYES", contribution, f"spam probability {probability:.3f}"))
+            hits.append(Hit("BAYES", contribution,
+                            f"spam probability {probability:.3f} ({certainty})"))
         score = round(sum(h.score for h in hits), 3)
         tag, quarantine, reject = self.thresholds
         if score >= reject:

@@ -27,7 +27,7 @@ MAX_SIGNATURES = 100000
 MAX_PATTERN_LENGTH = 4096
 MAX_EXPRESSION_LENGTH = 4096
 
-RULE_TARGETS = ("header", "body", "uri", "sender")
+RULE_TARGETS = ("header", "body", "uri", "sender", "attachment")
 
 DEFAULT_THRESHOLDS = {"tag": 5.0, "quarantine": 10.0, "reject": 20.0}
 DEFAULT_ALLOW_SCORE = -100.0
@@ -228,7 +228,9 @@ POLICY_SCHEMA: dict[str, Any] = {
                         "`header`, decoded, one per line), `body` (decoded text of all "
                         "text parts, HTML stripped, whitespace collapsed), `uri` (every "
                         "link in the body, one per line), `sender` (envelope MAIL FROM "
-                        "and From header address, one per line).",
+                        "and From header address, one per line), `attachment` (every "
+                        "attached file as `content/type file-name`, the name lower-cased, "
+                        "one per line).",
                     },
                     "header": {"type": "string", "maxLength": 128,
                                "pattern": r"^([!-9;-~]+|ALL)$",
@@ -325,6 +327,45 @@ POLICY_SCHEMA: dict[str, Any] = {
             ],
         },
         "authentication": AUTHENTICATION_SCHEMA,
+        "mta": {
+            "type": "object",
+            "description": "What the mail-server protocols (milter, spamd, Rspamd; "
+            "docs/protocols.md) tell an MTA. Every field is optional.",
+            "properties": {
+                "rejectReason": {"type": "string", "maxLength": 200,
+                                 "default": "Message rejected as spam",
+                                 "description": "Text of the 550 5.7.1 reply to a REJECTed "
+                                 "message (milter), Rspamd's smtp_message."},
+                "quarantineReason": {"type": "string", "maxLength": 200,
+                                     "default": "Message held for review as suspected spam",
+                                     "description": "Reason given with a milter "
+                                     "quarantine (Postfix: the hold queue)."},
+                "headerPrefix": {"type": "string", "maxLength": 40, "default": "X-Spam",
+                                 "pattern": r"^[A-Za-z][A-Za-z0-9-]*$",
+                                 "description": "Added headers are <prefix>-Flag, -Score, "
+                                 "-Action and -Status; incoming copies are removed."},
+                "authservId": {"type": "string", "maxLength": 120, "default": "mailwarden",
+                               "pattern": r"^[A-Za-z0-9][A-Za-z0-9.-]*$",
+                               "description": "authserv-id of the Authentication-Results "
+                               "header listing the hits; incoming ones with this id are "
+                               "removed."},
+                "removeSuppressedRecipients": {
+                    "type": "boolean", "default": False,
+                    "description": "milter: remove suppressed recipients from the envelope "
+                    "(the MTA then enforces unsubscribes); each removal is logged and "
+                    "counted."},
+                "listScopeHeader": {"type": "string", "maxLength": 80,
+                                    "default": "X-Mailwarden-List-Scope",
+                                    "pattern": r"^[!-9;-~]+$",
+                                    "description": "Header naming the list a message is sent "
+                                    "for (Classify's list_scope)."},
+                "mailClassHeader": {"type": "string", "maxLength": 80,
+                                    "default": "X-Mailwarden-Mail-Class",
+                                    "pattern": r"^[!-9;-~]+$",
+                                    "description": "Header saying `transactional` or `bulk` "
+                                    "(Classify's mail_class; bulk when absent)."},
+            },
+        },
         "limits": {
             "type": "object",
             "description": "Bounds on the work done per message.",

@@ -63,6 +63,15 @@ class ServeConfig:
     port_file: Path | None = None
     suppression_store: str | None = None
     suppression_stale_after: float = 10.0
+    # Mail-server protocols (filter_server/protocols): a port each, None = off (0 = pick a
+    # free one); their connections' idle timeout, a message's deadline once received, and
+    # the connections each worker keeps open per protocol.
+    milter_port: int | None = None
+    spamd_port: int | None = None
+    rspamd_port: int | None = None
+    protocol_idle_seconds: float = 300.0
+    protocol_deadline_seconds: float = 30.0
+    protocol_max_connections: int = 1000
     # The memory this worker may use, in bytes (0: unknown, no limit). The CLI fills it in
     # from $MAILWARDEN_MEMORY_LIMIT_BYTES or the cgroup; the supervisor hands each worker its
     # share. The budget for messages in flight is derived from it (server/memory.py).
@@ -80,6 +89,12 @@ class ServeConfig:
     # The UnsubscribeStore's signing keys (its mounted Secret: `current` and `previous`),
     # with which the bulk gate verifies one-click tokens (docs/authentication.md).
     signing_key_dir: Path | None = None
+
+    def protocol_ports(self) -> dict[str, int]:
+        """The protocols switched on, with their ports."""
+        ports = {"milter": self.milter_port, "spamd": self.spamd_port,
+                 "rspamd": self.rspamd_port}
+        return {name: port for name, port in ports.items() if port is not None}
 
     def to_json(self) -> str:
         doc = dataclasses.asdict(self)
@@ -137,6 +152,20 @@ class ServeConfig:
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             out.append(f"--log-level must be debug, info, warning or error "
                        f"(got {self.log_level!r})")
+        taken = {self.grpc_port: "--grpc-port", self.metrics_port: "--metrics-port"}
+        if self.health_port is not None:
+            taken.setdefault(self.health_port, "--health-port")
+        for name, port in self.protocol_ports().items():
+            if not 0 <= port <= 65535:
+                out.append(f"--{name}-port must be between 0 and 65535 (got {port})")
+            elif port and port in taken:
+                out.append(f"--{name}-port and {taken[port]} must differ (both {port})")
+            taken.setdefault(port, f"--{name}-port")
+        for name in ("protocol_idle_seconds", "protocol_deadline_seconds",
+                     "protocol_max_connections"):
+            if getattr(self, name) <= 0:
+                out.append(f"--{name.replace('_', '-')} must be positive "
+                           f"(got {getattr(self, name)})")
         if self.health_port is not None:
             if not 1 <= self.health_port <= 65535:
                 out.append(f"--health-port must be between 1 and 65535 (got "

@@ -35,7 +35,9 @@ disable_created_metrics()
 # so the buckets are fine-grained below 10 ms.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0)
-METHODS = ("Classify", "ClassifyStream")
+# gRPC methods, then the mail-server protocols (filter_server/protocols), whose calls are
+# counted under the protocol's name in the same `method` label.
+METHODS = ("Classify", "ClassifyStream", "milter", "spamd", "rspamd")
 # One DNS query: ~1 ms on loopback, a few ms to cluster DNS, up to the lookup timeout.
 DNS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DNS_OUTCOMES = ("cached", "ok", "nxdomain", "nodata", "timeout", "servfail", "refused",

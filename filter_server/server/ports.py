@@ -37,6 +37,10 @@ def _bind(host: str, port: int, reuseport: bool) -> socket.socket:
     family, address = _family_and_address(host)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        # Connections this port's previous server closed linger in TIME_WAIT for a minute
+        # and would refuse a restarted server; SO_REUSEADDR still refuses a port that is
+        # being listened on (Linux), which is what the probe is for.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and address == "::":
@@ -66,9 +70,24 @@ def reserve(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def write_port_file(path: Path, grpc_port: int, metrics_port: int) -> None:
-    """Tell whoever started us which ports we bound (atomically: write, then rename)."""
+def listening_socket(host: str, port: int, reuseport: bool) -> socket.socket:
+    """A listening TCP socket on `port` (0 = pick one), dual-stack for `[::]`, for the
+    mail-server protocol ports: checked free first, like the gRPC port, unless workers
+    share it (`reuseport`: the supervisor already probed and reserved it)."""
+    if not reuseport:
+        check_free(host, port)
+    sock = _bind(host, port, reuseport=reuseport)
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def write_port_file(path: Path, grpc_port: int, metrics_port: int,
+                    protocol_ports: dict[str, int] | None = None) -> None:
+    """Tell whoever started us which ports we bound (atomically: write, then rename);
+    the mail-server protocol ports as `<protocol>_port`."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"grpc_port": grpc_port, "metrics_port": metrics_port,
-                               "pid": os.getpid()}) + "\n")
+    doc = {"grpc_port": grpc_port, "metrics_port": metrics_port, "pid": os.getpid()}
+    doc.update({f"{name}_port": port for name, port in (protocol_ports or {}).items()})
+    tmp.write_text(json.dumps(doc) + "\n")
     tmp.replace(path)

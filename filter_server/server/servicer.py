@@ -24,7 +24,7 @@ from filter_server.server.authentication import gather_for
 from filter_server.server.config import ServeConfig
 from filter_server.server.cost import CostModel, idle_seconds
 from filter_server.server.memory import MemoryBudget
-from filter_server.server.metrics import FilterMetrics
+from filter_server.server.metrics import METHODS, FilterMetrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.receiving import (
     MAX_ENVELOPE_BYTES,
@@ -149,13 +149,11 @@ class FilterServicer:
         self._turns = TurnQueue(CostModel())
         # Per-verdict log lines cost throughput; decide once whether they are wanted.
         self._log_verdicts = log.isEnabledFor(logging.DEBUG)
-        self._duration = {m: metrics.duration.labels(m) for m in
-                          ("Classify", "ClassifyStream")}
+        self._duration = {m: metrics.duration.labels(m) for m in METHODS}
         self._verdicts = {a: metrics.verdicts.labels(a) for a in _ACTIONS}
         # The series every successful call updates, looked up once (labels() takes a lock
         # and builds a key per call).
-        self._finished_ok = {m: metrics.requests.labels(m, _OK.name) for m in
-                             ("Classify", "ClassifyStream")}
+        self._finished_ok = {m: metrics.requests.labels(m, _OK.name) for m in METHODS}
 
     # --- RPCs ---------------------------------------------------------------------------
     def Classify(self, request_iterator: Iterator[bytes],
@@ -585,3 +583,125 @@ def _response(request_id: str, verdict: Verdict) -> filter_pb2.ClassifyResponse:
               for h in verdict.hits],
         spam_probability=verdict.spam_probability, policy_hash=verdict.policy_hash,
         authentication_results=verdict.authentication_results)
+
+
+# --- in-process calls (filter_server/protocols) ---------------------------------------------
+class LocalCall:
+    """A message handed over in-process, with what a ClassifyRequest would carry."""
+
+    __slots__ = ("request_id", "raw", "envelope", "recipients", "mail_class", "list_scope",
+                 "evidence")
+
+    def __init__(self, request_id: str, raw: bytes, envelope: Envelope, *,
+                 mail_class: int = 0, list_scope: str = "") -> None:
+        self.request_id = request_id
+        self.raw = raw
+        self.envelope = envelope
+        self.recipients = envelope.recipients
+        self.mail_class = mail_class
+        self.list_scope = list_scope
+        self.evidence: Evidence | None = None  # set by the servicer's _authenticate
+
+
+class _LocalDeadline:
+    """Stands in for a gRPC context where the servicer only asks for the time left."""
+
+    __slots__ = ("_at",)
+
+    def __init__(self, seconds: float) -> None:
+        self._at = time.monotonic() + seconds
+
+    def time_remaining(self) -> float:
+        return self._at - time.monotonic()
+
+
+class Admission:
+    """A call from inside the process (the mail-server protocols, filter_server/protocols):
+    the same admission, classification, suppression and metrics as Classify, counted
+    under `method`. Memory for the message is reserved as it arrives (a protocol may not
+    know the size up front, and reads nothing it has not reserved for); the call slot and
+    the deadline start once it has arrived (`classify`), because an MTA relays a message at
+    its sender's pace: a slow sender must neither hold a slot nor spend the deadline. `close`
+    gives everything back and counts the call; every failure is a Rejected with the gRPC
+    code Classify would have answered, which the protocol maps to its own reply."""
+
+    def __init__(self, servicer: FilterServicer, method: str, deadline_seconds: float) -> None:
+        self._servicer = servicer
+        self.method = method
+        self._deadline_seconds = deadline_seconds
+        self._held = _Held()
+        self._received = 0
+        self._code = _OK
+        self._at_capacity = False
+        self._answered = False
+        self._closed = False
+
+    def _failing(self, step, *args):  # noqa: ANN001, ANN202 - a servicer step
+        try:
+            return step(*args)
+        except Rejected as exc:
+            self._code, self._at_capacity = exc.code, exc.at_capacity
+            self._servicer._log_rejection("", exc)
+            raise
+        except Exception:  # a bug: the protocol still answers (temporary), and it counts
+            self._code = grpc.StatusCode.INTERNAL
+            self._servicer._log.exception("classification failed", extra={
+                "method": self.method})
+            raise Rejected(grpc.StatusCode.INTERNAL, "internal error") from None
+
+    def reserve(self, nbytes: int) -> None:
+        """Reserve memory for `nbytes` more of the message before reading them, waiting at
+        most a share of the deadline; Rejected (RESOURCE_EXHAUSTED) past the size limit or
+        when the budget stays taken."""
+        self._failing(self._reserve, nbytes)
+
+    def try_reserve(self, nbytes: int) -> bool:
+        """`reserve` without waiting: False when the budget has no room right now (then
+        `reserve` waits for it). Never blocks, so an event loop may call it."""
+        return self._failing(self._reserve, nbytes, False)
+
+    def _reserve(self, nbytes: int, wait: bool = True) -> bool:
+        servicer = self._servicer
+        servicer._check_size(self._received + nbytes)
+        extra = nbytes if self._held.memory else nbytes + HELD_OVERHEAD_BYTES
+        timeout = self._deadline_seconds * MEMORY_WAIT_DEADLINE_SHARE
+        if not servicer.memory.reserve(extra, timeout if wait else 0):
+            if not wait:
+                return False
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"server at capacity (its {servicer.memory.capacity >> 20} MiB for "
+                           "messages in flight are taken); retry later", at_capacity=True)
+        self._held.memory += extra
+        self._received += nbytes
+        servicer._metrics.memory_reserved.inc(extra)
+        return True
+
+    def classify(self, call: LocalCall) -> filter_pb2.ClassifyResponse:
+        """Wait for the call's turn and classify; suppression as for Classify."""
+        return self._failing(self._classify, call)
+
+    def _classify(self, call: LocalCall) -> filter_pb2.ClassifyResponse:
+        servicer = self._servicer
+        if len(call.raw) > self._received:  # the caller read more than it reserved for
+            self._reserve(len(call.raw) - self._received)
+        servicer._take_slot(self._held)
+        context = _LocalDeadline(self._deadline_seconds)
+        servicer._check(call, context)  # type: ignore[arg-type]
+        servicer._authenticate(call, context)  # type: ignore[arg-type]
+        servicer._join_queue(self._held, len(call.raw), len(call.recipients),
+                             context)  # type: ignore[arg-type]
+        response = servicer._answer(self._held, call, context,  # type: ignore[arg-type]
+                                    self.method)
+        self._answered = True
+        return response
+
+    def close(self) -> None:
+        """Give back the slot, memory and turn, and count the call: CANCELLED when it ended
+        with neither an answer nor a refusal (the peer went away or broke the protocol)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._answered and self._code is _OK:
+            self._code = grpc.StatusCode.CANCELLED
+        self._servicer._release(self._held)
+        self._servicer._count(self.method, self._code, at_capacity=self._at_capacity)

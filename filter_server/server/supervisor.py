@@ -74,6 +74,7 @@ class Supervisor:
         self._own_metrics_dir = False
         self._pattern_cache_dir: str | None = None
         self._reservation: socket.socket | None = None
+        self._protocol_reservations: list[socket.socket] = []
         self._health_reservation: socket.socket | None = None
 
     def alive_workers(self) -> int:
@@ -145,14 +146,25 @@ class Supervisor:
                             f"{config.metrics_port}: {exc.strerror or exc}", EXIT_CONFIG) from None
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-            worker_config = dataclasses.replace(config, grpc_port=grpc_port, port_file=None,
-                                                memory_limit_bytes=self._worker_memory_share())
+            protocol_ports: dict[str, int] = {}
+            for name, port in config.protocol_ports().items():
+                try:
+                    sock, protocol_ports[name] = reserve(config.host, port)
+                except PortInUse as exc:
+                    raise Fatal(f"--{name}-port: {exc}", EXIT_CONFIG) from None
+                self._protocol_reservations.append(sock)
+            worker_config = dataclasses.replace(
+                config, grpc_port=grpc_port, port_file=None,
+                memory_limit_bytes=self._worker_memory_share(),
+                milter_port=protocol_ports.get("milter"),
+                spamd_port=protocol_ports.get("spamd"),
+                rspamd_port=protocol_ports.get("rspamd"))
             for index in range(config.workers):
                 if self._signals:  # stopped while starting: the loop below winds down
                     break
                 self._spawn(index, worker_config)
             if config.port_file is not None:
-                write_port_file(config.port_file, grpc_port, metrics_port)
+                write_port_file(config.port_file, grpc_port, metrics_port, protocol_ports)
             self.log.info("supervising", extra={"workers": config.workers,
                                                 "grpc_port": grpc_port,
                                                 "metrics_port": metrics_port,
@@ -253,6 +265,8 @@ class Supervisor:
     def _cleanup(self) -> None:
         if self._reservation is not None:
             self._reservation.close()
+        for sock in self._protocol_reservations:
+            sock.close()
         if self._health_reservation is not None:
             self._health_reservation.close()
         if self._own_metrics_dir and self._metrics_dir:

@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -46,6 +47,9 @@ from filter_server.server.memory import SUPPRESSION_BYTES, MemoryBudget, budget_
 from filter_server.server.metrics import FilterMetrics, serve_metrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.ports import PortInUse, check_free, write_port_file
+
+if TYPE_CHECKING:
+    from filter_server.protocols.server import ProtocolServers
 from filter_server.server.preflight import PreflightError, preflight
 from filter_server.server.servicer import SERVICE_NAME, FilterServicer, add_filter_service
 from filter_server.server.store_suppression import StoreSuppression
@@ -138,6 +142,8 @@ class Worker:
         self.server: grpc.Server | None = None
         self.health_server: grpc.Server | None = None
         self.grpc_port = 0
+        self.protocols: "ProtocolServers | None" = None
+        self.protocol_ports: dict[str, int] = {}
 
     # --- signals ------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -209,6 +215,29 @@ class Worker:
         server.start()
         self.health_server = server
 
+    def start_protocols(self) -> None:
+        """milter, spamd and Rspamd listeners (filter_server/protocols), when asked for."""
+        config = self.config
+        if not config.protocol_ports():
+            return
+        from filter_server.protocols.server import Limits, ProtocolServers
+
+        self.protocols = ProtocolServers(
+            host=config.host, ports=config.protocol_ports(), reuse_port=self.supervised,
+            servicer=self.servicer, holder=self.holder, log=self.log,
+            limits=Limits(idle_seconds=config.protocol_idle_seconds,
+                          deadline_seconds=config.protocol_deadline_seconds,
+                          max_connections=config.protocol_max_connections,
+                          max_message_bytes=config.max_message_bytes),
+            threads=config.max_concurrent_rpcs)
+        try:
+            self.protocol_ports = self.protocols.start()
+        except PortInUse as exc:
+            raise StartupError(f"protocol port: {exc}") from None
+        except OSError as exc:
+            raise StartupError(f"cannot listen on a protocol port: "
+                               f"{exc.strerror or exc}") from None
+
     def start_metrics(self) -> int:
         try:
             return serve_metrics(self.config.host, self.config.metrics_port)
@@ -242,12 +271,15 @@ class Worker:
         else:
             error = self.holder.load_initial(0, config.policy_poll_seconds, self.stop)
         self.start_grpc()
+        self.start_protocols()
         if not self.supervised:
             metrics_port = self.start_metrics()
             if config.port_file is not None:
-                write_port_file(config.port_file, self.grpc_port, metrics_port)
+                write_port_file(config.port_file, self.grpc_port, metrics_port,
+                                self.protocol_ports)
         self.log.info("listening", extra={
-            "grpc_port": self.grpc_port, "tls": config.tls_dir is not None,
+            "grpc_port": self.grpc_port, "protocol_ports": self.protocol_ports,
+            "tls": config.tls_dir is not None,
             "mutual_tls": config.require_client_cert, "policy_dir": str(config.policy_dir),
             "policy_hash": self.holder.current.hash if self.holder.current else None})
         if error is not None and config.policy_wait_seconds > 0:
@@ -259,6 +291,8 @@ class Worker:
                 "waited_seconds": config.policy_wait_seconds})
             if self.server is not None:
                 self.server.stop(0)
+            if self.protocols is not None:
+                self.protocols.stop(0)
             raise StartupError(str(error), EXIT_POLICY)
         if not self.stop.is_set():
             self.size_memory_budget()
@@ -313,8 +347,11 @@ class Worker:
                 self.log.info("second signal: drain cut short")
         self.log.info("refusing new calls; waiting for calls in flight",
                       extra={"grace_seconds": config.grace_seconds})
-        if self.server is not None:
-            self.server.stop(config.grace_seconds).wait()
+        stopped = self.server.stop(config.grace_seconds) if self.server is not None else None
+        if self.protocols is not None:  # in step with gRPC: same grace, same moment
+            self.protocols.stop(config.grace_seconds)
+        if stopped is not None:
+            stopped.wait()
         if self.health_server is not None:
             self.health_server.stop(0)
         if self.store_suppression is not None:

@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         DEFAULT_METRICS_PORT,
         ServeConfig,
     )
+    from mailwarden import wire
 
     d = ServeConfig(policy_dir=Path("."))
     parser = sub.add_parser(
@@ -88,6 +89,32 @@ def register(sub: argparse._SubParsersAction) -> None:
                         default=d.suppression_stale_after, metavar="S",
                         help="answers are marked SUPPRESSION_STALE when the cache has not "
                         "been confirmed up to date for S seconds")
+    mail = parser.add_argument_group(
+        "mail-server protocols", "Listen for MTAs too (docs/protocols.md), each off unless its "
+        "port is given; 0 picks a free port (see --port-file). Calls share the Filter "
+        "service's admission control, suppression and metrics (method label = protocol).")
+    mail.add_argument("--milter-port", type=int, default=None, metavar="P",
+                      help="milter (Postfix smtpd_milters, Sendmail) [default: off; the "
+                      f"operator uses {wire.FILTER_MILTER_PORT}]")
+    mail.add_argument("--spamd-port", type=int, default=None, metavar="P",
+                      help="spamd protocol (spamc, Exim spam =, amavis) [default: off; the "
+                      f"operator uses {wire.FILTER_SPAMD_PORT}]")
+    mail.add_argument("--rspamd-port", type=int, default=None, metavar="P",
+                      help="Rspamd protocol (/checkv2: rspamc, Haraka, Rspamd proxy; Exim "
+                      f"variant=rspamd) [default: off; the operator uses "
+                      f"{wire.FILTER_RSPAMD_PORT}]")
+    mail.add_argument("--protocol-idle-seconds", type=float, default=d.protocol_idle_seconds,
+                      metavar="S", help="close a protocol connection whose peer sends nothing "
+                      "for S seconds (a stalled client, a milter session never ended)")
+    mail.add_argument("--protocol-deadline-seconds", type=float,
+                      default=d.protocol_deadline_seconds, metavar="S",
+                      help="deadline of a message received over a protocol (what a gRPC "
+                      "caller sets per call): admission refuses it as temporary when the "
+                      "work queued ahead cannot finish in time")
+    mail.add_argument("--protocol-max-connections", type=int,
+                      default=d.protocol_max_connections, metavar="N",
+                      help="open connections per worker and protocol; more are closed at "
+                      "once")
     parser.add_argument("--memory-limit-bytes", type=int, default=None, metavar="B",
                         help="memory the server may use (all workers); each worker sizes "
                         "its budget for messages in flight from its share and refuses calls "
@@ -140,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
         max_connection_age_ms=args.max_connection_age_ms,
         max_connection_age_grace_ms=args.max_connection_age_grace_ms,
         max_concurrent_rpcs=args.max_concurrent_rpcs, tls_dir=args.tls_dir,
+        milter_port=args.milter_port, spamd_port=args.spamd_port,
+        rspamd_port=args.rspamd_port, protocol_idle_seconds=args.protocol_idle_seconds,
+        protocol_deadline_seconds=args.protocol_deadline_seconds,
+        protocol_max_connections=args.protocol_max_connections,
         require_client_cert=args.require_client_cert, log_level=args.log_level,
         policy_poll_seconds=args.policy_poll_seconds,
         policy_wait_seconds=args.policy_wait_seconds, port_file=args.port_file,

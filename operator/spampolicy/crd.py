@@ -153,6 +153,22 @@ SPEC_SCHEMA: dict[str, Any] = {
                 "rule": common.CPU_REQUESTED_RULE.format(r="self"),
                 "message": common.CPU_REQUESTED_MESSAGE}],
         },
+        "protocols": {
+            "type": "array",
+            "description": "What the filter pods speak: `grpc` (always), and the mail-server "
+            "protocols `milter` (Postfix, Sendmail; port 11332), `spamd` (spamc, Exim "
+            "`spam =`, amavis; Service port 783, container port 7830) and `rspamd` "
+            "(Rspamd's /checkv2: rspamc, Haraka, Rspamd's proxy, Exim variant=rspamd; port "
+            "11333). Each gets a container port and a port on both Services "
+            "(docs/protocols.md).",
+            "default": ["grpc"],
+            "maxItems": len(naming.PROTOCOLS),
+            "items": {"type": "string", "enum": list(naming.PROTOCOLS)},
+            "x-kubernetes-list-type": "set",
+            "x-kubernetes-validations": [
+                {"rule": "'grpc' in self",
+                 "message": "protocols must include grpc (the probes and clients use it)"}],
+        },
         "server": SERVER_SCHEMA,
         "tls": {
             "type": "object",

@@ -20,6 +20,13 @@ SERVICE_ROLE_LABEL = common.SERVICE_ROLE_LABEL
 
 GRPC_PORT = wire.FILTER_GRPC_PORT
 METRICS_PORT = wire.FILTER_METRICS_PORT
+# spec.protocols besides gRPC: name -> (container port, Service port, `mailwarden serve` flag)
+MAIL_PROTOCOLS: dict[str, tuple[int, int, str]] = {
+    "milter": (wire.FILTER_MILTER_PORT, wire.FILTER_MILTER_PORT, "--milter-port"),
+    "spamd": (wire.FILTER_SPAMD_PORT, wire.FILTER_SPAMD_SERVICE_PORT, "--spamd-port"),
+    "rspamd": (wire.FILTER_RSPAMD_PORT, wire.FILTER_RSPAMD_PORT, "--rspamd-port"),
+}
+PROTOCOLS = ("grpc", *MAIL_PROTOCOLS)
 HEALTH_PORT = wire.FILTER_HEALTH_PORT
 POLICY_MOUNT = "/etc/mailwarden/policy"
 TLS_MOUNT = "/etc/mailwarden/tls"
@@ -30,6 +37,12 @@ CONTAINER_NAME = "filter"
 # "<name>-filter-headless" is the longest child name.
 HEADLESS_SUFFIX = "-filter-headless"
 MAX_NAME_LENGTH = 63 - len(HEADLESS_SUFFIX)
+
+
+def mail_protocols(spec: dict[str, Any]) -> list[str]:
+    """The mail-server protocols a (defaulted) spec turns on, in a fixed order."""
+    wanted = set(spec.get("protocols") or ())
+    return [name for name in MAIL_PROTOCOLS if name in wanted]
 
 
 def workload_name(policy_name: str) -> str:

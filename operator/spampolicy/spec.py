@@ -34,6 +34,8 @@ def serving_errors(spec: dict[str, Any], name: str) -> list[str]:
     errors += positive_count_errors("rollout.maxSurge", spec["rollout"]["maxSurge"])
     errors += positive_count_errors("disruption.maxUnavailable",
                                     spec["disruption"]["maxUnavailable"])
+    if "grpc" not in spec.get("protocols", ["grpc"]):
+        errors.append("protocols must include grpc (the probes and clients use it)")
     errors += cpu_request_errors(spec.get("resources"))
     errors += name_errors(naming.KIND, name, naming.MAX_NAME_LENGTH)
     return errors

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import urllib.request
 import uuid
 from pathlib import Path
@@ -83,7 +84,8 @@ def filter_metrics(workdir: Path, store: StoreProcess) -> dict[str, str]:
     names: dict[str, str] = {}
     for workers in (1, 2):
         server = Server(workdir, policy_dir, ["--suppression-store", store.target,
-                                              "--drain-seconds", "0"], workers=workers)
+                                              "--drain-seconds", "0", "--spamd-port", "0"],
+                        workers=workers)
         try:
             server.wait_serving()
             _traffic(store, server)
@@ -134,6 +136,11 @@ def _traffic(store: StoreProcess, filter_server: Server) -> None:
                     .suppressed_recipients) == [address]
 
     wait_for(suppressed, 30, "the unsubscribe to reach Classify")
+    # and one message over a mail-server protocol (the protocol metrics)
+    sock = socket.create_connection(("127.0.0.1", filter_server.ports["spamd_port"]), 10)
+    sock.sendall(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(MESSAGE) + MESSAGE)
+    assert sock.recv(100).startswith(b"SPAMD/1.5 0 EX_OK")
+    sock.close()
 
 
 @pytest.fixture(scope="module")

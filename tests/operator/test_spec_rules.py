@@ -36,3 +36,10 @@ def test_zero_pod_counts_are_refused(field: str, value: dict) -> None:
 def test_positive_pod_counts_pass(value: object) -> None:
     assert admission_errors({"policy": {"rules": []}, "rollout": {"maxSurge": value},
                              "disruption": {"maxUnavailable": value}}, "inbound") == []
+
+
+def test_protocols_default_to_grpc_and_must_keep_it() -> None:
+    assert with_defaults({})["protocols"] == ["grpc"]
+    assert serving_errors(with_defaults({"protocols": ["grpc", "milter"]}), "inbound") == []
+    errors = admission_errors({"policy": {"rules": []}, "protocols": ["milter"]}, "inbound")
+    assert "spec.protocols must include grpc (the probes and clients use it)" in errors

@@ -70,6 +70,12 @@ INVALID_SPAMPOLICIES = {
     "maxUnavailable 0%": (lambda ns: spampolicy(ns, disruption={"maxUnavailable": "0%"}),
                           "disruption.maxUnavailable must be at least 1 or a percentage "
                           "from 1% to 100%"),
+    "protocols without grpc": (lambda ns: spampolicy(ns, protocols=["milter", "spamd"]),
+                               "protocols must include grpc"),
+    "unknown protocol": (lambda ns: spampolicy(ns, protocols=["grpc", "lmtp"]),
+                         'Unsupported value: "lmtp"'),
+    "policy mta typo": (lambda ns: spampolicy(ns, policy={"mta": {"headerPrefix": "X Spam"}}),
+                        "spec.policy.mta.headerPrefix"),
     "no cpu request": (lambda ns: spampolicy(ns, resources={"requests": {"memory": "1Gi"}}),
                        "resources must request cpu"),
 }
@@ -126,6 +132,7 @@ def test_examples_are_accepted_with_their_defaults(control_plane: ControlPlane,
     assert got["spec"]["rollout"] == {"maxSurge": "25%"}
     assert got["spec"]["disruption"] == {"maxUnavailable": 1}
     assert got["spec"]["server"]["preStopSeconds"] == 5
+    assert got["spec"]["protocols"] == ["grpc"]  # mail-server protocols are opt-in
 
 
 def test_explain_documents_the_fields(control_plane: ControlPlane,

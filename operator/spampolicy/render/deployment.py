@@ -33,6 +33,9 @@ def server_args(spec: dict[str, Any], suppression_store: str | None = None) -> l
                       ("maxConcurrentRpcs", "--max-concurrent-rpcs")):
         if key in server:
             args += [flag, str(server[key])]
+    for protocol in naming.mail_protocols(spec):
+        container_port, _, flag = naming.MAIL_PROTOCOLS[protocol]
+        args += [flag, str(container_port)]
     if "tls" in spec:
         # The kubelet's gRPC probe speaks plaintext: health gets a plaintext port of its
         # own (grpc.health.v1 only; Classify stays behind TLS).
@@ -117,7 +120,8 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
         "ports": [
             {"name": "grpc", "containerPort": naming.GRPC_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": naming.METRICS_PORT, "protocol": "TCP"},
-        ],
+        ] + [{"name": protocol, "containerPort": naming.MAIL_PROTOCOLS[protocol][0],
+              "protocol": "TCP"} for protocol in naming.mail_protocols(spec)],
         # Compiling a large policy can take a while: up to 2 minutes before liveness counts.
         "startupProbe": _grpc_probe(probe_port, period=2, failures=60),
         "readinessProbe": _grpc_probe(probe_port, period=2, failures=1),

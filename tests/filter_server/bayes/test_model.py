@@ -46,6 +46,25 @@ def test_only_decisive_tokens_are_clues():
     assert len(m) == 2
 
 
+def test_rare_tokens_are_no_clue_and_few_sightings_weigh_less():
+    # seen in two spam: below the default minimum count of 3, whatever its probability
+    m = BayesModel(100, 100, {"twice": (2, 0), "thrice": (3, 0), "often": (30, 0)})
+    assert m.params.min_count == 3
+    assert {t for _, t in m.clues({"twice", "thrice", "often"})} == {"thrice", "often"}
+    probs = dict((t, f) for f, t in m.clues({"thrice", "often"}))
+    assert 0.5 < probs["thrice"] < probs["often"] < 1.0   # the prior pulls rare ones in
+    assert not m.can_be_clue(2, 0) and m.can_be_clue(3, 0)
+    with pytest.raises(ValueError):
+        BayesModel(1, 1, {}, params=ModelParams(min_count=0))
+
+
+def test_clues_both_ways_are_reported_unsure():
+    m = model()
+    assert m.explain({"viagra", "meeting"})[1] == "unsure"
+    assert m.explain({"viagra"})[1] == "sure" and m.explain({"meeting"})[1] == "sure"
+    assert m.explain({"unknown"}) == (0.5, "no evidence")
+
+
 def test_max_clues_keeps_the_most_extreme():
     counts = {f"s{i}": (i + 2, 0) for i in range(10)}
     m = BayesModel(100, 100, counts, params=ModelParams(max_clues=3))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import mailbox
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from filter_server.bayes.model import BayesModel
 from filter_server.bayes.train import (MIN_CALIBRATION_MESSAGES, _fold, prune, train,
@@ -132,12 +135,12 @@ def test_cli_writes_a_loadable_model_and_reports_progress(tmp_path):
     out = tmp_path / "model.json.gz"
     result = run_cli("--ham", str(ham_dir), "--spam", str(spam_dir), "-o", str(out))
     assert result.returncode == 0, result.stderr
-    assert "spam: tokenized 40/40 messages" in result.stderr
+    assert "spam: 40 messages from" in result.stderr
     assert "calibration: round 3/3, fold 5/5 scored" in result.stderr
     assert f"wrote {out}" in result.stderr
     model = BayesModel.from_bytes(out.read_bytes())
     assert model.calibration is not None
-    assert json.loads(gzip.decompress(out.read_bytes()))["format"] == "mailwarden-bayes/2"
+    assert json.loads(gzip.decompress(out.read_bytes()))["format"] == "mailwarden-bayes/3"
     assert not (tmp_path / "model.json.gz.tmp").exists()
 
 
@@ -157,7 +160,7 @@ def test_cli_explains_missing_or_empty_input(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_cli("--ham", str(tmp_path / "missing"), "--spam", str(tmp_path / "empty"),
                      "-o", str(tmp_path / "m.gz"))
-    assert result.returncode == 2 and "is not a directory" in result.stderr
+    assert result.returncode == 2 and "missing does not exist" in result.stderr
     result = run_cli("--ham", str(tmp_path / "empty"), "--spam", str(tmp_path / "empty"),
                      "-o", str(tmp_path / "m.gz"))
     assert result.returncode == 2 and "need at least one ham and one spam" in result.stderr
@@ -183,3 +186,44 @@ def test_cli_output_does_not_depend_on_the_process(tmp_path):
         assert result.returncode == 0, result.stderr
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("folds", ["5", "3", "0"])
+def test_cli_fits_and_reports_rates_per_action_with_any_calibration_folds(tmp_path, folds):
+    """Every --calibration-folds value fits the policy and prints the expected rates (a value
+    other than 5 used to skip fitting silently); 0 serves raw combined scores."""
+    ham_dir, spam_dir = write_corpus(tmp_path, spam=60, ham=60)
+    out, policy_out = tmp_path / "model.json.gz", tmp_path / "fitted.yaml"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n- {name: CASINO, target: body, pattern: casino, score: 1}\n")
+    result = run_cli("--ham", str(ham_dir), "--spam", str(spam_dir), "-o", str(out),
+                     "--policy", str(policy), "--policy-out", str(policy_out),
+                     "--calibration-folds", folds)
+    assert result.returncode == 0, result.stderr
+    for action in ("TAG", "QUARANTINE", "REJECT"):
+        assert re.search(rf"{action} \(score >= +[\d.]+\): ham \d+/\d+ \([\d.]+%\), "
+                         rf"spam \d+/\d+", result.stdout), result.stdout
+    model = BayesModel.from_bytes(out.read_bytes())
+    assert (model.calibration is None) == (folds == "0")
+    fitted = yaml.safe_load(policy_out.read_text())
+    assert set(fitted["thresholds"]) == {"tag", "quarantine", "reject"}
+    assert fitted["model"]["weight"] > 0 and fitted["rules"][0]["score"] >= 0
+
+
+def test_cli_reads_maildir_and_mbox(tmp_path):
+    ham_dir, spam_dir = write_corpus(tmp_path / "files")
+    maildir = mailbox.Maildir(str(tmp_path / "Ham"), create=True)
+    for path in sorted(ham_dir.rglob("*.eml")):
+        maildir.add(path.read_bytes())
+    box = mailbox.mbox(str(tmp_path / "spam.mbox"))
+    for path in sorted(spam_dir.rglob("*.eml")):
+        box.add(mailbox.mboxMessage(path.read_bytes()))
+    box.close()
+    out = tmp_path / "model.json.gz"
+    result = run_cli("--ham", str(tmp_path / "Ham"), "--spam", str(tmp_path / "spam.mbox"),
+                     "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"ham: reading {tmp_path / 'Ham'} (Maildir, 40 files)" in result.stderr
+    assert f"spam: 40 messages from {tmp_path / 'spam.mbox'}" in result.stderr
+    model = BayesModel.from_bytes(out.read_bytes())
+    assert model.trained["ham_messages"] == 40 and model.trained["spam_messages"] == 40

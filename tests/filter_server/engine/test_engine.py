@@ -8,7 +8,9 @@ import pytest
 import yaml
 
 from filter_server.bayes.model import BayesModel
+from filter_server.bayes.tokenize import tokenize
 from filter_server.engine.compiled import CompiledPolicy, Envelope, message_digest
+from filter_server.message import parse_message
 from filter_server.policy.loader import load_policy_dir
 
 
@@ -132,14 +134,31 @@ def test_thresholds_choose_the_action(tmp_path, score, action):
     assert policy.classify(msg(body="trigger")).action == action
 
 
+def _trained_model(spam_bodies: list[str], ham_bodies: list[str]) -> BayesModel:
+    """A model counted from the tokens the filter itself extracts, so the fixture follows
+    the tokenizer (look-alike folding, minimum counts) instead of guessing its tokens."""
+    counts: dict[str, list[int]] = {}
+    for column, bodies in ((0, spam_bodies), (1, ham_bodies)):
+        for body in bodies:
+            for token in tokenize(parse_message(msg(body=body))):
+                counts.setdefault(token, [0, 0])[column] += 1
+    return BayesModel(nspam=len(spam_bodies), nham=len(ham_bodies),
+                      counts={t: (s, h) for t, (s, h) in counts.items()})
+
+
 def test_model_contributes_weighted_score(tmp_path):
-    model = BayesModel(nspam=10, nham=10, counts={"lottery": (10, 0), "meeting": (0, 10)})
+    # ten spam and ten ham, each class with its own words, seen well above the model's
+    # minimum count; the shared headers are neutral
+    model = _trained_model([f"lottery winnings claim {n}" for n in range(10)],
+                           [f"meeting agenda minutes {n}" for n in range(10)])
     policy = compile_policy(tmp_path, {}, model)
-    spam = policy.classify(msg(body="lottery lottery"))
-    ham = policy.classify(msg(body="meeting"))
+    spam = policy.classify(msg(body="lottery winnings"))
+    ham = policy.classify(msg(body="meeting agenda"))
     assert spam.spam_probability > 0.9 and ham.spam_probability < 0.1
     bayes = {h.name: h.score for h in spam.hits}["BAYES"]
     assert bayes == pytest.approx(6 * (2 * spam.spam_probability - 1), abs=1e-3)
+    ham_bayes = {h.name: h.score for h in ham.hits}["BAYES"]
+    assert ham_bayes == pytest.approx(6 * (2 * ham.spam_probability - 1), abs=1e-3)
     assert spam.action == "TAG" and ham.action == "ACCEPT"
 
 

@@ -57,7 +57,7 @@ def test_missing_required_field():
 
 
 def test_wrong_type_and_enum():
-    errs = errors_of({"rules": [rule(score="high", target="attachment")]})
+    errs = errors_of({"rules": [rule(score="high", target="envelope")]})
     assert ("rules[0].score", "'high' is not of type 'number'") in errs
     assert any(p == "rules[0].target" and "is not one of" in r for p, r in errs)
 

@@ -59,6 +59,7 @@ FULL = dict(
             "maxMessageBytes": 10485760, "maxConnectionAgeMs": 300000,
             "maxConcurrentRpcs": 512, "logLevel": "warning"},
     tls={"secretName": "filter-tls", "requireClientCert": True},
+    protocols=["grpc", "milter", "spamd", "rspamd"],
     monitoring={"interval": "15s", "labels": {"release": "prometheus"}},
     scheduling={"nodeSelector": {"pool": "mail"}, "priorityClassName": "critical",
                 "tolerations": [{"key": "mail", "operator": "Exists",
@@ -124,7 +125,9 @@ def test_a_policy_or_model_change_changes_the_hash_and_the_name() -> None:
     body = owner()
     first = bundle_of(body)
     changed = owner()
-    changed["spec"]["policy"]["thresholds"]["tag"] = 6
+    # A valid change whatever the fitted thresholds are: tag moves below quarantine.
+    thresholds = changed["spec"]["policy"]["thresholds"]
+    thresholds["tag"] = round(thresholds["tag"] - 0.5, 2)
     assert bundle_of(changed).hash != first.hash
     other_model = build_bundle(body["spec"]["policy"],
                                lambda name: {"data": {"model.json.gz": "other"}})
@@ -236,9 +239,12 @@ def test_server_args_follow_the_serve_command_line() -> None:
     assert pairs["--max-connection-age-ms"] == "300000"
     assert pairs["--max-concurrent-rpcs"] == "512" and pairs["--log-level"] == "warning"
     assert pairs["--tls-dir"] == naming.TLS_MOUNT and args[-1] == "--require-client-cert"
+    assert pairs["--milter-port"] == "11332" and pairs["--spamd-port"] == "7830"
+    assert pairs["--rspamd-port"] == "11333"
     assert pairs["--health-port"] == str(naming.HEALTH_PORT)
     defaults = server_args(owner()["spec"])
     assert "--workers" not in defaults and "--tls-dir" not in defaults
+    assert not {"--milter-port", "--spamd-port", "--rspamd-port"} & set(defaults)
 
 
 # -- Services, HPA, PDB, ServiceMonitor -------------------------------------------------------
@@ -254,6 +260,24 @@ def test_services() -> None:
             "grpc": naming.GRPC_PORT, "metrics": naming.METRICS_PORT}
         assert svc["spec"]["selector"] == naming.selector_labels("mail")
     assert headless["metadata"]["name"] == "mail-filter-headless"
+
+
+def test_spec_protocols_render_container_and_service_ports() -> None:
+    body = owner(protocols=["grpc", "spamd", "milter"])  # no rspamd
+    container = render_deployment(body, bundle_of(body).hash, SETTINGS)[
+        "spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "grpc": naming.GRPC_PORT, "metrics": naming.METRICS_PORT, "milter": 11332,
+        "spamd": 7830}
+    pairs = dict(zip(container["args"][1::2], container["args"][2::2]))
+    assert pairs["--milter-port"] == "11332" and pairs["--spamd-port"] == "7830"
+    assert "--rspamd-port" not in container["args"]
+    for svc in (render_service(body), render_headless_service(body)):
+        ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
+        # spamd keeps its registered port 783 on the Service; the pod listens unprivileged
+        assert ports == {"grpc": (naming.GRPC_PORT, "grpc"),
+                         "metrics": (naming.METRICS_PORT, "metrics"),
+                         "milter": (11332, "milter"), "spamd": (783, "spamd")}
 
 
 def test_hpa_scales_up_fast_and_down_slowly() -> None:
