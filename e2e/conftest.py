@@ -1,30 +1,41 @@
-"""Fixtures of the kind suite. e2e/run.sh creates the cluster, installs everything and runs
-this suite with the variables below; without a container engine, kind, kubectl and helm (or
-without the cluster run.sh makes) every test is skipped with one line saying what is missing.
+"""Fixtures of the e2e suite (docs/e2e.md). The session brings a cluster up with the chosen
+provider (`--e2e-provider` or MAILWARDEN_E2E_PROVIDER: `process`, the default, or `kind`),
+installs the chart with helm, prepares the namespace, the model and the examples, runs the
+tests in file order, and tears everything down -- collecting diagnostics into
+E2E_OUT/diagnostics when something failed.
 
-  MAILWARDEN_E2E_KUBECONFIG   kubeconfig of the kind cluster (required)
+  E2E_OUT                     logs, trained model, diagnostics (default e2e/out)
   MAILWARDEN_E2E_NAMESPACE    namespace holding the examples (default mailwarden-e2e)
-  MAILWARDEN_E2E_IMAGE        the image run.sh built and loaded (default mailwarden:e2e)
-  MAILWARDEN_E2E_SPLIT        corpus split with test/{ham,spam} (default .cache/split)
+
+The process provider never skips (what it lacks is an error); the kind provider, without a
+container engine, kind, kubectl or helm, replaces the suite by ONE skipped item naming what
+is missing.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from e2e import prereqs
+from e2e import diagnostics, install, prereqs, providers
+from e2e.install import HelmResult
 from e2e.jobs import install_client
 from e2e.kube import Kube, is_true, observed, pod_ready, wait_for
+from e2e.providers import Cluster, Provider
 from mailwarden_operator.spampolicy import naming
+from testkit.pg import PgCluster
 
 REPO = prereqs.REPO
 EXAMPLES = REPO / "examples"
+OUT = Path(os.environ.get("E2E_OUT", REPO / "e2e" / "out"))
 # Messages the client Jobs send: held-out mail (the test split, never trained on), small
 # enough that a ConfigMap holds them all.
 MESSAGES_PER_CLASS = 8
@@ -46,6 +57,14 @@ class E2E:
     split: Path
     policy: str                  # the SpamPolicy of examples/spampolicy.yaml
     store: str | None            # the UnsubscribeStore of examples/unsubscribestore-dev.yaml
+    cluster: Cluster
+    installed: HelmResult        # the `helm install` of the chart
+    out: Path = OUT
+    # seconds from session start: "cluster up", "chart installed", "examples applied"
+    timeline: dict[str, float] = field(default_factory=dict)
+
+    def kube_in(self, namespace: str) -> Kube:
+        return self.kube.with_namespace(namespace)
 
     @property
     def headless_host(self) -> str:
@@ -71,6 +90,19 @@ class E2E:
     def filter_pods(self, ready_only: bool = True) -> list[dict[str, Any]]:
         pods = self.kube.items("pods", "-l", self.selector)
         return [p for p in pods if pod_ready(p)] if ready_only else pods
+
+    def wait_policy_live(self, timeout: float = 600) -> dict[str, Any]:
+        """The desired policy serves on every replica (rollout complete), old pods may still
+        be terminating."""
+        def live() -> dict[str, Any] | None:
+            sp = self.spampolicy()
+            status = sp.get("status") or {}
+            return sp if (observed(sp) and is_true(sp, "Ready")
+                          and not is_true(sp, "Progressing")
+                          and status.get("policyHash") == status.get("desiredPolicyHash")) \
+                else None
+        return wait_for(live, timeout, f"SpamPolicy {self.policy}'s policy to be live",
+                        interval=2)
 
     def wait_policy_settled(self, timeout: float = 600) -> dict[str, Any]:
         """Ready, rollout complete, status current, every pod of the Deployment ready."""
@@ -105,10 +137,22 @@ class SuiteSkipped(pytest.Item):
         return Path(__file__), 0, "e2e suite"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("e2e").addoption(
+        "--e2e-provider", choices=providers.NAMES, default=None,
+        help=f"cluster provider of the e2e suite (default ${providers.ENV} or "
+             f"{providers.DEFAULT}); see docs/e2e.md")
+
+
+def provider_name(config: pytest.Config) -> str:
+    return (config.getoption("--e2e-provider", default=None)
+            or os.environ.get(providers.ENV) or providers.DEFAULT)
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
     ours = [item for item in items if Path(str(item.path)).is_relative_to(Path(__file__).parent)]
-    reason = prereqs.skip_reason() if ours else None
+    reason = providers.make(provider_name(config)).skip_reason() if ours else None
     if not reason:
         return
     config.hook.pytest_deselected(items=ours)
@@ -116,22 +160,77 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     items.append(SuiteSkipped.from_parent(session, name="e2e", reason=reason))
 
 
+class Session:
+    """Brings the cluster up and installs everything; remembers how far it got, so that a
+    failure half-way still gets its diagnostics and a full teardown."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.cluster: Cluster | None = None
+        self.began = time.monotonic()
+        self.timeline: dict[str, float] = {}
+
+    def mark(self, what: str) -> None:
+        self.timeline[what] = time.monotonic() - self.began
+
+    def bring_up(self) -> E2E:
+        namespace = os.environ.get("MAILWARDEN_E2E_NAMESPACE", "mailwarden-e2e")
+        training = install.start_training(OUT)
+        try:
+            self.cluster = cluster = self.provider.up(OUT)
+            self.mark("cluster up")
+            kube = Kube(str(cluster.kubeconfig), namespace, cluster.path)
+            installed = install.install_chart(cluster)
+            self.mark("chart installed")
+            install.restricted_namespace(kube, namespace)
+            model = install.finish_training(training, OUT)
+            self.mark("model trained")
+            install.model_configmap(kube, model)
+            install.apply_examples(kube)
+            self.mark("examples applied")
+        finally:
+            if training.poll() is None:
+                training.kill()
+                training.wait()
+        policy = example("spampolicy.yaml")
+        store = example("unsubscribestore-dev.yaml")
+        env = E2E(kube=kube, namespace=namespace, image=cluster.image, split=OUT / "split",
+                  policy=policy["metadata"]["name"],
+                  store=store["metadata"]["name"] if store else None,
+                  cluster=cluster, installed=installed, timeline=self.timeline)
+        install_client(env.kube, pick_messages(env.split))
+        return env
+
+    def tear_down(self, failed: bool) -> None:
+        try:
+            if failed:
+                directory = OUT / "diagnostics"
+                if self.cluster is not None:
+                    diagnostics.collect(Kube(str(self.cluster.kubeconfig), "default",
+                                             self.cluster.path), directory)
+                self.provider.collect_logs(directory / "cluster")
+                print(f"\ne2e: diagnostics in {directory}")
+        finally:
+            self.provider.down()
+
+
 @pytest.fixture(scope="session", autouse=True)
-def e2e() -> E2E:
-    reason = prereqs.skip_reason()
+def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
+    """The cluster, the chart and the examples, for the whole session; torn down at its end
+    (diagnostics first when something failed)."""
+    provider = providers.make(provider_name(request.config))
+    reason = provider.skip_reason()
     if reason:  # (collection already replaced the suite by one skipped item)
         pytest.skip(reason)
-    namespace = os.environ.get("MAILWARDEN_E2E_NAMESPACE", "mailwarden-e2e")
-    policy = example("spampolicy.yaml")
-    store = example("unsubscribestore-dev.yaml")
-    env = E2E(kube=Kube(os.environ[prereqs.KUBECONFIG_ENV], namespace),
-              namespace=namespace,
-              image=os.environ.get("MAILWARDEN_E2E_IMAGE", "mailwarden:e2e"),
-              split=Path(os.environ.get("MAILWARDEN_E2E_SPLIT", REPO / ".cache" / "split")),
-              policy=policy["metadata"]["name"],
-              store=store["metadata"]["name"] if store else None)
-    install_client(env.kube, pick_messages(env.split))
-    return env
+    session = Session(provider)
+    env: E2E | None = None
+    try:
+        env = session.bring_up()
+        print(f"\ne2e on the {provider.name} provider: " +
+              ", ".join(f"{k} after {v:.0f} s" for k, v in session.timeline.items()))
+        yield env
+    finally:
+        session.tear_down(failed=env is None or request.session.testsfailed > 0)
 
 
 def pick_messages(split: Path) -> dict[str, bytes]:
@@ -149,6 +248,26 @@ def pick_messages(split: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="session")
 def kube(e2e: E2E) -> Kube:
     return e2e.kube
+
+
+@pytest.fixture(scope="session")
+def postgres(e2e: E2E) -> Iterator[PgCluster]:
+    """A real PostgreSQL (primary + synchronous standby, testkit.pg) on an address of this
+    machine that the cluster's pods reach (the provider's `host_address`; never a wildcard),
+    taking password logins from the pods' source ranges only."""
+    if not e2e.cluster.host_address:
+        pytest.fail(f"the {e2e.cluster.provider} provider names no address pods can reach")
+    with PgCluster(standby=True, fsync=False, listen=(e2e.cluster.host_address,),
+                   client_networks=e2e.cluster.pod_sources) as cluster:
+        yield cluster
+
+
+def postgres_dsn(e2e: E2E, pg: PgCluster, database: str) -> str:
+    """A login and a database of their own, and the DSN a store pod uses to reach them."""
+    password = secrets.token_urlsafe(18)
+    pg.create_login(database, password, database, grants=("pg_monitor",))
+    return (f"host={e2e.cluster.host_address} port={pg.primary.port} dbname={database} "
+            f"user={database} password={password} sslmode=disable connect_timeout=5")
 
 
 @pytest.fixture(scope="session")

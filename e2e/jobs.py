@@ -9,8 +9,9 @@ running `mailwarden classify` or e2e/incluster/mwclient.py calls the filter pods
 way a sending system in the cluster does, and records every failed call itself.
 
 Every Job pod passes the `restricted` Pod Security level (the e2e namespace enforces it).
-Load generators run on the control-plane node (tolerating its taint), so draining a worker
-never takes the load generator down with it.
+A load generator can be kept off given nodes (`avoid_nodes`), so draining a node never takes
+the load that measures the drain down with it; nothing here depends on a control-plane node
+that takes pods (kind has one, the process provider and most managed clusters do not).
 """
 
 from __future__ import annotations
@@ -37,11 +38,6 @@ RESTRICTED_CONTAINER = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-CONTROL_PLANE = {
-    "nodeSelector": {"node-role.kubernetes.io/control-plane": ""},
-    "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists",
-                     "effect": "NoSchedule"}],
-}
 
 
 def install_client(kube: Kube, messages: dict[str, bytes]) -> None:
@@ -59,7 +55,7 @@ def install_client(kube: Kube, messages: dict[str, bytes]) -> None:
 
 
 def job_manifest(name: str, image: str, command: list[str], *, parallelism: int = 1,
-                 control_plane: bool = True, cpu: str = "100m") -> dict[str, Any]:
+                 avoid_nodes: tuple[str, ...] = (), cpu: str = "100m") -> dict[str, Any]:
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -86,8 +82,11 @@ def job_manifest(name: str, image: str, command: list[str], *, parallelism: int 
             {"name": "tmp", "emptyDir": {}},
         ],
     }
-    if control_plane:
-        pod.update(CONTROL_PLANE)
+    if avoid_nodes:
+        pod["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{
+                "key": "kubernetes.io/hostname", "operator": "NotIn",
+                "values": sorted(avoid_nodes)}]}]}}}
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "mailwarden-e2e"}},
@@ -136,11 +135,18 @@ def _job_state(kube: Kube, name: str) -> str | None:
 
 
 def run_job(kube: Kube, image: str, prefix: str, command: list[str], *,
-            timeout: float = 300, control_plane: bool = False) -> str:
+            timeout: float = 300, volumes: list[dict[str, Any]] | None = None) -> str:
     """Run a one-shot client Job to completion and return its output (fails with the
-    output when the Job fails)."""
+    output when the Job fails). `volumes`: extra volumes, each mounted read-only at
+    /e2e/<name> (client certificates, for example)."""
     name = unique(prefix)
-    kube.apply(job_manifest(name, image, command, control_plane=control_plane))
+    manifest = job_manifest(name, image, command)
+    for volume in volumes or []:
+        pod = manifest["spec"]["template"]["spec"]
+        pod["volumes"].append(volume)
+        pod["containers"][0]["volumeMounts"].append(
+            {"name": volume["name"], "mountPath": f"/e2e/{volume['name']}", "readOnly": True})
+    kube.apply(manifest)
     state = wait_for(lambda: _job_state(kube, name), timeout, f"Job {name} to finish",
                      interval=2)
     output = logs(kube, name)
@@ -163,7 +169,7 @@ class LoadRun:
     threads: int = 2
     rate: float = 40.0
     parallelism: int = 1
-    control_plane: bool = True
+    avoid_nodes: tuple[str, ...] = ()
     deadline: float = 5.0
     name: str = field(default_factory=lambda: unique("load"))
     started: float = 0.0
@@ -174,7 +180,7 @@ class LoadRun:
                    "--deadline", str(self.deadline)]
         self.kube.apply(job_manifest(self.name, self.image, command,
                                      parallelism=self.parallelism,
-                                     control_plane=self.control_plane, cpu="200m"))
+                                     avoid_nodes=self.avoid_nodes, cpu="200m"))
         self.started = time.monotonic()
         wait_for(self._flowing, 180, f"load Job {self.name} to get answers", interval=2)
         return self

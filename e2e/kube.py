@@ -1,5 +1,5 @@
-"""kubectl for the e2e tests: the same client a platform engineer uses, against the kind
-cluster e2e/run.sh created (its own kubeconfig, never the user's current context)."""
+"""kubectl for the e2e tests: the same client a platform engineer uses, against the cluster
+the provider made (its own kubeconfig, never the user's current context)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ class KubectlError(AssertionError):
 class Kube:
     kubeconfig: str
     namespace: str
+    # PATH to find kubectl on (the provider's: the kubectl matching the server first).
+    path: str | None = None
+
+    def with_namespace(self, namespace: str) -> "Kube":
+        return Kube(self.kubeconfig, namespace, self.path)
 
     def run(self, *args: str, input: str | None = None, check: bool = True,
             timeout: float = 180, namespaced: bool = True) -> subprocess.CompletedProcess[str]:
@@ -31,8 +36,9 @@ class Kube:
         if namespaced:
             argv += ["--namespace", self.namespace]
         argv += list(args)
+        env = {"PATH": self.path or tool_path(), "HOME": "/tmp"}
         result = subprocess.run(argv, input=input, capture_output=True, text=True,
-                                timeout=timeout, env={"PATH": tool_path(), "HOME": "/tmp"},
+                                timeout=timeout, env=env,
                                 stdin=None if input is not None else subprocess.DEVNULL)
         if check and result.returncode != 0:
             raise KubectlError(list(args), result)
@@ -52,10 +58,11 @@ class Kube:
     def items(self, kind: str, *selector: str, namespaced: bool = True) -> list[dict[str, Any]]:
         return self.json("get", kind, *selector, namespaced=namespaced)["items"]
 
-    def apply(self, document: dict[str, Any] | str, *extra: str,
-              check: bool = True) -> subprocess.CompletedProcess[str]:
+    def apply(self, document: dict[str, Any] | str, *extra: str, check: bool = True,
+              namespaced: bool = True) -> subprocess.CompletedProcess[str]:
         text = document if isinstance(document, str) else json.dumps(document)
-        return self.run("apply", "-f", "-", *extra, input=text, check=check)
+        return self.run("apply", "-f", "-", *extra, input=text, check=check,
+                        namespaced=namespaced)
 
     def merge_patch(self, kind: str, name: str, patch: dict[str, Any]) -> None:
         self.run("patch", kind, name, "--type", "merge", "-p", json.dumps(patch))

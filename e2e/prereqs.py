@@ -1,7 +1,8 @@
-"""What the kind suite needs, and the one line it prints when something is missing.
+"""What the kind provider needs (a container engine, kind, kubectl, helm), and the one line
+the suite prints when something is missing.
 
-`e2e/run.sh` makes the same checks in bash before it starts; this module is what the pytest
-suite (e2e/conftest.py) and the static test of the skip (tests/e2e_static) use.
+`e2e/run.sh` makes the same checks in bash before it starts; this module is what the kind
+provider (e2e/providers/kind.py) and the static test of the skip (tests/e2e_static) use.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP_PREFIX = "e2e: skipped — "
-# Set by e2e/run.sh once it has created the kind cluster: the suite never runs against
-# whatever context a user's kubectl happens to point at (it drains nodes).
-KUBECONFIG_ENV = "MAILWARDEN_E2E_KUBECONFIG"
 TOOLS = ("kind", "kubectl", "helm")
 
 
@@ -46,16 +44,3 @@ def missing_tools(path: str | None = None) -> list[str]:
     problems += [f"{tool} not installed" for tool in TOOLS
                  if shutil.which(tool, path=path) is None]
     return problems
-
-
-def skip_reason(path: str | None = None, environ: dict[str, str] | None = None) -> str | None:
-    """The single skip line, or None when the suite can run."""
-    environ = os.environ if environ is None else environ
-    problems = missing_tools(path)
-    if problems:
-        return SKIP_PREFIX + "; ".join(problems)
-    kubeconfig = environ.get(KUBECONFIG_ENV, "")
-    if not kubeconfig or not Path(kubeconfig).is_file():
-        return (SKIP_PREFIX + f"no e2e cluster (${KUBECONFIG_ENV} unset): run e2e/run.sh, "
-                "which creates the kind cluster and runs this suite against it")
-    return None

@@ -13,8 +13,13 @@ import pytest
 from e2e.conftest import E2E
 from e2e.jobs import LoadRun, describe_load, run_job, summaries
 from e2e.kube import metric, wait_for
+from filter_server.auth.gather import Evidence
+from filter_server.auth.resolver import Nameserver
+from filter_server.auth.service import Authenticator
 from filter_server.engine.compiled import CompiledPolicy, Envelope
+from filter_server.policy.auth_rules import ALL_RULES
 from filter_server.policy.loader import load_policy_dir
+from filter_server.server.authentication import gather_for
 from mailwarden_local.projection import project
 from mailwarden_operator.spampolicy import naming
 
@@ -31,6 +36,33 @@ def live_policy(e2e: E2E, tmp_path: Path) -> tuple[str, CompiledPolicy]:
     loaded = load_policy_dir(tmp_path / "policy")
     assert loaded.hash == sp["status"]["policyHash"]
     return loaded.hash, CompiledPolicy(loaded)
+
+
+class _NoMetrics:
+    def dns_lookup(self, outcome: str, seconds: float) -> None:
+        pass
+
+    def gathered(self, seconds: float, temperrors: list[str]) -> None:
+        pass
+
+
+def local_evidence(e2e: E2E, compiled: CompiledPolicy,
+                   raw: dict[str, bytes]) -> dict[str, Evidence | None] | None:
+    """What sender authentication finds for each message, asking the cluster DNS as the
+    filter pods do (their nameserver), with the filter server's own gathering code and an
+    empty envelope as `mailwarden classify` sends. None when this machine cannot query the
+    cluster DNS."""
+    if not compiled.auth.enabled:
+        return {name: None for name in raw}
+    if e2e.cluster.dns_server is None:
+        return None
+    authenticator = Authenticator(_NoMetrics(),
+                                  system_servers=[Nameserver.parse(e2e.cluster.dns_server)])
+    try:
+        return {name: gather_for(authenticator, compiled, message, Envelope(), 0, "", None)
+                for name, message in raw.items()}
+    finally:
+        authenticator.close()
 
 
 def test_headless_service_resolves_to_every_ready_filter_pod(e2e: E2E) -> None:
@@ -55,17 +87,34 @@ def test_classify_through_the_headless_service_matches_the_live_policy(
     assert sorted(verdicts) == messages, output
     raw = {name: base64.b64decode(value) for name, value in
            e2e.kube.json("get", "configmap", "e2e-messages")["binaryData"].items()}
+    evidence = local_evidence(e2e, compiled, raw)
     actions: dict[str, int] = {}
+    auth_hits: dict[str, int] = {}
     for name, verdict in verdicts.items():
         assert verdict["policy_hash"] == policy_hash
-        local = compiled.classify(raw[name], Envelope())
         # `mailwarden classify` without envelope flags sends an empty envelope, as here.
-        assert verdict["action"] == local.action, (name, verdict, local)
-        assert verdict["score"] == pytest.approx(local.score, abs=1e-3), (name, verdict)
-        assert sorted(h["name"] for h in verdict["hits"]) == sorted(h.name for h in local.hits)
+        if evidence is None:
+            # No way to ask the cluster DNS from here (kind): what authentication added
+            # is left out, everything else must agree.
+            local = compiled.classify(raw[name], Envelope())
+            found = [h for h in verdict["hits"] if h["name"] not in ALL_RULES]
+            added = sum(h["score"] for h in verdict["hits"] if h["name"] in ALL_RULES)
+            assert verdict["score"] == pytest.approx(local.score + added, abs=1e-3), \
+                (name, verdict)
+        else:
+            local = compiled.classify(raw[name], Envelope(), evidence=evidence[name])
+            found = verdict["hits"]
+            assert verdict["action"] == local.action, (name, verdict, local)
+            assert verdict["score"] == pytest.approx(local.score, abs=1e-3), (name, verdict)
+            assert verdict["authentication_results"] == local.authentication_results, name
+        assert sorted(h["name"] for h in found) == sorted(h.name for h in local.hits), name
         actions[verdict["action"]] = actions.get(verdict["action"], 0) + 1
-    print(f"{len(verdicts)} held-out messages classified in the cluster, as locally: "
-          f"{actions}")
+        for hit in verdict["hits"]:
+            if hit["name"] in ALL_RULES:
+                auth_hits[hit["name"]] = auth_hits.get(hit["name"], 0) + 1
+    print(f"{len(verdicts)} held-out messages classified in the cluster, as locally "
+          f"({'with' if evidence is not None else 'without'} the cluster DNS's answers for "
+          f"sender authentication): {actions}; authentication hits {auth_hits}")
 
 
 def _served(e2e: E2E, pod: dict[str, Any]) -> float:

@@ -1,11 +1,14 @@
-"""An RFC 8058 one-click unsubscribe reaches Classify on every filter pod.
+"""An RFC 8058 one-click unsubscribe reaches Classify on every filter pod, with either store
+backend: the embedded one of examples/unsubscribestore-dev.yaml, and PostgreSQL -- the store
+of examples/unsubscribestore.yaml on a real PostgreSQL (primary and synchronous standby,
+started by the suite on an address the pods reach).
 
-The SpamPolicy is pointed at the UnsubscribeStore of examples/unsubscribestore-dev.yaml; a
-link is minted on the host with `mailwarden token mint` and the signing key the operator
-generated into the store's Secret; a client Job then does what a mailbox provider and a
-sender do: GET the link (a prefetching scanner: nothing may change), POST a tampered link
-(nothing may change, same answer as a valid one), POST the real one, and Classify on every
-filter pod (addressed one by one) until the address is reported suppressed."""
+The SpamPolicy is pointed at the store; a link is minted on the host with `mailwarden token
+mint` and the signing key the operator generated into the store's Secret; a client Job then
+does what a mailbox provider and a sender do: GET the link (a prefetching scanner: nothing
+may change), POST a tampered link (nothing may change, same answer as a valid one), POST the
+real one through the store's Service, and Classify on every filter pod (addressed one by
+one) until the address is reported suppressed."""
 
 from __future__ import annotations
 
@@ -15,15 +18,40 @@ from pathlib import Path
 import pytest
 
 from e2e import oneclick
-from e2e.conftest import E2E
+from e2e.conftest import E2E, example, postgres_dsn
 from e2e.jobs import run_job, summaries
 from e2e.kube import is_true, observed, wait_for
+from e2e.test_15_examples import secret_from_files
+from testkit.pg import PgCluster
 
 pytestmark = pytest.mark.timeout(900)
+POSTGRES_STORE = "pg-suppressions"
 
 
+@pytest.fixture(scope="module")
+def postgres_store(e2e: E2E, postgres: PgCluster) -> str:
+    """examples/unsubscribestore.yaml's store, renamed into the e2e namespace, on its own
+    database and login."""
+    doc = example("unsubscribestore.yaml")
+    assert doc and doc["spec"]["storage"]["type"] == "postgres"
+    doc["metadata"] = {"name": POSTGRES_STORE}
+    dsn = doc["spec"]["storage"]["postgres"]["dsnSecretRef"]
+    dsn["name"] = f"{POSTGRES_STORE}-dsn"
+    secret_from_files(e2e.kube, dsn["name"], {dsn["key"]: postgres_dsn(e2e, postgres,
+                                                                        "e2e_pg_store")})
+    resubscribe = doc["spec"]["resubscribe"]["secretRef"]
+    resubscribe["name"] = f"{POSTGRES_STORE}-resubscribe"
+    secret_from_files(e2e.kube, resubscribe["name"],
+                      {resubscribe.get("key", "token"): "e2e-resubscribe-credential"})
+    e2e.kube.apply(doc)
+    return POSTGRES_STORE
+
+
+@pytest.mark.parametrize("backend", ["embedded", "postgres"])
 def test_one_click_unsubscribe_reaches_classify_on_every_filter_pod(
-        e2e: E2E, store_name: str, tmp_path: Path) -> None:
+        e2e: E2E, backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    store_name = request.getfixturevalue("store_name" if backend == "embedded"
+                                         else "postgres_store")
     sp = e2e.spampolicy()
     if (sp["spec"].get("unsubscribeStoreRef") or {}).get("name") != store_name:
         e2e.kube.merge_patch("spampolicy", e2e.policy,
@@ -48,5 +76,5 @@ def test_one_click_unsubscribe_reaches_classify_on_every_filter_pod(
                       "--other", oneclick.OTHER, "--scope", oneclick.SCOPE,
                       "--filter-host", e2e.headless_host], timeout=300)
     result = summaries(output)[0]
-    print("one-click in the cluster:", oneclick.check(result))
+    print(f"one-click in the cluster ({backend} store {store_name}):", oneclick.check(result))
     assert len(result["pods"]) == len(e2e.filter_pods())

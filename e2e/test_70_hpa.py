@@ -1,5 +1,5 @@
 """The HorizontalPodAutoscaler the operator renders scales the filter pods up under load
-(CPU from metrics-server, which e2e/run.sh installs), and the SpamPolicy's status and
+(CPU from metrics-server, which every provider runs), and the SpamPolicy's status and
 REPLICAS column follow; calls keep succeeding while new pods join."""
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def test_hpa_scales_the_filter_pods_up_under_load(e2e: E2E) -> None:
     before = start.get("currentReplicas", minimum)
     assert before < maximum, f"already at maxReplicas ({start})"
 
-    # Unthrottled load from two pods on the workers, several threads each. The deadline is
-    # generous: saturating the CPU is the point, and a slow answer is not a failed one.
+    # Unthrottled load from two pods, several threads each. The deadline is generous:
+    # saturating the CPU is the point, and a slow answer is not a failed one.
     load = LoadRun(e2e.kube, e2e.image, e2e.target, threads=12, rate=0, parallelism=2,
-                   control_plane=False, deadline=30.0).start()
+                   deadline=30.0).start()
     began = time.monotonic()
     try:
         scaled = wait_for(lambda: (lambda s: s if s.get("desiredReplicas", 0) > before

@@ -129,6 +129,8 @@ def _register_store(registry: kopf.OperatorRegistry,
                     get_reconciler: Callable[[], Reconciler],
                     get_store_reconciler: Callable[[], StoreReconciler]) -> None:
     resource = (GROUP, VERSION, store_naming.PLURAL)
+    # Explicit ids: kopf names progress annotations after them, and the default id of a
+    # closure here ("_register_store.<locals>...") is not a valid annotation name.
 
     def run(namespace: str, name: str, trigger: str, logger: Any, retry: int = 0) -> None:
         try:
@@ -139,19 +141,19 @@ def _register_store(registry: kopf.OperatorRegistry,
         if outcome not in ("unchanged", "gone"):
             logger.debug("reconciled (%s): %s", trigger, outcome)
 
-    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.create(*resource, id="store-created", registry=registry)
     def store_created(namespace: str, name: str, logger: Any, retry: int,
-                          **_: Any) -> None:
+                      **_: Any) -> None:
         run(namespace, name, "create", logger, retry)
 
-    @kopf.on.update(*resource, registry=registry)
+    @kopf.on.update(*resource, id="store-updated", registry=registry)
     def store_updated(namespace: str, name: str, logger: Any, retry: int,
-                          **_: Any) -> None:
+                      **_: Any) -> None:
         run(namespace, name, "update", logger, retry)
 
-    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.resume(*resource, id="store-resumed", registry=registry)
     def store_resumed(namespace: str, name: str, logger: Any, retry: int,
-                          **_: Any) -> None:
+                      **_: Any) -> None:
         run(namespace, name, "resume", logger, retry)
 
     # No finalizer (children go by owner references); the watch event is enough to tell

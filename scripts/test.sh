@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The README's test command: set everything up (scripts/bootstrap.sh), then run the suite.
-# Extra arguments go to pytest, e.g. scripts/test.sh tests/filter_server -x
+# The README's test command: set everything up (scripts/bootstrap.sh), then run the suite:
+# tests/ and then e2e/, the end-to-end suite, which brings a real Kubernetes control plane
+# with process nodes up, installs the chart, runs, and tears it all down (docs/e2e.md;
+# pyproject.toml's testpaths). Extra arguments go to pytest and replace those paths, e.g.
+#   scripts/test.sh tests/filter_server -x       scripts/test.sh e2e -k rollout
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"

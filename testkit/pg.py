@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 __all__ = ["PgCluster", "PgNode", "PgUnavailable", "find_pg_bindir"]
 
@@ -118,7 +119,8 @@ class PgNode:
         for _ in range(5):
             self.port = keep_port or _free_port()
             settings = {
-                "listen_addresses": "127.0.0.1", "port": str(self.port),
+                "listen_addresses": ",".join(["127.0.0.1", *self.cluster.listen]),
+                "port": str(self.port),
                 "unix_socket_directories": str(self.datadir),
                 "fsync": "on" if self.cluster.fsync else "off",
                 "shared_buffers": "32MB", "max_connections": "60",
@@ -158,7 +160,8 @@ class PgNode:
         except OSError:
             return "(no log)"
 
-    def execute(self, query: str, params: tuple = (), dbname: str = "postgres") -> list[tuple]:
+    def execute(self, query: "str | sql.Composable", params: tuple = (),
+                dbname: str = "postgres") -> list[tuple]:
         with psycopg.connect(self.dsn(dbname), autocommit=True) as conn:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []
@@ -206,7 +209,15 @@ class PgCluster:
     """A primary and optionally one synchronous standby (application_name ``standby1``)."""
 
     def __init__(self, *, standby: bool = False, fsync: bool = True,
-                 base_dir: str | None = None) -> None:
+                 base_dir: str | None = None, listen: tuple[str, ...] = (),
+                 client_networks: tuple[str, ...] = ()) -> None:
+        """`listen`: addresses to listen on besides 127.0.0.1 (say, one that pods of a test
+        cluster route to; never a wildcard); `client_networks`: CIDRs whose clients may log
+        in with a password (`create_login`). Loopback connections are trusted as before."""
+        if any(addr in ("*", "0.0.0.0", "::") for addr in listen):
+            raise ValueError("listen on specific addresses only, not on every interface")
+        self.listen = tuple(listen)
+        self.client_networks = tuple(client_networks)
         self.bindir = find_pg_bindir()
         self.runas = _RunAs()
         self.fsync = fsync
@@ -228,6 +239,11 @@ class PgCluster:
         try:
             self._run([str(self.bindir / "initdb"), "-D", str(self.primary.datadir), "-U",
                        "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+            if self.client_networks:
+                # Appended after initdb's trusted loopback lines; a standby copies the file.
+                with (self.primary.datadir / "pg_hba.conf").open("a") as hba:
+                    for network in self.client_networks:
+                        hba.write(f"host all all {network} scram-sha-256\n")
             self.primary.start()
             if self.want_standby:
                 self.add_standby()
@@ -269,6 +285,19 @@ class PgCluster:
         """A fresh database on the primary; returns its DSN."""
         self.primary.execute(f'CREATE DATABASE "{name}"')
         return self.primary.dsn(name)
+
+    def create_login(self, role: str, password: str, database: str,
+                     grants: tuple[str, ...] = ()) -> None:
+        """A role that logs in with a password (from `client_networks`), owning a fresh
+        `database`; `grants`: roles it is granted (e.g. pg_monitor)."""
+        # Utility statements take no bind parameters: compose them with quoting instead.
+        self.primary.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)))
+        for granted in grants:
+            self.primary.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(granted),
+                                                                  sql.Identifier(role)))
+        self.primary.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+            sql.Identifier(database), sql.Identifier(role)))
 
     def multi_host_dsn(self, dbname: str) -> str:
         """A DSN listing primary and standby; libpq picks whichever accepts writes, so clients

@@ -2,8 +2,9 @@
 
 kube-proxy runs in nftables mode (its own `kube-proxy` tables; nothing else on the host is
 touched) in the network namespace the node side chooses: a namespace of the test's own, or
-the host's. One kube-proxy per network namespace: two would fight over the same tables. It is told to leave host-wide settings alone (conntrack table size and timeouts,
-OOM score), so running it changes nothing but its own tables.
+the host's. One kube-proxy per network namespace: two would fight over the same tables. It
+is told to leave host-wide settings alone (conntrack table size and timeouts, OOM score), so
+running it changes nothing but its own tables.
 """
 
 from __future__ import annotations

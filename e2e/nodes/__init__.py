@@ -12,7 +12,7 @@
 See docs/node-agent.md.
 """
 
-from e2e.nodes.agents import NodeAgents, NodeAgentError, NodeSpec
+from e2e.nodes.agents import NodeAgentError, NodeAgents, NodeSpec
 from e2e.nodes.build import bin_dir
 from e2e.nodes.cluster import ClusterInfo, NodeIdentity
 from e2e.nodes.network import HostNetwork, cluster_ranges

@@ -16,6 +16,7 @@ from pathlib import Path
 from e2e.nodes.build import bin_dir
 from e2e.nodes.cluster import ClusterInfo
 from e2e.nodes.network import HostNetwork
+from e2e.nodes.storage import LocalVolumes
 
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
@@ -68,7 +69,7 @@ class NodeAgents:
 
     def __init__(self, workdir: str | os.PathLike[str], cluster: ClusterInfo,
                  nodes: list[NodeSpec], *, venv: Path | None = None, kube_proxy: bool = False,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, local_volumes: int = 0) -> None:
         self.workdir = Path(workdir).resolve()
         self.cluster = cluster
         self.nodes = {n.name: n for n in nodes}
@@ -76,6 +77,10 @@ class NodeAgents:
         self.venv = venv or Path(sys.prefix)
         self.extra_args = extra_args or []
         self.kube_proxy = kube_proxy
+        # Statically provisioned local PersistentVolumes per node (storage.py), outside the
+        # agents' state directories, which are hidden from containers.
+        self.volumes = (LocalVolumes(self.workdir.with_name(self.workdir.name + "-volumes"),
+                                     per_node=local_volumes) if local_volumes else None)
         self.net = HostNetwork(self.workdir, cluster.cluster_cidr, cluster.service_cidr,
                                cluster.api_host, cluster.dns_ip, kube_proxy=kube_proxy)
         self.procs: dict[str, subprocess.Popen] = {}
@@ -114,9 +119,14 @@ class NodeAgents:
         self.wait_ready(self.order)
         if self.kube_proxy:
             if self.cluster.start_kube_proxy is None:
-                raise NodeAgentError("kube_proxy=True, but the control plane cannot start kube-proxy")
+                raise NodeAgentError("kube_proxy=True, but the control plane cannot start "
+                                     "kube-proxy")
             # The agents share the host's network namespace: one kube-proxy routes for all.
             self.cluster.start_kube_proxy(self.order[0])
+        if self.volumes is not None:
+            from kubernetes import config
+            self.volumes.create(config.new_client_from_config(
+                str(self.cluster.admin_kubeconfig)), self.order)
 
     def _dns_kubeconfig(self) -> Path:
         """Credentials for the DNS server with only what CoreDNS's system:coredns role has
@@ -127,9 +137,10 @@ class NodeAgents:
         api = config.new_client_from_config(str(self.cluster.admin_kubeconfig))
         core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
         name, ns = "mailwarden-cluster-dns", "kube-system"
-        rules = [client.V1PolicyRule(api_groups=[""], resources=["services"], verbs=["list", "watch"]),
-                 client.V1PolicyRule(api_groups=["discovery.k8s.io"], resources=["endpointslices"],
-                                     verbs=["list", "watch"])]
+        rules = [client.V1PolicyRule(api_groups=[""], resources=["services"],
+                                     verbs=["list", "watch"]),
+                 client.V1PolicyRule(api_groups=["discovery.k8s.io"],
+                                     resources=["endpointslices"], verbs=["list", "watch"])]
         for create in (
                 lambda: core.create_namespaced_service_account(
                     ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))),
@@ -148,7 +159,8 @@ class NodeAgents:
                     raise
         token = core.create_namespaced_service_account_token(
             name, ns, client.AuthenticationV1TokenRequest(
-                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=86400))).status.token
+                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=86400))
+        ).status.token
         admin = yaml.safe_load(self.cluster.admin_kubeconfig.read_text())
         kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"],
                       "users": [{"name": name, "user": {"token": token}}],
@@ -176,7 +188,8 @@ class NodeAgents:
         args = [str(self.bin / "nodeagent"), "node",
                 "--kubeconfig", str(ident.kubeconfig), "--node-name", name, "--node-ip", ip,
                 "--label", f"topology.kubernetes.io/zone={spec.zone}",
-                "--cluster-dns", self.cluster.dns_ip, "--cluster-domain", self.cluster.cluster_domain,
+                "--cluster-dns", self.cluster.dns_ip,
+                "--cluster-domain", self.cluster.cluster_domain,
                 "--state-dir", str(self.state_dir(name)), "--name-prefix", self.name_prefix(name),
                 "--image-catalog", str(self.workdir / "images.json"),
                 "--cpu", spec.cpu, "--memory", spec.memory, "--pods", spec.pods,
@@ -208,8 +221,8 @@ class NodeAgents:
         pending = set(names)
         while pending:
             if self.dns is not None and self.dns.poll() is not None:
-                raise NodeAgentError(f"the DNS server exited ({self.dns.returncode}); its log ends:\n"
-                                     f"{_tail(self.workdir / 'dns.log')}")
+                raise NodeAgentError(f"the DNS server exited ({self.dns.returncode}); its log "
+                                     f"ends:\n{_tail(self.workdir / 'dns.log')}")
             for name in list(pending):
                 proc = self.procs.get(name)
                 if proc is None or proc.poll() is not None:
@@ -226,8 +239,8 @@ class NodeAgents:
                 return
             if time.monotonic() > deadline:
                 name = sorted(pending)[0]
-                raise NodeAgentError(f"Node {name} not Ready after {timeout:.0f} s; agent log ends:\n"
-                                     f"{_tail(self.log_path(name))}")
+                raise NodeAgentError(f"Node {name} not Ready after {timeout:.0f} s; agent log "
+                                     f"ends:\n{_tail(self.log_path(name))}")
             time.sleep(0.5)
 
     def kill_node(self, name: str) -> None:
@@ -285,7 +298,7 @@ class NodeAgents:
     def stop(self) -> None:
         """Terminate every node's pods gracefully, stop the agents and the DNS server, and
         remove the host-side network. Safe to call twice."""
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
@@ -304,6 +317,8 @@ class NodeAgents:
                 self.dns.kill()
         self.dns = None
         self.net.tear_down()
+        if self.volumes is not None:
+            self.volumes.remove()
 
 
 def _write(path: Path, value: str) -> bool:

@@ -48,11 +48,12 @@ def serve_pod(name: str, node: str) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
             "spec": {"nodeSelector": {"kubernetes.io/hostname": node},
                      "volumes": [{"name": "policy", "configMap": {"name": "policy"}}],
-                     "containers": [{"name": "filter", "image": IMAGE, "securityContext": SECURE,
-                                     "args": ["serve", "--policy-dir", "/policy", "--workers", "1"],
-                                     "readinessProbe": {"grpc": {"port": FILTER_GRPC_PORT},
-                                                        "periodSeconds": 1},
-                                     "volumeMounts": [{"name": "policy", "mountPath": "/policy"}]}]}}
+                     "containers": [{
+                         "name": "filter", "image": IMAGE, "securityContext": SECURE,
+                         "args": ["serve", "--policy-dir", "/policy", "--workers", "1"],
+                         "readinessProbe": {"grpc": {"port": FILTER_GRPC_PORT},
+                                            "periodSeconds": 1},
+                         "volumeMounts": [{"name": "policy", "mountPath": "/policy"}]}]}}
 
 
 class Timeline:
@@ -120,7 +121,8 @@ def latencies(kind: str, marks: dict[str, dict[str, float]]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--pods", type=int, default=20, help="pods on one node for the load figure")
     ap.add_argument("--samples", type=int, default=5, help="pods per latency figure")

@@ -36,6 +36,12 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
+CLUSTER_SPACE = ipaddress.ip_network("10.128.0.0/10")
+SERVICE_SPACE = ipaddress.ip_network("10.96.0.0/12")
+CLUSTER_PREFIX = 18   # 64 nodes of /24 each
+SERVICE_PREFIX = 20   # 4096 Service IPs
+
+
 def node_block(workdir: Path) -> ipaddress.IPv4Network:
     """The /24 the nodes of the cluster in `workdir` take their addresses from."""
     digest = hashlib.sha256(str(workdir.resolve()).encode()).digest()
@@ -43,14 +49,46 @@ def node_block(workdir: Path) -> ipaddress.IPv4Network:
     return ipaddress.ip_network(f"10.201.{third}.0/24")
 
 
-def cluster_ranges(workdir: Path) -> tuple[str, str]:
-    """(cluster CIDR, Service CIDR) derived from the workdir, for a control plane whose
-    nodes are ours: two clusters on one machine (a developer's suite beside another) then
-    route different pod IPs and serve DNS on different addresses. Cluster CIDRs come from
-    10.128.0.0/10 (10.128-10.191), Service CIDRs from 10.96.0.0/12 (10.96-10.111); neither
-    meets the control plane's host addresses (10.200.0.0/16) or the nodes' (10.201.0.0/16)."""
+def networks_in_use() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 route destination and address on this host: another cluster's pod range
+    (its `unreachable` route, its pods' /32 routes) and Service range (its DNS address on
+    `lo`) show up here."""
+    nets = []
+    routes = json.loads(_ip("-j", "-4", "route", "show", "table", "all").stdout or "[]")
+    for route in routes:
+        dst = route.get("dst")
+        if dst and dst != "default":
+            nets.append(ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False))
+    for link in json.loads(_ip("-j", "-4", "addr", "show").stdout or "[]"):
+        for addr in link.get("addr_info", []):
+            nets.append(ipaddress.ip_network(f"{addr['local']}/32"))
+    return nets
+
+
+def pick_ranges(workdir: Path, in_use: list[ipaddress.IPv4Network]) -> tuple[str, str]:
+    """(cluster CIDR, Service CIDR): the first of each space, starting at a place derived
+    from the workdir, that meets nothing in `in_use`."""
     digest = hashlib.sha256(str(workdir.resolve()).encode()).digest()
-    return f"10.{128 + digest[1] % 64}.0.0/16", f"10.{96 + digest[2] % 16}.0.0/16"
+
+    def first_free(space: ipaddress.IPv4Network, prefix: int, start: int) -> str:
+        subnets = list(space.subnets(new_prefix=prefix))
+        for i in range(len(subnets)):
+            net = subnets[(start + i) % len(subnets)]
+            if not any(net.overlaps(used) for used in in_use):
+                return str(net)
+        raise NetworkError(f"every /{prefix} of {space} is in use on this host")
+
+    return (first_free(CLUSTER_SPACE, CLUSTER_PREFIX, int.from_bytes(digest[1:3], "big")),
+            first_free(SERVICE_SPACE, SERVICE_PREFIX, int.from_bytes(digest[3:5], "big")))
+
+
+def cluster_ranges(workdir: Path) -> tuple[str, str]:
+    """(cluster CIDR, Service CIDR) for a control plane whose nodes are ours: a /18 of
+    10.128.0.0/10 and a /20 of 10.96.0.0/12 (neither meets the control plane's host
+    addresses, 10.200.0.0/16, or the nodes', 10.201.0.0/16), derived from the workdir and
+    skipping ranges another cluster on this machine already routes or serves DNS in, so two
+    suites side by side (a developer's beside another) never share pod IPs or DNS."""
+    return pick_ranges(workdir, networks_in_use())
 
 
 def _lo_addresses() -> set[str]:
@@ -83,7 +121,7 @@ class HostNetwork:
     def pod_routes(self) -> list[str]:
         """The destinations a pod can reach: pods, Services, the API server, the nodes."""
         routes = [self.cluster_cidr, self.service_cidr, str(self.block), f"{self.api_host}/32"]
-        if not ipaddress.ip_address(self.dns_ip) in ipaddress.ip_network(self.service_cidr):
+        if ipaddress.ip_address(self.dns_ip) not in ipaddress.ip_network(self.service_cidr):
             routes.append(f"{self.dns_ip}/32")
         return routes
 

@@ -27,11 +27,11 @@ def test_table_splits_columns_whose_names_hold_spaces() -> None:
     assert list(rows[0]) == ["NAME", "READY", "REPLICAS", "POLICY HASH", "AGE"]
 
 
-@pytest.mark.parametrize("control_plane", [True, False])
-def test_client_jobs_are_valid_and_restricted(control_plane: bool) -> None:
+@pytest.mark.parametrize("avoid_nodes", [(), ("node-b",)])
+def test_client_jobs_are_valid_and_restricted(avoid_nodes: tuple[str, ...]) -> None:
     job = jobs.job_manifest("load-abc123", "mailwarden:e2e",
                             ["python", "/e2e/bin/mwclient.py", "load"], parallelism=2,
-                            control_plane=control_plane)
+                            avoid_nodes=avoid_nodes)
     validate_k8s(job)
     pod = job["spec"]["template"]["spec"]
     # The restricted level (Kubernetes Pod Security Standards), field by field.
@@ -43,7 +43,13 @@ def test_client_jobs_are_valid_and_restricted(control_plane: bool) -> None:
         assert ctx["capabilities"]["drop"] == ["ALL"]
         assert not any("hostPath" in v for v in pod["volumes"])
     assert job["spec"]["template"]["metadata"]["labels"] == {"e2e-job": "load-abc123"}
-    assert ("nodeSelector" in pod) is control_plane
+    # Nothing assumes a control-plane node that takes pods; avoided nodes are excluded.
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    terms = (pod.get("affinity") or {}).get("nodeAffinity", {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", [])
+    assert terms == ([{"matchExpressions": [{"key": "kubernetes.io/hostname",
+                                             "operator": "NotIn", "values": ["node-b"]}]}]
+                     if avoid_nodes else [])
     # The script the Jobs run is the one shipped in the ConfigMap.
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert mounts["client"] == "/e2e/bin" and jobs.CLIENT_SCRIPT.is_file()

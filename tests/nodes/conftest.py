@@ -60,7 +60,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     workdir = Path(tmp_path_factory.mktemp("nodes-cluster"))
     pods, services = cluster_ranges(workdir)
     with ControlPlane(workdir / "cp", cluster_cidr=pods, service_cidr=services) as cp:
-        nodes = NodeAgents(workdir / "nodes", ClusterInfo.from_control_plane(cp), NODES)
+        nodes = NodeAgents(workdir / "nodes", ClusterInfo.from_control_plane(cp), NODES,
+                           local_volumes=1)
         try:
             nodes.start()
             yield Cluster(cp=cp, nodes=nodes, api=cp.api_client())

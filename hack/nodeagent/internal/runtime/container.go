@@ -510,7 +510,8 @@ func (c *container) buildSpec(pod *corev1.Pod, img *images.Image, volPath func(s
 				_ = os.MkdirAll(src, 0o777)
 			}
 		}
-		mounts = append(mounts, podinit.Mount{Source: src, Target: vm.MountPath, ReadOnly: vm.ReadOnly})
+		readOnly := vm.ReadOnly || (v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ReadOnly)
+		mounts = append(mounts, podinit.Mount{Source: src, Target: vm.MountPath, ReadOnly: readOnly})
 	}
 	s.Mounts = mounts
 	return s, res.Warnings, nil

@@ -64,15 +64,26 @@ type Manager struct {
 	pod    *corev1.Pod
 	tokens map[string]*authenticationv1.TokenRequest // by volume/source index
 	tmpfs  []string
+	// host directories of persistentVolumeClaim volumes (the bound volume's path)
+	persistent map[string]string
 }
 
 // New returns the volume manager of pod; volumes live under dir.
 func New(src Sources, dir string, pod *corev1.Pod) *Manager {
-	return &Manager{src: src, dir: dir, pod: pod.DeepCopy(), tokens: map[string]*authenticationv1.TokenRequest{}}
+	return &Manager{src: src, dir: dir, pod: pod.DeepCopy(), tokens: map[string]*authenticationv1.TokenRequest{},
+		persistent: map[string]string{}}
 }
 
-// Path is the host directory of the named volume.
-func (m *Manager) Path(name string) string { return filepath.Join(m.dir, name) }
+// Path is the host directory of the named volume: for a persistentVolumeClaim
+// the bound PersistentVolume's directory (known once SetUp succeeded).
+func (m *Manager) Path(name string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p, ok := m.persistent[name]; ok {
+		return p
+	}
+	return filepath.Join(m.dir, name)
+}
 
 // UpdatePod replaces the pod the downward API reads (labels, annotations).
 func (m *Manager) UpdatePod(pod *corev1.Pod) {
@@ -107,8 +118,8 @@ func (m *Manager) Sync(ctx context.Context) error {
 	var errs []error
 	for i := range pod.Spec.Volumes {
 		v := &pod.Spec.Volumes[i]
-		if v.EmptyDir != nil {
-			continue
+		if v.EmptyDir != nil || v.PersistentVolumeClaim != nil {
+			continue // nothing projected: set up once
 		}
 		if err := m.setUpOne(ctx, pod, v); err != nil {
 			errs = append(errs, fmt.Errorf("volume %q: %w", v.Name, err))
@@ -184,8 +195,17 @@ func (m *Manager) setUpOne(ctx context.Context, pod *corev1.Pod, v *corev1.Volum
 		return write(dir, payload, fsGroup, true)
 	case v.HostPath != nil:
 		return nil // mounted straight from the host path
+	case v.PersistentVolumeClaim != nil:
+		path, err := m.persistentPath(ctx, pod, v)
+		if err != nil {
+			return err
+		}
+		m.mu.Lock()
+		m.persistent[v.Name] = path
+		m.mu.Unlock()
+		return nil
 	default:
-		return fmt.Errorf("this node agent does not support the volume's type (supported: emptyDir, configMap, secret, projected, downwardAPI, hostPath)")
+		return fmt.Errorf("this node agent does not support the volume's type (supported: emptyDir, configMap, secret, projected, downwardAPI, hostPath, persistentVolumeClaim of a local or hostPath volume)")
 	}
 }
 
