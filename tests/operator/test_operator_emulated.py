@@ -117,7 +117,9 @@ def test_update_rolls_a_new_configmap_and_prunes_old_ones(cluster: Cluster,
     first = _ready(cluster, ns, name)["status"]["policyHash"]
     hashes = [first]
     policy = example_policy(ns, name)["spec"]["policy"]
-    for tag in (6, 7, 8):
+    # Three valid changes whatever the example's fitted thresholds: tag moves down.
+    base = policy["thresholds"]["tag"]
+    for tag in (round(base - 0.1, 2), round(base - 0.2, 2), round(base - 0.3, 2)):
         policy["thresholds"]["tag"] = tag
         _set_policy(cluster, ns, name, policy)
         body = wait_for(lambda: (lambda b: b if b["status"].get("policyHash") not in hashes
