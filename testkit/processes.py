@@ -9,10 +9,12 @@ group) for every server anything here starts. This module adds what only tests n
 from __future__ import annotations
 
 import socket
+import urllib.request
 
 from mailwarden_local.processes import ServerFailed, ServerProcess, health_status, mailwarden_argv
 
-__all__ = ["ServerFailed", "ServerProcess", "free_port", "health_status", "mailwarden_argv"]
+__all__ = ["ServerFailed", "ServerProcess", "free_port", "health_status", "mailwarden_argv",
+           "scraped_total"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -21,3 +23,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def scraped_total(url: str, name: str, **labels: str) -> float:
+    """Sum of the samples of metric `name` at the Prometheus endpoint `url` whose labels
+    include `labels` (0 when none match)."""
+    with urllib.request.urlopen(url, timeout=5) as rsp:
+        text = rsp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

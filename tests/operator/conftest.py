@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 from mailwarden_operator import crd
 from mailwarden_operator.spampolicy import naming
 from mailwarden_operator.common.kube import DEPLOYMENTS, Kube, KubeError, Resource
-from testkit.processes import ServerProcess, free_port
+from testkit.processes import ServerProcess, free_port, scraped_total
 from tests.operator.emulator import EmulatorThread
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,16 +118,7 @@ class OperatorProcess(ServerProcess):
             return rsp.status == 200
 
     def metric(self, name: str, **labels: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as rsp:
-            text = rsp.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return scraped_total(f"http://127.0.0.1:{self.metrics_port}/metrics", name, **labels)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:  # type: ignore[override]
         """Send `sig` to the operator's group; SIGKILL what is left after 30 seconds."""

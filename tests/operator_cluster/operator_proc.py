@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.cluster import ControlPlane
-from testkit.processes import ServerProcess, free_port
+from testkit.processes import ServerProcess, free_port, scraped_total
 from tests.operator_cluster.kubeapi import (
     RELEASE_NAMESPACE,
     REPO,
@@ -66,17 +66,7 @@ class OperatorOnCluster(ServerProcess):
             return rsp.status == 200
 
     def metric(self, metric_name: str, /, **labels: str) -> float:
-        with urllib.request.urlopen(self._url(self.metrics_port, "/metrics"),
-                                    timeout=5) as rsp:
-            text = rsp.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if not line.startswith(metric_name + "{") and \
-                    not line.startswith(metric_name + " "):
-                continue
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return scraped_total(self._url(self.metrics_port, "/metrics"), metric_name, **labels)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:  # type: ignore[override]
         if self.alive():
