@@ -25,14 +25,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def scraped_total(url: str, name: str, **labels: str) -> float:
-    """Sum of the samples of metric `name` at the Prometheus endpoint `url` whose labels
-    include `labels` (0 when none match)."""
+def scraped_total(url: str, metric: str, /, **labels: str) -> float:
+    """Sum of the samples of `metric` at the Prometheus endpoint `url` whose labels
+    include `labels` (0 when none match). Positional-only, so that `name` and `url` stay
+    usable as label names (the operator labels its series with `name`)."""
     with urllib.request.urlopen(url, timeout=5) as rsp:
         text = rsp.read().decode()
     total = 0.0
     for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
+        if not line.startswith(metric + "{") and not line.startswith(metric + " "):
             continue
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])

@@ -117,8 +117,9 @@ class OperatorProcess(ServerProcess):
                 f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as rsp:
             return rsp.status == 200
 
-    def metric(self, name: str, **labels: str) -> float:
-        return scraped_total(f"http://127.0.0.1:{self.metrics_port}/metrics", name, **labels)
+    def metric(self, metric_name: str, /, **labels: str) -> float:
+        return scraped_total(f"http://127.0.0.1:{self.metrics_port}/metrics", metric_name,
+                             **labels)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:  # type: ignore[override]
         """Send `sig` to the operator's group; SIGKILL what is left after 30 seconds."""
