@@ -16,13 +16,15 @@ import kopf
 
 from mailwarden_operator.common import metrics
 from mailwarden_operator.common.backoff import retry_delay
-from mailwarden_operator.common.kube import USER_AGENT, KubeError
+from mailwarden_operator.common.kube import CONFIGMAPS, USER_AGENT, KubeError
 from mailwarden_operator.common.naming import GROUP, MANAGED_BY, VERSION
 from mailwarden_operator.spampolicy import naming
 from mailwarden_operator.spampolicy.reconcile import Reconciler
 from mailwarden_operator.spampolicy.webhook import (
     admission_errors,
     admission_message,
+    golden_errors,
+    golden_message,
     needs_review,
 )
 from mailwarden_operator.unsubscribestore import naming as store_naming
@@ -112,12 +114,20 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
     if webhook:
         @kopf.on.validate(*resource, id=WEBHOOK_ID, registry=registry)
         def validate_spampolicy(spec: dict[str, Any], name: str | None,
-                                operation: str | None, old: Any, new: Any,
-                                **_: Any) -> None:
+                                namespace: str | None, operation: str | None, old: Any,
+                                new: Any, **_: Any) -> None:
             if not needs_review(operation, old, new):
                 metrics.WEBHOOK_REVIEWS.labels("skipped").inc()
                 return
             errors = admission_errors(dict(spec or {}), name or "")
+            if not errors and (spec or {}).get("goldenCorpus"):
+                kube = get_reconciler().kube
+                golden = golden_errors(
+                    dict(spec or {}), dict((old or {}).get("spec") or {}) or None,
+                    lambda configmap: kube.get(CONFIGMAPS, namespace or "", configmap))
+                if golden:
+                    metrics.WEBHOOK_REVIEWS.labels("false").inc()
+                    raise kopf.AdmissionError(golden_message(golden), code=422)
             metrics.WEBHOOK_REVIEWS.labels("false" if errors else "true").inc()
             if errors:
                 raise kopf.AdmissionError(admission_message(errors), code=422)

@@ -53,6 +53,50 @@ SERVER_SCHEMA: dict[str, Any] = {
     },
 }
 
+MAX_GOLDEN_CONFIGMAPS = 16
+
+GOLDEN_CORPUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Labelled messages every change of this policy must keep classifying "
+    "acceptably (docs/operator.md, \"Golden corpus\"). The admission webhook, and the "
+    "operator when no webhook is installed, classify them with the candidate policy and "
+    "refuse a change that would give golden ham a more severe action than allowed "
+    "(default: QUARANTINE or REJECT) or golden spam a less severe one than required "
+    "(default: below TAG), naming the messages and the rules responsible. At most "
+    "2,000 messages in all.",
+    "required": ["configMaps"],
+    "properties": {
+        "configMaps": {
+            "type": "array",
+            "description": "ConfigMaps (same namespace) whose every data and binaryData "
+            "entry is one raw RFC 5322 message (the key names it).",
+            "minItems": 1,
+            "maxItems": MAX_GOLDEN_CONFIGMAPS,
+            "items": {
+                "type": "object",
+                "required": ["name", "label"],
+                "properties": {
+                    "name": {"type": "string", "maxLength": 253,
+                             "description": "ConfigMap name."},
+                    "label": {"type": "string", "enum": ["ham", "spam"],
+                              "description": "What every message of the ConfigMap is."},
+                    "atMost": {"type": "string", "enum": ["ACCEPT", "TAG"],
+                               "description": "Ham only: the most severe action allowed "
+                               "(default TAG)."},
+                    "atLeast": {"type": "string", "enum": ["TAG", "QUARANTINE", "REJECT"],
+                                "description": "Spam only: the least severe action "
+                                "required (default TAG)."},
+                },
+                "x-kubernetes-validations": [
+                    {"rule": "!has(self.atMost) || self.label == 'ham'",
+                     "message": "atMost is for ham; spam sets take atLeast"},
+                    {"rule": "!has(self.atLeast) || self.label == 'spam'",
+                     "message": "atLeast is for spam; ham sets take atMost"}],
+            },
+        },
+    },
+}
+
 SPEC_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "The policy and how it is served. Size: the validated policy and its "
@@ -82,6 +126,7 @@ SPEC_SCHEMA: dict[str, Any] = {
                     "(set it when the store's spec.signingKey.secretName differs)."},
             },
         },
+        "goldenCorpus": GOLDEN_CORPUS_SCHEMA,
         "image": {"type": "string", "maxLength": 1024,
                   "description": "Filter server image. Default: the operator's "
                   "`--filter-image` (the chart sets it to the release's image)."},

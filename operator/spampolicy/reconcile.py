@@ -36,6 +36,7 @@ from mailwarden_operator.common.render import (
 )
 from mailwarden_operator.common.status import observe_rollout, status_patch
 from mailwarden_operator.spampolicy import naming, suppression_health
+from mailwarden_operator.spampolicy.golden import check_golden
 from mailwarden_operator.spampolicy.policy import PolicyBundle, PolicyRejected, build_bundle
 from mailwarden_operator.spampolicy.render.configmap import render_configmap
 from mailwarden_operator.spampolicy.render.deployment import render_deployment, suppression_store
@@ -120,8 +121,14 @@ class Reconciler:
             problems = serving_errors(spec, name)
             if problems:
                 raise PolicyRejected("InvalidSpec", problems)
-            bundle = build_bundle(spec.get("policy"),
-                                  lambda cm: kube.get(CONFIGMAPS, namespace, cm))
+            def read_configmap(configmap: str) -> dict[str, Any] | None:
+                return kube.get(CONFIGMAPS, namespace, configmap)
+
+            candidate = build_bundle(spec.get("policy"), read_configmap)
+            # The webhook refuses a change that breaks the golden corpus; this keeps such a
+            # change from serving when no webhook is installed (or it admitted on failure).
+            check_golden(spec, candidate, read_configmap)
+            bundle = candidate
         except PolicyRejected as exc:
             rejected = exc
 

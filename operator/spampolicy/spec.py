@@ -38,4 +38,18 @@ def serving_errors(spec: dict[str, Any], name: str) -> list[str]:
         errors.append("protocols must include grpc (the probes and clients use it)")
     errors += cpu_request_errors(spec.get("resources"))
     errors += name_errors(naming.KIND, name, naming.MAX_NAME_LENGTH)
+    errors += golden_corpus_errors(spec.get("goldenCorpus"))
+    return errors
+
+
+def golden_corpus_errors(corpus: dict[str, Any] | None) -> list[str]:
+    """The CEL rules of goldenCorpus.configMaps[], repeated."""
+    errors = []
+    for index, ref in enumerate((corpus or {}).get("configMaps") or []):
+        if "atMost" in ref and ref.get("label") != "ham":
+            errors.append(f"goldenCorpus.configMaps[{index}]: atMost is for ham; spam sets "
+                          "take atLeast")
+        if "atLeast" in ref and ref.get("label") != "spam":
+            errors.append(f"goldenCorpus.configMaps[{index}]: atLeast is for spam; ham sets "
+                          "take atMost")
     return errors

@@ -1,5 +1,7 @@
 """Admission: the same checks the operator runs, so `kubectl apply` of a bad SpamPolicy is
-refused with the validator's messages instead of being accepted and left unserved."""
+refused with the validator's messages instead of being accepted and left unserved; and the
+golden corpus (`spec.goldenCorpus`), so a change that would misclassify a golden message
+is refused with the messages and rules responsible."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import json
 from typing import Any
 
 from filter_server.policy.validate import validate_policy
+from mailwarden_operator.common.kube import KubeError
+from mailwarden_operator.spampolicy.golden import check_golden
+from mailwarden_operator.spampolicy.policy import ConfigMapReader, PolicyRejected, build_bundle
 from mailwarden_operator.spampolicy.spec import serving_errors, with_defaults
 
 MAX_ERRORS = 20
@@ -61,3 +66,46 @@ def admission_message(errors: list[str]) -> str:
     shown = errors[:MAX_ERRORS]
     more = len(errors) - len(shown)
     return "invalid SpamPolicy: " + "; ".join(shown) + (f"; and {more} more" if more else "")
+
+
+def golden_errors(spec: dict[str, Any] | None, old_spec: dict[str, Any] | None,
+                  read_configmap: ConfigMapReader) -> list[str]:
+    """Why the golden corpus refuses this (valid) spec: one line per misclassified golden
+    message, naming the rules responsible; empty when it has no golden corpus or passes.
+    `old_spec` (an UPDATE's current spec) is the baseline a spam message is compared with,
+    to name the rules the change stopped firing."""
+    defaulted = with_defaults(spec)
+    if not defaulted.get("goldenCorpus"):
+        return []
+    try:
+        candidate = build_bundle(defaulted.get("policy"), read_configmap)
+        baseline = None
+        if old_spec:
+            try:
+                baseline = build_bundle(with_defaults(old_spec).get("policy"), read_configmap)
+            except PolicyRejected:
+                baseline = None   # the old policy was never servable: nothing to compare
+        check_golden(defaulted, candidate, read_configmap, baseline)
+    except PolicyRejected as exc:
+        return [_located(error) for error in exc.errors]
+    except KubeError as exc:
+        # Unverifiable is refused, as an unreachable webhook (failurePolicy Fail) would be.
+        return [f"spec.goldenCorpus: cannot read the golden corpus to check it: {exc}"]
+    return []
+
+
+def _located(error: str) -> str:
+    if error.startswith("golden "):         # a misclassified message: names its source
+        return error
+    if error.startswith("goldenCorpus"):
+        return f"spec.{error}"
+    if error.startswith("model"):
+        return f"spec.policy.{error}"
+    return f"spec.goldenCorpus: {error}"
+
+
+def golden_message(errors: list[str]) -> str:
+    shown = errors[:MAX_ERRORS]
+    more = len(errors) - len(shown)
+    return ("SpamPolicy change refused by its golden corpus: " + "; ".join(shown)
+            + (f"; and {more} more" if more else ""))

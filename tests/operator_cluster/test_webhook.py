@@ -114,3 +114,47 @@ def test_the_webhook_judges_specs_only_and_never_blocks_metadata_or_deletion(
     assert done.returncode == 0, done.stdout + done.stderr
     gone = kubectl(control_plane, "get", "-n", namespace, "spampolicy/mail")
     assert gone.returncode != 0 and "NotFound" in gone.stderr
+
+
+GOLDEN_HAM = "From: alice@example.org\r\nSubject: minutes\r\n\r\nThe meeting minutes.\r\n"
+GOLDEN_SPAM = "From: x@spam.test\r\nSubject: offer\r\n\r\nCheap viagra, buy now!\r\n"
+
+
+def test_a_change_that_quarantines_golden_ham_is_refused_at_apply(
+        control_plane: ControlPlane, webhook: tuple[Path, int], namespace: str) -> None:
+    """Issue 18: the golden corpus guards every change at `kubectl apply`."""
+    workdir, port = webhook
+    for name, label, raw in (("golden-ham", "ham", GOLDEN_HAM),
+                             ("golden-spam", "spam", GOLDEN_SPAM)):
+        code, output = apply(control_plane, {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace},
+            "data": {f"{label}1.eml": raw}})
+        assert code == 0, output
+    guarded = policy(namespace, "guarded", pattern="viagra")
+    guarded["spec"]["policy"]["rules"][0]["score"] = 12
+    guarded["spec"]["goldenCorpus"] = {"configMaps": [
+        {"name": "golden-ham", "label": "ham"}, {"name": "golden-spam", "label": "spam"}]}
+    operator = start_operator(control_plane, workdir, port, name="golden-operator")
+    try:
+        wait_for("the webhook to answer", lambda: apply(control_plane, guarded)[0] == 0,
+                 timeout=60)
+        bad = yaml.safe_load(yaml.safe_dump(guarded))
+        bad["spec"]["policy"]["rules"].append(
+            {"name": "MEETING_BLAST", "target": "body", "pattern": "meeting", "score": 11})
+        code, output = apply(control_plane, bad)
+        assert code != 0, output
+        assert "refused by its golden corpus" in output, output
+        assert "golden-ham/ham1.eml would be QUARANTINE" in output, output
+        assert "MEETING_BLAST +11" in output, output
+        # The stored object is still the good one.
+        stored = client.CustomObjectsApi(control_plane.api_client()).get_namespaced_custom_object(
+            "mailwarden.dev", "v1alpha1", namespace, "spampolicies", "guarded")
+        assert [r["name"] for r in stored["spec"]["policy"]["rules"]] == ["R1"]
+        # The CRD's CEL rule refuses a bound that does not fit the label (no webhook needed).
+        mislabelled = yaml.safe_load(yaml.safe_dump(guarded))
+        mislabelled["spec"]["goldenCorpus"]["configMaps"][1]["atMost"] = "TAG"
+        code, output = apply(control_plane, mislabelled)
+        assert code != 0 and "atMost is for ham" in output, output
+    finally:
+        operator.stop()

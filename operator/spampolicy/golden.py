@@ -1,0 +1,115 @@
+"""`spec.goldenCorpus` on a cluster: golden sets read from ConfigMaps, checked against the
+candidate policy bundle by the admission webhook and by the operator (the same verdict when
+the webhook is not installed). The check itself is `filter_server.engine.golden`.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from typing import Any
+
+from filter_server.engine.compiled import CompiledPolicy
+from filter_server.engine.golden import (
+    GoldenCorpusInvalid,
+    GoldenSet,
+    check_corpus,
+    corpus_digest,
+)
+from filter_server.policy.loader import LoadedPolicy
+from mailwarden_operator.spampolicy.policy import ConfigMapReader, PolicyBundle, PolicyRejected
+
+# Compiled policies by content hash: the webhook judges the same candidate several times
+# (dry runs, retries, re-applies) and the operator re-checks it on every resync.
+COMPILED_CACHE_SIZE = 4
+VERDICT_CACHE_SIZE = 64
+
+
+def golden_sets(corpus: dict[str, Any] | None, read_configmap: ConfigMapReader
+                ) -> list[GoldenSet]:
+    """The sets `spec.goldenCorpus` names, read through `read_configmap`; raises
+    PolicyRejected (GoldenCorpusNotFound, GoldenCorpusInvalid) when one cannot be used."""
+    sets = []
+    for index, ref in enumerate((corpus or {}).get("configMaps") or []):
+        name = ref["name"]
+        configmap = read_configmap(name)
+        if configmap is None:
+            raise PolicyRejected("GoldenCorpusNotFound", [
+                f"goldenCorpus.configMaps[{index}]: ConfigMap {name!r} not found"])
+        messages: list[tuple[str, bytes]] = []
+        for key, text in sorted((configmap.get("data") or {}).items()):
+            messages.append((key, text.encode("utf-8")))
+        for key, encoded in sorted((configmap.get("binaryData") or {}).items()):
+            try:
+                messages.append((key, base64.b64decode(encoded, validate=True)))
+            except ValueError:
+                raise PolicyRejected("GoldenCorpusInvalid", [
+                    f"goldenCorpus.configMaps[{index}]: binaryData[{key!r}] of ConfigMap "
+                    f"{name!r} is not base64"]) from None
+        label = ref["label"]
+        bound = ref.get("atMost" if label == "ham" else "atLeast") or "TAG"
+        try:
+            sets.append(GoldenSet(f"ConfigMap {name}", label, bound, tuple(messages)))
+        except GoldenCorpusInvalid as exc:
+            raise PolicyRejected("GoldenCorpusInvalid", [
+                f"goldenCorpus.configMaps[{index}]: {exc}"]) from None
+    return sets
+
+
+_compiled_policies: dict[str, CompiledPolicy] = {}
+_compile_lock = threading.Lock()
+
+
+def _compiled(bundle: PolicyBundle) -> CompiledPolicy:
+    with _compile_lock:
+        compiled = _compiled_policies.get(bundle.hash)
+        if compiled is None:
+            try:
+                compiled = CompiledPolicy(LoadedPolicy(bundle.policy, bundle.model_bytes,
+                                                       bundle.hash, generation=bundle.hash))
+            except Exception as exc:  # a model read from a ConfigMap: any garbage
+                # The filter pods would refuse this bundle too; the corpus cannot vouch.
+                raise PolicyRejected("GoldenCorpusUnverifiable", [
+                    f"the policy cannot be loaded to classify the golden corpus: "
+                    f"{type(exc).__name__}: {exc}"]) from None
+            if len(_compiled_policies) >= COMPILED_CACHE_SIZE:
+                _compiled_policies.pop(next(iter(_compiled_policies)))
+            _compiled_policies[bundle.hash] = compiled
+        return compiled
+
+
+_verdicts: dict[tuple[str, str | None, str], tuple[str, ...]] = {}
+
+
+def golden_violations(bundle: PolicyBundle, sets: list[GoldenSet],
+                      baseline: PolicyBundle | None = None) -> list[str]:
+    """One message per golden message the candidate `bundle` classifies outside its bound
+    (empty: the change is safe for the corpus); remembered by policy and corpus content."""
+    key = (bundle.hash, baseline.hash if baseline else None, corpus_digest(sets))
+    with _compile_lock:
+        known = _verdicts.get(key)
+    if known is not None:
+        return list(known)
+    try:
+        report = check_corpus(_compiled(bundle), sets,
+                              _compiled(baseline) if baseline else None)
+    except GoldenCorpusInvalid as exc:
+        raise PolicyRejected("GoldenCorpusInvalid", [f"goldenCorpus: {exc}"]) from None
+    verdict = tuple(str(v) for v in report.violations)
+    with _compile_lock:
+        if len(_verdicts) >= VERDICT_CACHE_SIZE:
+            _verdicts.pop(next(iter(_verdicts)))
+        _verdicts[key] = verdict
+    return list(verdict)
+
+
+def check_golden(spec: dict[str, Any], bundle: PolicyBundle, read_configmap: ConfigMapReader,
+                 baseline: PolicyBundle | None = None) -> None:
+    """Raise PolicyRejected(GoldenCorpusViolation) when the candidate misclassifies any
+    golden message; nothing when the spec has no golden corpus."""
+    corpus = spec.get("goldenCorpus")
+    if not corpus:
+        return
+    violations = golden_violations(bundle, golden_sets(corpus, read_configmap), baseline)
+    if violations:
+        raise PolicyRejected("GoldenCorpusViolation", violations)
