@@ -59,6 +59,11 @@ class ServeConfig:
     require_client_cert: bool = False
     log_level: str = "info"
     policy_poll_seconds: float = 1.0
+    # A candidate policy evaluated in shadow on a sample of traffic (server/shadow.py):
+    # never answers; None = off.
+    shadow_policy_dir: Path | None = None
+    shadow_sample_rate: float = 0.1
+    shadow_cpu_fraction: float = 0.1
     policy_wait_seconds: float = 0.0
     port_file: Path | None = None
     suppression_store: str | None = None
@@ -106,7 +111,8 @@ class ServeConfig:
     @classmethod
     def from_json(cls, text: str) -> "ServeConfig":
         doc = json.loads(text)
-        for key in ("policy_dir", "tls_dir", "port_file", "signing_key_dir"):
+        for key in ("policy_dir", "tls_dir", "port_file", "signing_key_dir",
+                    "shadow_policy_dir"):
             if doc.get(key) is not None:
                 doc[key] = Path(doc[key])
         return cls(**doc)
@@ -127,6 +133,10 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 out.append(f"--{name.replace('_', '-')} must be positive "
+                           f"(got {getattr(self, name)})")
+        for name in ("shadow_sample_rate", "shadow_cpu_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                out.append(f"--{name.replace('_', '-')} must be between 0 and 1 "
                            f"(got {getattr(self, name)})")
         for name in ("drain_seconds", "grace_seconds", "max_connection_age_grace_ms",
                      "policy_wait_seconds", "memory_limit_bytes", "cpu_budget_seconds"):

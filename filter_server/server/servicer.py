@@ -33,6 +33,7 @@ from filter_server.server.receiving import (
     parse_request,
     shown,
 )
+from filter_server.server.shadow import ShadowEvaluator
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
 from filter_server.server.turns import Turn, TurnQueue
 from mailwarden.filter.v1 import filter_pb2
@@ -118,8 +119,10 @@ class FilterServicer:
                  max_recipients: int = ServeConfig.max_recipients,
                  receive_timeout_seconds: float = ServeConfig.receive_timeout_seconds,
                  max_streams_per_connection: int = ServeConfig.max_streams_per_connection,
-                 authenticator: Authenticator | None = None) -> None:
+                 authenticator: Authenticator | None = None,
+                 shadow: ShadowEvaluator | None = None) -> None:
         self._holder = holder
+        self._shadow = shadow  # a candidate policy judging a sample, after the answer
         self._authenticator = authenticator
         self._metrics = metrics
         self._log = log
@@ -513,6 +516,8 @@ class FilterServicer:
         response.suppression_age_seconds = suppression.age_seconds
         self._duration[method].observe(time.perf_counter() - started)
         self._verdicts[verdict.action].inc()
+        if self._shadow is not None:
+            self._shadow.offer(raw, call.envelope, call.evidence, verdict)
         if self._log_verdicts:
             self._log.debug("classified", extra={
                 "request_id": shown(call.request_id), "action": verdict.action,

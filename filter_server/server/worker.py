@@ -47,6 +47,7 @@ from filter_server.server.memory import SUPPRESSION_BYTES, MemoryBudget, budget_
 from filter_server.server.metrics import FilterMetrics, serve_metrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.ports import PortInUse, check_free, write_port_file
+from filter_server.server.shadow import ShadowEvaluator, ShadowMetrics
 
 if TYPE_CHECKING:
     from filter_server.protocols.server import ProtocolServers
@@ -128,6 +129,12 @@ class Worker:
             suppression = self.store_suppression
         self.authenticator = make_authenticator(self.metrics, config.signing_key_dir,
                                                 self.log)
+        self.shadow: ShadowEvaluator | None = None
+        if config.shadow_policy_dir is not None:
+            self.shadow = ShadowEvaluator(
+                config.shadow_policy_dir, ShadowMetrics(), self.log,
+                sample_rate=config.shadow_sample_rate,
+                cpu_fraction=config.shadow_cpu_fraction)
         self.servicer = FilterServicer(
             self.holder, self.metrics, self.log, authenticator=self.authenticator,
             suppression=suppression or NoSuppressionStore(),
@@ -138,7 +145,8 @@ class Worker:
             receive_timeout_seconds=config.receive_timeout_seconds,
             max_streams_per_connection=config.max_streams_per_connection,
             memory=MemoryBudget(budget_for(config.memory_limit_bytes or None,
-                                           resident_bytes())))
+                                           resident_bytes())),
+            shadow=self.shadow)
         self.server: grpc.Server | None = None
         self.health_server: grpc.Server | None = None
         self.grpc_port = 0
@@ -295,6 +303,9 @@ class Worker:
                 self.protocols.stop(0)
             raise StartupError(str(error), EXIT_POLICY)
         if not self.stop.is_set():
+            if self.shadow is not None:
+                # Loaded before SERVING, so the first sampled calls already have it.
+                self.shadow.start(self.stop, config.policy_poll_seconds)
             self.size_memory_budget()
             for service in ("", SERVICE_NAME):
                 self.health.set(service, SERVING)

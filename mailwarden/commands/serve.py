@@ -74,6 +74,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--policy-poll-seconds", type=float, default=d.policy_poll_seconds,
                         metavar="S", help="how often to check the policy directory for a "
                         "new version")
+    parser.add_argument("--shadow-policy-dir", type=Path, default=None, metavar="DIR",
+                        help="a candidate policy (same layout as --policy-dir) evaluated "
+                        "in shadow on a sample of traffic: it never answers; how its "
+                        "verdicts compare is exported as mailwarden_shadow_* metrics")
+    parser.add_argument("--shadow-sample-rate", type=float, default=d.shadow_sample_rate,
+                        metavar="F", help="fraction of messages offered to the shadow "
+                        "policy (0-1)")
+    parser.add_argument("--shadow-cpu-fraction", type=float, default=d.shadow_cpu_fraction,
+                        metavar="F", help="average share of one CPU per worker the shadow "
+                        "evaluation may use (0-1); samples beyond it are skipped")
     parser.add_argument("--policy-wait-seconds", type=float, default=d.policy_wait_seconds,
                         metavar="S", help="at startup, wait up to S seconds for a missing "
                         "or invalid policy to become valid (health stays NOT_SERVING); "
@@ -173,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
         protocol_max_connections=args.protocol_max_connections,
         require_client_cert=args.require_client_cert, log_level=args.log_level,
         policy_poll_seconds=args.policy_poll_seconds,
+        shadow_policy_dir=args.shadow_policy_dir, shadow_sample_rate=args.shadow_sample_rate,
+        shadow_cpu_fraction=args.shadow_cpu_fraction,
         policy_wait_seconds=args.policy_wait_seconds, port_file=args.port_file,
         suppression_store=args.suppression_store,
         suppression_stale_after=args.suppression_stale_after,
