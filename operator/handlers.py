@@ -88,9 +88,16 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
     # No finalizer (children go by owner references): a delete handler without one never
     # runs, so the watch event is what tells us to drop the policy's metrics and locks.
     @kopf.on.event(*resource, registry=registry)
-    def spampolicy_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
+    def spampolicy_event(namespace: str, name: str, type: str | None, body: Any,
+                         logger: Any, **_: Any) -> None:
         if type == "DELETED":
             get_reconciler().forget(namespace, name)
+        elif type == "MODIFIED" and promotes_shadow(body):
+            # An annotation is no spec change (no update handler runs): promote now.
+            try:
+                run(namespace, name, "promote", logger)
+            except kopf.TemporaryError as exc:
+                logger.warning("promoting the shadow policy failed: %s", exc)
 
     @kopf.on.event("apps", "v1", "deployments", registry=registry,
                    labels={"app.kubernetes.io/managed-by": MANAGED_BY,
@@ -133,6 +140,13 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
                 raise kopf.AdmissionError(admission_message(errors), code=422)
 
     return registry
+
+
+def promotes_shadow(body: Any) -> bool:
+    """Whether the promote annotation names the candidate the pods shadow right now."""
+    wanted = ((body.get("metadata") or {}).get("annotations") or {}).get(
+        naming.PROMOTE_ANNOTATION)
+    return bool(wanted) and wanted == (body.get("status") or {}).get("shadowPolicyHash")
 
 
 def _register_store(registry: kopf.OperatorRegistry,

@@ -186,6 +186,32 @@ SPEC_SCHEMA: dict[str, Any] = {
                 "maxSurge": common.positive_int_or_string(
                     "rollout.maxSurge",
                     "Extra pods during a rollout (at least 1, or a percentage).", "25%"),
+                "strategy": {
+                    "type": "string", "enum": ["RollingUpdate", "Shadow"],
+                    "default": "RollingUpdate",
+                    "description": "How a policy change takes effect. RollingUpdate: the "
+                    "new policy rolls out at once. Shadow: the policy serving now keeps "
+                    "answering while every filter pod also evaluates the new one on a "
+                    "sample of real traffic (mailwarden_shadow_* metrics: verdict changes "
+                    "by direction and rule); it is promoted by setting RollingUpdate or by "
+                    "`kubectl annotate spampolicy NAME mailwarden.dev/promote-policy=HASH` "
+                    "(status.shadowPolicyHash)."},
+                "shadow": {
+                    "type": "object",
+                    "description": "Bounds of shadow evaluation (strategy Shadow).",
+                    "default": {},
+                    "properties": {
+                        "sampleRate": {"type": "number", "minimum": 0, "maximum": 1,
+                                       "default": 0.1,
+                                       "description": "Share of messages also judged by "
+                                       "the candidate."},
+                        "cpuFraction": {"type": "number", "minimum": 0, "maximum": 1,
+                                        "default": 0.1,
+                                        "description": "Average share of one CPU per "
+                                        "worker the shadow may use; samples beyond it are "
+                                        "skipped (mailwarden_shadow_skipped_total)."},
+                    },
+                },
             },
         },
         "resources": {
@@ -259,6 +285,10 @@ STATUS_SCHEMA: dict[str, Any] = {
                        "description": "Content hash of the policy live on all replicas."},
         "desiredPolicyHash": {"type": "string",
                               "description": "Content hash of the newest valid policy."},
+        "shadowPolicyHash": {"type": "string",
+                             "description": "Content hash of the candidate the filter pods "
+                             "evaluate in shadow (rollout.strategy Shadow); promote it with "
+                             "the annotation mailwarden.dev/promote-policy=<this hash>."},
         "policyConfigMap": {"type": "string",
                             "description": "ConfigMap holding the desired policy."},
         "rolloutStartedAt": {"type": "string", "format": "date-time",

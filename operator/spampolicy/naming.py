@@ -13,6 +13,10 @@ KIND = "SpamPolicy"
 PLURAL = "spampolicies"
 
 HASH_ANNOTATION = f"{common.GROUP}/policy-hash"
+# rollout.strategy Shadow: the candidate the pods evaluate in shadow (pod template), and
+# the annotation on a SpamPolicy that promotes the candidate with that hash.
+SHADOW_HASH_ANNOTATION = f"{common.GROUP}/shadow-policy-hash"
+PROMOTE_ANNOTATION = f"{common.GROUP}/promote-policy"
 POLICY_LABEL = f"{common.GROUP}/spampolicy"
 ROLE_LABEL = common.ROLE_LABEL
 HASH_LABEL = f"{common.GROUP}/policy-hash"
@@ -29,6 +33,7 @@ MAIL_PROTOCOLS: dict[str, tuple[int, int, str]] = {
 PROTOCOLS = ("grpc", *MAIL_PROTOCOLS)
 HEALTH_PORT = wire.FILTER_HEALTH_PORT
 POLICY_MOUNT = "/etc/mailwarden/policy"
+SHADOW_POLICY_MOUNT = "/etc/mailwarden/shadow-policy"
 TLS_MOUNT = "/etc/mailwarden/tls"
 SIGNING_KEYS_MOUNT = "/etc/mailwarden/signing-keys"  # the store's, for the bulk gate
 CONTAINER_NAME = "filter"

@@ -138,12 +138,15 @@ class Reconciler:
         hpa: dict[str, Any] | None = None
         failure: ApplyFailure | None = None
         target_hash: str | None = None
+        serving_hash, shadow_hash = None, None
         if bundle is not None:
+            serving_hash, shadow_hash = self._shadowing(owner, bundle, seen_deployment)
             failure = self.backoff.paused(namespace, name, generation)
             if failure is None:
                 try:
-                    deployment, hpa = self._apply_children(owner, bundle, seen_deployment)
-                    target_hash = bundle.hash
+                    deployment, hpa = self._apply_children(owner, bundle, seen_deployment,
+                                                           serving_hash, shadow_hash)
+                    target_hash = serving_hash
                     self.backoff.succeeded(namespace, name)
                 except KubeError as exc:
                     if not is_persistent(exc):
@@ -182,9 +185,14 @@ class Reconciler:
         status, transitions = compute_status(previous, observation, now)
         if target_hash is not None:
             status["policyConfigMap"] = naming.configmap_name(name, target_hash)
+        if shadow_hash is not None and target_hash == serving_hash:
+            status["shadowPolicyHash"] = shadow_hash
+        elif previous.get("shadowPolicyHash") and bundle is not None:
+            status["shadowPolicyHash"] = None  # promoted or withdrawn: drop the field
 
         if rollout.complete and target_hash is not None:
-            self._prune(owner, status.get("recentPolicyHashes") or [], target_hash)
+            self._prune(owner, status.get("recentPolicyHashes") or [], target_hash,
+                        also_keep=shadow_hash)
 
         patch = status_patch(previous, status)
         if patch:
@@ -198,21 +206,41 @@ class Reconciler:
             return "rejected"
         return "changed" if patch else "unchanged"
 
+    def _shadowing(self, owner: dict[str, Any], bundle: PolicyBundle,
+                   seen_deployment: dict[str, Any] | None) -> tuple[str, str | None]:
+        """(the hash the pods serve, the hash they evaluate in shadow or None). With
+        rollout.strategy Shadow a new valid policy is only shadowed while the pods keep
+        serving the one they run, until it is promoted (the annotation naming its hash, or
+        the strategy set back to RollingUpdate). Nothing runs yet: nothing to shadow."""
+        if owner["spec"]["rollout"]["strategy"] != "Shadow":
+            return bundle.hash, None
+        meta = owner["metadata"]
+        current = seen_deployment if seen_deployment is not None else self.kube.get(
+            DEPLOYMENTS, meta["namespace"], naming.workload_name(meta["name"]))
+        live = _template_hash(current)
+        promoted = (meta.get("annotations") or {}).get(naming.PROMOTE_ANNOTATION)
+        if live is None or live == bundle.hash or promoted == bundle.hash:
+            return bundle.hash, None
+        return live, bundle.hash
+
     def _apply_children(self, owner: dict[str, Any], bundle: PolicyBundle,
-                        seen_deployment: dict[str, Any] | None = None
+                        seen_deployment: dict[str, Any] | None = None,
+                        serving_hash: str | None = None, shadow_hash: str | None = None
                         ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Write every child (nothing when all are as desired); returns the Deployment and
-        the HorizontalPodAutoscaler (with their status; None when not read)."""
+        the HorizontalPodAutoscaler (with their status; None when not read). The pods serve
+        `serving_hash` (default: the bundle's) and shadow `shadow_hash` (the bundle)."""
         apply = self.applier.apply
-        if seen_deployment is not None and _template_hash(seen_deployment) == bundle.hash:
+        serving_hash = serving_hash or bundle.hash
+        wanted = render_deployment(owner, serving_hash, self.settings, shadow_hash)
+        if seen_deployment is not None and _template_hash(seen_deployment) == serving_hash \
+                and _shadow_hash(seen_deployment) == shadow_hash:
             # A Deployment event for the current policy: its ConfigMap exists (it was
             # created before the Deployment pointed at it), other children are unchanged.
-            _, deployment = apply(DEPLOYMENTS,
-                                  render_deployment(owner, bundle.hash, self.settings),
-                                  seen=seen_deployment)
+            _, deployment = apply(DEPLOYMENTS, wanted, seen=seen_deployment)
             return deployment, None
         ensure_exists(self.kube, CONFIGMAPS, render_configmap(owner, bundle))
-        _, deployment = apply(DEPLOYMENTS, render_deployment(owner, bundle.hash, self.settings))
+        _, deployment = apply(DEPLOYMENTS, wanted)
         apply(SERVICES, render_service(owner))
         apply(SERVICES, render_headless_service(owner))
         _, hpa = apply(HPAS, render_hpa(owner, self._custom_metrics(owner)))
@@ -267,7 +295,8 @@ class Reconciler:
             self.kube.delete(SERVICEMONITORS, meta["namespace"],
                              naming.workload_name(meta["name"]))
 
-    def _prune(self, owner: dict[str, Any], recent: list[str], live_hash: str) -> None:
+    def _prune(self, owner: dict[str, Any], recent: list[str], live_hash: str,
+               also_keep: str | None = None) -> None:
         """Delete policy ConfigMaps beyond the newest `keep_configmaps` (the live one is
         always kept). Runs only once a rollout is complete: no pod reads the old ones."""
         meta = owner["metadata"]
@@ -282,7 +311,7 @@ class Reconciler:
             return (order.get(cm_hash, len(order)), _invert(created))
 
         ordered = sorted(configmaps, key=recency)
-        keep = {naming.configmap_name(meta["name"], live_hash)}
+        keep = {naming.configmap_name(meta["name"], h) for h in (live_hash, also_keep) if h}
         for cm in ordered:
             if len(keep) >= self.keep_configmaps:
                 break
@@ -316,6 +345,12 @@ def _template_hash(deployment: dict[str, Any] | None) -> str | None:
     annotations = (deployment.get("spec", {}).get("template", {}).get("metadata", {})
                    .get("annotations") or {})
     return annotations.get(naming.HASH_ANNOTATION)
+
+
+def _shadow_hash(deployment: dict[str, Any] | None) -> str | None:
+    annotations = ((deployment or {}).get("spec", {}).get("template", {}).get("metadata", {})
+                   .get("annotations") or {})
+    return annotations.get(naming.SHADOW_HASH_ANNOTATION)
 
 
 def _invert(text: str) -> str:

@@ -95,7 +95,34 @@ def _spread(policy_name: str, key: str) -> dict[str, Any]:
 
 
 def render_deployment(owner: dict[str, Any], policy_hash: str,
-                      settings: RenderSettings) -> dict[str, Any]:
+                      settings: RenderSettings, shadow_hash: str | None = None
+                      ) -> dict[str, Any]:
+    """The filter Deployment serving `policy_hash`; with `shadow_hash`, its pods also
+    evaluate that policy in shadow (rollout.strategy Shadow)."""
+    deployment = _render_deployment(owner, policy_hash, settings)
+    if shadow_hash is not None:
+        _add_shadow(deployment, owner, shadow_hash)
+    return deployment
+
+
+def _add_shadow(deployment: dict[str, Any], owner: dict[str, Any], shadow_hash: str) -> None:
+    shadow = owner["spec"]["rollout"]["shadow"]
+    template = deployment["spec"]["template"]
+    template["metadata"]["annotations"][naming.SHADOW_HASH_ANNOTATION] = shadow_hash
+    pod = template["spec"]
+    container = pod["containers"][0]
+    container["args"] += ["--shadow-policy-dir", naming.SHADOW_POLICY_MOUNT,
+                          "--shadow-sample-rate", str(shadow["sampleRate"]),
+                          "--shadow-cpu-fraction", str(shadow["cpuFraction"])]
+    container["volumeMounts"].append({"name": "shadow-policy",
+                                      "mountPath": naming.SHADOW_POLICY_MOUNT,
+                                      "readOnly": True})
+    pod["volumes"].append({"name": "shadow-policy", "configMap": {
+        "name": naming.configmap_name(owner["metadata"]["name"], shadow_hash)}})
+
+
+def _render_deployment(owner: dict[str, Any], policy_hash: str,
+                       settings: RenderSettings) -> dict[str, Any]:
     spec = owner["spec"]
     policy_name = owner["metadata"]["name"]
     server = spec["server"]

@@ -1,0 +1,76 @@
+"""rollout.strategy Shadow (issue 18) on the KMock emulator, reconciler in-process: a new
+valid policy is shadowed by the pods while the running one keeps serving, promoted by the
+annotation naming its hash or by going back to RollingUpdate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailwarden_operator.common.kube import CONFIGMAPS, DEPLOYMENTS, SPAMPOLICIES
+from mailwarden_operator.handlers import promotes_shadow
+from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.spampolicy.reconcile import Reconciler
+from tests.operator.conftest import Cluster
+
+
+def policy(score: float) -> dict[str, Any]:
+    return {"rules": [{"name": "VIAGRA", "target": "body", "pattern": "viagra",
+                       "score": score}]}
+
+
+def pods(kube, ns: str, name: str) -> tuple[str, str | None, list[str], list[str]]:
+    deployment = kube.get(DEPLOYMENTS, ns, naming.workload_name(name))
+    template = deployment["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    return (annotations[naming.HASH_ANNOTATION],
+            annotations.get(naming.SHADOW_HASH_ANNOTATION),
+            template["spec"]["containers"][0]["args"],
+            [v["configMap"]["name"] for v in template["spec"]["volumes"] if "configMap" in v])
+
+
+def test_shadow_then_promote(cluster: Cluster) -> None:
+    kube, ns, name = cluster.kube, "shadow", "mail"
+    reconciler = Reconciler(kube)
+    kube.create(SPAMPOLICIES, ns, {
+        "apiVersion": "mailwarden.dev/v1alpha1", "kind": "SpamPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"policy": policy(6), "rollout": {
+            "strategy": "Shadow", "shadow": {"sampleRate": 0.25, "cpuFraction": 0.05}}}})
+    reconciler.reconcile(ns, name)
+    first, shadowed, args, _ = pods(kube, ns, name)
+    assert shadowed is None and "--shadow-policy-dir" not in args  # nothing ran before
+
+    kube.merge_patch(SPAMPOLICIES, ns, name, {"spec": {"policy": policy(9)}})
+    reconciler.reconcile(ns, name)
+    serving, shadowed, args, volumes = pods(kube, ns, name)
+    body = kube.get(SPAMPOLICIES, ns, name)
+    candidate = body["status"]["shadowPolicyHash"]
+    assert serving == first and shadowed == candidate != first
+    assert args[-6:] == ["--shadow-policy-dir", naming.SHADOW_POLICY_MOUNT,
+                         "--shadow-sample-rate", "0.25", "--shadow-cpu-fraction", "0.05"]
+    assert naming.configmap_name(name, candidate) in volumes
+    assert kube.get(CONFIGMAPS, ns, naming.configmap_name(name, candidate)) is not None
+    assert body["status"]["desiredPolicyHash"] == first
+    assert not promotes_shadow(body)
+
+    # kubectl annotate spampolicy mail mailwarden.dev/promote-policy=<hash>
+    kube.merge_patch(SPAMPOLICIES, ns, name, {"metadata": {"annotations": {
+        naming.PROMOTE_ANNOTATION: candidate}}})
+    assert promotes_shadow(kube.get(SPAMPOLICIES, ns, name))
+    reconciler.reconcile(ns, name, trigger="promote")
+    serving, shadowed, args, _ = pods(kube, ns, name)
+    body = kube.get(SPAMPOLICIES, ns, name)
+    assert serving == candidate and shadowed is None and "--shadow-policy-dir" not in args
+    assert "shadowPolicyHash" not in body["status"] and not promotes_shadow(body)
+
+    # Another change is shadowed again; setting RollingUpdate promotes it.
+    kube.merge_patch(SPAMPOLICIES, ns, name, {"spec": {"policy": policy(12)}})
+    reconciler.reconcile(ns, name)
+    assert pods(kube, ns, name)[:2] == (candidate,
+                                        kube.get(SPAMPOLICIES, ns, name)["status"][
+                                            "shadowPolicyHash"])
+    kube.merge_patch(SPAMPOLICIES, ns, name, {"spec": {"rollout": {
+        "strategy": "RollingUpdate"}}})
+    reconciler.reconcile(ns, name)
+    serving, shadowed, _, _ = pods(kube, ns, name)
+    assert serving not in (first, candidate) and shadowed is None

@@ -1,0 +1,80 @@
+"""rollout.strategy Shadow on the real API server with the real operator (issue 18): the CRD
+admits and defaults the fields, a policy change is shadowed (the Deployment keeps serving the
+running hash and mounts the candidate), and `kubectl annotate ... promote-policy=<hash>`
+promotes it through kopf's watch event — no spec change, no resync needed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from e2e.cluster import ControlPlane
+from mailwarden_operator.spampolicy import naming
+from tests.operator_cluster.kubeapi import kubectl, wait_for
+from tests.operator_cluster.operator_proc import OperatorOnCluster
+
+pytestmark = pytest.mark.slow
+
+
+def apply(cp: ControlPlane, body: dict[str, Any]) -> None:
+    done = kubectl(cp, "apply", "--server-side", "--field-manager", "tests", "-f", "-",
+                   stdin=yaml.safe_dump(body))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def policy(namespace: str, score: float) -> dict[str, Any]:
+    return {"apiVersion": "mailwarden.dev/v1alpha1", "kind": "SpamPolicy",
+            "metadata": {"name": "mail", "namespace": namespace},
+            "spec": {"policy": {"rules": [{"name": "R1", "target": "body",
+                                           "pattern": "viagra", "score": score}]},
+                     "rollout": {"strategy": "Shadow"}}}
+
+
+def template_hashes(cp: ControlPlane, namespace: str) -> tuple[str | None, str | None]:
+    try:
+        deployment = client.AppsV1Api(cp.api_client()).read_namespaced_deployment(
+            naming.workload_name("mail"), namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None, None
+        raise
+    annotations = deployment.spec.template.metadata.annotations or {}
+    return (annotations.get(naming.HASH_ANNOTATION),
+            annotations.get(naming.SHADOW_HASH_ANNOTATION))
+
+
+def status(cp: ControlPlane, namespace: str) -> dict[str, Any]:
+    body = client.CustomObjectsApi(cp.api_client()).get_namespaced_custom_object(
+        "mailwarden.dev", "v1alpha1", namespace, "spampolicies", "mail")
+    return body.get("status") or {}
+
+
+def test_a_change_is_shadowed_until_the_annotation_promotes_it(
+        control_plane: ControlPlane, operator: OperatorOnCluster, namespace: str) -> None:
+    apply(control_plane, policy(namespace, 5))
+    first = wait_for("the first policy served", lambda: template_hashes(
+        control_plane, namespace)[0], timeout=60)
+    assert template_hashes(control_plane, namespace)[1] is None
+
+    apply(control_plane, policy(namespace, 7))
+    candidate = wait_for("the candidate shadowed", lambda: status(
+        control_plane, namespace).get("shadowPolicyHash"), timeout=60)
+    assert template_hashes(control_plane, namespace) == (first, candidate)
+    body = client.CustomObjectsApi(control_plane.api_client()).get_namespaced_custom_object(
+        "mailwarden.dev", "v1alpha1", namespace, "spampolicies", "mail")
+    assert body["spec"]["rollout"]["shadow"] == {"sampleRate": 0.1, "cpuFraction": 0.1}
+
+    # A promotion naming another hash does nothing; the candidate's own promotes it.
+    done = kubectl(control_plane, "annotate", "-n", namespace, "spampolicy/mail",
+                   f"{naming.PROMOTE_ANNOTATION}=0000000000000000")
+    assert done.returncode == 0, done.stderr
+    done = kubectl(control_plane, "annotate", "-n", namespace, "spampolicy/mail",
+                   f"{naming.PROMOTE_ANNOTATION}={candidate}", "--overwrite")
+    assert done.returncode == 0, done.stderr
+    wait_for("the candidate promoted", lambda: template_hashes(control_plane, namespace)
+             == (candidate, None), timeout=30)
+    wait_for("shadowPolicyHash dropped",
+             lambda: "shadowPolicyHash" not in status(control_plane, namespace), timeout=30)
