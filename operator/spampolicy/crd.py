@@ -289,6 +289,38 @@ STATUS_SCHEMA: dict[str, Any] = {
                              "description": "Content hash of the candidate the filter pods "
                              "evaluate in shadow (rollout.strategy Shadow); promote it with "
                              "the annotation mailwarden.dev/promote-policy=<this hash>."},
+        "shadow": {
+            "type": "object",
+            "description": "How the shadowed candidate's verdicts compare with the live "
+            "ones on sampled traffic, summed over the ready pods shadowing it now (read "
+            "from their mailwarden_shadow_* metrics at each resync).",
+            "properties": {
+                "policyHash": {"type": "string", "description": "The candidate."},
+                "pods": {"type": "integer", "description": "Ready pods shadowing it."},
+                "podsRead": {"type": "integer",
+                             "description": "Of those, pods whose metrics were read."},
+                "sampled": {"type": "integer", "description": "Messages compared."},
+                "stricter": {"type": "integer",
+                             "description": "Of those, the candidate acted more severely."},
+                "laxer": {"type": "integer",
+                          "description": "Of those, the candidate acted less severely."},
+                "skipped": {"type": "integer",
+                            "description": "Samples skipped by the CPU or queue bound."},
+                "topRules": {
+                    "type": "array", "maxItems": 5,
+                    "description": "Rules behind the most changed verdicts.",
+                    "items": {"type": "object", "properties": {
+                        "rule": {"type": "string", "description": "Rule name."},
+                        "change": {"type": "string",
+                                   "description": "added (fired only in the candidate) "
+                                   "or removed (only live)."},
+                        "direction": {"type": "string",
+                                      "description": "stricter or laxer."},
+                        "messages": {"type": "integer",
+                                     "description": "Changed verdicts it was part of."}}},
+                },
+            },
+        },
         "policyConfigMap": {"type": "string",
                             "description": "ConfigMap holding the desired policy."},
         "rolloutStartedAt": {"type": "string", "format": "date-time",

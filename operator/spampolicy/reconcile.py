@@ -35,7 +35,7 @@ from mailwarden_operator.common.render import (
     servicemonitor_wanted,
 )
 from mailwarden_operator.common.status import observe_rollout, status_patch
-from mailwarden_operator.spampolicy import naming, suppression_health
+from mailwarden_operator.spampolicy import naming, shadow_agreement, suppression_health
 from mailwarden_operator.spampolicy.golden import check_golden
 from mailwarden_operator.spampolicy.policy import PolicyBundle, PolicyRejected, build_bundle
 from mailwarden_operator.spampolicy.render.configmap import render_configmap
@@ -187,8 +187,14 @@ class Reconciler:
             status["policyConfigMap"] = naming.configmap_name(name, target_hash)
         if shadow_hash is not None and target_hash == serving_hash:
             status["shadowPolicyHash"] = shadow_hash
+            summarized = (previous.get("shadow") or {}).get("policyHash")
+            if seen_deployment is None or summarized != shadow_hash:
+                # Not at every Deployment event (several per pod start): at creates,
+                # updates, promotions, every resync, and a new candidate's first event.
+                status["shadow"] = shadow_agreement.observe(kube, owner, shadow_hash)
         elif previous.get("shadowPolicyHash") and bundle is not None:
-            status["shadowPolicyHash"] = None  # promoted or withdrawn: drop the field
+            status["shadowPolicyHash"] = None  # promoted or withdrawn: drop the fields
+            status["shadow"] = None
 
         if rollout.complete and target_hash is not None:
             self._prune(owner, status.get("recentPolicyHashes") or [], target_hash,

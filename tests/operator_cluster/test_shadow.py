@@ -62,6 +62,9 @@ def test_a_change_is_shadowed_until_the_annotation_promotes_it(
     apply(control_plane, policy(namespace, 7))
     candidate = wait_for("the candidate shadowed", lambda: status(
         control_plane, namespace).get("shadowPolicyHash"), timeout=60)
+    # The agreement summary is in status with it (what the pods counted so far).
+    shadow = status(control_plane, namespace).get("shadow") or {}
+    assert shadow.get("policyHash") == candidate, status(control_plane, namespace)
     assert template_hashes(control_plane, namespace) == (first, candidate)
     body = client.CustomObjectsApi(control_plane.api_client()).get_namespaced_custom_object(
         "mailwarden.dev", "v1alpha1", namespace, "spampolicies", "mail")

@@ -51,6 +51,7 @@ def test_shadow_then_promote(cluster: Cluster) -> None:
     assert naming.configmap_name(name, candidate) in volumes
     assert kube.get(CONFIGMAPS, ns, naming.configmap_name(name, candidate)) is not None
     assert body["status"]["desiredPolicyHash"] == first
+    assert body["status"]["shadow"]["policyHash"] == candidate  # no pods here to read
     assert not promotes_shadow(body)
 
     # kubectl annotate spampolicy mail mailwarden.dev/promote-policy=<hash>
@@ -74,3 +75,52 @@ def test_shadow_then_promote(cluster: Cluster) -> None:
     reconciler.reconcile(ns, name)
     serving, shadowed, _, _ = pods(kube, ns, name)
     assert serving not in (first, candidate) and shadowed is None
+
+
+SCRAPE = """# TYPE mailwarden_shadow_verdicts_total counter
+mailwarden_shadow_verdicts_total{live_action="ACCEPT",shadow_action="REJECT",direction="stricter"} 3.0
+mailwarden_shadow_verdicts_total{live_action="ACCEPT",shadow_action="ACCEPT",direction="same"} 10.0
+mailwarden_shadow_verdicts_total{live_action="TAG",shadow_action="ACCEPT",direction="laxer"} 1.0
+# TYPE mailwarden_shadow_rule_changes_total counter
+mailwarden_shadow_rule_changes_total{rule="LUNCH",change="added",direction="stricter"} 3.0
+mailwarden_shadow_rule_changes_total{rule="OLD",change="removed",direction="laxer"} 1.0
+# TYPE mailwarden_shadow_skipped_total counter
+mailwarden_shadow_skipped_total{reason="cpu"} 2.0
+"""
+
+
+def test_status_sums_the_agreement_of_the_pods_shadowing_the_candidate(
+        cluster: Cluster) -> None:
+    from mailwarden_operator.spampolicy import shadow_agreement
+    from mailwarden_operator.spampolicy.suppression_health import PODS
+
+    kube, ns = cluster.kube, "agreement"
+    owner = {"metadata": {"name": "mail", "namespace": ns}}
+
+    def pod(name: str, ip: str, shadow: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": ns,
+                             "labels": naming.selector_labels("mail"),
+                             "annotations": {naming.SHADOW_HASH_ANNOTATION: shadow}},
+                "spec": {"containers": [{"name": naming.CONTAINER_NAME, "image": "x"}]},
+                "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}}
+
+    for body in (pod("a", "10.0.0.1", "cand"), pod("b", "10.0.0.2", "cand"),
+                 pod("c", "10.0.0.3", "older"), pod("d", "10.0.0.4", "cand")):
+        created = kube.create(PODS, ns, body)
+        kube.merge_patch(PODS, ns, created["metadata"]["name"], {"status": body["status"]},
+                         subresource="status")
+
+    def fetch(url: str) -> str:
+        if "10.0.0.4" in url:
+            raise OSError("connection refused")
+        assert "10.0.0.3" not in url  # shadows another candidate: not asked
+        return SCRAPE
+
+    summary = shadow_agreement.observe(kube, owner, "cand", fetch=fetch)
+    assert summary == {"policyHash": "cand", "pods": 3, "podsRead": 2, "sampled": 28,
+                       "stricter": 6, "laxer": 2, "skipped": 4, "topRules": [
+                           {"rule": "LUNCH", "change": "added", "direction": "stricter",
+                            "messages": 6},
+                           {"rule": "OLD", "change": "removed", "direction": "laxer",
+                            "messages": 2}]}
