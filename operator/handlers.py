@@ -122,16 +122,20 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
         @kopf.on.validate(*resource, id=WEBHOOK_ID, registry=registry)
         def validate_spampolicy(spec: dict[str, Any], name: str | None,
                                 namespace: str | None, operation: str | None, old: Any,
-                                new: Any, **_: Any) -> None:
+                                new: Any, request: Any = None, **_: Any) -> None:
             if not needs_review(operation, old, new):
                 metrics.WEBHOOK_REVIEWS.labels("skipped").inc()
                 return
             errors = admission_errors(dict(spec or {}), name or "")
             if not errors and (spec or {}).get("goldenCorpus"):
                 kube = get_reconciler().kube
+                # The API server fills the object's namespace in before admission; the
+                # request names it too.
+                namespace = namespace or ((request or {}).get("request") or {}).get(
+                    "namespace") or ""
                 golden = golden_errors(
                     dict(spec or {}), dict((old or {}).get("spec") or {}) or None,
-                    lambda configmap: kube.get(CONFIGMAPS, namespace or "", configmap))
+                    lambda configmap: kube.get(CONFIGMAPS, namespace, configmap))
                 if golden:
                     metrics.WEBHOOK_REVIEWS.labels("false").inc()
                     raise kopf.AdmissionError(golden_message(golden), code=422)

@@ -6,6 +6,7 @@ replica answers; answers a repeated content from its verdict cache."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,10 @@ def test_a_change_that_quarantines_golden_ham_is_refused_at_apply(
         bad = yaml.safe_load(yaml.safe_dump(guarded))
         bad["spec"]["policy"]["rules"].append(
             {"name": "MEETING_BLAST", "target": "body", "pattern": "meeting", "score": 11})
+        started = time.perf_counter()
         code, output = apply(control_plane, bad)
+        print(f"golden corpus: refused kubectl apply answered in "
+              f"{time.perf_counter() - started:.2f} s")
         assert code != 0, output
         assert "refused by its golden corpus" in output, output
         assert "golden-ham/ham1.eml would be QUARANTINE" in output, output
