@@ -129,7 +129,8 @@ def test_examples_are_accepted_with_their_defaults(control_plane: ControlPlane,
                                               "spampolicies", "minimal")
     # The API server applied the schema's defaults (complete ones, as written).
     assert got["spec"]["replicas"] == {"min": 2, "max": 10}
-    assert got["spec"]["rollout"] == {"maxSurge": "25%"}
+    assert got["spec"]["rollout"] == {"maxSurge": "25%", "strategy": "RollingUpdate",
+                                      "shadow": {"sampleRate": 0.1, "cpuFraction": 0.1}}
     assert got["spec"]["disruption"] == {"maxUnavailable": 1}
     assert got["spec"]["server"]["preStopSeconds"] == 5
     assert got["spec"]["protocols"] == ["grpc"]  # mail-server protocols are opt-in
