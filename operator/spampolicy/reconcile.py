@@ -207,6 +207,9 @@ class Reconciler:
         for transition in transitions:
             events.post(kube, owner, naming.KIND, transition.type, transition.reason,
                         transition.message, now)
+        if "shadowPolicyHash" in patch:
+            self._shadow_event(owner, previous.get("shadowPolicyHash"),
+                               patch["shadowPolicyHash"], target_hash, now)
         self._record(namespace, name, previous, status, bundle is not None)
         if rejected is not None:
             return "rejected"
@@ -253,6 +256,23 @@ class Reconciler:
         apply(PDBS, render_pdb(owner))
         self._servicemonitor(owner)
         return deployment, hpa
+
+    def _shadow_event(self, owner: dict[str, Any], before: str | None, after: str | None,
+                      serving: str | None, now: datetime.datetime) -> None:
+        """A Normal Event when a candidate starts being shadowed or stops (promoted or
+        withdrawn), so `kubectl describe` tells the story next to the other rollouts."""
+        if after:
+            reason, message = "ShadowStarted", (
+                f"policy {after} is evaluated in shadow while {serving} serves; promote it "
+                f"with the annotation {naming.PROMOTE_ANNOTATION}={after}")
+        elif before and serving == before:
+            reason, message = "ShadowPromoted", f"policy {before} was promoted and rolls out"
+        elif before:
+            reason, message = "ShadowEnded", (f"policy {before} is no longer shadowed "
+                                              f"({serving} serves)")
+        else:
+            return
+        events.post(self.kube, owner, naming.KIND, "Normal", reason, message, now)
 
     def _custom_metrics(self, owner: dict[str, Any]) -> bool:
         """Whether the requests/s target can be read (asked only when one is set)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailwarden_operator.common.kube import CONFIGMAPS, DEPLOYMENTS, SPAMPOLICIES
+from mailwarden_operator.common.kube import CONFIGMAPS, DEPLOYMENTS, EVENTS, SPAMPOLICIES
 from mailwarden_operator.handlers import promotes_shadow
 from mailwarden_operator.spampolicy import naming
 from mailwarden_operator.spampolicy.reconcile import Reconciler
@@ -63,6 +63,9 @@ def test_shadow_then_promote(cluster: Cluster) -> None:
     body = kube.get(SPAMPOLICIES, ns, name)
     assert serving == candidate and shadowed is None and "--shadow-policy-dir" not in args
     assert "shadowPolicyHash" not in body["status"] and not promotes_shadow(body)
+    reasons = [e["reason"] for e in kube.list(EVENTS, ns)
+               if e["involvedObject"]["name"] == name]
+    assert reasons.count("ShadowStarted") == 1 and reasons.count("ShadowPromoted") == 1
 
     # Another change is shadowed again; setting RollingUpdate promotes it.
     kube.merge_patch(SPAMPOLICIES, ns, name, {"spec": {"policy": policy(12)}})
