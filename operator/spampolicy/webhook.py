@@ -12,7 +12,12 @@ from typing import Any
 from filter_server.policy.validate import validate_policy
 from mailwarden_operator.common.kube import KubeError
 from mailwarden_operator.spampolicy.golden import check_golden
-from mailwarden_operator.spampolicy.policy import ConfigMapReader, PolicyRejected, build_bundle
+from mailwarden_operator.spampolicy.policy import (
+    ConfigMapReader,
+    PolicyBundle,
+    PolicyRejected,
+    build_bundle,
+)
 from mailwarden_operator.spampolicy.spec import serving_errors, with_defaults
 
 MAX_ERRORS = 20
@@ -79,19 +84,34 @@ def golden_errors(spec: dict[str, Any] | None, old_spec: dict[str, Any] | None,
         return []
     try:
         candidate = build_bundle(defaulted.get("policy"), read_configmap)
-        baseline = None
-        if old_spec:
-            try:
-                baseline = build_bundle(with_defaults(old_spec).get("policy"), read_configmap)
-            except PolicyRejected:
-                baseline = None   # the old policy was never servable: nothing to compare
-        check_golden(defaulted, candidate, read_configmap, baseline)
+        try:
+            check_golden(defaulted, candidate, read_configmap)
+        except PolicyRejected as exc:
+            # Only then is the baseline worth validating and compiling: to name the rules
+            # golden spam lost.
+            lost_spam = any(e.startswith("golden spam") for e in exc.errors)
+            baseline = _baseline(old_spec, read_configmap) if lost_spam else None
+            if baseline is None:
+                raise
+            check_golden(defaulted, candidate, read_configmap, baseline)
     except PolicyRejected as exc:
         return [_located(error) for error in exc.errors]
     except KubeError as exc:
         # Unverifiable is refused, as an unreachable webhook (failurePolicy Fail) would be.
         return [f"spec.goldenCorpus: cannot read the golden corpus to check it: {exc}"]
     return []
+
+
+def _baseline(old_spec: dict[str, Any] | None, read_configmap: ConfigMapReader
+              ) -> PolicyBundle | None:
+    """The bundle of the spec being replaced, None when there is none or it never was
+    servable (nothing to compare with)."""
+    if not old_spec:
+        return None
+    try:
+        return build_bundle(with_defaults(old_spec).get("policy"), read_configmap)
+    except PolicyRejected:
+        return None
 
 
 def _located(error: str) -> str:

@@ -133,3 +133,24 @@ def test_the_operator_keeps_the_last_good_policy_when_the_corpus_breaks(
     body = kube.get(SPAMPOLICIES, ns, name)
     assert condition(body, "PolicyValid")["status"] == "True"
     assert body["status"]["desiredPolicyHash"] != good_hash
+
+
+def test_a_passing_update_does_not_build_the_old_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailwarden_operator.spampolicy import webhook
+
+    built: list[Any] = []
+    real = webhook.build_bundle
+
+    def counting(policy: Any, read: Any) -> Any:
+        built.append(policy)
+        return real(policy, read)
+
+    monkeypatch.setattr(webhook, "build_bundle", counting)
+    stored = configmaps()
+    assert golden_errors(GOOD, LETS_SPAM_THROUGH, stored.get) == []
+    # The candidate only: nothing to explain.
+    assert [p["rules"] for p in built] == [GOOD["policy"]["rules"]]
+    built.clear()
+    assert golden_errors(LETS_SPAM_THROUGH, GOOD, stored.get)
+    assert [p["rules"] for p in built] == [LETS_SPAM_THROUGH["policy"]["rules"],
+                                           GOOD["policy"]["rules"]]
