@@ -58,6 +58,9 @@ def test_shadow_then_promote(cluster: Cluster) -> None:
     kube.merge_patch(SPAMPOLICIES, ns, name, {"metadata": {"annotations": {
         naming.PROMOTE_ANNOTATION: candidate}}})
     assert promotes_shadow(kube.get(SPAMPOLICIES, ns, name))
+    # Another operator replica takes over (nothing in memory): the state is in the object
+    # and its Deployment, so it promotes just the same.
+    reconciler = Reconciler(kube)
     reconciler.reconcile(ns, name, trigger="promote")
     serving, shadowed, args, _ = pods(kube, ns, name)
     body = kube.get(SPAMPOLICIES, ns, name)
