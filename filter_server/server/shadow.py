@@ -73,7 +73,7 @@ class ShadowMetrics:
             registry=registry)
         self.policy_info = Gauge(
             SHADOW_POLICY_INFO, "The shadow policy loaded (value 1, its hash as a label)",
-            ["policy_hash"], registry=registry, multiprocess_mode="max")
+            ["hash"], registry=registry, multiprocess_mode="max")
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def test_verdicts_compare_by_direction_and_rule(live_and_shadow) -> None:
                   direction="laxer") == 1
     assert sample(registry, "mailwarden_shadow_cpu_seconds_total") > 0
     assert sample(registry, "mailwarden_shadow_policy_info",
-                  policy_hash=shadow.current.hash) == 1
+                  hash=shadow.current.hash) == 1
 
 
 def test_sampling_cpu_and_queue_bounds(live_and_shadow) -> None:
@@ -124,7 +124,7 @@ def test_a_serving_pod_answers_live_and_counts_the_shadow(servers, tmp_path: Pat
     write_policy(tmp_path / "shadow", newer)
     newer_hash = load_policy_dir(tmp_path / "shadow").hash
     wait_for(lambda: server.metric("mailwarden_shadow_policy_info",
-                                   policy_hash=newer_hash) == 1, 20, "the new candidate")
+                                   hash=newer_hash) == 1, 20, "the new candidate")
     time.sleep(0.1)
     server.classify(HAM)
     wait_for(lambda: server.metric("mailwarden_shadow_verdicts_total", direction="same") == 1,
