@@ -97,7 +97,7 @@ WORKER_SCRIPT = textwrap.dedent("""
     t = time.perf_counter()
     index = SortedFingerprints.open(sys.argv[2], key)
     opened = time.perf_counter() - t
-    int(index.array.sum())  # touch every page, as look-ups over time do
+    int(index.array.sum()) + int(index.directory.sum())  # touch every page, as look-ups do
     print("mapped", flush=True); sys.stdin.readline()
     rng = random.Random(1)
     n = len(index)

@@ -19,10 +19,15 @@ read-only by every worker (the kernel keeps one copy in the page cache for all o
 
     header (64 bytes): magic, format version, entry count, the sequence of the store's
                        change log it reflects, the key's id (a hash, never the key)
+    directory:         2^bits + 1 little-endian uint32: where the entries whose top `bits`
+                       bits are b begin (about one per 8-16 entries, < 0.5 bytes each),
+                       padded to 8 bytes
     entries:           count little-endian uint64, sorted ascending, unique by fingerprint
 
-Look-ups are a binary search over a ``memoryview`` of the mapping (``bisect`` in C): no
-copy of the array in any worker. numpy sorts and merges when an index is built.
+A look-up reads the directory slot of its top bits, then binary-searches the dozen entries
+of that bucket (``bisect`` in C over a ``memoryview`` of the mapping): two cache misses
+instead of ~27 for a plain binary search over 100 M entries, and no copy of the array in
+any worker. numpy sorts, merges and builds the directory when an index is built.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ import numpy as np
 from filter_server.server.suppression_key import FingerprintKey
 
 MAGIC = b"MWSUPIX1"
-FORMAT_VERSION = 1
-HEADER = struct.Struct("<8sIIQQ8s24x")  # magic, version, reserved, count, sequence, key id
+FORMAT_VERSION = 2
+# magic, version, directory bits, entry count, sequence, key id
+HEADER = struct.Struct("<8sIIQQ8s24x")
 HEADER_BYTES = HEADER.size  # 64
 ENTRY_DTYPE = np.dtype("<u8")
 ENTRY_BYTES = ENTRY_DTYPE.itemsize
@@ -52,6 +58,31 @@ class IndexUnusable(Exception):
 
 # How many entries a builder adds to its buffer at a time (8 MiB), then doubles.
 _GROW_ENTRIES = 1 << 20
+
+
+DIRECTORY_DTYPE = np.dtype("<u4")
+MAX_DIRECTORY_BITS = 28
+MAX_ENTRIES = (1 << 32) - 1  # directory slots are uint32
+
+
+def directory_bits(count: int) -> int:
+    """About one directory slot per 8-16 entries."""
+    return min(MAX_DIRECTORY_BITS, max(0, count.bit_length() - 4))
+
+
+def _directory_bytes(bits: int) -> int:
+    return (((1 << bits) + 1) * 4 + 7) // 8 * 8
+
+
+def build_directory(entries: np.ndarray) -> np.ndarray:
+    """directory[b] = the first entry whose top bits are >= b; directory[-1] = count."""
+    if len(entries) > MAX_ENTRIES:
+        raise ValueError(f"a suppression index holds at most {MAX_ENTRIES} entries")
+    bits = directory_bits(len(entries))
+    bounds = np.arange(1 << bits, dtype=np.uint64) << np.uint64(64 - bits) if bits else \
+        np.zeros(1, dtype=np.uint64)
+    starts = np.searchsorted(entries, bounds, side="left")
+    return np.append(starts, len(entries)).astype(DIRECTORY_DTYPE)
 
 
 def entry(fingerprint: int, complaint: bool) -> int:
@@ -103,28 +134,38 @@ class SortedFingerprints:
     array (built in this process) or a read-only mapping of an index file."""
 
     def __init__(self, entries: np.ndarray, *, sequence: int = 0,
+                 directory: np.ndarray | None = None,
                  mapping: mmap.mmap | None = None) -> None:
         self.array = entries
         self.sequence = sequence
         self._mapping = mapping
+        if directory is None:
+            directory = build_directory(entries)
+        self.directory = directory
+        self._shift = 64 - (len(directory) - 1).bit_length() + 1
         # bisect over a memoryview of native integers: a numpy scalar search costs more in
         # call overhead than the search itself. (On a big-endian host this copies.)
         native = np.ascontiguousarray(entries, dtype=np.uint64)
         self._view = memoryview(native.view(np.uint8)).cast("Q")
+        self._dir = memoryview(
+            np.ascontiguousarray(directory, dtype=np.uint32).view(np.uint8)).cast("I")
 
     def __len__(self) -> int:
         return len(self.array)
 
     @property
     def nbytes(self) -> int:
-        return int(self.array.nbytes)
+        return int(self.array.nbytes + self.directory.nbytes)
 
     def lookup(self, fingerprint: int) -> bool | None:
         """None if absent; else whether it is a complaint."""
-        view = self._view
         low = fingerprint << 1
-        i = bisect.bisect_left(view, low)  # type: ignore[call-overload]
-        if i < len(view):
+        bucket = low >> self._shift
+        directory = self._dir
+        hi = directory[bucket + 1]
+        view = self._view
+        i = bisect.bisect_left(view, low, directory[bucket], hi)  # type: ignore[call-overload]
+        if i < hi:
             found = view[i]
             if found >> 1 == fingerprint:
                 return bool(found & 1)
@@ -156,8 +197,11 @@ class SortedFingerprints:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
             with open(tmp, "wb") as out:
-                out.write(HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(self.array), sequence,
+                bits = (len(self.directory) - 1).bit_length() - 1
+                out.write(HEADER.pack(MAGIC, FORMAT_VERSION, bits, len(self.array), sequence,
                                       key.key_id))
+                self.directory.astype(DIRECTORY_DTYPE, copy=False).tofile(out)
+                out.write(b"\0" * (_directory_bytes(bits) - self.directory.nbytes))
                 self.array.astype(ENTRY_DTYPE, copy=False).tofile(out)
                 out.flush()
                 os.fsync(out.fileno())
@@ -180,19 +224,25 @@ class SortedFingerprints:
         except OSError as exc:
             raise IndexUnusable(f"cannot open the suppression index {path}: "
                               f"{exc.strerror or exc}") from None
-        magic, version, _, count, sequence, key_id = HEADER.unpack_from(mapping, 0)
-        if magic != MAGIC or version != FORMAT_VERSION:
+        magic, version, bits, count, sequence, key_id = HEADER.unpack_from(mapping, 0)
+        if magic != MAGIC or version != FORMAT_VERSION or bits > MAX_DIRECTORY_BITS:
             mapping.close()
             raise IndexUnusable(f"{path}: not a suppression index of format {FORMAT_VERSION}")
-        if size != HEADER_BYTES + 8 * count:
+        entries_at = HEADER_BYTES + _directory_bytes(bits)
+        if size != entries_at + 8 * count:
             mapping.close()
             raise IndexUnusable(f"{path}: truncated ({size} bytes for {count} entries)")
         if not hmac.compare_digest(key_id, key.key_id):
             mapping.close()
             raise IndexUnusable(f"{path}: made with another fingerprint key "
                               f"(id {key_id.hex()}, ours {key.key_id.hex()})")
-        array = np.frombuffer(mapping, dtype=ENTRY_DTYPE, count=count, offset=HEADER_BYTES)
-        return cls(array, sequence=sequence, mapping=mapping)
+        directory = np.frombuffer(mapping, dtype=DIRECTORY_DTYPE, count=(1 << bits) + 1,
+                                  offset=HEADER_BYTES)
+        if int(directory[-1]) != count:
+            mapping.close()
+            raise IndexUnusable(f"{path}: its directory does not match its entries")
+        array = np.frombuffer(mapping, dtype=ENTRY_DTYPE, count=count, offset=entries_at)
+        return cls(array, sequence=sequence, directory=directory, mapping=mapping)
 
 
 def build(entries: Iterable[tuple[str, str, bool]], key: FingerprintKey) -> SortedFingerprints:

@@ -73,7 +73,7 @@ def test_two_workers_share_one_index_of_fingerprints(tmp_path: Path, store) -> N
                  "both workers' caches to be fresh")
         index_file = index_dir / "suppressions.idx"
         data = index_file.read_bytes()
-        assert len(data) == 64 + 3 * 8
+        assert len(data) == 64 + 8 + 3 * 8  # header, directory, 3 entries
         assert b"x.example" not in data and b"weekly" not in data
         pids = worker_pids(server.process.pid)
         assert len(pids) == 2

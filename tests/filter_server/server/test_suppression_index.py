@@ -62,7 +62,8 @@ def test_lookup_finds_members_and_their_complaint_bit_only() -> None:
     members = [(f"reader{i}@example.com", "news" if i % 3 else "*", i % 5 == 0)
                for i in range(5000)]
     index = build(members, KEY)
-    assert len(index) == 5000 and index.nbytes == 5000 * 8
+    assert len(index) == 5000 and index.directory.nbytes <= 5000 * 0.5
+    assert index.nbytes == 5000 * 8 + index.directory.nbytes
     for address, scope, complaint in members[:500]:
         assert index.lookup(KEY.fingerprint(address, scope)) is complaint
     for i in range(500):
@@ -83,7 +84,7 @@ def test_index_file_round_trip_holds_no_address(tmp_path: Path) -> None:
     path = tmp_path / "suppressions.idx"
     index.write(path, KEY, sequence=17)
     data = path.read_bytes()
-    assert len(data) == HEADER_BYTES + 16
+    assert len(data) == HEADER_BYTES + 8 + 16  # header, directory of 2 slots, 2 entries
     assert b"ann" not in data and b"example" not in data and b"k" * 32 not in data
     mapped = SortedFingerprints.open(path, KEY)
     assert mapped.sequence == 17 and len(mapped) == 2
@@ -173,3 +174,33 @@ def test_a_gap_after_the_index_sequence_asks_for_a_snapshot(tmp_path: Path) -> N
 def test_a_shared_index_needs_its_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs the key"):
         SuppressionCache("127.0.0.1:1", index_path=tmp_path / "x.idx")
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 5000])
+def test_the_directory_finds_every_entry_at_every_size(tmp_path: Path, count: int) -> None:
+    """Look-ups go through the directory of top bits: every member is found and nothing
+    else, in memory and through the mapped file, at bucket boundaries too."""
+    rng = np.random.default_rng(count)
+    fps = np.unique(rng.integers(0, 1 << 63, size=count, dtype=np.uint64))
+    edges = np.array([0, (1 << 63) - 1, 1 << 62, (1 << 62) - 1], dtype=np.uint64)
+    fps = np.unique(np.concatenate([fps, edges[:min(count, 4)]]))
+    index = SortedFingerprints(np.sort(fps << np.uint64(1)))
+    path = tmp_path / "d.idx"
+    index.write(path, KEY, sequence=1)
+    mapped = SortedFingerprints.open(path, KEY)
+    for each in (index, mapped):
+        assert all(each.lookup(int(fp)) is False for fp in fps)
+        present = set(int(fp) for fp in fps)
+        probes = [int(x) for x in rng.integers(0, 1 << 63, size=500, dtype=np.uint64)]
+        probes += [int(fp) + 1 for fp in fps[:50] if fp < (1 << 63) - 1]
+        probes += [int(fp) - 1 for fp in fps[:50] if fp]
+        assert all(each.lookup(p) is None for p in probes if p not in present)
+
+
+@pytest.mark.parametrize("key", [b"k" * 32, b"long" * 40])
+def test_fingerprints_are_hmac_sha256_truncated(key: bytes) -> None:
+    import hmac
+    for address, scope in [("ann@example.com", "news"), ("bücher@xn--bcher-kva.example", "*")]:
+        digest = hmac.digest(key, f"{scope}\0{address}".encode(), "sha256")
+        assert FingerprintKey(key).fingerprint(address, scope) == \
+            int.from_bytes(digest[:8], "big") >> 1
