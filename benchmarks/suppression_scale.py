@@ -13,6 +13,9 @@ side in one run:
    (dict get + the rule). Index fingerprints here come from numpy's generator: HMAC output
    is uniform, and HMACing 100 M addresses in Python would take minutes on its own (its
    per-call cost is printed apart).
+3. import: `mailwarden unsubscribe import FILE` of a CSV into a PostgreSQL-backed store
+   (a PgCluster the benchmark starts): rows/s, the client's peak RSS, and a re-run of the
+   same file (idempotent: nothing new). "before" runs main's client and server.
 2. e2e: a real unsubscribe store (embedded SQLite, rows written by SQL so the benchmark
    does not wait on Import) and `mailwarden serve --workers 2 --suppression-store`: seconds
    until every worker reports FRESH with every suppression, and the pod's memory (PSS of
@@ -20,7 +23,8 @@ side in one run:
    (`git archive` of --before-ref on PYTHONPATH), "after" this tree.
 
 Usage: .venv/bin/python benchmarks/suppression_scale.py [--index-sizes 1M,10M,100M]
-       [--before-sizes 1M,10M] [--e2e-sizes 1M] [--e2e-before-sizes 1M] [--before-ref main]
+       [--before-sizes 1M,10M] [--e2e-sizes 1M] [--e2e-before-sizes 1M]
+       [--import-sizes 1M] [--import-before-sizes 200k] [--before-ref 97da8f3]
 Everything runs on loopback; every process started is stopped at the end.
 """
 
@@ -280,7 +284,10 @@ def e2e_rows(sizes_after: list[int], sizes_before: list[int], ref: str,
           "index file (page cache)")
     print(f"{'size':>5} {'code':>6} | {'FRESH after s':>13} {'PSS MiB':>8} {'RSS MiB':>8} "
           f"{'index MiB':>9} {'pod MiB':>8} {'B/supp':>7}")
-    before_env = {"PYTHONPATH": str(before_tree(ref, workdir))} if sizes_before else {}
+    # PYTHONSAFEPATH: `python -m` must not put its working directory (the repository, for
+    # the store) before PYTHONPATH.
+    before_env = {"PYTHONPATH": str(before_tree(ref, workdir)), "PYTHONSAFEPATH": "1"} \
+        if sizes_before else {}
     for n in sorted(set(sizes_after) | set(sizes_before)):
         case = workdir / f"e2e-{n}"
         case.mkdir()
@@ -314,12 +321,78 @@ def e2e_rows(sizes_after: list[int], sizes_before: list[int], ref: str,
                   f"{index:9.1f} {pod:8.1f} {pod * MIB / n:7.1f}", flush=True)
 
 
+# --- 3. import into PostgreSQL -----------------------------------------------------------
+def run_import(env: dict[str, str], target: str, csv: Path, token: Path) -> tuple[float, int, str]:
+    """(seconds, client peak RSS KiB, summary line) of one `mailwarden unsubscribe import`."""
+    argv = [sys.executable, "-m", "mailwarden.cli", "unsubscribe", "--target", target,
+            "import", str(csv)]
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env, "MAILWARDEN_ADMIN_TOKEN":
+                                 token.read_text().strip()})
+    peak = 0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+        except OSError:
+            pass
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"import failed ({proc.returncode}): {err.strip()[-500:]}")
+    return time.monotonic() - started, peak, out.strip()
+
+
+def import_rows(sizes_after: list[int], sizes_before: list[int], ref: str,
+                workdir: Path) -> None:
+    from testkit.pg import PgCluster
+    print("\n3. import into PostgreSQL: mailwarden unsubscribe import FILE.csv")
+    print(f"{'size':>5} {'code':>6} | {'file MiB':>8} {'seconds':>8} {'rows/s':>9} "
+          f"{'client peak RSS MiB':>19} {'re-run s':>8}  re-run says")
+    before = workdir / "before"
+    before_env = {"PYTHONPATH": str(before if before.exists() else before_tree(ref, workdir)),
+                  "PYTHONSAFEPATH": "1"} if sizes_before else {}
+    token = workdir / "admin-token"
+    token.write_text("bench-admin-token-0123456789abcdef\n")
+    for n in sorted(set(sizes_after) | set(sizes_before)):
+        csv = workdir / f"import-{n}.csv"
+        with open(csv, "w") as out:
+            out.write("address,scope,reason\n")
+            for i in range(n):
+                out.write(f"{address(i)},{'*' if i % 4 else 'news'},"
+                          f"{'complaint' if i % 50 == 0 else 'unsubscribe'}\n")
+        for code, env in (("before", before_env), ("after", {})):
+            if n not in (sizes_before if code == "before" else sizes_after):
+                continue
+            run_dir = workdir / f"import-{code}-{n}"
+            run_dir.mkdir()
+            with PgCluster() as pg:
+                dsn_file = run_dir / "dsn"
+                dsn_file.write_text(pg.create_database(f"imp{n}{code}"))
+                store = StoreProcess(run_dir, [
+                    "--store", "postgres", "--dsn-file", str(dsn_file), "--no-one-click",
+                    "--admin-token-file", str(token)], env={**os.environ, **env}).start()
+                try:
+                    seconds, peak, _ = run_import(env, store.target, csv, token)
+                    again, _, said = run_import(env, store.target, csv, token)
+                finally:
+                    store.close()
+            print(f"{label(n):>5} {code:>6} | {csv.stat().st_size / MIB:8.0f} {seconds:8.1f} "
+                  f"{n / seconds:9,.0f} {peak / 1024:19.0f} {again:8.1f}  {said}", flush=True)
+        csv.unlink()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index-sizes", type=sizes, default=sizes("1M,10M,100M"))
     parser.add_argument("--before-sizes", type=sizes, default=sizes("1M,10M"))
     parser.add_argument("--e2e-sizes", type=sizes, default=sizes("1M"))
     parser.add_argument("--e2e-before-sizes", type=sizes, default=sizes("1M"))
+    parser.add_argument("--import-sizes", type=sizes, default=sizes("1M"))
+    parser.add_argument("--import-before-sizes", type=sizes, default=sizes("200k"))
     parser.add_argument("--before-ref", default="97da8f3",
                         help="git ref of the code measured as 'before' (main before issue 15)")
     args = parser.parse_args()
@@ -344,6 +417,8 @@ def main() -> int:
         print_index_table(before, after)
         if args.e2e_sizes or args.e2e_before_sizes:
             e2e_rows(args.e2e_sizes, args.e2e_before_sizes, args.before_ref, workdir)
+        if args.import_sizes or args.import_before_sizes:
+            import_rows(args.import_sizes, args.import_before_sizes, args.before_ref, workdir)
     return 0
 
 
