@@ -177,7 +177,7 @@ class SuppressionCache:
         klass = MailClass.coerce(mail_class)
         # Normalised before the lock is taken: it is the costly part (IDNA, Unicode), and
         # the Watch thread must not wait for it to apply changes.
-        keys: list[tuple[str, str | None]] = []
+        keys: list[tuple[str, str]] = []
         unparseable: list[str] = []
         for recipient in recipients:
             try:

@@ -146,9 +146,9 @@ class SortedFingerprints:
         # bisect over a memoryview of native integers: a numpy scalar search costs more in
         # call overhead than the search itself. (On a big-endian host this copies.)
         native = np.ascontiguousarray(entries, dtype=np.uint64)
-        self._view = memoryview(native.view(np.uint8)).cast("Q")
-        self._dir = memoryview(
-            np.ascontiguousarray(directory, dtype=np.uint32).view(np.uint8)).cast("I")
+        self._view = native.view(np.uint8).data.cast("Q")
+        self._dir = np.ascontiguousarray(directory, dtype=np.uint32).view(np.uint8).data \
+            .cast("I")
 
     def __len__(self) -> int:
         return len(self.array)
@@ -164,7 +164,7 @@ class SortedFingerprints:
         directory = self._dir
         hi = directory[bucket + 1]
         view = self._view
-        i = bisect.bisect_left(view, low, directory[bucket], hi)  # type: ignore[call-overload]
+        i = bisect.bisect_left(view, low, directory[bucket], hi)
         if i < hi:
             found = view[i]
             if found >> 1 == fingerprint:
