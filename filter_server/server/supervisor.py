@@ -140,10 +140,14 @@ class Supervisor:
             key_file = Path(self._index_dir) / KEY_FILE_NAME
             key_file.unlink(missing_ok=True)
             FingerprintKey.generate().write(key_file)
-        self._builder_args = [sys.executable, "-m", "filter_server.server.suppression_snapshot",
-                              config.suppression_store, str(index_file), str(key_file)]
-        self._builder_due = time.monotonic()
         return index_file, key_file
+
+    def _plan_builder(self, worker_config: ServeConfig) -> None:
+        """The builder gets the workers' configuration: it reaches the store as they do."""
+        assert worker_config.suppression_index_file is not None
+        self._builder_args = [sys.executable, "-m", "filter_server.server.suppression_snapshot",
+                              worker_config.to_json(), str(worker_config.suppression_index_file)]
+        self._builder_due = time.monotonic()
 
     def _tend_builder(self, now: float) -> None:
         """Start the index builder when due; restart it (with backoff) until it succeeds."""
@@ -236,6 +240,8 @@ class Supervisor:
                 milter_port=protocol_ports.get("milter"),
                 spamd_port=protocol_ports.get("spamd"),
                 rspamd_port=protocol_ports.get("rspamd"))
+            if shared_index:
+                self._plan_builder(worker_config)
             for index in range(config.workers):
                 if self._signals:  # stopped while starting: the loop below winds down
                     break

@@ -2,11 +2,12 @@
 fingerprint it and write the index file every worker maps (server/suppression_index.py).
 
 The supervisor runs this as its own process (`python -m
-filter_server.server.suppression_snapshot TARGET INDEX_FILE KEY_FILE`), so the transient
+filter_server.server.suppression_snapshot WORKER_CONFIG_JSON INDEX_FILE`), so the transient
 memory of a build — the snapshot's fingerprints before sorting, twice while the buffer
 grows — is given back to the system when it exits, and the supervisor itself holds no gRPC
-state. It streams through the same SuppressionCache the workers use (one channel set-up,
-one snapshot protocol), then merges the changes it saw after the snapshot into the file.
+state. It makes its SuppressionCache as the workers do (`suppression_setup.follow_store`,
+from the workers' configuration: same store, key and channel), takes the snapshot, and
+writes it with the changes it saw after it merged in.
 
 Exit status 0 once the file is in place; 2 for a key that cannot be used; on SIGTERM it
 stops without writing.
@@ -20,17 +21,19 @@ import sys
 import threading
 import time
 
-from filter_server.server.suppression_cache import SuppressionCache
-from filter_server.server.suppression_key import FingerprintKey, KeyUnusable
+from filter_server.server.config import ServeConfig
+from filter_server.server.suppression_key import KeyUnusable
+from filter_server.server.suppression_setup import follow_store
 
 log = logging.getLogger(__name__)
 
 
-def build_index_file(target: str, index_file: str, key: FingerprintKey,
+def build_index_file(config: ServeConfig, index_file: str,
                      stop: threading.Event | None = None) -> tuple[int, int] | None:
-    """Snapshot `target` into `index_file`; (entries, sequence), or None if stopped."""
+    """Snapshot the store into `index_file`; (entries, sequence), or None if stopped.
+    Raises KeyUnusable."""
     stop = stop or threading.Event()
-    cache = SuppressionCache(target, key=key, name="suppression-index-builder").start()
+    cache = follow_store(config, name="suppression-index-builder").start()
     try:
         while not stop.is_set():
             if cache.wait_ready(0.2):
@@ -41,21 +44,20 @@ def build_index_file(target: str, index_file: str, key: FingerprintKey,
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: python -m filter_server.server.suppression_snapshot TARGET INDEX_FILE "
-              "KEY_FILE", file=sys.stderr)
+    if len(argv) != 2:
+        print("usage: python -m filter_server.server.suppression_snapshot WORKER_CONFIG_JSON "
+              "INDEX_FILE", file=sys.stderr)
         return 2
-    target, index_file, key_file = argv
+    config, index_file = ServeConfig.from_json(argv[0]), argv[1]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        key = FingerprintKey.from_file(key_file)
-    except KeyUnusable as exc:
-        print(f"suppression index: {exc}", file=sys.stderr)
-        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started = time.monotonic()
-    built = build_index_file(target, index_file, key, stop)
+    try:
+        built = build_index_file(config, index_file, stop)
+    except KeyUnusable as exc:
+        print(f"suppression index: {exc}", file=sys.stderr)
+        return 2
     if built is None:
         return 0
     entries, sequence = built

@@ -54,8 +54,8 @@ from filter_server.server.preflight import PreflightError, preflight
 from filter_server.server.servicer import SERVICE_NAME, FilterServicer, add_filter_service
 from filter_server.server.store_suppression import StoreSuppression
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
-from filter_server.server.suppression_cache import SuppressionCache
-from filter_server.server.suppression_key import FingerprintKey, KeyUnusable
+from filter_server.server.suppression_key import KeyUnusable
+from filter_server.server.suppression_setup import follow_store
 from filter_server.server.tls import TlsConfigError, server_credentials
 
 
@@ -125,15 +125,11 @@ class Worker:
             # Under the supervisor: the pod's key and the index file it builds for all
             # workers. Alone: a key of this process and a snapshot of its own.
             try:
-                key = (FingerprintKey.from_file(config.suppression_key_file)
-                       if config.suppression_key_file else None)
+                cache = follow_store(config, index_path=config.suppression_index_file)
             except KeyUnusable as exc:
                 raise StartupError(f"--suppression-key-file: {exc}") from None
-            self.store_suppression = StoreSuppression(
-                SuppressionCache(config.suppression_store,
-                                 stale_after=config.suppression_stale_after, key=key,
-                                 index_path=config.suppression_index_file), self.metrics,
-                on_held=self._suppressions_held)
+            self.store_suppression = StoreSuppression(cache, self.metrics,
+                                                      on_held=self._suppressions_held)
             suppression = self.store_suppression
         self.authenticator = make_authenticator(self.metrics, config.signing_key_dir,
                                                 self.log)
