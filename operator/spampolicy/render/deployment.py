@@ -43,7 +43,8 @@ def server_args(spec: dict[str, Any], suppression_store: str | None = None) -> l
         if spec["tls"].get("requireClientCert"):
             args.append("--require-client-cert")
     if suppression_store:
-        args += ["--suppression-store", suppression_store]
+        args += ["--suppression-store", suppression_store,
+                 "--suppression-index-dir", naming.SUPPRESSION_INDEX_MOUNT]
         if bulk_gate_keys(spec):
             args += ["--signing-key-dir", naming.SIGNING_KEYS_MOUNT]
     return args
@@ -158,6 +159,12 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
             "secretName": ref.get("signingKeySecretName") or
             store_naming.default_signing_key_secret(ref["name"]),
             "defaultMode": 0o440, "optional": True}})
+    if suppression_store(owner):
+        # No size limit: the index grows with the store (its pages count against the
+        # pod's memory limit as page cache).
+        container["volumeMounts"].append(
+            {"name": "suppression-index", "mountPath": naming.SUPPRESSION_INDEX_MOUNT})
+        volumes.append({"name": "suppression-index", "emptyDir": {}})
     if "tls" in spec:
         container["ports"].append(
             {"name": "health", "containerPort": naming.HEALTH_PORT, "protocol": "TCP"})
