@@ -269,6 +269,25 @@ class NodeAgents:
             time.sleep(0.02)
         self._cleanup(name)
 
+    def kill_pod(self, name: str, pod_uid: str) -> int:
+        """A crash of one pod on node `name`: SIGKILL every process of its containers at once
+        (frozen first, so none forks away). The agent sees its containers exit and restarts
+        them as the kubelet would. Returns how many processes were killed."""
+        state = json.loads((self.state_dir(name) / "agent.json").read_text())
+        freezer = Path(state["cgroups"]["freezer"])
+        pods = [d for d in freezer.rglob(f"pod{pod_uid}") if d.is_dir()]
+        if not pods:
+            raise NodeAgentError(f"no cgroup of pod {pod_uid} on node {name}")
+        killed = 0
+        for group in pods:
+            frozen = _write(group / "freezer.state", "FROZEN")
+            for pid in _cgroup_pids(group):
+                _kill(pid)
+                killed += 1
+            if frozen:
+                _write(group / "freezer.state", "THAWED")
+        return killed
+
     def restart_node(self, name: str) -> None:
         """Start a killed (or stopped) node's agent again and wait until it is Ready."""
         proc = self.procs.get(name)
