@@ -7,6 +7,12 @@ seconds, not the admission default of 300 s; the ReplicaSet replaces them on the
 Reported and asserted: what the clients (a balancing `FilterClient` in a pod on another
 node) lost and for how long they saw errors or slow calls; when the node went NotReady;
 when the replacements were Ready (full capacity) and what set that time.
+
+Two ways to lose a node: `killed` (CI) -- its processes die, so the kernel still closes
+their connections (FIN/RST) before the network namespaces go, as when a node's processes
+crash; `vanished` (the report's long profile, MAILWARDEN_E2E_PROFILE=long) -- every packet
+to the node's pods is silently dropped first, as when a machine loses power or its link:
+no connection is closed, clients find out only by their own timeouts.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from e2e import figures
 from e2e.conftest import E2E
 from e2e.jobs import LoadRun, describe_load, disturbance
 from e2e.kube import wait_for
@@ -51,7 +58,11 @@ def filter_tolerations(pod: dict[str, Any]) -> dict[str, Any]:
             if t.get("effect") == "NoExecute"}
 
 
-def test_losing_a_node_under_load(e2e: E2E) -> None:
+MODES = ["killed", "vanished"] if figures.long_profile() else ["killed"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_losing_a_node_under_load(e2e: E2E, mode: str) -> None:
     faults = e2e.cluster.faults
     if faults is None:
         pytest.skip(f"the {e2e.cluster.provider} provider cannot kill a node's processes")
@@ -72,6 +83,9 @@ def test_losing_a_node_under_load(e2e: E2E) -> None:
     assert candidates, f"every filter pod shares the store's node ({by_node})"
     node = candidates[0]
     lost = set(by_node[node])
+    addresses = [p["status"]["podIP"] for p in e2e.kube.items(
+        "pods", "-A", "--field-selector", f"spec.nodeName={node}", namespaced=False)
+        if (p.get("status") or {}).get("podIP")]
 
     load = LoadRun(e2e.kube, e2e.image, e2e.target, threads=4, rate=40,
                    avoid_nodes=(node,)).start()
@@ -80,6 +94,8 @@ def test_losing_a_node_under_load(e2e: E2E) -> None:
         load.wait_more_answers(40)
         killed_at = time.time()
         began = time.monotonic()
+        if mode == "vanished":
+            faults.blackhole(addresses)
         faults.kill_node(node)
         timeline["node agent and pods killed"] = time.monotonic() - began
 
@@ -105,11 +121,17 @@ def test_losing_a_node_under_load(e2e: E2E) -> None:
         load.wait_more_answers(100)
     finally:
         summary = load.stop()
+        faults.unblackhole(addresses)
         faults.restart_node(node)
     e2e.wait_policy_settled()
 
     seen = disturbance(summary, killed_at)
-    print(f"\nnode loss of {node} (filter pods {sorted(lost)}), seconds after the kill: " +
+    figures.record(f"node loss ({mode})", node=node, lost_pods=sorted(lost),
+                   timeline=timeline, clients=seen, answered=summary["ok"],
+                   failed=summary["failed"], codes=summary["codes"],
+                   latency_ms=[p["latency_ms"] for p in summary["pods"]],
+                   toleration_seconds=NODE_FAILURE_TOLERATION_SECONDS)
+    print(f"\nnode loss ({mode}) of {node} (filter pods {sorted(lost)}), seconds after the kill: " +
           ", ".join(f"{k} {v:.1f}" for k, v in timeline.items()) +
           f"\nclients: {seen['calls']} calls disturbed (failed or > {1.0:.0f} s), "
           f"{seen['failed']} failed, codes {seen['codes']}, window {seen['window_seconds']} s "

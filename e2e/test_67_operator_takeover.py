@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from e2e import chart
+from e2e import chart, figures
 from e2e.conftest import E2E
 from e2e.jobs import LoadRun, describe_load, disturbance
 from e2e.kube import KubectlError, wait_for
@@ -113,6 +113,11 @@ def test_the_standby_takes_over_a_pending_change_after_the_active_is_killed(e2e:
                    (pods_after.get(victim, {}).get("status") or {}).get("containerStatuses")
                    or [])
     seen = disturbance(summary, killed_at)
+    figures.record("operator takeover", killed=victim, standby=standby, node=node,
+                   timeline=timeline, clients=seen, answered=summary["ok"],
+                   failed=summary["failed"], codes=summary["codes"],
+                   latency_ms=[p["latency_ms"] for p in summary["pods"]],
+                   peering_lifetime=PEERING_LIFETIME)
     print(f"\noperator takeover: SIGKILLed {killed} process(es) of the active replica {victim} "
           f"on {node}; standby {standby}; seconds after the kill: " +
           ", ".join(f"{k} {v:.1f}" for k, v in timeline.items()) +

@@ -288,6 +288,20 @@ class NodeAgents:
                 _write(group / "freezer.state", "THAWED")
         return killed
 
+    def blackhole(self, addresses: list[str]) -> None:
+        """Silently drop every packet routed to `addresses` (pod IPs): a `blackhole` route in
+        place of each pod's /32 route. A machine that vanishes (power, a cut link) sends no
+        FIN or RST for its connections, unlike processes that are merely killed; with this
+        before `kill_node`, clients see what they would see then."""
+        for address in addresses:
+            subprocess.run(["ip", "route", "replace", "blackhole", f"{address}/32"],
+                           check=True, capture_output=True, text=True)
+
+    def unblackhole(self, addresses: list[str]) -> None:
+        for address in addresses:
+            subprocess.run(["ip", "route", "del", "blackhole", f"{address}/32"],
+                           capture_output=True, text=True)
+
     def restart_node(self, name: str) -> None:
         """Start a killed (or stopped) node's agent again and wait until it is Ready."""
         proc = self.procs.get(name)

@@ -59,6 +59,12 @@ class NodeFaults(Protocol):
     def restart_node(self, name: str) -> None:
         """Start a killed node's agent again; returns once the Node is Ready."""
 
+    def blackhole(self, addresses: list[str]) -> None:
+        """Drop every packet to these pod IPs silently (a vanished machine's silence)."""
+
+    def unblackhole(self, addresses: list[str]) -> None:
+        """Undo `blackhole`."""
+
     def kill_pod(self, name: str, pod_uid: str) -> int:
         """SIGKILL every process of one pod on node `name` (a crash, not a deletion)."""
 

@@ -9,9 +9,11 @@ import pytest
 
 from mailwarden_operator.spampolicy.render.deployment import render_deployment
 from mailwarden_operator.spampolicy.render.tolerations import (
-    NODE_FAILURE_TOLERATION_SECONDS, pod_tolerations)
-from tests.operator.spampolicy.test_render import SETTINGS, owner
+    NODE_FAILURE_TOLERATION_SECONDS,
+    pod_tolerations,
+)
 from tests.operator.k8s_schemas import validate_k8s
+from tests.operator.spampolicy.test_render import SETTINGS, owner
 
 UNREACHABLE = "node.kubernetes.io/unreachable"
 NOT_READY = "node.kubernetes.io/not-ready"
