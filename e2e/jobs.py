@@ -227,7 +227,7 @@ class LoadRun:
             f"load Job {self.name} ended {state} with {len(found)} summaries:\n{text[-6000:]}"
         total: dict[str, Any] = {"ok": 0, "failed": 0, "codes": {}, "failures": [],
                                  "hashes": {}, "last_hashes": [], "pods": found,
-                                 "disturbed": [], "disturbed_total": 0}
+                                 "disturbed": [], "disturbed_total": 0, "hash_seen": {}}
         for item in found:
             assert item["stopped_by"] == "stop-file", f"load ran out of time: {item}"
             total["ok"] += item["ok"]
@@ -236,6 +236,9 @@ class LoadRun:
             total["last_hashes"] += item["last_hashes"]
             total["disturbed"] += item.get("disturbed", [])
             total["disturbed_total"] += item.get("disturbed_total", 0)
+            for key, (first, last) in item.get("hash_seen", {}).items():
+                was = total["hash_seen"].get(key, [first, last])
+                total["hash_seen"][key] = [min(was[0], first), max(was[1], last)]
             for key in ("codes", "hashes"):
                 for k, v in item[key].items():
                     total[key][k] = total[key].get(k, 0) + v

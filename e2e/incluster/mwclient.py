@@ -73,6 +73,9 @@ class Tally:
         # code]: a fault test lines them up with the moment it injected the fault.
         self.disturbed: list[tuple[float, float, str]] = []
         self.disturbed_total = 0
+        # Per policy hash: wall-clock time of its first and last answer (a rollout's
+        # "every response carries the new hash after").
+        self.hash_seen: dict[str, list[float]] = {}
 
     def disturbance(self, start: float, end: float, code: str) -> None:
         with self.lock:
@@ -85,6 +88,9 @@ class Tally:
             self.ok += 1
             self.hashes[policy_hash] += 1
             self.last_hashes.append(policy_hash)
+            now = round(time.time(), 3)
+            seen = self.hash_seen.setdefault(policy_hash, [now, now])
+            seen[1] = now
             if len(self.latencies) < 200_000:
                 self.latencies.append(seconds)
 
@@ -175,6 +181,7 @@ def run_load(args: argparse.Namespace) -> int:
             "slow_seconds": args.slow_seconds,
             "disturbed": [list(d) for d in tally.disturbed],
             "disturbed_total": tally.disturbed_total,
+            "hash_seen": tally.hash_seen,
             "latency_ms": {"p50": _percentile(tally.latencies, 0.50),
                            "p99": _percentile(tally.latencies, 0.99),
                            "max": _percentile(tally.latencies, 1.0)},
