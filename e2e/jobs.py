@@ -171,13 +171,14 @@ class LoadRun:
     parallelism: int = 1
     avoid_nodes: tuple[str, ...] = ()
     deadline: float = 5.0
+    extra_args: tuple[str, ...] = ()       # more `mwclient.py load` options
     name: str = field(default_factory=lambda: unique("load"))
     started: float = 0.0
 
     def start(self) -> "LoadRun":
         command = ["python", "/e2e/bin/mwclient.py", "load", "--target", self.target,
                    "--threads", str(self.threads), "--rate", str(self.rate),
-                   "--deadline", str(self.deadline)]
+                   "--deadline", str(self.deadline), *self.extra_args]
         self.kube.apply(job_manifest(self.name, self.image, command,
                                      parallelism=self.parallelism,
                                      avoid_nodes=self.avoid_nodes, cpu="200m"))

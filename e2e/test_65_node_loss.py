@@ -58,7 +58,11 @@ def filter_tolerations(pod: dict[str, Any]) -> dict[str, Any]:
             if t.get("effect") == "NoExecute"}
 
 
-MODES = ["killed", "vanished"] if figures.long_profile() else ["killed"]
+# vanished-keepalive: the same, with the load client pinging every 1 s (keepalive time and
+# timeout): what a shorter client keepalive would buy (an experiment, not the default).
+MODES = (["killed", "vanished", "vanished-keepalive"] if figures.long_profile()
+         else ["killed"])
+KEEPALIVE_MS = 1000
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -87,14 +91,15 @@ def test_losing_a_node_under_load(e2e: E2E, mode: str) -> None:
         "pods", "-A", "--field-selector", f"spec.nodeName={node}", namespaced=False)
         if (p.get("status") or {}).get("podIP")]
 
+    extra = ("--keepalive-ms", str(KEEPALIVE_MS)) if mode == "vanished-keepalive" else ()
     load = LoadRun(e2e.kube, e2e.image, e2e.target, threads=4, rate=40,
-                   avoid_nodes=(node,)).start()
+                   avoid_nodes=(node,), extra_args=extra).start()
     timeline: dict[str, float] = {}
     try:
         load.wait_more_answers(40)
         killed_at = time.time()
         began = time.monotonic()
-        if mode == "vanished":
+        if mode.startswith("vanished"):
             faults.blackhole(addresses)
         faults.kill_node(node)
         timeline["node agent and pods killed"] = time.monotonic() - began

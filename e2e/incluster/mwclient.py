@@ -112,7 +112,14 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def run_load(args: argparse.Namespace) -> int:
     messages = read_messages(args.messages)
-    client = FilterClient(args.target, deadline=args.deadline)
+    options = []
+    if args.keepalive_ms:
+        # An experiment's setting (docs/fault.md, node loss): how soon the client notices a
+        # silent peer. Pings every N ms, a connection declared dead after N ms without
+        # an answer; the server then has to permit pings that often.
+        options = [("grpc.keepalive_time_ms", args.keepalive_ms),
+                   ("grpc.keepalive_timeout_ms", args.keepalive_ms)]
+    client = FilterClient(args.target, deadline=args.deadline, options=options)
     tally = Tally()
     stop = threading.Event()
     started = time.monotonic()
@@ -271,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--rate", type=float, default=0.0,
                       help="calls per second in all (0: as fast as the threads go)")
     load.add_argument("--deadline", type=float, default=5.0)
+    load.add_argument("--keepalive-ms", type=int, default=0,
+                      help="gRPC keepalive time and timeout (0: the FilterClient's own)")
     load.add_argument("--slow-seconds", type=float, default=1.0,
                       help="a call slower than this is listed as disturbed, as a failed one")
     load.add_argument("--max-seconds", type=float, default=900.0)

@@ -289,11 +289,20 @@ class NodeAgents:
         return killed
 
     def blackhole(self, addresses: list[str]) -> None:
-        """Silently drop every packet routed to `addresses` (pod IPs): a `blackhole` route in
-        place of each pod's /32 route. A machine that vanishes (power, a cut link) sends no
-        FIN or RST for its connections, unlike processes that are merely killed; with this
-        before `kill_node`, clients see what they would see then."""
+        """Cut `addresses` (pod IPs) off silently, both ways: each pod's host-side veth goes
+        down (nothing it sends leaves, not even the FIN or RST of a killed process) and a
+        `blackhole` route replaces its /32 route (what is sent to it is dropped without the
+        ICMP error the cluster range's `unreachable` route would give). A machine that
+        vanishes (power, a cut link) looks like this; with it before `kill_node`, clients
+        find out only through their own timeouts."""
         for address in addresses:
+            routes = json.loads(subprocess.run(
+                ["ip", "-j", "-4", "route", "show", f"{address}/32"], check=True,
+                capture_output=True, text=True).stdout or "[]")
+            for route in routes:
+                if route.get("dev"):
+                    subprocess.run(["ip", "link", "set", "dev", route["dev"], "down"],
+                                   check=True, capture_output=True, text=True)
             subprocess.run(["ip", "route", "replace", "blackhole", f"{address}/32"],
                            check=True, capture_output=True, text=True)
 
