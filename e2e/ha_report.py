@@ -25,10 +25,10 @@ from tests.fault.report import machine
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = [
-    "e2e/test_55_rollout_at_scale.py",
     "e2e/test_60_disruption.py::test_draining_a_node_respects_the_pdb_with_zero_failed_calls",
     "e2e/test_65_node_loss.py",
     "e2e/test_67_operator_takeover.py",
+    "e2e/test_68_rollout_at_scale.py",
 ]
 # What sets each scenario's floor (the figures table's last column).
 FLOORS = {
