@@ -3,6 +3,7 @@ long profile and write docs/fault/ha-report.md from the figures they record
 (e2e/figures.py). `scripts/fault-report.sh --e2e` runs this.
 
     .venv/bin/python -m e2e.ha_report [--out docs/fault/ha-report.md] [-- PYTEST ARGS]
+    .venv/bin/python -m e2e.ha_report --from E2E_OUT/ha-figures.jsonl   (render only)
 
 Exit status: pytest's (the report is written anyway, a failed run marked as such).
 """
@@ -65,7 +66,8 @@ def render(lines: list[dict[str, Any]], command: str, minutes: float, status: in
            f"- **Machine**: {info['cpu']}, {info['memory']} RAM, {info['system']}",
            f"- **Command**: `{command}` ({minutes:.1f} minutes; "
            f"{'PASSED' if status == 0 else 'FAILED: see the test output'})", "",
-           "| Scenario | Clients (load 40 calls/s, 4 threads, 5 s deadline) | "
+           "| Scenario | Clients (40 calls/s from 4 threads; 80/s from 8 for the rollout; "
+           "5 s deadline) | "
            "Timeline (s after the fault) | What sets the floor |",
            "|---|---|---|---|"]
     for line in lines:
@@ -73,7 +75,8 @@ def render(lines: list[dict[str, Any]], command: str, minutes: float, status: in
         clients = (f"answered {line.get('answered')}, failed {line.get('failed')} "
                    f"{line.get('codes') or ''}<br>disturbed (failed or > 1 s): "
                    f"{seen.get('calls')}, window {seen.get('window_seconds')} s")
-        timeline = "<br>".join(f"{k}: {_fmt(v)}" for k, v in (line.get("timeline") or {}).items())
+        steps = sorted((line.get("timeline") or {}).items(), key=lambda kv: kv[1])
+        timeline = "<br>".join(f"{k}: {_fmt(v)}" for k, v in steps)
         out.append(f"| {line['scenario']} | {clients} | {timeline} | "
                    f"{FLOORS.get(line['scenario'], '')} |")
     out += ["", "Raw figures (one JSON line per scenario run):", "", "```"]
@@ -86,8 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="e2e.ha_report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "fault" / "ha-report.md")
+    parser.add_argument("--from", dest="source", type=Path,
+                        help="render an earlier run's ha-figures.jsonl instead of running")
     parser.add_argument("pytest_args", nargs="*")
     args = parser.parse_args(argv)
+    if args.source:
+        lines = [json.loads(x) for x in args.source.read_text().splitlines() if x.strip()]
+        args.out.write_text(render(lines, f"e2e.ha_report --from {args.source}", 0.0, 0))
+        print(f"ha report: {args.out} ({len(lines)} scenario runs from {args.source})")
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="mw-ha-report-"))
     env = {**os.environ, "MAILWARDEN_E2E_PROFILE": "long",
            "E2E_OUT": os.environ.get("E2E_OUT", str(workdir))}
