@@ -7,6 +7,7 @@ from typing import Any
 from mailwarden import wire
 from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings, pod_identity
 from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.spampolicy.render.tolerations import pod_tolerations
 from mailwarden_operator.unsubscribestore import naming as store_naming
 
 DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"},
@@ -191,9 +192,10 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
         ],
     }
     scheduling = spec.get("scheduling") or {}
-    for key in ("nodeSelector", "tolerations", "priorityClassName"):
+    for key in ("nodeSelector", "priorityClassName"):
         if key in scheduling:
             pod_spec[key] = scheduling[key]
+    pod_spec["tolerations"] = pod_tolerations(scheduling.get("tolerations"))
     pod_spec.update(pod_identity(spec))
     return {
         "apiVersion": "apps/v1",
