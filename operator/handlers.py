@@ -125,6 +125,10 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
     return registry
 
 
+def _store_tls(body: Any) -> Any:
+    return ((body or {}).get("spec") or {}).get("tls")
+
+
 def _register_store(registry: kopf.OperatorRegistry,
                     get_reconciler: Callable[[], Reconciler],
                     get_store_reconciler: Callable[[], StoreReconciler]) -> None:
@@ -148,8 +152,12 @@ def _register_store(registry: kopf.OperatorRegistry,
 
     @kopf.on.update(*resource, id="store-updated", registry=registry)
     def store_updated(namespace: str, name: str, logger: Any, retry: int,
-                      **_: Any) -> None:
+                      old: Any = None, new: Any = None, **_: Any) -> None:
         run(namespace, name, "update", logger, retry)
+        if _store_tls(old) != _store_tls(new):
+            # The filter pods of referencing policies connect with the store's TLS
+            # settings: roll them now rather than at the next resync.
+            get_reconciler().reconcile_referencing(namespace, name, trigger="store")
 
     @kopf.on.resume(*resource, id="store-resumed", registry=registry)
     def store_resumed(namespace: str, name: str, logger: Any, retry: int,

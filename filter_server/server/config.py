@@ -63,6 +63,7 @@ class ServeConfig:
     port_file: Path | None = None
     suppression_store: str | None = None
     suppression_stale_after: float = 10.0
+    suppression_store_tls_dir: Path | None = None
     # Mail-server protocols (filter_server/protocols): a port each, None = off (0 = pick a
     # free one); their connections' idle timeout, a message's deadline once received, and
     # the connections each worker keeps open per protocol.
@@ -139,6 +140,14 @@ class ServeConfig:
         if self.suppression_store is not None and ":" not in self.suppression_store:
             out.append(f"--suppression-store must be HOST:PORT (got "
                        f"{self.suppression_store!r})")
+        if self.suppression_store_tls_dir is not None:
+            if self.suppression_store is None:
+                out.append("--suppression-store-tls-dir needs --suppression-store")
+            elif not self.suppression_store_tls_dir.is_dir():
+                # Only the directory is checked: its files are read at each connection
+                # attempt, so a Secret mounted late is picked up without a restart.
+                out.append(f"--suppression-store-tls-dir: {self.suppression_store_tls_dir} "
+                           "is not a directory")
         if self.port_file is not None:
             directory = self.port_file.parent
             if not directory.is_dir():

@@ -41,6 +41,14 @@ _REASONS = {pb.REASON_UNSPECIFIED: Reason.UNSUBSCRIBE, pb.UNSUBSCRIBE: Reason.UN
             pb.COMPLAINT: Reason.COMPLAINT, pb.BOUNCE: Reason.BOUNCE, pb.MANUAL: Reason.MANUAL}
 
 
+# (target, channel options) -> a channel to the store.
+ChannelFactory = Callable[[str, list[tuple[str, object]]], grpc.Channel]
+
+
+def _insecure_channel(target: str, options: list[tuple[str, object]]) -> grpc.Channel:
+    return grpc.insecure_channel(target, options=options)
+
+
 @dataclass(frozen=True)
 class CacheStats:
     ready: bool              # a snapshot has been loaded
@@ -66,6 +74,7 @@ class SuppressionCache:
                  silence_timeout: float | None = None, max_backoff: float = 5.0,
                  on_change: Callable[[pb.Change], None] | None = None,
                  channel_options: Iterable[tuple[str, object]] = (),
+                 channel_factory: ChannelFactory | None = None,
                  name: str = "suppression-cache") -> None:
         self.target = target
         self.stale_after = stale_after
@@ -75,6 +84,9 @@ class SuppressionCache:
         self.on_change = on_change
         self.name = name
         self._channel_options = list(channel_options)
+        # Called for every connection attempt, so a factory may re-read rotated TLS files;
+        # an exception counts as a failed attempt (logged, retried with back-off).
+        self._channel_factory = channel_factory or _insecure_channel
         self._entries: dict[str, dict[str, Reason]] = {}
         self._size = 0
         self._loading = 0  # entries of the snapshot being received (memory accounting)
@@ -205,7 +217,13 @@ class SuppressionCache:
     def _run(self) -> None:
         backoff = 0.1
         while not self._stop.is_set():
-            channel = grpc.insecure_channel(self.target, options=self._channel_options)
+            try:
+                channel = self._channel_factory(self.target, self._channel_options)
+            except Exception as exc:  # e.g. TLS files not mounted yet: retry, never die
+                log.warning("%s: cannot connect to %s: %s", self.name, self.target, exc)
+                self._stop.wait(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
             try:
                 stub = pb_grpc.UnsubscribeStoreStub(channel)
                 with self._cond:

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from filter_server.protocols.server import ProtocolServers
 from filter_server.server.preflight import PreflightError, preflight
 from filter_server.server.servicer import SERVICE_NAME, FilterServicer, add_filter_service
-from filter_server.server.store_suppression import StoreSuppression
+from filter_server.server.store_suppression import StoreSuppression, tls_channel_factory
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
 from filter_server.server.suppression_cache import SuppressionCache
 from filter_server.server.tls import TlsConfigError, server_credentials
@@ -123,7 +123,10 @@ class Worker:
         if suppression is None and config.suppression_store:
             self.store_suppression = StoreSuppression(
                 SuppressionCache(config.suppression_store,
-                                 stale_after=config.suppression_stale_after), self.metrics,
+                                 stale_after=config.suppression_stale_after,
+                                 channel_factory=tls_channel_factory(
+                                     config.suppression_store_tls_dir)
+                                 if config.suppression_store_tls_dir else None), self.metrics,
                 on_held=self._suppressions_held)
             suppression = self.store_suppression
         self.authenticator = make_authenticator(self.metrics, config.signing_key_dir,

@@ -31,6 +31,7 @@ HEALTH_PORT = wire.FILTER_HEALTH_PORT
 POLICY_MOUNT = "/etc/mailwarden/policy"
 TLS_MOUNT = "/etc/mailwarden/tls"
 SIGNING_KEYS_MOUNT = "/etc/mailwarden/signing-keys"  # the store's, for the bulk gate
+SUPPRESSION_TLS_MOUNT = "/etc/mailwarden/suppression-tls"  # client side of the store's TLS
 CONTAINER_NAME = "filter"
 
 # Longest SpamPolicy name whose children still fit the 63-character DNS label limit:

@@ -38,7 +38,11 @@ from mailwarden_operator.common.status import observe_rollout, status_patch
 from mailwarden_operator.spampolicy import naming, suppression_health
 from mailwarden_operator.spampolicy.policy import PolicyBundle, PolicyRejected, build_bundle
 from mailwarden_operator.spampolicy.render.configmap import render_configmap
-from mailwarden_operator.spampolicy.render.deployment import render_deployment, suppression_store
+from mailwarden_operator.spampolicy.render.deployment import (
+    render_deployment,
+    store_client_tls_secret,
+    suppression_store,
+)
 from mailwarden_operator.spampolicy.render.hpa import render_hpa
 from mailwarden_operator.spampolicy.render.pdb import render_pdb
 from mailwarden_operator.spampolicy.render.servicemonitor import render_servicemonitor
@@ -125,6 +129,11 @@ class Reconciler:
         except PolicyRejected as exc:
             rejected = exc
 
+        store_target = suppression_store(owner)
+        # Read once: its spec.tls decides how the filter pods connect, its status the
+        # SuppressionReady condition.
+        store = kube.get(UNSUBSCRIBESTORES, namespace,
+                         spec["unsubscribeStoreRef"]["name"]) if store_target else None
         workload = naming.workload_name(name)
         generation = owner["metadata"].get("generation")
         deployment: dict[str, Any] | None = None
@@ -135,7 +144,8 @@ class Reconciler:
             failure = self.backoff.paused(namespace, name, generation)
             if failure is None:
                 try:
-                    deployment, hpa = self._apply_children(owner, bundle, seen_deployment)
+                    deployment, hpa = self._apply_children(
+                        owner, bundle, seen_deployment, store_client_tls_secret(owner, store))
                     target_hash = bundle.hash
                     self.backoff.succeeded(namespace, name)
                 except KubeError as exc:
@@ -154,7 +164,6 @@ class Reconciler:
 
         rollout = observe_rollout(deployment, target_hash, naming.HASH_ANNOTATION)
         autoscaler = hpa if hpa is not None else kube.get(HPAS, namespace, workload)
-        store_target = suppression_store(owner)
         observation = Observation(
             generation=owner["metadata"].get("generation"),
             min_replicas=spec["replicas"]["min"],
@@ -163,7 +172,8 @@ class Reconciler:
             rejection_reason=rejected.reason if rejected else None,
             rejection_message=rejected.summary() if rejected else None,
             rollout=rollout,
-            suppression=self._suppression(owner, store_target) if store_target else None,
+            suppression=self._suppression(owner, store_target, store)
+            if store_target else None,
             suppression_store=store_target,
             suppression_fresh=suppression_health.observe(kube, owner),
             apply_failure=failure,
@@ -192,7 +202,8 @@ class Reconciler:
         return "changed" if patch else "unchanged"
 
     def _apply_children(self, owner: dict[str, Any], bundle: PolicyBundle,
-                        seen_deployment: dict[str, Any] | None = None
+                        seen_deployment: dict[str, Any] | None = None,
+                        store_client_secret: str | None = None
                         ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Write every child (nothing when all are as desired); returns the Deployment and
         the HorizontalPodAutoscaler (with their status; None when not read)."""
@@ -201,11 +212,13 @@ class Reconciler:
             # A Deployment event for the current policy: its ConfigMap exists (it was
             # created before the Deployment pointed at it), other children are unchanged.
             _, deployment = apply(DEPLOYMENTS,
-                                  render_deployment(owner, bundle.hash, self.settings),
+                                  render_deployment(owner, bundle.hash, self.settings,
+                                                    store_client_secret),
                                   seen=seen_deployment)
             return deployment, None
         ensure_exists(self.kube, CONFIGMAPS, render_configmap(owner, bundle))
-        _, deployment = apply(DEPLOYMENTS, render_deployment(owner, bundle.hash, self.settings))
+        _, deployment = apply(DEPLOYMENTS, render_deployment(owner, bundle.hash, self.settings,
+                                                    store_client_secret))
         apply(SERVICES, render_service(owner))
         apply(SERVICES, render_headless_service(owner))
         _, hpa = apply(HPAS, render_hpa(owner, self._custom_metrics(owner)))
@@ -233,11 +246,12 @@ class Reconciler:
                     log.warning("updating SpamPolicy %s/%s after a change of store %s "
                                 "failed: %s", namespace, body["metadata"]["name"], store, exc)
 
-    def _suppression(self, owner: dict[str, Any], target: str) -> tuple[str, str, str, str]:
-        """The SuppressionReady condition. Informational only: classification goes on
-        without suppressions (and the filter pods reconnect) whatever it says."""
+    def _suppression(self, owner: dict[str, Any], target: str,
+                     body: dict[str, Any] | None) -> tuple[str, str, str, str]:
+        """The SuppressionReady condition from the store's body (None: not found).
+        Informational only: classification goes on without suppressions (and the filter
+        pods reconnect) whatever it says."""
         store = owner["spec"]["unsubscribeStoreRef"]["name"]
-        body = self.kube.get(UNSUBSCRIBESTORES, owner["metadata"]["namespace"], store)
         if body is None:
             return ("SuppressionReady", "False", "StoreNotFound",
                     f"UnsubscribeStore {store} not found: the filter pods classify without "
