@@ -87,7 +87,8 @@ class Reconciler:
         result = "error"
         try:
             with self._locks.of(namespace, name):
-                result = self._reconcile(namespace, name, deployment)
+                result = self._reconcile(namespace, name, deployment,
+                                         cached_owner=trigger == "resync")
             return result
         finally:
             metrics.RECONCILES.labels(trigger, result).inc()
@@ -107,9 +108,12 @@ class Reconciler:
     # -- the steps -------------------------------------------------------------------------
 
     def _reconcile(self, namespace: str, name: str,
-                   seen_deployment: dict[str, Any] | None = None) -> str:
+                   seen_deployment: dict[str, Any] | None = None, *,
+                   cached_owner: bool = False) -> str:
         kube = self.kube
-        owner = kube.get(SPAMPOLICIES, namespace, name)
+        # A resync may read the watch-fed copy; an event handler reads fresh (its event
+        # came through kopf's own watch, which may be ahead of the cache's).
+        owner = (kube.cached_get if cached_owner else kube.get)(SPAMPOLICIES, namespace, name)
         if owner is None or owner["metadata"].get("deletionTimestamp"):
             return "gone"
         if not owner["metadata"].get("uid"):
@@ -132,8 +136,9 @@ class Reconciler:
         store_target = suppression_store(owner)
         # Read once: its spec.tls decides how the filter pods connect, its status the
         # SuppressionReady condition.
-        store = kube.get(UNSUBSCRIBESTORES, namespace,
-                         spec["unsubscribeStoreRef"]["name"]) if store_target else None
+        store = (kube.cached_get if cached_owner else kube.get)(
+            UNSUBSCRIBESTORES, namespace,
+            spec["unsubscribeStoreRef"]["name"]) if store_target else None
         workload = naming.workload_name(name)
         generation = owner["metadata"].get("generation")
         deployment: dict[str, Any] | None = None
@@ -278,7 +283,7 @@ class Reconciler:
         """Delete policy ConfigMaps beyond the newest `keep_configmaps` (the live one is
         always kept). Runs only once a rollout is complete: no pod reads the old ones."""
         meta = owner["metadata"]
-        configmaps = self.kube.list(CONFIGMAPS, meta["namespace"], {
+        configmaps = self.kube.list_metadata(CONFIGMAPS, meta["namespace"], {
             naming.POLICY_LABEL: meta["name"], naming.ROLE_LABEL: "policy"})
         order = {h: i for i, h in enumerate(recent)}
 
