@@ -62,6 +62,14 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+# Where the owner (and the referenced store) may come from the watch-fed cache
+# (common/informer.py). Not for the policy's own create/update/resume events: kopf's watch
+# delivered them and may be ahead of the cache's, and acting on an older spec would undo
+# the change until the next resync. Nor the store after a store event, for the same reason.
+CACHED_OWNER_TRIGGERS = frozenset({"resync", "deployment", "store"})
+CACHED_STORE_TRIGGERS = frozenset({"resync", "deployment"})
+
+
 @dataclass
 class Reconciler:
     kube: Kube
@@ -88,7 +96,8 @@ class Reconciler:
         try:
             with self._locks.of(namespace, name):
                 result = self._reconcile(namespace, name, deployment,
-                                         cached_owner=trigger == "resync")
+                                         cached_owner=trigger in CACHED_OWNER_TRIGGERS,
+                                         cached_store=trigger in CACHED_STORE_TRIGGERS)
             return result
         finally:
             metrics.RECONCILES.labels(trigger, result).inc()
@@ -109,10 +118,8 @@ class Reconciler:
 
     def _reconcile(self, namespace: str, name: str,
                    seen_deployment: dict[str, Any] | None = None, *,
-                   cached_owner: bool = False) -> str:
+                   cached_owner: bool = False, cached_store: bool = False) -> str:
         kube = self.kube
-        # A resync may read the watch-fed copy; an event handler reads fresh (its event
-        # came through kopf's own watch, which may be ahead of the cache's).
         owner = (kube.cached_get if cached_owner else kube.get)(SPAMPOLICIES, namespace, name)
         if owner is None or owner["metadata"].get("deletionTimestamp"):
             return "gone"
@@ -136,7 +143,7 @@ class Reconciler:
         store_target = suppression_store(owner)
         # Read once: its spec.tls decides how the filter pods connect, its status the
         # SuppressionReady condition.
-        store = (kube.cached_get if cached_owner else kube.get)(
+        store = (kube.cached_get if cached_store else kube.get)(
             UNSUBSCRIBESTORES, namespace,
             spec["unsubscribeStoreRef"]["name"]) if store_target else None
         workload = naming.workload_name(name)
