@@ -115,7 +115,7 @@ def run(config: OperatorConfig) -> int:
                               get_store_reconciler=lambda: holder["store"])
     priority = config.priority if config.priority is not None else startup_priority()
     identity = own_identity()
-    threads: list[Resync | CertWatcher] = []
+    threads: list[Resync | CertWatcher | InformerThreads] = []
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: object) -> None:

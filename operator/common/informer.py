@@ -26,6 +26,7 @@ Why the reads stay correct:
 
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import logging
@@ -55,7 +56,7 @@ def _version(obj: dict[str, Any] | None) -> int | None:
     """The resourceVersion as a number (the API server's are etcd revisions), None when it
     is missing or opaque: then arrival order decides."""
     try:
-        return int(((obj or {}).get("metadata") or {}).get("resourceVersion"))
+        return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
     except (TypeError, ValueError):
         return None
 
@@ -197,7 +198,7 @@ class Informer(threading.Thread):
             return None
         return f"application/json;as=PartialObjectMetadata{suffix};g=meta.k8s.io;v=v1"
 
-    def _selector(self) -> list[tuple[str, str]]:
+    def _selector(self) -> builtins.list[tuple[str, str]]:
         if not self.labels:
             return []
         return [("labelSelector", ",".join(f"{k}={v}" for k, v in self.labels.items()))]
@@ -268,8 +269,9 @@ class CachingKube(Kube):
               labels: dict[str, str] | None = None, *,
               metadata_only: bool = False) -> list[Informer]:
         """Start caching `res` (in `namespaces`, or everywhere)."""
+        where: builtins.list[str | None] = list(namespaces) if namespaces else [None]
         started = [Informer(self, res, ns, labels, metadata_only=metadata_only)
-                   for ns in (namespaces or [None])]
+                   for ns in where]
         self.informers.setdefault(res, []).extend(started)
         for informer in started:
             informer.start()

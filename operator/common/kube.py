@@ -9,6 +9,7 @@ is counted (`on_write`) and made as field manager `mailwarden-operator`, with th
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from dataclasses import dataclass
@@ -153,7 +154,7 @@ class Kube:
     def list_with_version(self, res: Resource, namespace: str | None,
                           labels: dict[str, str] | None = None, *,
                           page_size: int = LIST_PAGE_SIZE, accept: str | None = None
-                          ) -> tuple[list[dict[str, Any]], str]:
+                          ) -> tuple[builtins.list[dict[str, Any]], str]:
         """`list` and the list's resourceVersion (where a watch of the same objects
         starts); `accept` asks for another representation (PartialObjectMetadataList)."""
         query = [("limit", str(page_size))]
@@ -181,7 +182,7 @@ class Kube:
                 if all((item.get("metadata", {}).get("labels") or {}).get(k) == v
                        for k, v in (labels or {}).items())], version
 
-    def open_stream(self, path: str, query: list[tuple[str, str]], *,
+    def open_stream(self, path: str, query: builtins.list[tuple[str, str]], *,
                     read_timeout: float, accept: str | None = None) -> Any:
         """A GET whose body is read as it arrives (a watch): the urllib3 response, to be
         iterated with `.stream()` and released with `.release_conn()`."""
