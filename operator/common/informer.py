@@ -208,6 +208,10 @@ class Informer(threading.Thread):
                                                      accept=self._accept("List"))
         fresh = {_key(o): o for o in items if self.matches(o)}
         with self._lock:
+            # A write-through copy newer than the listing (our write raced the LIST) stays.
+            for key, held in self._objects.items():
+                if key in fresh and _older(fresh[key], _version(held)):
+                    fresh[key] = held
             self._objects = fresh
             self._tombstones.clear()
         self.relists += 1

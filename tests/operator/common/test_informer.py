@@ -113,3 +113,16 @@ def test_owners_are_read_from_the_cache_only_when_asked() -> None:
     assert kube.calls == []
     kube.get(SPAMPOLICIES, "ns", "p")  # event handlers: fresh
     assert len(kube.calls) == 1
+
+
+def test_a_relist_keeps_a_write_newer_than_the_listing() -> None:
+    class Lister:
+        def list_with_version(self, *_: Any, **__: Any) -> tuple[list[dict[str, Any]], str]:
+            return [obj("a", 5, spec={"v": "listed"}), obj("b", 5)], "6"
+
+    cache = Informer(Lister(), SERVICES, None, OURS)  # type: ignore[arg-type]
+    cache.put(obj("a", 7, spec={"v": "our write"}))
+    cache.put(obj("gone", 3))
+    assert cache._relist() == "6"
+    assert cache.get("ns", "a")["spec"] == {"v": "our write"}
+    assert cache.get("ns", "b") is not None and cache.get("ns", "gone") is None
