@@ -153,6 +153,10 @@ def promotes_shadow(body: Any) -> bool:
     return bool(wanted) and wanted == (body.get("status") or {}).get("shadowPolicyHash")
 
 
+def _store_tls(body: Any) -> Any:
+    return ((body or {}).get("spec") or {}).get("tls")
+
+
 def _register_store(registry: kopf.OperatorRegistry,
                     get_reconciler: Callable[[], Reconciler],
                     get_store_reconciler: Callable[[], StoreReconciler]) -> None:
@@ -176,8 +180,12 @@ def _register_store(registry: kopf.OperatorRegistry,
 
     @kopf.on.update(*resource, id="store-updated", registry=registry)
     def store_updated(namespace: str, name: str, logger: Any, retry: int,
-                      **_: Any) -> None:
+                      old: Any = None, new: Any = None, **_: Any) -> None:
         run(namespace, name, "update", logger, retry)
+        if _store_tls(old) != _store_tls(new):
+            # The filter pods of referencing policies connect with the store's TLS
+            # settings: roll them now rather than at the next resync.
+            get_reconciler().reconcile_referencing(namespace, name, trigger="store")
 
     @kopf.on.resume(*resource, id="store-resumed", registry=registry)
     def store_resumed(namespace: str, name: str, logger: Any, retry: int,

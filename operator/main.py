@@ -27,7 +27,8 @@ from mailwarden_operator.common.httpserve import (
     http_ok,
     metrics_route,
 )
-from mailwarden_operator.common.kube import Kube, api_client_from_environment
+from mailwarden_operator.common.informer import CachingKube, InformerThreads, start_informers
+from mailwarden_operator.common.kube import api_client_from_environment
 from mailwarden_operator.common.naming import MANAGED_BY, MANAGED_BY_LABEL
 from mailwarden_operator.common.render import RenderSettings
 from mailwarden_operator.handlers import build_registry
@@ -114,7 +115,7 @@ def run(config: OperatorConfig) -> int:
                               get_store_reconciler=lambda: holder["store"])
     priority = config.priority if config.priority is not None else startup_priority()
     identity = own_identity()
-    threads: list[Resync | CertWatcher] = []
+    threads: list[Resync | CertWatcher | InformerThreads] = []
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: object) -> None:
@@ -150,8 +151,12 @@ def run(config: OperatorConfig) -> int:
                 pkeyfile=str(config.webhook_cert_dir / "tls.key")
                 if config.webhook_cert_dir else None,
                 insecure=config.webhook_insecure)
-        kube = Kube(api_client_from_environment(config.kubeconfig), timeout=config.api_timeout,
-                    on_write=lambda verb, kind: metrics.API_WRITES.labels(verb, kind).inc())
+        kube = CachingKube(api_client_from_environment(config.kubeconfig),
+                           timeout=config.api_timeout,
+                           on_write=lambda verb, kind: metrics.API_WRITES.labels(verb,
+                                                                                 kind).inc())
+        start_informers(kube, config.namespaces or None)
+        threads.append(InformerThreads(kube))
         render_settings = RenderSettings(default_image=config.filter_image)
         holder["reconciler"] = Reconciler(kube, render_settings,
                                           keep_configmaps=config.keep_configmaps)

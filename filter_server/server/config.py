@@ -68,6 +68,7 @@ class ServeConfig:
     port_file: Path | None = None
     suppression_store: str | None = None
     suppression_stale_after: float = 10.0
+    suppression_store_tls_dir: Path | None = None
     # The HMAC key of the suppression fingerprints (a mounted Secret; None: a random key per
     # pod, made by the supervisor), and the directory where the supervisor writes the index
     # every worker maps (None: a private temporary directory). server/suppression_index.py.
@@ -157,6 +158,14 @@ class ServeConfig:
         if self.suppression_store is not None and ":" not in self.suppression_store:
             out.append(f"--suppression-store must be HOST:PORT (got "
                        f"{self.suppression_store!r})")
+        if self.suppression_store_tls_dir is not None:
+            if self.suppression_store is None:
+                out.append("--suppression-store-tls-dir needs --suppression-store")
+            elif not self.suppression_store_tls_dir.is_dir():
+                # Only the directory is checked: its files are read at each connection
+                # attempt, so a Secret mounted late is picked up without a restart.
+                out.append(f"--suppression-store-tls-dir: {self.suppression_store_tls_dir} "
+                           "is not a directory")
         if self.port_file is not None:
             directory = self.port_file.parent
             if not directory.is_dir():

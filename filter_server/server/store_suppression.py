@@ -12,16 +12,32 @@ from __future__ import annotations
 import math
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Sequence
+
+import grpc
 
 from filter_server.server.metrics import FilterMetrics
 from filter_server.server.suppression import SuppressionAnswer
 from filter_server.server.suppression_cache import SuppressionCache
 from mailwarden.filter.v1 import filter_pb2
+from mailwarden.tls import channel_credentials
 
 # A proto double can carry +Inf, but callers print and compare ages: "never" is a large,
 # finite number of seconds instead.
 NEVER_FRESH_AGE_SECONDS = 1e9
+
+
+def tls_channel_factory(directory: Path) -> Callable[[str, list[tuple[str, object]]],
+                                                      grpc.Channel]:
+    """Channels to a TLS store (`--suppression-store-tls-dir`): ca.crt verifies the store,
+    tls.crt + tls.key (when present) are the client certificate for a store that requires
+    one. The files are read on every connection attempt, so a renewed client certificate
+    is used from the next reconnect on, and files not mounted yet are retried (the cache
+    logs why) rather than stopping the worker."""
+    def factory(target: str, options: list[tuple[str, object]]) -> grpc.Channel:
+        return grpc.secure_channel(target, channel_credentials(directory), options=options)
+    return factory
 
 
 class StoreSuppression:

@@ -63,6 +63,14 @@ OVERLAY_ENTRY_BYTES = 128
 _EMPTY = SortedFingerprints(FingerprintBuffer().finish().array)
 
 
+# (target, channel options) -> a channel to the store.
+ChannelFactory = Callable[[str, list[tuple[str, object]]], grpc.Channel]
+
+
+def _insecure_channel(target: str, options: list[tuple[str, object]]) -> grpc.Channel:
+    return grpc.insecure_channel(target, options=options)
+
+
 @dataclass(frozen=True)
 class CacheStats:
     ready: bool              # a snapshot has been loaded
@@ -90,6 +98,7 @@ class SuppressionCache:
                  silence_timeout: float | None = None, max_backoff: float = 5.0,
                  on_change: Callable[[pb.Change], None] | None = None,
                  channel_options: Iterable[tuple[str, object]] = (),
+                 channel_factory: ChannelFactory | None = None,
                  name: str = "suppression-cache", key: FingerprintKey | None = None,
                  index_path: str | os.PathLike[str] | None = None) -> None:
         self.target = target
@@ -100,6 +109,9 @@ class SuppressionCache:
         self.on_change = on_change
         self.name = name
         self._channel_options = list(channel_options)
+        # Called for every connection attempt, so a factory may re-read rotated TLS files;
+        # an exception counts as a failed attempt (logged, retried with back-off).
+        self._channel_factory = channel_factory or _insecure_channel
         # Without a key shared with the pod's index, a key of this process: fingerprints
         # are compared only with others made here.
         if index_path is not None and key is None:
@@ -301,7 +313,13 @@ class SuppressionCache:
         if self.index_path is not None and not self._open_shared_index():
             return
         while not self._stop.is_set():
-            channel = grpc.insecure_channel(self.target, options=self._channel_options)
+            try:
+                channel = self._channel_factory(self.target, self._channel_options)
+            except Exception as exc:  # e.g. TLS files not mounted yet: retry, never die
+                log.warning("%s: cannot connect to %s: %s", self.name, self.target, exc)
+                self._stop.wait(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
             try:
                 stub = pb_grpc.UnsubscribeStoreStub(channel)
                 with self._cond:

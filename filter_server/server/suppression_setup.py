@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from filter_server.server.config import ServeConfig
+from filter_server.server.store_suppression import tls_channel_factory
 from filter_server.server.suppression_cache import SuppressionCache
 from filter_server.server.suppression_key import FingerprintKey
 
@@ -19,6 +20,9 @@ def follow_store(config: ServeConfig, *, index_path: str | os.PathLike[str] | No
     assert config.suppression_store, "following a store needs --suppression-store"
     key = (FingerprintKey.from_file(config.suppression_key_file)
            if config.suppression_key_file else None)
+    # TLS to the store (--suppression-store-tls-dir): the files are read at each attempt.
+    factory = (tls_channel_factory(config.suppression_store_tls_dir)
+               if config.suppression_store_tls_dir else None)
     return SuppressionCache(config.suppression_store,
                             stale_after=config.suppression_stale_after, key=key,
-                            index_path=index_path, name=name)
+                            index_path=index_path, name=name, channel_factory=factory)

@@ -96,6 +96,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="gRPC address of an UnsubscribeStore: keep its suppressions in "
                         "memory (Watch stream) and report suppressed recipients in every "
                         "response; without it responses say SUPPRESSION_DISABLED")
+    parser.add_argument("--suppression-store-tls-dir", type=Path, default=None, metavar="DIR",
+                        help="connect to the --suppression-store over TLS: DIR/ca.crt "
+                        "verifies the store, DIR/tls.crt + DIR/tls.key (when present) are "
+                        "the client certificate for a store that requires one; re-read at "
+                        "every reconnection [default: plaintext]")
     parser.add_argument("--suppression-stale-after", type=float,
                         default=d.suppression_stale_after, metavar="S",
                         help="answers are marked SUPPRESSION_STALE when the cache has not "
@@ -197,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         policy_wait_seconds=args.policy_wait_seconds, port_file=args.port_file,
         suppression_store=args.suppression_store,
         suppression_stale_after=args.suppression_stale_after,
+        suppression_store_tls_dir=args.suppression_store_tls_dir,
         suppression_key_file=args.suppression_key_file,
         suppression_index_dir=args.suppression_index_dir,
         memory_limit_bytes=memory_limit, cpu_budget_seconds=args.cpu_budget_seconds,

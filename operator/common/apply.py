@@ -244,7 +244,8 @@ def ensure_exists(kube: Kube, res: Resource, desired: dict[str, Any]) -> tuple[s
     """For immutable objects named by their content: create when missing, else leave (a
     foreign object with the name is refused, as by Applier.apply)."""
     meta = desired["metadata"]
-    current = kube.get(res, meta.get("namespace"), meta["name"])
+    # Metadata is all this needs (existence and owner), so a metadata-only cache serves it.
+    current = kube.get_metadata(res, meta.get("namespace"), meta["name"])
     if current is not None:
         check_ours(res, desired, current)
         return "unchanged", current

@@ -9,6 +9,7 @@ is counted (`on_write`) and made as field manager `mailwarden-operator`, with th
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from dataclasses import dataclass
@@ -100,11 +101,12 @@ class Kube:
 
     def _call(self, method: str, path: str, *, body: Any = None,
               query: list[tuple[str, str]] | None = None,
-              content_type: str = "application/json") -> Any:
+              content_type: str = "application/json", accept: str | None = None) -> Any:
         try:
             method, url, headers, body = self.api.param_serialize(
                 method, path, query_params=query or [],
-                header_params={"Accept": "application/json", "Content-Type": content_type},
+                header_params={"Accept": accept or "application/json",
+                               "Content-Type": content_type},
                 body=body, auth_settings=["BearerToken"])[:4]
             response = self.api.call_api(method, url, header_params=headers, body=body,
                                          _request_timeout=self.timeout)
@@ -127,20 +129,44 @@ class Kube:
                 return None
             raise
 
+    def cached_get(self, res: Resource, namespace: str | None,
+                   name: str) -> dict[str, Any] | None:
+        """`get`, or a watch-fed copy where one is kept (informer.CachingKube)."""
+        return self.get(res, namespace, name)
+
+    def get_metadata(self, res: Resource, namespace: str | None,
+                     name: str) -> dict[str, Any] | None:
+        """The object, or (from a metadata-only cache) at least its metadata."""
+        return self.get(res, namespace, name)
+
+    def list_metadata(self, res: Resource, namespace: str | None,
+                      labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """`list`, or (from a metadata-only cache) at least every match's metadata."""
+        return self.list(res, namespace, labels)
+
     def list(self, res: Resource, namespace: str | None,
              labels: dict[str, str] | None = None, *,
              page_size: int = LIST_PAGE_SIZE) -> list[dict[str, Any]]:
         """Every object (paginated: the API server builds a page at a time, not one
         response holding thousands of objects; an expired continue token restarts)."""
+        return self.list_with_version(res, namespace, labels, page_size=page_size)[0]
+
+    def list_with_version(self, res: Resource, namespace: str | None,
+                          labels: dict[str, str] | None = None, *,
+                          page_size: int = LIST_PAGE_SIZE, accept: str | None = None
+                          ) -> tuple[builtins.list[dict[str, Any]], str]:
+        """`list` and the list's resourceVersion (where a watch of the same objects
+        starts); `accept` asks for another representation (PartialObjectMetadataList)."""
         query = [("limit", str(page_size))]
         if labels:
             query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items())))
         items: list[dict[str, Any]] = []
-        token = ""
+        token = version = ""
         while True:
             try:
                 page = self._call("GET", res.path(namespace),
-                                  query=query + ([("continue", token)] if token else [])) or {}
+                                  query=query + ([("continue", token)] if token else []),
+                                  accept=accept) or {}
             except KubeError as exc:
                 if exc.status != 410 or not token:
                     raise
@@ -148,12 +174,35 @@ class Kube:
                 continue
             items += page.get("items") or []
             token = (page.get("metadata") or {}).get("continue") or ""
+            version = (page.get("metadata") or {}).get("resourceVersion") or ""
             if not token:
                 break
         # Filter here too: the selector is a request, and the result must be right anyway.
         return [item for item in items
                 if all((item.get("metadata", {}).get("labels") or {}).get(k) == v
-                       for k, v in (labels or {}).items())]
+                       for k, v in (labels or {}).items())], version
+
+    def open_stream(self, path: str, query: builtins.list[tuple[str, str]], *,
+                    read_timeout: float, accept: str | None = None) -> Any:
+        """A GET whose body is read as it arrives (a watch): the urllib3 response, to be
+        iterated with `.stream()` and released with `.release_conn()`."""
+        try:
+            method, url, headers, _ = self.api.param_serialize(
+                "GET", path, query_params=query,
+                header_params={"Accept": accept or "application/json"},
+                auth_settings=["BearerToken"])[:4]
+            response = self.api.call_api(method, url, header_params=headers,
+                                         _request_timeout=(self.timeout, read_timeout))
+        except ApiException as exc:
+            raise KubeError(exc.status or 0, f"GET {path}: {exc.status} "
+                            f"{_reason(exc)}") from None
+        except Exception as exc:  # connection refused, timeouts, TLS errors
+            raise KubeError(0, f"GET {path}: {exc}") from None
+        if not 200 <= response.status <= 299:
+            data = response.read()
+            raise KubeError(response.status, f"GET {path}: {response.status} "
+                            f"{_message(data)}")
+        return response.response
 
     def create(self, res: Resource, namespace: str | None, body: dict[str, Any]) -> dict:
         self.on_write("create", res.kind)

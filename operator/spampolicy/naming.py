@@ -36,6 +36,7 @@ POLICY_MOUNT = "/etc/mailwarden/policy"
 SHADOW_POLICY_MOUNT = "/etc/mailwarden/shadow-policy"
 TLS_MOUNT = "/etc/mailwarden/tls"
 SIGNING_KEYS_MOUNT = "/etc/mailwarden/signing-keys"  # the store's, for the bulk gate
+SUPPRESSION_TLS_MOUNT = "/etc/mailwarden/suppression-tls"  # client side of the store's TLS
 # The pod's suppression index (docs/unsubscribe.md): 8.5 bytes per suppression, so not in
 # the 64 MiB /tmp (past ~7.5 M suppressions the kubelet would evict the pod).
 SUPPRESSION_INDEX_MOUNT = "/var/lib/mailwarden/suppressions"

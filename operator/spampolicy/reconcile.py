@@ -39,7 +39,11 @@ from mailwarden_operator.spampolicy import naming, shadow_agreement, suppression
 from mailwarden_operator.spampolicy.golden import check_golden
 from mailwarden_operator.spampolicy.policy import PolicyBundle, PolicyRejected, build_bundle
 from mailwarden_operator.spampolicy.render.configmap import render_configmap
-from mailwarden_operator.spampolicy.render.deployment import render_deployment, suppression_store
+from mailwarden_operator.spampolicy.render.deployment import (
+    render_deployment,
+    store_client_tls_secret,
+    suppression_store,
+)
 from mailwarden_operator.spampolicy.render.hpa import render_hpa
 from mailwarden_operator.spampolicy.render.pdb import render_pdb
 from mailwarden_operator.spampolicy.render.servicemonitor import render_servicemonitor
@@ -57,6 +61,14 @@ CUSTOM_METRICS_VERSIONS = ("v1beta2", "v1beta1")
 
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+# Where the owner (and the referenced store) may come from the watch-fed cache
+# (common/informer.py). Not for the policy's own create/update/resume events: kopf's watch
+# delivered them and may be ahead of the cache's, and acting on an older spec would undo
+# the change until the next resync. Nor the store after a store event, for the same reason.
+CACHED_OWNER_TRIGGERS = frozenset({"resync", "deployment", "store"})
+CACHED_STORE_TRIGGERS = frozenset({"resync", "deployment"})
 
 
 @dataclass
@@ -84,7 +96,9 @@ class Reconciler:
         result = "error"
         try:
             with self._locks.of(namespace, name):
-                result = self._reconcile(namespace, name, deployment)
+                result = self._reconcile(namespace, name, deployment,
+                                         cached_owner=trigger in CACHED_OWNER_TRIGGERS,
+                                         cached_store=trigger in CACHED_STORE_TRIGGERS)
             return result
         finally:
             metrics.RECONCILES.labels(trigger, result).inc()
@@ -104,9 +118,10 @@ class Reconciler:
     # -- the steps -------------------------------------------------------------------------
 
     def _reconcile(self, namespace: str, name: str,
-                   seen_deployment: dict[str, Any] | None = None) -> str:
+                   seen_deployment: dict[str, Any] | None = None, *,
+                   cached_owner: bool = False, cached_store: bool = False) -> str:
         kube = self.kube
-        owner = kube.get(SPAMPOLICIES, namespace, name)
+        owner = (kube.cached_get if cached_owner else kube.get)(SPAMPOLICIES, namespace, name)
         if owner is None or owner["metadata"].get("deletionTimestamp"):
             return "gone"
         if not owner["metadata"].get("uid"):
@@ -132,6 +147,12 @@ class Reconciler:
         except PolicyRejected as exc:
             rejected = exc
 
+        store_target = suppression_store(owner)
+        # Read once: its spec.tls decides how the filter pods connect, its status the
+        # SuppressionReady condition.
+        store = (kube.cached_get if cached_store else kube.get)(
+            UNSUBSCRIBESTORES, namespace,
+            spec["unsubscribeStoreRef"]["name"]) if store_target else None
         workload = naming.workload_name(name)
         generation = owner["metadata"].get("generation")
         deployment: dict[str, Any] | None = None
@@ -144,8 +165,9 @@ class Reconciler:
             failure = self.backoff.paused(namespace, name, generation)
             if failure is None:
                 try:
-                    deployment, hpa = self._apply_children(owner, bundle, seen_deployment,
-                                                           serving_hash, shadow_hash)
+                    deployment, hpa = self._apply_children(
+                        owner, bundle, seen_deployment, serving_hash, shadow_hash,
+                        store_client_tls_secret(owner, store))
                     target_hash = serving_hash
                     self.backoff.succeeded(namespace, name)
                 except KubeError as exc:
@@ -164,7 +186,6 @@ class Reconciler:
 
         rollout = observe_rollout(deployment, target_hash, naming.HASH_ANNOTATION)
         autoscaler = hpa if hpa is not None else kube.get(HPAS, namespace, workload)
-        store_target = suppression_store(owner)
         observation = Observation(
             generation=owner["metadata"].get("generation"),
             min_replicas=spec["replicas"]["min"],
@@ -173,7 +194,8 @@ class Reconciler:
             rejection_reason=rejected.reason if rejected else None,
             rejection_message=rejected.summary() if rejected else None,
             rollout=rollout,
-            suppression=self._suppression(owner, store_target) if store_target else None,
+            suppression=self._suppression(owner, store_target, store)
+            if store_target else None,
             suppression_store=store_target,
             suppression_fresh=suppression_health.observe(kube, owner),
             apply_failure=failure,
@@ -234,14 +256,16 @@ class Reconciler:
 
     def _apply_children(self, owner: dict[str, Any], bundle: PolicyBundle,
                         seen_deployment: dict[str, Any] | None = None,
-                        serving_hash: str | None = None, shadow_hash: str | None = None
+                        serving_hash: str | None = None, shadow_hash: str | None = None,
+                        store_client_secret: str | None = None
                         ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Write every child (nothing when all are as desired); returns the Deployment and
         the HorizontalPodAutoscaler (with their status; None when not read). The pods serve
         `serving_hash` (default: the bundle's) and shadow `shadow_hash` (the bundle)."""
         apply = self.applier.apply
         serving_hash = serving_hash or bundle.hash
-        wanted = render_deployment(owner, serving_hash, self.settings, shadow_hash)
+        wanted = render_deployment(owner, serving_hash, self.settings, store_client_secret,
+                                   shadow_hash=shadow_hash)
         if seen_deployment is not None and _template_hash(seen_deployment) == serving_hash \
                 and _shadow_hash(seen_deployment) == shadow_hash:
             # A Deployment event for the current policy: its ConfigMap exists (it was
@@ -294,11 +318,12 @@ class Reconciler:
                     log.warning("updating SpamPolicy %s/%s after a change of store %s "
                                 "failed: %s", namespace, body["metadata"]["name"], store, exc)
 
-    def _suppression(self, owner: dict[str, Any], target: str) -> tuple[str, str, str, str]:
-        """The SuppressionReady condition. Informational only: classification goes on
-        without suppressions (and the filter pods reconnect) whatever it says."""
+    def _suppression(self, owner: dict[str, Any], target: str,
+                     body: dict[str, Any] | None) -> tuple[str, str, str, str]:
+        """The SuppressionReady condition from the store's body (None: not found).
+        Informational only: classification goes on without suppressions (and the filter
+        pods reconnect) whatever it says."""
         store = owner["spec"]["unsubscribeStoreRef"]["name"]
-        body = self.kube.get(UNSUBSCRIBESTORES, owner["metadata"]["namespace"], store)
         if body is None:
             return ("SuppressionReady", "False", "StoreNotFound",
                     f"UnsubscribeStore {store} not found: the filter pods classify without "
@@ -326,7 +351,7 @@ class Reconciler:
         """Delete policy ConfigMaps beyond the newest `keep_configmaps` (the live one is
         always kept). Runs only once a rollout is complete: no pod reads the old ones."""
         meta = owner["metadata"]
-        configmaps = self.kube.list(CONFIGMAPS, meta["namespace"], {
+        configmaps = self.kube.list_metadata(CONFIGMAPS, meta["namespace"], {
             naming.POLICY_LABEL: meta["name"], naming.ROLE_LABEL: "policy"})
         order = {h: i for i, h in enumerate(recent)}
 

@@ -151,6 +151,41 @@ SPEC_SCHEMA: dict[str, Any] = {
                 "secretRef": _secret_key_ref("Secret holding the credential.", "token"),
             },
         },
+        "tls": {
+            "type": "object",
+            "description": "Serve the gRPC API over TLS (`--tls-dir`) from a Secret holding "
+            "tls.crt, tls.key and (for client certificates) ca.crt, e.g. a cert-manager "
+            "Certificate whose dnsNames include `<name>-unsubscribe.<namespace>.svc`; the "
+            "server reloads rotated files itself. The one-click HTTP port is unaffected "
+            "(terminate its TLS at the Ingress). SpamPolicies referencing this store "
+            "connect over TLS with `clientSecretName`.",
+            "required": ["secretName"],
+            "properties": {
+                "secretName": {"type": "string", "maxLength": 253,
+                               "description": "Secret with the server certificate."},
+                "requireClientCert": {
+                    "type": "boolean", "default": False,
+                    "description": "Mutual TLS (`--require-client-cert`): refuse gRPC "
+                    "clients without a certificate signed by ca.crt."},
+                "clientSecretName": {
+                    "type": "string", "maxLength": 253,
+                    "description": "Secret the filter pods of referencing SpamPolicies "
+                    "connect with (`--suppression-store-tls-dir`): ca.crt (the CA that "
+                    "signed the store's certificate) and, for requireClientCert, the "
+                    "client's tls.crt and tls.key. Default: `<name>-unsubscribe-client-tls`."},
+                "adminClients": {
+                    "type": "array", "maxItems": 64, "default": [],
+                    "description": "Client certificate names (CN or DNS SAN) allowed to "
+                    "call Import, Export and Resubscribe without the bearer credential "
+                    "(`--admin-client`); needs requireClientCert.",
+                    "items": {"type": "string", "maxLength": 253},
+                    "x-kubernetes-list-type": "set"},
+            },
+            "x-kubernetes-validations": [{
+                "rule": "size(self.adminClients) == 0 || self.requireClientCert",
+                "message": "tls.adminClients names client certificates: it needs "
+                "tls.requireClientCert"}],
+        },
         "networkPolicy": {
             "type": "object",
             "description": "A NetworkPolicy (rendered unless disabled) admitting to the gRPC "

@@ -39,6 +39,7 @@ DSN_MOUNT = "/etc/mailwarden/dsn"
 DSN_FILE = "dsn"
 RESUBSCRIBE_MOUNT = "/etc/mailwarden/resubscribe"
 RESUBSCRIBE_FILE = "token"
+TLS_MOUNT = "/etc/mailwarden/tls"
 DATA_MOUNT = "/var/lib/mailwarden"
 SQLITE_FILE = "unsubscribe.db"
 
@@ -50,6 +51,7 @@ WORKLOAD_SUFFIX = "-unsubscribe"
 HTTP_SUFFIX = "-unsubscribe-http"
 DATA_SUFFIX = "-unsubscribe-data"
 SIGNING_KEY_SUFFIX = "-signing-key"
+CLIENT_TLS_SUFFIX = "-unsubscribe-client-tls"
 # Longest store name whose Service names still fit the 63-character DNS label limit.
 MAX_NAME_LENGTH = 63 - len(HTTP_SUFFIX)
 
@@ -75,6 +77,12 @@ def signing_key_secret(owner: dict[str, Any]) -> str:
     """The signing-key Secret's name: `spec.signingKey.secretName` or `<store>-signing-key`."""
     configured = ((owner.get("spec") or {}).get("signingKey") or {}).get("secretName")
     return configured or default_signing_key_secret(owner["metadata"]["name"])
+
+
+def client_tls_secret(store: str, tls: dict[str, Any]) -> str:
+    """The Secret filter pods connect to a TLS store with: `spec.tls.clientSecretName` or
+    `<store>-unsubscribe-client-tls`."""
+    return tls.get("clientSecretName") or f"{store}{CLIENT_TLS_SUFFIX}"
 
 
 def grpc_target(store: str, namespace: str) -> str:

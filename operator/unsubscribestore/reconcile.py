@@ -149,7 +149,8 @@ class StoreReconciler:
         ready_changed = False
         try:
             with self._locks.of(namespace, name):
-                result, ready_changed = self._reconcile(namespace, name)
+                result, ready_changed = self._reconcile(
+                    namespace, name, cached_owner=trigger in ("resync", "deployment"))
         finally:
             metrics.STORE_RECONCILES.labels(trigger, result).inc()
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
@@ -170,9 +171,13 @@ class StoreReconciler:
 
     # -- the steps -------------------------------------------------------------------------
 
-    def _reconcile(self, namespace: str, name: str) -> tuple[str, bool]:
+    def _reconcile(self, namespace: str, name: str, *,
+                   cached_owner: bool = False) -> tuple[str, bool]:
         kube = self.kube
-        owner = kube.get(UNSUBSCRIBESTORES, namespace, name)
+        # The watch-fed copy only where no event of the store itself triggered us (see
+        # spampolicy/reconcile.py, CACHED_OWNER_TRIGGERS).
+        owner = (kube.cached_get if cached_owner else kube.get)(UNSUBSCRIBESTORES,
+                                                               namespace, name)
         if owner is None or owner["metadata"].get("deletionTimestamp"):
             return "gone", False
         if not owner["metadata"].get("uid"):

@@ -57,6 +57,10 @@ def spec_errors(spec: dict[str, Any], name: str) -> list[str]:
     if age and age < crd.MIN_TOKEN_MAX_AGE_DAYS:
         errors.append("oneClick.tokenMaxAgeDays must be 0 (never expire) or at least "
                       f"{crd.MIN_TOKEN_MAX_AGE_DAYS} (CASL)")
+    tls = spec.get("tls") or {}
+    if tls.get("adminClients") and not tls.get("requireClientCert"):
+        errors.append("tls.adminClients names client certificates: it needs "
+                      "tls.requireClientCert")
     errors += positive_count_errors("disruption.maxUnavailable",
                                     spec["disruption"]["maxUnavailable"])
     if kind != "embedded":

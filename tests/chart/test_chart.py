@@ -121,7 +121,10 @@ def test_rbac_is_least_privilege(variant: str) -> None:
     # change or delete one (RBAC cannot restrict create by name; see the template).
     assert granted["secrets"] == {"get", "create"}
     assert granted["persistentvolumeclaims"] == {"get", "create"}
-    assert granted["configmaps"] == {"get", "list", "create", "delete"}
+    assert granted["configmaps"] == {"get", "list", "watch", "create", "delete"}
+    # The informers' list/watch (operator/common/informer.py); never update or delete.
+    for child in ("services", "horizontalpodautoscalers", "poddisruptionbudgets"):
+        assert granted[child] == {"get", "list", "watch", "create", "patch"}, child
     assert granted["events"] == {"create"}
     assert granted["spampolicies/status"] == {"get", "patch"}
     assert granted["unsubscribestores/status"] == {"get", "patch"}

@@ -51,6 +51,22 @@ def test_serve_refuses_a_port_file_in_a_missing_directory(tmp_path: Path) -> Non
     assert time.monotonic() - started < 20
 
 
+def test_serve_refuses_a_suppression_tls_dir_it_cannot_use(tmp_path: Path) -> None:
+    policy_dir = tmp_path / "policy"
+    write_policy(policy_dir, mini_policy(1))
+    base = ("serve", "--policy-dir", str(policy_dir), "--host", "127.0.0.1",
+            "--grpc-port", "0", "--metrics-port", "0", "--workers", "1")
+    missing = tmp_path / "no-such-dir"
+    for extra, message in (
+            (("--suppression-store-tls-dir", str(tmp_path)),
+             "--suppression-store-tls-dir needs --suppression-store"),
+            (("--suppression-store", "store:50061", "--suppression-store-tls-dir",
+              str(missing)), f"--suppression-store-tls-dir: {missing} is not a directory")):
+        result = mailwarden(*base, *extra)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == f"mailwarden serve: {message}\n"
+
+
 def test_train_checks_its_output_before_training(tmp_path: Path) -> None:
     """It trained first (seconds to minutes) and failed when writing the model. The output
     is checked first, so its error wins over the (missing) training data's."""

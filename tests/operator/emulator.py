@@ -122,8 +122,14 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
             before = copy.deepcopy(self._objects[key].raw) \
                 if key in self._objects and not self._objects[key].deleted else None
             response = await self._update(request)
-            if before is not None and key in self._objects and not self._objects[key].deleted:
-                self._transfer_ownership(key, before, self._objects[key].raw)
+            if before is not None and key in self._objects and not self._objects[key].deleted \
+                    and self._transfer_ownership(key, before, self._objects[key].raw):
+                # A real server changes managedFields in the same write; here it is a second
+                # step, so watchers (the operator's informers) get it as one more event.
+                self._objects[key].patch({"metadata": {
+                    "resourceVersion": self._next_revision()}})
+                await self._buses[request.resource].put(
+                    {"type": "MODIFIED", "object": self._objects[key].raw})
             return response
         return await self._update(request)
 
@@ -225,11 +231,12 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
         return aiohttp.web.json_response(raw)
 
     def _transfer_ownership(self, key: Any, before: dict[str, Any],
-                            after: dict[str, Any]) -> None:
-        """Another client changed fields: appliers lose ownership of what changed."""
+                            after: dict[str, Any]) -> bool:
+        """Another client changed fields: appliers lose ownership of what changed (True
+        when something changed)."""
         changed = _changed_paths(_strip(before), _strip(after))
         if not changed:
-            return
+            return False
         sets = self._field_sets()
         for (k, manager), fields in list(sets.items()):
             if k != key:
@@ -237,6 +244,7 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
             for path in changed:
                 _remove_path(fields, tuple(f"f:{p}" for p in path), prune=True)
         self._objects[key].patch({"metadata": {"managedFields": self._managed_fields(key)}})
+        return True
 
     async def _replace(self, request: Any) -> aiohttp.web.StreamResponse:
         key = (request.resource, request.namespace, request.name)

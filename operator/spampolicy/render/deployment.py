@@ -18,9 +18,11 @@ DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"},
 TERMINATION_MARGIN_SECONDS = 15
 
 
-def server_args(spec: dict[str, Any], suppression_store: str | None = None) -> list[str]:
+def server_args(spec: dict[str, Any], suppression_store: str | None = None,
+                store_tls: bool = False) -> list[str]:
     """`mailwarden serve` arguments for this spec (the filter server's CLI contract);
-    `suppression_store` is the HOST:PORT of the referenced UnsubscribeStore."""
+    `suppression_store` is the HOST:PORT of the referenced UnsubscribeStore, `store_tls`
+    whether it serves TLS (the client Secret is mounted at SUPPRESSION_TLS_MOUNT)."""
     server = spec["server"]
     args = ["serve",
             "--policy-dir", naming.POLICY_MOUNT,
@@ -46,6 +48,8 @@ def server_args(spec: dict[str, Any], suppression_store: str | None = None) -> l
     if suppression_store:
         args += ["--suppression-store", suppression_store,
                  "--suppression-index-dir", naming.SUPPRESSION_INDEX_MOUNT]
+        if store_tls:
+            args += ["--suppression-store-tls-dir", naming.SUPPRESSION_TLS_MOUNT]
         if bulk_gate_keys(spec):
             args += ["--signing-key-dir", naming.SIGNING_KEYS_MOUNT]
     return args
@@ -69,6 +73,20 @@ def suppression_store(owner: dict[str, Any]) -> str | None:
     if not ref:
         return None
     return store_naming.grpc_target(ref["name"], owner["metadata"]["namespace"])
+
+
+def store_client_tls_secret(owner: dict[str, Any],
+                            store: dict[str, Any] | None) -> str | None:
+    """The Secret the filter pods connect to the referenced store with, or None when the
+    store serves plaintext (or does not exist: then there is nothing to connect to; the
+    pods roll onto TLS when it appears with `spec.tls`)."""
+    ref = owner["spec"].get("unsubscribeStoreRef")
+    if not ref or store is None:
+        return None
+    tls = (store.get("spec") or {}).get("tls")
+    if not tls:
+        return None
+    return store_naming.client_tls_secret(ref["name"], tls)
 
 
 def termination_grace_seconds(spec: dict[str, Any]) -> int:
@@ -97,11 +115,12 @@ def _spread(policy_name: str, key: str) -> dict[str, Any]:
 
 
 def render_deployment(owner: dict[str, Any], policy_hash: str,
-                      settings: RenderSettings, shadow_hash: str | None = None
-                      ) -> dict[str, Any]:
+                      settings: RenderSettings, store_client_secret: str | None = None,
+                      *, shadow_hash: str | None = None) -> dict[str, Any]:
     """The filter Deployment serving `policy_hash`; with `shadow_hash`, its pods also
-    evaluate that policy in shadow (rollout.strategy Shadow)."""
-    deployment = _render_deployment(owner, policy_hash, settings)
+    evaluate that policy in shadow (rollout.strategy Shadow). `store_client_secret`: see
+    store_client_tls_secret (None: plaintext to the store)."""
+    deployment = _render_deployment(owner, policy_hash, settings, store_client_secret)
     if shadow_hash is not None:
         _add_shadow(deployment, owner, shadow_hash)
     return deployment
@@ -123,8 +142,8 @@ def _add_shadow(deployment: dict[str, Any], owner: dict[str, Any], shadow_hash: 
         "name": naming.configmap_name(owner["metadata"]["name"], shadow_hash)}})
 
 
-def _render_deployment(owner: dict[str, Any], policy_hash: str,
-                       settings: RenderSettings) -> dict[str, Any]:
+def _render_deployment(owner: dict[str, Any], policy_hash: str, settings: RenderSettings,
+                       store_client_secret: str | None) -> dict[str, Any]:
     spec = owner["spec"]
     policy_name = owner["metadata"]["name"]
     server = spec["server"]
@@ -134,7 +153,8 @@ def _render_deployment(owner: dict[str, Any], policy_hash: str,
         "image": spec.get("image") or settings.default_image,
         "imagePullPolicy": spec["imagePullPolicy"],
         "command": ["mailwarden"],
-        "args": server_args(spec, suppression_store(owner)),
+        "args": server_args(spec, suppression_store(owner),
+                            store_tls=store_client_secret is not None),
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE",
@@ -187,6 +207,14 @@ def _render_deployment(owner: dict[str, Any], policy_hash: str,
             "secretName": ref.get("signingKeySecretName") or
             store_naming.default_signing_key_secret(ref["name"]),
             "defaultMode": 0o440, "optional": True}})
+    if store_client_secret is not None and suppression_store(owner):
+        # Optional: the pods start (and classify, reporting suppressions stale) before the
+        # Secret exists; the suppression client reads the files at each reconnection.
+        container["volumeMounts"].append(
+            {"name": "suppression-tls", "mountPath": naming.SUPPRESSION_TLS_MOUNT,
+             "readOnly": True})
+        volumes.append({"name": "suppression-tls", "secret": {
+            "secretName": store_client_secret, "defaultMode": 0o440, "optional": True}})
     if suppression_store(owner):
         # No size limit: the index grows with the store (its pages count against the
         # pod's memory limit as page cache).

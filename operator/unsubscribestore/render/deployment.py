@@ -72,6 +72,13 @@ def server_args(spec: dict[str, Any]) -> list[str]:
     if "resubscribe" in spec:
         args += ["--admin-token-file",
                  f"{naming.RESUBSCRIBE_MOUNT}/{naming.RESUBSCRIBE_FILE}"]
+    if "tls" in spec:
+        # The probes use the HTTP port, so gRPC can speak only TLS.
+        args += ["--tls-dir", naming.TLS_MOUNT]
+        if spec["tls"].get("requireClientCert"):
+            args.append("--require-client-cert")
+        for client in spec["tls"].get("adminClients") or ():
+            args += ["--admin-client", client]
     args += ["--no-migrate",  # the init container migrated
              "--readiness-interval", str(server["readinessIntervalSeconds"]),
              "--drain-seconds", str(server["drainSeconds"]),
@@ -151,6 +158,12 @@ def _volumes(owner: dict[str, Any]) -> tuple[list[dict], list[dict], list[dict]]
             "items": [{"key": ref["key"], "path": naming.RESUBSCRIBE_FILE}]}})
         server.append({"name": "resubscribe", "mountPath": naming.RESUBSCRIBE_MOUNT,
                        "readOnly": True})
+    if "tls" in spec:
+        # Not in the secret-versions annotation: the server reloads rotated certificates
+        # itself, so a renewal never rolls the pods.
+        volumes.append({"name": "tls", "secret": {
+            "secretName": spec["tls"]["secretName"], "defaultMode": SECRET_MODE}})
+        server.append({"name": "tls", "mountPath": naming.TLS_MOUNT, "readOnly": True})
     return volumes, server, migrate
 
 

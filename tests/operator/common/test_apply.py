@@ -37,6 +37,9 @@ class FakeKube:
     def get(self, res: Resource, namespace: str | None, name: str) -> None:
         self.calls.append(("get", name, {}))
 
+    def get_metadata(self, res: Resource, namespace: str | None, name: str) -> Any:
+        return self.get(res, namespace, name)
+
     def server_side_apply(self, res: Resource, namespace: str | None, name: str,
                           body: dict[str, Any], *, field_manager: str = FIELD_MANAGER,
                           force: bool = True, dry_run: bool = False) -> dict[str, Any]:

@@ -18,7 +18,7 @@ class PagingServer(Kube):
 
     def _call(self, method: str, path: str, *, body: Any = None,
               query: list[tuple[str, str]] | None = None,
-              content_type: str = "application/json") -> Any:
+              content_type: str = "application/json", accept: str | None = None) -> Any:
         params = dict(query or [])
         self.calls.append(params)
         start = int(params.get("continue") or 0)

@@ -435,3 +435,92 @@ def test_the_rendered_filter_args_are_what_mailwarden_serve_accepts() -> None:
     dep = render_deployment(_policy(unsubscribeStoreRef={"name": "sup"}), "h1", SETTINGS)
     args = parser.parse_args(dep["spec"]["template"]["spec"]["containers"][0]["args"])
     assert "sup-unsubscribe.team.svc:50061" in vars(args).values()
+
+
+# -- TLS on the store's gRPC port (issue 20 item 8) ------------------------------------------
+
+TLS = {"secretName": "sup-tls", "requireClientCert": True,
+       "adminClients": ["importer", "exporter.jobs"]}
+
+
+def test_a_tls_store_serves_grpc_from_its_secret() -> None:
+    body = store(tls=TLS)
+    pod = _pod(body)
+    server = pod["containers"][0]
+    args = _parse(server["args"])
+    assert args.tls_dir is not None and args.require_client_cert is True
+    assert args.admin_client == ["importer", "exporter.jobs"]
+    mount = next(m for m in server["volumeMounts"] if m["mountPath"] == str(args.tls_dir))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"] == {"secretName": "sup-tls", "defaultMode": 0o440}
+    assert mount["readOnly"] is True
+    # The migration never talks gRPC: it gets no certificate.
+    assert all(m["name"] != mount["name"] for m in pod["initContainers"][0]["volumeMounts"])
+    # The kubelet probes the plaintext HTTP port, which TLS on gRPC leaves alone.
+    assert server["readinessProbe"]["httpGet"]["port"] == "http"
+    validate_k8s(render_store_deployment(body, SETTINGS, VERSIONS))
+    plain = _parse(_pod(store())["containers"][0]["args"])
+    assert plain.tls_dir is None and not plain.require_client_cert and not plain.admin_client
+    # Server-side TLS only: no client certificates asked for.
+    one_way = _parse(_pod(store(tls={"secretName": "sup-tls"}))["containers"][0]["args"])
+    assert one_way.tls_dir is not None and not one_way.require_client_cert
+
+
+def test_a_renewed_certificate_does_not_roll_the_store() -> None:
+    """The server reloads rotated files itself (mailwarden/tls.py): the template, and so
+    the pods, stay as they are when only the Secret's content changes."""
+    before = render_store_deployment(store(tls=TLS), SETTINGS, VERSIONS)
+    after = render_store_deployment(store(tls=TLS), SETTINGS, VERSIONS)
+    assert before == after
+    assert "tls" not in before["spec"]["template"]["metadata"]["annotations"][
+        store_naming.SECRET_VERSIONS_ANNOTATION]
+
+
+def test_admin_clients_need_client_certificates() -> None:
+    from mailwarden_operator.unsubscribestore.spec import spec_errors
+    bad = store(tls={"secretName": "sup-tls", "adminClients": ["importer"]})
+    assert any("tls.adminClients" in e for e in spec_errors(bad["spec"], "sup"))
+    assert spec_errors(store(tls=TLS)["spec"], "sup") == []
+
+
+def _filter_pod(store_body: dict[str, Any] | None, **spec: Any) -> dict[str, Any]:
+    from mailwarden_operator.spampolicy.render.deployment import store_client_tls_secret
+    policy = _policy(unsubscribeStoreRef={"name": "sup"}, **spec)
+    dep = render_deployment(policy, "h1", SETTINGS,
+                            store_client_tls_secret(policy, store_body))
+    validate_k8s(dep)
+    return dep["spec"]["template"]["spec"]
+
+
+def test_filter_pods_connect_to_a_tls_store_with_its_client_secret() -> None:
+    from mailwarden_operator.spampolicy import naming as policy_naming
+    pod = _filter_pod(store(tls=TLS))
+    container = pod["containers"][0]
+    args = _parse(container["args"])
+    assert args.suppression_store == "sup-unsubscribe.team.svc:50061"
+    assert str(args.suppression_store_tls_dir) == policy_naming.SUPPRESSION_TLS_MOUNT
+    mount = next(m for m in container["volumeMounts"]
+                 if m["mountPath"] == policy_naming.SUPPRESSION_TLS_MOUNT)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    # Optional: a Secret created after the policy must not keep the pods from classifying.
+    assert volume["secret"] == {"secretName": "sup-unsubscribe-client-tls",
+                                "defaultMode": 0o440, "optional": True}
+    named = _filter_pod(store(tls={**TLS, "clientSecretName": "filter-client"}))
+    assert next(v for v in named["volumes"] if v["name"] == mount["name"])["secret"][
+        "secretName"] == "filter-client"
+    # The filter's own serving TLS (spec.tls) and the store's are separate mounts.
+    both = _filter_pod(store(tls=TLS), tls={"secretName": "filter-tls"})
+    assert {v["secret"]["secretName"] for v in both["volumes"] if "secret" in v} == \
+        {"filter-tls", "sup-unsubscribe-client-tls"}
+
+
+def test_filter_pods_of_a_plaintext_or_missing_store_connect_in_plaintext() -> None:
+    for store_body in (store(), None):
+        pod = _filter_pod(store_body)
+        args = _parse(pod["containers"][0]["args"])
+        assert args.suppression_store == "sup-unsubscribe.team.svc:50061"
+        assert args.suppression_store_tls_dir is None
+        assert all("secret" not in v for v in pod["volumes"])
+    # No reference: nothing about the store at all, whatever store is passed.
+    from mailwarden_operator.spampolicy.render.deployment import store_client_tls_secret
+    assert store_client_tls_secret(_policy(), store(tls=TLS)) is None
