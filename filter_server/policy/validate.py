@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from filter_server.compile_limits import compile_seconds_for
+from filter_server.engine.traits import TRAITS
 from filter_server.patterns import pattern_problems
 from filter_server.policy import meta, schema
 from filter_server.policy.auth_rules import ALL_RULES, AUTH_RULES, BULK_RULES
@@ -27,7 +28,7 @@ SYNTHETIC_RULES = frozenset({
     "ALLOWLIST_SENDER", "ALLOWLIST_DOMAIN", "ALLOWLIST_URI_HOST",
     "BLOCKLIST_SENDER", "BLOCKLIST_DOMAIN", "BLOCKLIST_URI_HOST",
     "KNOWN_SPAM_SIGNATURE", "MIME_MALFORMED", "SCAN_BUDGET_EXCEEDED", "BAYES",
-    *ALL_RULES,
+    *ALL_RULES, *TRAITS,
 })
 
 
