@@ -15,22 +15,12 @@ redirectors) and 0.9% of the spam — a phishing sign only together with a brand
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 
 from filter_server.bayes.normalize import fold
 from filter_server.message import ParsedMessage, uri_host
+from filter_server.policy.trait_rules import TRAITS
 
-# name -> description (every trait scores 0 itself; policies score them with meta rules)
-TRAITS: dict[str, str] = {
-    "LINK_TEXT_OTHER_DOMAIN": "a link's visible text names another domain than the link "
-                              "goes to",
-    "LINK_TEXT_BRAND_ELSEWHERE": "a link's visible text names a brand's domain, the link "
-                                 "goes to another domain",
-    "LOOKALIKE_BRAND_DOMAIN": "a link or the sender is in a domain spelt like a brand's "
-                              "(paypa1, rnicrosoft, amazon-secure) that is not the brand's",
-    "LIST_UNSUB_FROM_DOMAIN": "List-Unsubscribe points into the sender's own domain "
-                              "(a consistent bulk sender)",
-}
+__all__ = ["TRAITS", "traits", "lookalike_brand", "registered_domain"]
 
 # Brands phishing imitates most (the names of URI_BRAND_PREFIX in examples/spampolicy.yaml).
 BRANDS = ("paypal", "apple", "icloud", "microsoft", "office365", "outlook", "amazon",

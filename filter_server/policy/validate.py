@@ -18,11 +18,11 @@ import jsonschema
 import yaml
 
 from filter_server.compile_limits import compile_seconds_for
-from filter_server.engine.traits import TRAITS
 from filter_server.patterns import pattern_problems
 from filter_server.policy import meta, schema
 from filter_server.policy.auth_rules import ALL_RULES, AUTH_RULES, BULK_RULES
 from filter_server.policy.bounded_yaml import YamlTooCostly, load_bounded
+from filter_server.policy.trait_rules import TRAITS
 
 SYNTHETIC_RULES = frozenset({
     "ALLOWLIST_SENDER", "ALLOWLIST_DOMAIN", "ALLOWLIST_URI_HOST",

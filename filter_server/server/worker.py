@@ -50,7 +50,6 @@ from filter_server.server.ports import PortInUse, check_free, write_port_file
 
 if TYPE_CHECKING:
     from filter_server.protocols.server import ProtocolServers
-from filter_server.server.preflight import PreflightError, preflight
 from filter_server.server.learning import SERVICE_NAME as LEARNING_SERVICE_NAME
 from filter_server.server.learning import (
     LearningServicer,
@@ -58,6 +57,7 @@ from filter_server.server.learning import (
     add_learning_service,
     read_admin_token,
 )
+from filter_server.server.preflight import PreflightError, preflight
 from filter_server.server.servicer import SERVICE_NAME, FilterServicer, add_filter_service
 from filter_server.server.store_suppression import StoreSuppression
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
