@@ -4,6 +4,8 @@ filter's own verdicts), what it stores for the next training run, and its limits
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -12,6 +14,7 @@ import pytest
 from filter_server.server.learning import _already_known
 from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
 from testkit.filter import HAM, SPAM
+from testkit.processes import mailwarden_argv
 
 TOKEN = "learn-admin-credential"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -111,3 +114,27 @@ def test_a_sure_agreeing_model_makes_a_label_already_known() -> None:
     assert _already_known(filter_pb2.LABEL_HAM, "ACCEPT", 0.001)
     assert not _already_known(filter_pb2.LABEL_HAM, "TAG", 0.001)         # a false positive
     assert not _already_known(filter_pb2.LABEL_HAM, "ACCEPT", -1.0)       # no model
+
+
+def test_mailwarden_learn_command_records_files_and_reports_refusals(
+        servers, policy_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "learnt"
+    server = servers(policy_dir, "--learn-dir", str(folder),
+                     env={"MAILWARDEN_ADMIN_TOKEN": TOKEN}).wait_serving()
+    message = tmp_path / "junk.eml"
+    message.write_bytes(SPAM)
+
+    def cli(*args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(mailwarden_argv("learn", "--target", server.address, *args),
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "MAILWARDEN_ADMIN_TOKEN": token})
+
+    done = cli("--spam", str(message))
+    assert done.returncode == 0, done.stderr
+    assert "RECORDED" in done.stdout and "1 spam" in done.stdout
+    assert (folder / "spam" / f"{hashlib.sha256(SPAM).hexdigest()}.eml").exists()
+    denied = cli("--ham", str(message), token="wrong")
+    assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+    assert "Traceback" not in denied.stderr
+    missing = cli("--ham", str(tmp_path / "nope.eml"))
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
