@@ -142,6 +142,8 @@ def traits(parsed: ParsedMessage) -> set[str]:
     out = link_text_traits(parsed) if parsed.link_texts else set()
     sender = _sender_domain(parsed)
     domains = {registered_domain(h) for h in parsed.uri_hosts[:64]}
+    if sender and sender in domains:
+        out.add("SENDER_DOMAIN_IN_LINKS")
     if sender:
         domains.add(sender)
     if any(lookalike_brand(d) for d in domains if "." in d):

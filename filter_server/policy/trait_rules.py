@@ -12,6 +12,8 @@ TRAITS: dict[str, str] = {
                                  "goes to another domain",
     "LOOKALIKE_BRAND_DOMAIN": "a link or the sender is in a domain spelt like a brand's "
                               "(paypa1, rnicrosoft, amazon-secure) that is not the brand's",
+    "SENDER_DOMAIN_IN_LINKS": "the sender's domain is among the domains the message links "
+                              "to (a sender consistent with its links)",
     "LIST_UNSUB_FROM_DOMAIN": "List-Unsubscribe points into the sender's own domain "
                               "(a consistent bulk sender)",
 }

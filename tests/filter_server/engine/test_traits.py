@@ -48,15 +48,17 @@ def test_link_text_naming_a_brand_that_goes_elsewhere() -> None:
 
 
 def test_link_text_of_another_shop_is_only_the_helper_trait() -> None:
-    raw = html_mail('<a href="http://click.tracker.example/r?1">www.shop.example</a>')
-    assert traits_of(raw) == {"LINK_TEXT_OTHER_DOMAIN"}
+    raw = html_mail('<a href="http://click.tracker.example/r?1">www.deals.example</a>')
+    assert traits_of(raw) == {"LINK_TEXT_OTHER_DOMAIN"}   # no brand: not the phishing form
 
 
-def test_honest_links_fire_nothing() -> None:
+def test_honest_links_fire_only_the_consistent_sender_trait() -> None:
     raw = html_mail('<a href="https://www.shop.example/deals">shop.example</a> '
                     '<a href="https://shop.example/x">read more</a> '
                     '<a href="mailto:help@shop.example">help@other.example</a>')
-    assert traits_of(raw) == set()
+    assert traits_of(raw) == {"SENDER_DOMAIN_IN_LINKS"}
+    elsewhere = html_mail('<a href="https://cheap.example/x">read more</a>')
+    assert traits_of(elsewhere) == set()
 
 
 def test_a_look_alike_sender_or_link_host() -> None:
