@@ -10,6 +10,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from filter_server.server.learning import _already_known
 from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
@@ -103,6 +106,8 @@ def test_learn_is_disabled_without_an_admin_credential_or_a_folder(
     error = refused(no_folder, SPAM, filter_pb2.LABEL_SPAM)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "--learn-dir" in error.details()
+    services = ProtoReflectionDescriptorDatabase(no_folder.channel()).get_services()
+    assert "mailwarden.filter.v1.Learning" in services   # discoverable, like Filter
 
 
 def test_a_sure_agreeing_model_makes_a_label_already_known() -> None:
