@@ -159,14 +159,19 @@ class ServerProcess:
         """Send `signum` to the process itself (as the kubelet signals a container)."""
         if self.alive():
             assert self.process is not None
-            self.process.send_signal(signum)
+            self.process.send_signal(signal.SIGTERM if signum is None else signum)
 
-    def stop(self, grace: float = STOP_TIMEOUT_SECONDS) -> int | None:
-        """SIGTERM, then SIGKILL to the whole group after `grace` seconds; the exit code."""
+    def stop(self, grace: float = STOP_TIMEOUT_SECONDS, *,
+             signum: int | None = None) -> int | None:
+        """`signum` (default SIGTERM: a graceful stop), then SIGKILL to the whole group
+        after `grace` seconds; the exit code. SIGKILL goes to the whole group at once, as a
+        crash would."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        if signum == signal.SIGKILL:
+            self.kill()
+        elif self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM if signum is None else signum)
             try:
                 self.process.wait(grace)
             except subprocess.TimeoutExpired:

@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import dns.message
 import dns.query
@@ -171,20 +172,21 @@ zone:
         self.stop()
 
 
-class DelayRelay:
-    """A slow DNS server: forwards each UDP query to `upstream` and answers after `delay`
-    seconds (TCP is not relayed: the tests' answers fit in UDP)."""
+class SilentServer:
+    """A dead DNS server: a UDP socket that takes queries and never answers (as a host
+    that went away behind a firewall that drops packets), counting them."""
 
-    def __init__(self, upstream_port: int, delay: float) -> None:
-        self.delay = delay
-        self.upstream = ("127.0.0.1", upstream_port)
+    thread_name = "dns-silent"
+
+    def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
         self.received = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="dns-delay")
+        self._thread = threading.Thread(target=self._serve, daemon=True,
+                                        name=self.thread_name)
 
     @property
     def address(self) -> str:
@@ -199,7 +201,34 @@ class DelayRelay:
             except OSError:
                 return
             self.received += 1
-            threading.Thread(target=self._answer, args=(query, peer), daemon=True).start()
+            self._on_query(query, peer)
+
+    def _on_query(self, query: bytes, peer: tuple) -> None:
+        """Drop it: a dead server never answers."""
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+class DelayRelay(SilentServer):
+    """A slow DNS server: forwards each UDP query to `upstream` and answers after `delay`
+    seconds (TCP is not relayed: the tests' answers fit in UDP)."""
+
+    thread_name = "dns-delay"
+
+    def __init__(self, upstream_port: int, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.upstream = ("127.0.0.1", upstream_port)
+
+    def _on_query(self, query: bytes, peer: tuple) -> None:
+        threading.Thread(target=self._answer, args=(query, peer), daemon=True).start()
 
     def _answer(self, query: bytes, peer: tuple) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
@@ -215,52 +244,6 @@ class DelayRelay:
             self.sock.sendto(reply, peer)
         except OSError:
             pass
-
-    def __enter__(self) -> "DelayRelay":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
-
-
-class SilentServer:
-    """A dead DNS server: a UDP socket that takes queries and never answers (as a host
-    that went away behind a firewall that drops packets), counting them."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.received = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="dns-silent")
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sock.recvfrom(65535)
-                self.received += 1
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-
-    def __enter__(self) -> "SilentServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
 
 
 # --- DKIM keys ---------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from testkit.mta import (
     MtaMissing,
     instance_root,
     remove_tree,
+    stop_group,
     wait_smtp_port,
 )
 from testkit.processes import free_port
@@ -122,15 +122,6 @@ class Haraka:
 
     def stop(self) -> None:
         if self.process is not None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(self.process.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.process.wait(10)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_group(self.process)
             self.process = None
         remove_tree(self.root)

@@ -379,18 +379,24 @@ class Exim:
     def stop(self) -> None:
         if self.daemon is None:
             return
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
-            try:
-                os.killpg(self.daemon.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.daemon.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self.daemon)
         self.daemon = None
         remove_tree(self.root)
+
+
+def stop_group(process: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM the daemon's process group (it forks per connection), SIGKILL it after
+    `grace` seconds, and reap the leader."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def remove_tree(path: Path) -> None:
@@ -475,15 +481,6 @@ class RspamdProxy:
 
     def stop(self) -> None:
         if self.process is not None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(self.process.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.process.wait(10)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_group(self.process)
             self.process = None
         remove_tree(self.root)

@@ -137,7 +137,7 @@ def _peering_takeover(lifetime: int, sig: int) -> float:
                 wait_for(lambda: _ready(cluster, "ha", "first"), 60, "first Ready")
                 # Kill at a random point of the keep-alive cycle, as a crash would.
                 time.sleep(1 + (time.time_ns() % 1000) / 1000 * lifetime / 2)
-                active.stop(sig)
+                active.stop(signum=sig)
                 stopped = time.monotonic()
                 cluster.kube.create(SPAMPOLICIES, "ha", example_policy("ha", "second"))
                 wait_for(lambda: _ready(cluster, "ha", "second"), 3 * lifetime + 60,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,8 +19,8 @@ import yaml
 from kubernetes import client as k8s
 
 from mailwarden_operator import crd
-from mailwarden_operator.spampolicy import naming
 from mailwarden_operator.common.kube import DEPLOYMENTS, Kube, KubeError, Resource
+from mailwarden_operator.spampolicy import naming
 from testkit.processes import ServerProcess, free_port, scraped_total
 from tests.operator.emulator import EmulatorThread
 
@@ -120,19 +119,6 @@ class OperatorProcess(ServerProcess):
     def metric(self, metric_name: str, /, **labels: str) -> float:
         return scraped_total(f"http://127.0.0.1:{self.metrics_port}/metrics", metric_name,
                              **labels)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:  # type: ignore[override]
-        """Send `sig` to the operator's group; SIGKILL what is left after 30 seconds."""
-        if self.alive():
-            assert self.process is not None
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
     def tail(self, lines: int = 40) -> str:
         try:

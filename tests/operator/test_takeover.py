@@ -56,7 +56,7 @@ def _takeover(cluster: Cluster, tmp_path: Path) -> None:
             spec["policy"]["rules"][0]["pattern"] = "(oops"
             assert _review(standby.webhook_port, spec)["allowed"] is False
 
-            active.stop(signal.SIGKILL)
+            active.stop(signum=signal.SIGKILL)
             killed = time.monotonic()
             cluster.kube.create(SPAMPOLICIES, "ha", example_policy("ha", "second"))
             wait_for(lambda: _reconciled(cluster, "ha", "second"), 90,

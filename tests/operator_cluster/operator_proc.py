@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -67,18 +65,6 @@ class OperatorOnCluster(ServerProcess):
 
     def metric(self, metric_name: str, /, **labels: str) -> float:
         return scraped_total(self._url(self.metrics_port, "/metrics"), metric_name, **labels)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:  # type: ignore[override]
-        if self.alive():
-            assert self.process is not None
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
     def tail(self, lines: int = 60) -> str:
         try:
@@ -190,7 +176,8 @@ def install_webhook(cp: ControlPlane, cert_dir: Path, port: int) -> list[dict[st
 
 
 def uninstall_webhook(cp: ControlPlane, created: list[dict[str, Any]]) -> None:
-    from tests.operator_cluster.kubeapi import kubectl
     import yaml
+
+    from tests.operator_cluster.kubeapi import kubectl
     kubectl(cp, "delete", "--ignore-not-found", "-f", "-",
             stdin=yaml.safe_dump_all(list(reversed(created))))
