@@ -15,6 +15,7 @@ redirectors) and 0.9% of the spam — a phishing sign only together with a brand
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from filter_server.bayes.normalize import fold
 from filter_server.message import ParsedMessage, uri_host
@@ -43,6 +44,15 @@ _TEXT_DOMAIN = re.compile(
 _UNSUB_DOMAIN = re.compile(r"(?i)(?:https?://|mailto:[^@>\s]*@)([a-z0-9.-]+\.[a-z]{2,})")
 
 
+# Hosts and sender domains repeat from message to message (the same shops, the same
+# redirectors): their answers are kept, a bounded number per process, of names no longer
+# than a DNS name can be (longer ones are no host anyone can link to, and are skipped), so
+# the caches hold at most a few MB whatever the mail.
+CACHED_DOMAINS = 8192
+MAX_HOST_CHARS = 253
+
+
+@lru_cache(maxsize=CACHED_DOMAINS)
 def registered_domain(host: str) -> str:
     """The domain a host was registered under (approximately: the last two labels, three
     under a country's co/com/net/org ...)."""
@@ -86,6 +96,7 @@ def _one_edit(a: str, b: str) -> bool:
     return short[i:] == long_[i + 1:]
 
 
+@lru_cache(maxsize=CACHED_DOMAINS)
 def lookalike_brand(domain: str) -> str | None:
     """The brand a registered domain imitates, or None (also None for the brand's own
     domains: paypal.com, paypal.co.uk)."""
@@ -121,9 +132,9 @@ def link_text_traits(parsed: ParsedMessage) -> set[str]:
         if found is None:
             continue
         host = _http_host(href)
-        if host is None:
+        if host is None or len(host) > MAX_HOST_CHARS:
             continue
-        shown = registered_domain(found.group(1) or found.group(2))
+        shown = registered_domain((found.group(1) or found.group(2))[:MAX_HOST_CHARS])
         if shown == registered_domain(host):
             continue
         out.add("LINK_TEXT_OTHER_DOMAIN")
@@ -133,15 +144,18 @@ def link_text_traits(parsed: ParsedMessage) -> set[str]:
 
 
 def _sender_domain(parsed: ParsedMessage) -> str:
-    address = parsed.from_address
-    return registered_domain(address.rpartition("@")[2]) if "@" in address else ""
+    domain = parsed.from_address.rpartition("@")[2]
+    if "@" not in parsed.from_address or len(domain) > MAX_HOST_CHARS:
+        return ""
+    return registered_domain(domain)
 
 
 def traits(parsed: ParsedMessage) -> set[str]:
     """The names of the TRAITS that hold for `parsed`."""
     out = link_text_traits(parsed) if parsed.link_texts else set()
     sender = _sender_domain(parsed)
-    domains = {registered_domain(h) for h in parsed.uri_hosts[:64]}
+    domains = {registered_domain(h) for h in parsed.uri_hosts[:64]
+               if len(h) <= MAX_HOST_CHARS}
     if sender and sender in domains:
         out.add("SENDER_DOMAIN_IN_LINKS")
     if sender:
@@ -151,6 +165,7 @@ def traits(parsed: ParsedMessage) -> set[str]:
     unsubscribe = parsed.header_map.get("list-unsubscribe")
     if sender and unsubscribe:
         if any(registered_domain(d) == sender
-               for value in unsubscribe for d in _UNSUB_DOMAIN.findall(value[:2048])):
+               for value in unsubscribe for d in _UNSUB_DOMAIN.findall(value[:2048])
+               if len(d) <= MAX_HOST_CHARS):
             out.add("LIST_UNSUB_FROM_DOMAIN")
     return out
