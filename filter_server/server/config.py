@@ -163,8 +163,13 @@ class ServeConfig:
             elif not os.access(self.learn_dir if self.learn_dir.exists()
                                else self.learn_dir.parent, os.W_OK):
                 out.append(f"--learn-dir: cannot write in {self.learn_dir}")
-        if self.admin_token_file is not None and not os.access(self.admin_token_file, os.R_OK):
-            out.append(f"--admin-token-file: cannot read {self.admin_token_file}")
+        if self.admin_token_file is not None:
+            try:
+                if not self.admin_token_file.read_text().strip():
+                    out.append(f"--admin-token-file: {self.admin_token_file} is empty")
+            except (OSError, UnicodeDecodeError) as exc:
+                out.append(f"--admin-token-file: cannot read {self.admin_token_file} "
+                           f"({getattr(exc, 'strerror', None) or exc})")
         if self.require_client_cert and self.tls_dir is None:
             out.append("--require-client-cert needs --tls-dir")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

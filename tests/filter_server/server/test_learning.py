@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from filter_server.server.config import ServeConfig
 from filter_server.server.learning import _already_known
 from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
 from testkit.filter import HAM, SPAM
@@ -143,3 +144,16 @@ def test_mailwarden_learn_command_records_files_and_reports_refusals(
     assert "Traceback" not in denied.stderr
     missing = cli("--ham", str(tmp_path / "nope.eml"))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+def test_serve_refuses_an_empty_or_unreadable_admin_token_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    problems = ServeConfig(policy_dir=tmp_path, admin_token_file=empty).problems()
+    assert problems == [f"--admin-token-file: {empty} is empty"]
+    missing = ServeConfig(policy_dir=tmp_path, admin_token_file=tmp_path / "nope").problems()
+    assert len(missing) == 1 and "cannot read" in missing[0]
+    not_dir = tmp_path / "file"
+    not_dir.write_text("x")
+    assert ServeConfig(policy_dir=tmp_path, learn_dir=not_dir).problems() == \
+        [f"--learn-dir: {not_dir} is not a directory"]
