@@ -171,13 +171,14 @@ class LoadRun:
     parallelism: int = 1
     avoid_nodes: tuple[str, ...] = ()
     deadline: float = 5.0
+    extra_args: tuple[str, ...] = ()       # more `mwclient.py load` options
     name: str = field(default_factory=lambda: unique("load"))
     started: float = 0.0
 
     def start(self) -> "LoadRun":
         command = ["python", "/e2e/bin/mwclient.py", "load", "--target", self.target,
                    "--threads", str(self.threads), "--rate", str(self.rate),
-                   "--deadline", str(self.deadline)]
+                   "--deadline", str(self.deadline), *self.extra_args]
         self.kube.apply(job_manifest(self.name, self.image, command,
                                      parallelism=self.parallelism,
                                      avoid_nodes=self.avoid_nodes, cpu="200m"))
@@ -226,13 +227,19 @@ class LoadRun:
         assert state == "Complete" and len(found) == self.parallelism, \
             f"load Job {self.name} ended {state} with {len(found)} summaries:\n{text[-6000:]}"
         total: dict[str, Any] = {"ok": 0, "failed": 0, "codes": {}, "failures": [],
-                                 "hashes": {}, "last_hashes": [], "pods": found}
+                                 "hashes": {}, "last_hashes": [], "pods": found,
+                                 "disturbed": [], "disturbed_total": 0, "hash_seen": {}}
         for item in found:
             assert item["stopped_by"] == "stop-file", f"load ran out of time: {item}"
             total["ok"] += item["ok"]
             total["failed"] += item["failed"]
             total["failures"] += item["failures"]
             total["last_hashes"] += item["last_hashes"]
+            total["disturbed"] += item.get("disturbed", [])
+            total["disturbed_total"] += item.get("disturbed_total", 0)
+            for key, (first, last) in item.get("hash_seen", {}).items():
+                was = total["hash_seen"].get(key, [first, last])
+                total["hash_seen"][key] = [min(was[0], first), max(was[1], last)]
             for key in ("codes", "hashes"):
                 for k, v in item[key].items():
                     total[key][k] = total[key].get(k, 0) + v
@@ -243,3 +250,17 @@ def describe_load(summary: dict[str, Any]) -> str:
     latencies = [p["latency_ms"] for p in summary["pods"]]
     return (f"{summary['ok']} calls answered, {summary['failed']} failed "
             f"(codes {summary['codes']}), latency per load pod {latencies}")
+
+
+def disturbance(summary: dict[str, Any], since: float = 0.0) -> dict[str, Any]:
+    """What the load's clients saw after wall-clock time `since` (a fault's injection):
+    the calls that failed or were slow (mwclient's --slow-seconds), and the window from the
+    first such call's start to the last one's end (0 when there was none)."""
+    calls = [d for d in summary["disturbed"] if d[1] >= since]
+    window = (max(d[1] for d in calls) - min(d[0] for d in calls)) if calls else 0.0
+    failed = [d for d in calls if d[2] != "OK"]
+    return {"calls": len(calls), "failed": len(failed),
+            "codes": {c: sum(1 for d in calls if d[2] == c) for c in {d[2] for d in calls}},
+            "window_seconds": round(window, 3),
+            "first": round(min(d[0] for d in calls) - since, 3) if calls else None,
+            "last": round(max(d[1] for d in calls) - since, 3) if calls else None}

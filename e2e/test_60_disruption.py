@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
 
+from e2e import figures
 from e2e.conftest import E2E
-from e2e.jobs import LoadRun, describe_load
+from e2e.jobs import LoadRun, describe_load, disturbance
 from e2e.kube import KubectlError, wait_for
 
 pytestmark = pytest.mark.timeout(1200)
@@ -114,14 +116,27 @@ def test_draining_a_node_respects_the_pdb_with_zero_failed_calls(e2e: E2E) -> No
     candidates = sorted(filter_nodes - store_nodes) or sorted(filter_nodes)
     node = candidates[0]
     minimum = pdb_min_healthy(e2e)
+    want = len(e2e.filter_pods())
+    moved = {p["metadata"]["name"] for p in e2e.filter_pods() if p["spec"]["nodeName"] == node}
     # The load runs elsewhere: the drain must not take down what measures it.
     load = LoadRun(e2e.kube, e2e.image, e2e.target, threads=4, rate=40,
                    avoid_nodes=(node,)).start()
+    timeline: dict[str, float] = {}
     try:
         with ReadyWatch(e2e) as watch:
+            began_at = time.time()
+            began = time.monotonic()
             drained = e2e.kube.run("drain", node, "--ignore-daemonsets",
                                    "--delete-emptydir-data", "--timeout=600s",
                                    namespaced=False, timeout=700)
+            timeline["kubectl drain returned"] = time.monotonic() - began
+            # Full capacity: as many ready pods elsewhere as the Deployment wants now (the
+            # HPA may be scaling meanwhile).
+            wait_for(lambda: len([p for p in e2e.filter_pods()
+                                  if p["spec"]["nodeName"] != node]) >= min(want, e2e.kube.json(
+                                      "get", "deployment", e2e.workload)["spec"]["replicas"]),
+                     300, f"the wanted ready filter pods off {node}", interval=0.5)
+            timeline["full capacity on the other nodes"] = time.monotonic() - began
             e2e.wait_policy_settled()
         load.wait_more_answers(100)
     finally:
@@ -129,6 +144,13 @@ def test_draining_a_node_respects_the_pdb_with_zero_failed_calls(e2e: E2E) -> No
         e2e.kube.run("uncordon", node, namespaced=False, check=False)
     retries = drained.stdout.count("disruption budget") + drained.stderr.count(
         "disruption budget")
+    seen = disturbance(summary, began_at)
+    figures.record("drain", node=node, moved_pods=sorted(moved), timeline=timeline,
+                   clients=seen, answered=summary["ok"], failed=summary["failed"],
+                   codes=summary["codes"], ready_low=watch.low, pdb_minimum=minimum,
+                   pdb_refusals_retried=retries,
+                   latency_ms=[p["latency_ms"] for p in summary["pods"]])
+    print(f"drained {node} ({sorted(moved)}), seconds: {timeline}; clients: {seen}")
     print(f"drained {node}: ready filter pods never below {watch.low} "
           f"({watch.samples} samples, PDB minimum {minimum}); kubectl drain retried "
           f"{retries} eviction(s) refused by a PDB; {describe_load(summary)}")

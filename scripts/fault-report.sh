@@ -5,6 +5,10 @@
 # About 20 minutes on 2 cores. Extra arguments go to the report, e.g.
 #   scripts/fault-report.sh --short              the CI versions (about 3 minutes)
 #   scripts/fault-report.sh --only sigkill,rollout --out /tmp/fault
+#   scripts/fault-report.sh --e2e                the HA scenarios on the real control plane
+#                                                (drain, node loss, operator takeover; e2e/,
+#                                                long profile, about 9 minutes) ->
+#                                                docs/fault/ha-report.md
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -12,6 +16,11 @@ scripts/bootstrap.sh
 if ! .venv/bin/python -c "import matplotlib" 2>/dev/null; then
   echo "[fault-report] installing the bench extra (matplotlib)" >&2
   .venv/bin/pip install -q -e '.[dev,bench]'
+fi
+if [[ "${1:-}" == "--e2e" ]]; then
+  shift
+  export PATH="$root/.cache/bin:$PATH"
+  exec .venv/bin/python -m e2e.ha_report "$@"
 fi
 args=("$@")
 has_profile=0

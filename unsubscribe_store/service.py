@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 MAX_CHECK_BATCH = 1000
 MAX_TEXT = 200
-IMPORT_BATCH = 500
 SNAPSHOT_BATCH = 1000
 # Heartbeats are taken from memory (see feed), but each is still a message per stream: a
 # floor of half a second keeps 300 streams at 600 messages a second.
@@ -322,7 +321,7 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                     continue
                 summary.rows += 1
                 batch.append(item)
-                if len(batch) >= IMPORT_BATCH:
+                if len(batch) >= self.store.import_batch:
                     await flush()
 
         try:

@@ -58,6 +58,10 @@ class Store(abc.ABC):
     backend: str = ""
     highly_available: bool = False
 
+    # Rows of an Import written per transaction (a backend with a set-based upsert takes
+    # more at a time).
+    import_batch = 500
+
     def __init__(self, durability: str = "local") -> None:
         if durability not in DURABILITIES:
             raise ValueError(f"durability must be one of {DURABILITIES}, not {durability!r}")

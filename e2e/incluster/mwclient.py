@@ -31,6 +31,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc
+
 from mailwarden.client import ClassifyError, FilterClient, verdict_dict
 
 SUMMARY_PREFIX = "E2E-SUMMARY "
@@ -69,12 +71,28 @@ class Tally:
         self.failures: list[dict[str, object]] = []
         self.last_hashes: collections.deque[str] = collections.deque(maxlen=50)
         self.latencies: list[float] = []
+        # Calls that failed or took longer than --slow-seconds, as wall-clock [start, end,
+        # code]: a fault test lines them up with the moment it injected the fault.
+        self.disturbed: list[tuple[float, float, str]] = []
+        self.disturbed_total = 0
+        # Per policy hash: wall-clock time of its first and last answer (a rollout's
+        # "every response carries the new hash after").
+        self.hash_seen: dict[str, list[float]] = {}
+
+    def disturbance(self, start: float, end: float, code: str) -> None:
+        with self.lock:
+            self.disturbed_total += 1
+            if len(self.disturbed) < 2000:
+                self.disturbed.append((round(start, 3), round(end, 3), code))
 
     def success(self, policy_hash: str, seconds: float) -> None:
         with self.lock:
             self.ok += 1
             self.hashes[policy_hash] += 1
             self.last_hashes.append(policy_hash)
+            now = round(time.time(), 3)
+            seen = self.hash_seen.setdefault(policy_hash, [now, now])
+            seen[1] = now
             if len(self.latencies) < 200_000:
                 self.latencies.append(seconds)
 
@@ -94,8 +112,28 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
 
 
+KEEPALIVE_KEYS = ("grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms")
+
+
+def _override_keepalive(milliseconds: int) -> None:
+    """An experiment's setting (docs/fault.md, node loss): how soon the client notices a
+    silent peer, pinging every `milliseconds` and giving a connection up after as long
+    without an answer. FilterClient's `options` cannot do it: its own keepalive settings
+    come first, and gRPC Python keeps the first of two equal keys (measured with grpcio
+    1.85.4). So the channel's options are rewritten on their way to gRPC instead."""
+    original = grpc.insecure_channel
+
+    def channel(target: str, options=None, compression=None):  # noqa: ANN001, ANN202
+        kept = [o for o in options or [] if o[0] not in KEEPALIVE_KEYS]
+        return original(target, [*kept, *((k, milliseconds) for k in KEEPALIVE_KEYS)],
+                        compression)
+    grpc.insecure_channel = channel
+
+
 def run_load(args: argparse.Namespace) -> int:
     messages = read_messages(args.messages)
+    if args.keepalive_ms:
+        _override_keepalive(args.keepalive_ms)
     client = FilterClient(args.target, deadline=args.deadline)
     tally = Tally()
     stop = threading.Event()
@@ -110,17 +148,24 @@ def run_load(args: argparse.Namespace) -> int:
             request_id = f"{args.name}-{index}-{n}"
             n += 1
             sent = time.monotonic()
+            sent_wall = time.time()
+            code = "OK"
             try:
                 reply = client.classify(raw, mail_from="sender@shop.example",
                                         recipients=["rcpt@example.com"],
                                         request_id=request_id)
             except ClassifyError as exc:
-                tally.failure(exc.code.name, exc.details, request_id, sent - started)
+                code = exc.code.name
+                tally.failure(code, exc.details, request_id, sent - started)
             except Exception as exc:  # noqa: BLE001 - every failure is counted, never lost
-                tally.failure("EXCEPTION", f"{type(exc).__name__}: {exc}", request_id,
+                code = "EXCEPTION"
+                tally.failure(code, f"{type(exc).__name__}: {exc}", request_id,
                               sent - started)
             else:
                 tally.success(reply.policy_hash, time.monotonic() - sent)
+            took = time.monotonic() - sent
+            if code != "OK" or took > args.slow_seconds:
+                tally.disturbance(sent_wall, sent_wall + took, code)
             if interval:
                 next_at += interval
                 delay = next_at - time.monotonic()
@@ -154,6 +199,11 @@ def run_load(args: argparse.Namespace) -> int:
             "ok": tally.ok, "failed": tally.failed, "codes": dict(tally.codes),
             "failures": tally.failures, "hashes": dict(tally.hashes),
             "last_hashes": list(tally.last_hashes),
+            "started_wall": round(time.time() - (time.monotonic() - started), 3),
+            "slow_seconds": args.slow_seconds,
+            "disturbed": [list(d) for d in tally.disturbed],
+            "disturbed_total": tally.disturbed_total,
+            "hash_seen": tally.hash_seen,
             "latency_ms": {"p50": _percentile(tally.latencies, 0.50),
                            "p99": _percentile(tally.latencies, 0.99),
                            "max": _percentile(tally.latencies, 1.0)},
@@ -243,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--rate", type=float, default=0.0,
                       help="calls per second in all (0: as fast as the threads go)")
     load.add_argument("--deadline", type=float, default=5.0)
+    load.add_argument("--keepalive-ms", type=int, default=0,
+                      help="gRPC keepalive time and timeout (0: the FilterClient's own)")
+    load.add_argument("--slow-seconds", type=float, default=1.0,
+                      help="a call slower than this is listed as disturbed, as a failed one")
     load.add_argument("--max-seconds", type=float, default=900.0)
     load.add_argument("--report-every", type=float, default=2.0)
     load.add_argument("--stop-file", type=Path, default=DEFAULT_STOP_FILE)

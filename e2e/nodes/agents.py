@@ -269,6 +269,48 @@ class NodeAgents:
             time.sleep(0.02)
         self._cleanup(name)
 
+    def kill_pod(self, name: str, pod_uid: str) -> int:
+        """A crash of one pod on node `name`: SIGKILL every process of its containers at once
+        (frozen first, so none forks away). The agent sees its containers exit and restarts
+        them as the kubelet would. Returns how many processes were killed."""
+        state = json.loads((self.state_dir(name) / "agent.json").read_text())
+        freezer = Path(state["cgroups"]["freezer"])
+        pods = [d for d in freezer.rglob(f"pod{pod_uid}") if d.is_dir()]
+        if not pods:
+            raise NodeAgentError(f"no cgroup of pod {pod_uid} on node {name}")
+        killed = 0
+        for group in pods:
+            frozen = _write(group / "freezer.state", "FROZEN")
+            for pid in _cgroup_pids(group):
+                _kill(pid)
+                killed += 1
+            if frozen:
+                _write(group / "freezer.state", "THAWED")
+        return killed
+
+    def blackhole(self, addresses: list[str]) -> None:
+        """Cut `addresses` (pod IPs) off silently, both ways: each pod's host-side veth goes
+        down (nothing it sends leaves, not even the FIN or RST of a killed process) and a
+        `blackhole` route replaces its /32 route (what is sent to it is dropped without the
+        ICMP error the cluster range's `unreachable` route would give). A machine that
+        vanishes (power, a cut link) looks like this; with it before `kill_node`, clients
+        find out only through their own timeouts."""
+        for address in addresses:
+            routes = json.loads(subprocess.run(
+                ["ip", "-j", "-4", "route", "show", f"{address}/32"], check=True,
+                capture_output=True, text=True).stdout or "[]")
+            for route in routes:
+                if route.get("dev"):
+                    subprocess.run(["ip", "link", "set", "dev", route["dev"], "down"],
+                                   check=True, capture_output=True, text=True)
+            subprocess.run(["ip", "route", "replace", "blackhole", f"{address}/32"],
+                           check=True, capture_output=True, text=True)
+
+    def unblackhole(self, addresses: list[str]) -> None:
+        for address in addresses:
+            subprocess.run(["ip", "route", "del", "blackhole", f"{address}/32"],
+                           capture_output=True, text=True)
+
     def restart_node(self, name: str) -> None:
         """Start a killed (or stopped) node's agent again and wait until it is Ready."""
         proc = self.procs.get(name)

@@ -13,6 +13,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 
 class ProviderError(RuntimeError):
@@ -39,10 +40,33 @@ class Cluster:
     # The cluster DNS (the pods' nameserver, HOST or HOST:PORT) when this machine can query
     # it too: the suite then asks it what the filter pods' sender authentication asked.
     dns_server: str | None = None
+    # Fault injection on the nodes themselves, when the provider can (the process
+    # provider): node loss and pod crashes by SIGKILL.
+    faults: "NodeFaults | None" = None
 
     def env(self) -> dict[str, str]:
         """Environment for kubectl/helm against this cluster (never the user's context)."""
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": self.path}
+
+
+class NodeFaults(Protocol):
+    """What a fault test may do to the machines under the cluster."""
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL the node's agent and every process of its pods, remove their network
+        namespaces; the Node object stays and stops renewing its lease."""
+
+    def restart_node(self, name: str) -> None:
+        """Start a killed node's agent again; returns once the Node is Ready."""
+
+    def blackhole(self, addresses: list[str]) -> None:
+        """Drop every packet to these pod IPs silently (a vanished machine's silence)."""
+
+    def unblackhole(self, addresses: list[str]) -> None:
+        """Undo `blackhole`."""
+
+    def kill_pod(self, name: str, pod_uid: str) -> int:
+        """SIGKILL every process of one pod on node `name` (a crash, not a deletion)."""
 
 
 class Provider(ABC):

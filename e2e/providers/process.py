@@ -67,7 +67,8 @@ class ProcessProvider(Provider):
                                 os.environ.get("PATH", "")])
         return Cluster(provider=self.name, kubeconfig=Path(cp.kubeconfig), path=path,
                        image=IMAGE, host_address=cp.host_ip, pod_sources=(cp.cluster_cidr,),
-                       audit_log=cp.logs / "audit.log", dns_server=cp.dns_ip)
+                       audit_log=cp.logs / "audit.log", dns_server=cp.dns_ip,
+                       faults=self.nodes)
 
     def down(self) -> None:
         if self.nodes is not None:

@@ -63,6 +63,13 @@ class ServeConfig:
     port_file: Path | None = None
     suppression_store: str | None = None
     suppression_stale_after: float = 10.0
+    # The HMAC key of the suppression fingerprints (a mounted Secret; None: a random key per
+    # pod, made by the supervisor), and the directory where the supervisor writes the index
+    # every worker maps (None: a private temporary directory). server/suppression_index.py.
+    suppression_key_file: Path | None = None
+    suppression_index_dir: Path | None = None
+    # Set by the supervisor for its workers, never by hand: the index file to map.
+    suppression_index_file: Path | None = None
     # Mail-server protocols (filter_server/protocols): a port each, None = off (0 = pick a
     # free one); their connections' idle timeout, a message's deadline once received, and
     # the connections each worker keeps open per protocol.
@@ -114,8 +121,9 @@ class ServeConfig:
     @classmethod
     def from_json(cls, text: str) -> "ServeConfig":
         doc = json.loads(text)
-        for key in ("policy_dir", "tls_dir", "port_file", "signing_key_dir", "learn_dir",
-                    "admin_token_file"):
+        for key in ("policy_dir", "tls_dir", "port_file", "signing_key_dir",
+                    "suppression_key_file", "suppression_index_dir", "suppression_index_file",
+                    "learn_dir", "admin_token_file"):
             if doc.get(key) is not None:
                 doc[key] = Path(doc[key])
         return cls(**doc)

@@ -74,9 +74,6 @@ def budget_for(limit_share: int | None, resident: int) -> int:
     return max(0, int((limit_share - resident - PARSE_RESERVE_BYTES) * BUDGET_SHARE))
 
 
-# What one suppression (address and scope) costs in a worker's SuppressionCache, measured:
-# 300-310 bytes (a str key, a small dict per address).
-SUPPRESSION_BYTES = 320
 # Reservations larger than this (to receive a message of about 4 MiB or more) may together
 # take at most LARGE_SHARE of the budget, so the rest is always there for ordinary mail:
 # three calls that announced 25 MiB messages and never sent them held a worker's whole

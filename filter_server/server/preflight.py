@@ -6,6 +6,7 @@ from __future__ import annotations
 from filter_server.engine.compiled import CompiledPolicy
 from filter_server.server.config import EXIT_CONFIG, EXIT_POLICY, ServeConfig
 from filter_server.server.policy import PolicyLoadError, load_and_compile
+from filter_server.server.suppression_key import FingerprintKey, KeyUnusable
 from filter_server.server.tls import TlsConfigError, check_tls_dir
 
 
@@ -23,6 +24,11 @@ def preflight(config: ServeConfig) -> CompiledPolicy | None:
             check_tls_dir(config.tls_dir, config.require_client_cert)
         except TlsConfigError as exc:
             raise PreflightError(f"--tls-dir: {exc}", EXIT_CONFIG) from None
+    if config.suppression_key_file is not None:
+        try:
+            FingerprintKey.from_file(config.suppression_key_file)
+        except KeyUnusable as exc:
+            raise PreflightError(f"--suppression-key-file: {exc}", EXIT_CONFIG) from None
     if config.policy_wait_seconds > 0:
         return None
     if not config.policy_dir.is_dir():

@@ -26,14 +26,14 @@ NEVER_FRESH_AGE_SECONDS = 1e9
 
 class StoreSuppression:
     def __init__(self, cache: SuppressionCache, metrics: FilterMetrics, *,
-                 on_held: Callable[[int], None] | None = None) -> None:
+                 on_held: Callable[[int, int], None] | None = None) -> None:
         self.cache = cache
         self.metrics = metrics
-        # Told how many suppressions the cache holds (a snapshot being received included)
-        # whenever that changes, checked every export: the worker's memory budget leaves
-        # room for them (server/memory.py).
+        # Told the bytes the cache holds — (private, shared with the pod's other workers),
+        # a snapshot being received included — whenever that changes, checked every
+        # export: the worker's memory budget leaves room for them (server/memory.py).
         self.on_held = on_held
-        self._held = -1
+        self._held: tuple[int, int] = (-1, -1)
         self._stop = threading.Event()
         if cache.on_change is None:
             cache.on_change = self._changed
@@ -78,8 +78,8 @@ class StoreSuppression:
         while not self._stop.is_set():
             stats = self.cache.stats()
             self.metrics.suppression_cache_updated(stats, self.cache.stale_after)
-            held = stats.size + stats.loading
+            held = self.cache.held_bytes()
             if self.on_held is not None and held != self._held:
                 self._held = held
-                self.on_held(held)
+                self.on_held(*held)
             self._stop.wait(every)

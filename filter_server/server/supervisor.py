@@ -11,6 +11,9 @@ holds no gRPC state; it
     directory, removed at exit, or $MAILWARDEN_PATTERN_CACHE_DIR), so they load in
     milliseconds what preflight compiled
   - forwards SIGTERM/SIGINT to every worker as SIGTERM (each drains and stops gracefully)
+  - with --suppression-store, builds the pod's suppression index once (a snapshot-builder
+    process, restarted until it succeeds) into a file every worker maps read-only, so the
+    pod holds one copy of 8-byte fingerprints however many workers it runs
   - restarts a worker that dies, and gives up (exit 4) if workers keep dying
   - exits 3 with the reason if the policy never loads, 2 on configuration errors.
 """
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from filter_server.patterns import CACHE_DIR_ENV as PATTERN_CACHE_DIR_ENV
 from filter_server.server.config import (
@@ -46,6 +50,11 @@ from filter_server.server.metrics import (
 from filter_server.server.policy import PolicyLoadError, load_and_compile
 from filter_server.server.ports import PortInUse, reserve, write_port_file
 from filter_server.server.preflight import PreflightError, preflight
+from filter_server.server.suppression_key import FingerprintKey
+
+INDEX_FILE_NAME = "suppressions.idx"
+KEY_FILE_NAME = "fingerprint.key"
+MAX_BUILDER_BACKOFF_SECONDS = 10.0
 
 CRASH_WINDOW_SECONDS = 60.0
 MAX_CRASHES_IN_WINDOW = 5
@@ -76,6 +85,12 @@ class Supervisor:
         self._reservation: socket.socket | None = None
         self._protocol_reservations: list[socket.socket] = []
         self._health_reservation: socket.socket | None = None
+        self._index_dir: str | None = None
+        self._own_index_dir = False
+        self._builder: subprocess.Popen | None = None
+        self._builder_args: list[str] | None = None
+        self._builder_failures = 0
+        self._builder_due: float | None = None  # when to (re)start the builder
 
     def alive_workers(self) -> int:
         """Called from the metrics thread while the supervisor loop replaces workers, so it
@@ -102,6 +117,69 @@ class Supervisor:
             return
         self._pattern_cache_dir = tempfile.mkdtemp(prefix="mailwarden-patterns-")
         os.environ[PATTERN_CACHE_DIR_ENV] = self._pattern_cache_dir
+
+    def _prepare_suppression_index(self) -> tuple[Path, Path] | None:
+        """With --suppression-store: the index file the workers will map (built by a
+        snapshot-builder process the loop starts) and the fingerprint key file."""
+        config = self.config
+        if not config.suppression_store:
+            return None
+        if config.suppression_index_dir is not None:
+            os.makedirs(config.suppression_index_dir, exist_ok=True)
+            self._index_dir = str(config.suppression_index_dir)
+        else:
+            self._index_dir = tempfile.mkdtemp(prefix="mailwarden-suppressions-")
+            self._own_index_dir = True
+        index_file = Path(self._index_dir) / INDEX_FILE_NAME
+        # An index of a previous run may be of another key or a rewound store: workers
+        # wait for this run's.
+        index_file.unlink(missing_ok=True)
+        if config.suppression_key_file is not None:
+            key_file = config.suppression_key_file
+        else:
+            key_file = Path(self._index_dir) / KEY_FILE_NAME
+            key_file.unlink(missing_ok=True)
+            FingerprintKey.generate().write(key_file)
+        return index_file, key_file
+
+    def _plan_builder(self, worker_config: ServeConfig) -> None:
+        """The builder gets the workers' configuration: it reaches the store as they do."""
+        assert worker_config.suppression_index_file is not None
+        self._builder_args = [sys.executable, "-m", "filter_server.server.suppression_snapshot",
+                              worker_config.to_json(), str(worker_config.suppression_index_file)]
+        self._builder_due = time.monotonic()
+
+    def _tend_builder(self, now: float) -> None:
+        """Start the index builder when due; restart it (with backoff) until it succeeds."""
+        builder = self._builder
+        if builder is not None:
+            code = builder.poll()
+            if code is None:
+                return
+            self._builder = None
+            if code == 0:
+                self.log.info("suppression index built")
+                self._builder_due = None
+                return
+            self._builder_failures += 1
+            delay = min(MAX_BUILDER_BACKOFF_SECONDS, 0.5 * 2 ** (self._builder_failures - 1))
+            self.log.error("suppression index builder failed; retrying", extra={
+                "exit_code": code, "retry_in_seconds": delay})
+            self._builder_due = now + delay
+        if self._builder_due is not None and now >= self._builder_due and self._builder_args:
+            self._builder = subprocess.Popen(self._builder_args, stdin=subprocess.DEVNULL)
+            self._builder_due = None
+
+    def _stop_builder(self) -> None:
+        builder, self._builder = self._builder, None
+        self._builder_due = None
+        if builder is not None and builder.poll() is None:
+            builder.terminate()
+            try:
+                builder.wait(EXIT_MARGIN_SECONDS)
+            except subprocess.TimeoutExpired:
+                builder.kill()
+                builder.wait()
 
     def _spawn(self, index: int, worker_config: ServeConfig) -> None:
         assert self._metrics_dir is not None, "workers start after the metrics directory"
@@ -153,12 +231,17 @@ class Supervisor:
                 except PortInUse as exc:
                     raise Fatal(f"--{name}-port: {exc}", EXIT_CONFIG) from None
                 self._protocol_reservations.append(sock)
+            shared_index = self._prepare_suppression_index()
             worker_config = dataclasses.replace(
                 config, grpc_port=grpc_port, port_file=None,
+                suppression_index_file=shared_index[0] if shared_index else None,
+                suppression_key_file=shared_index[1] if shared_index else None,
                 memory_limit_bytes=self._worker_memory_share(),
                 milter_port=protocol_ports.get("milter"),
                 spamd_port=protocol_ports.get("spamd"),
                 rspamd_port=protocol_ports.get("rspamd"))
+            if shared_index:
+                self._plan_builder(worker_config)
             for index in range(config.workers):
                 if self._signals:  # stopped while starting: the loop below winds down
                     break
@@ -195,6 +278,9 @@ class Supervisor:
                 stop_deadline = now + self.config.drain_seconds + \
                     self.config.grace_seconds + EXIT_MARGIN_SECONDS
                 self._pending.clear()
+                self._stop_builder()
+            else:
+                self._tend_builder(now)
             for index, proc in list(self.workers.items()):
                 code = proc.poll()
                 if code is None:
@@ -263,6 +349,9 @@ class Supervisor:
             proc.wait()
 
     def _cleanup(self) -> None:
+        self._stop_builder()
+        if self._own_index_dir and self._index_dir:
+            shutil.rmtree(self._index_dir, ignore_errors=True)
         if self._reservation is not None:
             self._reservation.close()
         for sock in self._protocol_reservations:

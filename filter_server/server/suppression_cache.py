@@ -1,5 +1,5 @@
-"""SuppressionCache: the in-memory suppression set a filter pod keeps, fed by the store's
-``Watch`` stream.
+"""SuppressionCache: the suppression set a filter pod keeps, fed by the store's ``Watch``
+stream — as keyed fingerprints, never plaintext addresses (server/suppression_index.py).
 
     cache = SuppressionCache("unsubscribe-store:50061").start()
     cache.wait_ready(10)
@@ -10,7 +10,14 @@ after S); every reconnection resumes from the last sequence applied, so nothing 
 nothing is loaded twice. Sequences are gapless: a gap (or a store whose head is behind us)
 makes the cache drop its state and take a fresh snapshot rather than guess. A background
 thread does all of this, so the cache works the same under a threaded or an asyncio server;
-``suppressed()`` is a few dict look-ups under a lock.
+``suppressed()`` is an HMAC and a binary search or two per recipient.
+
+What the cache holds: a sorted array of 8-byte fingerprints (``SortedFingerprints``) as of
+one sequence of the change log, plus an overlay (fingerprint → complaint, or None when
+removed) of the changes applied since. A worker under the supervisor starts from the index
+file the supervisor built for the whole pod (``index_path``, mapped read-only, so every
+worker shares one copy) and resumes the Watch from that file's sequence; a lone worker, or
+one whose resume the store refuses, takes its own snapshot into a private array.
 
 Freshness: the store sends a heartbeat with its head sequence about every second. ``lag`` is
 head minus applied; ``age_seconds`` is the time since the cache last knew it had applied
@@ -21,24 +28,39 @@ the stream and reconnects.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from mailwarden.addresses import AddressInvalid, normalize_address, normalize_scope
-from mailwarden.suppression import MailClass, Reason, applies
+from filter_server.server.suppression_index import (
+    FingerprintBuffer,
+    IndexUnusable,
+    SortedFingerprints,
+    entry,
+)
+from filter_server.server.suppression_key import FingerprintKey
+from mailwarden.addresses import GLOBAL_SCOPE, AddressInvalid, normalize_address, normalize_scope
+from mailwarden.suppression import MailClass
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-_REASONS = {pb.REASON_UNSPECIFIED: Reason.UNSUBSCRIBE, pb.UNSUBSCRIBE: Reason.UNSUBSCRIBE,
-            pb.COMPLAINT: Reason.COMPLAINT, pb.BOUNCE: Reason.BOUNCE, pb.MANUAL: Reason.MANUAL}
+# How often a worker looks for the supervisor's index file while it is being built.
+INDEX_POLL_SECONDS = 0.2
+# What the cache holds per suppression, for the worker's memory budget: a snapshot being
+# received (8 bytes, twice while the buffer grows and once more as it is sorted), and a
+# change in the overlay (a dict entry and its int key, measured ~100 bytes).
+LOADING_ENTRY_BYTES = 24
+OVERLAY_ENTRY_BYTES = 128
+_EMPTY = SortedFingerprints(FingerprintBuffer().finish().array)
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,8 @@ class CacheStats:
     reconnects: int
     snapshots: int
     loading: int = 0         # suppressions of a snapshot being received (held beside `size`)
+    overlay: int = 0         # changes held beside the sorted index (since its sequence)
+    shared_index: bool = False  # the index is the pod's shared, mapped file
 
 
 @dataclass(frozen=True)
@@ -66,7 +90,8 @@ class SuppressionCache:
                  silence_timeout: float | None = None, max_backoff: float = 5.0,
                  on_change: Callable[[pb.Change], None] | None = None,
                  channel_options: Iterable[tuple[str, object]] = (),
-                 name: str = "suppression-cache") -> None:
+                 name: str = "suppression-cache", key: FingerprintKey | None = None,
+                 index_path: str | os.PathLike[str] | None = None) -> None:
         self.target = target
         self.stale_after = stale_after
         self.heartbeat_seconds = heartbeat_seconds
@@ -75,7 +100,15 @@ class SuppressionCache:
         self.on_change = on_change
         self.name = name
         self._channel_options = list(channel_options)
-        self._entries: dict[str, dict[str, Reason]] = {}
+        # Without a key shared with the pod's index, a key of this process: fingerprints
+        # are compared only with others made here.
+        if index_path is not None and key is None:
+            raise ValueError("a shared suppression index needs the key it was made with")
+        self.key = key or FingerprintKey.generate()
+        self.index_path = None if index_path is None else Path(index_path)
+        self._index = _EMPTY
+        self._overlay: dict[int, bool | None] = {}
+        self._shared = False
         self._size = 0
         self._loading = 0  # entries of the snapshot being received (memory accounting)
         self._applied: int | None = None  # None: no snapshot yet (or one must be retaken)
@@ -144,21 +177,41 @@ class SuppressionCache:
         klass = MailClass.coerce(mail_class)
         # Normalised before the lock is taken: it is the costly part (IDNA, Unicode), and
         # the Watch thread must not wait for it to apply changes.
-        keys: list[tuple[str, str | None]] = []
+        keys: list[tuple[str, str]] = []
         unparseable: list[str] = []
         for recipient in recipients:
             try:
                 keys.append((recipient, normalize_address(recipient)))
             except AddressInvalid:
                 unparseable.append(recipient)
+        # The rule (mailwarden.suppression.applies) over fingerprints: a global suppression
+        # stops all mail; one of the list itself stops bulk mail, and transactional mail
+        # when it was a complaint. Other lists' suppressions are never looked at.
+        fingerprint = self.key.fingerprint
+        own_list = bool(scope_key) and scope_key != GLOBAL_SCOPE
+        transactional = klass == MailClass.TRANSACTIONAL
+        prints = [(recipient, fingerprint(key, GLOBAL_SCOPE),
+                   fingerprint(key, scope_key) if own_list else None)
+                  for recipient, key in keys]
         suppressed: list[str] = []
         with self._cond:
-            entries = self._entries
-            for recipient, key in keys:
-                found = entries.get(key) if key is not None else None
-                if found and applies(found, scope_key, klass):
+            lookup = self._lookup
+            for recipient, global_fp, list_fp in prints:
+                if lookup(global_fp) is not None:
                     suppressed.append(recipient)
+                elif list_fp is not None:
+                    complaint = lookup(list_fp)
+                    if complaint is not None and (complaint or not transactional):
+                        suppressed.append(recipient)
         return RecipientCheck(suppressed, unparseable)
+
+    def _lookup(self, fp: int) -> bool | None:
+        """None: not suppressed; else whether the reason was a complaint. Called with the
+        lock held."""
+        overlay = self._overlay
+        if overlay and fp in overlay:
+            return overlay[fp]
+        return self._index.lookup(fp)
 
     def suppressed(self, recipients: Iterable[str], scope: str = "",
                    mail_class: MailClass | int | str = MailClass.BULK) -> list[str]:
@@ -171,7 +224,29 @@ class SuppressionCache:
             age = float("inf") if self._fresh_at is None else time.monotonic() - self._fresh_at
             return CacheStats(self._applied is not None, self._connected, applied, self._head,
                               max(0, self._head - applied), age, self._size, self._reconnects,
-                              self._snapshots, self._loading)
+                              self._snapshots, self._loading, len(self._overlay), self._shared)
+
+    def held_bytes(self) -> tuple[int, int]:
+        """(private, shared): bytes this process holds for the cache alone — a private
+        index, the overlay and a snapshot being received — and the bytes of the index file
+        mapped by all the pod's workers."""
+        with self._cond:
+            private = len(self._overlay) * OVERLAY_ENTRY_BYTES + \
+                self._loading * LOADING_ENTRY_BYTES
+            if self._shared:
+                return private, self._index.nbytes
+            return private + self._index.nbytes, 0
+
+    def save_index(self, path: str | os.PathLike[str]) -> tuple[int, int]:
+        """Write what the cache holds (index and overlay merged) as an index file for other
+        processes to map; returns (entries, sequence)."""
+        with self._cond:
+            if self._applied is None:
+                raise RuntimeError("no snapshot loaded yet")
+            index, overlay, sequence = self._index, dict(self._overlay), self._applied
+        merged = index.merged(overlay)
+        merged.write(path, self.key, sequence)
+        return len(merged), sequence
 
     @property
     def ready(self) -> bool:
@@ -202,8 +277,29 @@ class SuppressionCache:
                                                      else max_age)
 
     # --- the stream --------------------------------------------------------------------
+    def _open_shared_index(self) -> bool:
+        """Wait for the supervisor's index file and start from it; False when stopping.
+        An unusable file is logged and waited past (the supervisor rebuilds it)."""
+        assert self.index_path is not None
+        reported = False
+        while not self._stop.is_set():
+            if self.index_path.exists():
+                try:
+                    index = SortedFingerprints.open(self.index_path, self.key)
+                except IndexUnusable as exc:
+                    if not reported:
+                        log.error("%s: %s", self.name, exc)
+                        reported = True
+                else:
+                    self._install_index(index, index.sequence, shared=True)
+                    return True
+            self._stop.wait(INDEX_POLL_SECONDS)
+        return False
+
     def _run(self) -> None:
         backoff = 0.1
+        if self.index_path is not None and not self._open_shared_index():
+            return
         while not self._stop.is_set():
             channel = grpc.insecure_channel(self.target, options=self._channel_options)
             try:
@@ -216,8 +312,8 @@ class SuppressionCache:
                 self._last_event = time.monotonic()
                 if self._stop.is_set():
                     call.cancel()
-                pending: dict[str, dict[str, Reason]] | None = {} if resume is None else None
-                pending_size = 0
+                pending = FingerprintBuffer() if resume is None else None
+                fingerprint = self.key.fingerprint
                 for event in call:
                     self._last_event = time.monotonic()
                     if not self._connected:
@@ -228,13 +324,14 @@ class SuppressionCache:
                     kind = event.WhichOneof("event")
                     if kind == "snapshot_chunk":
                         assert pending is not None, "a snapshot chunk without a snapshot"
-                        for s in event.snapshot_chunk.suppressions:
-                            pending.setdefault(s.address, {})[s.scope] = _REASONS[s.reason]
-                            pending_size += 1
-                        self._loading = pending_size
+                        pending.extend([entry(fingerprint(s.address, s.scope),
+                                              s.reason == pb.COMPLAINT)
+                                        for s in event.snapshot_chunk.suppressions])
+                        self._loading = len(pending)
                     elif kind == "snapshot_end":
                         assert pending is not None, "a snapshot end without a snapshot"
-                        self._install(pending, pending_size, event.snapshot_end.sequence)
+                        self._install_index(pending.finish(), event.snapshot_end.sequence,
+                                            shared=False)
                         pending = None
                         self._loading = 0
                     elif kind == "change":
@@ -279,17 +376,20 @@ class SuppressionCache:
                             self.silence_timeout)
                 call.cancel()
 
-    def _install(self, entries: dict[str, dict[str, Reason]], size: int, sequence: int) -> None:
+    def _install_index(self, index: SortedFingerprints, sequence: int, *, shared: bool) -> None:
         with self._cond:
-            self._entries = entries
-            self._size = size
+            self._index = index
+            self._overlay = {}
+            self._shared = shared
+            self._size = len(index)
             self._applied = sequence
             self._head = max(self._head, sequence)
             self._snapshots += 1
             if self._applied >= self._head:
                 self._fresh_at = time.monotonic()
             self._cond.notify_all()
-        log.info("%s: snapshot of %d suppressions at sequence %d", self.name, size, sequence)
+        log.info("%s: %s of %d suppressions at sequence %d", self.name,
+                 "shared index" if shared else "snapshot", len(index), sequence)
 
     def _apply(self, change: pb.Change) -> bool:
         with self._cond:
@@ -298,17 +398,16 @@ class SuppressionCache:
                           change.sequence, self._applied)
                 self._applied = None
                 return False
-            if change.op == pb.RESUBSCRIBE:
-                scopes = self._entries.get(change.address)
-                if scopes is not None and scopes.pop(change.scope, None) is not None:
-                    self._size -= 1
-                    if not scopes:
-                        del self._entries[change.address]
+            fp = self.key.fingerprint(change.address, change.scope)
+            was = self._lookup(fp)
+            now = None if change.op == pb.RESUBSCRIBE else change.reason == pb.COMPLAINT
+            self._size += (now is not None) - (was is not None)
+            # An overlay entry equal to the index's is dropped, so the overlay holds only
+            # what differs from the index.
+            if now == self._index.lookup(fp):
+                self._overlay.pop(fp, None)
             else:
-                scopes = self._entries.setdefault(change.address, {})
-                if change.scope not in scopes:
-                    self._size += 1
-                scopes[change.scope] = _REASONS[change.reason]
+                self._overlay[fp] = now
             self._applied = change.sequence
             self._head = max(self._head, change.sequence)
             if self._applied >= self._head:

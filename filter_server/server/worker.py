@@ -43,7 +43,7 @@ from filter_server.server.config import (
 from filter_server.server.health import NOT_SERVING, SERVING, HealthServicer
 from filter_server.server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from filter_server.server.logs import LOGGER_NAME, setup_logging
-from filter_server.server.memory import SUPPRESSION_BYTES, MemoryBudget, budget_for, resident_bytes
+from filter_server.server.memory import MemoryBudget, budget_for, resident_bytes
 from filter_server.server.metrics import FilterMetrics, serve_metrics
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.ports import PortInUse, check_free, write_port_file
@@ -61,7 +61,8 @@ from filter_server.server.preflight import PreflightError, preflight
 from filter_server.server.servicer import SERVICE_NAME, FilterServicer, add_filter_service
 from filter_server.server.store_suppression import StoreSuppression
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
-from filter_server.server.suppression_cache import SuppressionCache
+from filter_server.server.suppression_key import KeyUnusable
+from filter_server.server.suppression_setup import follow_store
 from filter_server.server.tls import TlsConfigError, server_credentials
 
 
@@ -128,10 +129,14 @@ class Worker:
         self.health = HealthServicer()
         self.store_suppression: StoreSuppression | None = None
         if suppression is None and config.suppression_store:
-            self.store_suppression = StoreSuppression(
-                SuppressionCache(config.suppression_store,
-                                 stale_after=config.suppression_stale_after), self.metrics,
-                on_held=self._suppressions_held)
+            # Under the supervisor: the pod's key and the index file it builds for all
+            # workers. Alone: a key of this process and a snapshot of its own.
+            try:
+                cache = follow_store(config, index_path=config.suppression_index_file)
+            except KeyUnusable as exc:
+                raise StartupError(f"--suppression-key-file: {exc}") from None
+            self.store_suppression = StoreSuppression(cache, self.metrics,
+                                                      on_held=self._suppressions_held)
             suppression = self.store_suppression
         self.authenticator = make_authenticator(self.metrics, config.signing_key_dir,
                                                 self.log)
@@ -342,10 +347,11 @@ class Worker:
                 "is received only while no other call holds memory", extra={
                     "budget_mib": budget // mib, "needed_mib": receive // mib})
 
-    def _suppressions_held(self, count: int) -> None:
-        """The suppression cache holds `count` suppressions: leave room for them."""
+    def _suppressions_held(self, private: int, shared: int) -> None:
+        """The suppression cache holds `private` bytes of its own and maps `shared` bytes
+        with the pod's other workers (each counts its part): leave room for them."""
         memory = self.servicer.memory
-        memory.set_outside(count * SUPPRESSION_BYTES)
+        memory.set_outside(private + shared // max(1, self.config.workers))
         self.metrics.memory_budget.set(memory.capacity)
 
     def shutdown(self) -> None:

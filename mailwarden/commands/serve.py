@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -89,6 +90,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         default=d.suppression_stale_after, metavar="S",
                         help="answers are marked SUPPRESSION_STALE when the cache has not "
                         "been confirmed up to date for S seconds")
+    parser.add_argument("--suppression-key-file", type=Path,
+                        default=os.environ.get("MAILWARDEN_SUPPRESSION_KEY_FILE") or None,
+                        metavar="FILE", help="HMAC key (>= 32 bytes, raw or hex) of the "
+                        "suppression fingerprints the pod holds instead of addresses "
+                        "[$MAILWARDEN_SUPPRESSION_KEY_FILE; default: a random key per pod]")
+    parser.add_argument("--suppression-index-dir", type=Path, default=None, metavar="DIR",
+                        help="where the supervisor writes the suppression index all workers "
+                        "map (an emptyDir in a pod) [default: a private temporary directory]")
     mail = parser.add_argument_group(
         "mail-server protocols", "Listen for MTAs too (docs/protocols.md), each off unless its "
         "port is given; 0 picks a free port (see --port-file). Calls share the Filter "
@@ -191,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
         policy_wait_seconds=args.policy_wait_seconds, port_file=args.port_file,
         suppression_store=args.suppression_store,
         suppression_stale_after=args.suppression_stale_after,
+        suppression_key_file=args.suppression_key_file,
+        suppression_index_dir=args.suppression_index_dir,
         memory_limit_bytes=memory_limit, cpu_budget_seconds=args.cpu_budget_seconds,
         max_recipients=args.max_recipients,
         receive_timeout_seconds=args.receive_timeout_seconds,

@@ -4,9 +4,15 @@ a client of a running unsubscribe store."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import shutil
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from mailwarden import wire
 
@@ -177,53 +183,108 @@ def run_resubscribe(args: argparse.Namespace) -> int:
     return 0
 
 
+# Bytes read from the file at a time, checked and sent: the client holds about this much
+# whatever the file's size.
+IMPORT_CHUNK_BYTES = 1 << 20
+
+
+def _spool_stdin() -> IO[bytes]:
+    """Standard input copied to an anonymous temporary file, so it can be checked and then
+    sent (two passes) without holding it in memory."""
+    spool = tempfile.TemporaryFile()
+    shutil.copyfileobj(sys.stdin.buffer, spool, IMPORT_CHUNK_BYTES)
+    spool.seek(0)
+    return spool
+
+
+def _read_chunks(source: IO[bytes]) -> Iterator[bytes]:
+    while chunk := source.read(IMPORT_CHUNK_BYTES):
+        yield chunk
+
+
+class _Progress:
+    """`sent 42% (310,000 rows/s)` on a terminal; nothing when stderr is not one."""
+
+    def __init__(self, total: int, rows: int) -> None:
+        self.total, self.rows = max(total, 1), rows
+        self.shown = sys.stderr.isatty() and total > IMPORT_CHUNK_BYTES
+        self.started = time.monotonic()
+
+    def update(self, sent: int) -> None:
+        if self.shown:
+            elapsed = max(time.monotonic() - self.started, 1e-6)
+            rate = self.rows * sent / self.total / elapsed
+            print(f"\rsent {sent * 100 // self.total}% ({rate:,.0f} rows/s)", end="",
+                  file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)
+
+
 def run_import(args: argparse.Namespace) -> int:
     import grpc
 
     from mailwarden.suppression import Reason
     from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
-    from unsubscribe_store.rows import parse_all
+    from unsubscribe_store.rows import RowError, RowParser
     fmt = args.format or ("jsonl" if args.file.endswith((".jsonl", ".ndjson")) else "csv")
     try:
-        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        source = _spool_stdin() if args.file == "-" else open(args.file, "rb")
     except OSError as exc:
         print(f"mailwarden unsubscribe: cannot read {args.file}: {exc.strerror or exc}",
               file=sys.stderr)
         return 2
-    # Check the whole file here first, so a typo on line 90 000 is found before anything is
-    # written (the server checks again; rows are upserts, so a re-run is always safe).
-    try:
-        rows, errors = parse_all(fmt, data, default_scope=args.scope,
-                                 default_reason=Reason(args.reason), default_source=args.source)
-    except ValueError as exc:
-        print(f"mailwarden unsubscribe: {exc}", file=sys.stderr)
-        return 2
-    for error in errors[:50]:
-        print(f"{args.file}:{error.line}: {error.message}", file=sys.stderr)
-    if errors and not args.skip_invalid:
-        print(f"mailwarden unsubscribe: {len(errors)} invalid rows; nothing imported (fix them, "
-              "or pass --skip-invalid)", file=sys.stderr)
-        return 1
-    total = len(data)
-
-    def chunks():
-        step = 256 * 1024
-        for start in range(0, max(total, 1), step):
-            if start:
-                print(f"\rsent {start * 100 // max(total, 1)}%", end="", file=sys.stderr)
-            yield pb.ImportChunk(format=pb.Format.Value(fmt.upper()), default_scope=args.scope,
-                                 default_reason=_reason(args.reason), default_source=args.source,
-                                 skip_invalid=args.skip_invalid, data=data[start:start + step])
-
-    channel, stub = _stub(args)
-    with channel:
+    with source:
+        # Check the whole file here first, streaming, so a typo on line 90 000 is found
+        # before anything is written (the server checks again; rows are upserts, so a
+        # re-run is always safe).
         try:
-            r = stub.Import(chunks(), timeout=max(args.timeout, 600.0),
-                            metadata=_admin_metadata(args))
-        except grpc.RpcError as exc:
-            return _rpc_error(exc)
-    if total > 256 * 1024:
-        print(file=sys.stderr)
+            parser = RowParser(fmt, default_scope=args.scope, default_reason=Reason(args.reason),
+                               default_source=args.source)
+        except ValueError as exc:
+            print(f"mailwarden unsubscribe: {exc}", file=sys.stderr)
+            return 2
+        rows = errors = 0
+        total = 0
+        for chunk in itertools.chain(_read_chunks(source), [None]):
+            items = parser.finish() if chunk is None else parser.feed(chunk)
+            total += len(chunk or b"")
+            for item in items:
+                if isinstance(item, RowError):
+                    errors += 1
+                    if errors <= 50:
+                        print(f"{args.file}:{item.line}: {item.message}", file=sys.stderr)
+                else:
+                    rows += 1
+        if errors and not args.skip_invalid:
+            print(f"mailwarden unsubscribe: {errors} invalid rows; nothing imported (fix them, "
+                  "or pass --skip-invalid)", file=sys.stderr)
+            return 1
+        source.seek(0)
+        progress = _Progress(total, rows)
+
+        def chunks():
+            sent = 0
+            # One chunk at least, so an empty file still gets the server's answer.
+            for data in itertools.chain(_read_chunks(source), [b""] if not total else []):
+                yield pb.ImportChunk(format=pb.Format.Value(fmt.upper()),
+                                     default_scope=args.scope,
+                                     default_reason=_reason(args.reason),
+                                     default_source=args.source,
+                                     skip_invalid=args.skip_invalid, data=data)
+                sent += len(data)
+                progress.update(sent)
+
+        channel, stub = _stub(args)
+        with channel:
+            try:
+                r = stub.Import(chunks(), timeout=max(args.timeout, 600.0),
+                                metadata=_admin_metadata(args))
+            except grpc.RpcError as exc:
+                progress.done()
+                return _rpc_error(exc)
+        progress.done()
     print(f"imported {r.rows} rows: {r.inserted} new, {r.already_existed} already suppressed, "
           f"{r.invalid_rows} invalid (head sequence {r.last_sequence})")
     return 0

@@ -31,6 +31,9 @@ HEALTH_PORT = wire.FILTER_HEALTH_PORT
 POLICY_MOUNT = "/etc/mailwarden/policy"
 TLS_MOUNT = "/etc/mailwarden/tls"
 SIGNING_KEYS_MOUNT = "/etc/mailwarden/signing-keys"  # the store's, for the bulk gate
+# The pod's suppression index (docs/unsubscribe.md): 8.5 bytes per suppression, so not in
+# the 64 MiB /tmp (past ~7.5 M suppressions the kubelet would evict the pod).
+SUPPRESSION_INDEX_MOUNT = "/var/lib/mailwarden/suppressions"
 CONTAINER_NAME = "filter"
 
 # Longest SpamPolicy name whose children still fit the 63-character DNS label limit:

@@ -197,6 +197,41 @@ def test_import_export_round_trip(backend, store, store_args):
     assert summary.invalid_rows == 1 and summary.errors[0].line == 2
 
 
+def test_import_escalates_and_its_changes_rebuild_the_state(backend, store):
+    """An import (one set-based upsert on PostgreSQL) escalates an existing suppression to
+    a complaint, keeps the complaint of a key given twice, and logs gapless changes from
+    which a follower (a filter's cache) reaches exactly the stored state."""
+    stub = store.stub()
+    start = unsub(stub, "old@example.com").sequence
+    data = (b"address,scope,reason\n"
+            b"old@example.com,news,complaint\n"       # escalation of a stored row
+            b"twice@example.com,news,unsubscribe\n"
+            b"twice@example.com,news,complaint\n"     # the same key again, stricter
+            b"new@example.com,news,bounce\n"
+            b"old@example.com,news,unsubscribe\n")    # a replay: nothing to write
+    summary = stub.Import(iter([pb.ImportChunk(format=pb.CSV, data=data)]), timeout=60,
+                          metadata=ADMIN)
+    assert summary.rows == 5 and summary.last_sequence > start
+    again = stub.Import(iter([pb.ImportChunk(format=pb.CSV, data=data)]), timeout=60,
+                        metadata=ADMIN)
+    assert again.inserted == 0 and again.last_sequence == summary.last_sequence
+    state: dict[str, int] = {}
+    sequences = []
+    for event in stub.Watch(pb.WatchRequest(from_sequence=start), timeout=30):
+        if event.HasField("change"):
+            sequences.append(event.change.sequence)
+            state[event.change.address] = event.change.reason
+        if sequences and sequences[-1] == summary.last_sequence:
+            break
+    assert sequences == list(range(start + 1, summary.last_sequence + 1))
+    assert state == {"old@example.com": pb.COMPLAINT, "twice@example.com": pb.COMPLAINT,
+                     "new@example.com": pb.BOUNCE}
+    checked = stub.Check(pb.CheckRequest(addresses=["old@example.com", "twice@example.com",
+                                                    "new@example.com"], scope="news",
+                                         mail_class=pb.TRANSACTIONAL), timeout=10)
+    assert [r.address for r in checked.suppressed] == ["old@example.com", "twice@example.com"]
+
+
 def test_ack_means_committed_even_if_killed_right_after(backend, start_store, store_args):
     """Writers record every acknowledged address; the server is SIGKILLed while they run.
     Every acknowledged suppression must be in the database afterwards."""

@@ -54,6 +54,36 @@ _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.P
 _SUPP_COLS = "address, scope, reason, source, first_seen, seq"
 _CHANGE_COLS = "seq, op, address, scope, reason, source, at"
 
+# An Import's batch: a temporary table of this transaction (no WAL, dropped with it).
+_STAGING_TABLE = """
+CREATE TEMPORARY TABLE IF NOT EXISTS unsubscribe_import_staging (
+    ord int NOT NULL, address text NOT NULL, scope text NOT NULL, reason text NOT NULL,
+    source text NOT NULL, first_seen timestamptz) ON COMMIT DROP"""
+# One row per key (a complaint wins, then the earliest row), joined to what is stored; the
+# rows that write (new keys, escalations) are numbered from %(first)s in row order.
+# Returns (rows written = sequences used, new keys).
+_UPSERT_STAGED = """
+WITH staged AS (
+    SELECT DISTINCT ON (address, scope) ord, address, scope, reason, source, first_seen
+    FROM unsubscribe_import_staging
+    ORDER BY address, scope, (reason = 'complaint') DESC, ord),
+writes AS (
+    SELECT s.*, e.address IS NOT NULL AS existed,
+           %(first)s - 1 + row_number() OVER (ORDER BY s.ord) AS seq
+    FROM staged s LEFT JOIN unsubscribe_suppressions e USING (address, scope)
+    WHERE e.address IS NULL OR (s.reason = 'complaint' AND e.reason <> 'complaint')),
+inserted AS (
+    INSERT INTO unsubscribe_suppressions (address, scope, reason, source, first_seen, seq)
+    SELECT address, scope, reason, source, coalesce(first_seen, now()), seq
+    FROM writes WHERE NOT existed),
+escalated AS (
+    UPDATE unsubscribe_suppressions u SET reason = w.reason, seq = w.seq
+    FROM writes w WHERE w.existed AND u.address = w.address AND u.scope = w.scope),
+logged AS (
+    INSERT INTO unsubscribe_changes (seq, op, address, scope, reason, source)
+    SELECT seq, 'suppress', address, scope, reason, source FROM writes)
+SELECT count(*), count(*) FILTER (WHERE NOT existed) FROM writes"""
+
 
 def _suppression(row: tuple) -> Suppression:
     return Suppression(row[0], row[1], Reason(row[2]), row[3], row[4], row[5])
@@ -355,16 +385,28 @@ class PostgresStore(Store):
             return ResubscribeResult(seq, True), seq
         return await self._write(body)
 
+    # Rows an Import sends to one set-based upsert (PostgreSQL plans one statement for the
+    # batch; per-row statements cost a round trip each).
+    import_batch = 20_000
+
     async def import_rows(self, rows: Sequence[ImportRow]) -> tuple[int, int]:
+        """COPY the rows into a temporary staging table, then one statement upserts them
+        all: new keys are inserted, a complaint onto an existing non-complaint escalates
+        it, everything else is a replay. Each insert or escalation takes the next sequence
+        in row order and is one change, as single unsubscribes are."""
         async def body(conn, seq):
-            inserted = existed = 0
-            for row in rows:
-                _, was, used = await self._suppress(conn, seq, row.address, row.scope, row.reason,
-                                                    row.source, row.first_seen)
-                existed += was
-                inserted += used
-                seq += used
-            return (inserted, existed), seq - 1
+            await conn.execute(_STAGING_TABLE)
+            async with conn.cursor() as cur:
+                async with cur.copy("COPY unsubscribe_import_staging "
+                                    "(ord, address, scope, reason, source, first_seen) "
+                                    "FROM STDIN") as copy:
+                    for ord_, row in enumerate(rows):
+                        await copy.write_row((ord_, row.address, row.scope, row.reason.value,
+                                              row.source, row.first_seen))
+                await cur.execute(_UPSERT_STAGED, {"first": seq})
+                done = await cur.fetchone()
+            written, new = done
+            return (written, len(rows) - new), seq + written - 1
         return await self._write(body)
 
     # --- reads -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 from mailwarden import wire
 from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings, pod_identity
 from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.spampolicy.render.tolerations import pod_tolerations
 from mailwarden_operator.unsubscribestore import naming as store_naming
 
 DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"},
@@ -43,7 +44,8 @@ def server_args(spec: dict[str, Any], suppression_store: str | None = None) -> l
         if spec["tls"].get("requireClientCert"):
             args.append("--require-client-cert")
     if suppression_store:
-        args += ["--suppression-store", suppression_store]
+        args += ["--suppression-store", suppression_store,
+                 "--suppression-index-dir", naming.SUPPRESSION_INDEX_MOUNT]
         if bulk_gate_keys(spec):
             args += ["--signing-key-dir", naming.SIGNING_KEYS_MOUNT]
     return args
@@ -158,6 +160,12 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
             "secretName": ref.get("signingKeySecretName") or
             store_naming.default_signing_key_secret(ref["name"]),
             "defaultMode": 0o440, "optional": True}})
+    if suppression_store(owner):
+        # No size limit: the index grows with the store (its pages count against the
+        # pod's memory limit as page cache).
+        container["volumeMounts"].append(
+            {"name": "suppression-index", "mountPath": naming.SUPPRESSION_INDEX_MOUNT})
+        volumes.append({"name": "suppression-index", "emptyDir": {}})
     if "tls" in spec:
         container["ports"].append(
             {"name": "health", "containerPort": naming.HEALTH_PORT, "protocol": "TCP"})
@@ -184,9 +192,10 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
         ],
     }
     scheduling = spec.get("scheduling") or {}
-    for key in ("nodeSelector", "tolerations", "priorityClassName"):
+    for key in ("nodeSelector", "priorityClassName"):
         if key in scheduling:
             pod_spec[key] = scheduling[key]
+    pod_spec["tolerations"] = pod_tolerations(scheduling.get("tolerations"))
     pod_spec.update(pod_identity(spec))
     return {
         "apiVersion": "apps/v1",

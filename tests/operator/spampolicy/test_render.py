@@ -343,3 +343,22 @@ def test_bulk_gate_gets_the_store_signing_keys_and_nothing_else_does() -> None:
             "containers"][0]["args"]
         assert all(v["name"] != "signing-keys"
                    for v in rendered["spec"]["template"]["spec"]["volumes"])
+
+
+def test_a_pod_following_a_store_keeps_its_suppression_index_outside_tmp() -> None:
+    """The index (8.5 bytes per suppression) outgrew the 64 MiB /tmp at ~7.5 M: the
+    kubelet evicts a pod over an emptyDir's limit. It gets a volume of its own."""
+    following = owner(unsubscribeStoreRef={"name": "news"})
+    deployment = render_deployment(following, bundle_of(following).hash, SETTINGS)
+    pod = deployment["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--suppression-index-dir") + 1] == naming.SUPPRESSION_INDEX_MOUNT
+    assert {"name": "suppression-index", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "suppression-index", "mountPath": naming.SUPPRESSION_INDEX_MOUNT} in \
+        pod["containers"][0]["volumeMounts"]
+    validate_k8s(deployment)
+    alone = render_deployment(owner(), bundle_of(owner()).hash, SETTINGS)
+    assert "--suppression-index-dir" not in alone["spec"]["template"]["spec"]["containers"][
+        0]["args"]
+    assert all(v["name"] != "suppression-index"
+               for v in alone["spec"]["template"]["spec"]["volumes"])

@@ -1,0 +1,24 @@
+"""The one place a filter pod's SuppressionCache is made from its configuration — for the
+workers and for the supervisor's index builder alike — so whatever decides how the pod
+reaches the store (its address, its key, how the channel is secured) applies to both."""
+
+from __future__ import annotations
+
+import os
+
+from filter_server.server.config import ServeConfig
+from filter_server.server.suppression_cache import SuppressionCache
+from filter_server.server.suppression_key import FingerprintKey
+
+
+def follow_store(config: ServeConfig, *, index_path: str | os.PathLike[str] | None = None,
+                 name: str = "suppression-cache") -> SuppressionCache:
+    """A cache of `config.suppression_store` with the pod's fingerprint key (a key of this
+    process without `suppression_key_file`). Raises KeyUnusable for a key file that cannot
+    be used."""
+    assert config.suppression_store, "following a store needs --suppression-store"
+    key = (FingerprintKey.from_file(config.suppression_key_file)
+           if config.suppression_key_file else None)
+    return SuppressionCache(config.suppression_store,
+                            stale_after=config.suppression_stale_after, key=key,
+                            index_path=index_path, name=name)
