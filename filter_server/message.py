@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.header
 import email.utils
 import html
+import itertools
 import re
 from dataclasses import dataclass, field
 from email import utils as email_utils
@@ -25,6 +26,12 @@ from filter_server.textscan import sub_up_to_last
 MAX_PARTS = 256          # MIME parts visited per message
 MAX_DEPTH = 32           # multipart nesting followed
 MAX_URIS = 512           # links collected per message
+MAX_LINK_TEXTS = 64      # (href, visible text) pairs of HTML links kept per message
+# How far around an href the anchor's "<a", its ">" and its "</a" are looked for: each
+# link costs at most this much scanning whatever the markup (linear in the text).
+LINK_TAG_WINDOW = 1024
+LINK_TEXT_WINDOW = 512
+LINK_TEXT_CHARS = 200    # visible text kept per link
 MAX_ATTACHED_FILES = 64  # attachments described per message
 MAX_HEADER_BYTES = 65536  # decoded header text kept per message
 # One header value is cut to this before RFC 2047 decoding: the stdlib decoder is
@@ -83,6 +90,7 @@ _HTML_TAG = re.compile(r"<[^>]*>")
 _HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]*>", re.I)
 # Links in text: (?:https?://|www\.)[^\s<>"'()\[\]{}]+ case-insensitively, spelt out the same
 # way (re.I also takes the long s for "s").
+_ANCHOR_CLOSE = re.compile(r"</[aA]\b")
 _TEXT_URI = re.compile(
     r"""[hHwW](?:(?<=[hH])[tT][tT][pP][sSſ]?://|(?<=[wW])[wW][wW]\.)[^\s<>"'()\[\]{}]+""")
 
@@ -105,6 +113,9 @@ class ParsedMessage:
     # Set when the CPU budget ran out while parsing: what was read of the message (the
     # rest was not parsed), for the SCAN_BUDGET_EXCEEDED hit.
     budget_note: str | None = None
+    # HTML links as (href, visible text of the anchor, tags stripped): what the built-in
+    # link traits compare (filter_server/engine/traits.py). At most MAX_LINK_TEXTS.
+    link_texts: list[tuple[str, str]] = field(default_factory=list)
 
     def header(self, name: str) -> str:
         values = self.header_map.get(name.lower())
@@ -184,13 +195,46 @@ def drop_hidden(markup: str) -> str:
     return "".join(out)
 
 
-def html_to_text(markup: str, uris: list[str]) -> str:
-    """Strip HTML to its visible text; collect link targets into `uris`."""
+def html_to_text(markup: str, uris: list[str],
+                 link_texts: list[tuple[str, str]] | None = None) -> str:
+    """Strip HTML to its visible text; collect link targets into `uris` and, when given,
+    the (href, visible text) of `<a href>` links into `link_texts`."""
     markup = drop_hidden(markup)
     if len(uris) < MAX_URIS:
-        uris.extend(_HTML_HREF.findall(markup)[: MAX_URIS - len(uris)])
+        found = list(itertools.islice(_HTML_HREF.finditer(markup), MAX_URIS - len(uris)))
+        uris.extend(m.group(1) for m in found)
+        if link_texts is not None:
+            for match in found:
+                if len(link_texts) >= MAX_LINK_TEXTS:
+                    break
+                text = anchor_text(markup, match.start(), match.end())
+                if text is not None:
+                    link_texts.append((match.group(1), text))
     markup = sub_up_to_last(_HTML_BREAK, "\n", markup)
     return html.unescape(sub_up_to_last(_HTML_TAG, " ", markup))
+
+
+def anchor_text(markup: str, start: int, end: int) -> str | None:
+    """The visible text of the `<a ...>` whose href attribute spans `start:end`, or None
+    when the attribute is not in an `<a>` tag or the anchor is not closed nearby. Every
+    search is bounded (LINK_TAG_WINDOW, LINK_TEXT_WINDOW), so a link costs at most a
+    couple of kilobytes of scanning whatever the markup around it."""
+    opener = markup.rfind("<", max(0, start - LINK_TAG_WINDOW), start)
+    if opener < 0 or markup[opener + 1:opener + 2] not in ("a", "A") or \
+            not markup[opener + 2:opener + 3].isspace():
+        return None
+    if markup.find(">", opener, start) >= 0:     # the href is outside that tag
+        return None
+    tag_end = markup.find(">", end, end + LINK_TAG_WINDOW)
+    if tag_end < 0:
+        return None
+    closer = _ANCHOR_CLOSE.search(markup, tag_end + 1, tag_end + 1 + LINK_TEXT_WINDOW)
+    if closer is None:
+        return None
+    inner = markup[tag_end + 1:closer.start()]
+    if "<" in inner:
+        inner = sub_up_to_last(_HTML_TAG, " ", inner)
+    return collapse_whitespace(html.unescape(inner))[:LINK_TEXT_CHARS]
 
 
 def collapse_whitespace(text: str) -> str:
@@ -353,6 +397,7 @@ def _parse(raw: bytes, max_text_bytes: int, budget: ScanBudget | None) -> Parsed
     texts: list[str] = []
     size = 0
     uris: list[str] = []
+    link_texts: list[tuple[str, str]] = []
     html_present = False
     attachments: list[str] = []
     attached_files: list[str] = []
@@ -376,7 +421,7 @@ def _parse(raw: bytes, max_text_bytes: int, budget: ScanBudget | None) -> Parsed
         text = _decode_payload(part)
         if ctype == "text/html":
             html_present = True
-            text = html_to_text(text, uris)
+            text = html_to_text(text, uris, link_texts)
         texts.append(text[: max_text_bytes - size])
         size += len(texts[-1])
     body = collapse_whitespace(" ".join(texts))
@@ -385,6 +430,7 @@ def _parse(raw: bytes, max_text_bytes: int, budget: ScanBudget | None) -> Parsed
     parsed = _finish(headers, header_map, body, html_present, uris, malformed,
                      len(leaves), attachments)
     parsed.attached_files = attached_files
+    parsed.link_texts = link_texts
     if stopped:
         parsed.budget_note = ", ".join(stopped)
     return parsed

@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = (
     "mailwarden.commands.serve",
     "mailwarden.commands.classify",
+    "mailwarden.commands.learn",
     "mailwarden.commands.local",
     "mailwarden.commands.train",
     "mailwarden.commands.policy",

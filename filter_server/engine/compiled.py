@@ -16,6 +16,7 @@ from filter_server.auth.gather import Evidence
 from filter_server.bayes.model import BayesModel
 from filter_server.bayes.tokenize import tokenize
 from filter_server.cpu_budget import ScanBudget
+from filter_server.engine.traits import TRAITS, traits
 from filter_server.message import ParsedMessage, parse_message
 from filter_server.patterns import PatternRule, TargetDatabase, target_key
 from filter_server.policy.auth_rules import ALL_RULES
@@ -125,6 +126,8 @@ def _auth_hits(scores: dict[str, float]) -> dict[str, Hit]:
 
 _SIGNATURE_DESCRIPTION = "body matches a known spam signature"
 _MALFORMED_HIT = Hit("MIME_MALFORMED", 0.0, "the MIME structure is broken")
+# Built-in traits score nothing themselves either: a policy scores them with meta rules.
+_TRAIT_HITS = {name: Hit(name, 0.0, description) for name, description in TRAITS.items()}
 # Like MIME_MALFORMED it scores nothing itself; a policy scores it with a meta rule.
 BUDGET_RULE = "SCAN_BUDGET_EXCEEDED"
 
@@ -268,6 +271,7 @@ class CompiledPolicy:
             hits.append(self._signature_hit)
         if parsed.malformed:
             hits.append(_MALFORMED_HIT)
+        hits += [_TRAIT_HITS[name] for name in sorted(traits(parsed))]
         if parsed.budget_note is not None:
             budget = f" of {cpu_budget_seconds:g} s" if cpu_budget_seconds else ""
             hits.append(Hit(BUDGET_RULE, 0.0, f"the CPU budget{budget} per message ran out: "

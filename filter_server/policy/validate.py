@@ -22,12 +22,13 @@ from filter_server.patterns import pattern_problems
 from filter_server.policy import meta, schema
 from filter_server.policy.auth_rules import ALL_RULES, AUTH_RULES, BULK_RULES
 from filter_server.policy.bounded_yaml import YamlTooCostly, load_bounded
+from filter_server.policy.trait_rules import TRAITS
 
 SYNTHETIC_RULES = frozenset({
     "ALLOWLIST_SENDER", "ALLOWLIST_DOMAIN", "ALLOWLIST_URI_HOST",
     "BLOCKLIST_SENDER", "BLOCKLIST_DOMAIN", "BLOCKLIST_URI_HOST",
     "KNOWN_SPAM_SIGNATURE", "MIME_MALFORMED", "SCAN_BUDGET_EXCEEDED", "BAYES",
-    *ALL_RULES,
+    *ALL_RULES, *TRAITS,
 })
 
 

@@ -102,6 +102,14 @@ class ServeConfig:
     # The UnsubscribeStore's signing keys (its mounted Secret: `current` and `previous`),
     # with which the bulk gate verifies one-click tokens (docs/authentication.md).
     signing_key_dir: Path | None = None
+    # Learning (filter_server/server/learning.py): the folder labelled messages are stored
+    # in for the next training run (None: Learn is disabled), the file holding the admin
+    # credential Learn needs (None: $MAILWARDEN_ADMIN_TOKEN, else Learn is disabled), and
+    # the limits per class: new messages per hour, messages in the folder.
+    learn_dir: Path | None = None
+    admin_token_file: Path | None = None
+    learn_max_per_hour: int = 500
+    learn_max_messages: int = 25000
 
     def protocol_ports(self) -> dict[str, int]:
         """The protocols switched on, with their ports."""
@@ -119,11 +127,11 @@ class ServeConfig:
     @classmethod
     def from_json(cls, text: str) -> "ServeConfig":
         doc = json.loads(text)
-        for key in ("policy_dir", "tls_dir", "port_file", "signing_key_dir",
-                    "suppression_key_file", "suppression_index_dir", "suppression_index_file",
-                    "shadow_policy_dir"):
-            if doc.get(key) is not None:
-                doc[key] = Path(doc[key])
+        # Every field annotated `Path` (or `Path | None`) went out as a string: a list of
+        # names here went stale each time a path setting was added.
+        for field in dataclasses.fields(cls):
+            if "Path" in str(field.type) and doc.get(field.name) is not None:
+                doc[field.name] = Path(doc[field.name])
         return cls(**doc)
 
     def problems(self) -> list[str]:
@@ -138,7 +146,8 @@ class ServeConfig:
             out.append("--grpc-port and --metrics-port must differ")
         positive = ("workers", "max_message_bytes", "max_concurrent_rpcs",
                     "max_connection_age_ms", "policy_poll_seconds", "max_recipients",
-                    "receive_timeout_seconds", "max_streams_per_connection")
+                    "receive_timeout_seconds", "max_streams_per_connection",
+                    "learn_max_per_hour", "learn_max_messages")
         for name in positive:
             if getattr(self, name) <= 0:
                 out.append(f"--{name.replace('_', '-')} must be positive "
@@ -174,6 +183,19 @@ class ServeConfig:
                 out.append(f"--port-file: {self.port_file} is a directory")
             elif not os.access(directory, os.W_OK):
                 out.append(f"--port-file: cannot write in {directory}")
+        if self.learn_dir is not None:
+            if self.learn_dir.exists() and not self.learn_dir.is_dir():
+                out.append(f"--learn-dir: {self.learn_dir} is not a directory")
+            elif not os.access(self.learn_dir if self.learn_dir.exists()
+                               else self.learn_dir.parent, os.W_OK):
+                out.append(f"--learn-dir: cannot write in {self.learn_dir}")
+        if self.admin_token_file is not None:
+            try:
+                if not self.admin_token_file.read_text().strip():
+                    out.append(f"--admin-token-file: {self.admin_token_file} is empty")
+            except (OSError, UnicodeDecodeError) as exc:
+                out.append(f"--admin-token-file: cannot read {self.admin_token_file} "
+                           f"({getattr(exc, 'strerror', None) or exc})")
         if self.require_client_cert and self.tls_dir is None:
             out.append("--require-client-cert needs --tls-dir")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -51,6 +51,13 @@ from filter_server.server.shadow import ShadowEvaluator, ShadowMetrics
 
 if TYPE_CHECKING:
     from filter_server.protocols.server import ProtocolServers
+from filter_server.server.learning import SERVICE_NAME as LEARNING_SERVICE_NAME
+from filter_server.server.learning import (
+    LearningServicer,
+    LearnSettings,
+    add_learning_service,
+    read_admin_token,
+)
 from filter_server.server.preflight import PreflightError, preflight
 from filter_server.server.servicer import SERVICE_NAME, FilterServicer, add_filter_service
 from filter_server.server.store_suppression import StoreSuppression
@@ -152,6 +159,11 @@ class Worker:
             memory=MemoryBudget(budget_for(config.memory_limit_bytes or None,
                                            resident_bytes())),
             shadow=self.shadow)
+        self.learning = LearningServicer(self.holder, LearnSettings(
+            directory=config.learn_dir, admin_token=read_admin_token(config.admin_token_file),
+            max_per_hour=config.learn_max_per_hour, max_messages=config.learn_max_messages,
+            max_message_bytes=config.max_message_bytes,
+            cpu_budget_seconds=config.cpu_budget_seconds), self.log)
         self.server: grpc.Server | None = None
         self.health_server: grpc.Server | None = None
         self.grpc_port = 0
@@ -178,11 +190,13 @@ class Worker:
         server = grpc.server(pool, options=server_options(config),
                              maximum_concurrent_rpcs=grpc_limit)
         add_filter_service(self.servicer, server)
+        add_learning_service(self.learning, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for service in ("", SERVICE_NAME):
             self.health.set(service, NOT_SERVING)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+            (SERVICE_NAME, LEARNING_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME),
+            server)
         if not self.supervised:  # the supervisor already probed and reserved the port
             try:
                 check_free(config.host, config.grpc_port)

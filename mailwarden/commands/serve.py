@@ -168,6 +168,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "bulk gate of policies with authentication.bulkGate verifies "
                         "one-click tokens with them; without it tokens are not checked "
                         "(BULK_ONECLICK_TOKEN_UNCHECKED)")
+    learn = parser.add_argument_group("learning (gRPC Learning.Learn, docs/model.md)")
+    learn.add_argument("--learn-dir", type=Path, default=None, metavar="DIR",
+                       help="folder where Learn stores messages people labelled (DIR/ham, "
+                       "DIR/spam) for the next `mailwarden train` [default: none, Learn is "
+                       "disabled]; mount a volume there (the root file system is read-only)")
+    learn.add_argument("--admin-token-file", type=Path, default=None, metavar="FILE",
+                       help="admin credential Learn callers must send as 'authorization: "
+                       "Bearer <credential>' [default: $MAILWARDEN_ADMIN_TOKEN; with neither, "
+                       "Learn is disabled]")
+    learn.add_argument("--learn-max-per-hour", type=int, default=d.learn_max_per_hour,
+                       metavar="N", help="new messages of each class Learn stores per hour; "
+                       "more get RESOURCE_EXHAUSTED")
+    learn.add_argument("--learn-max-messages", type=int, default=d.learn_max_messages,
+                       metavar="N", help="messages of each class the learning folder may "
+                       "hold; more get RESOURCE_EXHAUSTED until it is trained on and emptied")
     parser.set_defaults(func=run)
 
 
@@ -209,7 +224,9 @@ def run(args: argparse.Namespace) -> int:
         max_recipients=args.max_recipients,
         receive_timeout_seconds=args.receive_timeout_seconds,
         max_streams_per_connection=args.max_streams_per_connection,
-        signing_key_dir=args.signing_key_dir)
+        signing_key_dir=args.signing_key_dir, learn_dir=args.learn_dir,
+        admin_token_file=args.admin_token_file, learn_max_per_hour=args.learn_max_per_hour,
+        learn_max_messages=args.learn_max_messages)
     problems = config.problems()
     if problems:
         for problem in problems:

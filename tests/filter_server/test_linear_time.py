@@ -232,6 +232,14 @@ CASES: list[tuple[str, str, int, Callable[[int], Any], Callable[[Any], object]]]
     ("uri", "www. floods", 16384, lambda n: text_message(fill("www.", n)), parse),
     ("uri", "one long link", 16384, lambda n: text_message("http://" + fill("a.", n)), parse),
     ("uri", "href floods", 16384, lambda n: html_message(fill("<a href=x", n)), parse),
+    # link texts (the LINK_TEXT_* traits): anchors never closed, closed far away, and
+    # whose text is all tags
+    ("uri", "unclosed anchors", 16384,
+     lambda n: html_message(fill('<a href="http://a.example/">www.b.example ', n)), parse),
+    ("uri", "anchor text of tags", 16384,
+     lambda n: html_message('<a href="http://a.example/">' + fill("<b", n) + "</a>"), parse),
+    ("uri", "anchors and brand texts", 16384,
+     lambda n: html_message(fill('<a href=http://paypa1.example>paypal.com</a>', n)), parse),
     # header parsing
     ("header", "From of nested comments", 2048, lambda n: header_message("From", fill("(", n)),
      parse),
@@ -338,6 +346,11 @@ ENGINE_CASES = {
     "Content-Type of ; after a quote":
         lambda n: header_message("Content-Type", 'text/plain; a="' + fill(";", n)),
     "Received of one long name": lambda n: header_message("Received", "from " + fill("a", n)),
+    # the built-in traits: link texts naming brands, look-alike hosts, unsubscribe addresses
+    "links showing brands": lambda n: html_message(
+        fill('<a href="http://xn--pypal-4ve.example/">https://www.paypal.com/</a>', n)),
+    "List-Unsubscribe of mailto:": lambda n: header_message(
+        "List-Unsubscribe", fill("<mailto:a@b.example>,", n)),
 }
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!mailwarden/filter/v1/filter.proto\x12\x14mailwarden.filter.v1\"R\n\x08\x45nvelope\x12\x11\n\tmail_from\x18\x01 \x01(\t\x12\x12\n\nrecipients\x18\x02 \x03(\t\x12\x11\n\tclient_ip\x18\x03 \x01(\t\x12\x0c\n\x04helo\x18\x04 \x01(\t\"\xb1\x01\n\x0f\x43lassifyRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\x0c\x12\x30\n\x08\x65nvelope\x18\x03 \x01(\x0b\x32\x1e.mailwarden.filter.v1.Envelope\x12\x33\n\nmail_class\x18\x04 \x01(\x0e\x32\x1f.mailwarden.filter.v1.MailClass\x12\x12\n\nlist_scope\x18\x05 \x01(\t\";\n\x07RuleHit\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x82\x03\n\x10\x43lassifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1c.mailwarden.filter.v1.Action\x12\r\n\x05score\x18\x03 \x01(\x01\x12+\n\x04hits\x18\x04 \x03(\x0b\x32\x1d.mailwarden.filter.v1.RuleHit\x12\x18\n\x10spam_probability\x18\x05 \x01(\x01\x12\x13\n\x0bpolicy_hash\x18\x06 \x01(\t\x12\x1d\n\x15suppressed_recipients\x18\x07 \x03(\t\x12\x41\n\x11suppression_state\x18\x08 \x01(\x0e\x32&.mailwarden.filter.v1.SuppressionState\x12\x1f\n\x17suppression_age_seconds\x18\t \x01(\x01\x12\x1e\n\x16unparseable_recipients\x18\n \x03(\t\x12\x1e\n\x16\x61uthentication_results\x18\x0b \x01(\t*D\n\tMailClass\x12\x1a\n\x16MAIL_CLASS_UNSPECIFIED\x10\x00\x12\x08\n\x04\x42ULK\x10\x01\x12\x11\n\rTRANSACTIONAL\x10\x02*Q\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43\x43\x45PT\x10\x01\x12\x07\n\x03TAG\x10\x02\x12\x0e\n\nQUARANTINE\x10\x03\x12\n\n\x06REJECT\x10\x04*}\n\x10SuppressionState\x12!\n\x1dSUPPRESSION_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SUPPRESSION_DISABLED\x10\x01\x12\x15\n\x11SUPPRESSION_FRESH\x10\x02\x12\x15\n\x11SUPPRESSION_STALE\x10\x03\x32\xc8\x01\n\x06\x46ilter\x12Y\n\x08\x43lassify\x12%.mailwarden.filter.v1.ClassifyRequest\x1a&.mailwarden.filter.v1.ClassifyResponse\x12\x63\n\x0e\x43lassifyStream\x12%.mailwarden.filter.v1.ClassifyRequest\x1a&.mailwarden.filter.v1.ClassifyResponse(\x01\x30\x01\x42\'Z%mailwarden.dev/api/filter/v1;filterv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!mailwarden/filter/v1/filter.proto\x12\x14mailwarden.filter.v1\"R\n\x08\x45nvelope\x12\x11\n\tmail_from\x18\x01 \x01(\t\x12\x12\n\nrecipients\x18\x02 \x03(\t\x12\x11\n\tclient_ip\x18\x03 \x01(\t\x12\x0c\n\x04helo\x18\x04 \x01(\t\"\xb1\x01\n\x0f\x43lassifyRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\x0c\x12\x30\n\x08\x65nvelope\x18\x03 \x01(\x0b\x32\x1e.mailwarden.filter.v1.Envelope\x12\x33\n\nmail_class\x18\x04 \x01(\x0e\x32\x1f.mailwarden.filter.v1.MailClass\x12\x12\n\nlist_scope\x18\x05 \x01(\t\";\n\x07RuleHit\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x82\x03\n\x10\x43lassifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1c.mailwarden.filter.v1.Action\x12\r\n\x05score\x18\x03 \x01(\x01\x12+\n\x04hits\x18\x04 \x03(\x0b\x32\x1d.mailwarden.filter.v1.RuleHit\x12\x18\n\x10spam_probability\x18\x05 \x01(\x01\x12\x13\n\x0bpolicy_hash\x18\x06 \x01(\t\x12\x1d\n\x15suppressed_recipients\x18\x07 \x03(\t\x12\x41\n\x11suppression_state\x18\x08 \x01(\x0e\x32&.mailwarden.filter.v1.SuppressionState\x12\x1f\n\x17suppression_age_seconds\x18\t \x01(\x01\x12\x1e\n\x16unparseable_recipients\x18\n \x03(\t\x12\x1e\n\x16\x61uthentication_results\x18\x0b \x01(\t\"\x92\x01\n\x0cLearnRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\x0c\x12*\n\x05label\x18\x03 \x01(\x0e\x32\x1b.mailwarden.filter.v1.Label\x12\x31\n\x06origin\x18\x04 \x01(\x0e\x32!.mailwarden.filter.v1.LabelOrigin\"\xcd\x01\n\rLearnResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x33\n\x07outcome\x18\x02 \x01(\x0e\x32\".mailwarden.filter.v1.LearnOutcome\x12,\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1c.mailwarden.filter.v1.Action\x12\x18\n\x10spam_probability\x18\x04 \x01(\x01\x12\x14\n\x0cham_recorded\x18\x05 \x01(\x04\x12\x15\n\rspam_recorded\x18\x06 \x01(\x04*D\n\tMailClass\x12\x1a\n\x16MAIL_CLASS_UNSPECIFIED\x10\x00\x12\x08\n\x04\x42ULK\x10\x01\x12\x11\n\rTRANSACTIONAL\x10\x02*Q\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43\x43\x45PT\x10\x01\x12\x07\n\x03TAG\x10\x02\x12\x0e\n\nQUARANTINE\x10\x03\x12\n\n\x06REJECT\x10\x04*}\n\x10SuppressionState\x12!\n\x1dSUPPRESSION_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SUPPRESSION_DISABLED\x10\x01\x12\x15\n\x11SUPPRESSION_FRESH\x10\x02\x12\x15\n\x11SUPPRESSION_STALE\x10\x03*=\n\x05Label\x12\x15\n\x11LABEL_UNSPECIFIED\x10\x00\x12\r\n\tLABEL_HAM\x10\x01\x12\x0e\n\nLABEL_SPAM\x10\x02*e\n\x0bLabelOrigin\x12\x1c\n\x18LABEL_ORIGIN_UNSPECIFIED\x10\x00\x12\x0f\n\x0bUSER_REPORT\x10\x01\x12\x13\n\x0fOPERATOR_REVIEW\x10\x02\x12\x12\n\x0e\x46ILTER_VERDICT\x10\x03*t\n\x0cLearnOutcome\x12\x1d\n\x19LEARN_OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08RECORDED\x10\x01\x12\x0e\n\nRELABELLED\x10\x02\x12\x14\n\x10\x41LREADY_RECORDED\x10\x03\x12\x11\n\rALREADY_KNOWN\x10\x04\x32\xc8\x01\n\x06\x46ilter\x12Y\n\x08\x43lassify\x12%.mailwarden.filter.v1.ClassifyRequest\x1a&.mailwarden.filter.v1.ClassifyResponse\x12\x63\n\x0e\x43lassifyStream\x12%.mailwarden.filter.v1.ClassifyRequest\x1a&.mailwarden.filter.v1.ClassifyResponse(\x01\x30\x01\x32\\\n\x08Learning\x12P\n\x05Learn\x12\".mailwarden.filter.v1.LearnRequest\x1a#.mailwarden.filter.v1.LearnResponseB\'Z%mailwarden.dev/api/filter/v1;filterv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +32,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mailwarden.filter.v1.filter
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z%mailwarden.dev/api/filter/v1;filterv1'
-  _globals['_MAILCLASS']._serialized_start=773
-  _globals['_MAILCLASS']._serialized_end=841
-  _globals['_ACTION']._serialized_start=843
-  _globals['_ACTION']._serialized_end=924
-  _globals['_SUPPRESSIONSTATE']._serialized_start=926
-  _globals['_SUPPRESSIONSTATE']._serialized_end=1051
+  _globals['_MAILCLASS']._serialized_start=1130
+  _globals['_MAILCLASS']._serialized_end=1198
+  _globals['_ACTION']._serialized_start=1200
+  _globals['_ACTION']._serialized_end=1281
+  _globals['_SUPPRESSIONSTATE']._serialized_start=1283
+  _globals['_SUPPRESSIONSTATE']._serialized_end=1408
+  _globals['_LABEL']._serialized_start=1410
+  _globals['_LABEL']._serialized_end=1471
+  _globals['_LABELORIGIN']._serialized_start=1473
+  _globals['_LABELORIGIN']._serialized_end=1574
+  _globals['_LEARNOUTCOME']._serialized_start=1576
+  _globals['_LEARNOUTCOME']._serialized_end=1692
   _globals['_ENVELOPE']._serialized_start=59
   _globals['_ENVELOPE']._serialized_end=141
   _globals['_CLASSIFYREQUEST']._serialized_start=144
@@ -46,6 +52,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RULEHIT']._serialized_end=382
   _globals['_CLASSIFYRESPONSE']._serialized_start=385
   _globals['_CLASSIFYRESPONSE']._serialized_end=771
-  _globals['_FILTER']._serialized_start=1054
-  _globals['_FILTER']._serialized_end=1254
+  _globals['_LEARNREQUEST']._serialized_start=774
+  _globals['_LEARNREQUEST']._serialized_end=920
+  _globals['_LEARNRESPONSE']._serialized_start=923
+  _globals['_LEARNRESPONSE']._serialized_end=1128
+  _globals['_FILTER']._serialized_start=1695
+  _globals['_FILTER']._serialized_end=1895
+  _globals['_LEARNING']._serialized_start=1897
+  _globals['_LEARNING']._serialized_end=1989
 # @@protoc_insertion_point(module_scope)

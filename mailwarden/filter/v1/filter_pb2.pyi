@@ -27,6 +27,27 @@ class SuppressionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUPPRESSION_DISABLED: _ClassVar[SuppressionState]
     SUPPRESSION_FRESH: _ClassVar[SuppressionState]
     SUPPRESSION_STALE: _ClassVar[SuppressionState]
+
+class Label(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LABEL_UNSPECIFIED: _ClassVar[Label]
+    LABEL_HAM: _ClassVar[Label]
+    LABEL_SPAM: _ClassVar[Label]
+
+class LabelOrigin(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LABEL_ORIGIN_UNSPECIFIED: _ClassVar[LabelOrigin]
+    USER_REPORT: _ClassVar[LabelOrigin]
+    OPERATOR_REVIEW: _ClassVar[LabelOrigin]
+    FILTER_VERDICT: _ClassVar[LabelOrigin]
+
+class LearnOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LEARN_OUTCOME_UNSPECIFIED: _ClassVar[LearnOutcome]
+    RECORDED: _ClassVar[LearnOutcome]
+    RELABELLED: _ClassVar[LearnOutcome]
+    ALREADY_RECORDED: _ClassVar[LearnOutcome]
+    ALREADY_KNOWN: _ClassVar[LearnOutcome]
 MAIL_CLASS_UNSPECIFIED: MailClass
 BULK: MailClass
 TRANSACTIONAL: MailClass
@@ -39,6 +60,18 @@ SUPPRESSION_STATE_UNSPECIFIED: SuppressionState
 SUPPRESSION_DISABLED: SuppressionState
 SUPPRESSION_FRESH: SuppressionState
 SUPPRESSION_STALE: SuppressionState
+LABEL_UNSPECIFIED: Label
+LABEL_HAM: Label
+LABEL_SPAM: Label
+LABEL_ORIGIN_UNSPECIFIED: LabelOrigin
+USER_REPORT: LabelOrigin
+OPERATOR_REVIEW: LabelOrigin
+FILTER_VERDICT: LabelOrigin
+LEARN_OUTCOME_UNSPECIFIED: LearnOutcome
+RECORDED: LearnOutcome
+RELABELLED: LearnOutcome
+ALREADY_RECORDED: LearnOutcome
+ALREADY_KNOWN: LearnOutcome
 
 class Envelope(_message.Message):
     __slots__ = ("mail_from", "recipients", "client_ip", "helo")
@@ -101,3 +134,31 @@ class ClassifyResponse(_message.Message):
     unparseable_recipients: _containers.RepeatedScalarFieldContainer[str]
     authentication_results: str
     def __init__(self, request_id: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., score: _Optional[float] = ..., hits: _Optional[_Iterable[_Union[RuleHit, _Mapping]]] = ..., spam_probability: _Optional[float] = ..., policy_hash: _Optional[str] = ..., suppressed_recipients: _Optional[_Iterable[str]] = ..., suppression_state: _Optional[_Union[SuppressionState, str]] = ..., suppression_age_seconds: _Optional[float] = ..., unparseable_recipients: _Optional[_Iterable[str]] = ..., authentication_results: _Optional[str] = ...) -> None: ...
+
+class LearnRequest(_message.Message):
+    __slots__ = ("request_id", "message", "label", "origin")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    message: bytes
+    label: Label
+    origin: LabelOrigin
+    def __init__(self, request_id: _Optional[str] = ..., message: _Optional[bytes] = ..., label: _Optional[_Union[Label, str]] = ..., origin: _Optional[_Union[LabelOrigin, str]] = ...) -> None: ...
+
+class LearnResponse(_message.Message):
+    __slots__ = ("request_id", "outcome", "action", "spam_probability", "ham_recorded", "spam_recorded")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SPAM_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    HAM_RECORDED_FIELD_NUMBER: _ClassVar[int]
+    SPAM_RECORDED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    outcome: LearnOutcome
+    action: Action
+    spam_probability: float
+    ham_recorded: int
+    spam_recorded: int
+    def __init__(self, request_id: _Optional[str] = ..., outcome: _Optional[_Union[LearnOutcome, str]] = ..., action: _Optional[_Union[Action, str]] = ..., spam_probability: _Optional[float] = ..., ham_recorded: _Optional[int] = ..., spam_recorded: _Optional[int] = ...) -> None: ...

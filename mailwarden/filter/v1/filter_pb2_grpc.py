@@ -141,3 +141,87 @@ class Filter:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class LearningStub:
+    """Learning from people's labels (docs/model.md, "Learning from users"): records a message a
+    person confirmed as ham or spam in the filter's learning folder, for the next
+    `mailwarden train` run (the model is never changed in place). An admin method: the call
+    needs `authorization: Bearer <admin credential>` (`mailwarden serve --admin-token-file`).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Learn = channel.unary_unary(
+                '/mailwarden.filter.v1.Learning/Learn',
+                request_serializer=mailwarden_dot_filter_dot_v1_dot_filter__pb2.LearnRequest.SerializeToString,
+                response_deserializer=mailwarden_dot_filter_dot_v1_dot_filter__pb2.LearnResponse.FromString,
+                _registered_method=True)
+
+
+class LearningServicer:
+    """Learning from people's labels (docs/model.md, "Learning from users"): records a message a
+    person confirmed as ham or spam in the filter's learning folder, for the next
+    `mailwarden train` run (the model is never changed in place). An admin method: the call
+    needs `authorization: Bearer <admin credential>` (`mailwarden serve --admin-token-file`).
+    """
+
+    def Learn(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LearningServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Learn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Learn,
+                    request_deserializer=mailwarden_dot_filter_dot_v1_dot_filter__pb2.LearnRequest.FromString,
+                    response_serializer=mailwarden_dot_filter_dot_v1_dot_filter__pb2.LearnResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mailwarden.filter.v1.Learning', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mailwarden.filter.v1.Learning', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Learning:
+    """Learning from people's labels (docs/model.md, "Learning from users"): records a message a
+    person confirmed as ham or spam in the filter's learning folder, for the next
+    `mailwarden train` run (the model is never changed in place). An admin method: the call
+    needs `authorization: Bearer <admin credential>` (`mailwarden serve --admin-token-file`).
+    """
+
+    @staticmethod
+    def Learn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailwarden.filter.v1.Learning/Learn',
+            mailwarden_dot_filter_dot_v1_dot_filter__pb2.LearnRequest.SerializeToString,
+            mailwarden_dot_filter_dot_v1_dot_filter__pb2.LearnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

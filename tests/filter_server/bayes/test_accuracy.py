@@ -2,12 +2,17 @@
 with the example policy's rules, classifies the held-out test split at least as well as it
 did when this test was written (benchmarks/accuracy.py prints the same figures):
 
-    ham false positives 1/840 (0.12%), spam recall 330/354 (93.22%)
+    ham false positives 1/840 (0.12%), spam recall 323/354 (91.24%)
 
 (Before issue 21 it was 2/840 and 350/354. The tokenizer no longer learns the corpus's
 relays, list addresses and link paths, and TAG needs a model sure of spam (p >= 0.99) or
 rules to help: on mail from other sources that cut false positives several-fold
-(benchmarks/cross_source.py), and costs recall on the corpus's own test split.)
+(benchmarks/cross_source.py), and costs recall on the corpus's own test split. It was
+330/354 until HTML-only mail scored only without a link into the sender's own domain
+(HTML_ONLY_UNRELATED_LINKS, docs/model.md "Built-in traits"): 7 test spam of 2002 bulk
+senders linking to their own domains fell below TAG, while on the other release of the
+corpus the newsletters tagged fell from 17-21% to 7-15% and the spam caught at 0.5% FPR
+rose 6-7 points.)
 
 "Spam" means the action is not ACCEPT (`CompiledPolicy.classify`, rules + lists + model).
 Training and scoring are deterministic, so a drop means the tokenizer, the model, the
@@ -30,7 +35,7 @@ from mailwarden_local.corpus import DEFAULT_CORPUS, HAM_GROUPS, SPAM_GROUPS, spl
 ROOT = Path(__file__).resolve().parents[3]
 POLICY = ROOT / "examples" / "spampolicy.yaml"
 MAX_FALSE_POSITIVES = 1      # of 840 test ham
-MIN_SPAM_CAUGHT = 330        # of 354 test spam
+MIN_SPAM_CAUGHT = 323        # of 354 test spam
 MAX_MODEL_BYTES = 768 * 1024
 
 pytestmark = pytest.mark.skipif(
