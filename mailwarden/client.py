@@ -162,7 +162,9 @@ class FilterClient:
         ]
         if server_name:
             channel_options.append(("grpc.ssl_target_name_override", server_name))
-        channel_options.extend(options)
+        # gRPC keeps the first of two options with the same key, so a caller's option
+        # must replace ours rather than follow it (a 1 s keepalive was silently ignored).
+        channel_options = list({**dict(channel_options), **dict(options)}.items())
         if (client_cert is None) != (client_key is None):
             raise ValueError("client_cert and client_key go together")
         if tls or ca_cert is not None or client_cert is not None:

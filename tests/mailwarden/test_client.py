@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from mailwarden.client import FilterClient, normalize_target, service_config, target_for
+from mailwarden.client import (
+    ClassifyError,
+    FilterClient,
+    normalize_target,
+    service_config,
+    target_for,
+)
 from testkit.filter import HAM, SPAM
 
 
@@ -81,3 +87,15 @@ def test_classify_cli(servers, policy_dir: Path, tmp_path: Path) -> None:
                           env={k: v for k, v in os.environ.items()
                                if k != "MAILWARDEN_TARGET"})
     assert none.returncode == 2 and "--target is required" in none.stderr
+
+
+def test_a_callers_channel_option_replaces_the_clients_own(servers, policy_dir: Path) -> None:
+    """gRPC keeps the first of two options with one key: appended after FilterClient's own,
+    a caller's keepalive or size limit was silently ignored."""
+    server = servers(policy_dir).wait_serving()
+    with FilterClient(server.address,
+                      options=[("grpc.max_send_message_length", 4096)]) as client:
+        assert client.classify(HAM).action is not None
+        with pytest.raises(ClassifyError) as refused:
+            client.classify(HAM + b"x" * 8192)
+    assert "RESOURCE_EXHAUSTED" in str(refused.value)
