@@ -101,11 +101,13 @@ def server_options(config: ServeConfig) -> list[tuple[str, int]]:
         # spread onto pods that started since they connected.
         ("grpc.max_connection_age_ms", config.max_connection_age_ms),
         ("grpc.max_connection_age_grace_ms", config.max_connection_age_grace_ms),
-        # Find dead clients' connections; allow client keepalive pings (every >= 10 s).
+        # Find dead clients' connections; allow client keepalive pings as often as every
+        # second: a 1 s client keepalive is what turns a silently vanished pod into a
+        # 1.3 s error window instead of 10 s (docs/fault.md, node loss, vanished).
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
         # Without bandwidth-delay probing a call's flow-control window stays at 64 KiB, so
         # gRPC buffers no more than that of a message the service has not asked to receive
         # yet (with probing: about 8 MiB per waiting call). Admission reserves memory before
