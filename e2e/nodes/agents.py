@@ -38,11 +38,16 @@ class NodeSpec:
     pods: str = "110"
 
 
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
 def image_catalog(venv: Path) -> dict:
-    # The files of the "image": the virtualenv and the Python installation it links to
-    # (e.g. under /root/.pyenv, which uid 65532 could not traverse on the host).
+    # The files of the "image": the virtualenv, the Python installation it links to
+    # (e.g. under /root/.pyenv, which uid 65532 could not traverse on the host), and this
+    # checkout, where the editable install's sources live. The node agent keeps them
+    # visible under a pod's volumes (an emptyDir at /tmp over a clone in /tmp).
     python = (venv / "bin" / "python3").resolve()
-    paths = sorted({str(venv), str(python.parent.parent)})
+    paths = sorted({str(venv), str(python.parent.parent), str(SOURCE_ROOT)})
     path = ":".join([str(venv / "bin"), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
                      "/usr/bin", "/sbin", "/bin"])
     return {"images": [{

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from e2e.nodes.agents import SOURCE_ROOT
 from mailwarden.wire import FILTER_GRPC_PORT
 from tests.nodes.conftest import Cluster, wait_for
 
@@ -279,6 +280,32 @@ def test_crashing_container_backs_off_with_crashloopbackoff(cluster: Cluster,
     assert p.status.phase == "Running"
     previous = cluster.kubectl("logs", "-n", namespace, "crash", "--previous").stdout
     assert previous.startswith("attempt "), previous
+
+
+def test_a_volume_over_the_checkout_leaves_the_image_intact(cluster: Cluster,
+                                                            namespace: str) -> None:
+    """The "image" is this checkout's virtualenv and sources on the host. A pod volume
+    mounted over their directory (a filter pod's emptyDir at /tmp, with the clone in /tmp)
+    hid them, and every such pod crash-looped with `mailwarden` not found; a real image's
+    files are never under a volume."""
+    over = str(SOURCE_ROOT)
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "covered"},
+           "spec": {"backoffLimit": 0, "template": {"spec": {
+               "restartPolicy": "Never",
+               "volumes": [{"name": "scratch", "emptyDir": {}}],
+               "containers": [python_container(
+                   "covered", "import mailwarden.cli; print('imported')",
+                   volumeMounts=[{"name": "scratch", "mountPath": over}])]}}}}
+    cluster.apply(job, namespace)
+
+    def finished() -> bool:
+        st = cluster.batch.read_namespaced_job("covered", namespace).status
+        return any(c.type in ("Complete", "Failed") and c.status == "True"
+                   for c in st.conditions or [])
+    wait_for(finished, 90, "Job finished")
+    p = pods(cluster, namespace, "batch.kubernetes.io/job-name=covered")[0]
+    log = cluster.kubectl("logs", "-n", namespace, p.metadata.name).stdout
+    assert p.status.phase == "Succeeded" and log == "imported\n", log
 
 
 def test_job_completes(cluster: Cluster, namespace: str) -> None:

@@ -198,6 +198,18 @@ func buildRoot(s *Spec) (string, error) {
 			return "", err
 		}
 	}
+	// The image's files live on the host (TraversePaths). A volume mounted over
+	// one of their ancestors (an emptyDir at /tmp while the virtualenv lives
+	// under /tmp) would hide them, which never happens to a real image's
+	// files: bind them back, read-only, over the volume.
+	for _, p := range s.TraversePaths {
+		if !underAMount(p, s.Mounts) {
+			continue
+		}
+		if err := bindInto(root, Mount{Source: p, Target: p, ReadOnly: true}); err != nil {
+			return "", fmt.Errorf("keeping the image's %s visible under a volume: %w", p, err)
+		}
+	}
 	// pivot_root's put-old directory must exist before the root turns read-only.
 	if err := os.MkdirAll(filepath.Join(root, ".oldroot"), 0o700); err != nil {
 		return "", err
@@ -262,6 +274,18 @@ func bindInto(root string, m Mount) error {
 		return remountRO(t)
 	}
 	return nil
+}
+
+// underAMount reports whether path p is a volume's mount point or lies below one.
+func underAMount(p string, mounts []Mount) bool {
+	p = filepath.Clean(p)
+	for _, m := range mounts {
+		t := filepath.Clean(m.Target)
+		if p == t || strings.HasPrefix(p, t+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 func remountRO(p string) error {
