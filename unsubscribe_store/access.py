@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from mailwarden.bearer import bearer_credential
 from unsubscribe_store import metrics
 
 log = logging.getLogger(__name__)
@@ -36,16 +37,6 @@ def client_names(context: grpc.aio.ServicerContext) -> frozenset[str]:
         for value in auth.get(prop, ()):
             names.add(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
     return frozenset(names)
-
-
-def _bearer(context: grpc.aio.ServicerContext) -> bytes | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            text = value if isinstance(value, str) else value.decode("latin-1")
-            scheme, _, credential = text.partition(" ")
-            if scheme.lower() == "bearer":
-                return credential.strip().encode()
-    return None
 
 
 @dataclass(frozen=True)
@@ -71,7 +62,7 @@ class AccessPolicy:
         names = client_names(context)
         if names & self.admin_clients:
             return
-        given = _bearer(context)
+        given = bearer_credential(context.invocation_metadata())
         if given is not None and self.admin_token is not None \
                 and hmac.compare_digest(given, self.admin_token):
             return

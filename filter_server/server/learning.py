@@ -40,6 +40,7 @@ import grpc
 
 from filter_server.server.policy import PolicyHolder
 from filter_server.server.receiving import shown
+from mailwarden.bearer import bearer_credential
 from mailwarden.filter.v1 import filter_pb2
 from mailwarden.wire import ADMIN_TOKEN_ENV
 
@@ -79,16 +80,6 @@ def read_admin_token(path: Path | None) -> bytes | None:
     else:
         value = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
     return value.encode() or None
-
-
-def _bearer(context: grpc.ServicerContext) -> bytes | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            text = value if isinstance(value, str) else value.decode("latin-1")
-            scheme, _, credential = text.partition(" ")
-            if scheme.lower() == "bearer":
-                return credential.strip().encode()
-    return None
 
 
 class LearningFolder:
@@ -157,7 +148,7 @@ class LearningServicer:
             raise Refused(grpc.StatusCode.PERMISSION_DENIED,
                           "Learn is disabled on this server: it has no admin credential "
                           "(--admin-token-file or $MAILWARDEN_ADMIN_TOKEN)")
-        given = _bearer(context)
+        given = bearer_credential(context.invocation_metadata())
         if given is None or not hmac.compare_digest(given, token):
             raise Refused(grpc.StatusCode.UNAUTHENTICATED,
                           "Learn needs 'authorization: Bearer <admin credential>' metadata")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mailwarden import wire
+from mailwarden.bearer import bearer_metadata
 
 ORIGINS = {"user": "USER_REPORT", "operator": "OPERATOR_REVIEW"}
 
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         channel = grpc.insecure_channel(args.target)
     label = filter_pb2.LABEL_SPAM if args.spam else filter_pb2.LABEL_HAM
     origin = filter_pb2.LabelOrigin.Value(ORIGINS[args.origin])
-    metadata = (("authorization", f"Bearer {credential}"),)
+    metadata = bearer_metadata(credential)
     failed = 0
     with channel:
         stub = filter_pb2_grpc.LearningStub(channel)

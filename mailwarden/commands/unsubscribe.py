@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from mailwarden import wire
+from mailwarden.bearer import bearer_metadata
 
 ENV_TARGET = "MAILWARDEN_UNSUBSCRIBE_TARGET"
 ENV_TLS_DIR = "MAILWARDEN_UNSUBSCRIBE_TLS_DIR"
@@ -113,7 +114,7 @@ def _admin_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     credential = _read_credential(path) if path else ""
     for name in (wire.ADMIN_TOKEN_ENV, wire.RESUBSCRIBE_TOKEN_ENV):
         credential = credential or os.environ.get(name, "").strip()
-    return (("authorization", f"Bearer {credential}"),) if credential else ()
+    return bearer_metadata(credential)
 
 
 def _rpc_error(exc) -> int:
