@@ -28,7 +28,7 @@ from mailwarden_operator.common.httpserve import (
     metrics_route,
 )
 from mailwarden_operator.common.informer import CachingKube, InformerThreads, start_informers
-from mailwarden_operator.common.kube import api_client_from_environment
+from mailwarden_operator.common.kube import Kube, api_client_from_environment
 from mailwarden_operator.common.naming import MANAGED_BY, MANAGED_BY_LABEL
 from mailwarden_operator.common.render import RenderSettings
 from mailwarden_operator.handlers import build_registry
@@ -59,6 +59,10 @@ class OperatorConfig:
     filter_image: str = RenderSettings.default_image
     resync_seconds: float = 60.0
     keep_configmaps: int = DEFAULT_KEEP_CONFIGMAPS
+    # Watch-fed child caches (operator/common/informer.py): opt-in until their watch is
+    # proven on every cluster (an e2e run saw a Deployment watch go silent, leaving an
+    # UnsubscribeStore's status stale until the relist).
+    informer_cache: bool = False
     peering: str | None = "mailwarden"                    # None: standalone
     peering_lifetime: int = 15
     priority: int | None = None                           # None: by start time
@@ -151,12 +155,18 @@ def run(config: OperatorConfig) -> int:
                 pkeyfile=str(config.webhook_cert_dir / "tls.key")
                 if config.webhook_cert_dir else None,
                 insecure=config.webhook_insecure)
-        kube = CachingKube(api_client_from_environment(config.kubeconfig),
-                           timeout=config.api_timeout,
-                           on_write=lambda verb, kind: metrics.API_WRITES.labels(verb,
-                                                                                 kind).inc())
-        start_informers(kube, config.namespaces or None)
-        threads.append(InformerThreads(kube))
+        def count_write(verb: str, kind: str) -> None:
+            metrics.API_WRITES.labels(verb, kind).inc()
+
+        kube: Kube
+        if config.informer_cache:
+            kube = CachingKube(api_client_from_environment(config.kubeconfig),
+                               timeout=config.api_timeout, on_write=count_write)
+            start_informers(kube, config.namespaces or None)
+            threads.append(InformerThreads(kube))
+        else:
+            kube = Kube(api_client_from_environment(config.kubeconfig),
+                        timeout=config.api_timeout, on_write=count_write)
         render_settings = RenderSettings(default_image=config.filter_image)
         holder["reconciler"] = Reconciler(kube, render_settings,
                                           keep_configmaps=config.keep_configmaps)

@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="re-check every SpamPolicy and UnsubscribeStore this often "
                         "(drift, late Secrets and model "
                         "ConfigMaps)")
+    parser.add_argument("--informer-cache", action="store_true",
+                        help="read child objects from watch-fed caches instead of the API "
+                        "server (a no-op resync then makes ~0 requests; opt-in, see "
+                        "docs/operator.md)")
     parser.add_argument("--keep-policy-configmaps", type=int, default=3,
                         help="policy ConfigMaps kept per SpamPolicy (the live one included)")
     parser.add_argument("--peering", default="mailwarden",
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         or OperatorConfig.filter_image,
         resync_seconds=args.resync_seconds,
         keep_configmaps=args.keep_policy_configmaps,
+        informer_cache=args.informer_cache,
         peering=None if args.standalone else args.peering,
         peering_lifetime=args.peering_lifetime,
         priority=args.priority,

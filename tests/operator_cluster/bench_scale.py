@@ -64,7 +64,7 @@ def breakdown(events: list[Any]) -> str:
 
 
 def run(policies: int, resync: float, with_nodes: bool, rounds: int,
-        keep: Path | None = None) -> None:
+        keep: Path | None = None, informer_cache: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         if keep is not None:
             tmp = str(keep)
@@ -87,7 +87,8 @@ def run(policies: int, resync: float, with_nodes: bool, rounds: int,
             install_crds(cp)
             core = client.CoreV1Api(cp.api_client())
             core.create_namespace({"metadata": {"name": NAMESPACE}})
-            operator = OperatorOnCluster(cp, workdir, resync=resync).start()
+            extra = ["--informer-cache"] if informer_cache else []
+            operator = OperatorOnCluster(cp, workdir, *extra, resync=resync).start()
             assert operator.process is not None
             pid = operator.process.pid
             audit = AuditLog(cp)
@@ -159,12 +160,14 @@ def main() -> None:
     parser.add_argument("--resync", type=float, default=60.0,
                         help="the operator's resync period (the chart's default: 60)")
     parser.add_argument("--rounds", type=int, default=2, help="resync rounds to count")
+    parser.add_argument("--informer-cache", action="store_true",
+                        help="run the operator with its watch-fed caches (the 'after' figures)")
     parser.add_argument("--nodes", action="store_true",
                         help="run the filter pods (two node agents) and wait for Ready")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="work in DIR and keep it (logs, the audit log) afterwards")
     args = parser.parse_args()
-    run(args.policies, args.resync, args.nodes, args.rounds, args.keep)
+    run(args.policies, args.resync, args.nodes, args.rounds, args.keep, args.informer_cache)
 
 
 if __name__ == "__main__":
