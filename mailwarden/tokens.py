@@ -41,6 +41,7 @@ import datetime
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import struct
 import time
@@ -64,6 +65,7 @@ MIN_MAX_AGE_DAYS = 60  # CASL: an unsubscribe mechanism must work for at least 6
 MIN_KEEP_RETIRED_DAYS = 60  # ...so a retired key keeps verifying at least that long
 DEFAULT_KEEP_RETIRED_DAYS = 90
 MAX_TOKEN_CHARS = 1024
+URLSAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 _CONTEXT = b"mailwarden-unsubscribe-token\x00"
 _CONTEXT_V2 = b"mailwarden-unsubscribe-token-v2\x00"
 _KEY_ID_CONTEXT = b"mailwarden-signing-key-id\x00"
@@ -201,6 +203,10 @@ def verify_token(keys: KeyRing, token: str, *, max_age_days: int = 0,
     token that is not authentic, TokenExpired for an authentic one older than
     ``max_age_days`` (0: never), TokenUnknownKey for one whose key is not in the ring."""
     if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+        raise TokenInvalid()
+    # b64decode maps the URL-safe "-_" onto "+/" and then accepts both spellings; a token
+    # has one spelling only (a link with "+" for "-" is not the link we sent).
+    if not URLSAFE_TOKEN.fullmatch(token):
         raise TokenInvalid()
     try:
         raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)

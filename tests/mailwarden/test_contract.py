@@ -155,3 +155,15 @@ def test_generated_code_matches_proto(tmp_path):
     for name in ("unsubscribe_pb2.py", "unsubscribe_pb2.pyi", "unsubscribe_pb2_grpc.py"):
         assert filecmp.cmp(generated / name, REPO / "mailwarden/unsubscribe/v1" / name,
                            shallow=False), f"{name} drifted: run scripts/gen-protos.sh"
+
+
+def test_a_token_has_one_spelling():
+    """base64's decoder takes "+" and "/" for the URL-safe "-" and "_": a token spelled
+    with them is not one we issued (the tampering test above caught it 1 time in 64)."""
+    keys = KeyRing.from_secrets(generate_key())
+    tokens = (mint_token(keys, f"u{n}@example.com", "news") for n in range(500))
+    token = next(t for t in tokens if "-" in t and "_" in t)
+    assert verify_token(keys, token).scope == "news"
+    for respelled in (token.replace("-", "+", 1), token.replace("_", "/", 1)):
+        with pytest.raises(TokenInvalid):
+            verify_token(keys, respelled)
