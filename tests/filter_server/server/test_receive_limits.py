@@ -162,15 +162,24 @@ def test_calls_that_never_send_give_the_memory_back(servers, policy_dir: Path) -
     server = servers(policy_dir, "--memory-limit-bytes", str(512 * MIB),
                      "--receive-timeout-seconds", "3").wait_serving()
     idle = Never()
-    with grpc.insecure_channel(server.address) as channel:
+    # a connection of its own: one shared with the health checks is older, and its maximum
+    # age (15 s) could end it while the idle calls wait
+    with own_connection(server, 0) as channel:
         announce = channel.stream_unary(
             METHOD + "Classify", request_serializer=filter_pb2.ClassifyRequest.SerializeToString,
             response_deserializer=filter_pb2.ClassifyResponse.FromString)
         started = time.monotonic()
         held = [announce.future(idle.requests(), timeout=60, metadata=(
             (MESSAGE_BYTES_METADATA, str(25 * MIB)),)) for _ in range(3)]
-        wait_for(lambda: server.metric("mailwarden_filter_memory_reserved_bytes") > 150 * MIB,
-                 10, "the idle calls to reserve")
+        # each reserves ~100 MiB to receive 25 MiB; how many fit at once depends on the
+        # worker's budget (its share of the limit less what it holds: 270-290 MiB here), so
+        # the test asks for one at least and for the large-reservation cap, not a count
+        reserved = wait_for(lambda: server.metric("mailwarden_filter_memory_reserved_bytes")
+                            >= 90 * MIB and server.metric(
+                                "mailwarden_filter_memory_reserved_bytes"),
+                            10, "an idle call to reserve")
+        budget = server.metric("mailwarden_filter_memory_budget_bytes")
+        assert reserved <= 0.75 * budget, (reserved, budget)
         # ordinary mail still has room: large reservations take at most 3/4 of the budget
         with grpc.insecure_channel(server.address) as other:
             stub = filter_pb2_grpc.FilterStub(other)
@@ -182,9 +191,10 @@ def test_calls_that_never_send_give_the_memory_back(servers, policy_dir: Path) -
         ended = outcomes(held)
         took = time.monotonic() - started
         idle.released.set()
-    assert set(ended) == {"DEADLINE_EXCEEDED"}, ended
+    assert set(ended) == {"DEADLINE_EXCEEDED"}, [call.exception().details() for call in held]
     assert "no request received within 3 s" in held[0].exception().details()
-    assert 2.5 < took < 10, f"the idle calls ended after {took:.1f} s"
+    # those that did not fit waited for the others to end, then had their own 3 s
+    assert 2.5 < took < 12, f"the idle calls ended after {took:.1f} s"
     wait_for(lambda: server.metric("mailwarden_filter_memory_reserved_bytes") == 0, 5,
              "the reservations to be given back")
 
