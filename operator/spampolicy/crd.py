@@ -97,6 +97,58 @@ GOLDEN_CORPUS_SCHEMA: dict[str, Any] = {
     },
 }
 
+CANARY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Steps and guards of a canary rollout (strategy Canary).",
+    "default": {},
+    "properties": {
+        "steps": {
+            "type": "array", "minItems": 1, "maxItems": 10,
+            "default": [{"weight": 10, "holdSeconds": 300}, {"weight": 50, "holdSeconds": 300}],
+            "description": "The canary's share of the filter pods, step by step; each step "
+            "holds at least holdSeconds and until guards.minSamples messages reached the "
+            "canary pods. After the last step the new policy rolls out to every pod.",
+            "items": {"type": "object", "required": ["weight"], "properties": {
+                "weight": {"type": "integer", "minimum": 1, "maximum": 99,
+                           "description": "Percent of all filter pods that serve the new "
+                           "policy (at least one pod; traffic follows pod count)."},
+                "holdSeconds": {"type": "integer", "minimum": 0, "maximum": 86400,
+                                "default": 300,
+                                "description": "Least time the step is held."}}},
+        },
+        "guards": {
+            "type": "object",
+            "description": "Limits the canary pods are held to, against the pods serving "
+            "the previous policy (figures from both sides' /metrics, read at each resync "
+            "and each canary check). Crossing one rolls the canary back.",
+            "default": {},
+            "properties": {
+                "maxVerdictChangeRate": {
+                    "type": "number", "minimum": 0, "maximum": 1, "default": 0.2,
+                    "description": "Share of sampled messages whose action the new policy "
+                    "changes (the canary pods also judge a sample with the previous policy, "
+                    "at rollout.shadow.sampleRate)."},
+                "maxRejectRateIncrease": {
+                    "type": "number", "minimum": 0, "maximum": 1, "default": 0.05,
+                    "description": "Canary share of REJECT verdicts minus the previous "
+                    "policy's (0.05: five percentage points more)."},
+                "maxErrorRateIncrease": {
+                    "type": "number", "minimum": 0, "maximum": 1, "default": 0.01,
+                    "description": "Canary share of calls answered with a gRPC error minus "
+                    "the previous policy's."},
+                "maxP99LatencyRatio": {
+                    "type": "number", "minimum": 1, "default": 2.0,
+                    "description": "Canary p99 classify latency over the previous policy's "
+                    "(judged once both sides have minSamples)."},
+                "minSamples": {
+                    "type": "integer", "minimum": 1, "default": 100,
+                    "description": "Messages a side needs before a rate is judged; a step "
+                    "does not advance before the canary pods have classified this many."},
+            },
+        },
+    },
+}
+
 SPEC_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "The policy and how it is served. Size: the validated policy and its "
@@ -187,7 +239,7 @@ SPEC_SCHEMA: dict[str, Any] = {
                     "rollout.maxSurge",
                     "Extra pods during a rollout (at least 1, or a percentage).", "25%"),
                 "strategy": {
-                    "type": "string", "enum": ["RollingUpdate", "Shadow"],
+                    "type": "string", "enum": ["RollingUpdate", "Shadow", "Canary"],
                     "default": "RollingUpdate",
                     "description": "How a policy change takes effect. RollingUpdate: the "
                     "new policy rolls out at once. Shadow: the policy serving now keeps "
@@ -195,7 +247,14 @@ SPEC_SCHEMA: dict[str, Any] = {
                     "sample of real traffic (mailwarden_shadow_* metrics: verdict changes "
                     "by direction and rule); it is promoted by setting RollingUpdate or by "
                     "`kubectl annotate spampolicy NAME mailwarden.dev/promote-policy=HASH` "
-                    "(status.shadowPolicyHash)."},
+                    "(status.shadowPolicyHash). Canary: the new policy serves on a second "
+                    "Deployment (NAME-filter-canary) behind the same Services, growing "
+                    "through rollout.canary.steps while rollout.canary.guards compare its "
+                    "pods with the others; a guard crossed deletes it (the previous policy "
+                    "never stopped serving) and the same policy is not tried again; after "
+                    "the last step it rolls out to every pod (status.canary, "
+                    "status.lastRollback, condition CanaryRolledBack)."},
+                "canary": CANARY_SCHEMA,
                 "shadow": {
                     "type": "object",
                     "description": "Bounds of shadow evaluation (strategy Shadow).",
@@ -266,6 +325,19 @@ CONDITION_SCHEMA = common.condition_schema(
     "Ready, Progressing, PolicyValid, Degraded, ApplyFailed, ScalingActive, AbleToScale, "
     "SuppressionReady or SuppressionFresh.")
 
+CANARY_FIGURES = {
+    "canaryMessages": "Messages the canary pods classified.",
+    "stableMessages": "Messages the previous policy's pods classified.",
+    "verdictChangeRate": "Share of the canary's sampled messages the new policy acted on "
+    "differently.",
+    "rejectRate": "Canary share of REJECT verdicts.",
+    "stableRejectRate": "Previous policy's share of REJECT verdicts.",
+    "errorRate": "Canary share of calls that ended in a gRPC error.",
+    "stableErrorRate": "Previous policy's share of calls that ended in a gRPC error.",
+    "p99Seconds": "Canary p99 classify latency.",
+    "stableP99Seconds": "Previous policy's p99 classify latency.",
+}
+
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "Observed state, written by the operator.",
@@ -319,6 +391,51 @@ STATUS_SCHEMA: dict[str, Any] = {
                         "messages": {"type": "integer",
                                      "description": "Changed verdicts it was part of."}}},
                 },
+            },
+        },
+        "canary": {
+            "type": "object",
+            "description": "The canary rollout in progress (rollout.strategy Canary): all "
+            "its state, so another operator replica carries on where this one stopped.",
+            "properties": {
+                "policyHash": {"type": "string", "description": "The new policy."},
+                "stablePolicyHash": {"type": "string",
+                                     "description": "The previous policy, serving on the "
+                                     "other pods."},
+                "step": {"type": "integer", "description": "Index in rollout.canary.steps."},
+                "weight": {"type": "integer", "description": "The step's percent of pods."},
+                "replicas": {"type": "integer", "description": "Canary pods wanted."},
+                "startedAt": {"type": "string", "format": "date-time",
+                              "description": "When the canary started."},
+                "stepStartedAt": {"type": "string", "format": "date-time",
+                                  "description": "When the step's canary pods were all "
+                                  "available (its hold counts from there)."},
+                "promoted": {"type": "boolean", "description": "Every step passed: the "
+                             "new policy rolls out to every pod."},
+                "figures": {
+                    "type": "object", "description": "What the guards last judged.",
+                    "properties": {key: {"type": "number", "description": text}
+                                   for key, text in CANARY_FIGURES.items()},
+                },
+            },
+        },
+        "lastRollback": {
+            "type": "object",
+            "description": "The last canary rolled back, and why. That policy is not tried "
+            "again until the spec changes.",
+            "properties": {
+                "policyHash": {"type": "string", "description": "The policy rolled back."},
+                "stablePolicyHash": {"type": "string",
+                                     "description": "The policy that kept serving."},
+                "guard": {"type": "string", "description": "The guard crossed."},
+                "observed": {"type": "number", "description": "Its observed value."},
+                "limit": {"type": "number", "description": "Its limit."},
+                "step": {"type": "integer", "description": "The step it happened at."},
+                "at": {"type": "string", "format": "date-time",
+                       "description": "When the canary was deleted."},
+                "secondsAfterStepStart": {"type": "number",
+                                          "description": "From the step's start (its pods "
+                                          "available) to the rollback."},
             },
         },
         "policyConfigMap": {"type": "string",

@@ -18,6 +18,10 @@ HASH_ANNOTATION = f"{common.GROUP}/policy-hash"
 SHADOW_HASH_ANNOTATION = f"{common.GROUP}/shadow-policy-hash"
 PROMOTE_ANNOTATION = f"{common.GROUP}/promote-policy"
 POLICY_LABEL = f"{common.GROUP}/spampolicy"
+# rollout.strategy Canary: the canary Deployment's pods carry TRACK_LABEL=CANARY_TRACK (in
+# its selector too); the main Deployment's pods have no such label.
+TRACK_LABEL = f"{common.GROUP}/track"
+CANARY_TRACK = "canary"
 ROLE_LABEL = common.ROLE_LABEL
 HASH_LABEL = f"{common.GROUP}/policy-hash"
 SERVICE_ROLE_LABEL = common.SERVICE_ROLE_LABEL
@@ -57,6 +61,11 @@ def mail_protocols(spec: dict[str, Any]) -> list[str]:
 def workload_name(policy_name: str) -> str:
     """Deployment, ClusterIP Service, HPA, PDB and ServiceMonitor share this name."""
     return f"{policy_name}-filter"
+
+
+def canary_name(policy_name: str) -> str:
+    """The canary Deployment (rollout.strategy Canary), behind the same Services."""
+    return f"{policy_name}-filter-canary"
 
 
 def headless_name(policy_name: str) -> str:

@@ -34,12 +34,19 @@ from mailwarden_operator.common.render import (
     RenderSettings,
     servicemonitor_wanted,
 )
-from mailwarden_operator.common.status import observe_rollout, status_patch
-from mailwarden_operator.spampolicy import naming, shadow_agreement, suppression_health
+from mailwarden_operator.common.status import build_conditions, observe_rollout, status_patch
+from mailwarden_operator.spampolicy import (
+    canary,
+    canary_guards,
+    naming,
+    shadow_agreement,
+    suppression_health,
+)
 from mailwarden_operator.spampolicy.golden import check_golden
 from mailwarden_operator.spampolicy.policy import PolicyBundle, PolicyRejected, build_bundle
 from mailwarden_operator.spampolicy.render.configmap import render_configmap
 from mailwarden_operator.spampolicy.render.deployment import (
+    render_canary_deployment,
     render_deployment,
     store_client_tls_secret,
     suppression_store,
@@ -80,6 +87,8 @@ class Reconciler:
     _locks: ObjectLocks = field(default_factory=ObjectLocks)
     applier: Applier = field(init=False)
     backoff: ApplyBackoff = field(default_factory=ApplyBackoff)
+    # Reads a filter pod's /metrics (canary guards); tests put a stand-in here.
+    metrics_fetch: Callable[[str], str] = suppression_health._fetch
 
     def __post_init__(self) -> None:
         self.applier = Applier(self.kube)
@@ -109,6 +118,7 @@ class Reconciler:
         metrics.forget(namespace, name)
         self.backoff.forget(namespace, name)
         for res, child in ((DEPLOYMENTS, naming.workload_name(name)),
+                           (DEPLOYMENTS, naming.canary_name(name)),
                            (SERVICES, naming.workload_name(name)),
                            (SERVICES, naming.headless_name(name)),
                            (HPAS, naming.workload_name(name)), (PDBS, naming.workload_name(name)),
@@ -129,6 +139,9 @@ class Reconciler:
         owner = {**owner, "spec": with_defaults(owner.get("spec"))}
         spec = owner["spec"]
         previous = owner.get("status") or {}
+        if seen_deployment is not None and \
+                seen_deployment["metadata"].get("name") != naming.workload_name(name):
+            seen_deployment = None  # the canary's: read the main one
 
         bundle: PolicyBundle | None = None
         rejected: PolicyRejected | None = None
@@ -160,14 +173,22 @@ class Reconciler:
         failure: ApplyFailure | None = None
         target_hash: str | None = None
         serving_hash, shadow_hash = None, None
+        plan: canary.Plan | None = None
+        now = self.clock()
         if bundle is not None:
-            serving_hash, shadow_hash = self._shadowing(owner, bundle, seen_deployment)
+            if spec["rollout"]["strategy"] == "Canary":
+                plan = self._canary_plan(owner, bundle, seen_deployment, previous, now)
+                serving_hash = plan.serving_hash
+            else:
+                serving_hash, shadow_hash = self._shadowing(owner, bundle, seen_deployment)
             failure = self.backoff.paused(namespace, name, generation)
             if failure is None:
                 try:
                     deployment, hpa = self._apply_children(
                         owner, bundle, seen_deployment, serving_hash, shadow_hash,
                         store_client_tls_secret(owner, store))
+                    self._apply_canary(owner, plan, serving_hash,
+                                       store_client_tls_secret(owner, store))
                     target_hash = serving_hash
                     self.backoff.succeeded(namespace, name)
                 except KubeError as exc:
@@ -185,6 +206,11 @@ class Reconciler:
             target_hash = _template_hash(deployment)
 
         rollout = observe_rollout(deployment, target_hash, naming.HASH_ANNOTATION)
+        if plan is not None and plan.keep_canary and rollout.complete \
+                and target_hash == plan.serving_hash:
+            # Promoted and live on every main pod: the canary pods are no longer needed.
+            self._delete_canary(owner)
+            plan.canary = None
         autoscaler = hpa if hpa is not None else kube.get(HPAS, namespace, workload)
         observation = Observation(
             generation=owner["metadata"].get("generation"),
@@ -203,8 +229,8 @@ class Reconciler:
             requests_per_second_ignored=bool(
                 spec["autoscaling"].get("requestsPerSecond") and autoscaler is not None
                 and len(autoscaler["spec"]["metrics"]) == 1))
-        now = self.clock()
         status, transitions = compute_status(previous, observation, now)
+        self._canary_status(status, previous, plan, spec, observation.generation, now)
         if target_hash is not None:
             status["policyConfigMap"] = naming.configmap_name(name, target_hash)
         if shadow_hash is not None and target_hash == serving_hash:
@@ -220,7 +246,7 @@ class Reconciler:
 
         if rollout.complete and target_hash is not None:
             self._prune(owner, status.get("recentPolicyHashes") or [], target_hash,
-                        also_keep=shadow_hash)
+                        also_keep=shadow_hash or (plan.canary_hash if plan else None))
 
         patch = status_patch(previous, status)
         if patch:
@@ -232,6 +258,8 @@ class Reconciler:
         if "shadowPolicyHash" in patch:
             self._shadow_event(owner, previous.get("shadowPolicyHash"),
                                patch["shadowPolicyHash"], target_hash, now)
+        for kind, reason, message in (plan.events if plan else ()):
+            events.post(kube, owner, naming.KIND, kind, reason, message, now)
         self._record(namespace, name, previous, status, bundle is not None)
         if rejected is not None:
             return "rejected"
@@ -253,6 +281,67 @@ class Reconciler:
         if live is None or live == bundle.hash or promoted == bundle.hash:
             return bundle.hash, None
         return live, bundle.hash
+
+    def _canary_plan(self, owner: dict[str, Any], bundle: PolicyBundle,
+                     seen_deployment: dict[str, Any] | None, previous: dict[str, Any],
+                     now: datetime.datetime) -> canary.Plan:
+        """rollout.strategy Canary: what the two Deployments should run (canary.py)."""
+        meta = owner["metadata"]
+        main = seen_deployment if seen_deployment is not None else self.kube.get(
+            DEPLOYMENTS, meta["namespace"], naming.workload_name(meta["name"]))
+        current = self.kube.get(DEPLOYMENTS, meta["namespace"],
+                                naming.canary_name(meta["name"]))
+        replicas = int(((main or {}).get("spec") or {}).get(
+            "replicas", owner["spec"]["replicas"]["min"]))
+        return canary.decide(owner["spec"], bundle.hash, _template_hash(main), replicas,
+                             current, previous, now,
+                             lambda candidate, stable: canary_guards.observe(
+                                 self.kube, owner, candidate, stable,
+                                 fetch=self.metrics_fetch))
+
+    def _apply_canary(self, owner: dict[str, Any], plan: canary.Plan | None,
+                      stable_hash: str | None, store_client_secret: str | None) -> None:
+        """Run, resize or delete the canary Deployment as the plan says (no plan: the
+        strategy is not Canary, so no canary may be left running)."""
+        if plan is not None and plan.keep_canary:
+            return
+        if plan is None or plan.canary_hash is None or stable_hash is None:
+            self._delete_canary(owner)
+            return
+        self.applier.apply(DEPLOYMENTS, render_canary_deployment(
+            owner, plan.canary_hash, stable_hash, plan.canary_replicas, self.settings,
+            store_client_secret), create_only=())
+
+    def _delete_canary(self, owner: dict[str, Any]) -> None:
+        meta = owner["metadata"]
+        name = naming.canary_name(meta["name"])
+        if self.kube.get(DEPLOYMENTS, meta["namespace"], name) is None:
+            return
+        self.kube.delete(DEPLOYMENTS, meta["namespace"], name)
+        self.applier.forget(DEPLOYMENTS.kind, meta["namespace"], name)
+        log.info("deleted canary Deployment %s/%s", meta["namespace"], name)
+
+    def _canary_status(self, status: dict[str, Any], previous: dict[str, Any],
+                       plan: canary.Plan | None, spec: dict[str, Any],
+                       generation: int | None, now: datetime.datetime) -> None:
+        """status.canary, status.lastRollback and the CanaryRolledBack condition (its
+        Events are posted from the plan: one per start, step, promotion, rollback)."""
+        if plan is None:
+            if spec["rollout"]["strategy"] != "Canary":
+                if previous.get("canary"):
+                    status["canary"] = None  # the strategy changed: the canary was deleted
+            else:
+                # An invalid policy changes nothing about a canary: keep its condition.
+                status["conditions"] += [c for c in previous.get("conditions") or []
+                                         if c.get("type") == canary.CONDITION]
+            return
+        status["canary"] = plan.canary
+        if plan.last_rollback is not None:
+            status["lastRollback"] = plan.last_rollback
+        if plan.condition is not None:
+            conditions, _ = build_conditions(previous, [plan.condition], generation, now,
+                                             lambda *_: False)
+            status["conditions"] += conditions
 
     def _apply_children(self, owner: dict[str, Any], bundle: PolicyBundle,
                         seen_deployment: dict[str, Any] | None = None,

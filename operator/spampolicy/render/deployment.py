@@ -126,6 +126,28 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
     return deployment
 
 
+def render_canary_deployment(owner: dict[str, Any], candidate_hash: str, stable_hash: str,
+                             replicas: int, settings: RenderSettings,
+                             store_client_secret: str | None = None) -> dict[str, Any]:
+    """The canary Deployment (rollout.strategy Canary): pods like the main ones serving
+    `candidate_hash`, which also judge a sample with `stable_hash` in shadow (the
+    verdict-change guard). Its pods match the Services' selector, so they take a share of
+    the traffic by pod count; its own selector adds the track label, so neither Deployment
+    claims the other's pods. No autoscaler: the operator sets `replicas` at each step."""
+    policy_name = owner["metadata"]["name"]
+    deployment = render_deployment(owner, candidate_hash, settings, store_client_secret,
+                                   shadow_hash=stable_hash)
+    track = {naming.TRACK_LABEL: naming.CANARY_TRACK}
+    deployment["metadata"] = naming.child_metadata(
+        owner, naming.canary_name(policy_name), extra_labels=track,
+        annotations={naming.HASH_ANNOTATION: candidate_hash})
+    spec = deployment["spec"]
+    spec["replicas"] = replicas
+    spec["selector"] = {"matchLabels": {**naming.selector_labels(policy_name), **track}}
+    spec["template"]["metadata"]["labels"].update(track)
+    return deployment
+
+
 def _add_shadow(deployment: dict[str, Any], owner: dict[str, Any], shadow_hash: str) -> None:
     shadow = owner["spec"]["rollout"]["shadow"]
     template = deployment["spec"]["template"]
