@@ -58,6 +58,8 @@ class OperatorConfig:
     namespaces: list[str] = field(default_factory=list)   # empty: all namespaces
     filter_image: str = RenderSettings.default_image
     resync_seconds: float = 60.0
+    # SpamPolicies with a canary in progress are re-checked this often (its guards).
+    canary_check_seconds: float = 10.0
     keep_configmaps: int = DEFAULT_KEEP_CONFIGMAPS
     # Watch-fed child caches (operator/common/informer.py): opt-in until their watch is
     # proven on every cluster (an e2e run saw a Deployment watch go silent, leaving an
@@ -177,7 +179,8 @@ def run(config: OperatorConfig) -> int:
         resync = Resync(holder["reconciler"], kube, interval=config.resync_seconds,
                         namespaces=config.namespaces, peering=config.peering,
                         identity=identity, priority=priority,
-                        store_reconciler=holder["store"])
+                        store_reconciler=holder["store"],
+                        canary_interval=config.canary_check_seconds)
         resync.start()
         threads.append(resync)
         if config.webhook_enabled and config.webhook_cert_dir is not None:

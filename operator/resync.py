@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
+import time
 from typing import Any
 
 from mailwarden_operator.common import metrics
@@ -63,12 +64,17 @@ def is_active(peering: dict[str, Any] | None, identity: str, priority: int,
 class Resync(threading.Thread):
     def __init__(self, reconciler: Reconciler, kube: Kube, *, interval: float,
                  namespaces: list[str], peering: str | None, identity: str,
-                 priority: int, store_reconciler: StoreReconciler | None = None) -> None:
+                 priority: int, store_reconciler: StoreReconciler | None = None,
+                 canary_interval: float | None = None) -> None:
         super().__init__(name="resync", daemon=True)
         self.reconciler = reconciler
         self.store_reconciler = store_reconciler
         self.kube = kube
         self.interval = interval
+        # Between full resyncs, SpamPolicies with a canary in progress (status.canary) are
+        # reconciled this often: their guards are judged at each reconcile, so this bounds
+        # the time from a bad canary step to its rollback.
+        self.canary_interval = min(canary_interval or interval, interval)
         self.namespaces = namespaces
         self.peering = peering
         self.identity = identity
@@ -98,8 +104,15 @@ class Resync(threading.Thread):
         except KubeError as exc:
             log.warning("cannot read the peering object: %s", exc)
         inactive_rounds = 0
-        while not self.stopping.wait(self.interval):
+        last_full = time.monotonic()
+        while not self.stopping.wait(self.canary_interval):
+            full = time.monotonic() - last_full >= self.interval - 0.001
             try:
+                if not full:
+                    if self.active():
+                        self.check_canaries()
+                    continue
+                last_full = time.monotonic()
                 if self.active():
                     inactive_rounds = 0
                     self.resync_all()
@@ -131,6 +144,23 @@ class Resync(threading.Thread):
                 elif exc.status != 404:
                     log.warning("resync of UnsubscribeStores skipped: %s", exc)
         self._resync(SPAMPOLICIES, self.reconciler.reconcile)
+
+    def check_canaries(self) -> None:
+        """Reconcile the SpamPolicies with a canary in progress (and no others)."""
+        namespaces: list[str | None] = list(self.namespaces) or [None]
+        for namespace in namespaces:
+            for body in self.kube.list(SPAMPOLICIES, namespace):
+                if self.stopping.is_set():
+                    return
+                if not (body.get("status") or {}).get("canary"):
+                    continue
+                meta = body["metadata"]
+                try:
+                    self.reconciler.reconcile(meta["namespace"], meta["name"],
+                                              trigger="canary")
+                except KubeError as exc:
+                    log.warning("canary check of SpamPolicy %s/%s failed: %s",
+                                meta["namespace"], meta["name"], exc)
 
     def _resync(self, resource: Resource, reconcile: Any) -> None:
         namespaces: list[str | None] = list(self.namespaces) or [None]

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="re-check every SpamPolicy and UnsubscribeStore this often "
                         "(drift, late Secrets and model "
                         "ConfigMaps)")
+    parser.add_argument("--canary-check-seconds", type=float, default=10.0,
+                        help="re-check SpamPolicies with a canary in progress this often "
+                        "(its guards and steps; bounds the time to an automatic rollback)")
     parser.add_argument("--informer-cache", action="store_true",
                         help="read child objects from watch-fed caches instead of the API "
                         "server (a no-op resync then makes ~0 requests; opt-in, see "
@@ -93,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         filter_image=args.filter_image or os.environ.get("MAILWARDEN_FILTER_IMAGE")
         or OperatorConfig.filter_image,
         resync_seconds=args.resync_seconds,
+        canary_check_seconds=args.canary_check_seconds,
         keep_configmaps=args.keep_policy_configmaps,
         informer_cache=args.informer_cache,
         peering=None if args.standalone else args.peering,

@@ -78,3 +78,40 @@ def test_a_missing_store_crd_does_not_stop_the_spampolicy_resync(caplog) -> None
         resync.resync_all()
     assert policies.calls == [("ns", "p", "resync")] * 2 and stores.calls == []
     assert caplog.text.count("is the CRD installed?") == 1
+
+
+def test_canaries_are_checked_between_full_resyncs() -> None:
+    """With --canary-check-seconds below --resync-seconds, the rounds in between reconcile
+    only the SpamPolicies with a canary in progress (their guards bound the rollback)."""
+    import threading
+
+    from mailwarden_operator.resync import Resync
+
+    def policy(name: str, status: dict) -> dict:
+        return {"metadata": {"namespace": "ns", "name": name}, "status": status}
+
+    class Kube:
+        def list(self, resource, namespace):
+            if resource.plural != "spampolicies":
+                return []
+            return [policy("plain", {}), policy("canary", {"canary": {"step": 0}})]
+
+    calls: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    class Reconciler:
+        def reconcile(self, namespace: str, name: str, *, trigger: str) -> None:
+            calls.append((name, trigger))
+            if len(calls) >= 4:
+                done.set()
+
+    resync = Resync(Reconciler(), Kube(), interval=0.5, namespaces=[], peering=None,
+                    identity="me", priority=1, canary_interval=0.1)
+    resync.start()
+    try:
+        assert done.wait(5)
+    finally:
+        resync.stop()
+    # Canary checks reconcile the canary only; full resyncs both.
+    assert calls.count(("canary", "canary")) >= 2
+    assert ("plain", "canary") not in calls

@@ -5,6 +5,7 @@ step, as after an operator takeover). The real pods and control plane are in
 tests/operator_cluster/test_canary.py."""
 
 from __future__ import annotations
+
 from typing import Any
 
 from mailwarden_operator.common.kube import CONFIGMAPS, DEPLOYMENTS, EVENTS, SPAMPOLICIES
