@@ -1,0 +1,167 @@
+"""rollout.strategy Canary on the real API server with the real operator and real filter
+pods (issue 18): a policy change that REJECTs ham serves on a canary Deployment behind the
+same Service, live test traffic (spread over the Service's ready endpoints, as the Service
+does) makes the REJECT-rate guard cross, and the operator rolls it back by itself: the
+canary Deployment is deleted, the previous policy never stopped serving, no call failed,
+and status, condition and a Warning Event name the guard and the figures.
+
+It prints the time from the bad step's first REJECT to the rollback (the longer runs are in
+the canary benchmark's figures in docs/rollout.md)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import grpc
+import pytest
+from kubernetes import client
+
+from e2e.cluster import ControlPlane
+from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
+from mailwarden_operator.spampolicy import naming
+from tests.operator_cluster.kubeapi import wait_for
+from tests.operator_cluster.operator_proc import OperatorOnCluster
+from tests.operator_cluster.test_shadow import apply, status, template_hashes
+
+pytestmark = pytest.mark.slow
+
+HAM = b"Subject: noon\r\n\r\nShall we have lunch at noon? Bring the slides.\r\n"
+LUNCH = {"name": "LUNCH", "target": "body", "pattern": "lunch", "score": 30}
+
+
+def policy(namespace: str, *extra: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "mailwarden.dev/v1alpha1", "kind": "SpamPolicy",
+            "metadata": {"name": "mail", "namespace": namespace},
+            "spec": {"replicas": {"min": 1, "max": 2},
+                     "policy": {"rules": [{"name": "R1", "target": "body",
+                                           "pattern": "viagra", "score": 5}, *extra]},
+                     "rollout": {"strategy": "Canary", "canary": {
+                         # Held long: only a guard can end this step.
+                         "steps": [{"weight": 50, "holdSeconds": 3600}],
+                         "guards": {"minSamples": 20}}}}}
+
+
+class Traffic(threading.Thread):
+    """Classify HAM without pause, round-robin over the ready endpoints of the policy's
+    Service (re-read every 0.3 s), recording every answer and every failed call."""
+
+    def __init__(self, cp: ControlPlane, namespace: str) -> None:
+        super().__init__(name="canary-traffic", daemon=True)
+        self.discovery = client.DiscoveryV1Api(cp.api_client())
+        self.namespace = namespace
+        self.answers: list[tuple[float, str, int]] = []  # (time, pod IP, action)
+        self.failures: list[str] = []
+        self.stopping = threading.Event()
+
+    def endpoints(self) -> list[str]:
+        slices = self.discovery.list_namespaced_endpoint_slice(
+            self.namespace, label_selector="kubernetes.io/service-name="
+            + naming.workload_name("mail")).items
+        return sorted(address for s in slices for e in s.endpoints or []
+                      if (e.conditions and e.conditions.ready) for address in e.addresses)
+
+    def run(self) -> None:
+        channels: dict[str, grpc.Channel] = {}
+        ips: list[str] = []
+        refreshed, turn = 0.0, 0
+        try:
+            while not self.stopping.is_set():
+                if time.monotonic() - refreshed > 0.3:
+                    ips, refreshed = self.endpoints(), time.monotonic()
+                if not ips:
+                    time.sleep(0.1)
+                    continue
+                ip = ips[turn % len(ips)]
+                turn += 1
+                if ip not in channels:
+                    channels[ip] = grpc.insecure_channel(f"{ip}:{naming.GRPC_PORT}")
+                try:
+                    answer = filter_pb2_grpc.FilterStub(channels[ip]).Classify(
+                        filter_pb2.ClassifyRequest(request_id=f"c{turn}", message=HAM),
+                        timeout=10)
+                    self.answers.append((time.monotonic(), ip, answer.action))
+                except grpc.RpcError as exc:
+                    self.failures.append(f"{ip}: {exc.code()} {exc.details()}")
+                time.sleep(0.02)
+        finally:
+            for channel in channels.values():
+                channel.close()
+
+
+def test_a_canary_that_rejects_ham_is_rolled_back_automatically(
+        control_plane: ControlPlane, operator: OperatorOnCluster, namespace: str) -> None:
+    apps = client.AppsV1Api(control_plane.api_client())
+    apply(control_plane, policy(namespace))
+    first = wait_for("the first policy live", lambda: status(
+        control_plane, namespace).get("policyHash"), timeout=120)
+    traffic = Traffic(control_plane, namespace)
+    traffic.start()
+    try:
+        wait_for("ham answered", lambda: len(traffic.answers) >= 5, timeout=30)
+        assert {a[2] for a in traffic.answers} == {filter_pb2.ACCEPT}
+
+        apply(control_plane, policy(namespace, LUNCH))
+        candidate = wait_for("the canary started", lambda: (
+            status(control_plane, namespace).get("canary") or {}).get("policyHash"),
+            timeout=60)
+        assert candidate != first
+        try:
+            first_reject = wait_for("the canary pod answering", lambda: next(
+                (a[0] for a in traffic.answers if a[2] == filter_pb2.REJECT), None),
+                timeout=120)
+        except AssertionError:
+            pods = client.CoreV1Api(control_plane.api_client()).list_namespaced_pod(
+                namespace).items
+            raise AssertionError("no REJECT: " + repr([
+                (p.metadata.name, p.status.pod_ip, p.status.phase,
+                 [(c.type, c.status) for c in p.status.conditions or []]) for p in pods])
+                + f" endpoints {traffic.endpoints()} answers {traffic.answers[-5:]} "
+                f"status {status(control_plane, namespace)} operator {operator.tail(30)}")
+        rollback = wait_for("the rollback", lambda: status(
+            control_plane, namespace).get("lastRollback"), timeout=60)
+
+        def canary_gone() -> bool:
+            try:
+                apps.read_namespaced_deployment(naming.canary_name("mail"), namespace)
+            except client.ApiException as exc:
+                return exc.status == 404
+            return False
+
+        wait_for("the canary Deployment deleted", canary_gone, timeout=30)
+        rolled_back = time.monotonic()
+        # Once the canary pods left the Service, every answer is the previous policy's.
+        canary_ips = {a[1] for a in traffic.answers if a[2] == filter_pb2.REJECT}
+        wait_for("the canary pods out of the endpoints",
+                 lambda: not canary_ips & set(traffic.endpoints()), timeout=60)
+        mark = len(traffic.answers)
+        wait_for("answers after the rollback", lambda: len(traffic.answers) >= mark + 20,
+                 timeout=30)
+    finally:
+        traffic.stopping.set()
+        traffic.join(timeout=30)
+
+    assert traffic.failures == [], traffic.failures[:5]
+    assert {a[2] for a in traffic.answers[mark:]} == {filter_pb2.ACCEPT}
+    assert (rollback["policyHash"], rollback["stablePolicyHash"], rollback["guard"]) == (
+        candidate, first, "rejectRateIncrease"), rollback
+    assert rollback["observed"] > rollback["limit"] == 0.05
+    assert template_hashes(control_plane, namespace) == (first, None)  # main: never touched
+    now = status(control_plane, namespace)
+    assert "canary" not in now and now["policyHash"] == first
+    condition = next(c for c in now["conditions"] if c["type"] == "CanaryRolledBack")
+    assert (condition["status"], condition["reason"]) == ("True", "GuardCrossed")
+    assert "rejectRateIncrease" in condition["message"]
+    events = client.CoreV1Api(control_plane.api_client()).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=mail").items
+    warnings = [e for e in events if e.reason == "CanaryRolledBack"]
+    assert len(warnings) == 1 and warnings[0].type == "Warning"
+    assert "rejectRate=" in warnings[0].message
+
+    rejects = sum(1 for a in traffic.answers if a[2] == filter_pb2.REJECT)
+    print(f"\ncanary rollback: {rolled_back - first_reject:.1f} s from the first REJECT to "
+          f"the canary Deployment deleted (status: {rollback['secondsAfterStepStart']} s "
+          f"after the step start); {len(traffic.answers)} calls, {rejects} REJECTed by the "
+          f"canary, {len(traffic.failures)} failed; guard {rollback['guard']} "
+          f"{rollback['observed']} > {rollback['limit']}")
