@@ -171,6 +171,11 @@ def decide(spec: dict[str, Any], candidate: str, live: str | None, main_replicas
     plan.canary = state
     plan.canary_hash, plan.canary_replicas = candidate, state["replicas"]
     waiting = "" if state.get("stepStartedAt") else "; waiting for its pods"
+    if canary_figures.pods_read < canary_figures.pods:
+        # Unread pods count nothing: the step waits for minSamples it cannot see.
+        waiting += (f"; /metrics of {canary_figures.pods - canary_figures.pods_read} of "
+                    f"{canary_figures.pods} canary pods unreadable (the operator needs "
+                    "network access to their metrics port)")
     plan.condition = (CONDITION, "False", "CanaryInProgress",
                       f"policy {candidate} at {_step_text(state, steps)}{waiting}; guards "
                       "within limits")

@@ -142,7 +142,9 @@ def _rate(part: float, whole: float) -> float:
 
 def summary(canary: Figures, baseline: Figures) -> dict[str, float]:
     """status.canary.figures (rounded, so a status write means a real change)."""
-    out = {"canaryMessages": canary.messages, "stableMessages": baseline.messages,
+    out = {"canaryPods": canary.pods, "canaryPodsRead": canary.pods_read,
+           "stablePods": baseline.pods, "stablePodsRead": baseline.pods_read,
+           "canaryMessages": canary.messages, "stableMessages": baseline.messages,
            "verdictChangeRate": _rate(canary.shadow_changed, canary.shadow_sampled),
            "rejectRate": _rate(canary.rejects, canary.messages),
            "stableRejectRate": _rate(baseline.rejects, baseline.messages),
@@ -152,7 +154,7 @@ def summary(canary: Figures, baseline: Figures) -> dict[str, float]:
         value = side.p99()
         if value is not None and math.isfinite(value):
             out[key] = value
-    return {key: round(value, 4) for key, value in out.items()}
+    return {key: round(float(value), 4) for key, value in out.items()}
 
 
 def judge(guards: dict[str, Any], canary: Figures, baseline: Figures) -> Crossed | None:

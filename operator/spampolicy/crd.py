@@ -326,6 +326,10 @@ CONDITION_SCHEMA = common.condition_schema(
     "SuppressionReady or SuppressionFresh.")
 
 CANARY_FIGURES = {
+    "canaryPods": "Ready canary pods.",
+    "canaryPodsRead": "Of those, pods whose /metrics were read.",
+    "stablePods": "Ready pods of the previous policy.",
+    "stablePodsRead": "Of those, pods whose /metrics were read.",
     "canaryMessages": "Messages the canary pods classified.",
     "stableMessages": "Messages the previous policy's pods classified.",
     "verdictChangeRate": "Share of the canary's sampled messages the new policy acted on "

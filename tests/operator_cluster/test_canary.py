@@ -5,8 +5,8 @@ does) makes the REJECT-rate guard cross, and the operator rolls it back by itsel
 canary Deployment is deleted, the previous policy never stopped serving, no call failed,
 and status, condition and a Warning Event name the guard and the figures.
 
-It prints the time from the bad step's first REJECT to the rollback (the longer runs are in
-the canary benchmark's figures in docs/rollout.md)."""
+It prints the time from the bad step's first REJECT to the rollback; repeated runs, the
+production check interval and a good canary through every step are in bench_canary.py."""
 
 from __future__ import annotations
 
@@ -31,16 +31,20 @@ HAM = b"Subject: noon\r\n\r\nShall we have lunch at noon? Bring the slides.\r\n"
 LUNCH = {"name": "LUNCH", "target": "body", "pattern": "lunch", "score": 30}
 
 
-def policy(namespace: str, *extra: dict[str, Any]) -> dict[str, Any]:
+# Held long: only a guard can end this step.
+ONE_LONG_STEP = [{"weight": 50, "holdSeconds": 3600}]
+
+
+def policy(namespace: str, *extra: dict[str, Any],
+           steps: list[dict[str, Any]] = ONE_LONG_STEP, min_samples: int = 20,
+           max_replicas: int = 2) -> dict[str, Any]:
     return {"apiVersion": "mailwarden.dev/v1alpha1", "kind": "SpamPolicy",
             "metadata": {"name": "mail", "namespace": namespace},
-            "spec": {"replicas": {"min": 1, "max": 2},
+            "spec": {"replicas": {"min": 1, "max": max_replicas},
                      "policy": {"rules": [{"name": "R1", "target": "body",
                                            "pattern": "viagra", "score": 5}, *extra]},
                      "rollout": {"strategy": "Canary", "canary": {
-                         # Held long: only a guard can end this step.
-                         "steps": [{"weight": 50, "holdSeconds": 3600}],
-                         "guards": {"minSamples": 20}}}}}
+                         "steps": steps, "guards": {"minSamples": min_samples}}}}}
 
 
 class Traffic(threading.Thread):

@@ -58,7 +58,7 @@ class Pods:
     def __init__(self, cluster: Cluster, ns: str) -> None:
         self.kube, self.ns, self.scrapes, self.count = cluster.kube, ns, {}, 0
 
-    def add(self, policy_hash: str, text: str, *, canary_track: bool) -> None:
+    def add(self, policy_hash: str, text: str | None, *, canary_track: bool) -> None:
         self.count += 1
         ip = f"10.0.0.{self.count}"
         labels = naming.common_labels("mail")
@@ -73,7 +73,8 @@ class Pods:
             "status": status})
         self.kube.merge_patch(PODS, self.ns, created["metadata"]["name"], {"status": status},
                               subresource="status")
-        self.scrapes[ip] = text
+        if text is not None:  # None: its /metrics cannot be reached
+            self.scrapes[ip] = text
 
     def fetch(self, url: str) -> str:
         return self.scrapes[url.split("//")[1].split(":")[0]]
@@ -194,10 +195,16 @@ def test_a_good_canary_promotes_through_every_step(cluster: Cluster) -> None:
     pods.add(stable, metrics(300, 3), canary_track=False)
     pods.add(candidate, metrics(5, 0), canary_track=True)
 
-    # Pods not available yet: the step's hold has not begun.
+    pods.add(candidate, None, canary_track=True)
+    # Pods not available yet: the step's hold has not begun; a pod that cannot be read is
+    # reported (it counts nothing).
     body = reconcile()
     assert "stepStartedAt" not in body["status"]["canary"]
     assert "waiting for its pods" in condition(body)["message"]
+    assert "/metrics of 1 of 2 canary pods unreadable" in condition(body)["message"]
+    figures = body["status"]["canary"]["figures"]
+    assert (figures["canaryPods"], figures["canaryPodsRead"], figures["stablePods"]) == (
+        2, 1, 1)
     deployment_done(kube, ns, naming.canary_name("mail"))
     # Available, held (0 s) but fewer than minSamples messages: no step yet.
     body = reconcile()
