@@ -4,7 +4,7 @@ A new valid policy first serves on a second Deployment (`<name>-filter-canary`) 
 match the Services' selector, so they take a share of the traffic by pod count, while the
 main Deployment keeps serving the previous policy. The canary grows through
 `rollout.canary.steps`; at every check its pods' figures are compared with the main pods'
-(canary_guards.py). A guard crossed deletes the canary Deployment (the previous policy never
+(canary_guards.py). A guard crossed scales the canary Deployment to 0 (the previous policy never
 stopped serving anywhere) and records `status.lastRollback`; that policy is not tried again
 until the spec changes. After the last step the main Deployment rolls out the new policy
 (an ordinary rolling update, never below capacity) and the canary goes once it is complete.
@@ -39,6 +39,7 @@ class Plan:
     last_rollback: dict[str, Any] | None = None  # status.lastRollback (unchanged or new)
     condition: tuple[str, str, str, str] | None = None
     events: list[tuple[str, str, str]] = field(default_factory=list)
+    running: bool = False                  # the canary Deployment has pods (as read)
 
 
 def canary_replicas(weight: int, main_replicas: int, max_replicas: int) -> int:

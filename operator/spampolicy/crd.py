@@ -250,7 +250,7 @@ SPEC_SCHEMA: dict[str, Any] = {
                     "(status.shadowPolicyHash). Canary: the new policy serves on a second "
                     "Deployment (NAME-filter-canary) behind the same Services, growing "
                     "through rollout.canary.steps while rollout.canary.guards compare its "
-                    "pods with the others; a guard crossed deletes it (the previous policy "
+                    "pods with the others; a guard crossed scales it to 0 (the previous policy "
                     "never stopped serving) and the same policy is not tried again; after "
                     "the last step it rolls out to every pod (status.canary, "
                     "status.lastRollback, condition CanaryRolledBack)."},
@@ -436,7 +436,7 @@ STATUS_SCHEMA: dict[str, Any] = {
                 "limit": {"type": "number", "description": "Its limit."},
                 "step": {"type": "integer", "description": "The step it happened at."},
                 "at": {"type": "string", "format": "date-time",
-                       "description": "When the canary was deleted."},
+                       "description": "When the canary was scaled to 0."},
                 "secondsAfterStepStart": {"type": "number",
                                           "description": "From the step's start (its pods "
                                           "available) to the rollback."},

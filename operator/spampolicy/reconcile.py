@@ -188,7 +188,8 @@ class Reconciler:
                         owner, bundle, seen_deployment, serving_hash, shadow_hash,
                         store_client_tls_secret(owner, store))
                     self._apply_canary(owner, plan, serving_hash,
-                                       store_client_tls_secret(owner, store))
+                                       store_client_tls_secret(owner, store),
+                                       bool(previous.get("canary")))
                     target_hash = serving_hash
                     self.backoff.succeeded(namespace, name)
                 except KubeError as exc:
@@ -209,7 +210,7 @@ class Reconciler:
         if plan is not None and plan.keep_canary and rollout.complete \
                 and target_hash == plan.serving_hash:
             # Promoted and live on every main pod: the canary pods are no longer needed.
-            self._delete_canary(owner)
+            self._retire_canary(owner)
             plan.canary = None
         autoscaler = hpa if hpa is not None else kube.get(HPAS, namespace, workload)
         observation = Observation(
@@ -293,33 +294,46 @@ class Reconciler:
                                 naming.canary_name(meta["name"]))
         replicas = int(((main or {}).get("spec") or {}).get(
             "replicas", owner["spec"]["replicas"]["min"]))
-        return canary.decide(owner["spec"], bundle.hash, _template_hash(main), replicas,
+        plan = canary.decide(owner["spec"], bundle.hash, _template_hash(main), replicas,
                              current, previous, now,
                              lambda candidate, stable: canary_guards.observe(
                                  self.kube, owner, candidate, stable,
                                  fetch=self.metrics_fetch))
+        plan.running = bool(((current or {}).get("spec") or {}).get("replicas"))
+        return plan
 
     def _apply_canary(self, owner: dict[str, Any], plan: canary.Plan | None,
-                      stable_hash: str | None, store_client_secret: str | None) -> None:
-        """Run, resize or delete the canary Deployment as the plan says (no plan: the
-        strategy is not Canary, so no canary may be left running)."""
-        if plan is not None and plan.keep_canary:
+                      stable_hash: str | None, store_client_secret: str | None,
+                      was_running: bool) -> None:
+        """Run, resize or retire the canary Deployment as the plan says (no plan: the
+        strategy is not Canary, so a canary in progress is retired). Policies that never
+        ran one pay no request for it."""
+        if plan is None:
+            if was_running:
+                self._retire_canary(owner)
             return
-        if plan is None or plan.canary_hash is None or stable_hash is None:
-            self._delete_canary(owner)
+        if plan.keep_canary:
+            return
+        if plan.canary_hash is None or stable_hash is None:
+            if plan.running:
+                self._retire_canary(owner)
             return
         self.applier.apply(DEPLOYMENTS, render_canary_deployment(
             owner, plan.canary_hash, stable_hash, plan.canary_replicas, self.settings,
             store_client_secret), create_only=())
 
-    def _delete_canary(self, owner: dict[str, Any]) -> None:
+    def _retire_canary(self, owner: dict[str, Any]) -> None:
+        """Scale the canary Deployment to 0 (its pods drain as in any scale-down). Not a
+        delete: the operator's Role has no delete on Deployments (least privilege), and the
+        next canary reuses the object. It goes with the SpamPolicy (owner reference)."""
         meta = owner["metadata"]
         name = naming.canary_name(meta["name"])
-        if self.kube.get(DEPLOYMENTS, meta["namespace"], name) is None:
+        current = self.kube.get(DEPLOYMENTS, meta["namespace"], name)
+        if current is None or not (current.get("spec") or {}).get("replicas"):
             return
-        self.kube.delete(DEPLOYMENTS, meta["namespace"], name)
+        self.kube.merge_patch(DEPLOYMENTS, meta["namespace"], name, {"spec": {"replicas": 0}})
         self.applier.forget(DEPLOYMENTS.kind, meta["namespace"], name)
-        log.info("deleted canary Deployment %s/%s", meta["namespace"], name)
+        log.info("scaled canary Deployment %s/%s to 0", meta["namespace"], name)
 
     def _canary_status(self, status: dict[str, Any], previous: dict[str, Any],
                        plan: canary.Plan | None, spec: dict[str, Any],

@@ -125,8 +125,8 @@ def test_rbac_is_least_privilege(variant: str) -> None:
     # The informers' list/watch (operator/common/informer.py); never update or delete.
     for child in ("services", "horizontalpodautoscalers", "poddisruptionbudgets"):
         assert granted[child] == {"get", "list", "watch", "create", "patch"}, child
-    # delete: a SpamPolicy's canary Deployment at rollback or promotion.
-    assert granted["deployments"] == {"get", "list", "watch", "create", "patch", "delete"}
+    # Never delete: a canary Deployment is scaled to 0 at rollback or promotion.
+    assert granted["deployments"] == {"get", "list", "watch", "create", "patch"}
     assert granted["events"] == {"create"}
     assert granted["spampolicies/status"] == {"get", "patch"}
     assert granted["unsubscribestores/status"] == {"get", "patch"}
