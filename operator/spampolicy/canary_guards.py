@@ -181,11 +181,12 @@ def judge(guards: dict[str, Any], canary: Figures, baseline: Figures) -> Crossed
         if observed > guards["maxErrorRateIncrease"]:
             return Crossed("errorRateIncrease", observed, guards["maxErrorRateIncrease"])
     mine, theirs = canary.p99(), baseline.p99()
+    floor = guards["p99LatencyFloorSeconds"]
     if (canary.buckets.get(math.inf, 0.0) >= enough
             and baseline.buckets.get(math.inf, 0.0) >= enough
             and mine is not None and theirs is not None and math.isfinite(mine)
-            and math.isfinite(theirs) and theirs > 0):
-        observed = mine / theirs
+            and math.isfinite(theirs) and max(theirs, floor) > 0):
+        observed = max(mine, floor) / max(theirs, floor)
         if observed > guards["maxP99LatencyRatio"]:
             return Crossed("p99LatencyRatio", observed, guards["maxP99LatencyRatio"])
     return None

@@ -139,7 +139,13 @@ CANARY_SCHEMA: dict[str, Any] = {
                 "maxP99LatencyRatio": {
                     "type": "number", "minimum": 1, "default": 2.0,
                     "description": "Canary p99 classify latency over the previous policy's "
-                    "(judged once both sides have minSamples)."},
+                    "(judged once both sides have minSamples), each counted as at least "
+                    "p99LatencyFloorSeconds."},
+                "p99LatencyFloorSeconds": {
+                    "type": "number", "minimum": 0, "default": 0.05,
+                    "description": "A p99 below this counts as this: differences under it "
+                    "are not judged (new pods' first calls and millisecond histogram "
+                    "buckets make them noise; mail servers wait seconds)."},
                 "minSamples": {
                     "type": "integer", "minimum": 1, "default": 100,
                     "description": "Messages a side needs before a rate is judged; a step "

@@ -10,6 +10,8 @@ Service's ready endpoints (tests/operator_cluster/test_canary.py's Traffic):
 - `--runs` times, in a fresh namespace: a policy change that REJECTs that ham, as a canary
   (one step, 50% of the pods); prints the seconds from its first REJECT to the canary
   Deployment scaled to 0, the calls and the failed calls;
+- `--runs` times, the same change while other ham flows, the REJECTed ham starting only once
+  the step is under way: what the periodic check (`--canary-check`) bounds;
 - once: a good change through two steps (34% then 50% of the pods, held `--hold` seconds
   each) to promotion; prints the time of each step, the total, and the failed calls.
 """
@@ -32,7 +34,7 @@ from mailwarden_operator.spampolicy import naming
 from tests.operator_cluster.conftest import NODES, free_workdir
 from tests.operator_cluster.kubeapi import install_crds, wait_for
 from tests.operator_cluster.operator_proc import OperatorOnCluster
-from tests.operator_cluster.test_canary import LUNCH, Traffic, policy
+from tests.operator_cluster.test_canary import HAM, LUNCH, Traffic, policy
 from tests.operator_cluster.test_shadow import apply, status
 
 PHARMACY = {"name": "PHARMACY", "target": "body", "pattern": "pharmacy", "score": 20}
@@ -66,6 +68,34 @@ def bad_canary(cp: ControlPlane, namespace: str) -> tuple[float, int, int]:
                  and status(cp, namespace).get("lastRollback"), timeout=180, interval=0.2)
         seconds = time.monotonic() - first_reject
         time.sleep(5)  # traffic goes on while the canary pods drain
+    finally:
+        traffic.stopping.set()
+        traffic.join(timeout=30)
+    return seconds, len(traffic.answers), len(traffic.failures)
+
+
+OTHER_HAM = b"Subject: minutes\r\n\r\nThe minutes of today's meeting are attached.\r\n"
+
+
+def late_bad_canary(cp: ControlPlane, namespace: str) -> tuple[float, int, int]:
+    """A canary that looks fine until the mail changes: the ham it REJECTs only starts once
+    its step is under way (no Deployment event left to trigger a reconcile), so only the
+    periodic check catches it. (seconds from the first REJECT to the canary retired, calls,
+    failed calls)."""
+    _, traffic = first_policy(cp, namespace)
+    traffic.message = OTHER_HAM
+    try:
+        apply(cp, policy(namespace, LUNCH))
+        wait_for("the step under way", lambda: (status(cp, namespace).get("canary") or {}
+                                                ).get("stepStartedAt"), timeout=180)
+        time.sleep(5)
+        traffic.message = HAM  # the ham LUNCH REJECTs
+        first_reject = wait_for("the canary pod REJECTing", lambda: next(
+            (a[0] for a in traffic.answers if a[2] == filter_pb2.REJECT), None), timeout=60)
+        wait_for("the canary retired", lambda: canary_gone(cp, namespace)
+                 and status(cp, namespace).get("lastRollback"), timeout=180, interval=0.2)
+        seconds = time.monotonic() - first_reject
+        time.sleep(5)
     finally:
         traffic.stopping.set()
         traffic.join(timeout=30)
@@ -126,6 +156,15 @@ def run(runs: int, canary_check: float, resync: float, hold: int,
                       f"REJECT; {calls} calls, {failed} failed")
             print(f"bad canary, {runs} runs, check every {canary_check:g} s: median "
                   f"{statistics.median(figures):.1f} s, max {max(figures):.1f} s")
+            late = []
+            for i in range(runs):
+                seconds, calls, failed = late_bad_canary(cp, f"late-{i}")
+                late.append(seconds)
+                print(f"late bad canary {i + 1} (REJECTs begin mid-step): rolled back "
+                      f"{seconds:.1f} s after its first REJECT; {calls} calls, {failed} "
+                      "failed")
+            print(f"late bad canary, {runs} runs, check every {canary_check:g} s: median "
+                  f"{statistics.median(late):.1f} s, max {max(late):.1f} s")
             good_canary(cp, "good", hold)
         finally:
             if operator is not None:

@@ -59,6 +59,7 @@ class Traffic(threading.Thread):
         self.failures: list[str] = []
         self.first_seen: dict[str, float] = {}  # pod IP -> when it was first a ready endpoint
         self.stopping = threading.Event()
+        self.message = HAM  # what it sends (a benchmark switches it mid-run)
 
     def endpoints(self) -> list[str]:
         slices = self.discovery.list_namespaced_endpoint_slice(
@@ -86,7 +87,8 @@ class Traffic(threading.Thread):
                     channels[ip] = grpc.insecure_channel(f"{ip}:{naming.GRPC_PORT}")
                 try:
                     answer = filter_pb2_grpc.FilterStub(channels[ip]).Classify(
-                        filter_pb2.ClassifyRequest(request_id=f"c{turn}", message=HAM),
+                        filter_pb2.ClassifyRequest(request_id=f"c{turn}",
+                                                   message=self.message),
                         timeout=10)
                     self.answers.append((time.monotonic(), ip, answer.action))
                 except grpc.RpcError as exc:

@@ -272,7 +272,14 @@ def test_each_guard_judges_against_the_previous_policy() -> None:
     crossed = judge(guards(), parse(metrics(100, 0, errors=5)), base)
     assert (crossed.guard, crossed.observed) == ("errorRateIncrease", 0.05)
     crossed = judge(guards(), parse(metrics(100, 0, slow=True)), base)
-    assert (crossed.guard, crossed.observed) == ("p99LatencyRatio", 50.0)
+    # 0.25 s against 0.005 s, which counts as the 0.05 s floor.
+    assert (crossed.guard, crossed.observed) == ("p99LatencyRatio", 5.0)
+    # Under the floor, a few milliseconds more are not judged (a good canary was rolled
+    # back for 0.003 s against 0.001 s on the real cluster before the floor existed).
+    assert judge(guards(), parse(metrics(100, 0)), parse(metrics(1000, 10).replace(
+        'le="0.005"', 'le="0.001"'))) is None
+    assert judge(guards(p99LatencyFloorSeconds=0), parse(metrics(100, 0)), parse(metrics(
+        1000, 10).replace('le="0.005"', 'le="0.001"'))).guard == "p99LatencyRatio"
     # Too few canary messages: nothing judged yet.
     assert judge(guards(), parse(metrics(9, 9)), base) is None
     # The previous policy's rate counts as 0 until it has minSamples: held to the limit.
