@@ -19,6 +19,7 @@ from mailwarden_operator.common.backoff import retry_delay
 from mailwarden_operator.common.kube import CONFIGMAPS, USER_AGENT, KubeError
 from mailwarden_operator.common.naming import GROUP, MANAGED_BY, VERSION
 from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.spampolicy.golden import CorpusVolume
 from mailwarden_operator.spampolicy.reconcile import Reconciler
 from mailwarden_operator.spampolicy.webhook import (
     admission_errors,
@@ -135,7 +136,8 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
                     "namespace") or ""
                 golden = golden_errors(
                     dict(spec or {}), dict((old or {}).get("spec") or {}) or None,
-                    lambda configmap: kube.get(CONFIGMAPS, namespace, configmap))
+                    lambda configmap: kube.get(CONFIGMAPS, namespace, configmap),
+                    CorpusVolume(get_reconciler().golden_corpus_dir, namespace))
                 if golden:
                     metrics.WEBHOOK_REVIEWS.labels("false").inc()
                     raise kopf.AdmissionError(golden_message(golden), code=422)

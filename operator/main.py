@@ -60,6 +60,8 @@ class OperatorConfig:
     resync_seconds: float = 60.0
     # SpamPolicies with a canary in progress are re-checked this often (its guards).
     canary_check_seconds: float = 10.0
+    # The golden-corpus volume (goldenCorpus.directories), None when not mounted.
+    golden_corpus_dir: Path | None = None
     keep_configmaps: int = DEFAULT_KEEP_CONFIGMAPS
     # Watch-fed child caches (operator/common/informer.py): opt-in until their watch is
     # proven on every cluster (an e2e run saw a Deployment watch go silent, leaving an
@@ -171,7 +173,8 @@ def run(config: OperatorConfig) -> int:
                         timeout=config.api_timeout, on_write=count_write)
         render_settings = RenderSettings(default_image=config.filter_image)
         holder["reconciler"] = Reconciler(kube, render_settings,
-                                          keep_configmaps=config.keep_configmaps)
+                                          keep_configmaps=config.keep_configmaps,
+                                          golden_corpus_dir=config.golden_corpus_dir)
         holder["store"] = StoreReconciler(
             kube, render_settings,
             on_ready_changed=lambda ns, name: holder["reconciler"].reconcile_referencing(

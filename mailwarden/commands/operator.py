@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--canary-check-seconds", type=float, default=10.0,
                         help="re-check SpamPolicies with a canary in progress this often "
                         "(its guards and steps; bounds the time to an automatic rollback)")
+    parser.add_argument("--golden-corpus-dir", type=Path, default=None, metavar="DIR",
+                        help="the golden-corpus volume: a SpamPolicy's "
+                        "goldenCorpus.directories[].path is read from DIR/<its namespace>/")
     parser.add_argument("--informer-cache", action="store_true",
                         help="read child objects from watch-fed caches instead of the API "
                         "server (a no-op resync then makes ~0 requests; opt-in, see "
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         or OperatorConfig.filter_image,
         resync_seconds=args.resync_seconds,
         canary_check_seconds=args.canary_check_seconds,
+        golden_corpus_dir=args.golden_corpus_dir,
         keep_configmaps=args.keep_policy_configmaps,
         informer_cache=args.informer_cache,
         peering=None if args.standalone else args.peering,

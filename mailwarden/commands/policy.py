@@ -143,6 +143,15 @@ def _golden_sets(policy_path: Path, corpus: Path) -> list[Any]:
                 label = ref["label"]
                 bound = ref.get("atMost" if label == "ham" else "atLeast") or "TAG"
                 sets.append(GoldenSet(str(directory), label, bound, messages_in(directory)))
+            for ref in golden.get("directories") or []:
+                # DIR stands for the namespace's folder of the golden-corpus volume.
+                directory = corpus / ref["path"]
+                if not directory.is_dir():
+                    raise _Unusable(f"{directory}: missing (spec.goldenCorpus names "
+                                    f"directory {ref['path']})")
+                label = ref["label"]
+                bound = ref.get("atMost" if label == "ham" else "atLeast") or "TAG"
+                sets.append(GoldenSet(str(directory), label, bound, messages_in(directory)))
             return sets
         sets = [GoldenSet(str(corpus / label), label, "TAG", messages_in(corpus / label))
                 for label in ("ham", "spam") if (corpus / label).is_dir()]

@@ -64,8 +64,45 @@ GOLDEN_CORPUS_SCHEMA: dict[str, Any] = {
     "(default: QUARANTINE or REJECT) or golden spam a less severe one than required "
     "(default: below TAG), naming the messages and the rules responsible. At most "
     "2,000 messages in all.",
-    "required": ["configMaps"],
+    "x-kubernetes-validations": [{
+        "rule": "has(self.configMaps) || has(self.directories)",
+        "message": "goldenCorpus names configMaps, directories or both"}],
     "properties": {
+        "directories": {
+            "type": "array",
+            "description": "Directories of the golden-corpus volume the operator mounts "
+            "(chart value operator.goldenCorpusVolume), for corpora beyond ConfigMap sizes: "
+            "`path` is relative to the folder named after this SpamPolicy's namespace, so a "
+            "policy reads only its own namespace's corpora. Every regular file (not "
+            "recursive, hidden files skipped) is one raw RFC 5322 message.",
+            "minItems": 1,
+            "maxItems": MAX_GOLDEN_CONFIGMAPS,
+            "items": {
+                "type": "object",
+                "required": ["path", "label"],
+                "properties": {
+                    "path": {"type": "string", "minLength": 1, "maxLength": 1024,
+                             "description": "Relative path (no `..`, not absolute)."},
+                    "label": {"type": "string", "enum": ["ham", "spam"],
+                              "description": "What every message of the directory is."},
+                    "atMost": {"type": "string", "enum": ["ACCEPT", "TAG"],
+                               "description": "Ham only: the most severe action allowed "
+                               "(default TAG)."},
+                    "atLeast": {"type": "string", "enum": ["TAG", "QUARANTINE", "REJECT"],
+                                "description": "Spam only: the least severe action "
+                                "required (default TAG)."},
+                },
+                "x-kubernetes-validations": [
+                    {"rule": "!self.path.startsWith('/') && "
+                     "!self.path.matches('(^|/)[.][.](/|$)')",
+                     "message": "path is relative to the namespace's folder: no leading / "
+                     "and no .."},
+                    {"rule": "!has(self.atMost) || self.label == 'ham'",
+                     "message": "atMost is for ham; spam sets take atLeast"},
+                    {"rule": "!has(self.atLeast) || self.label == 'spam'",
+                     "message": "atLeast is for spam; ham sets take atMost"}],
+            },
+        },
         "configMaps": {
             "type": "array",
             "description": "ConfigMaps (same namespace) whose every data and binaryData "

@@ -1,12 +1,16 @@
-"""`spec.goldenCorpus` on a cluster: golden sets read from ConfigMaps, checked against the
-candidate policy bundle by the admission webhook and by the operator (the same verdict when
-the webhook is not installed). The check itself is `filter_server.engine.golden`.
+"""`spec.goldenCorpus` on a cluster: golden sets read from ConfigMaps and from directories
+of the golden-corpus volume (mounted in the operator pods; `<volume>/<namespace>/<path>`),
+checked against the candidate policy bundle by the admission webhook and by the operator
+(the same verdict when the webhook is not installed). The check itself is
+`filter_server.engine.golden`.
 """
 
 from __future__ import annotations
 
 import base64
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from filter_server.engine.compiled import CompiledPolicy
@@ -15,6 +19,7 @@ from filter_server.engine.golden import (
     GoldenSet,
     check_corpus,
     corpus_digest,
+    messages_in,
 )
 from filter_server.policy.loader import LoadedPolicy
 from mailwarden_operator.spampolicy.policy import ConfigMapReader, PolicyBundle, PolicyRejected
@@ -25,10 +30,41 @@ COMPILED_CACHE_SIZE = 4
 VERDICT_CACHE_SIZE = 64
 
 
-def golden_sets(corpus: dict[str, Any] | None, read_configmap: ConfigMapReader
-                ) -> list[GoldenSet]:
-    """The sets `spec.goldenCorpus` names, read through `read_configmap`; raises
-    PolicyRejected (GoldenCorpusNotFound, GoldenCorpusInvalid) when one cannot be used."""
+@dataclass(frozen=True)
+class CorpusVolume:
+    """The golden-corpus volume as the operator mounted it (`--golden-corpus-dir`; None:
+    not mounted), seen from one namespace: its folder is `<root>/<namespace>`."""
+    root: Path | None
+    namespace: str
+
+    def read(self, index: int, path: str) -> tuple[tuple[str, bytes], ...]:
+        where = f"goldenCorpus.directories[{index}]"
+        if self.root is None:
+            raise PolicyRejected("GoldenCorpusNotFound", [
+                f"{where}: the operator has no golden-corpus volume (chart value "
+                "operator.goldenCorpusVolume, flag --golden-corpus-dir)"])
+        base = (self.root / self.namespace).resolve()
+        directory = (base / path).resolve()
+        # The CRD refuses `..` and absolute paths; a symlink could still point away.
+        if not directory.is_relative_to(base):
+            raise PolicyRejected("GoldenCorpusInvalid", [
+                f"{where}: {path!r} leads outside the namespace's folder"])
+        if not directory.is_dir():
+            raise PolicyRejected("GoldenCorpusNotFound", [
+                f"{where}: no directory {path!r} in the golden-corpus volume's folder "
+                f"{self.namespace}/"])
+        try:
+            return messages_in(directory)
+        except OSError as exc:
+            raise PolicyRejected("GoldenCorpusNotFound", [
+                f"{where}: cannot read {path!r}: {exc.strerror or exc}"]) from None
+
+
+def golden_sets(corpus: dict[str, Any] | None, read_configmap: ConfigMapReader,
+                volume: CorpusVolume | None = None) -> list[GoldenSet]:
+    """The sets `spec.goldenCorpus` names, read through `read_configmap` and from `volume`;
+    raises PolicyRejected (GoldenCorpusNotFound, GoldenCorpusInvalid) when one cannot be
+    used."""
     sets = []
     for index, ref in enumerate((corpus or {}).get("configMaps") or []):
         name = ref["name"]
@@ -53,6 +89,16 @@ def golden_sets(corpus: dict[str, Any] | None, read_configmap: ConfigMapReader
         except GoldenCorpusInvalid as exc:
             raise PolicyRejected("GoldenCorpusInvalid", [
                 f"goldenCorpus.configMaps[{index}]: {exc}"]) from None
+    for index, ref in enumerate((corpus or {}).get("directories") or []):
+        volume = volume or CorpusVolume(None, "")
+        label = ref["label"]
+        bound = ref.get("atMost" if label == "ham" else "atLeast") or "TAG"
+        try:
+            sets.append(GoldenSet(f"directory {ref['path']}", label, bound,
+                                  volume.read(index, ref["path"])))
+        except GoldenCorpusInvalid as exc:
+            raise PolicyRejected("GoldenCorpusInvalid", [
+                f"goldenCorpus.directories[{index}]: {exc}"]) from None
     return sets
 
 
@@ -104,12 +150,14 @@ def golden_violations(bundle: PolicyBundle, sets: list[GoldenSet],
 
 
 def check_golden(spec: dict[str, Any], bundle: PolicyBundle, read_configmap: ConfigMapReader,
-                 baseline: PolicyBundle | None = None) -> None:
+                 baseline: PolicyBundle | None = None,
+                 volume: CorpusVolume | None = None) -> None:
     """Raise PolicyRejected(GoldenCorpusViolation) when the candidate misclassifies any
     golden message; nothing when the spec has no golden corpus."""
     corpus = spec.get("goldenCorpus")
     if not corpus:
         return
-    violations = golden_violations(bundle, golden_sets(corpus, read_configmap), baseline)
+    violations = golden_violations(bundle, golden_sets(corpus, read_configmap, volume),
+                                   baseline)
     if violations:
         raise PolicyRejected("GoldenCorpusViolation", violations)

@@ -10,6 +10,7 @@ import datetime
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from mailwarden_operator.common import events, metrics
@@ -42,7 +43,7 @@ from mailwarden_operator.spampolicy import (
     shadow_agreement,
     suppression_health,
 )
-from mailwarden_operator.spampolicy.golden import check_golden
+from mailwarden_operator.spampolicy.golden import CorpusVolume, check_golden
 from mailwarden_operator.spampolicy.policy import PolicyBundle, PolicyRejected, build_bundle
 from mailwarden_operator.spampolicy.render.configmap import render_configmap
 from mailwarden_operator.spampolicy.render.deployment import (
@@ -87,6 +88,8 @@ class Reconciler:
     _locks: ObjectLocks = field(default_factory=ObjectLocks)
     applier: Applier = field(init=False)
     backoff: ApplyBackoff = field(default_factory=ApplyBackoff)
+    # Where the golden-corpus volume is mounted (goldenCorpus.directories), or None.
+    golden_corpus_dir: Path | None = None
     # Reads a filter pod's /metrics (canary guards); tests put a stand-in here.
     metrics_fetch: Callable[[str], str] = suppression_health._fetch
 
@@ -155,7 +158,8 @@ class Reconciler:
             candidate = build_bundle(spec.get("policy"), read_configmap)
             # The webhook refuses a change that breaks the golden corpus; this keeps such a
             # change from serving when no webhook is installed (or it admitted on failure).
-            check_golden(spec, candidate, read_configmap)
+            check_golden(spec, candidate, read_configmap,
+                         volume=CorpusVolume(self.golden_corpus_dir, namespace))
             bundle = candidate
         except PolicyRejected as exc:
             rejected = exc

@@ -43,13 +43,25 @@ def serving_errors(spec: dict[str, Any], name: str) -> list[str]:
 
 
 def golden_corpus_errors(corpus: dict[str, Any] | None) -> list[str]:
-    """The CEL rules of goldenCorpus.configMaps[], repeated."""
+    """The CEL rules of goldenCorpus, configMaps[] and directories[], repeated."""
     errors = []
-    for index, ref in enumerate((corpus or {}).get("configMaps") or []):
-        if "atMost" in ref and ref.get("label") != "ham":
-            errors.append(f"goldenCorpus.configMaps[{index}]: atMost is for ham; spam sets "
-                          "take atLeast")
-        if "atLeast" in ref and ref.get("label") != "spam":
-            errors.append(f"goldenCorpus.configMaps[{index}]: atLeast is for spam; ham sets "
-                          "take atMost")
+    if corpus is not None and not corpus.get("configMaps") and not corpus.get("directories"):
+        errors.append("goldenCorpus names configMaps, directories or both")
+    for field in ("configMaps", "directories"):
+        for index, ref in enumerate((corpus or {}).get(field) or []):
+            if "atMost" in ref and ref.get("label") != "ham":
+                errors.append(f"goldenCorpus.{field}[{index}]: atMost is for ham; spam sets "
+                              "take atLeast")
+            if "atLeast" in ref and ref.get("label") != "spam":
+                errors.append(f"goldenCorpus.{field}[{index}]: atLeast is for spam; ham "
+                              "sets take atMost")
+    for index, ref in enumerate((corpus or {}).get("directories") or []):
+        if unsafe_corpus_path(str(ref.get("path", ""))):
+            errors.append(f"goldenCorpus.directories[{index}]: path is relative to the "
+                          "namespace's folder: no leading / and no ..")
     return errors
+
+
+def unsafe_corpus_path(path: str) -> bool:
+    """Whether a goldenCorpus.directories[].path could leave its namespace's folder."""
+    return path.startswith("/") or ".." in path.split("/")

@@ -11,7 +11,7 @@ from typing import Any
 
 from filter_server.policy.validate import validate_policy
 from mailwarden_operator.common.kube import KubeError
-from mailwarden_operator.spampolicy.golden import check_golden
+from mailwarden_operator.spampolicy.golden import CorpusVolume, check_golden
 from mailwarden_operator.spampolicy.policy import (
     ConfigMapReader,
     PolicyBundle,
@@ -74,7 +74,8 @@ def admission_message(errors: list[str]) -> str:
 
 
 def golden_errors(spec: dict[str, Any] | None, old_spec: dict[str, Any] | None,
-                  read_configmap: ConfigMapReader) -> list[str]:
+                  read_configmap: ConfigMapReader,
+                  volume: CorpusVolume | None = None) -> list[str]:
     """Why the golden corpus refuses this (valid) spec: one line per misclassified golden
     message, naming the rules responsible; empty when it has no golden corpus or passes.
     `old_spec` (an UPDATE's current spec) is the baseline a spam message is compared with,
@@ -85,7 +86,7 @@ def golden_errors(spec: dict[str, Any] | None, old_spec: dict[str, Any] | None,
     try:
         candidate = build_bundle(defaulted.get("policy"), read_configmap)
         try:
-            check_golden(defaulted, candidate, read_configmap)
+            check_golden(defaulted, candidate, read_configmap, volume=volume)
         except PolicyRejected as exc:
             # Only then is the baseline worth validating and compiling: to name the rules
             # golden spam lost.
@@ -93,7 +94,7 @@ def golden_errors(spec: dict[str, Any] | None, old_spec: dict[str, Any] | None,
             baseline = _baseline(old_spec, read_configmap) if lost_spam else None
             if baseline is None:
                 raise
-            check_golden(defaulted, candidate, read_configmap, baseline)
+            check_golden(defaulted, candidate, read_configmap, baseline, volume)
     except PolicyRejected as exc:
         return [_located(error) for error in exc.errors]
     except KubeError as exc:

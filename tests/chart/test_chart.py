@@ -274,3 +274,24 @@ def test_notes_render() -> None:
                           "--dry-run=client"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "kubectl apply -f examples/spampolicy.yaml" in out.stdout
+
+
+def test_the_golden_corpus_volume_is_mounted_read_only_in_the_operator_pods() -> None:
+    """operator.goldenCorpusVolume: any volume source, mounted read-only, named to the
+    operator by --golden-corpus-dir; nothing of it without the value."""
+    def operator_pod(*args: str) -> dict[str, Any]:
+        return next(d for d in by_kind(render(*args), "Deployment")
+                    if d["spec"]["template"]["spec"]["containers"][0]["name"] == "operator"
+                    )["spec"]["template"]["spec"]
+
+    pod = operator_pod("--set-json", 'operator.goldenCorpusVolume={"persistentVolumeClaim":'
+                       '{"claimName":"golden","readOnly":true}}')
+    container = pod["containers"][0]
+    assert "--golden-corpus-dir=/var/lib/mailwarden/golden-corpus" in container["args"]
+    assert {"name": "golden-corpus", "mountPath": "/var/lib/mailwarden/golden-corpus",
+            "readOnly": True} in container["volumeMounts"]
+    assert {"name": "golden-corpus", "persistentVolumeClaim": {
+        "claimName": "golden", "readOnly": True}} in pod["volumes"]
+    pod = operator_pod()
+    assert not any("golden" in arg for arg in pod["containers"][0]["args"])
+    assert not any(v["name"] == "golden-corpus" for v in pod["volumes"])

@@ -70,6 +70,22 @@ def test_a_spampolicy_reads_the_configmap_directories_it_names(tmp_path: Path) -
     assert "would be QUARANTINE (score 12; expected at least REJECT)" in result.stdout
 
 
+def test_a_spampolicy_reads_the_volume_directories_it_names(tmp_path: Path) -> None:
+    """goldenCorpus.directories[].path: DIR stands for the namespace's folder of the
+    golden-corpus volume."""
+    golden = corpus(tmp_path / "golden", {"team/ham": {"minutes.eml": HAM}})
+    blunt = policy_file(tmp_path / "sp.yaml", ("MEETING", "meeting", 25), goldenCorpus={
+        "directories": [{"path": "team/ham", "label": "ham", "atMost": "ACCEPT"}]})
+    result = mailwarden("policy", "test", str(blunt), "--corpus", str(golden))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"golden ham {golden}/team/ham/minutes.eml would be REJECT" in result.stdout
+    missing = policy_file(tmp_path / "sp2.yaml", ("MEETING", "meeting", 25), goldenCorpus={
+        "directories": [{"path": "absent", "label": "ham"}]})
+    result = mailwarden("policy", "test", str(missing), "--corpus", str(golden))
+    assert result.returncode == 2 and "spec.goldenCorpus names directory absent" in \
+        result.stderr, result.stderr
+
+
 def test_unusable_input_is_one_clear_line(tmp_path: Path) -> None:
     good = policy_file(tmp_path / "good.yaml", ("VIAGRA", "viagra", 12))
     empty = tmp_path / "empty"

@@ -40,9 +40,10 @@ def webhook(control_plane: ControlPlane, crds_installed: list[str],
 
 
 def start_operator(cp: ControlPlane, workdir: Path, port: int,
-                   name: str = "operator") -> OperatorOnCluster:
+                   name: str = "operator", *extra: str) -> OperatorOnCluster:
     return OperatorOnCluster(cp, workdir, "--webhook-port", str(port), "--webhook-cert-dir",
-                             str(workdir / "tls"), listen=cp.host_ip, name=name).start()
+                             str(workdir / "tls"), *extra, listen=cp.host_ip,
+                             name=name).start()
 
 
 def apply(cp: ControlPlane, body: dict[str, Any]) -> tuple[int, str]:
@@ -136,7 +137,13 @@ def test_a_change_that_quarantines_golden_ham_is_refused_at_apply(
     guarded["spec"]["policy"]["rules"][0]["score"] = 12
     guarded["spec"]["goldenCorpus"] = {"configMaps": [
         {"name": "golden-ham", "label": "ham"}, {"name": "golden-spam", "label": "spam"}]}
-    operator = start_operator(control_plane, workdir, port, name="golden-operator")
+    # The golden-corpus volume (chart value operator.goldenCorpusVolume): a folder per
+    # namespace, here with the same ham as a directory.
+    volume = workdir / "golden-volume"
+    (volume / namespace / "team" / "ham").mkdir(parents=True)
+    (volume / namespace / "team" / "ham" / "minutes.eml").write_text(GOLDEN_HAM)
+    operator = start_operator(control_plane, workdir, port, "golden-operator",
+                              "--golden-corpus-dir", str(volume))
     try:
         wait_for("the webhook to answer", lambda: apply(control_plane, guarded)[0] == 0,
                  timeout=60)
@@ -160,5 +167,18 @@ def test_a_change_that_quarantines_golden_ham_is_refused_at_apply(
         mislabelled["spec"]["goldenCorpus"]["configMaps"][1]["atMost"] = "TAG"
         code, output = apply(control_plane, mislabelled)
         assert code != 0 and "atMost is for ham" in output, output
+        # The same from a directory of the volume; a path out of the namespace's folder is
+        # refused by the CRD's rule.
+        from_volume = yaml.safe_load(yaml.safe_dump(bad))
+        from_volume["spec"]["goldenCorpus"] = {"directories": [
+            {"path": "team/ham", "label": "ham"}]}
+        code, output = apply(control_plane, from_volume)
+        assert code != 0, output
+        assert "golden ham directory team/ham/minutes.eml would be QUARANTINE" in output, \
+            output
+        escaping = yaml.safe_load(yaml.safe_dump(from_volume))
+        escaping["spec"]["goldenCorpus"]["directories"][0]["path"] = "../other/ham"
+        code, output = apply(control_plane, escaping)
+        assert code != 0 and "no leading / and no .." in output, output
     finally:
         operator.stop()

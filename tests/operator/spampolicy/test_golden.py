@@ -154,3 +154,48 @@ def test_a_passing_update_does_not_build_the_old_policy(monkeypatch: pytest.Monk
     assert golden_errors(LETS_SPAM_THROUGH, GOOD, stored.get)
     assert [p["rules"] for p in built] == [LETS_SPAM_THROUGH["policy"]["rules"],
                                            GOOD["policy"]["rules"]]
+
+
+def test_directories_of_the_volume_are_golden_sets_of_the_namespace_only(tmp_path) -> None:
+    """goldenCorpus.directories: <volume>/<namespace>/<path>, for corpora beyond ConfigMap
+    sizes; a policy never reads another namespace's folder."""
+    from mailwarden_operator.spampolicy.golden import CorpusVolume
+    from mailwarden_operator.spampolicy.spec import golden_corpus_errors
+
+    (tmp_path / "team-a" / "ham").mkdir(parents=True)
+    (tmp_path / "team-a" / "ham" / "minutes.eml").write_text(HAM)
+    (tmp_path / "team-a" / "ham" / ".hidden").write_text("not a message")
+    (tmp_path / "team-b" / "ham").mkdir(parents=True)
+    (tmp_path / "team-b" / "ham" / "secret.eml").write_text(HAM)
+    (tmp_path / "team-a" / "escape").symlink_to(tmp_path / "team-b" / "ham")
+    corpus = {"directories": [{"path": "ham", "label": "ham"}]}
+    volume = CorpusVolume(tmp_path, "team-a")
+
+    sets = golden_sets(corpus, {}.get, volume)
+    assert [(s.source, s.label, s.bound, [m for m, _ in s.messages]) for s in sets] == [
+        ("directory ham", "ham", "TAG", ["minutes.eml"])]
+    errors = golden_errors(spec(("VIAGRA", "viagra", 12), ("MEETING", "meeting", 11),
+                                corpus=corpus), None, {}.get, volume)
+    assert errors == ["golden ham directory ham/minutes.eml would be QUARANTINE (score 11; "
+                      "expected at most TAG); rules: MEETING +11"], errors
+
+    def refused(path: str, at: CorpusVolume = volume) -> list[str]:
+        with pytest.raises(PolicyRejected) as caught:
+            golden_sets({"directories": [{"path": path, "label": "ham"}]}, {}.get, at)
+        return [caught.value.reason, *caught.value.errors]
+
+    # A symlink out of the namespace's folder, a missing one, and no volume at all.
+    assert refused("escape") == ["GoldenCorpusInvalid", "goldenCorpus.directories[0]: "
+                                 "'escape' leads outside the namespace's folder"]
+    assert refused("nope")[0] == "GoldenCorpusNotFound"
+    assert "no golden-corpus volume" in refused("ham", CorpusVolume(None, "team-a"))[1]
+    # The CRD's rule, repeated: no absolute path, no `..`; something must be named.
+    assert golden_corpus_errors({"directories": [
+        {"path": "../team-b/ham", "label": "ham"}, {"path": "/etc", "label": "ham"},
+        {"path": "a..b/ok", "label": "spam"}]}) == [
+        "goldenCorpus.directories[0]: path is relative to the namespace's folder: no "
+        "leading / and no ..",
+        "goldenCorpus.directories[1]: path is relative to the namespace's folder: no "
+        "leading / and no .."]
+    assert golden_corpus_errors({}) == [
+        "goldenCorpus names configMaps, directories or both"]
