@@ -206,7 +206,15 @@ class Reconciler:
                                 name, failure.message, pause)
         if target_hash is None:
             # An invalid policy never reaches a pod, and a refused write changed nothing:
-            # leave every child as it is and report what is live.
+            # leave every child as it is and report what is live. Except a canary that must
+            # stop: rolled back (a rollback never waits for the other children), or no
+            # longer what the spec asks for (an invalid spec: it could not be judged).
+            if plan is not None and plan.running and plan.canary_hash is None \
+                    and not plan.keep_canary:
+                self._retire_canary(owner)
+            elif bundle is None and spec["rollout"]["strategy"] == "Canary" \
+                    and previous.get("canary"):
+                self._retire_canary(owner)
             deployment = deployment or kube.get(DEPLOYMENTS, namespace, workload)
             target_hash = _template_hash(deployment)
 
@@ -349,9 +357,13 @@ class Reconciler:
                 if previous.get("canary"):
                     status["canary"] = None  # the strategy changed: the canary was deleted
             else:
-                # An invalid policy changes nothing about a canary: keep its condition.
+                # An invalid spec: a canary in progress was retired above (the spec no
+                # longer asks for it); a rollback's condition stays.
+                if previous.get("canary"):
+                    status["canary"] = None
                 status["conditions"] += [c for c in previous.get("conditions") or []
-                                         if c.get("type") == canary.CONDITION]
+                                         if c.get("type") == canary.CONDITION
+                                         and c.get("reason") == "GuardCrossed"]
             return
         status["canary"] = plan.canary
         if plan.last_rollback is not None:

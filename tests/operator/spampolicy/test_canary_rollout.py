@@ -257,6 +257,25 @@ def test_leaving_the_canary_strategy_retires_the_canary(cluster: Cluster) -> Non
         "desiredPolicyHash"]
 
 
+def test_an_invalid_spec_mid_canary_retires_the_canary(cluster: Cluster) -> None:
+    """The canary serves a policy the spec no longer asks for, and could not be judged
+    against an invalid one: it is retired; the previous policy keeps serving."""
+    kube, ns = cluster.kube, "canary-invalid"
+    pods = Pods(cluster, ns)
+    create(kube, ns, [{"weight": 10}])
+    Reconciler(kube, metrics_fetch=pods.fetch).reconcile(ns, "mail")
+    stable = served(kube, ns, naming.workload_name("mail"))
+    kube.merge_patch(SPAMPOLICIES, ns, "mail", {"spec": {"policy": policy(7)}})
+    Reconciler(kube, metrics_fetch=pods.fetch).reconcile(ns, "mail")
+    assert canary_pods(kube, ns) == 1
+    kube.merge_patch(SPAMPOLICIES, ns, "mail", {"spec": {"policy": {"rules": [
+        {"name": "BROKEN", "target": "body", "pattern": "(unclosed", "score": 1}]}}})
+    assert Reconciler(kube, metrics_fetch=pods.fetch).reconcile(ns, "mail") == "rejected"
+    body = kube.get(SPAMPOLICIES, ns, "mail")
+    assert canary_pods(kube, ns) == 0 and "canary" not in body["status"]
+    assert served(kube, ns, naming.workload_name("mail")) == stable
+
+
 def guards(**changes: float) -> dict[str, Any]:
     spec = with_defaults({"rollout": {"canary": {"guards": {"minSamples": 10}}}})
     return {**spec["rollout"]["canary"]["guards"], **changes}
