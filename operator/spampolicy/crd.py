@@ -468,8 +468,8 @@ STATUS_SCHEMA: dict[str, Any] = {
         },
         "lastRollback": {
             "type": "object",
-            "description": "The last canary rolled back, and why. That policy is not tried "
-            "again until the spec changes.",
+            "description": "The last canary rolled back, and why. That policy (its hash) "
+            "is not tried again while it is named here; any edit is a new hash.",
             "properties": {
                 "policyHash": {"type": "string", "description": "The policy rolled back."},
                 "stablePolicyHash": {"type": "string",
