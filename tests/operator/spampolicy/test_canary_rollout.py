@@ -257,6 +257,31 @@ def test_leaving_the_canary_strategy_retires_the_canary(cluster: Cluster) -> Non
         "desiredPolicyHash"]
 
 
+def test_the_canary_follows_the_autoscaler_and_the_store_reference(cluster: Cluster) -> None:
+    """The canary's size is the step's share of what the HPA runs now; its pods are the
+    main ones' but for the policies (same store, same flags)."""
+    kube, ns = cluster.kube, "canary-hpa"
+    pods = Pods(cluster, ns)
+    create(kube, ns, [{"weight": 10}])
+    kube.merge_patch(SPAMPOLICIES, ns, "mail", {"spec": {
+        "unsubscribeStoreRef": {"name": "unsub"}, "replicas": {"max": 40}}})
+    Reconciler(kube, metrics_fetch=pods.fetch).reconcile(ns, "mail")
+    kube.merge_patch(SPAMPOLICIES, ns, "mail", {"spec": {"policy": policy(7)}})
+    Reconciler(kube, metrics_fetch=pods.fetch).reconcile(ns, "mail")
+    assert canary_pods(kube, ns) == 1
+    # The HorizontalPodAutoscaler scales the main Deployment to 20.
+    kube.merge_patch(DEPLOYMENTS, ns, naming.workload_name("mail"), {"spec": {"replicas": 20}})
+    Reconciler(kube, metrics_fetch=pods.fetch).reconcile(ns, "mail", trigger="canary")
+    assert canary_pods(kube, ns) == 3  # 3 of 23 pods: at least 10%
+    main = kube.get(DEPLOYMENTS, ns, naming.workload_name("mail"))
+    assert main["spec"]["replicas"] == 20  # the HPA's count is left alone
+    args = kube.get(DEPLOYMENTS, ns, naming.canary_name("mail"))["spec"]["template"][
+        "spec"]["containers"][0]["args"]
+    assert args[:args.index("--shadow-policy-dir")] == main["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert "--suppression-store" in args
+
+
 def test_an_invalid_spec_mid_canary_retires_the_canary(cluster: Cluster) -> None:
     """The canary serves a policy the spec no longer asks for, and could not be judged
     against an invalid one: it is retired; the previous policy keeps serving."""
