@@ -146,21 +146,17 @@ class Resync(threading.Thread):
         self._resync(SPAMPOLICIES, self.reconciler.reconcile)
 
     def check_canaries(self) -> None:
-        """Reconcile the SpamPolicies with a canary in progress (and no others)."""
-        namespaces: list[str | None] = list(self.namespaces) or [None]
-        for namespace in namespaces:
-            for body in self.kube.list(SPAMPOLICIES, namespace):
-                if self.stopping.is_set():
-                    return
-                if not (body.get("status") or {}).get("canary"):
-                    continue
-                meta = body["metadata"]
-                try:
-                    self.reconciler.reconcile(meta["namespace"], meta["name"],
-                                              trigger="canary")
-                except KubeError as exc:
-                    log.warning("canary check of SpamPolicy %s/%s failed: %s",
-                                meta["namespace"], meta["name"], exc)
+        """Reconcile the SpamPolicies with a canary in progress (and no others), as the
+        reconciler last saw them: no request at all when there is none. (A replica taking
+        over learns them at its first reconciles: kopf's resume handlers.)"""
+        for namespace, name in self.reconciler.canaries():
+            if self.stopping.is_set():
+                return
+            try:
+                self.reconciler.reconcile(namespace, name, trigger="canary")
+            except KubeError as exc:
+                log.warning("canary check of SpamPolicy %s/%s failed: %s", namespace, name,
+                            exc)
 
     def _resync(self, resource: Resource, reconcile: Any) -> None:
         namespaces: list[str | None] = list(self.namespaces) or [None]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,22 @@ class Reconciler:
 
     def __post_init__(self) -> None:
         self.applier = Applier(self.kube)
+        # (namespace, name) of the policies with a canary in progress, as last reconciled:
+        # what the resync thread re-checks between resyncs without listing anything.
+        self._canaries: set[tuple[str, str]] = set()
+        self._canaries_lock = threading.Lock()
+
+    def canaries(self) -> list[tuple[str, str]]:
+        """The policies with a canary in progress (as of their last reconcile here)."""
+        with self._canaries_lock:
+            return sorted(self._canaries)
+
+    def _note_canary(self, namespace: str, name: str, running: bool) -> None:
+        with self._canaries_lock:
+            if running:
+                self._canaries.add((namespace, name))
+            else:
+                self._canaries.discard((namespace, name))
 
     def reconcile(self, namespace: str, name: str, *, trigger: str = "event",
                   deployment: dict[str, Any] | None = None) -> str:
@@ -117,6 +134,7 @@ class Reconciler:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
     def forget(self, namespace: str, name: str) -> None:
+        self._note_canary(namespace, name, False)
         self._locks.forget(namespace, name)
         metrics.forget(namespace, name)
         self.backoff.forget(namespace, name)
@@ -261,6 +279,7 @@ class Reconciler:
             self._prune(owner, status.get("recentPolicyHashes") or [], target_hash,
                         also_keep=shadow_hash or (plan.canary_hash if plan else None))
 
+        self._note_canary(namespace, name, bool(status.get("canary", previous.get("canary"))))
         patch = status_patch(previous, status)
         if patch:
             kube.merge_patch(SPAMPOLICIES, namespace, name, {"status": patch},

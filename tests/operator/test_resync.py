@@ -82,7 +82,8 @@ def test_a_missing_store_crd_does_not_stop_the_spampolicy_resync(caplog) -> None
 
 def test_canaries_are_checked_between_full_resyncs() -> None:
     """With --canary-check-seconds below --resync-seconds, the rounds in between reconcile
-    only the SpamPolicies with a canary in progress (their guards bound the rollback)."""
+    only the SpamPolicies with a canary in progress (their guards bound the rollback), as
+    the reconciler knows them: without listing anything."""
     import threading
 
     from mailwarden_operator.resync import Resync
@@ -100,6 +101,9 @@ def test_canaries_are_checked_between_full_resyncs() -> None:
     done = threading.Event()
 
     class Reconciler:
+        def canaries(self) -> list[tuple[str, str]]:
+            return [("ns", "canary")]
+
         def reconcile(self, namespace: str, name: str, *, trigger: str) -> None:
             calls.append((name, trigger))
             if len(calls) >= 4:

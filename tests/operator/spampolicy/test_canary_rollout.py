@@ -124,8 +124,12 @@ def test_a_canary_that_rejects_ham_is_rolled_back_and_not_retried(cluster: Clust
     kube, ns = cluster.kube, "canary-bad"
     pods = Pods(cluster, ns)
 
+    last: Reconciler
+
     def reconciler() -> Reconciler:  # a new one each time: nothing kept in memory
-        return Reconciler(kube, metrics_fetch=pods.fetch)
+        nonlocal last
+        last = Reconciler(kube, metrics_fetch=pods.fetch)
+        return last
 
     create(kube, ns, [{"weight": 10, "holdSeconds": 600}, {"weight": 50}])
     reconciler().reconcile(ns, "mail")
@@ -137,6 +141,7 @@ def test_a_canary_that_rejects_ham_is_rolled_back_and_not_retried(cluster: Clust
     body = kube.get(SPAMPOLICIES, ns, "mail")
     candidate = body["status"]["canary"]["policyHash"]
     assert candidate != stable and served(kube, ns, naming.workload_name("mail")) == stable
+    assert (ns, "mail") in last.canaries()  # re-checked between resyncs
     deployment = kube.get(DEPLOYMENTS, ns, naming.canary_name("mail"))
     template = deployment["spec"]["template"]
     # 10% of the pods: one canary pod next to the two main ones; it judges a sample with
@@ -156,6 +161,7 @@ def test_a_canary_that_rejects_ham_is_rolled_back_and_not_retried(cluster: Clust
     reconciler().reconcile(ns, "mail")
     body = kube.get(SPAMPOLICIES, ns, "mail")
     assert canary_pods(kube, ns) == 0  # retired (the operator may not delete Deployments)
+    assert last.canaries() == []
     assert served(kube, ns, naming.workload_name("mail")) == stable
     assert "canary" not in body["status"]
     rollback = body["status"]["lastRollback"]
