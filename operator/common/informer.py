@@ -17,7 +17,11 @@ Why the reads stay correct:
   ours, a foreign object with our child's name) is read from the API server, so the applier's
   ownership check still sees foreign objects;
 - while a watch is down (connection lost, before the first LIST) the cache says it is not
-  synced and every read goes to the API server;
+  synced and every read goes to the API server; a watch silent for longer than the
+  bookmark period (a connection dropped without a word) is resumed on a new connection;
+- kopf's watch and ours deliver the same Deployment events in no fixed order: the
+  Deployment handlers `observe` the event's copy before reconciling, so a reconcile never
+  reports an older state than the event that triggered it;
 - owners (SpamPolicy, UnsubscribeStore) are served from the cache only where the caller asks
   for it (`cached_get`: the periodic resync). Event handlers read them fresh, since the event
   that triggered them came through kopf's watch, which may be ahead of ours; a fresh read
