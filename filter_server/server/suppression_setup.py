@@ -9,7 +9,7 @@ import os
 from filter_server.server.config import ServeConfig
 from filter_server.server.store_suppression import tls_channel_factory
 from filter_server.server.suppression_cache import SuppressionCache
-from filter_server.server.suppression_key import FingerprintKey
+from mailwarden.fingerprints import FingerprintKey
 
 
 def follow_store(config: ServeConfig, *, index_path: str | os.PathLike[str] | None = None,

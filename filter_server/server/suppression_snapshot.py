@@ -1,5 +1,5 @@
 """Build the pod's shared suppression index: take one snapshot from the UnsubscribeStore,
-fingerprint it and write the index file every worker maps (server/suppression_index.py).
+fingerprint it and write the index file every worker maps (mailwarden/fingerprint_index.py).
 
 The supervisor runs this as its own process (`python -m
 filter_server.server.suppression_snapshot WORKER_CONFIG_JSON INDEX_FILE`), so the transient
@@ -22,7 +22,7 @@ import threading
 import time
 
 from filter_server.server.config import ServeConfig
-from filter_server.server.suppression_key import KeyUnusable
+from mailwarden.fingerprints import KeyUnusable
 from filter_server.server.suppression_setup import follow_store
 
 log = logging.getLogger(__name__)

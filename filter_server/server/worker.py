@@ -62,7 +62,7 @@ from filter_server.server.preflight import PreflightError, preflight
 from filter_server.server.servicer import SERVICE_NAME, FilterServicer, add_filter_service
 from filter_server.server.store_suppression import StoreSuppression
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
-from filter_server.server.suppression_key import KeyUnusable
+from mailwarden.fingerprints import KeyUnusable
 from filter_server.server.suppression_setup import follow_store
 from filter_server.server.tls import TlsConfigError, server_credentials
 
