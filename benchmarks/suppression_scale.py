@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sqlite3
 import subprocess
 import sys

@@ -39,6 +39,7 @@ from typing import Any
 
 import grpc
 
+from mailwarden.addresses import GLOBAL_SCOPE, AddressInvalid, normalize_address, normalize_scope
 from mailwarden.fingerprint_index import (
     FingerprintBuffer,
     IndexUnusable,
@@ -46,7 +47,6 @@ from mailwarden.fingerprint_index import (
     entry,
 )
 from mailwarden.fingerprints import FingerprintKey
-from mailwarden.addresses import GLOBAL_SCOPE, AddressInvalid, normalize_address, normalize_scope
 from mailwarden.suppression import MailClass
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc

@@ -22,8 +22,8 @@ import threading
 import time
 
 from filter_server.server.config import ServeConfig
-from mailwarden.fingerprints import KeyUnusable
 from filter_server.server.suppression_setup import follow_store
+from mailwarden.fingerprints import KeyUnusable
 
 log = logging.getLogger(__name__)
 

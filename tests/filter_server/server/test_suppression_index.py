@@ -215,6 +215,7 @@ def test_an_index_of_the_former_format_is_refused_not_misread(tmp_path: Path) ->
     entries would never match a BLAKE2b fingerprint, so opening it must fail (the pod
     rebuilds) instead of silently suppressing nobody."""
     import struct
+
     from mailwarden.fingerprint_index import HEADER, MAGIC
     path = tmp_path / "old.idx"
     index = build([("ann@example.com", "*", False)], KEY)
