@@ -135,6 +135,17 @@ def run(args: argparse.Namespace) -> int:
         print(err + "--http-header-timeout and --http-body-timeout must be positive, "
               "--http-max-connections 0 (automatic) or more", file=sys.stderr)
         return 2
+    fingerprint_key = None
+    if args.fingerprint_key_file is not None:
+        from mailwarden.fingerprints import FingerprintKey, KeyUnusable
+        try:
+            fingerprint_key = FingerprintKey.from_file(args.fingerprint_key_file)
+        except KeyUnusable as exc:
+            print(err + f"--fingerprint-key-file: {exc}", file=sys.stderr)
+            return 2
+    if args.fingerprint_refresh_changes < 1:
+        print(err + "--fingerprint-refresh-changes must be at least 1", file=sys.stderr)
+        return 2
     raise_descriptor_limit()
     config = ServerConfig(
         grpc_address=args.grpc_address, http_address=args.http_address,
@@ -146,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
         watch_send_timeout_seconds=args.watch_send_timeout,
         http_header_timeout=args.http_header_timeout, http_body_timeout=args.http_body_timeout,
         http_max_connections=args.http_max_connections, tls_dir=args.tls_dir,
-        require_client_cert=args.require_client_cert)
+        require_client_cert=args.require_client_cert, fingerprint_key=fingerprint_key,
+        fingerprint_dir=args.fingerprint_dir,
+        fingerprint_refresh_changes=args.fingerprint_refresh_changes)
     server = UnsubscribeServer(store, config,
                                access=AccessPolicy.of(admin_token, args.admin_client))
     try:

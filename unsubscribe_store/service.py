@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -17,6 +19,7 @@ from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from unsubscribe_store import metrics
 from unsubscribe_store.access import AccessPolicy
+from unsubscribe_store.artifact import FingerprintArtifact
 from unsubscribe_store.feed import ChangeFeed
 from unsubscribe_store.model import (
     Change,
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 MAX_CHECK_BATCH = 1000
 MAX_TEXT = 200
 SNAPSHOT_BATCH = 1000
+# Bytes per FingerprintSnapshot message (under gRPC's default 4 MiB receive limit).
+FINGERPRINT_CHUNK = 1 << 20
 # Heartbeats are taken from memory (see feed), but each is still a message per stream: a
 # floor of half a second keeps 300 streams at 600 messages a second.
 MIN_HEARTBEAT_SECONDS = 0.5
@@ -85,8 +90,11 @@ class ServerState:
 
     def __init__(self, store: Store, *, access: AccessPolicy | None = None,
                  max_concurrent_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
-                 send_timeout: float = DEFAULT_SEND_TIMEOUT) -> None:
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT,
+                 artifact: FingerprintArtifact | None = None) -> None:
         self.store = store
+        # The fingerprint snapshot filter pods start from (None: no fingerprint key).
+        self.artifact = artifact
         self.access = access or AccessPolicy()
         self.ready = False
         self.reason = "starting"
@@ -265,6 +273,36 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                     head_sequence=max(feed.head, cursor), server_time=server_time)))
                 last_heartbeat = now
             await feed.wait(wake, max(0.0, interval - (time.monotonic() - last_heartbeat)))
+
+    async def FingerprintSnapshot(self, request: pb.FingerprintSnapshotRequest,
+                                  context: grpc.aio.ServicerContext) -> None:
+        artifact = self.state.artifact
+        if artifact is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this store has no fingerprint key (--fingerprint-key-file): "
+                                "take a Watch snapshot")
+        assert artifact is not None
+        if request.key_id and not hmac.compare_digest(request.key_id, artifact.key.key_id):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"this store's fingerprint key is another (id "
+                                f"{artifact.key.key_id.hex()}, yours {request.key_id.hex()}): "
+                                "take a Watch snapshot, or give both the same key Secret")
+        try:
+            async with self.state.snapshot_slots:
+                path = await artifact.current()
+                # The file is replaced by rename, never rewritten: the one opened here stays
+                # whole while it is sent, whatever refresh happens meanwhile.
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    first = True
+                    while data := f.read(FINGERPRINT_CHUNK):
+                        await self._send(context, pb.FingerprintSnapshotChunk(
+                            data=data, size=size if first else 0))
+                        first = False
+        except _Stalled:
+            await self._end_stalled(context)
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
     async def Resubscribe(self, request: pb.ResubscribeRequest,
                           context: grpc.aio.ServicerContext) -> pb.ResubscribeResponse:

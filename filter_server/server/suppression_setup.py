@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 
+import grpc
+
 from filter_server.server.config import ServeConfig
 from filter_server.server.store_suppression import tls_channel_factory
-from filter_server.server.suppression_cache import SuppressionCache
+from filter_server.server.suppression_cache import SuppressionCache, _insecure_channel
 from mailwarden.fingerprints import FingerprintKey
 
 
@@ -26,3 +28,12 @@ def follow_store(config: ServeConfig, *, index_path: str | os.PathLike[str] | No
     return SuppressionCache(config.suppression_store,
                             stale_after=config.suppression_stale_after, key=key,
                             index_path=index_path, name=name, channel_factory=factory)
+
+
+def store_channel(config: ServeConfig) -> grpc.Channel:
+    """A channel to `config.suppression_store`, secured as the cache's are."""
+    assert config.suppression_store, "following a store needs --suppression-store"
+    factory = (tls_channel_factory(config.suppression_store_tls_dir)
+               if config.suppression_store_tls_dir else _insecure_channel)
+    # Room for the fingerprint snapshot's 1 MiB messages whatever the default becomes.
+    return factory(config.suppression_store, [("grpc.max_receive_message_length", 8 << 20)])

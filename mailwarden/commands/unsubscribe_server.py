@@ -60,6 +60,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--require-client-cert", action="store_true",
                    help="mutual TLS: refuse gRPC clients without a certificate signed by "
                         "DIR/ca.crt (needs --tls-dir)")
+    p.add_argument("--fingerprint-key-file", type=Path, metavar="FILE",
+                   help="the suppression fingerprint key the filter pods use (the same "
+                        "Secret as their --suppression-key-file; raw, or hex text of at least "
+                        "32 bytes): the store then builds and serves the fingerprint snapshot "
+                        "a new filter pod starts from in one transfer (docs/unsubscribe.md). "
+                        "Without it, filter pods stream a Watch snapshot")
+    p.add_argument("--fingerprint-dir", type=Path, metavar="DIR",
+                   help="where the fingerprint snapshot file is kept (8 bytes per "
+                        "suppression; default: a temporary directory)")
+    p.add_argument("--fingerprint-refresh-changes", type=int, default=10_000, metavar="N",
+                   help="merge the change log into the fingerprint snapshot when a filter pod "
+                        "asks for it and it is N or more changes behind (default: %(default)s)")
     p.add_argument("--no-migrate", action="store_true",
                    help="do not apply schema migrations (they must have been applied already)")
     p.add_argument("--migrate-only", action="store_true",

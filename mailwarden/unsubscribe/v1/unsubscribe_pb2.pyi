@@ -180,6 +180,20 @@ class WatchEvent(_message.Message):
     heartbeat: Heartbeat
     def __init__(self, snapshot_chunk: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., snapshot_end: _Optional[_Union[SnapshotEnd, _Mapping]] = ..., change: _Optional[_Union[Change, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
+class FingerprintSnapshotRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: bytes
+    def __init__(self, key_id: _Optional[bytes] = ...) -> None: ...
+
+class FingerprintSnapshotChunk(_message.Message):
+    __slots__ = ("data", "size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size: int
+    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
 class ResubscribeRequest(_message.Message):
     __slots__ = ("address", "scope", "source")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]

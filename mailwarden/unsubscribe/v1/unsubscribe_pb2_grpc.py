@@ -49,6 +49,11 @@ class UnsubscribeStoreStub:
                 request_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.WatchRequest.SerializeToString,
                 response_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.FingerprintSnapshot = channel.unary_stream(
+                '/mailwarden.unsubscribe.v1.UnsubscribeStore/FingerprintSnapshot',
+                request_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.FingerprintSnapshotRequest.SerializeToString,
+                response_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.FingerprintSnapshotChunk.FromString,
+                _registered_method=True)
         self.Resubscribe = channel.unary_unary(
                 '/mailwarden.unsubscribe.v1.UnsubscribeStore/Resubscribe',
                 request_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeRequest.SerializeToString,
@@ -105,6 +110,20 @@ class UnsubscribeStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FingerprintSnapshot(self, request, context):
+        """The suppression set as keyed fingerprints, for a filter pod's cold start: the bytes of
+        a suppression index file (mailwarden/fingerprint_index.py: header with the format, the
+        key id and the change-log sequence S it reflects, then sorted 8-byte entries), built
+        and kept current by the store with the fingerprint key it shares with the filter pods.
+        One bulk transfer instead of one message per suppression; the consumer then Watches
+        from S (snapshot=false), which makes its set exact as a Watch snapshot does. No
+        plaintext address is sent. FAILED_PRECONDITION when the store has no fingerprint key
+        or another key than key_id (the consumer takes a Watch snapshot instead).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Resubscribe(self, request, context):
         """Remove a suppression (a person explicitly opted back in). An admin method, like Import
         and Export: the caller's client certificate must be one the server names as an admin
@@ -155,6 +174,11 @@ def add_UnsubscribeStoreServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.WatchRequest.FromString,
                     response_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.WatchEvent.SerializeToString,
+            ),
+            'FingerprintSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.FingerprintSnapshot,
+                    request_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.FingerprintSnapshotRequest.FromString,
+                    response_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.FingerprintSnapshotChunk.SerializeToString,
             ),
             'Resubscribe': grpc.unary_unary_rpc_method_handler(
                     servicer.Resubscribe,
@@ -258,6 +282,33 @@ class UnsubscribeStore:
             '/mailwarden.unsubscribe.v1.UnsubscribeStore/Watch',
             mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.WatchRequest.SerializeToString,
             mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FingerprintSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mailwarden.unsubscribe.v1.UnsubscribeStore/FingerprintSnapshot',
+            mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.FingerprintSnapshotRequest.SerializeToString,
+            mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.FingerprintSnapshotChunk.FromString,
             options,
             channel_credentials,
             insecure,
