@@ -277,15 +277,18 @@ def mapped_index_bytes(pids: set[int]) -> int:
 
 
 def serve_until_fresh(workdir: Path, store: StoreProcess, n: int, env: dict[str, str],
-                      timeout: float) -> tuple[float, float, float, float]:
+                      timeout: float, key_file: Path | None = None
+                      ) -> tuple[float, float, float, float]:
     """(seconds to FRESH with n entries in every worker, pod PSS MiB, pod RSS MiB, index
     file MiB)."""
     policy_dir = workdir / "policy"
     if not policy_dir.exists():
         write_policy(policy_dir, mini_policy(1))
     started = time.monotonic()
+    key_args = ["--suppression-key-file", str(key_file)] if key_file else []
     server = Server(workdir, policy_dir, ["--suppression-store", store.target,
-                                          "--drain-seconds", "0"], workers=WORKERS, env=env)
+                                          "--drain-seconds", "0", *key_args],
+                    workers=WORKERS, env=env)
     try:
         server.wait_serving(timeout)
         wait_for(lambda: server.metric("mailwarden_filter_suppression_cache_fresh") == 1
@@ -301,19 +304,36 @@ def serve_until_fresh(workdir: Path, store: StoreProcess, n: int, env: dict[str,
         server.kill()
 
 
-def e2e_rows(sizes_after: list[int], sizes_before: list[int], ref: str,
-             workdir: Path) -> None:
+def wait_artifact(store: StoreProcess, timeout: float) -> float:
+    """Seconds the store took to build its fingerprint snapshot (from its log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in reversed(store.log().splitlines()):  # the log may hold earlier runs'
+            if "fingerprint snapshot of" in line and " built in " in line:
+                return float(line.rsplit(" built in ", 1)[1].rstrip("s \n"))
+        time.sleep(0.5)
+    raise TimeoutError("the store did not build its fingerprint snapshot")
+
+
+def e2e_rows(sizes: dict[str, list[int]], ref: str, workdir: Path) -> None:
     print("\n2. end to end: SQLite store -> mailwarden serve --workers 2 (pod = process "
           "tree)")
+    print("    before = main before issue 15 (Watch snapshot, dict per worker); watch = this "
+          "tree, Watch snapshot into the shared index (no shared key); artifact = this tree, "
+          "store and pod share the fingerprint key: the pod downloads the store's fingerprint "
+          "snapshot (the store built it beforehand: 'store build s')")
     print("    pod MiB = PSS of the tree less the same pod following an empty store, plus the "
           "index file (page cache)")
-    print(f"{'size':>5} {'code':>6} | {'FRESH after s':>13} {'PSS MiB':>8} {'RSS MiB':>8} "
-          f"{'index MiB':>9} {'pod MiB':>8} {'B/supp':>7}")
+    print(f"{'size':>5} {'code':>8} | {'FRESH after s':>13} {'PSS MiB':>8} {'RSS MiB':>8} "
+          f"{'index MiB':>9} {'pod MiB':>8} {'B/supp':>7} {'store build s':>13} "
+          f"{'empty pod FRESH s':>17}")
     # PYTHONSAFEPATH: `python -m` must not put its working directory (the repository, for
     # the store) before PYTHONPATH.
     before_env = {"PYTHONPATH": str(before_tree(ref, workdir)), "PYTHONSAFEPATH": "1"} \
-        if sizes_before else {}
-    for n in sorted(set(sizes_after) | set(sizes_before)):
+        if sizes["before"] else {}
+    key_file = workdir / "fingerprint-key"
+    key_file.write_text("c3" * 32)
+    for n in sorted(set().union(*sizes.values())):
         case = workdir / f"e2e-{n}"
         case.mkdir()
         db = case / "store.db"
@@ -328,22 +348,30 @@ def e2e_rows(sizes_after: list[int], sizes_before: list[int], ref: str,
         subprocess.run([str(Path(sys.executable).parent / "mailwarden"), "unsubscribe-server",
                         "--sqlite-path", str(empty), "--migrate-only"], check=True,
                        capture_output=True)
-        for code, env in (("before", before_env), ("after", {})):
-            if n not in (sizes_before if code == "before" else sizes_after):
+        for code, env in (("before", before_env), ("watch", {}), ("artifact", {})):
+            if n not in sizes[code]:
                 continue
+            shared = code == "artifact"
             figures = []
+            build = 0.0
             for path, count in ((empty, 0), (db, n)):
                 store = StoreProcess(case, ["--store", "sqlite", "--sqlite-path", str(path),
-                                            "--no-one-click"]).start()
+                                            "--no-one-click"] +
+                                     (["--fingerprint-key-file", str(key_file)]
+                                      if shared else [])).start()
                 try:
+                    if shared:
+                        build = wait_artifact(store, timeout=max(300, n / 2000))
                     figures.append(serve_until_fresh(case, store, count, env,
-                                                     timeout=max(120, n / 5000)))
+                                                     timeout=max(120, n / 5000),
+                                                     key_file=key_file if shared else None))
                 finally:
                     store.close()
-            (_, empty_pss, _, _), (fresh, pss, rss, index) = figures
+            (empty_fresh, empty_pss, _, _), (fresh, pss, rss, index) = figures
             pod = pss - empty_pss + index
-            print(f"{label(n):>5} {code:>6} | {fresh:13.1f} {pss:8.0f} {rss:8.0f} "
-                  f"{index:9.1f} {pod:8.1f} {pod * MIB / n:7.1f}", flush=True)
+            print(f"{label(n):>5} {code:>8} | {fresh:13.1f} {pss:8.0f} {rss:8.0f} "
+                  f"{index:9.1f} {pod:8.1f} {pod * MIB / n:7.1f} "
+                  f"{f'{build:.1f}' if shared else '':>13} {empty_fresh:17.1f}", flush=True)
 
 
 # --- 3. import into PostgreSQL -----------------------------------------------------------
@@ -414,7 +442,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index-sizes", type=sizes, default=sizes("1M,10M,100M"))
     parser.add_argument("--before-sizes", type=sizes, default=sizes("1M,10M"))
-    parser.add_argument("--e2e-sizes", type=sizes, default=sizes("1M"))
+    parser.add_argument("--e2e-sizes", type=sizes, default=sizes("1M,10M"),
+                        help="sizes for the pod starting from the store's fingerprint snapshot")
+    parser.add_argument("--e2e-watch-sizes", type=sizes, default=sizes("1M"),
+                        help="sizes for this tree's pod taking a Watch snapshot (no shared key)")
     parser.add_argument("--e2e-before-sizes", type=sizes, default=sizes("1M"))
     parser.add_argument("--import-sizes", type=sizes, default=sizes("1M"))
     parser.add_argument("--import-before-sizes", type=sizes, default=sizes("200k"))
@@ -433,8 +464,10 @@ def main() -> int:
         for n in args.index_sizes:
             after[n] = index_row(n, workdir)
         print_index_table(before, after)
-        if args.e2e_sizes or args.e2e_before_sizes:
-            e2e_rows(args.e2e_sizes, args.e2e_before_sizes, args.before_ref, workdir)
+        e2e = {"before": args.e2e_before_sizes, "watch": args.e2e_watch_sizes,
+               "artifact": args.e2e_sizes}
+        if any(e2e.values()):
+            e2e_rows(e2e, args.before_ref, workdir)
         if args.import_sizes or args.import_before_sizes:
             import_rows(args.import_sizes, args.import_before_sizes, args.before_ref, workdir)
     return 0
