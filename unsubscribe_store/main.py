@@ -146,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
     if args.fingerprint_refresh_changes < 1:
         print(err + "--fingerprint-refresh-changes must be at least 1", file=sys.stderr)
         return 2
+    if args.compact_every < 0 or args.retain_changes < 0 or args.retain_changes_days < 0 \
+            or args.retain_idempotency_days < 0:
+        print(err + "--compact-every, --retain-changes, --retain-changes-days and "
+              "--retain-idempotency-days cannot be negative", file=sys.stderr)
+        return 2
     raise_descriptor_limit()
     config = ServerConfig(
         grpc_address=args.grpc_address, http_address=args.http_address,
@@ -159,7 +164,10 @@ def run(args: argparse.Namespace) -> int:
         http_max_connections=args.http_max_connections, tls_dir=args.tls_dir,
         require_client_cert=args.require_client_cert, fingerprint_key=fingerprint_key,
         fingerprint_dir=args.fingerprint_dir,
-        fingerprint_refresh_changes=args.fingerprint_refresh_changes)
+        fingerprint_refresh_changes=args.fingerprint_refresh_changes,
+        compact_seconds=args.compact_every, retain_changes=args.retain_changes,
+        retain_changes_days=args.retain_changes_days,
+        retain_idempotency_days=args.retain_idempotency_days)
     server = UnsubscribeServer(store, config,
                                access=AccessPolicy.of(admin_token, args.admin_client))
     try:

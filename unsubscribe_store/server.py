@@ -20,6 +20,7 @@ import signal
 import socket
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,13 @@ class ServerConfig:
     fingerprint_key: FingerprintKey | None = None
     fingerprint_dir: Path | None = None
     fingerprint_refresh_changes: int = DEFAULT_REFRESH_CHANGES
+    # Compaction (Store.compact) every compact_seconds (0: never): change-log rows older
+    # than retain_changes_days *and* more than retain_changes behind the head, and
+    # idempotency keys older than retain_idempotency_days.
+    compact_seconds: float = 3600.0
+    retain_changes_days: float = 7.0
+    retain_changes: int = 100_000
+    retain_idempotency_days: float = 7.0
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -148,6 +156,7 @@ class UnsubscribeServer:
         self._runner: web.AppRunner | None = None
         self._metrics_httpd: Any = None  # prometheus_client's WSGI server, when serving
         self._prebuild: asyncio.Task | None = None
+        self._compactor: asyncio.Task | None = None
         self.fatal = ""  # why the server stopped by itself (a store that can never open)
 
     async def _set_health(self, ready: bool, reason: str) -> None:
@@ -247,6 +256,8 @@ class UnsubscribeServer:
         metrics.STORE_INFO.labels(self.store.backend, self.store.durability).set(1)
         await self._open_store()
         self.state.feed.start()
+        if self.config.compact_seconds > 0:
+            self._compactor = asyncio.create_task(self._compact_loop(), name="compaction")
         if self.state.artifact is not None:
             # Built once the store is open, so the first filter pod does not wait for it.
             self._prebuild = asyncio.create_task(self._build_artifact(), name="fingerprints")
@@ -268,6 +279,33 @@ class UnsubscribeServer:
                 await asyncio.wait_for(self._stop.wait(), self.config.readiness_interval)
             except asyncio.TimeoutError:
                 pass
+
+    async def _compact_loop(self) -> None:
+        cfg = self.config
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), cfg.compact_seconds)
+                return
+            except asyncio.TimeoutError:
+                pass
+            now = datetime.now(timezone.utc)
+            try:
+                done = await self.store.compact(
+                    keep_changes=cfg.retain_changes,
+                    changes_before=now - timedelta(days=cfg.retain_changes_days),
+                    keys_before=now - timedelta(days=cfg.retain_idempotency_days))
+            except StoreUnavailable as exc:
+                log.warning("compaction skipped: %s", exc)
+                continue
+            except Exception:  # never let housekeeping stop the server
+                log.exception("compaction failed")
+                continue
+            metrics.COMPACTED_CHANGES.inc(done.changes)
+            metrics.COMPACTED_KEYS.inc(done.idempotency_keys)
+            if done.changes or done.idempotency_keys:
+                log.info("compacted: %d change-log rows (the log now starts after sequence "
+                         "%d), %d idempotency keys", done.changes, done.floor,
+                         done.idempotency_keys)
 
     async def _build_artifact(self) -> None:
         assert self.state.artifact is not None
@@ -325,8 +363,9 @@ class UnsubscribeServer:
             await self._runner.cleanup()
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
-        if self._prebuild is not None:
-            self._prebuild.cancel()
+        for task in (self._prebuild, self._compactor):
+            if task is not None:
+                task.cancel()
         await self.store.close()
         if self._artifact_tmp is not None:
             shutil.rmtree(self._artifact_tmp, ignore_errors=True)

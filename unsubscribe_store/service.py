@@ -227,6 +227,13 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                     await context.abort(grpc.StatusCode.OUT_OF_RANGE,
                                         f"from_sequence {cursor} is ahead of the store's head "
                                         f"{head}: take a new snapshot")
+                floor = await self.store.log_floor()
+                if cursor < floor:
+                    # Compacted (Store.compact): the changes after the cursor are gone.
+                    await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                        f"the change log no longer holds sequences up to "
+                                        f"{floor} (compacted); from_sequence {cursor} cannot "
+                                        "be resumed: take a new snapshot")
             await self._follow(context, cursor, interval)
         except _Stalled:
             await self._end_stalled(context)

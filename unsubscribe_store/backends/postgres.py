@@ -22,6 +22,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -459,6 +460,29 @@ class PostgresStore(Store):
         rows = await self._read(f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions {clause} "
                                 "ORDER BY address, scope LIMIT %s", (*params, limit))
         return [_suppression(r) for r in rows]
+
+    async def _delete_changes(self, keep_changes: int, before: datetime, limit: int) -> int:
+        async def body(conn, seq: int) -> tuple[int, int]:
+            cur = await conn.execute(
+                "DELETE FROM unsubscribe_changes WHERE seq IN (SELECT seq FROM "
+                "unsubscribe_changes WHERE seq <= %s AND at < %s ORDER BY seq LIMIT %s)",
+                (seq - 1 - keep_changes, before, limit))
+            return cur.rowcount, seq - 1
+        return await self._write(body)
+
+    async def _delete_keys(self, before: datetime, limit: int) -> int:
+        async def body(conn, seq: int) -> tuple[int, int]:
+            cur = await conn.execute(
+                "DELETE FROM unsubscribe_idempotency_keys WHERE key IN (SELECT key FROM "
+                "unsubscribe_idempotency_keys WHERE created_at < %s LIMIT %s)", (before, limit))
+            return cur.rowcount, seq - 1
+        return await self._write(body)
+
+    async def log_floor(self) -> int:
+        rows = await self._read(
+            "SELECT (SELECT min(seq) FROM unsubscribe_changes), value FROM unsubscribe_sequence")
+        oldest, head = rows[0]
+        return int(head) if oldest is None else int(oldest) - 1
 
     async def count(self) -> int:
         rows = await self._read("SELECT count(*) FROM unsubscribe_suppressions")

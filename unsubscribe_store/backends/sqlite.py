@@ -395,6 +395,33 @@ class SqliteStore(Store):
                                     (*params, limit))
         return [_suppression(r) for r in rows]
 
+    async def _delete_changes(self, keep_changes: int, before: datetime, limit: int) -> int:
+        def body(conn: sqlite3.Connection, seq: int) -> tuple[int, int]:
+            # The oldest rows first, by the primary key: one range delete per batch.
+            deleted = conn.execute(
+                "DELETE FROM unsubscribe_changes WHERE seq IN (SELECT seq FROM "
+                "unsubscribe_changes WHERE seq <= ? AND at < ? ORDER BY seq LIMIT ?)",
+                (seq - 1 - keep_changes, before.astimezone(timezone.utc).isoformat(
+                    timespec="microseconds"), limit)).rowcount
+            return deleted, seq - 1
+        return await self._write(body)
+
+    async def _delete_keys(self, before: datetime, limit: int) -> int:
+        def body(conn: sqlite3.Connection, seq: int) -> tuple[int, int]:
+            deleted = conn.execute(
+                "DELETE FROM unsubscribe_idempotency_keys WHERE key IN (SELECT key FROM "
+                "unsubscribe_idempotency_keys WHERE created_at < ? LIMIT ?)",
+                (before.astimezone(timezone.utc).isoformat(timespec="microseconds"),
+                 limit)).rowcount
+            return deleted, seq - 1
+        return await self._write(body)
+
+    async def log_floor(self) -> int:
+        rows = await self._run_read(
+            "SELECT (SELECT min(seq) FROM unsubscribe_changes), value FROM unsubscribe_sequence")
+        oldest, head = rows[0]
+        return int(head) if oldest is None else int(oldest) - 1
+
     async def count(self) -> int:
         rows = await self._run_read("SELECT count(*) FROM unsubscribe_suppressions")
         return int(rows[0][0])
