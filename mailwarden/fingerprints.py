@@ -27,6 +27,21 @@ ALGORITHM = b"blake2b-keyed-64/v1"
 _BLAKE2B_MAX_KEY = 64
 
 
+# A forgotten suppression (the store's Forget): the address column holds this instead of
+# the address — the key's id and the fingerprint of (address, scope) in hex, and no "@",
+# which every normalised address has.
+FORGOTTEN_PREFIX = "#fp:"
+
+
+def is_forgotten(address: str) -> bool:
+    """Whether a stored address is a forgotten one's fingerprint, not an address."""
+    return address.startswith(FORGOTTEN_PREFIX) and "@" not in address
+
+
+class ForeignFingerprint(Exception):
+    """A forgotten suppression fingerprinted with another key than ours."""
+
+
 class KeyUnusable(Exception):
     """A key that cannot be used (the message says why, never the key)."""
 
@@ -86,6 +101,24 @@ class FingerprintKey:
         artifact builder fingerprints rows it has as bytes)."""
         return int.from_bytes(hashlib.blake2b(data, digest_size=8, key=self._mac_key).digest(),
                               "little") >> 1
+
+    def forgotten(self, address: str, scope: str) -> str:
+        """What the store keeps instead of a forgotten (normalised) address in ``scope``:
+        the fingerprint filter pods look up, and nothing to recover the address from
+        without the key."""
+        return f"{FORGOTTEN_PREFIX}{self.key_id.hex()}:{self.fingerprint(address, scope):016x}"
+
+    def stored_fingerprint(self, address: str, scope: str) -> int:
+        """The fingerprint of a stored suppression: of the address, or the one a forgotten
+        suppression keeps. Raises ForeignFingerprint for one kept under another key (the
+        key was rotated after the address was forgotten: docs/unsubscribe.md)."""
+        if not is_forgotten(address):
+            return self.fingerprint(address, scope)
+        key_hex, _, fp_hex = address[len(FORGOTTEN_PREFIX):].partition(":")
+        if key_hex != self.key_id.hex():
+            raise ForeignFingerprint(f"a forgotten suppression is kept under fingerprint key "
+                                     f"{key_hex}, not {self.key_id.hex()}")
+        return int(fp_hex, 16)
 
     def __repr__(self) -> str:
         return f"FingerprintKey(id={self.key_id.hex()})"

@@ -82,7 +82,9 @@ class FingerprintArtifact:
     async def _build(self) -> None:
         started = time.monotonic()
         buffer = FingerprintBuffer()
-        fingerprint = self.key.fingerprint
+        # Forgotten suppressions keep their fingerprint (the server refuses to start with a
+        # key other than the one they were forgotten under).
+        fingerprint = self.key.stored_fingerprint
         complaint = Reason.COMPLAINT
         sequence = 0
         async with contextlib.aclosing(self.store.snapshot(BUILD_PAGE)) as pages:
@@ -103,7 +105,7 @@ class FingerprintArtifact:
         started = time.monotonic()
         overlay: dict[int, bool | None] = {}
         cursor = index.sequence
-        fingerprint = self.key.fingerprint
+        fingerprint = self.key.stored_fingerprint
         while True:
             changes = await self.store.changes_after(cursor, LOG_PAGE)
             for change in changes:

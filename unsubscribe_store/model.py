@@ -55,6 +55,12 @@ class Compacted:
 
 
 @dataclass(frozen=True)
+class ForgetResult:
+    suppressions: int  # suppressions now kept by fingerprint (still in force)
+    history: int       # change-log rows whose address was replaced by its fingerprint
+
+
+@dataclass(frozen=True)
 class ResubscribeResult:
     sequence: int
     removed: bool

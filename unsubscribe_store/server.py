@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from mailwarden.fingerprints import FingerprintKey
+from mailwarden.fingerprints import FORGOTTEN_PREFIX, FingerprintKey
 from mailwarden.tls import server_credentials
 from mailwarden.tokens import KeyRing
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
@@ -255,6 +255,8 @@ class UnsubscribeServer:
     async def _watch_readiness(self) -> None:
         metrics.STORE_INFO.labels(self.store.backend, self.store.durability).set(1)
         await self._open_store()
+        if self.state.artifact is not None and not self._stop.is_set():
+            await self._check_forgotten_key(self.state.artifact.key)
         self.state.feed.start()
         if self.config.compact_seconds > 0:
             self._compactor = asyncio.create_task(self._compact_loop(), name="compaction")
@@ -279,6 +281,28 @@ class UnsubscribeServer:
                 await asyncio.wait_for(self._stop.wait(), self.config.readiness_interval)
             except asyncio.TimeoutError:
                 pass
+
+    async def _check_forgotten_key(self, key: FingerprintKey) -> None:
+        """Refuse a fingerprint key other than the one forgotten suppressions are kept
+        under: with it they could not be matched, so erasing the key would silently end
+        those people's objections."""
+        prefix = f"{FORGOTTEN_PREFIX}{key.key_id.hex()}:"
+        while not self._stop.is_set():
+            try:
+                other = await self.store.forgotten_under_other_keys(prefix)
+                break
+            except StoreUnavailable as exc:
+                await self._set_health(False, str(exc))
+                await asyncio.sleep(1.0)
+        else:
+            return
+        if other:
+            self.fatal = (f"{other} forgotten suppressions are kept under another fingerprint "
+                          f"key than --fingerprint-key-file's (id {key.key_id.hex()}): they "
+                          "would no longer suppress anyone. Keep the key they were forgotten "
+                          "under (docs/unsubscribe.md, fingerprint key rotation)")
+            await self._set_health(False, self.fatal)
+            self._stop.set()
 
     async def _compact_loop(self) -> None:
         cfg = self.config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import os
@@ -14,6 +15,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mailwarden.addresses import AddressInvalid, normalize_address, normalize_scope
+from mailwarden.fingerprints import FingerprintKey
 from mailwarden.suppression import MailClass, Reason, applies
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
@@ -167,6 +169,8 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
         try:
             head = await self.store.head()
             found = await self.store.lookup(normalised)
+            if self.state.artifact is not None:
+                await self._add_forgotten(found, normalised, scope, self.state.artifact.key)
         except StoreUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         response = pb.CheckResponse(head_sequence=head)
@@ -177,6 +181,17 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                 response.suppressed.append(pb.CheckResult(
                     address=given, matched=[suppression_to_pb(s) for s in matched]))
         return response
+
+    async def _add_forgotten(self, found: dict[str, list[Suppression]], addresses: list[str],
+                             scope: str, key: FingerprintKey) -> None:
+        """Add the forgotten suppressions (kept by fingerprint, see Forget) of ``addresses``
+        in the scopes a Check looks at — global and ``scope`` — as if kept by address."""
+        scopes = ["*"] + ([scope] if scope and scope != "*" else [])
+        markers = {key.forgotten(a, sc): (a, sc) for a in set(addresses) for sc in scopes}
+        for marker, rows in (await self.store.lookup(list(markers))).items():
+            address, wanted = markers[marker]
+            found.setdefault(address, []).extend(
+                dataclasses.replace(r, address=address) for r in rows if r.scope == wanted)
 
     async def _send(self, context: grpc.aio.ServicerContext, message) -> None:
         """Write one message of a server stream; raise _Stalled when the consumer has not
@@ -332,6 +347,31 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                  result.removed, source)
         metrics.WRITES.labels("resubscribe", "new" if result.removed else "replay").inc()
         return pb.ResubscribeResponse(sequence=result.sequence, removed=result.removed)
+
+    async def Forget(self, request: pb.ForgetRequest,
+                     context: grpc.aio.ServicerContext) -> pb.ForgetResponse:
+        await self.state.access.authorise("Forget", context)
+        artifact = self.state.artifact
+        if artifact is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "Forget keeps the address's fingerprint, which needs the "
+                                "store's fingerprint key (--fingerprint-key-file)")
+        assert artifact is not None
+        try:
+            address = normalize_address(request.address)
+        except AddressInvalid as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._writable(context)
+        key = artifact.key
+        try:
+            result = await self.store.forget(address, lambda scope: key.forgotten(address, scope))
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        # Never the address in the log: that is what was just erased.
+        log.info("forget: %d suppressions now kept by fingerprint, %d change-log rows "
+                 "rewritten", result.suppressions, result.history)
+        metrics.WRITES.labels("forget", "new" if result.suppressions else "replay").inc()
+        return pb.ForgetResponse(suppressions=result.suppressions, history=result.history)
 
     async def Import(self, request_iterator: AsyncIterator[pb.ImportChunk],
                      context: grpc.aio.ServicerContext) -> pb.ImportSummary:

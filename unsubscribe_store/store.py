@@ -18,6 +18,7 @@ from mailwarden.suppression import Reason
 from unsubscribe_store.model import (
     Change,
     Compacted,
+    ForgetResult,
     ImportRow,
     Readiness,
     ResubscribeResult,
@@ -244,6 +245,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def _delete_keys(self, before: datetime, limit: int) -> int:
         """Delete at most ``limit`` idempotency keys created before ``before``."""
+
+    @abc.abstractmethod
+    async def forget(self, address: str, marker: Callable[[str], str]) -> ForgetResult:
+        """Replace a normalised address by ``marker(scope)`` (its fingerprint in that scope)
+        in every suppression and change-log row, and drop its idempotency keys, in one
+        transaction: the suppressions stay in force, the address is gone. No change is
+        logged: a filter pod's fingerprint of the address is the marker's."""
+
+    @abc.abstractmethod
+    async def forgotten_under_other_keys(self, prefix: str) -> int:
+        """How many suppressions are forgotten under a marker not starting with ``prefix``
+        (another fingerprint key's)."""
 
     @abc.abstractmethod
     async def log_floor(self) -> int:

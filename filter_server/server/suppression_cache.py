@@ -46,7 +46,7 @@ from mailwarden.fingerprint_index import (
     SortedFingerprints,
     entry,
 )
-from mailwarden.fingerprints import FingerprintKey
+from mailwarden.fingerprints import FingerprintKey, ForeignFingerprint
 from mailwarden.suppression import MailClass
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
@@ -130,6 +130,7 @@ class SuppressionCache:
         self._connected = False
         self._reconnects = 0
         self._snapshots = 0
+        self.foreign = 0  # forgotten suppressions kept under another key (not applied)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._call: Any = None  # the Watch stream in progress (a grpc call object)
@@ -344,9 +345,15 @@ class SuppressionCache:
                     kind = event.WhichOneof("event")
                     if kind == "snapshot_chunk":
                         assert pending is not None, "a snapshot chunk without a snapshot"
-                        pending.extend([entry(fingerprint(s.address, s.scope),
+                        # A forgotten suppression (no "@": the store keeps its fingerprint
+                        # instead of the address) is rare; the test keeps the common path
+                        # one call.
+                        pending.extend([entry(fingerprint(s.address, s.scope)
+                                              if "@" in s.address else fp,
                                               s.reason == pb.COMPLAINT)
-                                        for s in event.snapshot_chunk.suppressions])
+                                        for s in event.snapshot_chunk.suppressions
+                                        if "@" in s.address or
+                                        (fp := self._stored(s.address, s.scope)) is not None])
                         self._loading = len(pending)
                     elif kind == "snapshot_end":
                         assert pending is not None, "a snapshot end without a snapshot"
@@ -396,6 +403,19 @@ class SuppressionCache:
                             self.silence_timeout)
                 call.cancel()
 
+    def _stored(self, address: str, scope: str) -> int | None:
+        """The fingerprint of a suppression as the store keeps it (an address, or a
+        forgotten one's fingerprint); None for one forgotten under another key, which this
+        cache cannot apply: counted in ``foreign`` and logged once."""
+        try:
+            return self.key.stored_fingerprint(address, scope)
+        except ForeignFingerprint as exc:
+            self.foreign += 1
+            if self.foreign == 1:
+                log.error("%s: %s: this pod cannot apply forgotten suppressions; give it the "
+                          "store's fingerprint key (--suppression-key-file)", self.name, exc)
+            return None
+
     def _install_index(self, index: SortedFingerprints, sequence: int, *, shared: bool) -> None:
         with self._cond:
             self._index = index
@@ -418,7 +438,11 @@ class SuppressionCache:
                           change.sequence, self._applied)
                 self._applied = None
                 return False
-            fp = self.key.fingerprint(change.address, change.scope)
+            fp = self._stored(change.address, change.scope)
+            if fp is None:  # kept under another key: counted and logged, nothing to apply
+                self._applied = change.sequence
+                self._cond.notify_all()
+                return True
             was = self._lookup(fp)
             now = None if change.op == pb.RESUBSCRIBE else change.reason == pb.COMPLAINT
             self._size += (now is not None) - (was is not None)

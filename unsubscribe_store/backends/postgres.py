@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ from mailwarden.suppression import Reason
 from unsubscribe_store import migrations
 from unsubscribe_store.model import (
     Change,
+    ForgetResult,
     IdempotencyConflict,
     ImportRow,
     Op,
@@ -477,6 +478,34 @@ class PostgresStore(Store):
                 "unsubscribe_idempotency_keys WHERE created_at < %s LIMIT %s)", (before, limit))
             return cur.rowcount, seq - 1
         return await self._write(body)
+
+    async def forget(self, address: str, marker: Callable[[str], str]) -> ForgetResult:
+        async def body(conn, seq: int) -> tuple[ForgetResult, int]:
+            cur = await conn.execute("SELECT scope FROM unsubscribe_suppressions "
+                                     "WHERE address = %s", (address,))
+            scopes = [r[0] for r in await cur.fetchall()]
+            for scope in scopes:
+                await conn.execute("UPDATE unsubscribe_suppressions SET address = %s "
+                                   "WHERE address = %s AND scope = %s",
+                                   (marker(scope), address, scope))
+            cur = await conn.execute("SELECT DISTINCT scope FROM unsubscribe_changes "
+                                     "WHERE address = %s", (address,))
+            history = 0
+            for (scope,) in await cur.fetchall():
+                done = await conn.execute("UPDATE unsubscribe_changes SET address = %s "
+                                          "WHERE address = %s AND scope = %s",
+                                          (marker(scope), address, scope))
+                history += done.rowcount
+            await conn.execute("DELETE FROM unsubscribe_idempotency_keys WHERE address = %s",
+                               (address,))
+            return ForgetResult(len(scopes), history), seq - 1
+        return await self._write(body)
+
+    async def forgotten_under_other_keys(self, prefix: str) -> int:
+        rows = await self._read(
+            "SELECT count(*) FROM unsubscribe_suppressions WHERE address LIKE '#fp:%%' "
+            "AND strpos(address, '@') = 0 AND left(address, %s) <> %s", (len(prefix), prefix))
+        return int(rows[0][0])
 
     async def log_floor(self) -> int:
         rows = await self._read(

@@ -25,6 +25,7 @@ from mailwarden.suppression import Reason
 from unsubscribe_store import migrations
 from unsubscribe_store.model import (
     Change,
+    ForgetResult,
     IdempotencyConflict,
     ImportRow,
     Op,
@@ -415,6 +416,30 @@ class SqliteStore(Store):
                  limit)).rowcount
             return deleted, seq - 1
         return await self._write(body)
+
+    async def forget(self, address: str, marker: Callable[[str], str]) -> ForgetResult:
+        def body(conn: sqlite3.Connection, seq: int) -> tuple[ForgetResult, int]:
+            scopes = [r[0] for r in conn.execute(
+                "SELECT scope FROM unsubscribe_suppressions WHERE address = ?", (address,))]
+            for scope in scopes:
+                conn.execute("UPDATE unsubscribe_suppressions SET address = ? "
+                             "WHERE address = ? AND scope = ?", (marker(scope), address, scope))
+            history = 0
+            for (scope,) in conn.execute("SELECT DISTINCT scope FROM unsubscribe_changes "
+                                         "WHERE address = ?", (address,)).fetchall():
+                history += conn.execute("UPDATE unsubscribe_changes SET address = ? "
+                                        "WHERE address = ? AND scope = ?",
+                                        (marker(scope), address, scope)).rowcount
+            conn.execute("DELETE FROM unsubscribe_idempotency_keys WHERE address = ?",
+                         (address,))
+            return ForgetResult(len(scopes), history), seq - 1
+        return await self._write(body)
+
+    async def forgotten_under_other_keys(self, prefix: str) -> int:
+        rows = await self._run_read(
+            "SELECT count(*) FROM unsubscribe_suppressions WHERE address LIKE '#fp:%' "
+            "AND instr(address, '@') = 0 AND substr(address, 1, ?) != ?", (len(prefix), prefix))
+        return int(rows[0][0])
 
     async def log_floor(self) -> int:
         rows = await self._run_read(

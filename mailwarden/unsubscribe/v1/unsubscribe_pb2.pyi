@@ -194,6 +194,20 @@ class FingerprintSnapshotChunk(_message.Message):
     size: int
     def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
 
+class ForgetRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class ForgetResponse(_message.Message):
+    __slots__ = ("suppressions", "history")
+    SUPPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    suppressions: int
+    history: int
+    def __init__(self, suppressions: _Optional[int] = ..., history: _Optional[int] = ...) -> None: ...
+
 class ResubscribeRequest(_message.Message):
     __slots__ = ("address", "scope", "source")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]

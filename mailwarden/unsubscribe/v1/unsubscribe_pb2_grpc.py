@@ -59,6 +59,11 @@ class UnsubscribeStoreStub:
                 request_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeRequest.SerializeToString,
                 response_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeResponse.FromString,
                 _registered_method=True)
+        self.Forget = channel.unary_unary(
+                '/mailwarden.unsubscribe.v1.UnsubscribeStore/Forget',
+                request_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ForgetRequest.SerializeToString,
+                response_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ForgetResponse.FromString,
+                _registered_method=True)
         self.Import = channel.stream_unary(
                 '/mailwarden.unsubscribe.v1.UnsubscribeStore/Import',
                 request_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ImportChunk.SerializeToString,
@@ -134,6 +139,18 @@ class UnsubscribeStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Forget(self, request, context):
+        """Erasure that keeps the objection (GDPR arts. 17 and 21): every suppression of the
+        address stays in force, but the store keeps only its keyed fingerprint in each scope
+        ("#fp:<key id>:<fingerprint>", the value filter pods look up) instead of the address, in
+        the suppressions and the change log; its idempotency keys are dropped. Check still
+        answers for the address; Watch and Export show the fingerprint form. Admin only; needs
+        the store's fingerprint key (FAILED_PRECONDITION without one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Import(self, request_iterator, context):
         """Bulk import (CSV with a header row, or JSONL) of suppressions, for migrations. The first
         message carries the format and defaults; every message carries bytes of the file, split
@@ -184,6 +201,11 @@ def add_UnsubscribeStoreServicer_to_server(servicer, server):
                     servicer.Resubscribe,
                     request_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeRequest.FromString,
                     response_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeResponse.SerializeToString,
+            ),
+            'Forget': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forget,
+                    request_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ForgetRequest.FromString,
+                    response_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ForgetResponse.SerializeToString,
             ),
             'Import': grpc.stream_unary_rpc_method_handler(
                     servicer.Import,
@@ -336,6 +358,33 @@ class UnsubscribeStore:
             '/mailwarden.unsubscribe.v1.UnsubscribeStore/Resubscribe',
             mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeRequest.SerializeToString,
             mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailwarden.unsubscribe.v1.UnsubscribeStore/Forget',
+            mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ForgetRequest.SerializeToString,
+            mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ForgetResponse.FromString,
             options,
             channel_credentials,
             insecure,
