@@ -304,12 +304,13 @@ def serve_until_fresh(workdir: Path, store: StoreProcess, n: int, env: dict[str,
         server.kill()
 
 
-def wait_artifact(store: StoreProcess, timeout: float) -> float:
-    """Seconds the store took to build its fingerprint snapshot (from its log)."""
+def wait_artifact(store: StoreProcess, count: int, timeout: float) -> float:
+    """Seconds the store took to build its fingerprint snapshot of `count` suppressions
+    (from its log, which may hold an earlier store's lines too)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in reversed(store.log().splitlines()):  # the log may hold earlier runs'
-            if "fingerprint snapshot of" in line and " built in " in line:
+        for line in reversed(store.log().splitlines()):
+            if f"fingerprint snapshot of {count} suppressions" in line and " built in " in line:
                 return float(line.rsplit(" built in ", 1)[1].rstrip("s \n"))
         time.sleep(0.5)
     raise TimeoutError("the store did not build its fingerprint snapshot")
@@ -361,7 +362,7 @@ def e2e_rows(sizes: dict[str, list[int]], ref: str, workdir: Path) -> None:
                                       if shared else [])).start()
                 try:
                     if shared:
-                        build = wait_artifact(store, timeout=max(300, n / 2000))
+                        build = wait_artifact(store, count, timeout=max(300, n / 2000))
                     figures.append(serve_until_fresh(case, store, count, env,
                                                      timeout=max(120, n / 5000),
                                                      key_file=key_file if shared else None))
