@@ -381,13 +381,27 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
         parser: RowParser | None = None
         skip_invalid = False
         batch: list[ImportRow] = []
+        # One batch is written while the next is parsed (in a thread, so the event loop keeps
+        # serving other calls): the import takes max(parse, write) per batch, not the sum.
+        # Batches are written one at a time, in file order.
+        writing: list[asyncio.Task] = []
 
-        async def flush() -> None:
+        async def write(rows: list[ImportRow]) -> None:
+            inserted, existed = await self.store.import_rows(rows)
+            summary.inserted += inserted
+            summary.already_existed += existed
+
+        async def written() -> None:
+            while writing:
+                await writing.pop()
+
+        async def flush(*, wait: bool = True) -> None:
+            await written()
             if batch:
-                inserted, existed = await self.store.import_rows(list(batch))
-                summary.inserted += inserted
-                summary.already_existed += existed
+                writing.append(asyncio.create_task(write(list(batch))))
                 batch.clear()
+            if wait:
+                await written()
 
         async def take(items) -> None:
             for item in items:
@@ -407,7 +421,7 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                 summary.rows += 1
                 batch.append(item)
                 if len(batch) >= self.store.import_batch:
-                    await flush()
+                    await flush(wait=False)
 
         try:
             async for chunk in request_iterator:
@@ -421,12 +435,14 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                     except (AddressInvalid, ValueError) as exc:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                     skip_invalid = chunk.skip_invalid
-                await take(parser.feed(chunk.data))
+                await take(await asyncio.to_thread(parser.feed, chunk.data))
             if parser is not None:
                 await take(parser.finish())
             await flush()
             summary.last_sequence = await self.store.head()
         except StoreUnavailable as exc:
+            for task in writing:
+                task.cancel()
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"{exc} ({summary.inserted + summary.already_existed} rows were "
                                 "imported before; re-running is safe)")
