@@ -53,6 +53,9 @@ def build_index_file(config: ServeConfig, index_file: str,
         except SnapshotNotServed as exc:
             log.info("no fingerprint snapshot from the store (%s): taking a Watch snapshot",
                      exc)
+        except IndexUnusable as exc:  # e.g. a store of another index format: never misread
+            log.warning("the store's fingerprint snapshot is unusable (%s): taking a Watch "
+                        "snapshot", exc)
         finally:
             channel.close()
     cache = follow_store(config, name="suppression-index-builder").start()
