@@ -75,7 +75,7 @@ class FingerprintArtifact:
                                 "fingerprint snapshot", index.sequence, head)
                 await self._build()
             elif head - index.sequence >= self.refresh_changes:
-                if not await self._refresh(index):
+                if not await self._refresh(index, head):
                     await self._build()
             return self.path
 
@@ -99,9 +99,9 @@ class FingerprintArtifact:
         log.info("fingerprint snapshot of %d suppressions at sequence %d built in %.1fs",
                  len(built), sequence, time.monotonic() - started)
 
-    async def _refresh(self, index: SortedFingerprints) -> bool:
-        """Merge the log's changes after the file's sequence; False when the log does not
-        reach back that far (or has a gap): the caller rebuilds."""
+    async def _refresh(self, index: SortedFingerprints, head: int) -> bool:
+        """Merge the log's changes after the file's sequence up to at least ``head``; False
+        when the log does not reach back that far (or has a gap): the caller rebuilds."""
         started = time.monotonic()
         overlay: dict[int, bool | None] = {}
         cursor = index.sequence
@@ -119,8 +119,10 @@ class FingerprintArtifact:
                     else change.reason == Reason.COMPLAINT)
             if len(changes) < LOG_PAGE:
                 break
-        if cursor == index.sequence:
-            return True
+        if cursor < head:  # the changes up to head are gone from the log (compacted)
+            log.info("the change log ends at %d, before the head %d (compacted): rebuilding "
+                     "the fingerprint snapshot", cursor, head)
+            return False
         merged = await asyncio.to_thread(index.merged, overlay)
         await asyncio.to_thread(merged.write, self.path, self.key, cursor)
         self._install()

@@ -439,19 +439,18 @@ class SuppressionCache:
                 self._applied = None
                 return False
             fp = self._stored(change.address, change.scope)
-            if fp is None:  # kept under another key: counted and logged, nothing to apply
-                self._applied = change.sequence
-                self._cond.notify_all()
-                return True
-            was = self._lookup(fp)
-            now = None if change.op == pb.RESUBSCRIBE else change.reason == pb.COMPLAINT
-            self._size += (now is not None) - (was is not None)
-            # An overlay entry equal to the index's is dropped, so the overlay holds only
-            # what differs from the index.
-            if now == self._index.lookup(fp):
-                self._overlay.pop(fp, None)
-            else:
-                self._overlay[fp] = now
+            # None: kept under another key (counted and logged): nothing to apply, but the
+            # sequence is consumed like any other.
+            if fp is not None:
+                was = self._lookup(fp)
+                now = None if change.op == pb.RESUBSCRIBE else change.reason == pb.COMPLAINT
+                self._size += (now is not None) - (was is not None)
+                # An overlay entry equal to the index's is dropped, so the overlay holds
+                # only what differs from the index.
+                if now == self._index.lookup(fp):
+                    self._overlay.pop(fp, None)
+                else:
+                    self._overlay[fp] = now
             self._applied = change.sequence
             self._head = max(self._head, change.sequence)
             if self._applied >= self._head:

@@ -65,3 +65,35 @@ def test_the_log_and_the_keys_are_compacted_and_old_cursors_resnapshot(
     again = unsubscribe(stub, "r0@example.com", "key-0")
     assert again.sequence == first[0].sequence and again.already_existed
     assert watch(stub, from_sequence=head - 2)[-1].change.sequence == head
+
+
+def test_the_fingerprint_snapshot_is_rebuilt_when_its_changes_were_compacted(
+        tmp_path, backend, start_store, store_args) -> None:
+    """The store's fingerprint snapshot is merged with the log since its sequence; once
+    compaction removed every change after it, it must be rebuilt, not served stale."""
+    from filter_server.server.suppression_artifact import fetch_fingerprint_snapshot
+    from mailwarden.fingerprint_index import SortedFingerprints
+    from mailwarden.fingerprints import FingerprintKey
+    key_file = tmp_path / "fingerprint-key"
+    key_file.write_text("6e" * 32)
+    key = FingerprintKey(bytes.fromhex("6e" * 32))
+    store = start_store(store_args, extra_args=[
+        "--fingerprint-key-file", str(key_file), "--fingerprint-refresh-changes", "1",
+        "--compact-every", "0.5", "--retain-changes", "0", "--retain-changes-days", "0"])
+    stub = store.stub()
+
+    def fetched() -> SortedFingerprints:
+        with grpc.insecure_channel(store.target) as channel:
+            fetch_fingerprint_snapshot(channel, key, tmp_path / "pod.idx")
+        return SortedFingerprints.open(tmp_path / "pod.idx", key)
+
+    unsubscribe(stub, "first@example.com", "k0")
+    assert len(fetched()) == 1
+    head = [unsubscribe(stub, f"r{i}@example.com", f"k{i}") for i in range(1, 4)][-1].sequence
+    deadline = time.monotonic() + 30
+    while count_rows(backend, store_args, "unsubscribe_changes"):
+        assert time.monotonic() < deadline, "compaction did not run"
+        time.sleep(0.2)
+    index = fetched()
+    assert (index.sequence, len(index)) == (head, 4)
+    assert index.lookup(key.fingerprint("r3@example.com", "weekly")) is False
