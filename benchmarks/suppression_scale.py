@@ -259,7 +259,10 @@ def fill_store(db: Path, n: int) -> None:
 def before_tree(ref: str, workdir: Path) -> Path:
     out = workdir / "before"
     out.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "mailwarden",
+    # Run from an exported copy of the tree (so edits during a long run do not leak into
+    # it), $MAILWARDEN_BENCH_GIT names the repository to take `ref` from.
+    repo = os.environ.get("MAILWARDEN_BENCH_GIT", str(REPO))
+    archive = subprocess.run(["git", "-C", repo, "archive", ref, "mailwarden",
                               "filter_server", "unsubscribe_store", "mailwarden_local"],
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
