@@ -263,6 +263,14 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
         until the stream ends. Changes come from the shared feed (the database only for a
         cursor older than its window); heartbeats cost no database work."""
         feed = self.state.feed
+        feed.followers += 1
+        try:
+            await self._follow_feed(context, feed, cursor, interval)
+        finally:
+            feed.followers -= 1
+
+    async def _follow_feed(self, context: grpc.aio.ServicerContext, feed: ChangeFeed,
+                           cursor: int, interval: float) -> None:
         generation = feed.generation
         last_heartbeat = 0.0
         while True:

@@ -87,12 +87,17 @@ logged AS (
 SELECT count(*), count(*) FILTER (WHERE NOT existed) FROM writes"""
 
 
+# Enum look-ups by value cost a call each; a change feed turns every change into one.
+_REASONS = {r.value: r for r in Reason}
+_OPS = {o.value: o for o in Op}
+
+
 def _suppression(row: tuple) -> Suppression:
-    return Suppression(row[0], row[1], Reason(row[2]), row[3], row[4], row[5])
+    return Suppression(row[0], row[1], _REASONS[row[2]], row[3], row[4], row[5])
 
 
 def _change(row: tuple) -> Change:
-    return Change(row[0], Op(row[1]), row[2], row[3], Reason(row[4]), row[5], row[6])
+    return Change(row[0], _OPS[row[1]], row[2], row[3], _REASONS[row[4]], row[5], row[6])
 
 
 class PostgresStore(Store):

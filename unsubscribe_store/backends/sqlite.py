@@ -56,12 +56,17 @@ def _ts(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
+# Enum look-ups by value cost a call each; a change feed turns every change into one.
+_REASONS = {r.value: r for r in Reason}
+_OPS = {o.value: o for o in Op}
+
+
 def _suppression(row: tuple) -> Suppression:
-    return Suppression(row[0], row[1], Reason(row[2]), row[3], _ts(row[4]), int(row[5]))
+    return Suppression(row[0], row[1], _REASONS[row[2]], row[3], _ts(row[4]), int(row[5]))
 
 
 def _change(row: tuple) -> Change:
-    return Change(int(row[0]), Op(row[1]), row[2], row[3], Reason(row[4]), row[5], _ts(row[6]))
+    return Change(int(row[0]), _OPS[row[1]], row[2], row[3], _REASONS[row[4]], row[5], _ts(row[6]))
 
 
 class SqliteStore(Store):
