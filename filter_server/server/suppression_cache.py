@@ -348,12 +348,11 @@ class SuppressionCache:
                         # A forgotten suppression (no "@": the store keeps its fingerprint
                         # instead of the address) is rare; the test keeps the common path
                         # one call.
-                        pending.extend([entry(fingerprint(s.address, s.scope)
-                                              if "@" in s.address else fp,
-                                              s.reason == pb.COMPLAINT)
-                                        for s in event.snapshot_chunk.suppressions
-                                        if "@" in s.address or
-                                        (fp := self._stored(s.address, s.scope)) is not None])
+                        sups = event.snapshot_chunk.suppressions
+                        prints = [fingerprint(s.address, s.scope) if "@" in s.address
+                                  else self._stored(s.address, s.scope) for s in sups]
+                        pending.extend([entry(fp, s.reason == pb.COMPLAINT)
+                                        for fp, s in zip(prints, sups) if fp is not None])
                         self._loading = len(pending)
                     elif kind == "snapshot_end":
                         assert pending is not None, "a snapshot end without a snapshot"
