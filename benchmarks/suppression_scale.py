@@ -322,7 +322,8 @@ def wait_artifact(store: StoreProcess, count: int, timeout: float) -> float:
 def e2e_rows(sizes: dict[str, list[int]], ref: str, workdir: Path) -> None:
     print("\n2. end to end: SQLite store -> mailwarden serve --workers 2 (pod = process "
           "tree)")
-    print("    before = main before issue 15 (Watch snapshot, dict per worker); watch = this "
+    print(f"    before = --before-ref {ref} (default: main before issue 15, a Watch snapshot "
+          "into a dict per worker); watch = this "
           "tree, Watch snapshot into the shared index (no shared key); artifact = this tree, "
           "store and pod share the fingerprint key: the pod downloads the store's fingerprint "
           "snapshot (the store built it beforehand: 'store build s')")
