@@ -318,8 +318,10 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                                 f"{artifact.key.key_id.hex()}, yours {request.key_id.hex()}): "
                                 "take a Watch snapshot, or give both the same key Secret")
         try:
+            # Waiting for a build (minutes at 100M) holds no snapshot slot: Watch snapshots
+            # and exports go on meanwhile.
+            path = await artifact.current()
             async with self.state.snapshot_slots:
-                path = await artifact.current()
                 # The file is replaced by rename, never rewritten: the one opened here stays
                 # whole while it is sent, whatever refresh happens meanwhile.
                 with open(path, "rb") as f:
