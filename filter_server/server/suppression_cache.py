@@ -100,7 +100,8 @@ class SuppressionCache:
                  channel_options: Iterable[tuple[str, object]] = (),
                  channel_factory: ChannelFactory | None = None,
                  name: str = "suppression-cache", key: FingerprintKey | None = None,
-                 index_path: str | os.PathLike[str] | None = None) -> None:
+                 index_path: str | os.PathLike[str] | None = None,
+                 fingerprint_snapshot_file: str | os.PathLike[str] | None = None) -> None:
         self.target = target
         self.stale_after = stale_after
         self.heartbeat_seconds = heartbeat_seconds
@@ -118,6 +119,12 @@ class SuppressionCache:
             raise ValueError("a shared suppression index needs the key it was made with")
         self.key = key or FingerprintKey.generate()
         self.index_path = None if index_path is None else Path(index_path)
+        # A lone worker with the store's key: its first snapshot is the store's fingerprint
+        # snapshot, downloaded here and mapped (server/suppression_artifact.py), instead of
+        # a Watch snapshot of every suppression; None, or a store that serves none, and it
+        # takes a Watch snapshot.
+        self._fingerprint_file = (None if fingerprint_snapshot_file is None
+                                  else Path(fingerprint_snapshot_file))
         self._index = _EMPTY
         self._overlay: dict[int, bool | None] = {}
         self._shared = False
@@ -327,6 +334,8 @@ class SuppressionCache:
                 stub = pb_grpc.UnsubscribeStoreStub(channel)
                 with self._cond:
                     resume = self._applied
+                if resume is None and self._fingerprint_file is not None:
+                    resume = self._take_fingerprint_snapshot(channel)
                 request = pb.WatchRequest(snapshot=resume is None, from_sequence=resume or 0,
                                           heartbeat_seconds=self.heartbeat_seconds)
                 call = self._call = stub.Watch(request)
@@ -391,6 +400,29 @@ class SuppressionCache:
                 self._reconnects += 1
             self._stop.wait(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.max_backoff)
+
+    def _take_fingerprint_snapshot(self, channel: grpc.Channel) -> int | None:
+        """Install the store's fingerprint snapshot; its sequence, or None (then a Watch
+        snapshot is taken). A store that does not serve one is not asked again."""
+        assert self._fingerprint_file is not None
+        from filter_server.server.suppression_artifact import (
+            SnapshotNotServed,
+            fetch_fingerprint_snapshot,
+        )
+        try:
+            fetch_fingerprint_snapshot(channel, self.key, self._fingerprint_file)
+            index = SortedFingerprints.open(self._fingerprint_file, self.key)
+            # Mapped: the file's name is no longer needed (the mapping keeps its pages).
+            self._fingerprint_file.unlink(missing_ok=True)
+        except (SnapshotNotServed, IndexUnusable) as exc:
+            log.info("%s: no fingerprint snapshot from the store (%s): taking a Watch "
+                     "snapshot", self.name, exc)
+            self._fingerprint_file = None
+            return None
+        self._install_index(index, index.sequence, shared=False)
+        log.info("%s: downloaded the store's fingerprint snapshot: %d entries at sequence %d",
+                 self.name, len(index), index.sequence)
+        return index.sequence
 
     def _watch_silence(self) -> None:
         """Cancel a stream that has gone quiet (no heartbeat): a half-open TCP connection

@@ -123,6 +123,35 @@ def test_two_workers_share_one_index_of_fingerprints(tmp_path: Path, store,
         server.kill()
 
 
+def test_a_lone_worker_starts_from_the_stores_fingerprint_snapshot(
+        tmp_path: Path, store, key_file: Path) -> None:
+    """`--workers 1` runs without a supervisor's builder: the worker itself downloads the
+    store's fingerprint snapshot, maps it, leaves no file behind, and follows the Watch."""
+    unsubscribe(store, "global@x.example", "*")
+    policy_dir = tmp_path / "policy"
+    write_policy(policy_dir, mini_policy(1))
+    index_dir = tmp_path / "lone"
+    server = Server(tmp_path, policy_dir, ["--suppression-store", store.target,
+                                           "--suppression-index-dir", str(index_dir),
+                                           "--suppression-key-file", str(key_file),
+                                           "--drain-seconds", "0"], workers=1)
+    try:
+        server.wait_serving()
+        wait_for(lambda: server.metric("mailwarden_filter_suppression_cache_fresh") == 1, 60,
+                 "the cache to be fresh")
+        assert "downloaded the store's fingerprint snapshot: 1 entries" in server.log()
+        assert list(index_dir.iterdir()) == []
+        everyone = ["Global@X.example", "fine@x.example"]
+        assert classify_on_new_connections(server, everyone, "weekly", filter_pb2.BULK,
+                                           connections=2) == {("Global@X.example",)}
+        unsubscribe(store, "fine@x.example", "weekly")
+        wait_for(lambda: classify_on_new_connections(
+            server, everyone, "weekly", filter_pb2.BULK, connections=1) == {tuple(everyone)},
+            20, "a later unsubscribe to reach the worker")
+    finally:
+        server.kill()
+
+
 def test_an_unusable_key_file_is_one_clear_line(tmp_path: Path) -> None:
     policy_dir = tmp_path / "policy"
     write_policy(policy_dir, mini_policy(1))
