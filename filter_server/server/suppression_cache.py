@@ -85,6 +85,14 @@ class CacheStats:
     loading: int = 0         # suppressions of a snapshot being received (held beside `size`)
     overlay: int = 0         # changes held beside the sorted index (since its sequence)
     shared_index: bool = False  # the index is the pod's shared, mapped file
+    # False while the cache holds suppressions it cannot apply (forgotten under another
+    # fingerprint key): its answers would miss people who objected
+    complete: bool = True
+
+    def fresh(self, stale_after: float) -> bool:
+        """Whether answers can be reported SUPPRESSION_FRESH: loaded, complete and
+        confirmed up to date within `stale_after` seconds."""
+        return self.ready and self.complete and self.age_seconds <= stale_after
 
 
 @dataclass(frozen=True)
@@ -246,7 +254,8 @@ class SuppressionCache:
             age = float("inf") if self._fresh_at is None else time.monotonic() - self._fresh_at
             return CacheStats(self._applied is not None, self._connected, applied, self._head,
                               max(0, self._head - applied), age, self._size, self._reconnects,
-                              self._snapshots, self._loading, len(self._overlay), self._shared)
+                              self._snapshots, self._loading, len(self._overlay), self._shared,
+                              self.foreign == 0)
 
     def held_bytes(self) -> tuple[int, int]:
         """(private, shared): bytes this process holds for the cache alone — a private
@@ -294,9 +303,7 @@ class SuppressionCache:
         """Whether answers are current: loaded, and confirmed up to date within ``max_age``
         seconds (default ``stale_after``). A stale cache's answers should be reported as
         such (SUPPRESSION_STALE), not trusted as complete."""
-        stats = self.stats()
-        return stats.ready and stats.age_seconds <= (self.stale_after if max_age is None
-                                                     else max_age)
+        return self.stats().fresh(self.stale_after if max_age is None else max_age)
 
     # --- the stream --------------------------------------------------------------------
     def _open_shared_index(self) -> bool:
@@ -343,6 +350,8 @@ class SuppressionCache:
                 if self._stop.is_set():
                     call.cancel()
                 pending = FingerprintBuffer() if resume is None else None
+                if pending is not None:
+                    self.foreign = 0  # a snapshot holds every suppression: count afresh
                 fingerprint = self.key.fingerprint
                 for event in call:
                     self._last_event = time.monotonic()
@@ -443,8 +452,9 @@ class SuppressionCache:
         except ForeignFingerprint as exc:
             self.foreign += 1
             if self.foreign == 1:
-                log.error("%s: %s: this pod cannot apply forgotten suppressions; give it the "
-                          "store's fingerprint key (--suppression-key-file)", self.name, exc)
+                log.error("%s: %s: this pod cannot apply forgotten suppressions, so it answers "
+                          "SUPPRESSION_STALE; give it the store's fingerprint key "
+                          "(--suppression-key-file)", self.name, exc)
             return None
 
     def _install_index(self, index: SortedFingerprints, sequence: int, *, shared: bool) -> None:

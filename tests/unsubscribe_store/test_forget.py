@@ -86,6 +86,13 @@ def test_a_forgotten_address_stays_suppressed_by_fingerprint_only(
         assert cache.suppressed(["ann@example.com", "bob@example.com", "carl@example.com"],
                                 "weekly", MailClass.TRANSACTIONAL) == ["ann@example.com"]
         assert cache.foreign == 0
+        assert cache.is_fresh()
+    # A pod with another key cannot match them: it must not claim complete answers, so its
+    # verdicts say SUPPRESSION_STALE (a sender holds bulk mail) rather than mail the person.
+    with SuppressionCache(store.target, key=FingerprintKey(bytes.fromhex("5e" * 32))) as cache:
+        assert cache.wait_ready(20)
+        assert cache.foreign == 2
+        assert not cache.is_fresh() and not cache.stats().complete
     # ... and in the store's fingerprint snapshot.
     from filter_server.server.suppression_artifact import fetch_fingerprint_snapshot
     with grpc.insecure_channel(store.target) as channel:
