@@ -58,11 +58,12 @@ def filter_tolerations(pod: dict[str, Any]) -> dict[str, Any]:
             if t.get("effect") == "NoExecute"}
 
 
-# vanished-keepalive: the same, with the load client pinging every 1 s (keepalive time and
-# timeout): what a shorter client keepalive would buy (an experiment, not the default).
-MODES = (["killed", "vanished", "vanished-keepalive"] if figures.long_profile()
-         else ["killed"])
-KEEPALIVE_MS = 1000
+# CI runs `vanished`, the harder case for clients (they find out only by the keepalive of
+# mailwarden.client); the report's long profile adds `killed`.
+MODES = ["vanished", "killed"] if figures.long_profile() else ["vanished"]
+# Calls slower than this are listed too (the load's --slow-seconds), so the report shows
+# what a lost node costs below the 1 s the test asserts.
+SLOW_SECONDS = 0.5
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -91,9 +92,9 @@ def test_losing_a_node_under_load(e2e: E2E, mode: str) -> None:
         "pods", "-A", "--field-selector", f"spec.nodeName={node}", namespaced=False)
         if (p.get("status") or {}).get("podIP")]
 
-    extra = ("--keepalive-ms", str(KEEPALIVE_MS)) if mode == "vanished-keepalive" else ()
     load = LoadRun(e2e.kube, e2e.image, e2e.target, threads=4, rate=40,
-                   avoid_nodes=(node,), extra_args=extra).start()
+                   avoid_nodes=(node,),
+                   extra_args=("--slow-seconds", str(SLOW_SECONDS))).start()
     timeline: dict[str, float] = {}
     try:
         load.wait_more_answers(40)
@@ -130,9 +131,11 @@ def test_losing_a_node_under_load(e2e: E2E, mode: str) -> None:
         faults.restart_node(node)
     e2e.wait_policy_settled()
 
-    seen = disturbance(summary, killed_at)
+    seen = disturbance(summary, killed_at, slower_than=1.0)
+    slow = disturbance(summary, killed_at)
     figures.record(f"node loss ({mode})", node=node, lost_pods=sorted(lost),
-                   timeline=timeline, clients=seen, answered=summary["ok"],
+                   timeline=timeline, clients=seen, slow_calls=slow,
+                   answered=summary["ok"],
                    failed=summary["failed"], codes=summary["codes"],
                    latency_ms=[p["latency_ms"] for p in summary["pods"]],
                    toleration_seconds=NODE_FAILURE_TOLERATION_SECONDS)
@@ -141,6 +144,8 @@ def test_losing_a_node_under_load(e2e: E2E, mode: str) -> None:
           f"\nclients: {seen['calls']} calls disturbed (failed or > {1.0:.0f} s), "
           f"{seen['failed']} failed, codes {seen['codes']}, window {seen['window_seconds']} s "
           f"(first {seen['first']} s, last {seen['last']} s after the kill); "
+          f"calls over {SLOW_SECONDS} s: {slow['calls']}, slowest {slow['slowest']} s, "
+          f"window {slow['window_seconds']} s; "
           f"{describe_load(summary)}")
     # Replacement is bounded by what we set: NotReady + the rendered tolerationSeconds +
     # a pod start (the node-monitor period and scheduling add a few seconds).
