@@ -92,12 +92,14 @@ def test_losing_a_node_under_load(e2e: E2E, mode: str) -> None:
         "pods", "-A", "--field-selector", f"spec.nodeName={node}", namespaced=False)
         if (p.get("status") or {}).get("podIP")]
 
+    entered = time.monotonic()
     load = LoadRun(e2e.kube, e2e.image, e2e.target, threads=4, rate=40,
                    avoid_nodes=(node,),
                    extra_args=("--slow-seconds", str(SLOW_SECONDS))).start()
     timeline: dict[str, float] = {}
     try:
         load.wait_more_answers(40)
+        loaded = time.monotonic() - entered
         killed_at = time.time()
         began = time.monotonic()
         if mode.startswith("vanished"):
@@ -128,8 +130,11 @@ def test_losing_a_node_under_load(e2e: E2E, mode: str) -> None:
     finally:
         summary = load.stop()
         faults.unblackhole(addresses)
+        stopped = time.monotonic()
         faults.restart_node(node)
+    restarted = time.monotonic() - stopped
     e2e.wait_policy_settled()
+    settled = time.monotonic() - stopped - restarted
 
     seen = disturbance(summary, killed_at, slower_than=1.0)
     slow = disturbance(summary, killed_at)
@@ -146,7 +151,8 @@ def test_losing_a_node_under_load(e2e: E2E, mode: str) -> None:
           f"(first {seen['first']} s, last {seen['last']} s after the kill); "
           f"calls over {SLOW_SECONDS} s: {slow['calls']}, slowest {slow['slowest']} s, "
           f"window {slow['window_seconds']} s; "
-          f"{describe_load(summary)}")
+          f"{describe_load(summary)}\ntest time: load running {loaded:.1f} s, node restarted "
+          f"{restarted:.1f} s, policy settled {settled:.1f} s after")
     # Replacement is bounded by what we set: NotReady + the rendered tolerationSeconds +
     # a pod start (the node-monitor period and scheduling add a few seconds).
     evicted_after = (timeline["lost pods evicted (taint + tolerationSeconds)"]

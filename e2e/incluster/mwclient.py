@@ -31,8 +31,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import grpc
-
 from mailwarden.client import ClassifyError, FilterClient, verdict_dict
 
 SUMMARY_PREFIX = "E2E-SUMMARY "

@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from filter_server.server.config import ServeConfig
+from filter_server.server.worker import server_options
 from mailwarden.client import (
     ClassifyError,
     FilterClient,
@@ -21,8 +23,6 @@ from mailwarden.client import (
     service_config,
     target_for,
 )
-from filter_server.server.config import ServeConfig
-from filter_server.server.worker import server_options
 from mailwarden.filter.v1 import filter_pb2
 from mailwarden.wire import FILTER_SERVICE
 from testkit.filter import HAM, SPAM
