@@ -33,6 +33,7 @@ pytestmark = pytest.mark.timeout(1500)
 
 # The only failure a surge may cause: admission control refusing what a pod cannot take.
 SHED = "RESOURCE_EXHAUSTED"
+POLICY_LOADED = "mailwarden_filter_policy_loaded_timestamp_seconds"
 # The long profile's scale-down: the rendered default (300 s) is shortened on the policy.
 SCALE_DOWN_STABILIZATION_SECONDS = 30
 
@@ -118,13 +119,12 @@ class SurgeWatch:
             seen["scheduled"] = condition_time(pod, "PodScheduled")
             seen["started"] = started_time(pod)
             seen["ready"] = condition_time(pod, "Ready")
-            if seen["ready"] and seen["first call"] is None and self._answered(name):
-                seen["first call"] = now
-
-    def _answered(self, pod: str) -> bool:
-        text = self.e2e.kube.raw(f"/api/v1/namespaces/{self.e2e.namespace}/pods/"
-                                 f"{pod}:{naming.METRICS_PORT}/proxy/metrics")
-        return metric(text, "mailwarden_filter_requests_total", method="Classify") > 0
+            if seen["ready"] and seen["first call"] is None:
+                text = self.e2e.kube.raw(f"/api/v1/namespaces/{self.e2e.namespace}/pods/"
+                                         f"{name}:{naming.METRICS_PORT}/proxy/metrics")
+                seen["policy compiled"] = metric(text, POLICY_LOADED) or None
+                if metric(text, "mailwarden_filter_requests_total", method="Classify") > 0:
+                    seen["first call"] = now
 
     def breakdown(self, onset: float) -> dict[str, float | None]:
         """Seconds after the surge's onset, for the first added pod to serve a call."""
@@ -136,6 +136,8 @@ class SurgeWatch:
         for step, key in (("pod created (ReplicaSet)", "created"),
                           ("pod scheduled", "scheduled"),
                           ("container started (node agent)", "started"),
+                          ("policy loaded and compiled (server's own clock)",
+                           "policy compiled"),
                           ("pod Ready (policy compiled, probe passed)", "ready"),
                           ("first call answered by an added pod", "first call")):
             value = pod.get(key)
