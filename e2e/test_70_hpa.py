@@ -136,8 +136,9 @@ class SurgeWatch:
         for step, key in (("pod created (ReplicaSet)", "created"),
                           ("pod scheduled", "scheduled"),
                           ("container started (node agent)", "started"),
-                          ("policy loaded and compiled (server's own clock)",
-                           "policy compiled"),
+                          # The server's gauge (its clock, sub-second; the latest of
+                          # its workers); the API's times are whole seconds.
+                          ("policy loaded and compiled (pod's gauge)", "policy compiled"),
                           ("pod Ready (policy compiled, probe passed)", "ready"),
                           ("first call answered by an added pod", "first call")):
             value = pod.get(key)
