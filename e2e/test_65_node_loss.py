@@ -8,11 +8,12 @@ Reported and asserted: what the clients (a balancing `FilterClient` in a pod on 
 node) lost and for how long they saw errors or slow calls; when the node went NotReady;
 when the replacements were Ready (full capacity) and what set that time.
 
-Two ways to lose a node: `killed` (CI) -- its processes die, so the kernel still closes
-their connections (FIN/RST) before the network namespaces go, as when a node's processes
-crash; `vanished` (the report's long profile, MAILWARDEN_E2E_PROFILE=long) -- every packet
-to the node's pods is silently dropped first, as when a machine loses power or its link:
-no connection is closed, clients find out only by their own timeouts.
+Two ways to lose a node: `vanished` (CI) -- every packet to the node's pods is silently
+dropped first, as when a machine loses power or its link: no connection is closed, clients
+find out only by their own keepalive (mailwarden.client: a ping after 250 ms without a frame
+read, given up 500 ms later); `killed` (the report's long profile,
+MAILWARDEN_E2E_PROFILE=long) -- its processes die, so the kernel still closes their
+connections (FIN/RST) before the network namespaces go, as when a node's processes crash.
 """
 
 from __future__ import annotations
