@@ -82,9 +82,13 @@ def render(lines: list[dict[str, Any]], command: str, minutes: float, status: in
            "|---|---|---|---|"]
     for line in lines:
         seen = line.get("clients") or {}
-        clients = (f"answered {line.get('answered')}, failed {line.get('failed')} "
-                   f"{line.get('codes') or ''}<br>disturbed (failed or > 1 s): "
-                   f"{seen.get('calls')}, window {seen.get('window_seconds')} s")
+        clients = f"answered {line.get('answered')}, failed {line.get('failed')} " \
+                  f"{line.get('codes') or ''}"
+        if seen:
+            clients += (f"<br>disturbed (failed or > 1 s): {seen.get('calls')}, "
+                        f"window {seen.get('window_seconds')} s")
+        if "shed" in line:
+            clients += f"<br>shed (RESOURCE_EXHAUSTED): {line['shed']}"
         slow = line.get("slow_calls")
         if slow:
             clients += (f"<br>over 0.5 s: {slow.get('calls')}, slowest {slow.get('slowest')} s, "
