@@ -38,14 +38,18 @@ DNS_MIN_RERESOLUTION_MS = 1000    # gRPC's default is 30000 (see FilterClient)
 # its link) is given up: after KEEPALIVE_TIME_MS with nothing read on a connection that has
 # calls in flight, the client pings, and closes the connection when no answer comes within
 # KEEPALIVE_TIMEOUT_MS; its calls are then retried on other replicas (UNAVAILABLE). So a
-# vanished replica costs its calls at most ~0.75 s (docs/fault.md, node loss, vanished;
+# vanished replica costs its calls about 0.75 s (docs/fault.md, node loss, vanished;
 # with gRPC's usual 30 s / 10 s it was 10 s of DEADLINE_EXCEEDED). Not a ping storm: gRPC
 # pings only connections that have calls in flight and read nothing for KEEPALIVE_TIME_MS
 # (any frame read restarts the timer), and after the first ping at most once a second until
 # data arrives -- which the filter server permits (its min_ping_interval_without_data is
 # 500 ms, filter_server/server/worker.py); tests/mailwarden/test_client.py checks that a
 # pinging client is not sent GOAWAY too_many_pings. The timeout is also the connection's
-# TCP_USER_TIMEOUT: 500 ms rides out a TCP retransmission (200 ms minimum RTO on Linux).
+# TCP_USER_TIMEOUT: 500 ms rides out one TCP retransmission (200 ms minimum RTO on Linux).
+# The trade-off (docs/fault.md): a replica starved of CPU acks pings late. The fault suite's
+# surge at 5x capacity on a 2-core machine shared at load average 17-20 lost 2-5 % of its
+# calls to DEADLINE_EXCEEDED with 500 ms (two runs; 30 s / 10 s lost none there), none at
+# load average 5; 100 ms / 750 ms made the vanished node's slowest call 1.03 s (one run).
 KEEPALIVE_TIME_MS = 250
 KEEPALIVE_TIMEOUT_MS = 500
 _MAIL_CLASSES = {"bulk": filter_pb2.BULK, "transactional": filter_pb2.TRANSACTIONAL,
