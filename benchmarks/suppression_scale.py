@@ -8,11 +8,13 @@ side in one run:
 1. index: the data structure alone at each size — build time (sort + write), bytes per
    suppression for a 2-worker pod (sum of the workers' PSS over the mapped file: shared
    pages divided among their sharers, what the pod's cgroup holds once), time for a worker
-   to map it, and look-up cost per recipient (HMAC fingerprint + binary search; the search
-   alone). Before: the dict the old cache built, per worker, times two workers; its look-up
-   (dict get + the rule). Index fingerprints here come from numpy's generator: HMAC output
-   is uniform, and HMACing 100 M addresses in Python would take minutes on its own (its
-   per-call cost is printed apart).
+   to map it, and look-up cost per recipient (keyed-BLAKE2b fingerprint + binary search;
+   the search alone; the fingerprint alone next to format 2's HMAC-SHA256, same process and
+   addresses). Times per item are the minimum of 7 repeats (the least disturbed by other
+   processes). Before: the dict the old cache built, per worker, times two workers; its
+   look-up (dict get + the rule). Index fingerprints here come from numpy's generator: a
+   keyed PRF's output is uniform, and fingerprinting 100 M addresses in Python would take
+   minutes on its own.
 3. import: `mailwarden unsubscribe import FILE` of a CSV into a PostgreSQL-backed store
    (a PgCluster the benchmark starts): rows/s, the client's peak RSS, and a re-run of the
    same file (idempotent: nothing new). "before" runs main's client and server.
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sqlite3
 import subprocess
 import sys
@@ -46,8 +47,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from filter_server.server.suppression_index import SortedFingerprints, _unique  # noqa: E402
-from filter_server.server.suppression_key import FingerprintKey  # noqa: E402
+from mailwarden.fingerprint_index import SortedFingerprints, _unique  # noqa: E402
+from mailwarden.fingerprints import FingerprintKey  # noqa: E402
 from testkit.filter import Server, mini_policy, wait_for, write_policy  # noqa: E402
 from testkit.procfs import memory, tree  # noqa: E402
 from testkit.store import StoreProcess  # noqa: E402
@@ -92,10 +93,10 @@ def rss_kib(pid: int) -> int:
 
 # --- 1. the data structure ---------------------------------------------------------------
 WORKER_SCRIPT = textwrap.dedent("""
-    import random, sys, time
+    import hashlib, hmac, random, sys, time, timeit
     sys.path.insert(0, sys.argv[1])
-    from filter_server.server.suppression_index import SortedFingerprints
-    from filter_server.server.suppression_key import FingerprintKey
+    from mailwarden.fingerprint_index import SortedFingerprints
+    from mailwarden.fingerprints import FingerprintKey
     key = FingerprintKey(b"b" * 32)
     print("base", flush=True); sys.stdin.readline()
     t = time.perf_counter()
@@ -108,16 +109,35 @@ WORKER_SCRIPT = textwrap.dedent("""
     present = [int(index.array[rng.randrange(n)]) >> 1 for _ in range(20000)]
     absent = [rng.getrandbits(63) for _ in range(20000)]
     probes = present + absent
-    t = time.perf_counter()
-    hits = sum(index.lookup(fp) is not None for fp in probes)
-    search = (time.perf_counter() - t) / len(probes)
-    addrs = [f"reader{i:09d}@example.com" for i in range(20000)]
-    t = time.perf_counter()
-    for a in addrs:
-        index.lookup(key.fingerprint(a, "*"))
-    full = (time.perf_counter() - t) / len(addrs)
-    assert hits >= 20000
-    print(f"figures {opened} {search} {full}", flush=True); sys.stdin.readline()
+    assert sum(index.lookup(fp) is not None for fp in probes) >= 20000
+
+    def per_item(run, items):
+        # Minimum of repeats: the run least disturbed by the other processes on the host
+        # (the timeit module's advice); a mean here measures the neighbours.
+        return min(timeit.repeat(lambda: run(items), number=1, repeat=7)) / len(items)
+
+    lookup = index.lookup
+    search = per_item(lambda ps: [lookup(fp) for fp in ps], probes)
+    addrs = [f"reader{i:09d}@example{i % 997}.com" for i in range(20000)]
+    fingerprint = key.fingerprint
+    full = per_item(lambda xs: [lookup(fingerprint(a, "*")) for a in xs], addrs)
+    blake = per_item(lambda xs: [fingerprint(a, "*") for a in xs], addrs)
+    # Format 2's fingerprint (the previous index): HMAC-SHA256 with its keyed inner and
+    # outer states computed once, as filter_server/server/suppression_key.py did.
+    block = bytes(32 * [98]).ljust(64, b"\\0")
+    inner0 = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+    outer0 = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+    def hmac_fp(address, scope):
+        inner = inner0.copy()
+        inner.update(f"{scope}\\0{address}".encode())
+        outer = outer0.copy()
+        outer.update(inner.digest())
+        return int.from_bytes(outer.digest()[:8], "big") >> 1
+    assert hmac_fp("a@b.c", "*") == int.from_bytes(
+        hmac.digest(b"b" * 32, b"*\\0a@b.c", "sha256")[:8], "big") >> 1
+    hmac_cost = per_item(lambda xs: [hmac_fp(a, "*") for a in xs], addrs)
+    print(f"figures {opened} {search} {full} {blake} {hmac_cost}", flush=True)
+    sys.stdin.readline()
 """)
 
 
@@ -162,13 +182,16 @@ def index_row(n: int, workdir: Path) -> dict:
     opened = max(float(r[1]) for r in results)
     search = min(float(r[2]) for r in results)
     full = min(float(r[3]) for r in results)
+    blake = min(float(r[4]) for r in results)
+    hmac_cost = min(float(r[5]) for r in results)
     return {"n": n, "build_s": build, "pod_mib": pod_kib / 1024,
             "bytes_per": pod_kib * 1024 / n, "open_ms": opened * 1000,
-            "lookup_us": full * 1e6, "search_us": search * 1e6}
+            "lookup_us": full * 1e6, "search_us": search * 1e6,
+            "blake_us": blake * 1e6, "hmac_us": hmac_cost * 1e6}
 
 
 BEFORE_SCRIPT = textwrap.dedent("""
-    import gc, random, sys, time
+    import gc, random, sys, time, timeit
     sys.path.insert(0, sys.argv[1])
     from mailwarden.suppression import Reason, applies
     n = int(sys.argv[2])
@@ -186,12 +209,12 @@ BEFORE_SCRIPT = textwrap.dedent("""
     rng = random.Random(1)
     probes = [f"reader{rng.randrange(2 * n):09d}@example{rng.randrange(997)}.com"
               for _ in range(40000)]
-    t = time.perf_counter()
-    for p in probes:
-        found = entries.get(p)
-        if found:
-            applies(found, "news", 1)
-    lookup = (time.perf_counter() - t) / len(probes)
+    def run():
+        for p in probes:
+            found = entries.get(p)
+            if found:
+                applies(found, "news", 1)
+    lookup = min(timeit.repeat(run, number=1, repeat=7)) / len(probes)
     print(build, held, lookup)
 """)
 
@@ -208,13 +231,15 @@ def print_index_table(before: dict[int, dict], after: dict[int, dict]) -> None:
     print("\n1. the data structure, 2-worker pod (PSS)")
     print(f"{'size':>5} | {'before: pod MiB':>15} {'B/supp':>7} {'build s':>8} "
           f"{'lookup us':>9} | {'after: pod MiB':>14} {'B/supp':>7} {'build s':>8} "
-          f"{'map ms':>7} {'lookup us':>9} {'search us':>9}")
+          f"{'map ms':>7} {'lookup us':>9} {'search us':>9} | fingerprint us: "
+          f"{'HMAC (v2)':>9} {'BLAKE2b':>8}")
     for n in sorted(set(before) | set(after)):
         b, a = before.get(n), after.get(n)
         left = (f"{b['pod_mib']:15.0f} {b['bytes_per']:7.0f} {b['build_s']:8.1f} "
                 f"{b['lookup_us']:9.2f}") if b else f"{'(not run)':>15} {'':7} {'':8} {'':9}"
         right = (f"{a['pod_mib']:14.1f} {a['bytes_per']:7.2f} {a['build_s']:8.1f} "
-                 f"{a['open_ms']:7.2f} {a['lookup_us']:9.2f} {a['search_us']:9.2f}") \
+                 f"{a['open_ms']:7.2f} {a['lookup_us']:9.2f} {a['search_us']:9.2f} | "
+                 f"{'':16}{a['hmac_us']:9.2f} {a['blake_us']:8.2f}") \
             if a else "(not run)"
         print(f"{label(n):>5} | {left} | {right}", flush=True)
 
@@ -234,7 +259,10 @@ def fill_store(db: Path, n: int) -> None:
 def before_tree(ref: str, workdir: Path) -> Path:
     out = workdir / "before"
     out.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "mailwarden",
+    # Run from an exported copy of the tree (so edits during a long run do not leak into
+    # it), $MAILWARDEN_BENCH_GIT names the repository to take `ref` from.
+    repo = os.environ.get("MAILWARDEN_BENCH_GIT", str(REPO))
+    archive = subprocess.run(["git", "-C", repo, "archive", ref, "mailwarden",
                               "filter_server", "unsubscribe_store", "mailwarden_local"],
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
@@ -252,15 +280,18 @@ def mapped_index_bytes(pids: set[int]) -> int:
 
 
 def serve_until_fresh(workdir: Path, store: StoreProcess, n: int, env: dict[str, str],
-                      timeout: float) -> tuple[float, float, float, float]:
+                      timeout: float, key_file: Path | None = None
+                      ) -> tuple[float, float, float, float]:
     """(seconds to FRESH with n entries in every worker, pod PSS MiB, pod RSS MiB, index
     file MiB)."""
     policy_dir = workdir / "policy"
     if not policy_dir.exists():
         write_policy(policy_dir, mini_policy(1))
     started = time.monotonic()
+    key_args = ["--suppression-key-file", str(key_file)] if key_file else []
     server = Server(workdir, policy_dir, ["--suppression-store", store.target,
-                                          "--drain-seconds", "0"], workers=WORKERS, env=env)
+                                          "--drain-seconds", "0", *key_args],
+                    workers=WORKERS, env=env)
     try:
         server.wait_serving(timeout)
         wait_for(lambda: server.metric("mailwarden_filter_suppression_cache_fresh") == 1
@@ -276,19 +307,38 @@ def serve_until_fresh(workdir: Path, store: StoreProcess, n: int, env: dict[str,
         server.kill()
 
 
-def e2e_rows(sizes_after: list[int], sizes_before: list[int], ref: str,
-             workdir: Path) -> None:
+def wait_artifact(store: StoreProcess, count: int, timeout: float) -> float:
+    """Seconds the store took to build its fingerprint snapshot of `count` suppressions
+    (from its log, which may hold an earlier store's lines too)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in reversed(store.log().splitlines()):
+            if f"fingerprint snapshot of {count} suppressions" in line and " built in " in line:
+                return float(line.rsplit(" built in ", 1)[1].rstrip("s \n"))
+        time.sleep(0.5)
+    raise TimeoutError("the store did not build its fingerprint snapshot")
+
+
+def e2e_rows(sizes: dict[str, list[int]], ref: str, workdir: Path) -> None:
     print("\n2. end to end: SQLite store -> mailwarden serve --workers 2 (pod = process "
           "tree)")
+    print(f"    before = --before-ref {ref} (default: main before issue 15, a Watch snapshot "
+          "into a dict per worker); watch = this "
+          "tree, Watch snapshot into the shared index (no shared key); artifact = this tree, "
+          "store and pod share the fingerprint key: the pod downloads the store's fingerprint "
+          "snapshot (the store built it beforehand: 'store build s')")
     print("    pod MiB = PSS of the tree less the same pod following an empty store, plus the "
           "index file (page cache)")
-    print(f"{'size':>5} {'code':>6} | {'FRESH after s':>13} {'PSS MiB':>8} {'RSS MiB':>8} "
-          f"{'index MiB':>9} {'pod MiB':>8} {'B/supp':>7}")
+    print(f"{'size':>5} {'code':>8} | {'FRESH after s':>13} {'PSS MiB':>8} {'RSS MiB':>8} "
+          f"{'index MiB':>9} {'pod MiB':>8} {'B/supp':>7} {'store build s':>13} "
+          f"{'empty pod FRESH s':>17}")
     # PYTHONSAFEPATH: `python -m` must not put its working directory (the repository, for
     # the store) before PYTHONPATH.
     before_env = {"PYTHONPATH": str(before_tree(ref, workdir)), "PYTHONSAFEPATH": "1"} \
-        if sizes_before else {}
-    for n in sorted(set(sizes_after) | set(sizes_before)):
+        if sizes["before"] else {}
+    key_file = workdir / "fingerprint-key"
+    key_file.write_text("c3" * 32)
+    for n in sorted(set().union(*sizes.values())):
         case = workdir / f"e2e-{n}"
         case.mkdir()
         db = case / "store.db"
@@ -303,22 +353,30 @@ def e2e_rows(sizes_after: list[int], sizes_before: list[int], ref: str,
         subprocess.run([str(Path(sys.executable).parent / "mailwarden"), "unsubscribe-server",
                         "--sqlite-path", str(empty), "--migrate-only"], check=True,
                        capture_output=True)
-        for code, env in (("before", before_env), ("after", {})):
-            if n not in (sizes_before if code == "before" else sizes_after):
+        for code, env in (("before", before_env), ("watch", {}), ("artifact", {})):
+            if n not in sizes[code]:
                 continue
+            shared = code == "artifact"
             figures = []
+            build = 0.0
             for path, count in ((empty, 0), (db, n)):
                 store = StoreProcess(case, ["--store", "sqlite", "--sqlite-path", str(path),
-                                            "--no-one-click"]).start()
+                                            "--no-one-click"] +
+                                     (["--fingerprint-key-file", str(key_file)]
+                                      if shared else [])).start()
                 try:
+                    if shared:
+                        build = wait_artifact(store, count, timeout=max(300, n / 2000))
                     figures.append(serve_until_fresh(case, store, count, env,
-                                                     timeout=max(120, n / 5000)))
+                                                     timeout=max(120, n / 5000),
+                                                     key_file=key_file if shared else None))
                 finally:
                     store.close()
-            (_, empty_pss, _, _), (fresh, pss, rss, index) = figures
+            (empty_fresh, empty_pss, _, _), (fresh, pss, rss, index) = figures
             pod = pss - empty_pss + index
-            print(f"{label(n):>5} {code:>6} | {fresh:13.1f} {pss:8.0f} {rss:8.0f} "
-                  f"{index:9.1f} {pod:8.1f} {pod * MIB / n:7.1f}", flush=True)
+            print(f"{label(n):>5} {code:>8} | {fresh:13.1f} {pss:8.0f} {rss:8.0f} "
+                  f"{index:9.1f} {pod:8.1f} {pod * MIB / n:7.1f} "
+                  f"{f'{build:.1f}' if shared else '':>13} {empty_fresh:17.1f}", flush=True)
 
 
 # --- 3. import into PostgreSQL -----------------------------------------------------------
@@ -389,7 +447,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index-sizes", type=sizes, default=sizes("1M,10M,100M"))
     parser.add_argument("--before-sizes", type=sizes, default=sizes("1M,10M"))
-    parser.add_argument("--e2e-sizes", type=sizes, default=sizes("1M"))
+    parser.add_argument("--e2e-sizes", type=sizes, default=sizes("1M,10M"),
+                        help="sizes for the pod starting from the store's fingerprint snapshot")
+    parser.add_argument("--e2e-watch-sizes", type=sizes, default=sizes("1M"),
+                        help="sizes for this tree's pod taking a Watch snapshot (no shared key)")
     parser.add_argument("--e2e-before-sizes", type=sizes, default=sizes("1M"))
     parser.add_argument("--import-sizes", type=sizes, default=sizes("1M"))
     parser.add_argument("--import-before-sizes", type=sizes, default=sizes("200k"))
@@ -398,13 +459,6 @@ def main() -> int:
     args = parser.parse_args()
     print(f"suppression scale, {WORKERS} workers; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    key = FingerprintKey(b"b" * 32)
-    addrs = [address(random.randrange(10**9)) for _ in range(50000)]
-    t = time.perf_counter()
-    for a in addrs:
-        key.fingerprint(a, "*")
-    print(f"HMAC-SHA256 fingerprint: {(time.perf_counter() - t) / len(addrs) * 1e6:.2f} us "
-          f"per (address, scope)", flush=True)
     with tempfile.TemporaryDirectory(prefix="mw-suppression-scale-") as tmp:
         workdir = Path(tmp)
         # `python -m mailwarden.cli` puts its working directory first on sys.path: outside
@@ -415,8 +469,10 @@ def main() -> int:
         for n in args.index_sizes:
             after[n] = index_row(n, workdir)
         print_index_table(before, after)
-        if args.e2e_sizes or args.e2e_before_sizes:
-            e2e_rows(args.e2e_sizes, args.e2e_before_sizes, args.before_ref, workdir)
+        e2e = {"before": args.e2e_before_sizes, "watch": args.e2e_watch_sizes,
+               "artifact": args.e2e_sizes}
+        if any(e2e.values()):
+            e2e_rows(e2e, args.before_ref, workdir)
         if args.import_sizes or args.import_before_sizes:
             import_rows(args.import_sizes, args.import_before_sizes, args.before_ref, workdir)
     return 0

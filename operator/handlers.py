@@ -16,7 +16,7 @@ import kopf
 
 from mailwarden_operator.common import metrics
 from mailwarden_operator.common.backoff import retry_delay
-from mailwarden_operator.common.kube import CONFIGMAPS, USER_AGENT, KubeError
+from mailwarden_operator.common.kube import CONFIGMAPS, DEPLOYMENTS, USER_AGENT, KubeError
 from mailwarden_operator.common.naming import GROUP, MANAGED_BY, VERSION
 from mailwarden_operator.spampolicy import naming
 from mailwarden_operator.spampolicy.reconcile import Reconciler
@@ -106,6 +106,7 @@ def build_registry(get_reconciler: Callable[[], Reconciler], *, webhook: bool,
                            body: Any, logger: Any, **_: Any) -> None:
         if type is None:  # the initial listing: resume handlers cover those
             return
+        get_reconciler().kube.observe(DEPLOYMENTS, dict(body), deleted=type == "DELETED")
         try:
             # The event carries the Deployment: no GET of it, nor of the other children
             # (a deleted one is recreated after a full read).
@@ -206,9 +207,13 @@ def _register_store(registry: kopf.OperatorRegistry,
                    labels={"app.kubernetes.io/managed-by": MANAGED_BY,
                            store_naming.STORE_LABEL: kopf.PRESENT})
     def store_deployment_changed(namespace: str, labels: dict[str, str], type: str | None,
-                                 logger: Any, **_: Any) -> None:
+                                 body: Any, logger: Any, **_: Any) -> None:
         if type is None:  # the initial listing: resume handlers cover those
             return
+        # The reconcile reads the Deployment (from the cache, which kopf's watch may be
+        # ahead of): the event's copy first.
+        get_store_reconciler().kube.observe(DEPLOYMENTS, dict(body),
+                                            deleted=type == "DELETED")
         try:
             run(namespace, labels[store_naming.STORE_LABEL], "deployment", logger)
         except kopf.TemporaryError as exc:

@@ -59,10 +59,9 @@ class OperatorConfig:
     filter_image: str = RenderSettings.default_image
     resync_seconds: float = 60.0
     keep_configmaps: int = DEFAULT_KEEP_CONFIGMAPS
-    # Watch-fed child caches (operator/common/informer.py): opt-in until their watch is
-    # proven on every cluster (an e2e run saw a Deployment watch go silent, leaving an
-    # UnsubscribeStore's status stale until the relist).
-    informer_cache: bool = False
+    # Watch-fed child caches (operator/common/informer.py); off: every read asks the API
+    # server (`--no-informer-cache`).
+    informer_cache: bool = True
     peering: str | None = "mailwarden"                    # None: standalone
     peering_lifetime: int = 15
     priority: int | None = None                           # None: by start time

@@ -4,7 +4,7 @@
   ``--require-client-cert`` that is every client with a certificate of the configured CA
   (filter pods, senders); without TLS, everyone who reaches the port — keep it behind the
   NetworkPolicy the operator renders.
-- Import, Export and Resubscribe (every address out, or suppressions in and out): only a
+- Import, Export, Resubscribe and Forget (every address out, or suppressions in and out): only a
   client whose verified certificate names one of ``--admin-client`` (common name or DNS
   subject alternative name), or a call with ``authorization: Bearer <admin credential>``
   (``--admin-token-file``), compared in constant time. With neither configured these
@@ -25,7 +25,7 @@ from unsubscribe_store import metrics
 
 log = logging.getLogger(__name__)
 
-ADMIN_METHODS = frozenset({"Import", "Export", "Resubscribe"})
+ADMIN_METHODS = frozenset({"Import", "Export", "Resubscribe", "Forget"})
 _NAME_PROPERTIES = ("x509_common_name", "x509_subject_alternative_name")
 
 

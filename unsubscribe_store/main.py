@@ -135,6 +135,22 @@ def run(args: argparse.Namespace) -> int:
         print(err + "--http-header-timeout and --http-body-timeout must be positive, "
               "--http-max-connections 0 (automatic) or more", file=sys.stderr)
         return 2
+    fingerprint_key = None
+    if args.fingerprint_key_file is not None:
+        from mailwarden.fingerprints import FingerprintKey, KeyUnusable
+        try:
+            fingerprint_key = FingerprintKey.from_file(args.fingerprint_key_file)
+        except KeyUnusable as exc:
+            print(err + f"--fingerprint-key-file: {exc}", file=sys.stderr)
+            return 2
+    if args.fingerprint_refresh_changes < 1:
+        print(err + "--fingerprint-refresh-changes must be at least 1", file=sys.stderr)
+        return 2
+    if args.compact_every < 0 or args.retain_changes < 0 or args.retain_changes_days < 0 \
+            or args.retain_idempotency_days < 0:
+        print(err + "--compact-every, --retain-changes, --retain-changes-days and "
+              "--retain-idempotency-days cannot be negative", file=sys.stderr)
+        return 2
     raise_descriptor_limit()
     config = ServerConfig(
         grpc_address=args.grpc_address, http_address=args.http_address,
@@ -146,7 +162,12 @@ def run(args: argparse.Namespace) -> int:
         watch_send_timeout_seconds=args.watch_send_timeout,
         http_header_timeout=args.http_header_timeout, http_body_timeout=args.http_body_timeout,
         http_max_connections=args.http_max_connections, tls_dir=args.tls_dir,
-        require_client_cert=args.require_client_cert)
+        require_client_cert=args.require_client_cert, fingerprint_key=fingerprint_key,
+        fingerprint_dir=args.fingerprint_dir,
+        fingerprint_refresh_changes=args.fingerprint_refresh_changes,
+        compact_seconds=args.compact_every, retain_changes=args.retain_changes,
+        retain_changes_days=args.retain_changes_days,
+        retain_idempotency_days=args.retain_idempotency_days)
     server = UnsubscribeServer(store, config,
                                access=AccessPolicy.of(admin_token, args.admin_client))
     try:

@@ -40,3 +40,7 @@ HTTP_REJECTED = Counter("mailwarden_unsubscribe_http_rejected_total",
 DENIED = Counter("mailwarden_unsubscribe_denied_total",
                  "Calls of admin methods (Import, Export, Resubscribe) refused: no admin "
                  "credential or client certificate", ["method"])
+COMPACTED_CHANGES = Counter("mailwarden_unsubscribe_compacted_changes",
+                            "Change-log rows removed by compaction")
+COMPACTED_KEYS = Counter("mailwarden_unsubscribe_compacted_idempotency_keys",
+                         "Idempotency keys removed by compaction (past their retention)")

@@ -47,6 +47,20 @@ class UnsubscribeResult:
 
 
 @dataclass(frozen=True)
+class Compacted:
+    """What one compaction removed."""
+    changes: int           # change-log rows
+    idempotency_keys: int  # idempotency keys past their retention
+    floor: int             # sequences up to this one are no longer in the log
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    suppressions: int  # suppressions now kept by fingerprint (still in force)
+    history: int       # change-log rows whose address was replaced by its fingerprint
+
+
+@dataclass(frozen=True)
 class ResubscribeResult:
     sequence: int
     removed: bool

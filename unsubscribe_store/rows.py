@@ -115,10 +115,15 @@ class RowParser:
                 return [RowError(self._line, "each line must be a JSON object")]
             fields = {_ALIASES.get(str(k).lower(), str(k).lower()): v for k, v in obj.items()}
         else:
-            try:
-                values = next(csv.reader([text]))
-            except csv.Error as exc:
-                return [RowError(self._line, f"invalid CSV: {exc}")]
+            if '"' not in text and "\0" not in text:
+                # Nothing quoted: the csv module would split on the commas, and this is a
+                # measurable share of the per-row cost of an import (tests compare the two).
+                values = text.split(",")
+            else:
+                try:
+                    values = next(csv.reader([text]))
+                except csv.Error as exc:
+                    return [RowError(self._line, f"invalid CSV: {exc}")]
             if self._header is None:
                 header = [_ALIASES.get(v.strip().lower(), v.strip().lower()) for v in values]
                 if "address" not in header:

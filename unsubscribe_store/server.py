@@ -15,9 +15,12 @@ import json
 import logging
 import os
 import resource
+import shutil
 import signal
 import socket
+import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +30,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from mailwarden.fingerprints import FORGOTTEN_PREFIX, FingerprintKey
 from mailwarden.tls import server_credentials
 from mailwarden.tokens import KeyRing
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from unsubscribe_store import metrics
 from unsubscribe_store.access import AccessPolicy
+from unsubscribe_store.artifact import DEFAULT_REFRESH_CHANGES, FingerprintArtifact
 from unsubscribe_store.handlers import add_servicer
 from unsubscribe_store.http_guard import (
     DEFAULT_BODY_TIMEOUT,
@@ -76,6 +81,19 @@ class ServerConfig:
     http_header_timeout: float = DEFAULT_HEADER_TIMEOUT
     http_body_timeout: float = DEFAULT_BODY_TIMEOUT
     http_max_connections: int = 0          # 0: from the descriptor limit (http_guard)
+    # The key shared with the filter pods: with it the store builds and serves the
+    # fingerprint snapshot they start from (FingerprintSnapshot); without, they stream a
+    # Watch snapshot. The file lives in fingerprint_dir (None: a temporary directory).
+    fingerprint_key: FingerprintKey | None = None
+    fingerprint_dir: Path | None = None
+    fingerprint_refresh_changes: int = DEFAULT_REFRESH_CHANGES
+    # Compaction (Store.compact) every compact_seconds (0: never): change-log rows older
+    # than retain_changes_days *and* more than retain_changes behind the head, and
+    # idempotency keys older than retain_idempotency_days.
+    compact_seconds: float = 3600.0
+    retain_changes_days: float = 7.0
+    retain_changes: int = 100_000
+    retain_idempotency_days: float = 7.0
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -117,15 +135,28 @@ class UnsubscribeServer:
                  access: AccessPolicy | None = None) -> None:
         self.store = store
         self.config = config
+        self._artifact_tmp: str | None = None
+        artifact = None
+        if config.fingerprint_key is not None:
+            directory = config.fingerprint_dir
+            if directory is None:
+                self._artifact_tmp = tempfile.mkdtemp(prefix="mailwarden-fingerprints-")
+                directory = Path(self._artifact_tmp)
+            directory.mkdir(parents=True, exist_ok=True)
+            artifact = FingerprintArtifact(store, config.fingerprint_key, directory,
+                                           refresh_changes=config.fingerprint_refresh_changes)
         self.state = ServerState(store, access=access,
                                  max_concurrent_snapshots=config.max_concurrent_snapshots,
-                                 send_timeout=config.watch_send_timeout_seconds)
+                                 send_timeout=config.watch_send_timeout_seconds,
+                                 artifact=artifact)
         self.health = health_aio.HealthServicer()
         self.ports: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._metrics_httpd: Any = None  # prometheus_client's WSGI server, when serving
+        self._prebuild: asyncio.Task | None = None
+        self._compactor: asyncio.Task | None = None
         self.fatal = ""  # why the server stopped by itself (a store that can never open)
 
     async def _set_health(self, ready: bool, reason: str) -> None:
@@ -224,7 +255,14 @@ class UnsubscribeServer:
     async def _watch_readiness(self) -> None:
         metrics.STORE_INFO.labels(self.store.backend, self.store.durability).set(1)
         await self._open_store()
+        if self.state.artifact is not None and not self._stop.is_set():
+            await self._check_forgotten_key(self.state.artifact.key)
         self.state.feed.start()
+        if self.config.compact_seconds > 0:
+            self._compactor = asyncio.create_task(self._compact_loop(), name="compaction")
+        if self.state.artifact is not None:
+            # Built once the store is open, so the first filter pod does not wait for it.
+            self._prebuild = asyncio.create_task(self._build_artifact(), name="fingerprints")
         while not self._stop.is_set():
             try:
                 readiness = await self.store.readiness()
@@ -243,6 +281,72 @@ class UnsubscribeServer:
                 await asyncio.wait_for(self._stop.wait(), self.config.readiness_interval)
             except asyncio.TimeoutError:
                 pass
+
+    async def _check_forgotten_key(self, key: FingerprintKey) -> None:
+        """Refuse a fingerprint key other than the one forgotten suppressions are kept
+        under: with it they could not be matched, so erasing the key would silently end
+        those people's objections."""
+        prefix = f"{FORGOTTEN_PREFIX}{key.key_id.hex()}:"
+        while not self._stop.is_set():
+            try:
+                other = await self.store.forgotten_under_other_keys(prefix)
+                break
+            except StoreUnavailable as exc:
+                await self._set_health(False, str(exc))
+                await asyncio.sleep(1.0)
+        else:
+            return
+        if other:
+            self.fatal = (f"{other} forgotten suppressions are kept under another fingerprint "
+                          f"key than --fingerprint-key-file's (id {key.key_id.hex()}): they "
+                          "would no longer suppress anyone. Keep the key they were forgotten "
+                          "under (docs/unsubscribe.md, fingerprint key rotation)")
+            await self._set_health(False, self.fatal)
+            self._stop.set()
+
+    async def _compact_loop(self) -> None:
+        cfg = self.config
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), cfg.compact_seconds)
+                return
+            except asyncio.TimeoutError:
+                pass
+            now = datetime.now(timezone.utc)
+            try:
+                done = await self.store.compact(
+                    keep_changes=cfg.retain_changes,
+                    changes_before=now - timedelta(days=cfg.retain_changes_days),
+                    keys_before=now - timedelta(days=cfg.retain_idempotency_days))
+            except StoreUnavailable as exc:
+                log.warning("compaction skipped: %s", exc)
+                continue
+            except Exception:  # never let housekeeping stop the server
+                log.exception("compaction failed")
+                continue
+            metrics.COMPACTED_CHANGES.inc(done.changes)
+            metrics.COMPACTED_KEYS.inc(done.idempotency_keys)
+            if done.changes or done.idempotency_keys:
+                log.info("compacted: %d change-log rows (the log now starts after sequence "
+                         "%d), %d idempotency keys", done.changes, done.floor,
+                         done.idempotency_keys)
+
+    async def _build_artifact(self) -> None:
+        assert self.state.artifact is not None
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                await self.state.artifact.current()
+                return
+            except StoreUnavailable as exc:
+                log.warning("fingerprint snapshot not built yet: %s", exc)
+            except Exception:  # a request builds it too; never kill the readiness loop
+                log.exception("fingerprint snapshot build failed")
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, 30.0)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -283,7 +387,12 @@ class UnsubscribeServer:
             await self._runner.cleanup()
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
+        for task in (self._prebuild, self._compactor):
+            if task is not None:
+                task.cancel()
         await self.store.close()
+        if self._artifact_tmp is not None:
+            shutil.rmtree(self._artifact_tmp, ignore_errors=True)
         log.info("stopped")
         if self.fatal:
             raise StoreMisconfigured(self.fatal)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -12,11 +15,13 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mailwarden.addresses import AddressInvalid, normalize_address, normalize_scope
+from mailwarden.fingerprints import FingerprintKey
 from mailwarden.suppression import MailClass, Reason, applies
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from unsubscribe_store import metrics
 from unsubscribe_store.access import AccessPolicy
+from unsubscribe_store.artifact import FingerprintArtifact
 from unsubscribe_store.feed import ChangeFeed
 from unsubscribe_store.model import (
     Change,
@@ -33,6 +38,8 @@ log = logging.getLogger(__name__)
 MAX_CHECK_BATCH = 1000
 MAX_TEXT = 200
 SNAPSHOT_BATCH = 1000
+# Bytes per FingerprintSnapshot message (under gRPC's default 4 MiB receive limit).
+FINGERPRINT_CHUNK = 1 << 20
 # Heartbeats are taken from memory (see feed), but each is still a message per stream: a
 # floor of half a second keeps 300 streams at 600 messages a second.
 MIN_HEARTBEAT_SECONDS = 0.5
@@ -85,8 +92,11 @@ class ServerState:
 
     def __init__(self, store: Store, *, access: AccessPolicy | None = None,
                  max_concurrent_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
-                 send_timeout: float = DEFAULT_SEND_TIMEOUT) -> None:
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT,
+                 artifact: FingerprintArtifact | None = None) -> None:
         self.store = store
+        # The fingerprint snapshot filter pods start from (None: no fingerprint key).
+        self.artifact = artifact
         self.access = access or AccessPolicy()
         self.ready = False
         self.reason = "starting"
@@ -159,6 +169,8 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
         try:
             head = await self.store.head()
             found = await self.store.lookup(normalised)
+            if self.state.artifact is not None:
+                await self._add_forgotten(found, normalised, scope, self.state.artifact.key)
         except StoreUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         response = pb.CheckResponse(head_sequence=head)
@@ -169,6 +181,17 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                 response.suppressed.append(pb.CheckResult(
                     address=given, matched=[suppression_to_pb(s) for s in matched]))
         return response
+
+    async def _add_forgotten(self, found: dict[str, list[Suppression]], addresses: list[str],
+                             scope: str, key: FingerprintKey) -> None:
+        """Add the forgotten suppressions (kept by fingerprint, see Forget) of ``addresses``
+        in the scopes a Check looks at — global and ``scope`` — as if kept by address."""
+        scopes = ["*"] + ([scope] if scope and scope != "*" else [])
+        markers = {key.forgotten(a, sc): (a, sc) for a in set(addresses) for sc in scopes}
+        for marker, rows in (await self.store.lookup(list(markers))).items():
+            address, wanted = markers[marker]
+            found.setdefault(address, []).extend(
+                dataclasses.replace(r, address=address) for r in rows if r.scope == wanted)
 
     async def _send(self, context: grpc.aio.ServicerContext, message) -> None:
         """Write one message of a server stream; raise _Stalled when the consumer has not
@@ -219,6 +242,13 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                     await context.abort(grpc.StatusCode.OUT_OF_RANGE,
                                         f"from_sequence {cursor} is ahead of the store's head "
                                         f"{head}: take a new snapshot")
+                floor = await self.store.log_floor()
+                if cursor < floor:
+                    # Compacted (Store.compact): the changes after the cursor are gone.
+                    await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                        f"the change log no longer holds sequences up to "
+                                        f"{floor} (compacted); from_sequence {cursor} cannot "
+                                        "be resumed: take a new snapshot")
             await self._follow(context, cursor, interval)
         except _Stalled:
             await self._end_stalled(context)
@@ -233,6 +263,14 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
         until the stream ends. Changes come from the shared feed (the database only for a
         cursor older than its window); heartbeats cost no database work."""
         feed = self.state.feed
+        feed.followers += 1
+        try:
+            await self._follow_feed(context, feed, cursor, interval)
+        finally:
+            feed.followers -= 1
+
+    async def _follow_feed(self, context: grpc.aio.ServicerContext, feed: ChangeFeed,
+                           cursor: int, interval: float) -> None:
         generation = feed.generation
         last_heartbeat = 0.0
         while True:
@@ -266,6 +304,38 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                 last_heartbeat = now
             await feed.wait(wake, max(0.0, interval - (time.monotonic() - last_heartbeat)))
 
+    async def FingerprintSnapshot(self, request: pb.FingerprintSnapshotRequest,
+                                  context: grpc.aio.ServicerContext) -> None:
+        artifact = self.state.artifact
+        if artifact is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this store has no fingerprint key (--fingerprint-key-file): "
+                                "take a Watch snapshot")
+        assert artifact is not None
+        if request.key_id and not hmac.compare_digest(request.key_id, artifact.key.key_id):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"this store's fingerprint key is another (id "
+                                f"{artifact.key.key_id.hex()}, yours {request.key_id.hex()}): "
+                                "take a Watch snapshot, or give both the same key Secret")
+        try:
+            # Waiting for a build (minutes at 100M) holds no snapshot slot: Watch snapshots
+            # and exports go on meanwhile.
+            path = await artifact.current()
+            async with self.state.snapshot_slots:
+                # The file is replaced by rename, never rewritten: the one opened here stays
+                # whole while it is sent, whatever refresh happens meanwhile.
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    first = True
+                    while data := f.read(FINGERPRINT_CHUNK):
+                        await self._send(context, pb.FingerprintSnapshotChunk(
+                            data=data, size=size if first else 0))
+                        first = False
+        except _Stalled:
+            await self._end_stalled(context)
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+
     async def Resubscribe(self, request: pb.ResubscribeRequest,
                           context: grpc.aio.ServicerContext) -> pb.ResubscribeResponse:
         await self.state.access.authorise("Resubscribe", context)
@@ -288,6 +358,31 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
         metrics.WRITES.labels("resubscribe", "new" if result.removed else "replay").inc()
         return pb.ResubscribeResponse(sequence=result.sequence, removed=result.removed)
 
+    async def Forget(self, request: pb.ForgetRequest,
+                     context: grpc.aio.ServicerContext) -> pb.ForgetResponse:
+        await self.state.access.authorise("Forget", context)
+        artifact = self.state.artifact
+        if artifact is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "Forget keeps the address's fingerprint, which needs the "
+                                "store's fingerprint key (--fingerprint-key-file)")
+        assert artifact is not None
+        try:
+            address = normalize_address(request.address)
+        except AddressInvalid as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._writable(context)
+        key = artifact.key
+        try:
+            result = await self.store.forget(address, lambda scope: key.forgotten(address, scope))
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        # Never the address in the log: that is what was just erased.
+        log.info("forget: %d suppressions now kept by fingerprint, %d change-log rows "
+                 "rewritten", result.suppressions, result.history)
+        metrics.WRITES.labels("forget", "new" if result.suppressions else "replay").inc()
+        return pb.ForgetResponse(suppressions=result.suppressions, history=result.history)
+
     async def Import(self, request_iterator: AsyncIterator[pb.ImportChunk],
                      context: grpc.aio.ServicerContext) -> pb.ImportSummary:
         await self.state.access.authorise("Import", context)
@@ -296,13 +391,27 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
         parser: RowParser | None = None
         skip_invalid = False
         batch: list[ImportRow] = []
+        # One batch is written while the next is parsed (in a thread, so the event loop keeps
+        # serving other calls): the import takes max(parse, write) per batch, not the sum.
+        # Batches are written one at a time, in file order.
+        writing: list[asyncio.Task] = []
 
-        async def flush() -> None:
+        async def write(rows: list[ImportRow]) -> None:
+            inserted, existed = await self.store.import_rows(rows)
+            summary.inserted += inserted
+            summary.already_existed += existed
+
+        async def written() -> None:
+            while writing:
+                await writing.pop()
+
+        async def flush(*, wait: bool = True) -> None:
+            await written()
             if batch:
-                inserted, existed = await self.store.import_rows(list(batch))
-                summary.inserted += inserted
-                summary.already_existed += existed
+                writing.append(asyncio.create_task(write(list(batch))))
                 batch.clear()
+            if wait:
+                await written()
 
         async def take(items) -> None:
             for item in items:
@@ -322,7 +431,7 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                 summary.rows += 1
                 batch.append(item)
                 if len(batch) >= self.store.import_batch:
-                    await flush()
+                    await flush(wait=False)
 
         try:
             async for chunk in request_iterator:
@@ -336,12 +445,14 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                     except (AddressInvalid, ValueError) as exc:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                     skip_invalid = chunk.skip_invalid
-                await take(parser.feed(chunk.data))
+                await take(await asyncio.to_thread(parser.feed, chunk.data))
             if parser is not None:
                 await take(parser.finish())
             await flush()
             summary.last_sequence = await self.store.head()
         except StoreUnavailable as exc:
+            for task in writing:
+                task.cancel()
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"{exc} ({summary.inserted + summary.already_existed} rows were "
                                 "imported before; re-running is safe)")

@@ -11,11 +11,14 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from mailwarden.suppression import Reason
 from unsubscribe_store.model import (
     Change,
+    Compacted,
+    ForgetResult,
     ImportRow,
     Readiness,
     ResubscribeResult,
@@ -28,6 +31,8 @@ from unsubscribe_store.model import (
 __all__ = ["DURABILITIES", "ChangeNotifier", "Store", "request_fingerprint"]
 
 DURABILITIES = ("local", "replicated")
+# Rows deleted per compaction transaction (each holds the writers' lock that long).
+COMPACT_BATCH = 10_000
 
 
 class ChangeNotifier:
@@ -211,6 +216,52 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def import_rows(self, rows: Sequence[ImportRow]) -> tuple[int, int]:
         """Upsert rows in one transaction; return (inserted_or_escalated, already_existed)."""
+
+    async def compact(self, *, keep_changes: int, changes_before: datetime,
+                      keys_before: datetime, batch: int = COMPACT_BATCH) -> Compacted:
+        """Delete change-log rows more than ``keep_changes`` behind the head *and* written
+        before ``changes_before``, and idempotency keys created before ``keys_before``; in
+        batches of ``batch`` rows, each its own short transaction, so writers wait for one
+        batch at most. A Watch that resumes from a sequence no longer in the log is told to
+        take a snapshot (``log_floor``)."""
+        changes = keys = 0
+        while True:
+            removed = await self._delete_changes(keep_changes, changes_before, batch)
+            changes += removed
+            if removed < batch:
+                break
+        while True:
+            removed = await self._delete_keys(keys_before, batch)
+            keys += removed
+            if removed < batch:
+                break
+        return Compacted(changes, keys, await self.log_floor())
+
+    @abc.abstractmethod
+    async def _delete_changes(self, keep_changes: int, before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` of the oldest change-log rows that are more than
+        ``keep_changes`` behind the head and older than ``before``; how many were deleted."""
+
+    @abc.abstractmethod
+    async def _delete_keys(self, before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` idempotency keys created before ``before``."""
+
+    @abc.abstractmethod
+    async def forget(self, address: str, marker: Callable[[str], str]) -> ForgetResult:
+        """Replace a normalised address by ``marker(scope)`` (its fingerprint in that scope)
+        in every suppression and change-log row, and drop its idempotency keys, in one
+        transaction: the suppressions stay in force, the address is gone. No change is
+        logged: a filter pod's fingerprint of the address is the marker's."""
+
+    @abc.abstractmethod
+    async def forgotten_under_other_keys(self, prefix: str) -> int:
+        """How many suppressions are forgotten under a marker not starting with ``prefix``
+        (another fingerprint key's)."""
+
+    @abc.abstractmethod
+    async def log_floor(self) -> int:
+        """The highest sequence no longer in the change log (0: the log is whole): a Watch
+        from a sequence below it cannot be resumed."""
 
     @abc.abstractmethod
     async def readiness(self) -> Readiness: ...

@@ -71,7 +71,7 @@ class ServeConfig:
     suppression_store_tls_dir: Path | None = None
     # The HMAC key of the suppression fingerprints (a mounted Secret; None: a random key per
     # pod, made by the supervisor), and the directory where the supervisor writes the index
-    # every worker maps (None: a private temporary directory). server/suppression_index.py.
+    # every worker maps (None: a private temporary directory). mailwarden/fingerprint_index.py.
     suppression_key_file: Path | None = None
     suppression_index_dir: Path | None = None
     # Set by the supervisor for its workers, never by hand: the index file to map.

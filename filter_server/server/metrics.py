@@ -161,7 +161,7 @@ class FilterMetrics:
         self.suppression_age.set(age if age != float("inf") else 1e9)
         self.suppression_lag.set(stats.lag)  # type: ignore[attr-defined]
         self.suppression_connected.set(1 if stats.connected else 0)  # type: ignore[attr-defined]
-        self.suppression_fresh.set(1 if stats.ready and age <= stale_after  # type: ignore[attr-defined]
+        self.suppression_fresh.set(1 if stats.fresh(stale_after)  # type: ignore[attr-defined]
                                    else 0)
         self.suppression_entries.set(stats.size)  # type: ignore[attr-defined]
 

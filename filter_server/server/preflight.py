@@ -6,8 +6,8 @@ from __future__ import annotations
 from filter_server.engine.compiled import CompiledPolicy
 from filter_server.server.config import EXIT_CONFIG, EXIT_POLICY, ServeConfig
 from filter_server.server.policy import PolicyLoadError, load_and_compile
-from filter_server.server.suppression_key import FingerprintKey, KeyUnusable
 from filter_server.server.tls import TlsConfigError, check_tls_dir
+from mailwarden.fingerprints import FingerprintKey, KeyUnusable
 
 
 class PreflightError(Exception):

@@ -61,7 +61,7 @@ class StoreSuppression:
         unparseable = tuple(checked.unparseable) if checked else ()
         stats = self.cache.stats()
         age = stats.age_seconds if math.isfinite(stats.age_seconds) else NEVER_FRESH_AGE_SECONDS
-        if stats.ready and stats.age_seconds <= self.cache.stale_after:
+        if stats.fresh(self.cache.stale_after):
             return SuppressionAnswer(suppressed, filter_pb2.SUPPRESSION_FRESH, round(age, 3),
                                      unparseable)
         self.metrics.stale_suppression_answers.inc()

@@ -50,7 +50,7 @@ from filter_server.server.metrics import (
 from filter_server.server.policy import PolicyLoadError, load_and_compile
 from filter_server.server.ports import PortInUse, reserve, write_port_file
 from filter_server.server.preflight import PreflightError, preflight
-from filter_server.server.suppression_key import FingerprintKey
+from mailwarden.fingerprints import FingerprintKey
 
 INDEX_FILE_NAME = "suppressions.idx"
 KEY_FILE_NAME = "fingerprint.key"

@@ -1,5 +1,5 @@
 """SuppressionCache: the suppression set a filter pod keeps, fed by the store's ``Watch``
-stream — as keyed fingerprints, never plaintext addresses (server/suppression_index.py).
+stream — as keyed fingerprints, never plaintext addresses (mailwarden/fingerprint_index.py).
 
     cache = SuppressionCache("unsubscribe-store:50061").start()
     cache.wait_ready(10)
@@ -39,14 +39,14 @@ from typing import Any
 
 import grpc
 
-from filter_server.server.suppression_index import (
+from mailwarden.addresses import GLOBAL_SCOPE, AddressInvalid, normalize_address, normalize_scope
+from mailwarden.fingerprint_index import (
     FingerprintBuffer,
     IndexUnusable,
     SortedFingerprints,
     entry,
 )
-from filter_server.server.suppression_key import FingerprintKey
-from mailwarden.addresses import GLOBAL_SCOPE, AddressInvalid, normalize_address, normalize_scope
+from mailwarden.fingerprints import FingerprintKey, ForeignFingerprint
 from mailwarden.suppression import MailClass
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
@@ -85,6 +85,14 @@ class CacheStats:
     loading: int = 0         # suppressions of a snapshot being received (held beside `size`)
     overlay: int = 0         # changes held beside the sorted index (since its sequence)
     shared_index: bool = False  # the index is the pod's shared, mapped file
+    # False while the cache holds suppressions it cannot apply (forgotten under another
+    # fingerprint key): its answers would miss people who objected
+    complete: bool = True
+
+    def fresh(self, stale_after: float) -> bool:
+        """Whether answers can be reported SUPPRESSION_FRESH: loaded, complete and
+        confirmed up to date within `stale_after` seconds."""
+        return self.ready and self.complete and self.age_seconds <= stale_after
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,8 @@ class SuppressionCache:
                  channel_options: Iterable[tuple[str, object]] = (),
                  channel_factory: ChannelFactory | None = None,
                  name: str = "suppression-cache", key: FingerprintKey | None = None,
-                 index_path: str | os.PathLike[str] | None = None) -> None:
+                 index_path: str | os.PathLike[str] | None = None,
+                 fingerprint_snapshot_file: str | os.PathLike[str] | None = None) -> None:
         self.target = target
         self.stale_after = stale_after
         self.heartbeat_seconds = heartbeat_seconds
@@ -118,6 +127,12 @@ class SuppressionCache:
             raise ValueError("a shared suppression index needs the key it was made with")
         self.key = key or FingerprintKey.generate()
         self.index_path = None if index_path is None else Path(index_path)
+        # A lone worker with the store's key: its first snapshot is the store's fingerprint
+        # snapshot, downloaded here and mapped (server/suppression_artifact.py), instead of
+        # a Watch snapshot of every suppression; None, or a store that serves none, and it
+        # takes a Watch snapshot.
+        self._fingerprint_file = (None if fingerprint_snapshot_file is None
+                                  else Path(fingerprint_snapshot_file))
         self._index = _EMPTY
         self._overlay: dict[int, bool | None] = {}
         self._shared = False
@@ -130,6 +145,7 @@ class SuppressionCache:
         self._connected = False
         self._reconnects = 0
         self._snapshots = 0
+        self.foreign = 0  # forgotten suppressions kept under another key (not applied)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._call: Any = None  # the Watch stream in progress (a grpc call object)
@@ -207,7 +223,9 @@ class SuppressionCache:
                   for recipient, key in keys]
         suppressed: list[str] = []
         with self._cond:
-            lookup = self._lookup
+            # Without an overlay (the common case between index rebuilds) straight to the
+            # index's look-up: one Python call less per fingerprint.
+            lookup = self._lookup if self._overlay else self._index.lookup
             for recipient, global_fp, list_fp in prints:
                 if lookup(global_fp) is not None:
                     suppressed.append(recipient)
@@ -236,7 +254,8 @@ class SuppressionCache:
             age = float("inf") if self._fresh_at is None else time.monotonic() - self._fresh_at
             return CacheStats(self._applied is not None, self._connected, applied, self._head,
                               max(0, self._head - applied), age, self._size, self._reconnects,
-                              self._snapshots, self._loading, len(self._overlay), self._shared)
+                              self._snapshots, self._loading, len(self._overlay), self._shared,
+                              self.foreign == 0)
 
     def held_bytes(self) -> tuple[int, int]:
         """(private, shared): bytes this process holds for the cache alone — a private
@@ -284,9 +303,7 @@ class SuppressionCache:
         """Whether answers are current: loaded, and confirmed up to date within ``max_age``
         seconds (default ``stale_after``). A stale cache's answers should be reported as
         such (SUPPRESSION_STALE), not trusted as complete."""
-        stats = self.stats()
-        return stats.ready and stats.age_seconds <= (self.stale_after if max_age is None
-                                                     else max_age)
+        return self.stats().fresh(self.stale_after if max_age is None else max_age)
 
     # --- the stream --------------------------------------------------------------------
     def _open_shared_index(self) -> bool:
@@ -324,6 +341,8 @@ class SuppressionCache:
                 stub = pb_grpc.UnsubscribeStoreStub(channel)
                 with self._cond:
                     resume = self._applied
+                if resume is None and self._fingerprint_file is not None:
+                    resume = self._take_fingerprint_snapshot(channel)
                 request = pb.WatchRequest(snapshot=resume is None, from_sequence=resume or 0,
                                           heartbeat_seconds=self.heartbeat_seconds)
                 call = self._call = stub.Watch(request)
@@ -331,6 +350,8 @@ class SuppressionCache:
                 if self._stop.is_set():
                     call.cancel()
                 pending = FingerprintBuffer() if resume is None else None
+                if pending is not None:
+                    self.foreign = 0  # a snapshot holds every suppression: count afresh
                 fingerprint = self.key.fingerprint
                 for event in call:
                     self._last_event = time.monotonic()
@@ -342,9 +363,14 @@ class SuppressionCache:
                     kind = event.WhichOneof("event")
                     if kind == "snapshot_chunk":
                         assert pending is not None, "a snapshot chunk without a snapshot"
-                        pending.extend([entry(fingerprint(s.address, s.scope),
-                                              s.reason == pb.COMPLAINT)
-                                        for s in event.snapshot_chunk.suppressions])
+                        # A forgotten suppression (no "@": the store keeps its fingerprint
+                        # instead of the address) is rare; the test keeps the common path
+                        # one call.
+                        sups = event.snapshot_chunk.suppressions
+                        prints = [fingerprint(s.address, s.scope) if "@" in s.address
+                                  else self._stored(s.address, s.scope) for s in sups]
+                        pending.extend([entry(fp, s.reason == pb.COMPLAINT)
+                                        for fp, s in zip(prints, sups) if fp is not None])
                         self._loading = len(pending)
                     elif kind == "snapshot_end":
                         assert pending is not None, "a snapshot end without a snapshot"
@@ -384,6 +410,29 @@ class SuppressionCache:
             self._stop.wait(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.max_backoff)
 
+    def _take_fingerprint_snapshot(self, channel: grpc.Channel) -> int | None:
+        """Install the store's fingerprint snapshot; its sequence, or None (then a Watch
+        snapshot is taken). A store that does not serve one is not asked again."""
+        assert self._fingerprint_file is not None
+        from filter_server.server.suppression_artifact import (
+            SnapshotNotServed,
+            fetch_fingerprint_snapshot,
+        )
+        try:
+            fetch_fingerprint_snapshot(channel, self.key, self._fingerprint_file)
+            index = SortedFingerprints.open(self._fingerprint_file, self.key)
+            # Mapped: the file's name is no longer needed (the mapping keeps its pages).
+            self._fingerprint_file.unlink(missing_ok=True)
+        except (SnapshotNotServed, IndexUnusable) as exc:
+            log.info("%s: no fingerprint snapshot from the store (%s): taking a Watch "
+                     "snapshot", self.name, exc)
+            self._fingerprint_file = None
+            return None
+        self._install_index(index, index.sequence, shared=False)
+        log.info("%s: downloaded the store's fingerprint snapshot: %d entries at sequence %d",
+                 self.name, len(index), index.sequence)
+        return index.sequence
+
     def _watch_silence(self) -> None:
         """Cancel a stream that has gone quiet (no heartbeat): a half-open TCP connection
         would otherwise leave the cache stale forever."""
@@ -393,6 +442,20 @@ class SuppressionCache:
                 log.warning("%s: no heartbeat for %.1fs; reconnecting", self.name,
                             self.silence_timeout)
                 call.cancel()
+
+    def _stored(self, address: str, scope: str) -> int | None:
+        """The fingerprint of a suppression as the store keeps it (an address, or a
+        forgotten one's fingerprint); None for one forgotten under another key, which this
+        cache cannot apply: counted in ``foreign`` and logged once."""
+        try:
+            return self.key.stored_fingerprint(address, scope)
+        except ForeignFingerprint as exc:
+            self.foreign += 1
+            if self.foreign == 1:
+                log.error("%s: %s: this pod cannot apply forgotten suppressions, so it answers "
+                          "SUPPRESSION_STALE; give it the store's fingerprint key "
+                          "(--suppression-key-file)", self.name, exc)
+            return None
 
     def _install_index(self, index: SortedFingerprints, sequence: int, *, shared: bool) -> None:
         with self._cond:
@@ -416,16 +479,19 @@ class SuppressionCache:
                           change.sequence, self._applied)
                 self._applied = None
                 return False
-            fp = self.key.fingerprint(change.address, change.scope)
-            was = self._lookup(fp)
-            now = None if change.op == pb.RESUBSCRIBE else change.reason == pb.COMPLAINT
-            self._size += (now is not None) - (was is not None)
-            # An overlay entry equal to the index's is dropped, so the overlay holds only
-            # what differs from the index.
-            if now == self._index.lookup(fp):
-                self._overlay.pop(fp, None)
-            else:
-                self._overlay[fp] = now
+            fp = self._stored(change.address, change.scope)
+            # None: kept under another key (counted and logged): nothing to apply, but the
+            # sequence is consumed like any other.
+            if fp is not None:
+                was = self._lookup(fp)
+                now = None if change.op == pb.RESUBSCRIBE else change.reason == pb.COMPLAINT
+                self._size += (now is not None) - (was is not None)
+                # An overlay entry equal to the index's is dropped, so the overlay holds
+                # only what differs from the index.
+                if now == self._index.lookup(fp):
+                    self._overlay.pop(fp, None)
+                else:
+                    self._overlay[fp] = now
             self._applied = change.sequence
             self._head = max(self._head, change.sequence)
             if self._applied >= self._head:

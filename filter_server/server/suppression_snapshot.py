@@ -1,5 +1,7 @@
-"""Build the pod's shared suppression index: take one snapshot from the UnsubscribeStore,
-fingerprint it and write the index file every worker maps (server/suppression_index.py).
+"""Build the pod's shared suppression index, the file every worker maps
+(mailwarden/fingerprint_index.py): download the store's fingerprint snapshot when it serves
+one for this pod's key (server/suppression_artifact.py: one bulk transfer), else take a
+Watch snapshot, fingerprint it and write the file.
 
 The supervisor runs this as its own process (`python -m
 filter_server.server.suppression_snapshot WORKER_CONFIG_JSON INDEX_FILE`), so the transient
@@ -21,9 +23,16 @@ import sys
 import threading
 import time
 
+import grpc
+
 from filter_server.server.config import ServeConfig
-from filter_server.server.suppression_key import KeyUnusable
-from filter_server.server.suppression_setup import follow_store
+from filter_server.server.suppression_artifact import (
+    SnapshotNotServed,
+    fetch_fingerprint_snapshot,
+)
+from filter_server.server.suppression_setup import follow_store, store_channel
+from mailwarden.fingerprint_index import IndexUnusable
+from mailwarden.fingerprints import FingerprintKey, KeyUnusable
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,22 @@ def build_index_file(config: ServeConfig, index_file: str,
     """Snapshot the store into `index_file`; (entries, sequence), or None if stopped.
     Raises KeyUnusable."""
     stop = stop or threading.Event()
+    if config.suppression_key_file is not None:
+        key = FingerprintKey.from_file(config.suppression_key_file)
+        channel = store_channel(config)
+        try:
+            entries, sequence = fetch_fingerprint_snapshot(channel, key, index_file)
+            log.info("downloaded the store's fingerprint snapshot: %d entries at sequence %d",
+                     entries, sequence)
+            return entries, sequence
+        except SnapshotNotServed as exc:
+            log.info("no fingerprint snapshot from the store (%s): taking a Watch snapshot",
+                     exc)
+        except IndexUnusable as exc:  # e.g. a store of another index format: never misread
+            log.warning("the store's fingerprint snapshot is unusable (%s): taking a Watch "
+                        "snapshot", exc)
+        finally:
+            channel.close()
     cache = follow_store(config, name="suppression-index-builder").start()
     try:
         while not stop.is_set():
@@ -58,6 +83,13 @@ def main(argv: list[str]) -> int:
     except KeyUnusable as exc:
         print(f"suppression index: {exc}", file=sys.stderr)
         return 2
+    except IndexUnusable as exc:  # the store sent something unusable: retried later
+        print(f"suppression index: {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:  # store unreachable: the supervisor retries with backoff
+        print(f"suppression index: the store did not answer: "
+              f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
     if built is None:
         return 0
     entries, sequence = built

@@ -62,9 +62,9 @@ from filter_server.server.preflight import PreflightError, preflight
 from filter_server.server.servicer import SERVICE_NAME, FilterServicer, add_filter_service
 from filter_server.server.store_suppression import StoreSuppression
 from filter_server.server.suppression import NoSuppressionStore, SuppressionProvider
-from filter_server.server.suppression_key import KeyUnusable
 from filter_server.server.suppression_setup import follow_store
 from filter_server.server.tls import TlsConfigError, server_credentials
+from mailwarden.fingerprints import KeyUnusable
 
 
 # Calls (and threads) gRPC takes beyond --max-concurrent-rpcs: health checks and reflection

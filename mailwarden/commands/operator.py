@@ -31,9 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="re-check every SpamPolicy and UnsubscribeStore this often "
                         "(drift, late Secrets and model "
                         "ConfigMaps)")
-    parser.add_argument("--informer-cache", action="store_true",
-                        help="read child objects from watch-fed caches instead of the API "
-                        "server (a no-op resync then makes ~0 requests; opt-in, see "
+    parser.add_argument("--no-informer-cache", dest="informer_cache",
+                        action="store_false",
+                        help="read every object from the API server instead of from the "
+                        "watch-fed caches (which make a no-op resync cost ~0 requests; see "
                         "docs/operator.md)")
     parser.add_argument("--keep-policy-configmaps", type=int, default=3,
                         help="policy ConfigMaps kept per SpamPolicy (the live one included)")

@@ -60,6 +60,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--require-client-cert", action="store_true",
                    help="mutual TLS: refuse gRPC clients without a certificate signed by "
                         "DIR/ca.crt (needs --tls-dir)")
+    p.add_argument("--fingerprint-key-file", type=Path, metavar="FILE",
+                   help="the suppression fingerprint key the filter pods use (the same "
+                        "Secret as their --suppression-key-file; raw, or hex text of at least "
+                        "32 bytes): the store then builds and serves the fingerprint snapshot "
+                        "a new filter pod starts from in one transfer (docs/unsubscribe.md). "
+                        "Without it, filter pods stream a Watch snapshot")
+    p.add_argument("--fingerprint-dir", type=Path, metavar="DIR",
+                   help="where the fingerprint snapshot file is kept (8 bytes per "
+                        "suppression; default: a temporary directory)")
+    p.add_argument("--fingerprint-refresh-changes", type=int, default=10_000, metavar="N",
+                   help="merge the change log into the fingerprint snapshot when a filter pod "
+                        "asks for it and it is N or more changes behind (default: %(default)s)")
+    p.add_argument("--compact-every", type=float, default=3600.0, metavar="SECONDS",
+                   help="how often the change log and idempotency keys are compacted "
+                        "(0: never; default: %(default)s)")
+    p.add_argument("--retain-changes-days", type=float, default=7.0, metavar="DAYS",
+                   help="keep change-log rows at least this long (default: %(default)s); a "
+                        "filter pod that resumes from an older sequence takes a snapshot")
+    p.add_argument("--retain-changes", type=int, default=100_000, metavar="N",
+                   help="and keep at least the last N changes whatever their age (default: "
+                        "%(default)s)")
+    p.add_argument("--retain-idempotency-days", type=float, default=7.0, metavar="DAYS",
+                   help="keep idempotency keys this long: a retry with the same key within "
+                        "it gets the original answer (default: %(default)s)")
     p.add_argument("--no-migrate", action="store_true",
                    help="do not apply schema migrations (they must have been applied already)")
     p.add_argument("--migrate-only", action="store_true",

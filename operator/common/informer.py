@@ -17,7 +17,11 @@ Why the reads stay correct:
   ours, a foreign object with our child's name) is read from the API server, so the applier's
   ownership check still sees foreign objects;
 - while a watch is down (connection lost, before the first LIST) the cache says it is not
-  synced and every read goes to the API server;
+  synced and every read goes to the API server; a watch silent for longer than the
+  bookmark period (a connection dropped without a word) is resumed on a new connection;
+- kopf's watch and ours deliver the same Deployment events in no fixed order: the
+  Deployment handlers `observe` the event's copy before reconciling, so a reconcile never
+  reports an older state than the event that triggered it;
 - owners (SpamPolicy, UnsubscribeStore) are served from the cache only where the caller asks
   for it (`cached_get`: the periodic resync). Event handlers read them fresh, since the event
   that triggered them came through kopf's watch, which may be ahead of ours; a fresh read
@@ -34,6 +38,8 @@ import random
 import threading
 from typing import Any, Iterator
 
+from urllib3.exceptions import ReadTimeoutError
+
 from mailwarden_operator.common.kube import Kube, KubeError, Resource
 
 log = logging.getLogger("mailwarden.operator.informer")
@@ -41,6 +47,11 @@ log = logging.getLogger("mailwarden.operator.informer")
 # The API server ends a watch after this many seconds; we then resume from the last
 # resourceVersion seen (no relist).
 WATCH_TIMEOUT_SECONDS = 290
+# With bookmarks on, the API server's watch cache sends one about every minute even when
+# nothing changes: this long without a byte means the connection is gone (a proxy or NAT
+# that dropped it silently), and the watch resumes on a new one instead of waiting out
+# the whole watch. TCP keepalive (api_client_from_environment) catches a dead peer too.
+WATCH_READ_TIMEOUT_SECONDS = 150
 MAX_BACKOFF_SECONDS = 10.0
 REFUSED_RETRY_SECONDS = 60.0
 
@@ -222,10 +233,10 @@ class Informer(threading.Thread):
                  ("resourceVersion", version),
                  ("timeoutSeconds", str(WATCH_TIMEOUT_SECONDS))] + self._selector()
         self._response = response = self.kube.open_stream(
-            self.res.path(self.namespace), query, read_timeout=WATCH_TIMEOUT_SECONDS + 30,
+            self.res.path(self.namespace), query, read_timeout=WATCH_READ_TIMEOUT_SECONDS,
             accept=self._accept(""))
         try:
-            for event in _events(response):
+            for event in _events(response, self.res.plural):
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     raise KubeError(int(obj.get("code") or 0),
@@ -252,14 +263,20 @@ class Informer(threading.Thread):
                 pass
 
 
-def _events(response: Any) -> Iterator[dict[str, Any]]:
+def _events(response: Any, what: str = "objects") -> Iterator[dict[str, Any]]:
+    """The watch's events as they arrive (one JSON document a line, a chunk each); a
+    silent connection ends the stream (the caller resumes from the last version)."""
     buffer = b""
-    for chunk in response.stream(amt=None, decode_content=False):
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if line.strip():
-                yield json.loads(line)
+    try:
+        for chunk in response.stream(amt=None, decode_content=False):
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    yield json.loads(line)
+    except ReadTimeoutError:
+        log.warning("the watch of %s was silent for %d s (no event, no bookmark): "
+                    "resuming on a new connection", what, WATCH_READ_TIMEOUT_SECONDS)
 
 
 class CachingKube(Kube):
@@ -305,6 +322,19 @@ class CachingKube(Kube):
         for informer in self.informers.get(res, ()):
             if informer.covers((obj["metadata"]).get("namespace")):
                 informer.put(obj)
+
+    def observe(self, res: Resource, obj: dict[str, Any], *, deleted: bool = False) -> None:
+        """kopf's watch and ours deliver the same events, in no fixed order: a handler
+        triggered by kopf's must not then read an older copy from the cache (a store's
+        status would say 'RollingOut, 0 available' until the next resync)."""
+        obj = copy.deepcopy(obj)
+        if not deleted:
+            self._store(res, obj)
+            return
+        meta = obj.get("metadata") or {}
+        for informer in self.informers.get(res, ()):
+            if informer.covers(meta.get("namespace")):
+                informer.remove(obj)
 
     # -- reads -------------------------------------------------------------------------------
 

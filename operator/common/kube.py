@@ -134,6 +134,10 @@ class Kube:
         """`get`, or a watch-fed copy where one is kept (informer.CachingKube)."""
         return self.get(res, namespace, name)
 
+    def observe(self, res: Resource, obj: dict[str, Any], *, deleted: bool = False) -> None:
+        """An object as another watch (kopf's) delivered it: a cache keeps it when it is
+        newer than its own copy (informer.CachingKube); nothing to do here."""
+
     def get_metadata(self, res: Resource, namespace: str | None,
                      name: str) -> dict[str, Any] | None:
         """The object, or (from a metadata-only cache) at least its metadata."""
@@ -292,6 +296,9 @@ def api_client_from_environment(kubeconfig: str | None = None) -> k8s.ApiClient:
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     # kopf runs handlers in up to 16 threads that share this client.
     configuration.connection_pool_maxsize = 32
+    # client-go's TCP keepalive: the caches' watches are idle for long stretches, and a
+    # connection a NAT or proxy dropped without a word would otherwise look quiet.
+    configuration.keep_alive = True
     api = k8s.ApiClient(configuration)
     api.user_agent = USER_AGENT
     return api

@@ -164,9 +164,14 @@ class Reconciler:
             serving_hash, shadow_hash = self._shadowing(owner, bundle, seen_deployment)
             failure = self.backoff.paused(namespace, name, generation)
             if failure is None:
+                # After a refusal only a write of every child can tell it is over: a
+                # Deployment event's shortcut (the Deployment alone) would clear the
+                # condition and the next full attempt set it again, an Event each time.
+                seen = seen_deployment if self.backoff.last_failure(namespace, name) is None \
+                    else None
                 try:
                     deployment, hpa = self._apply_children(
-                        owner, bundle, seen_deployment, serving_hash, shadow_hash,
+                        owner, bundle, seen, serving_hash, shadow_hash,
                         store_client_tls_secret(owner, store))
                     target_hash = serving_hash
                     self.backoff.succeeded(namespace, name)

@@ -99,6 +99,10 @@ def test_the_operators_command_line_is_what_mailwarden_operator_accepts() -> Non
     assert args.namespaces == ["mail"]
     assert args.webhook_cert_dir == Path("/etc/mailwarden/webhook")
     assert args.peering_lifetime == 15 and args.resync_seconds == 60
+    assert args.informer_cache is True
+    container = by_kind(render("--set", "operator.informerCache=false"),
+                        "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert build_parser().parse_args(container["args"]).informer_cache is False
 
 
 def _rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

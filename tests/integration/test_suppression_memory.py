@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from filter_server.server.suppression_index import ENTRY_BYTES
+from mailwarden.fingerprint_index import ENTRY_BYTES
 from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as upb
 from testkit.filter import Server, mini_policy, outcomes, wait_for, write_policy

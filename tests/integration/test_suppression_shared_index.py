@@ -19,10 +19,25 @@ from testkit.store import StoreProcess
 MESSAGE = b"From: news@shop.example\nTo: list@shop.example\nSubject: Weekly\n\nOffers.\n"
 
 
+KEY_HEX = "a7" * 32
+
+
 @pytest.fixture
-def store(tmp_path: Path):
+def key_file(tmp_path: Path) -> Path:
+    """The fingerprint key the store and the filter pod share (a Secret in a cluster)."""
+    path = tmp_path / "fingerprint-key"
+    path.write_text(KEY_HEX)
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path, key_file: Path):
     proc = StoreProcess(tmp_path, ["--store", "sqlite", "--sqlite-path",
-                                   str(tmp_path / "store.db"), "--no-one-click"])
+                                   str(tmp_path / "store.db"), "--no-one-click",
+                                   "--fingerprint-key-file", str(key_file),
+                                   # Built empty at start; merged with every change since
+                                   # when a pod asks.
+                                   "--fingerprint-refresh-changes", "1"])
     yield proc.start()
     proc.close()
 
@@ -57,7 +72,8 @@ def worker_pids(supervisor_pid: int) -> list[int]:
             if b"filter_server.server.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
-def test_two_workers_share_one_index_of_fingerprints(tmp_path: Path, store) -> None:
+def test_two_workers_share_one_index_of_fingerprints(tmp_path: Path, store,
+                                                     key_file: Path) -> None:
     unsubscribe(store, "list@x.example", "weekly")
     unsubscribe(store, "global@x.example", "*")
     unsubscribe(store, "complaint@x.example", "weekly", upb.COMPLAINT)
@@ -66,20 +82,27 @@ def test_two_workers_share_one_index_of_fingerprints(tmp_path: Path, store) -> N
     index_dir = tmp_path / "index"
     server = Server(tmp_path, policy_dir, ["--suppression-store", store.target,
                                            "--suppression-index-dir", str(index_dir),
+                                           "--suppression-key-file", str(key_file),
                                            "--drain-seconds", "0"], workers=2)
     try:
         server.wait_serving()
         wait_for(lambda: server.metric("mailwarden_filter_suppression_cache_fresh") == 1, 60,
                  "both workers' caches to be fresh")
+        # The pod started from the store's fingerprint snapshot (one transfer), not from a
+        # Watch snapshot of every suppression.
+        assert "downloaded the store's fingerprint snapshot: 3 entries" in server.log()
         index_file = index_dir / "suppressions.idx"
         data = index_file.read_bytes()
         assert len(data) == 64 + 8 + 3 * 8  # header, directory, 3 entries
         assert b"x.example" not in data and b"weekly" not in data
         pids = worker_pids(server.process.pid)
         assert len(pids) == 2
+        # Each worker maps the file once it is there (the fresh metric may come from the
+        # first worker before the second has looked).
         for pid in pids:
-            assert str(index_file) in Path(f"/proc/{pid}/maps").read_text(), \
-                f"worker {pid} does not map the shared index"
+            wait_for(lambda pid=pid: str(index_file) in Path(f"/proc/{pid}/maps").read_text(),
+                     30,
+                     f"worker {pid} to map the shared index")
 
         everyone = ["list@x.example", "Global@X.example", "complaint@x.example",
                     "fine@x.example"]
@@ -96,6 +119,35 @@ def test_two_workers_share_one_index_of_fingerprints(tmp_path: Path, store) -> N
         wait_for(lambda: classify_on_new_connections(
             server, everyone, "weekly", filter_pb2.BULK) == {tuple(everyone)}, 20,
             "a later unsubscribe to reach both workers")
+    finally:
+        server.kill()
+
+
+def test_a_lone_worker_starts_from_the_stores_fingerprint_snapshot(
+        tmp_path: Path, store, key_file: Path) -> None:
+    """`--workers 1` runs without a supervisor's builder: the worker itself downloads the
+    store's fingerprint snapshot, maps it, leaves no file behind, and follows the Watch."""
+    unsubscribe(store, "global@x.example", "*")
+    policy_dir = tmp_path / "policy"
+    write_policy(policy_dir, mini_policy(1))
+    index_dir = tmp_path / "lone"
+    server = Server(tmp_path, policy_dir, ["--suppression-store", store.target,
+                                           "--suppression-index-dir", str(index_dir),
+                                           "--suppression-key-file", str(key_file),
+                                           "--drain-seconds", "0"], workers=1)
+    try:
+        server.wait_serving()
+        wait_for(lambda: server.metric("mailwarden_filter_suppression_cache_fresh") == 1, 60,
+                 "the cache to be fresh")
+        assert "downloaded the store's fingerprint snapshot: 1 entries" in server.log()
+        assert list(index_dir.iterdir()) == []
+        everyone = ["Global@X.example", "fine@x.example"]
+        assert classify_on_new_connections(server, everyone, "weekly", filter_pb2.BULK,
+                                           connections=2) == {("Global@X.example",)}
+        unsubscribe(store, "fine@x.example", "weekly")
+        wait_for(lambda: classify_on_new_connections(
+            server, everyone, "weekly", filter_pb2.BULK, connections=1) == {tuple(everyone)},
+            20, "a later unsubscribe to reach the worker")
     finally:
         server.kill()
 

@@ -94,3 +94,43 @@ def test_scopes():
     for bad in ("", "has space", "-leading", "x" * 129):
         with pytest.raises(AddressInvalid):
             normalize_scope(bad)
+
+
+def _outcome(normalise, text: str) -> str:
+    try:
+        return "ok:" + normalise(text)
+    except AddressInvalid:
+        return "invalid"
+
+
+# Inputs near the fast path's edges: every ASCII class it must accept or pass on (upper
+# case, specials that need quoting, quotes, brackets, dots, hyphens, "xn--", whitespace).
+_EDGY = "aZ0.-_+@\"<>()[],;:\\ \t!#x--n/=?^`{|}~%&'*"
+
+
+def test_the_ascii_fast_path_answers_exactly_as_the_full_normalisation() -> None:
+    """normalize_address returns already-canonical ASCII addresses without the Unicode
+    work; for any input it must give what the full path gives (the same key, or the same
+    refusal), or a suppression could silently stop applying."""
+    import random
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from mailwarden.addresses import _normalize_fully
+    rng = random.Random(15)
+    samples = ["Ann@Example.COM", "a@b", "-a@b.c", "a@-b.c", "a@b-.c", "a@xn--bcher-kva.example",
+               "a@b.xn--p1ai", "a@axn--b.c",
+               "a@xn--zz.example", "a@b.xn--.c", "a@XN--A.com", "a@xn--ls8h.la", "a.@b.c", "a..b@c.d", "a@b.c.", "<a@b.c>",
+               "x" * 64 + "@b.c", "x" * 65 + "@b.c", "a@" + "b" * 63 + ".c",
+               "a@" + "b" * 64 + ".c", "a@" + ".".join(["b" * 63] * 4), " a@b.c", "a@b.c "]
+    samples += ["".join(rng.choice(_EDGY) for _ in range(rng.randint(1, 12)))
+                for _ in range(20000)]
+    for text in samples:
+        assert _outcome(normalize_address, text) == _outcome(_normalize_fully, text), text
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=80))
+    def same(text: str) -> None:
+        assert _outcome(normalize_address, text) == _outcome(_normalize_fully, text)
+    same()

@@ -16,7 +16,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # Top-level modules of the extras' distributions (and what they pull in).
 EXTRA_MODULES = ("kopf", "kubernetes", "psycopg", "psycopg_pool", "aiohttp", "hyperscan",
                  "jsonschema", "yaml", "prometheus_client", "pythonjsonlogger", "grpc_health",
-                 "grpc_reflection")
+                 "grpc_reflection", "numpy")
 WITHOUT_EXTRAS = f"""
 import importlib.abc, sys
 class NotInstalled(importlib.abc.MetaPathFinder):

@@ -107,3 +107,47 @@ def test_the_cache_follows_the_server_and_our_writes(control_plane: ControlPlane
         informer.join(10)
         assert not informer.is_alive(), "an informer did not stop"
     assert time.monotonic() - started < 10
+
+
+def deployment_body(namespace: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": "c", "image": "none"}]}}}}
+
+
+def test_a_quiet_watch_resumes_and_status_changes_arrive(control_plane: ControlPlane,
+                                                         crds_installed: list[str],
+                                                         namespace: str,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """The Deployment controller's status reports (what a SpamPolicy's and an
+    UnsubscribeStore's status are made of) reach the cache within seconds, also after the
+    watch was silent for its whole read timeout (a dropped connection looks the same):
+    it resumes from the last version seen, without a relist."""
+    from mailwarden_operator.common import informer as informer_module
+    from mailwarden_operator.common.informer import start_informers
+    from mailwarden_operator.common.kube import DEPLOYMENTS
+
+    monkeypatch.setattr(informer_module, "WATCH_READ_TIMEOUT_SECONDS", 2)
+    kube = CountingKube(api_client_from_environment(str(control_plane.kubeconfig)))
+    start_informers(kube, [namespace])
+    try:
+        assert kube.wait_synced(30)
+        deployments = kube.informers[DEPLOYMENTS][0]
+        time.sleep(5)  # nothing changes: the watch reads nothing for longer than 2 s
+        for name, labels in (("mail-filter", {**OURS, "mailwarden.dev/spampolicy": "mail"}),
+                             ("sup-unsubscribe", {**OURS,
+                                                  "mailwarden.dev/unsubscribestore": "sup"})):
+            created = kube.server_side_apply(DEPLOYMENTS, namespace, name,
+                                             deployment_body(namespace, name, labels))
+            assert not (created.get("status") or {}).get("observedGeneration")
+            wait_for(f"the controller's status of {name} in the cache", lambda: (
+                (deployments.get(namespace, name) or {}).get("status") or {})
+                .get("replicas") == 1, timeout=10, interval=0.1)
+        assert deployments.relists == 1, "a quiet watch was taken for a broken one"
+        assert kube.requests == [f"PATCH /apis/apps/v1/namespaces/{namespace}/deployments/"
+                                 f"{name}" for name in ("mail-filter", "sup-unsubscribe")]
+    finally:
+        kube.stop_informers()

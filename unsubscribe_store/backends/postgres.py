@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -33,6 +34,7 @@ from mailwarden.suppression import Reason
 from unsubscribe_store import migrations
 from unsubscribe_store.model import (
     Change,
+    ForgetResult,
     IdempotencyConflict,
     ImportRow,
     Op,
@@ -85,12 +87,17 @@ logged AS (
 SELECT count(*), count(*) FILTER (WHERE NOT existed) FROM writes"""
 
 
+# Enum look-ups by value cost a call each; a change feed turns every change into one.
+_REASONS = {r.value: r for r in Reason}
+_OPS = {o.value: o for o in Op}
+
+
 def _suppression(row: tuple) -> Suppression:
-    return Suppression(row[0], row[1], Reason(row[2]), row[3], row[4], row[5])
+    return Suppression(row[0], row[1], _REASONS[row[2]], row[3], row[4], row[5])
 
 
 def _change(row: tuple) -> Change:
-    return Change(row[0], Op(row[1]), row[2], row[3], Reason(row[4]), row[5], row[6])
+    return Change(row[0], _OPS[row[1]], row[2], row[3], _REASONS[row[4]], row[5], row[6])
 
 
 class PostgresStore(Store):
@@ -459,6 +466,57 @@ class PostgresStore(Store):
         rows = await self._read(f"SELECT {_SUPP_COLS} FROM unsubscribe_suppressions {clause} "
                                 "ORDER BY address, scope LIMIT %s", (*params, limit))
         return [_suppression(r) for r in rows]
+
+    async def _delete_changes(self, keep_changes: int, before: datetime, limit: int) -> int:
+        async def body(conn, seq: int) -> tuple[int, int]:
+            cur = await conn.execute(
+                "DELETE FROM unsubscribe_changes WHERE seq IN (SELECT seq FROM "
+                "unsubscribe_changes WHERE seq <= %s AND at < %s ORDER BY seq LIMIT %s)",
+                (seq - 1 - keep_changes, before, limit))
+            return cur.rowcount, seq - 1
+        return await self._write(body)
+
+    async def _delete_keys(self, before: datetime, limit: int) -> int:
+        async def body(conn, seq: int) -> tuple[int, int]:
+            cur = await conn.execute(
+                "DELETE FROM unsubscribe_idempotency_keys WHERE key IN (SELECT key FROM "
+                "unsubscribe_idempotency_keys WHERE created_at < %s LIMIT %s)", (before, limit))
+            return cur.rowcount, seq - 1
+        return await self._write(body)
+
+    async def forget(self, address: str, marker: Callable[[str], str]) -> ForgetResult:
+        async def body(conn, seq: int) -> tuple[ForgetResult, int]:
+            cur = await conn.execute("SELECT scope FROM unsubscribe_suppressions "
+                                     "WHERE address = %s", (address,))
+            scopes = [r[0] for r in await cur.fetchall()]
+            for scope in scopes:
+                await conn.execute("UPDATE unsubscribe_suppressions SET address = %s "
+                                   "WHERE address = %s AND scope = %s",
+                                   (marker(scope), address, scope))
+            cur = await conn.execute("SELECT DISTINCT scope FROM unsubscribe_changes "
+                                     "WHERE address = %s", (address,))
+            history = 0
+            for (scope,) in await cur.fetchall():
+                done = await conn.execute("UPDATE unsubscribe_changes SET address = %s "
+                                          "WHERE address = %s AND scope = %s",
+                                          (marker(scope), address, scope))
+                history += done.rowcount
+            await conn.execute("DELETE FROM unsubscribe_idempotency_keys WHERE address = %s",
+                               (address,))
+            return ForgetResult(len(scopes), history), seq - 1
+        return await self._write(body)
+
+    async def forgotten_under_other_keys(self, prefix: str) -> int:
+        rows = await self._read(
+            "SELECT count(*) FROM unsubscribe_suppressions WHERE address LIKE '#fp:%%' "
+            "AND strpos(address, '@') = 0 AND left(address, %s) <> %s", (len(prefix), prefix))
+        return int(rows[0][0])
+
+    async def log_floor(self) -> int:
+        rows = await self._read(
+            "SELECT (SELECT min(seq) FROM unsubscribe_changes), value FROM unsubscribe_sequence")
+        oldest, head = rows[0]
+        return int(head) if oldest is None else int(oldest) - 1
 
     async def count(self) -> int:
         rows = await self._read("SELECT count(*) FROM unsubscribe_suppressions")

@@ -25,6 +25,7 @@ from mailwarden.suppression import Reason
 from unsubscribe_store import migrations
 from unsubscribe_store.model import (
     Change,
+    ForgetResult,
     IdempotencyConflict,
     ImportRow,
     Op,
@@ -55,12 +56,17 @@ def _ts(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
+# Enum look-ups by value cost a call each; a change feed turns every change into one.
+_REASONS = {r.value: r for r in Reason}
+_OPS = {o.value: o for o in Op}
+
+
 def _suppression(row: tuple) -> Suppression:
-    return Suppression(row[0], row[1], Reason(row[2]), row[3], _ts(row[4]), int(row[5]))
+    return Suppression(row[0], row[1], _REASONS[row[2]], row[3], _ts(row[4]), int(row[5]))
 
 
 def _change(row: tuple) -> Change:
-    return Change(int(row[0]), Op(row[1]), row[2], row[3], Reason(row[4]), row[5], _ts(row[6]))
+    return Change(int(row[0]), _OPS[row[1]], row[2], row[3], _REASONS[row[4]], row[5], _ts(row[6]))
 
 
 class SqliteStore(Store):
@@ -394,6 +400,57 @@ class SqliteStore(Store):
                                     f"{clause} ORDER BY address, scope LIMIT ?",
                                     (*params, limit))
         return [_suppression(r) for r in rows]
+
+    async def _delete_changes(self, keep_changes: int, before: datetime, limit: int) -> int:
+        def body(conn: sqlite3.Connection, seq: int) -> tuple[int, int]:
+            # The oldest rows first, by the primary key: one range delete per batch.
+            deleted = conn.execute(
+                "DELETE FROM unsubscribe_changes WHERE seq IN (SELECT seq FROM "
+                "unsubscribe_changes WHERE seq <= ? AND at < ? ORDER BY seq LIMIT ?)",
+                (seq - 1 - keep_changes, before.astimezone(timezone.utc).isoformat(
+                    timespec="microseconds"), limit)).rowcount
+            return deleted, seq - 1
+        return await self._write(body)
+
+    async def _delete_keys(self, before: datetime, limit: int) -> int:
+        def body(conn: sqlite3.Connection, seq: int) -> tuple[int, int]:
+            deleted = conn.execute(
+                "DELETE FROM unsubscribe_idempotency_keys WHERE key IN (SELECT key FROM "
+                "unsubscribe_idempotency_keys WHERE created_at < ? LIMIT ?)",
+                (before.astimezone(timezone.utc).isoformat(timespec="microseconds"),
+                 limit)).rowcount
+            return deleted, seq - 1
+        return await self._write(body)
+
+    async def forget(self, address: str, marker: Callable[[str], str]) -> ForgetResult:
+        def body(conn: sqlite3.Connection, seq: int) -> tuple[ForgetResult, int]:
+            scopes = [r[0] for r in conn.execute(
+                "SELECT scope FROM unsubscribe_suppressions WHERE address = ?", (address,))]
+            for scope in scopes:
+                conn.execute("UPDATE unsubscribe_suppressions SET address = ? "
+                             "WHERE address = ? AND scope = ?", (marker(scope), address, scope))
+            history = 0
+            for (scope,) in conn.execute("SELECT DISTINCT scope FROM unsubscribe_changes "
+                                         "WHERE address = ?", (address,)).fetchall():
+                history += conn.execute("UPDATE unsubscribe_changes SET address = ? "
+                                        "WHERE address = ? AND scope = ?",
+                                        (marker(scope), address, scope)).rowcount
+            conn.execute("DELETE FROM unsubscribe_idempotency_keys WHERE address = ?",
+                         (address,))
+            return ForgetResult(len(scopes), history), seq - 1
+        return await self._write(body)
+
+    async def forgotten_under_other_keys(self, prefix: str) -> int:
+        rows = await self._run_read(
+            "SELECT count(*) FROM unsubscribe_suppressions WHERE address LIKE '#fp:%' "
+            "AND instr(address, '@') = 0 AND substr(address, 1, ?) != ?", (len(prefix), prefix))
+        return int(rows[0][0])
+
+    async def log_floor(self) -> int:
+        rows = await self._run_read(
+            "SELECT (SELECT min(seq) FROM unsubscribe_changes), value FROM unsubscribe_sequence")
+        oldest, head = rows[0]
+        return int(head) if oldest is None else int(oldest) - 1
 
     async def count(self) -> int:
         rows = await self._run_read("SELECT count(*) FROM unsubscribe_suppressions")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+mailwarden/unsubscribe/v1/unsubscribe.proto\x12\x19mailwarden.unsubscribe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\x12UnsubscribeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x31\n\x06reason\x18\x03 \x01(\x0e\x32!.mailwarden.unsubscribe.v1.Reason\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"`\n\x13UnsubscribeResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\"j\n\x0c\x43heckRequest\x12\x11\n\taddresses\x18\x01 \x03(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x38\n\nmail_class\x18\x03 \x01(\x0e\x32$.mailwarden.unsubscribe.v1.MailClass\"\xb2\x01\n\x0bSuppression\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x31\n\x06reason\x18\x03 \x01(\x0e\x32!.mailwarden.unsubscribe.v1.Reason\x12\x0e\n\x06source\x18\x04 \x01(\t\x12.\n\nfirst_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x04\"W\n\x0b\x43heckResult\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x37\n\x07matched\x18\x02 \x03(\x0b\x32&.mailwarden.unsubscribe.v1.Suppression\"b\n\rCheckResponse\x12:\n\nsuppressed\x18\x01 \x03(\x0b\x32&.mailwarden.unsubscribe.v1.CheckResult\x12\x15\n\rhead_sequence\x18\x02 \x01(\x04\"R\n\x0cWatchRequest\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x04\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x01\"\xd6\x01\n\x06\x43hange\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x02op\x18\x02 \x01(\x0e\x32#.mailwarden.unsubscribe.v1.ChangeOp\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x31\n\x06reason\x18\x05 \x01(\x0e\x32!.mailwarden.unsubscribe.v1.Reason\x12\x0e\n\x06source\x18\x06 \x01(\t\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\rSnapshotChunk\x12<\n\x0csuppressions\x18\x01 \x03(\x0b\x32&.mailwarden.unsubscribe.v1.Suppression\".\n\x0bSnapshotEnd\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"S\n\tHeartbeat\x12\x15\n\rhead_sequence\x18\x01 \x01(\x04\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x02\n\nWatchEvent\x12\x42\n\x0esnapshot_chunk\x18\x01 \x01(\x0b\x32(.mailwarden.unsubscribe.v1.SnapshotChunkH\x00\x12>\n\x0csnapshot_end\x18\x02 \x01(\x0b\x32&.mailwarden.unsubscribe.v1.SnapshotEndH\x00\x12\x33\n\x06\x63hange\x18\x03 \x01(\x0b\x32!.mailwarden.unsubscribe.v1.ChangeH\x00\x12\x39\n\theartbeat\x18\x04 \x01(\x0b\x32$.mailwarden.unsubscribe.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent\"D\n\x12ResubscribeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"8\n\x13ResubscribeResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0f\n\x07removed\x18\x02 \x01(\x08\"\xce\x01\n\x0bImportChunk\x12\x31\n\x06\x66ormat\x18\x01 \x01(\x0e\x32!.mailwarden.unsubscribe.v1.Format\x12\x15\n\rdefault_scope\x18\x02 \x01(\t\x12\x39\n\x0e\x64\x65\x66\x61ult_reason\x18\x03 \x01(\x0e\x32!.mailwarden.unsubscribe.v1.Reason\x12\x16\n\x0e\x64\x65\x66\x61ult_source\x18\x04 \x01(\t\x12\x14\n\x0cskip_invalid\x18\x05 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\",\n\x0bImportError\x12\x0c\n\x04line\x18\x01 \x01(\x04\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xad\x01\n\rImportSummary\x12\x0c\n\x04rows\x18\x01 \x01(\x04\x12\x10\n\x08inserted\x18\x02 \x01(\x04\x12\x17\n\x0f\x61lready_existed\x18\x03 \x01(\x04\x12\x36\n\x06\x65rrors\x18\x04 \x03(\x0b\x32&.mailwarden.unsubscribe.v1.ImportError\x12\x14\n\x0cinvalid_rows\x18\x05 \x01(\x04\x12\x15\n\rlast_sequence\x18\x06 \x01(\x04\"Q\n\rExportRequest\x12\x31\n\x06\x66ormat\x18\x01 \x01(\x0e\x32!.mailwarden.unsubscribe.v1.Format\x12\r\n\x05scope\x18\x02 \x01(\t\"\x1b\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x12\n\x10GetStatusRequest\"\xaf\x01\n\x0bStoreStatus\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x18\n\x10highly_available\x18\x04 \x01(\x08\x12\x12\n\ndurability\x18\x05 \x01(\t\x12\x15\n\rhead_sequence\x18\x06 \x01(\x04\x12\x15\n\rsync_standbys\x18\x07 \x01(\r\x12\x14\n\x0csuppressions\x18\x08 \x01(\x04*X\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0f\n\x0bUNSUBSCRIBE\x10\x01\x12\r\n\tCOMPLAINT\x10\x02\x12\n\n\x06\x42OUNCE\x10\x03\x12\n\n\x06MANUAL\x10\x04*D\n\tMailClass\x12\x1a\n\x16MAIL_CLASS_UNSPECIFIED\x10\x00\x12\x08\n\x04\x42ULK\x10\x01\x12\x11\n\rTRANSACTIONAL\x10\x02*D\n\x08\x43hangeOp\x12\x19\n\x15\x43HANGE_OP_UNSPECIFIED\x10\x00\x12\x0c\n\x08SUPPRESS\x10\x01\x12\x0f\n\x0bRESUBSCRIBE\x10\x02*4\n\x06\x46ormat\x12\x16\n\x12\x46ORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03\x43SV\x10\x01\x12\t\n\x05JSONL\x10\x02\x32\xc3\x05\n\x10UnsubscribeStore\x12l\n\x0bUnsubscribe\x12-.mailwarden.unsubscribe.v1.UnsubscribeRequest\x1a..mailwarden.unsubscribe.v1.UnsubscribeResponse\x12Z\n\x05\x43heck\x12\'.mailwarden.unsubscribe.v1.CheckRequest\x1a(.mailwarden.unsubscribe.v1.CheckResponse\x12Y\n\x05Watch\x12\'.mailwarden.unsubscribe.v1.WatchRequest\x1a%.mailwarden.unsubscribe.v1.WatchEvent0\x01\x12l\n\x0bResubscribe\x12-.mailwarden.unsubscribe.v1.ResubscribeRequest\x1a..mailwarden.unsubscribe.v1.ResubscribeResponse\x12\\\n\x06Import\x12&.mailwarden.unsubscribe.v1.ImportChunk\x1a(.mailwarden.unsubscribe.v1.ImportSummary(\x01\x12\\\n\x06\x45xport\x12(.mailwarden.unsubscribe.v1.ExportRequest\x1a&.mailwarden.unsubscribe.v1.ExportChunk0\x01\x12`\n\tGetStatus\x12+.mailwarden.unsubscribe.v1.GetStatusRequest\x1a&.mailwarden.unsubscribe.v1.StoreStatusB1Z/mailwarden.dev/api/unsubscribe/v1;unsubscribev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+mailwarden/unsubscribe/v1/unsubscribe.proto\x12\x19mailwarden.unsubscribe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\x12UnsubscribeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x31\n\x06reason\x18\x03 \x01(\x0e\x32!.mailwarden.unsubscribe.v1.Reason\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"`\n\x13UnsubscribeResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\"j\n\x0c\x43heckRequest\x12\x11\n\taddresses\x18\x01 \x03(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x38\n\nmail_class\x18\x03 \x01(\x0e\x32$.mailwarden.unsubscribe.v1.MailClass\"\xb2\x01\n\x0bSuppression\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x31\n\x06reason\x18\x03 \x01(\x0e\x32!.mailwarden.unsubscribe.v1.Reason\x12\x0e\n\x06source\x18\x04 \x01(\t\x12.\n\nfirst_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x04\"W\n\x0b\x43heckResult\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x37\n\x07matched\x18\x02 \x03(\x0b\x32&.mailwarden.unsubscribe.v1.Suppression\"b\n\rCheckResponse\x12:\n\nsuppressed\x18\x01 \x03(\x0b\x32&.mailwarden.unsubscribe.v1.CheckResult\x12\x15\n\rhead_sequence\x18\x02 \x01(\x04\"R\n\x0cWatchRequest\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x04\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x01\"\xd6\x01\n\x06\x43hange\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x02op\x18\x02 \x01(\x0e\x32#.mailwarden.unsubscribe.v1.ChangeOp\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x31\n\x06reason\x18\x05 \x01(\x0e\x32!.mailwarden.unsubscribe.v1.Reason\x12\x0e\n\x06source\x18\x06 \x01(\t\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\rSnapshotChunk\x12<\n\x0csuppressions\x18\x01 \x03(\x0b\x32&.mailwarden.unsubscribe.v1.Suppression\".\n\x0bSnapshotEnd\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"S\n\tHeartbeat\x12\x15\n\rhead_sequence\x18\x01 \x01(\x04\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x02\n\nWatchEvent\x12\x42\n\x0esnapshot_chunk\x18\x01 \x01(\x0b\x32(.mailwarden.unsubscribe.v1.SnapshotChunkH\x00\x12>\n\x0csnapshot_end\x18\x02 \x01(\x0b\x32&.mailwarden.unsubscribe.v1.SnapshotEndH\x00\x12\x33\n\x06\x63hange\x18\x03 \x01(\x0b\x32!.mailwarden.unsubscribe.v1.ChangeH\x00\x12\x39\n\theartbeat\x18\x04 \x01(\x0b\x32$.mailwarden.unsubscribe.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent\",\n\x1a\x46ingerprintSnapshotRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\x0c\"6\n\x18\x46ingerprintSnapshotChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x04\" \n\rForgetRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"7\n\x0e\x46orgetResponse\x12\x14\n\x0csuppressions\x18\x01 \x01(\x04\x12\x0f\n\x07history\x18\x02 \x01(\x04\"D\n\x12ResubscribeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"8\n\x13ResubscribeResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0f\n\x07removed\x18\x02 \x01(\x08\"\xce\x01\n\x0bImportChunk\x12\x31\n\x06\x66ormat\x18\x01 \x01(\x0e\x32!.mailwarden.unsubscribe.v1.Format\x12\x15\n\rdefault_scope\x18\x02 \x01(\t\x12\x39\n\x0e\x64\x65\x66\x61ult_reason\x18\x03 \x01(\x0e\x32!.mailwarden.unsubscribe.v1.Reason\x12\x16\n\x0e\x64\x65\x66\x61ult_source\x18\x04 \x01(\t\x12\x14\n\x0cskip_invalid\x18\x05 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\",\n\x0bImportError\x12\x0c\n\x04line\x18\x01 \x01(\x04\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xad\x01\n\rImportSummary\x12\x0c\n\x04rows\x18\x01 \x01(\x04\x12\x10\n\x08inserted\x18\x02 \x01(\x04\x12\x17\n\x0f\x61lready_existed\x18\x03 \x01(\x04\x12\x36\n\x06\x65rrors\x18\x04 \x03(\x0b\x32&.mailwarden.unsubscribe.v1.ImportError\x12\x14\n\x0cinvalid_rows\x18\x05 \x01(\x04\x12\x15\n\rlast_sequence\x18\x06 \x01(\x04\"Q\n\rExportRequest\x12\x31\n\x06\x66ormat\x18\x01 \x01(\x0e\x32!.mailwarden.unsubscribe.v1.Format\x12\r\n\x05scope\x18\x02 \x01(\t\"\x1b\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x12\n\x10GetStatusRequest\"\xaf\x01\n\x0bStoreStatus\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x18\n\x10highly_available\x18\x04 \x01(\x08\x12\x12\n\ndurability\x18\x05 \x01(\t\x12\x15\n\rhead_sequence\x18\x06 \x01(\x04\x12\x15\n\rsync_standbys\x18\x07 \x01(\r\x12\x14\n\x0csuppressions\x18\x08 \x01(\x04*X\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0f\n\x0bUNSUBSCRIBE\x10\x01\x12\r\n\tCOMPLAINT\x10\x02\x12\n\n\x06\x42OUNCE\x10\x03\x12\n\n\x06MANUAL\x10\x04*D\n\tMailClass\x12\x1a\n\x16MAIL_CLASS_UNSPECIFIED\x10\x00\x12\x08\n\x04\x42ULK\x10\x01\x12\x11\n\rTRANSACTIONAL\x10\x02*D\n\x08\x43hangeOp\x12\x19\n\x15\x43HANGE_OP_UNSPECIFIED\x10\x00\x12\x0c\n\x08SUPPRESS\x10\x01\x12\x0f\n\x0bRESUBSCRIBE\x10\x02*4\n\x06\x46ormat\x12\x16\n\x12\x46ORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03\x43SV\x10\x01\x12\t\n\x05JSONL\x10\x02\x32\xa8\x07\n\x10UnsubscribeStore\x12l\n\x0bUnsubscribe\x12-.mailwarden.unsubscribe.v1.UnsubscribeRequest\x1a..mailwarden.unsubscribe.v1.UnsubscribeResponse\x12Z\n\x05\x43heck\x12\'.mailwarden.unsubscribe.v1.CheckRequest\x1a(.mailwarden.unsubscribe.v1.CheckResponse\x12Y\n\x05Watch\x12\'.mailwarden.unsubscribe.v1.WatchRequest\x1a%.mailwarden.unsubscribe.v1.WatchEvent0\x01\x12\x83\x01\n\x13\x46ingerprintSnapshot\x12\x35.mailwarden.unsubscribe.v1.FingerprintSnapshotRequest\x1a\x33.mailwarden.unsubscribe.v1.FingerprintSnapshotChunk0\x01\x12l\n\x0bResubscribe\x12-.mailwarden.unsubscribe.v1.ResubscribeRequest\x1a..mailwarden.unsubscribe.v1.ResubscribeResponse\x12]\n\x06\x46orget\x12(.mailwarden.unsubscribe.v1.ForgetRequest\x1a).mailwarden.unsubscribe.v1.ForgetResponse\x12\\\n\x06Import\x12&.mailwarden.unsubscribe.v1.ImportChunk\x1a(.mailwarden.unsubscribe.v1.ImportSummary(\x01\x12\\\n\x06\x45xport\x12(.mailwarden.unsubscribe.v1.ExportRequest\x1a&.mailwarden.unsubscribe.v1.ExportChunk0\x01\x12`\n\tGetStatus\x12+.mailwarden.unsubscribe.v1.GetStatusRequest\x1a&.mailwarden.unsubscribe.v1.StoreStatusB1Z/mailwarden.dev/api/unsubscribe/v1;unsubscribev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mailwarden.unsubscribe.v1.u
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z/mailwarden.dev/api/unsubscribe/v1;unsubscribev1'
-  _globals['_REASON']._serialized_start=2480
-  _globals['_REASON']._serialized_end=2568
-  _globals['_MAILCLASS']._serialized_start=2570
-  _globals['_MAILCLASS']._serialized_end=2638
-  _globals['_CHANGEOP']._serialized_start=2640
-  _globals['_CHANGEOP']._serialized_end=2708
-  _globals['_FORMAT']._serialized_start=2710
-  _globals['_FORMAT']._serialized_end=2762
+  _globals['_REASON']._serialized_start=2673
+  _globals['_REASON']._serialized_end=2761
+  _globals['_MAILCLASS']._serialized_start=2763
+  _globals['_MAILCLASS']._serialized_end=2831
+  _globals['_CHANGEOP']._serialized_start=2833
+  _globals['_CHANGEOP']._serialized_end=2901
+  _globals['_FORMAT']._serialized_start=2903
+  _globals['_FORMAT']._serialized_end=2955
   _globals['_UNSUBSCRIBEREQUEST']._serialized_start=108
   _globals['_UNSUBSCRIBEREQUEST']._serialized_end=252
   _globals['_UNSUBSCRIBERESPONSE']._serialized_start=254
@@ -65,24 +65,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT']._serialized_end=1341
   _globals['_WATCHEVENT']._serialized_start=1344
   _globals['_WATCHEVENT']._serialized_end=1609
-  _globals['_RESUBSCRIBEREQUEST']._serialized_start=1611
-  _globals['_RESUBSCRIBEREQUEST']._serialized_end=1679
-  _globals['_RESUBSCRIBERESPONSE']._serialized_start=1681
-  _globals['_RESUBSCRIBERESPONSE']._serialized_end=1737
-  _globals['_IMPORTCHUNK']._serialized_start=1740
-  _globals['_IMPORTCHUNK']._serialized_end=1946
-  _globals['_IMPORTERROR']._serialized_start=1948
-  _globals['_IMPORTERROR']._serialized_end=1992
-  _globals['_IMPORTSUMMARY']._serialized_start=1995
-  _globals['_IMPORTSUMMARY']._serialized_end=2168
-  _globals['_EXPORTREQUEST']._serialized_start=2170
-  _globals['_EXPORTREQUEST']._serialized_end=2251
-  _globals['_EXPORTCHUNK']._serialized_start=2253
-  _globals['_EXPORTCHUNK']._serialized_end=2280
-  _globals['_GETSTATUSREQUEST']._serialized_start=2282
-  _globals['_GETSTATUSREQUEST']._serialized_end=2300
-  _globals['_STORESTATUS']._serialized_start=2303
-  _globals['_STORESTATUS']._serialized_end=2478
-  _globals['_UNSUBSCRIBESTORE']._serialized_start=2765
-  _globals['_UNSUBSCRIBESTORE']._serialized_end=3472
+  _globals['_FINGERPRINTSNAPSHOTREQUEST']._serialized_start=1611
+  _globals['_FINGERPRINTSNAPSHOTREQUEST']._serialized_end=1655
+  _globals['_FINGERPRINTSNAPSHOTCHUNK']._serialized_start=1657
+  _globals['_FINGERPRINTSNAPSHOTCHUNK']._serialized_end=1711
+  _globals['_FORGETREQUEST']._serialized_start=1713
+  _globals['_FORGETREQUEST']._serialized_end=1745
+  _globals['_FORGETRESPONSE']._serialized_start=1747
+  _globals['_FORGETRESPONSE']._serialized_end=1802
+  _globals['_RESUBSCRIBEREQUEST']._serialized_start=1804
+  _globals['_RESUBSCRIBEREQUEST']._serialized_end=1872
+  _globals['_RESUBSCRIBERESPONSE']._serialized_start=1874
+  _globals['_RESUBSCRIBERESPONSE']._serialized_end=1930
+  _globals['_IMPORTCHUNK']._serialized_start=1933
+  _globals['_IMPORTCHUNK']._serialized_end=2139
+  _globals['_IMPORTERROR']._serialized_start=2141
+  _globals['_IMPORTERROR']._serialized_end=2185
+  _globals['_IMPORTSUMMARY']._serialized_start=2188
+  _globals['_IMPORTSUMMARY']._serialized_end=2361
+  _globals['_EXPORTREQUEST']._serialized_start=2363
+  _globals['_EXPORTREQUEST']._serialized_end=2444
+  _globals['_EXPORTCHUNK']._serialized_start=2446
+  _globals['_EXPORTCHUNK']._serialized_end=2473
+  _globals['_GETSTATUSREQUEST']._serialized_start=2475
+  _globals['_GETSTATUSREQUEST']._serialized_end=2493
+  _globals['_STORESTATUS']._serialized_start=2496
+  _globals['_STORESTATUS']._serialized_end=2671
+  _globals['_UNSUBSCRIBESTORE']._serialized_start=2958
+  _globals['_UNSUBSCRIBESTORE']._serialized_end=3894
 # @@protoc_insertion_point(module_scope)

@@ -180,6 +180,34 @@ class WatchEvent(_message.Message):
     heartbeat: Heartbeat
     def __init__(self, snapshot_chunk: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., snapshot_end: _Optional[_Union[SnapshotEnd, _Mapping]] = ..., change: _Optional[_Union[Change, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
+class FingerprintSnapshotRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: bytes
+    def __init__(self, key_id: _Optional[bytes] = ...) -> None: ...
+
+class FingerprintSnapshotChunk(_message.Message):
+    __slots__ = ("data", "size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size: int
+    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ForgetRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class ForgetResponse(_message.Message):
+    __slots__ = ("suppressions", "history")
+    SUPPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    suppressions: int
+    history: int
+    def __init__(self, suppressions: _Optional[int] = ..., history: _Optional[int] = ...) -> None: ...
+
 class ResubscribeRequest(_message.Message):
     __slots__ = ("address", "scope", "source")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]

@@ -49,10 +49,20 @@ class UnsubscribeStoreStub:
                 request_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.WatchRequest.SerializeToString,
                 response_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.FingerprintSnapshot = channel.unary_stream(
+                '/mailwarden.unsubscribe.v1.UnsubscribeStore/FingerprintSnapshot',
+                request_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.FingerprintSnapshotRequest.SerializeToString,
+                response_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.FingerprintSnapshotChunk.FromString,
+                _registered_method=True)
         self.Resubscribe = channel.unary_unary(
                 '/mailwarden.unsubscribe.v1.UnsubscribeStore/Resubscribe',
                 request_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeRequest.SerializeToString,
                 response_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeResponse.FromString,
+                _registered_method=True)
+        self.Forget = channel.unary_unary(
+                '/mailwarden.unsubscribe.v1.UnsubscribeStore/Forget',
+                request_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ForgetRequest.SerializeToString,
+                response_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ForgetResponse.FromString,
                 _registered_method=True)
         self.Import = channel.stream_unary(
                 '/mailwarden.unsubscribe.v1.UnsubscribeStore/Import',
@@ -105,11 +115,37 @@ class UnsubscribeStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FingerprintSnapshot(self, request, context):
+        """The suppression set as keyed fingerprints, for a filter pod's cold start: the bytes of
+        a suppression index file (mailwarden/fingerprint_index.py: header with the format, the
+        key id and the change-log sequence S it reflects, then sorted 8-byte entries), built
+        and kept current by the store with the fingerprint key it shares with the filter pods.
+        One bulk transfer instead of one message per suppression; the consumer then Watches
+        from S (snapshot=false), which makes its set exact as a Watch snapshot does. No
+        plaintext address is sent. FAILED_PRECONDITION when the store has no fingerprint key
+        or another key than key_id (the consumer takes a Watch snapshot instead).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Resubscribe(self, request, context):
         """Remove a suppression (a person explicitly opted back in). An admin method, like Import
         and Export: the caller's client certificate must be one the server names as an admin
         client, or the call must carry `authorization: Bearer <admin credential>` metadata, a
         credential distinct from anything senders hold. Disabled when the server has neither.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Forget(self, request, context):
+        """Erasure that keeps the objection (GDPR arts. 17 and 21): every suppression of the
+        address stays in force, but the store keeps only its keyed fingerprint in each scope
+        ("#fp:<key id>:<fingerprint>", the value filter pods look up) instead of the address, in
+        the suppressions and the change log; its idempotency keys are dropped. Check still
+        answers for the address; Watch and Export show the fingerprint form. Admin only; needs
+        the store's fingerprint key (FAILED_PRECONDITION without one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,10 +192,20 @@ def add_UnsubscribeStoreServicer_to_server(servicer, server):
                     request_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.WatchRequest.FromString,
                     response_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.WatchEvent.SerializeToString,
             ),
+            'FingerprintSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.FingerprintSnapshot,
+                    request_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.FingerprintSnapshotRequest.FromString,
+                    response_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.FingerprintSnapshotChunk.SerializeToString,
+            ),
             'Resubscribe': grpc.unary_unary_rpc_method_handler(
                     servicer.Resubscribe,
                     request_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeRequest.FromString,
                     response_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeResponse.SerializeToString,
+            ),
+            'Forget': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forget,
+                    request_deserializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ForgetRequest.FromString,
+                    response_serializer=mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ForgetResponse.SerializeToString,
             ),
             'Import': grpc.stream_unary_rpc_method_handler(
                     servicer.Import,
@@ -269,6 +315,33 @@ class UnsubscribeStore:
             _registered_method=True)
 
     @staticmethod
+    def FingerprintSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mailwarden.unsubscribe.v1.UnsubscribeStore/FingerprintSnapshot',
+            mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.FingerprintSnapshotRequest.SerializeToString,
+            mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.FingerprintSnapshotChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Resubscribe(request,
             target,
             options=(),
@@ -285,6 +358,33 @@ class UnsubscribeStore:
             '/mailwarden.unsubscribe.v1.UnsubscribeStore/Resubscribe',
             mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeRequest.SerializeToString,
             mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ResubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailwarden.unsubscribe.v1.UnsubscribeStore/Forget',
+            mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ForgetRequest.SerializeToString,
+            mailwarden_dot_unsubscribe_dot_v1_dot_unsubscribe__pb2.ForgetResponse.FromString,
             options,
             channel_credentials,
             insecure,

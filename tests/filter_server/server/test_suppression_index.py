@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from filter_server.server.suppression_cache import SuppressionCache
-from filter_server.server.suppression_index import (
+from mailwarden.fingerprint_index import (
     HEADER_BYTES,
     IndexUnusable,
     SortedFingerprints,
     build,
     entry,
 )
-from filter_server.server.suppression_key import FingerprintKey, KeyUnusable
+from mailwarden.fingerprints import FingerprintKey, KeyUnusable
 from mailwarden.suppression import MailClass, Reason, applies
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 
@@ -74,7 +74,7 @@ def test_lookup_finds_members_and_their_complaint_bit_only() -> None:
 def test_a_fingerprint_collision_keeps_the_stricter_entry() -> None:
     buffer = np.array([entry(7, False), entry(7, True), entry(3, False)], dtype="<u8")
     buffer.sort()
-    from filter_server.server.suppression_index import _unique
+    from mailwarden.fingerprint_index import _unique
     index = SortedFingerprints(_unique(buffer))
     assert len(index) == 2 and index.lookup(7) is True and index.lookup(3) is False
 
@@ -198,9 +198,34 @@ def test_the_directory_finds_every_entry_at_every_size(tmp_path: Path, count: in
 
 
 @pytest.mark.parametrize("key", [b"k" * 32, b"long" * 40])
-def test_fingerprints_are_hmac_sha256_truncated(key: bytes) -> None:
-    import hmac
+def test_fingerprints_are_keyed_blake2b_of_scope_and_address(key: bytes) -> None:
+    import hashlib
+    # BLAKE2b takes at most 64 key bytes: a longer key is hashed down to 64 first.
+    mac_key = key if len(key) <= 64 else hashlib.blake2b(key, digest_size=64).digest()
     for address, scope in [("ann@example.com", "news"), ("bücher@xn--bcher-kva.example", "*")]:
-        digest = hmac.digest(key, f"{scope}\0{address}".encode(), "sha256")
-        assert FingerprintKey(key).fingerprint(address, scope) == \
-            int.from_bytes(digest[:8], "big") >> 1
+        data = f"{scope}\0{address}".encode()
+        expected = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=mac_key).digest(),
+                                  "little") >> 1
+        assert FingerprintKey(key).fingerprint(address, scope) == expected
+        assert FingerprintKey(key).fingerprint_bytes(data) == expected
+
+
+def test_an_index_of_the_former_format_is_refused_not_misread(tmp_path: Path) -> None:
+    """A pod upgraded over an index written by format 2 (HMAC-SHA256 fingerprints): its
+    entries would never match a BLAKE2b fingerprint, so opening it must fail (the pod
+    rebuilds) instead of silently suppressing nobody."""
+    import struct
+
+    from mailwarden.fingerprint_index import HEADER, MAGIC
+    path = tmp_path / "old.idx"
+    index = build([("ann@example.com", "*", False)], KEY)
+    index.write(path, KEY, 7)
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<I", raw, 8, 2)  # the version field, right after the magic
+    assert HEADER.unpack_from(raw, 0)[0] == MAGIC
+    old = tmp_path / "v2.idx"
+    old.write_bytes(bytes(raw))
+    with pytest.raises(IndexUnusable, match="format 3"):
+        SortedFingerprints.open(old, KEY)
+    assert SortedFingerprints.open(path, KEY).lookup(KEY.fingerprint("ann@example.com", "*")) \
+        is False
