@@ -53,3 +53,20 @@ def operator_metric(kube: Kube, name: str, **labels: str) -> dict[str, float]:
     """`name` (summed over matching samples) per ready operator pod."""
     return {p["metadata"]["name"]: metric(operator_metrics(kube, p), name, **labels)
             for p in operator_pods(kube)}
+
+
+def peers(kube: Kube) -> dict[str, dict[str, Any]]:
+    """The ClusterKopfPeering's peers: identity -> {priority, lastseen, lifetime}."""
+    peering = kube.json("get", "clusterkopfpeering", PEERING, namespaced=False)
+    return dict(peering.get("status") or {})
+
+
+def active_operator(kube: Kube) -> dict[str, Any]:
+    """The ready operator pod whose peer has the highest priority (kopf's rule: every
+    other peer pauses while a higher-priority one is alive)."""
+    pods = {p["metadata"]["name"]: p for p in operator_pods(kube)}
+    ranked = sorted(((info.get("priority", 0), ident.split("/")[0])
+                     for ident, info in peers(kube).items()
+                     if ident.split("/")[0] in pods), reverse=True)
+    assert ranked, f"no ready operator pod in the peering ({list(pods)}, {peers(kube)})"
+    return pods[ranked[0][1]]

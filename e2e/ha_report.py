@@ -26,10 +26,14 @@ from tests.fault.report import machine
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = [
+    # The rollout with the operator takeover riding on it (scenario 5).
+    "e2e/test_50_rollout.py::test_policy_change_rolls_out_with_zero_failed_calls_under_load",
     "e2e/test_60_disruption.py::test_draining_a_node_respects_the_pdb_with_zero_failed_calls",
     "e2e/test_65_node_loss.py",
-    "e2e/test_67_operator_takeover.py",
-    "e2e/test_68_rollout_at_scale.py",
+    "e2e/test_70_hpa.py",
+    # After the surge: it leaves 10 replicas, which the HPA keeps for its scale-down
+    # stabilization (300 s), and the surge needs room above replicas.min.
+    "e2e/test_75_rollout_at_scale.py",
 ]
 # What sets each scenario's floor (the figures table's last column).
 FLOORS = {
@@ -37,14 +41,20 @@ FLOORS = {
              "(maxUnavailable 1), then a new pod's scheduling, start and readiness "
              "(gRPC probe period, policy compile)",
     "node loss (killed)": "NotReady: the controller manager's --node-monitor-grace-period "
-                          "(50 s); then the rendered tolerationSeconds; then a pod start",
-    "node loss (vanished)": "as killed for capacity; the clients' errors: how long a "
-                            "connection to a silent peer stays up (gRPC keepalive 30 s + "
-                            "10 s, TCP_USER_TIMEOUT) and the DNS answer (the endpoint leaves "
-                            "at NotReady)",
+                          "(20 s on the e2e control plane, 50 s by default); then the "
+                          "rendered tolerationSeconds (10 s); then a pod start",
+    "node loss (vanished)": "as killed for capacity; the clients' slow calls: the client "
+                            "keepalive (ping after 250 ms without a frame read, give up "
+                            "after 500 ms more), then a retry on a live pod",
     "rollout at 10 replicas": "the Deployment controller's pace: maxSurge new pods at a "
                               "time, each Ready (gRPC probe) plus minReadySeconds (5 s) "
                               "before an old one is drained (preStop, drain, grace)",
+    "surge -> HPA scale-up": "metrics-server's resolution (15 s) and the HPA's sync "
+                             "(15 s) before the decision; then the pod's start and policy "
+                             "compile; then the clients' re-resolution (a connection "
+                             "reaching the server's max age, 15 s)",
+    "surge over -> HPA scale-down": "the scale-down stabilization window (shortened to "
+                                    "30 s here; 300 s by default) and the 10 %/min policy",
     "operator takeover": "kopf peering: the dead peer's record expires after its lifetime "
                          "(15 s) and the standby notices at its next keep-alive",
 }
@@ -72,9 +82,17 @@ def render(lines: list[dict[str, Any]], command: str, minutes: float, status: in
            "|---|---|---|---|"]
     for line in lines:
         seen = line.get("clients") or {}
-        clients = (f"answered {line.get('answered')}, failed {line.get('failed')} "
-                   f"{line.get('codes') or ''}<br>disturbed (failed or > 1 s): "
-                   f"{seen.get('calls')}, window {seen.get('window_seconds')} s")
+        clients = f"answered {line.get('answered')}, failed {line.get('failed')} " \
+                  f"{line.get('codes') or ''}"
+        if seen:
+            clients += (f"<br>disturbed (failed or > 1 s): {seen.get('calls')}, "
+                        f"window {seen.get('window_seconds')} s")
+        if "shed" in line:
+            clients += f"<br>shed (RESOURCE_EXHAUSTED): {line['shed']}"
+        slow = line.get("slow_calls")
+        if slow:
+            clients += (f"<br>over 0.5 s: {slow.get('calls')}, slowest {slow.get('slowest')} s, "
+                        f"window {slow.get('window_seconds')} s")
         steps = sorted((line.get("timeline") or {}).items(), key=lambda kv: kv[1])
         timeline = "<br>".join(f"{k}: {_fmt(v)}" for k, v in steps)
         out.append(f"| {line['scenario']} | {clients} | {timeline} | "

@@ -252,15 +252,19 @@ def describe_load(summary: dict[str, Any]) -> str:
             f"(codes {summary['codes']}), latency per load pod {latencies}")
 
 
-def disturbance(summary: dict[str, Any], since: float = 0.0) -> dict[str, Any]:
+def disturbance(summary: dict[str, Any], since: float = 0.0,
+                slower_than: float = 0.0) -> dict[str, Any]:
     """What the load's clients saw after wall-clock time `since` (a fault's injection):
-    the calls that failed or were slow (mwclient's --slow-seconds), and the window from the
-    first such call's start to the last one's end (0 when there was none)."""
-    calls = [d for d in summary["disturbed"] if d[1] >= since]
+    the calls that failed or were slow (mwclient's --slow-seconds; only those slower than
+    `slower_than` too, when given), and the window from the first such call's start to the
+    last one's end (0 when there was none); `slowest`: the longest such call, seconds."""
+    calls = [d for d in summary["disturbed"]
+             if d[1] >= since and (d[2] != "OK" or d[1] - d[0] > slower_than)]
     window = (max(d[1] for d in calls) - min(d[0] for d in calls)) if calls else 0.0
     failed = [d for d in calls if d[2] != "OK"]
     return {"calls": len(calls), "failed": len(failed),
             "codes": {c: sum(1 for d in calls if d[2] == c) for c in {d[2] for d in calls}},
             "window_seconds": round(window, 3),
+            "slowest": round(max(d[1] - d[0] for d in calls), 3) if calls else None,
             "first": round(min(d[0] for d in calls) - since, 3) if calls else None,
             "last": round(max(d[1] for d in calls) - since, 3) if calls else None}

@@ -8,11 +8,12 @@ Reported and asserted: what the clients (a balancing `FilterClient` in a pod on 
 node) lost and for how long they saw errors or slow calls; when the node went NotReady;
 when the replacements were Ready (full capacity) and what set that time.
 
-Two ways to lose a node: `killed` (CI) -- its processes die, so the kernel still closes
-their connections (FIN/RST) before the network namespaces go, as when a node's processes
-crash; `vanished` (the report's long profile, MAILWARDEN_E2E_PROFILE=long) -- every packet
-to the node's pods is silently dropped first, as when a machine loses power or its link:
-no connection is closed, clients find out only by their own timeouts.
+Two ways to lose a node: `vanished` (CI) -- every packet to the node's pods is silently
+dropped first, as when a machine loses power or its link: no connection is closed, clients
+find out only by their own keepalive (mailwarden.client: a ping after 250 ms without a frame
+read, given up 500 ms later); `killed` (the report's long profile,
+MAILWARDEN_E2E_PROFILE=long) -- its processes die, so the kernel still closes their
+connections (FIN/RST) before the network namespaces go, as when a node's processes crash.
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ def filter_tolerations(pod: dict[str, Any]) -> dict[str, Any]:
             if t.get("effect") == "NoExecute"}
 
 
-# vanished-keepalive: the same, with the load client pinging every 1 s (keepalive time and
-# timeout): what a shorter client keepalive would buy (an experiment, not the default).
-MODES = (["killed", "vanished", "vanished-keepalive"] if figures.long_profile()
-         else ["killed"])
-KEEPALIVE_MS = 1000
+# CI runs `vanished`, the harder case for clients (they find out only by the keepalive of
+# mailwarden.client); the report's long profile adds `killed`.
+MODES = ["vanished", "killed"] if figures.long_profile() else ["vanished"]
+# Calls slower than this are listed too (the load's --slow-seconds), so the report shows
+# what a lost node costs below the 1 s the test asserts.
+SLOW_SECONDS = 0.5
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -91,12 +93,14 @@ def test_losing_a_node_under_load(e2e: E2E, mode: str) -> None:
         "pods", "-A", "--field-selector", f"spec.nodeName={node}", namespaced=False)
         if (p.get("status") or {}).get("podIP")]
 
-    extra = ("--keepalive-ms", str(KEEPALIVE_MS)) if mode == "vanished-keepalive" else ()
+    entered = time.monotonic()
     load = LoadRun(e2e.kube, e2e.image, e2e.target, threads=4, rate=40,
-                   avoid_nodes=(node,), extra_args=extra).start()
+                   avoid_nodes=(node,),
+                   extra_args=("--slow-seconds", str(SLOW_SECONDS))).start()
     timeline: dict[str, float] = {}
     try:
         load.wait_more_answers(40)
+        loaded = time.monotonic() - entered
         killed_at = time.time()
         began = time.monotonic()
         if mode.startswith("vanished"):
@@ -127,12 +131,23 @@ def test_losing_a_node_under_load(e2e: E2E, mode: str) -> None:
     finally:
         summary = load.stop()
         faults.unblackhole(addresses)
+        stopped = time.monotonic()
+        # What an administrator does for the pods of a node that is gone: a restarted
+        # node agent would otherwise give each its full termination grace (≈ 35 s here)
+        # before the objects go, and the next test waits for them.
+        for name in lost:
+            e2e.kube.run("delete", "pod", name, "--grace-period=0", "--force",
+                         "--wait=false", check=False)
         faults.restart_node(node)
+    restarted = time.monotonic() - stopped
     e2e.wait_policy_settled()
+    settled = time.monotonic() - stopped - restarted
 
-    seen = disturbance(summary, killed_at)
+    seen = disturbance(summary, killed_at, slower_than=1.0)
+    slow = disturbance(summary, killed_at)
     figures.record(f"node loss ({mode})", node=node, lost_pods=sorted(lost),
-                   timeline=timeline, clients=seen, answered=summary["ok"],
+                   timeline=timeline, clients=seen, slow_calls=slow,
+                   answered=summary["ok"],
                    failed=summary["failed"], codes=summary["codes"],
                    latency_ms=[p["latency_ms"] for p in summary["pods"]],
                    toleration_seconds=NODE_FAILURE_TOLERATION_SECONDS)
@@ -141,7 +156,10 @@ def test_losing_a_node_under_load(e2e: E2E, mode: str) -> None:
           f"\nclients: {seen['calls']} calls disturbed (failed or > {1.0:.0f} s), "
           f"{seen['failed']} failed, codes {seen['codes']}, window {seen['window_seconds']} s "
           f"(first {seen['first']} s, last {seen['last']} s after the kill); "
-          f"{describe_load(summary)}")
+          f"calls over {SLOW_SECONDS} s: {slow['calls']}, slowest {slow['slowest']} s, "
+          f"window {slow['window_seconds']} s; "
+          f"{describe_load(summary)}\ntest time: load running {loaded:.1f} s, node restarted "
+          f"{restarted:.1f} s, policy settled {settled:.1f} s after")
     # Replacement is bounded by what we set: NotReady + the rendered tolerationSeconds +
     # a pod start (the node-monitor period and scheduling add a few seconds).
     evicted_after = (timeline["lost pods evicted (taint + tolerationSeconds)"]

@@ -34,6 +34,24 @@ from mailwarden.wire import MESSAGE_BYTES_METADATA, REQUEST_BYTES_METADATA
 DEFAULT_DEADLINE_SECONDS = 5.0
 DEFAULT_MAX_ATTEMPTS = 4          # the gRPC service config allows at most 5
 DNS_MIN_RERESOLUTION_MS = 1000    # gRPC's default is 30000 (see FilterClient)
+# How soon a replica that vanished without closing its connections (a node losing power or
+# its link) is given up: after KEEPALIVE_TIME_MS with nothing read on a connection that has
+# calls in flight, the client pings, and closes the connection when no answer comes within
+# KEEPALIVE_TIMEOUT_MS; its calls are then retried on other replicas (UNAVAILABLE). So a
+# vanished replica costs its calls about 0.75 s (docs/fault.md, node loss, vanished;
+# with gRPC's usual 30 s / 10 s it was 10 s of DEADLINE_EXCEEDED). Not a ping storm: gRPC
+# pings only connections that have calls in flight and read nothing for KEEPALIVE_TIME_MS
+# (any frame read restarts the timer), and after the first ping at most once a second until
+# data arrives -- which the filter server permits (its min_ping_interval_without_data is
+# 500 ms, filter_server/server/worker.py); tests/mailwarden/test_client.py checks that a
+# pinging client is not sent GOAWAY too_many_pings. The timeout is also the connection's
+# TCP_USER_TIMEOUT: 500 ms rides out one TCP retransmission (200 ms minimum RTO on Linux).
+# The trade-off (docs/fault.md): a replica starved of CPU acks pings late. The fault suite's
+# surge at 5x capacity on a 2-core machine shared at load average 17-20 lost 2-5 % of its
+# calls to DEADLINE_EXCEEDED with 500 ms (two runs; 30 s / 10 s lost none there), none at
+# load average 5; 100 ms / 750 ms made the vanished node's slowest call 1.03 s (one run).
+KEEPALIVE_TIME_MS = 250
+KEEPALIVE_TIMEOUT_MS = 500
 _MAIL_CLASSES = {"bulk": filter_pb2.BULK, "transactional": filter_pb2.TRANSACTIONAL,
                  "": filter_pb2.MAIL_CLASS_UNSPECIFIED}
 
@@ -150,8 +168,8 @@ class FilterClient:
             ("grpc.per_rpc_retry_buffer_size", 64 * 1024 * 1024),
             ("grpc.retry_buffer_size", 256 * 1024 * 1024),
             ("grpc.max_send_message_length", -1),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
             # gRPC re-resolves a dns:/// target when a connection closes (a pod stopping,
             # a max-connection-age GOAWAY), but by default at most once every 30 s. During
             # a rollout every old pod can stop within 30 s of the last resolution; the

@@ -6,8 +6,10 @@
 #   scripts/fault-report.sh --short              the CI versions (about 3 minutes)
 #   scripts/fault-report.sh --only sigkill,rollout --out /tmp/fault
 #   scripts/fault-report.sh --e2e                the HA scenarios on the real control plane
-#                                                (drain, node loss, operator takeover; e2e/,
-#                                                long profile, about 9 minutes) ->
+#                                                (rollout with operator takeover, drain,
+#                                                node loss vanished and killed, rollout at
+#                                                10 replicas, surge -> HPA scale-up and
+#                                                scale-down; e2e/, long profile) ->
 #                                                docs/fault/ha-report.md
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

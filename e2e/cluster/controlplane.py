@@ -67,7 +67,8 @@ class ControlPlane:
                  service_cidr: str = "10.96.0.0/16", cluster_cidr: str = "10.244.0.0/16",
                  node_cidr_mask_size: int = 24, allocate_node_cidrs: bool = True,
                  metrics_resolution: str = "15s", audit: bool = True,
-                 bin_dir: Path | None = None) -> None:
+                 bin_dir: Path | None = None,
+                 controller_manager_args: tuple[str, ...] = ()) -> None:
         self.workdir = Path(workdir).resolve()
         self.host_ip = host_ip or network.default_host_ip(self.workdir)
         self.service_cidr = service_cidr
@@ -76,6 +77,8 @@ class ControlPlane:
         self.allocate_node_cidrs = allocate_node_cidrs
         self.metrics_resolution = metrics_resolution
         self.audit = audit
+        # More kube-controller-manager flags (the e2e suite's shorter node-monitor grace).
+        self.controller_manager_args = tuple(controller_manager_args)
         self._bin_dir = bin_dir
         self.components: dict[str, Component] = {}
         self.ports: dict[str, int] = {}
@@ -508,7 +511,7 @@ class ControlPlane:
         if self.allocate_node_cidrs:
             argv += ["--allocate-node-cidrs=true", f"--cluster-cidr={self.cluster_cidr}",
                      f"--node-cidr-mask-size={self.node_cidr_mask_size}"]
-        return argv
+        return argv + list(self.controller_manager_args)
 
     def _scheduler_argv(self, bins: Path) -> list[str]:
         return [str(bins / "kube-scheduler"),

@@ -31,8 +31,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import grpc
-
 from mailwarden.client import ClassifyError, FilterClient, verdict_dict
 
 SUMMARY_PREFIX = "E2E-SUMMARY "
@@ -112,29 +110,13 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
 
 
-KEEPALIVE_KEYS = ("grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms")
-
-
-def _override_keepalive(milliseconds: int) -> None:
-    """An experiment's setting (docs/fault.md, node loss): how soon the client notices a
-    silent peer, pinging every `milliseconds` and giving a connection up after as long
-    without an answer. FilterClient's `options` cannot do it: its own keepalive settings
-    come first, and gRPC Python keeps the first of two equal keys (measured with grpcio
-    1.85.4). So the channel's options are rewritten on their way to gRPC instead."""
-    original = grpc.insecure_channel
-
-    def channel(target: str, options=None, compression=None):  # noqa: ANN001, ANN202
-        kept = [o for o in options or [] if o[0] not in KEEPALIVE_KEYS]
-        return original(target, [*kept, *((k, milliseconds) for k in KEEPALIVE_KEYS)],
-                        compression)
-    grpc.insecure_channel = channel
-
-
 def run_load(args: argparse.Namespace) -> int:
     messages = read_messages(args.messages)
-    if args.keepalive_ms:
-        _override_keepalive(args.keepalive_ms)
-    client = FilterClient(args.target, deadline=args.deadline)
+    # --keepalive-ms: an experiment's setting (how soon the client gives up a silent
+    # peer); FilterClient's options replace its own defaults key by key.
+    options = ([("grpc.keepalive_time_ms", args.keepalive_ms),
+                ("grpc.keepalive_timeout_ms", args.keepalive_ms)] if args.keepalive_ms else [])
+    client = FilterClient(args.target, deadline=args.deadline, options=options)
     tally = Tally()
     stop = threading.Event()
     started = time.monotonic()

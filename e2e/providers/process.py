@@ -25,6 +25,14 @@ NODES = (("e2e-a", "zone-a"), ("e2e-b", "zone-b"), ("e2e-c", "zone-b"))
 IMAGE = "mailwarden:e2e"
 # Local PersistentVolumes per node (the embedded store's claim takes one).
 VOLUMES_PER_NODE = 3
+# Node heartbeats at a quarter of Kubernetes' defaults' timescale, same proportions: the
+# agents renew their lease every 4 s (a 16 s lease; the kubelet's is 40 s, renewed every
+# 10 s) and the node-lifecycle controller calls a node NotReady after 20 s without a renewal
+# (kube-controller-manager's --node-monitor-grace-period, 50 s by default): five renewal
+# periods either way. The real controller still does the detection, tainting and eviction
+# (e2e/test_65_node_loss.py); it only happens 30 s sooner, which is CI time.
+NODE_LEASE_SECONDS = 16
+NODE_MONITOR_GRACE = "20s"
 
 
 class ProcessProvider(Provider):
@@ -53,13 +61,16 @@ class ProcessProvider(Provider):
         self.workdir = Path(self._workdir or tempfile.mkdtemp(prefix="mw-e2e-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         pods, services = cluster_ranges(self.workdir)
-        self.cp = ControlPlane(self.workdir / "cp", cluster_cidr=pods, service_cidr=services)
+        self.cp = ControlPlane(
+            self.workdir / "cp", cluster_cidr=pods, service_cidr=services,
+            controller_manager_args=(f"--node-monitor-grace-period={NODE_MONITOR_GRACE}",))
         self.cp.start()
         self.startup["control plane healthy"] = time.monotonic() - began
         self.nodes = NodeAgents(self.workdir / "nodes", ClusterInfo.from_control_plane(self.cp),
                                 [NodeSpec(name, zone) for name, zone in NODES],
                                 venv=Path(sys.prefix), kube_proxy=True,
-                                local_volumes=VOLUMES_PER_NODE)
+                                local_volumes=VOLUMES_PER_NODE,
+                                extra_args=[f"--node-lease-duration={NODE_LEASE_SECONDS}"])
         self.nodes.start()
         self.startup["nodes Ready, kube-proxy syncing"] = time.monotonic() - began
         cp = self.cp

@@ -7,10 +7,15 @@ import json
 import os
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 
+from filter_server.server.config import ServeConfig
+from filter_server.server.worker import server_options
 from mailwarden.client import (
     ClassifyError,
     FilterClient,
@@ -18,6 +23,8 @@ from mailwarden.client import (
     service_config,
     target_for,
 )
+from mailwarden.filter.v1 import filter_pb2
+from mailwarden.wire import FILTER_SERVICE
 from testkit.filter import HAM, SPAM
 
 
@@ -99,3 +106,44 @@ def test_a_callers_channel_option_replaces_the_clients_own(servers, policy_dir: 
         with pytest.raises(ClassifyError) as refused:
             client.classify(HAM + b"x" * 8192)
     assert "RESOURCE_EXHAUSTED" in str(refused.value)
+
+
+
+def test_a_pinging_client_is_not_sent_goaway_too_many_pings(tmp_path: Path) -> None:
+    """A call on which nothing moves for seconds (a replica busy with a burst) makes the
+    client ping: KEEPALIVE_TIME_MS after the last frame read, then once a second, gRPC
+    core's floor for a client that receives nothing. A server that finds pings too
+    frequent sends GOAWAY too_many_pings, which fails every call on the connection.
+    `max_pings_without_data` 0 lifts the client's own cap of two pings per request sent,
+    so the server's limit (the filter server's own channel options) is what is tested.
+    It failed while those options spelled the limit's key wrong: gRPC ignored it and
+    kept its default of one ping per 5 minutes."""
+    quiet_seconds = 4.5
+    # Not `mailwarden serve`: its calls are never silent for seconds; the gRPC server
+    # here runs the filter server's channel options, which are what decide.
+    options = [o for o in server_options(ServeConfig(policy_dir=tmp_path))
+               if o[0] != "grpc.so_reuseport"]
+
+    def slow_classify(request: filter_pb2.ClassifyRequest, _context: grpc.ServicerContext
+                      ) -> filter_pb2.ClassifyResponse:
+        time.sleep(quiet_seconds)
+        return filter_pb2.ClassifyResponse(request_id=request.request_id)
+
+    handler = grpc.method_handlers_generic_handler(FILTER_SERVICE, {
+        "Classify": grpc.unary_unary_rpc_method_handler(
+            slow_classify, request_deserializer=filter_pb2.ClassifyRequest.FromString,
+            response_serializer=filter_pb2.ClassifyResponse.SerializeToString)})
+    server = grpc.server(ThreadPoolExecutor(4), options=options)
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with FilterClient(f"127.0.0.1:{port}", max_attempts=1, health_check=False,
+                          deadline=30, options=[("grpc.http2.max_pings_without_data", 0)]
+                          ) as client:
+            started = time.monotonic()
+            reply = client.classify(HAM, request_id="quiet")
+            assert reply.request_id == "quiet"
+            assert time.monotonic() - started >= quiet_seconds
+    finally:
+        server.stop(0)

@@ -2,8 +2,9 @@
 scenario 4). Only in the report's long profile (MAILWARDEN_E2E_PROFILE=long,
 `scripts/fault-report.sh --e2e`): ten filter pods and two rollouts' worth of pod starts are
 minutes of CPU on a CI machine; CI keeps test_50's rollout at the example's size. It runs
-after the other fault tests: once `replicas.min` is restored, the HPA keeps the ten pods for
-its scale-down stabilization window (5 minutes), which would skew a drain or node loss.
+after the other fault tests (the HPA surge included, hence its number): once `replicas.min`
+is restored, the HPA keeps the ten pods for its scale-down stabilization window
+(5 minutes), which would skew a drain or node loss and leave a surge no room to scale.
 
 Reported and asserted: 0 failed calls; the time from the change until every answer carries
 the new hash (the last old-hash answer, from the clients' own record), the rollout's length.
