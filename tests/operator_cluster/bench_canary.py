@@ -34,10 +34,8 @@ from mailwarden_operator.spampolicy import naming
 from tests.operator_cluster.conftest import NODES, free_workdir
 from tests.operator_cluster.kubeapi import install_crds, wait_for
 from tests.operator_cluster.operator_proc import OperatorOnCluster
-from tests.operator_cluster.test_canary import HAM, LUNCH, Traffic, policy
+from tests.operator_cluster.test_canary import HAM, LUNCH, PHARMACY, Traffic, policy
 from tests.operator_cluster.test_shadow import apply, status
-
-PHARMACY = {"name": "PHARMACY", "target": "body", "pattern": "pharmacy", "score": 20}
 
 
 def canary_gone(cp: ControlPlane, namespace: str) -> bool:

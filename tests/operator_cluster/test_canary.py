@@ -5,8 +5,11 @@ does) makes the REJECT-rate guard cross, and the operator rolls it back by itsel
 canary Deployment is scaled to 0, the previous policy never stopped serving, no call failed,
 and status, condition and a Warning Event name the guard and the figures.
 
+A good change goes through every step (short holds) to promotion: the main Deployment then
+serves it, the canary is retired, and no call failed.
+
 It prints the time from the bad step's first REJECT to the rollback; repeated runs, the
-production check interval and a good canary through every step are in bench_canary.py."""
+production check interval and longer holds are in bench_canary.py."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 HAM = b"Subject: noon\r\n\r\nShall we have lunch at noon? Bring the slides.\r\n"
 LUNCH = {"name": "LUNCH", "target": "body", "pattern": "lunch", "score": 30}
+PHARMACY = {"name": "PHARMACY", "target": "body", "pattern": "pharmacy", "score": 20}
 
 
 # Held long: only a guard can end this step.
@@ -55,7 +59,8 @@ class Traffic(threading.Thread):
         super().__init__(name="canary-traffic", daemon=True)
         self.discovery = client.DiscoveryV1Api(cp.api_client())
         self.namespace = namespace
-        self.answers: list[tuple[float, str, int]] = []  # (time, pod IP, action)
+        # (time, pod IP, action, hash of the policy that answered)
+        self.answers: list[tuple[float, str, int, str]] = []
         self.failures: list[str] = []
         self.first_seen: dict[str, float] = {}  # pod IP -> when it was first a ready endpoint
         self.stopping = threading.Event()
@@ -90,7 +95,8 @@ class Traffic(threading.Thread):
                         filter_pb2.ClassifyRequest(request_id=f"c{turn}",
                                                    message=self.message),
                         timeout=10)
-                    self.answers.append((time.monotonic(), ip, answer.action))
+                    self.answers.append((time.monotonic(), ip, answer.action,
+                                         answer.policy_hash))
                 except grpc.RpcError as exc:
                     self.failures.append(f"{ip}: {exc.code()} {exc.details()}")
                 time.sleep(0.02)
@@ -174,3 +180,47 @@ def test_a_canary_that_rejects_ham_is_rolled_back_automatically(
           f"after the step start); {len(traffic.answers)} calls, {rejects} REJECTed by the "
           f"canary, {len(traffic.failures)} failed; guard {rollback['guard']} "
           f"{rollback['observed']} > {rollback['limit']}")
+
+
+def test_a_good_canary_promotes_through_every_step(
+        control_plane: ControlPlane, operator: OperatorOnCluster, namespace: str) -> None:
+    apps = client.AppsV1Api(control_plane.api_client())
+    steps = [{"weight": 34, "holdSeconds": 3}, {"weight": 50, "holdSeconds": 3}]
+    apply(control_plane, policy(namespace, steps=steps, min_samples=10))
+    first = wait_for("the first policy live", lambda: status(
+        control_plane, namespace).get("policyHash"), timeout=120)
+    traffic = Traffic(control_plane, namespace)
+    traffic.start()
+    seen_steps: list[int] = []
+    try:
+        wait_for("ham answered", lambda: len(traffic.answers) >= 5, timeout=30)
+        started = time.monotonic()
+        apply(control_plane, policy(namespace, PHARMACY, steps=steps, min_samples=10))
+
+        def promoted() -> bool:
+            now = status(control_plane, namespace)
+            step = (now.get("canary") or {}).get("step")
+            if step is not None and step not in seen_steps:
+                seen_steps.append(step)
+            return now.get("policyHash") not in (None, first) and "canary" not in now
+
+        wait_for("the good canary promoted", promoted, timeout=240, interval=0.3)
+        took = time.monotonic() - started
+        new = status(control_plane, namespace)["policyHash"]
+        wait_for("the canary Deployment scaled to 0", lambda: apps.read_namespaced_deployment(
+            naming.canary_name("mail"), namespace).spec.replicas == 0, timeout=60)
+        # Every ready endpoint now serves the new policy (the main Deployment rolled out).
+        wait_for("only the new policy answering", lambda: len(traffic.answers) > 20 and {
+            a[3] for a in traffic.answers[-20:]} == {new}, timeout=120)
+    finally:
+        traffic.stopping.set()
+        traffic.join(timeout=30)
+
+    assert traffic.failures == [], traffic.failures[:5]
+    assert seen_steps == [0, 1], seen_steps
+    assert {a[3] for a in traffic.answers} == {first, new}  # the canary served the change
+    now = status(control_plane, namespace)
+    assert "lastRollback" not in now, now["lastRollback"]
+    assert template_hashes(control_plane, namespace) == (new, None)
+    print(f"\ngood canary: promoted through {len(steps)} steps {took:.1f} s after the change; "
+          f"{len(traffic.answers)} calls, {len(traffic.failures)} failed")
