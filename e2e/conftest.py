@@ -263,11 +263,43 @@ def postgres(e2e: E2E) -> Iterator[PgCluster]:
 
 
 def postgres_dsn(e2e: E2E, pg: PgCluster, database: str) -> str:
-    """A login and a database of their own, and the DSN a store pod uses to reach them."""
+    """A login and a database of their own, and the DSN a store pod uses to reach them: a
+    libpq multi-host DSN naming the primary and the standby, of which libpq takes the one
+    that accepts writes (`target_session_attrs=read-write`) -- as a production DSN does
+    when no proxy or DNS name follows the primary, and what lets a store follow a
+    promotion (e2e/test_79_store_failover.py)."""
     password = secrets.token_urlsafe(18)
     pg.create_login(database, password, database, grants=("pg_monitor",))
-    return (f"host={e2e.cluster.host_address} port={pg.primary.port} dbname={database} "
+    nodes = [pg.primary, *([pg.standby] if pg.standby else [])]
+    hosts = ",".join(e2e.cluster.host_address for _ in nodes)
+    ports = ",".join(str(node.port) for node in nodes)
+    return (f"host={hosts} port={ports} target_session_attrs=read-write dbname={database} "
             f"user={database} password={password} sslmode=disable connect_timeout=5")
+
+
+POSTGRES_STORE = "pg-suppressions"
+POSTGRES_STORE_DATABASE = "e2e_pg_store"
+
+
+@pytest.fixture(scope="session")
+def postgres_store(e2e: E2E, postgres: PgCluster) -> str:
+    """examples/unsubscribestore.yaml's store, renamed into the e2e namespace, on its own
+    database and login (e2e/test_40_unsubscribe.py, e2e/test_79_store_failover.py)."""
+    from e2e.test_15_examples import secret_from_files
+
+    doc = example("unsubscribestore.yaml")
+    assert doc and doc["spec"]["storage"]["type"] == "postgres"
+    doc["metadata"] = {"name": POSTGRES_STORE}
+    dsn = doc["spec"]["storage"]["postgres"]["dsnSecretRef"]
+    dsn["name"] = f"{POSTGRES_STORE}-dsn"
+    secret_from_files(e2e.kube, dsn["name"], {dsn["key"]: postgres_dsn(e2e, postgres,
+                                                                        POSTGRES_STORE_DATABASE)})
+    resubscribe = doc["spec"]["resubscribe"]["secretRef"]
+    resubscribe["name"] = f"{POSTGRES_STORE}-resubscribe"
+    secret_from_files(e2e.kube, resubscribe["name"],
+                      {resubscribe.get("key", "token"): "e2e-resubscribe-credential"})
+    e2e.kube.apply(doc)
+    return POSTGRES_STORE
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ CLIENT_CONFIGMAP = "e2e-client"
 MESSAGES_CONFIGMAP = "e2e-messages"
 CLIENT_SCRIPT = Path(__file__).parent / "incluster" / "mwclient.py"
 SUMMARY_PREFIX = "E2E-SUMMARY "
+PART_PREFIX = "E2E-PART "
 
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
@@ -116,6 +117,17 @@ def summaries(text: str) -> list[dict[str, Any]]:
     return out
 
 
+def parts(text: str) -> dict[str, list[Any]]:
+    """The records a client printed in parts (mwclient's PART_PREFIX lines), by kind."""
+    out: dict[str, list[Any]] = {}
+    for line in text.splitlines():
+        _, found, payload = line.partition(PART_PREFIX)
+        if found:
+            part = json.loads(payload)
+            out.setdefault(part["kind"], []).extend(part["items"])
+    return out
+
+
 def progress_by_pod(text: str) -> dict[str, int]:
     """Answers so far per load pod, from its latest progress line in prefixed logs."""
     latest: dict[str, int] = {}
@@ -174,14 +186,25 @@ class LoadRun:
     extra_args: tuple[str, ...] = ()       # more `mwclient.py load` options
     name: str = field(default_factory=lambda: unique("load"))
     started: float = 0.0
+    # Another mwclient command that reports progress and stops the same way (replaces
+    # `load` and the options above), and extra volumes, each mounted at /e2e/<name>.
+    command: tuple[str, ...] = ()
+    volumes: tuple[dict[str, Any], ...] = ()
 
     def start(self) -> "LoadRun":
-        command = ["python", "/e2e/bin/mwclient.py", "load", "--target", self.target,
-                   "--threads", str(self.threads), "--rate", str(self.rate),
-                   "--deadline", str(self.deadline), *self.extra_args]
-        self.kube.apply(job_manifest(self.name, self.image, command,
-                                     parallelism=self.parallelism,
-                                     avoid_nodes=self.avoid_nodes, cpu="200m"))
+        command = list(self.command) or [
+            "python", "/e2e/bin/mwclient.py", "load", "--target", self.target,
+            "--threads", str(self.threads), "--rate", str(self.rate),
+            "--deadline", str(self.deadline), *self.extra_args]
+        manifest = job_manifest(self.name, self.image, command, parallelism=self.parallelism,
+                                avoid_nodes=self.avoid_nodes, cpu="200m")
+        pod = manifest["spec"]["template"]["spec"]
+        for volume in self.volumes:
+            pod["volumes"].append(volume)
+            pod["containers"][0]["volumeMounts"].append(
+                {"name": volume["name"], "mountPath": f"/e2e/{volume['name']}",
+                 "readOnly": True})
+        self.kube.apply(manifest)
         self.started = time.monotonic()
         wait_for(self._flowing, 180, f"load Job {self.name} to get answers", interval=2)
         return self
@@ -213,16 +236,7 @@ class LoadRun:
 
     def stop(self, timeout: float = 120) -> dict[str, Any]:
         """Ask every load pod to stop (a file in its /tmp), wait, and sum the summaries."""
-        for pod in self.pods():
-            name = pod["metadata"]["name"]
-            try:
-                self.kube.run("exec", name, "--", "python", "-c",
-                              "open('/tmp/stop', 'w').close()")
-            except KubectlError:
-                pass  # already finished: its summary is in the log
-        state = wait_for(lambda: _job_state(self.kube, self.name), timeout,
-                         f"load Job {self.name} to finish", interval=2)
-        text = logs(self.kube, self.name)
+        state, text = self.stop_raw(timeout)
         found = summaries(text)
         assert state == "Complete" and len(found) == self.parallelism, \
             f"load Job {self.name} ended {state} with {len(found)} summaries:\n{text[-6000:]}"
@@ -244,6 +258,20 @@ class LoadRun:
                 for k, v in item[key].items():
                     total[key][k] = total[key].get(k, 0) + v
         return total
+
+    def stop_raw(self, timeout: float = 120) -> tuple[str, str]:
+        """Ask every load pod to stop (a file in its /tmp) and wait: the Job's final state
+        (Complete or Failed) and its pods' logs."""
+        for pod in self.pods():
+            name = pod["metadata"]["name"]
+            try:
+                self.kube.run("exec", name, "--", "python", "-c",
+                              "open('/tmp/stop', 'w').close()")
+            except KubectlError:
+                pass  # already finished: its summary is in the log
+        state = wait_for(lambda: _job_state(self.kube, self.name), timeout,
+                         f"load Job {self.name} to finish", interval=2)
+        return state, logs(self.kube, self.name)
 
 
 def describe_load(summary: dict[str, Any]) -> str:

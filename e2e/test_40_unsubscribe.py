@@ -18,33 +18,11 @@ from pathlib import Path
 import pytest
 
 from e2e import oneclick
-from e2e.conftest import E2E, example, postgres_dsn
+from e2e.conftest import E2E
 from e2e.jobs import run_job, summaries
 from e2e.kube import is_true, observed, wait_for
-from e2e.test_15_examples import secret_from_files
-from testkit.pg import PgCluster
 
 pytestmark = pytest.mark.timeout(900)
-POSTGRES_STORE = "pg-suppressions"
-
-
-@pytest.fixture(scope="module")
-def postgres_store(e2e: E2E, postgres: PgCluster) -> str:
-    """examples/unsubscribestore.yaml's store, renamed into the e2e namespace, on its own
-    database and login."""
-    doc = example("unsubscribestore.yaml")
-    assert doc and doc["spec"]["storage"]["type"] == "postgres"
-    doc["metadata"] = {"name": POSTGRES_STORE}
-    dsn = doc["spec"]["storage"]["postgres"]["dsnSecretRef"]
-    dsn["name"] = f"{POSTGRES_STORE}-dsn"
-    secret_from_files(e2e.kube, dsn["name"], {dsn["key"]: postgres_dsn(e2e, postgres,
-                                                                        "e2e_pg_store")})
-    resubscribe = doc["spec"]["resubscribe"]["secretRef"]
-    resubscribe["name"] = f"{POSTGRES_STORE}-resubscribe"
-    secret_from_files(e2e.kube, resubscribe["name"],
-                      {resubscribe.get("key", "token"): "e2e-resubscribe-credential"})
-    e2e.kube.apply(doc)
-    return POSTGRES_STORE
 
 
 @pytest.mark.parametrize("backend", ["embedded", "postgres"])

@@ -8,6 +8,11 @@ standby made with pg_basebackup — on loopback, ephemeral ports, temporary dire
         cluster.promote_standby()                      # the standby becomes a primary
         cluster.standby.dsn("t1")
 
+or, the whole failover an HA manager does (the promoted node becomes ``cluster.primary``
+and gets a fresh synchronous standby of its own):
+
+        times = cluster.fail_over()
+
 PostgreSQL refuses to run as root: when the tests run as root, every PostgreSQL program runs
 as the ``postgres`` user (created by the Debian ``postgresql`` package that
 ``scripts/bootstrap.sh`` installs) and the data directories are owned by it. Binaries are found
@@ -27,12 +32,13 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-__all__ = ["PgCluster", "PgNode", "PgUnavailable", "find_pg_bindir"]
+__all__ = ["Failover", "PgCluster", "PgNode", "PgUnavailable", "find_pg_bindir"]
 
 
 class PgUnavailable(RuntimeError):
@@ -132,8 +138,9 @@ class PgNode:
             for key, value in settings.items():
                 args += ["-c", f"{key}={value}"]
             log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         start_new_session=True, **self.cluster.runas.popen_kwargs())
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, start_new_session=True,
+                                         **self.cluster.runas.popen_kwargs())
             log.close()
             if self._wait_accepting(timeout):
                 return
@@ -205,6 +212,14 @@ class PgNode:
             time.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class Failover:
+    """Wall-clock moments (time.time()) of one `PgCluster.fail_over()`."""
+    killed: float        # the primary's process group SIGKILLed
+    promoted: float      # the standby answers as a primary
+    synchronous: float   # the new primary has a synchronous standby in sync again
+
+
 class PgCluster:
     """A primary and optionally one synchronous standby (application_name ``standby1``)."""
 
@@ -226,6 +241,8 @@ class PgCluster:
         self.runas.own(self.base)
         self.primary = PgNode(self, "primary", self.base / "primary")
         self.standby: PgNode | None = None
+        self.retired: list[PgNode] = []  # former primaries (stopped with the cluster)
+        self._standbys = 0
 
     def _run(self, args: list[str], timeout: float = 120.0) -> None:
         result = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
@@ -253,17 +270,47 @@ class PgCluster:
         return self
 
     def add_standby(self, timeout: float = 60.0) -> PgNode:
-        """pg_basebackup the primary into a standby, start it and make it synchronous."""
-        node = PgNode(self, "standby", self.base / "standby")
-        self._run([str(self.bindir / "pg_basebackup"), "-D", str(node.datadir), "-X", "stream",
-                   "-R", "--checkpoint=fast", "--no-sync", "-d",
-                   f"host=127.0.0.1 port={self.primary.port} user=postgres "
-                   "application_name=standby1"])
+        """pg_basebackup the primary into a standby, start it and make it synchronous. The
+        first is ``standby`` (application_name ``standby1``), later ones ``standbyN``."""
+        self._standbys += 1
+        number = self._standbys
+        name = "standby" if number == 1 else f"standby{number}"
+        node = PgNode(self, name, self.base / name)
+        for attempt in range(1, 4):
+            try:
+                self._run([str(self.bindir / "pg_basebackup"), "-D", str(node.datadir),
+                           "-X", "stream", "-R", "--checkpoint=fast", "--no-sync", "-d",
+                           f"host=127.0.0.1 port={self.primary.port} user=postgres "
+                           f"application_name=standby{number}"])
+                break
+            except RuntimeError:
+                # pg_basebackup has been seen to crash (SIGSEGV) when started the instant a
+                # promotion finished; an HA manager retries the clone, and so do we.
+                shutil.rmtree(node.datadir, ignore_errors=True)
+                if attempt == 3:
+                    raise
+                time.sleep(1.0)
         self.standby = node
         node.start()
-        self.set_synchronous("standby1")
+        self.set_synchronous(f"standby{number}")
         self.wait_sync(timeout)
         return node
+
+    def fail_over(self, timeout: float = 60.0) -> Failover:
+        """What an HA manager (CloudNativePG, Patroni) does when the primary dies: SIGKILL the
+        primary's process group, promote the synchronous standby, then clone a synchronous
+        standby of the new primary. Afterwards ``primary`` is the promoted node and
+        ``standby`` the new one; the killed node is kept in ``retired``."""
+        if self.standby is None:
+            raise RuntimeError("no standby to fail over to")
+        killed = time.time()
+        self.kill_primary()
+        promoted_node = self.promote_standby()
+        promoted = time.time()
+        self.retired.append(self.primary)
+        self.primary, self.standby = promoted_node, None
+        self.add_standby(timeout)
+        return Failover(killed, promoted, time.time())
 
     def set_synchronous(self, names: str) -> None:
         """Set the primary's synchronous_standby_names ('' = asynchronous) and reload."""
@@ -320,7 +367,7 @@ class PgCluster:
     def close(self) -> None:
         # Immediate shutdown: the directories are deleted next, so a shutdown checkpoint
         # (seconds of fsync with fsync=on) would buy nothing.
-        for node in (self.standby, self.primary):
+        for node in (self.standby, self.primary, *self.retired):
             if node is not None:
                 node.stop(immediate=True)
         shutil.rmtree(self.base, ignore_errors=True)

@@ -15,6 +15,11 @@ Subcommands (JSON lines on stdout; nothing but the standard library and mailward
                                every failed call; the last line starts with "E2E-SUMMARY "
   oneclick --url U ...         RFC 8058 one-click against the store's HTTP Service, then
                                Classify on every filter pod until the address is suppressed
+  oneclick-load --links F ...  one-click POSTs of many links until --stop-file appears (each
+                               retried until acknowledged), every answer recorded with its
+                               time, while every filter pod's suppression state is sampled;
+                               then Classify on every pod until each acknowledged address is
+                               suppressed
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from pathlib import Path
 from mailwarden.client import ClassifyError, FilterClient, verdict_dict
 
 SUMMARY_PREFIX = "E2E-SUMMARY "
+PART_PREFIX = "E2E-PART "
+PART_ITEMS = 100
 # `kubectl exec` creates this file to end a load run (/tmp is the pod's writable emptyDir).
 DEFAULT_STOP_FILE = Path("/tmp/stop")
 
@@ -260,6 +267,132 @@ def run_oneclick(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- one-click under load --------------------------------------------------------------
+
+def _post_one_click(url: str, timeout: float) -> str:
+    """The answer's status code, or the transport error's class name."""
+    request = urllib.request.Request(url, data=b"List-Unsubscribe=One-Click", method="POST")
+    request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as rsp:
+            rsp.read()
+            return str(rsp.status)
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return str(exc.code)
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return type(reason).__name__
+
+
+def _states(clients: dict[str, FilterClient], message: bytes, recipients: list[str],
+            scope: str) -> dict[str, dict]:
+    """Each pod's answer for `recipients` ({"suppressed", "state"}), or {"error": code}."""
+    out: dict[str, dict] = {}
+    for address, client in clients.items():
+        try:
+            out[address] = _check_pods({address: client}, message, recipients, scope)[address]
+        except ClassifyError as exc:
+            out[address] = {"error": exc.code.name}
+    return out
+
+
+def run_oneclick_load(args: argparse.Namespace) -> int:
+    """A sender's one-click traffic (every link POSTed until it is acknowledged, as a
+    mailbox provider retries a 503) with every attempt recorded, and a sampler of every
+    filter pod's suppression state; after the stop file, Classify on every pod until every
+    acknowledged address is suppressed there."""
+    links: list[dict[str, str]] = json.loads(args.links.read_text())
+    message = read_messages(args.messages)[0][1]
+    pods = resolve(args.filter_host, args.port)
+    lock = threading.Lock()
+    pending = collections.deque(links)
+    attempts: list[tuple[str, float, float, str]] = []   # address, start, end, answer
+    acked: dict[str, float] = {}                          # address -> wall time of the 200
+    samples: list[tuple[float, str, str]] = []            # wall time, pod, state or error
+    stopping = threading.Event()
+    interval = args.threads / args.rate if args.rate > 0 else 0.0
+
+    def poster() -> None:
+        while not stopping.is_set():
+            with lock:
+                if not pending:
+                    break
+                link = pending.popleft()
+            began = time.time()
+            answer = _post_one_click(link["url"], args.http_timeout)
+            ended = time.time()
+            with lock:
+                attempts.append((link["address"], round(began, 3), round(ended, 3), answer))
+                if answer == "200":
+                    acked[link["address"]] = round(ended, 3)
+                else:
+                    pending.appendleft(link)  # retried next, the same link
+            stopping.wait(max(0.0, interval - (ended - began)))
+
+    def sampler() -> None:
+        clients = {a: FilterClient(addresses=[a], deadline=2.0) for a in pods}
+        try:
+            while not stopping.is_set():
+                at = time.time()
+                for pod, state in _states(clients, message, [args.probe], args.scope).items():
+                    samples.append((round(at, 3), pod,
+                                    state.get("state") or f"error:{state.get('error')}"))
+                stopping.wait(args.sample_every)
+        finally:
+            for client in clients.values():
+                client.close()
+
+    threads = [threading.Thread(target=poster, daemon=True) for _ in range(args.threads)]
+    threads.append(threading.Thread(target=sampler, daemon=True))
+    for thread in threads:
+        thread.start()
+    started = time.monotonic()
+    stopped_by = "max-seconds"
+    while time.monotonic() - started < args.max_seconds:
+        if args.stop_file.exists():
+            stopped_by = "stop-file"
+            break
+        with lock:
+            emit("progress", ok=len(acked), attempts=len(attempts), left=len(pending))
+        time.sleep(1.0)
+    stopping.set()
+    for thread in threads:
+        thread.join(timeout=args.http_timeout + 10)
+
+    # Every acknowledged address must now be suppressed on every pod (the caches resumed
+    # where they were: a change missed across the failover would never show up).
+    clients = {a: FilterClient(addresses=[a], deadline=5.0) for a in pods}
+    wanted = sorted(acked)
+    final: dict[str, dict] = {}
+    checked = time.monotonic()
+    for pod, client in clients.items():
+        while True:
+            missing: list[str] = []
+            state = ""
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i:i + 500]
+                got = _states({pod: client}, message, chunk, args.scope)[pod]
+                state = got.get("state") or f"error:{got.get('error')}"
+                missing += sorted(set(chunk) - set(got.get("suppressed", [])))
+            if not missing or time.monotonic() - checked > args.timeout:
+                break
+            time.sleep(0.2)
+        final[pod] = {"missing": len(missing), "missing_sample": missing[:20], "state": state,
+                      "after_seconds": round(time.monotonic() - checked, 3)}
+        client.close()
+    # The records go in parts of PART_ITEMS: a container runtime may split a long log line.
+    for kind, items in (("acked", sorted(acked.items())), ("attempts", attempts),
+                        ("samples", samples)):
+        for i in range(0, len(items), PART_ITEMS):
+            print(PART_PREFIX + json.dumps({"kind": kind, "items": items[i:i + PART_ITEMS]}),
+                  flush=True)
+    print(SUMMARY_PREFIX + json.dumps({
+        "pods": pods, "links": len(links), "stopped_by": stopped_by, "final": final},
+        sort_keys=True), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mwclient", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -294,6 +427,24 @@ def main(argv: list[str] | None = None) -> int:
     click.add_argument("--port", type=int, default=9090)
     click.add_argument("--messages", type=Path, default=Path("/e2e/messages"))
     click.add_argument("--timeout", type=float, default=60.0)
+    flood = sub.add_parser("oneclick-load")
+    flood.add_argument("--links", type=Path, required=True,
+                       help='JSON list of {"address", "url"}, the one-click links to POST')
+    flood.add_argument("--filter-host", required=True,
+                       help="headless Service of the filter pods: every address is sampled")
+    flood.add_argument("--scope", required=True)
+    flood.add_argument("--probe", required=True,
+                       help="recipient of the sampler's Classify calls")
+    flood.add_argument("--port", type=int, default=9090)
+    flood.add_argument("--messages", type=Path, default=Path("/e2e/messages"))
+    flood.add_argument("--threads", type=int, default=4)
+    flood.add_argument("--rate", type=float, default=20.0, help="POSTs per second in all")
+    flood.add_argument("--http-timeout", type=float, default=5.0)
+    flood.add_argument("--sample-every", type=float, default=0.2)
+    flood.add_argument("--timeout", type=float, default=60.0,
+                       help="for every acknowledged address to be suppressed on every pod")
+    flood.add_argument("--max-seconds", type=float, default=600.0)
+    flood.add_argument("--stop-file", type=Path, default=DEFAULT_STOP_FILE)
     args = parser.parse_args(argv)
     if args.command == "resolve":
         print(SUMMARY_PREFIX + json.dumps({"addresses": resolve(args.host, args.port)}),
@@ -301,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "load":
         return run_load(args)
+    if args.command == "oneclick-load":
+        return run_oneclick_load(args)
     return run_oneclick(args)
 
 

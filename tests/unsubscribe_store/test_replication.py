@@ -158,3 +158,41 @@ def test_commit_whose_standby_wait_is_cancelled_is_not_acknowledged(cluster, sta
     assert isinstance(outcome[0], grpc.RpcError), "acknowledged a commit the standby never saw"
     assert outcome[0].code() == grpc.StatusCode.UNAVAILABLE
     assert "not confirmed by the synchronous standby" in outcome[0].details()
+
+
+def test_store_resumes_on_the_promoted_standby_after_a_whole_failover(start_store, tmp_path):
+    """testkit's `fail_over()` (kill, promote, clone a synchronous standby of the new primary,
+    as an HA manager does): the store follows through its multi-host DSN without a restart,
+    is Ready again, acknowledges, and every earlier acknowledgement is on the new primary
+    with the same sequence (a filter pod's Watch resumes from it)."""
+    with PgCluster(standby=True) as cluster:
+        cluster.create_database("app")
+        server = _store(start_store, tmp_path, cluster.multi_host_dsn("app"))
+        stub = server.stub()
+        before = {f"before-{i}@example.com": unsub(stub, f"before-{i}@example.com").sequence
+                  for i in range(10)}
+        old_primary = cluster.primary
+        times = cluster.fail_over()
+        assert times.killed <= times.promoted <= times.synchronous
+        assert cluster.retired == [old_primary] and not old_primary.running
+        assert cluster.primary.execute("SELECT pg_is_in_recovery()")[0][0] is False
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                after = unsub(stub, "after@example.com", timeout=5)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                assert time.monotonic() < deadline, "no acknowledgement after the failover:\n" \
+                    + server.log()
+                time.sleep(0.2)
+        print(f"\nwhole failover: promoted {times.promoted - times.killed:.2f} s, "
+              f"synchronous standby {times.synchronous - times.killed:.2f} s, store "
+              f"acknowledging {time.time() - times.killed:.2f} s after the kill")
+        assert after.sequence == max(before.values()) + 1, "the sequence did not resume"
+        rows = dict(cluster.primary.execute(
+            "SELECT address, seq FROM unsubscribe_suppressions", dbname="app"))
+        assert {a: rows.get(a) for a in before} == before
+        status = _wait_status(stub, lambda s: s.ready)
+        assert status.ready and status.sync_standbys == 1
+        server.close()
