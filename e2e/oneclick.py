@@ -1,6 +1,7 @@
 """The one-click part of the suite that does not need a cluster: minting links with the
-`mailwarden token` command and judging what `mwclient.py oneclick` reports. The kind test
-(e2e/test_40_unsubscribe.py) and its local rehearsal (tests/e2e_static) share it."""
+`mailwarden token` command and judging what `mwclient.py oneclick` and `oneclick-load`
+report. The cluster tests (e2e/test_40_unsubscribe.py, e2e/test_79_store_failover.py) and
+their local rehearsals (tests/e2e_static) share it."""
 
 from __future__ import annotations
 
@@ -47,3 +48,90 @@ def check(result: dict[str, Any], address: str = ADDRESS) -> str:
             f"GET {result['get']}, POST {result['post']}, tampered POST "
             f"{result['tampered_post']} (same page); suppressed in Classify on every filter "
             f"pod after {sorted(delays.values())} s")
+
+
+# --- the store failover under one-click load (e2e/test_79_store_failover.py) -------------
+
+# What a one-click POST may answer while the store has no database: 503, or (urllib's error
+# class) a refused or reset connection while the store pods are out of their Service.
+OUTAGE_ANSWERS = frozenset({"503", "ConnectionRefusedError", "ConnectionResetError"})
+
+
+def judge_failover(summary: dict[str, Any], records: dict[str, list[Any]], *, killed: float,
+                   stored: set[str], pods: int, stale_after: float,
+                   outage_limit: float) -> dict[str, Any]:
+    """Assert what senders and mailbox providers must see across a store failover, from
+    what `mwclient.py oneclick-load` recorded (`summary` and its parts `records`), the
+    kill's wall-clock time, the addresses the promoted database holds, the number of filter
+    pods and their --suppression-stale-after. Returns the figures (seconds after the kill).
+
+    - 0 acknowledged unsubscribes lost (each one is in `stored`);
+    - the suppression caches resumed without a gap: afterwards every acknowledged address
+      is suppressed, SUPPRESSION_FRESH, on every filter pod;
+    - one-click answered only 200, or during the outage OUTAGE_ANSWERS, never before the
+      kill, and acknowledges again within `outage_limit`;
+    - Classify never failed, and said anything but SUPPRESSION_FRESH only during the
+      outage (up to `stale_after` past its end: a cache is stale only once it has not
+      been confirmed current for that long)."""
+    assert summary["stopped_by"] == "stop-file", "the load ran out of links or time"
+    acked: dict[str, float] = dict(records.get("acked", []))
+    attempts = records.get("attempts", [])
+    samples = records.get("samples", [])
+    lost = sorted(set(acked) - stored)
+    assert not lost, f"{len(lost)} acknowledged unsubscribes lost: {lost[:10]}"
+    acked_after = sorted(t for t in acked.values() if t > killed)
+    assert acked_after, "no unsubscribe acknowledged after the failover"
+
+    assert len(summary["final"]) == pods, summary["final"]
+    for pod, final in summary["final"].items():
+        assert final["missing"] == 0, f"{pod} misses acknowledged unsubscribes: {final}"
+        assert final["state"] == "SUPPRESSION_FRESH", final
+
+    failed = [a for a in attempts if a[3] != "200"]
+    codes: dict[str, int] = {}
+    for attempt in attempts:
+        codes[attempt[3]] = codes.get(attempt[3], 0) + 1
+    odd = [a for a in failed if a[3] not in OUTAGE_ANSWERS]
+    assert not odd, f"one-click answers other than 200/503 during the failover: {odd[:10]}"
+    early = [a for a in failed if a[2] < killed]
+    assert not early, f"one-click errors before the kill: {early[:10]}"
+    # The outage ends when every store replica acknowledges again: the first
+    # acknowledgement after the kill, or the last error if a replica erred after that.
+    recovered = max([acked_after[0], *(a[2] for a in failed)])
+    assert recovered - killed < outage_limit, \
+        f"one-click acknowledged again only {recovered - killed:.1f} s after the kill"
+
+    errors = [s for s in samples if s[2].startswith("error")]
+    assert not errors, f"Classify failed during the store failover: {errors[:10]}"
+    assert samples and max(s[0] for s in samples) > recovered, "no Classify samples after it"
+    stale = [s for s in samples if s[2] != "SUPPRESSION_FRESH"]
+    wrong = [s for s in stale if s[0] < killed or s[0] > recovered + stale_after]
+    assert not wrong, f"Classify said {wrong[0][2]} outside the outage: {wrong[:10]}"
+    return {
+        "acknowledged": len(acked),
+        "acknowledged_before_kill": sum(1 for t in acked.values() if t <= killed),
+        "lost": 0,
+        "answers": codes,
+        "errors": len(failed),
+        "first_ack_after_kill": round(acked_after[0] - killed, 3),
+        "outage_over": round(recovered - killed, 3),
+        "error_window": round(max(a[2] for a in failed) - min(a[1] for a in failed), 3)
+        if failed else 0.0,
+        "samples": len(samples),
+        "stale_samples": len(stale),
+        "stale_window": round(max(s[0] for s in stale) - min(s[0] for s in stale), 3)
+        if stale else 0.0,
+        "suppressed_everywhere_after": sorted(f["after_seconds"]
+                                              for f in summary["final"].values()),
+    }
+
+
+def describe_failover(figures: dict[str, Any]) -> str:
+    return (f"{figures['acknowledged']} acknowledged ({figures['acknowledged_before_kill']} "
+            f"before the kill), 0 lost; one-click answers {figures['answers']}, errors for "
+            f"{figures['error_window']:.2f} s, acknowledging again "
+            f"{figures['outage_over']:.2f} s after the kill; Classify: "
+            f"{figures['samples']} samples, {figures['stale_samples']} not FRESH "
+            f"({figures['stale_window']:.2f} s), 0 errors; every acknowledged address "
+            f"suppressed on every filter pod {figures['suppressed_everywhere_after']} s "
+            "after the load stopped")

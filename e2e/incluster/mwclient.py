@@ -304,7 +304,8 @@ def run_oneclick_load(args: argparse.Namespace) -> int:
     acknowledged address is suppressed there."""
     links: list[dict[str, str]] = json.loads(args.links.read_text())
     message = read_messages(args.messages)[0][1]
-    pods = resolve(args.filter_host, args.port)
+    pods = (args.filter_addresses.split(",") if args.filter_addresses
+            else resolve(args.filter_host, args.port))
     lock = threading.Lock()
     pending = collections.deque(links)
     attempts: list[tuple[str, float, float, str]] = []   # address, start, end, answer
@@ -430,8 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     flood = sub.add_parser("oneclick-load")
     flood.add_argument("--links", type=Path, required=True,
                        help='JSON list of {"address", "url"}, the one-click links to POST')
-    flood.add_argument("--filter-host", required=True,
-                       help="headless Service of the filter pods: every address is sampled")
+    pods = flood.add_mutually_exclusive_group(required=True)
+    pods.add_argument("--filter-host",
+                      help="headless Service of the filter pods: every address is sampled")
+    pods.add_argument("--filter-addresses", help="ip:port,ip:port (outside a cluster)")
     flood.add_argument("--scope", required=True)
     flood.add_argument("--probe", required=True,
                        help="recipient of the sampler's Classify calls")

@@ -22,10 +22,13 @@ import pytest
 
 from e2e import oneclick
 from e2e.incluster import mwclient
+from e2e.jobs import parts
 from mailwarden_local.projection import project
 from mailwarden.tokens import generate_key
 from mailwarden.filter.v1 import filter_pb2
+from mailwarden.tokens import load_keyring, mint_token
 from testkit.filter import HAM, SPAM, Server, mini_policy, write_policy
+from testkit.pg import PgCluster
 from testkit.store import StoreProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,6 +80,7 @@ class Client:
 
     def __init__(self, workdir: Path, *args: str) -> None:
         self.stderr = workdir / f"mwclient-{time.monotonic_ns()}.err"
+        self.parts_seen: list[str] = []  # oneclick-load's records, read by summary()
         with open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, str(CLIENT), *args],
                                          stdout=subprocess.PIPE, stderr=err, text=True,
@@ -95,6 +99,8 @@ class Client:
             line = self.line()
             if line.startswith(mwclient.SUMMARY_PREFIX):
                 break
+            if line.startswith(mwclient.PART_PREFIX):
+                self.parts_seen.append(line)
             assert time.monotonic() < deadline, "no summary from mwclient"
         assert self.proc.wait(30) == 0, self.stderr.read_text()
         return json.loads(line[len(mwclient.SUMMARY_PREFIX):])
@@ -158,6 +164,68 @@ def test_oneclick_flow_reaches_every_replica(replicas: list[Server], messages: P
     finally:
         flow.close()
     print("one-click on loopback:", oneclick.check(result))
+
+
+def test_oneclick_load_across_a_store_failover(messages: Path, tmp_path: Path) -> None:
+    """e2e/test_79_store_failover.py on loopback: a `--durability replicated` store on a
+    real PostgreSQL primary + synchronous standby (multi-host DSN), two filter replicas
+    following it, `mwclient.py oneclick-load` POSTing links while the primary is killed and
+    the standby promoted (testkit's fail_over), judged by the same code as on the cluster."""
+    key = generate_key()
+    key_file = tmp_path / "current"
+    key_file.write_text(key)
+    keys = load_keyring(key_file=key_file)
+    with PgCluster(standby=True, fsync=False) as cluster:
+        cluster.create_database("app")
+        dsn_file = tmp_path / "dsn"
+        dsn_file.write_text(cluster.multi_host_dsn("app"))
+        store = StoreProcess(tmp_path, ["--store", "postgres", "--dsn-file", str(dsn_file),
+                                        "--durability", "replicated"],
+                             env={"MAILWARDEN_SIGNING_KEY": key}).start()
+        policy_dir = tmp_path / "policy"
+        write_policy(policy_dir, mini_policy(1))
+        replicas = [Server(tmp_path, policy_dir, ["--suppression-store", store.target,
+                                                  "--drain-seconds", "0"], workers=1)
+                    for _ in range(2)]
+        load = None
+        try:
+            for server in replicas:
+                server.wait_serving()
+            links = [{"address": f"fo-{i}@example.com",
+                      "url": f"{store.http_url}/u/"
+                             f"{mint_token(keys, f'fo-{i}@example.com', oneclick.SCOPE)}"}
+                     for i in range(3000)]
+            (tmp_path / "links.json").write_text(json.dumps(links))
+            stop_file = tmp_path / "stop"
+            load = Client(tmp_path, "oneclick-load", "--links", str(tmp_path / "links.json"),
+                          "--filter-addresses", ",".join(s.address for s in replicas),
+                          "--scope", oneclick.SCOPE, "--probe", oneclick.OTHER,
+                          "--messages", str(messages), "--rate", "50", "--threads", "4",
+                          "--stop-file", str(stop_file), "--max-seconds", "120")
+
+            def wait_acked(count: int, seconds: int) -> int:
+                for _ in range(seconds):  # a progress line a second
+                    ok = json.loads(load.line())["ok"]
+                    if ok >= count:
+                        return ok
+                raise AssertionError(f"fewer than {count} acknowledged after {seconds} s")
+            wait_acked(20, 60)
+            times = cluster.fail_over()
+            wait_acked(wait_acked(0, 1) + 20, 60)
+            stop_file.touch()
+            summary = load.summary()
+        finally:
+            if load is not None:
+                load.close()
+            for server in replicas:
+                server.kill()
+            store.close()
+        stored = {row[0] for row in cluster.primary.execute(
+            "SELECT address FROM unsubscribe_suppressions", dbname="app")}
+    records = parts("".join(load.parts_seen))
+    seen = oneclick.judge_failover(summary, records, killed=times.killed, stored=stored,
+                                   pods=2, stale_after=10.0, outage_limit=30.0)
+    print("\nstore failover on loopback:", oneclick.describe_failover(seen))
 
 
 def test_resolve_lists_the_addresses_dns_gives(tmp_path: Path) -> None:
