@@ -58,12 +58,13 @@ OUTAGE_ANSWERS = frozenset({"503", "ConnectionRefusedError", "ConnectionResetErr
 
 
 def judge_failover(summary: dict[str, Any], records: dict[str, list[Any]], *, killed: float,
-                   stored: set[str], pods: int, stale_after: float,
+                   stored: set[str], pods: int | None, stale_after: float,
                    outage_limit: float) -> dict[str, Any]:
     """Assert what senders and mailbox providers must see across a store failover, from
     what `mwclient.py oneclick-load` recorded (`summary` and its parts `records`), the
     kill's wall-clock time, the addresses the promoted database holds, the number of filter
-    pods and their --suppression-stale-after. Returns the figures (seconds after the kill).
+    pods (None: the ones the client found at the end; on a cluster the HPA may change it)
+    and their --suppression-stale-after. Returns the figures (seconds after the kill).
 
     - 0 acknowledged unsubscribes lost (each one is in `stored`);
     - the suppression caches resumed without a gap: afterwards every acknowledged address
@@ -82,7 +83,9 @@ def judge_failover(summary: dict[str, Any], records: dict[str, list[Any]], *, ki
     acked_after = sorted(t for t in acked.values() if t > killed)
     assert acked_after, "no unsubscribe acknowledged after the failover"
 
-    assert len(summary["final"]) == pods, summary["final"]
+    assert len(summary["final"]) >= 2, summary["final"]
+    if pods is not None:  # (on a cluster, the HPA may have changed the count meanwhile)
+        assert len(summary["final"]) == pods, summary["final"]
     for pod, final in summary["final"].items():
         assert final["missing"] == 0, f"{pod} misses acknowledged unsubscribes: {final}"
         assert final["state"] == "SUPPRESSION_FRESH", final

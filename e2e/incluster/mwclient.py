@@ -304,8 +304,12 @@ def run_oneclick_load(args: argparse.Namespace) -> int:
     acknowledged address is suppressed there."""
     links: list[dict[str, str]] = json.loads(args.links.read_text())
     message = read_messages(args.messages)[0][1]
-    pods = (args.filter_addresses.split(",") if args.filter_addresses
-            else resolve(args.filter_host, args.port))
+
+    def filter_pods() -> list[str]:
+        # Resolved again and again: the HPA may remove a pod meanwhile (it leaves DNS as
+        # its deletion starts, while it still serves out its preStop and drain).
+        return (args.filter_addresses.split(",") if args.filter_addresses
+                else resolve(args.filter_host, args.port))
     lock = threading.Lock()
     pending = collections.deque(links)
     attempts: list[tuple[str, float, float, str]] = []   # address, start, end, answer
@@ -332,10 +336,21 @@ def run_oneclick_load(args: argparse.Namespace) -> int:
             stopping.wait(max(0.0, interval - (ended - began)))
 
     def sampler() -> None:
-        clients = {a: FilterClient(addresses=[a], deadline=2.0) for a in pods}
+        clients: dict[str, FilterClient] = {}
+        resolved = 0.0
         try:
             while not stopping.is_set():
                 at = time.time()
+                if at - resolved >= 1.0:
+                    try:
+                        now = set(filter_pods())
+                    except OSError:
+                        now = set(clients)
+                    resolved = at
+                    for gone in set(clients) - now:
+                        clients.pop(gone).close()
+                    for new in now - set(clients):
+                        clients[new] = FilterClient(addresses=[new], deadline=2.0)
                 for pod, state in _states(clients, message, [args.probe], args.scope).items():
                     samples.append((round(at, 3), pod,
                                     state.get("state") or f"error:{state.get('error')}"))
@@ -363,6 +378,7 @@ def run_oneclick_load(args: argparse.Namespace) -> int:
 
     # Every acknowledged address must now be suppressed on every pod (the caches resumed
     # where they were: a change missed across the failover would never show up).
+    pods = filter_pods()
     clients = {a: FilterClient(addresses=[a], deadline=5.0) for a in pods}
     wanted = sorted(acked)
     final: dict[str, dict] = {}

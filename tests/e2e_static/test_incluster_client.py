@@ -23,10 +23,9 @@ import pytest
 from e2e import oneclick
 from e2e.incluster import mwclient
 from e2e.jobs import parts
-from mailwarden_local.projection import project
-from mailwarden.tokens import generate_key
 from mailwarden.filter.v1 import filter_pb2
-from mailwarden.tokens import load_keyring, mint_token
+from mailwarden.tokens import generate_key, load_keyring, mint_token
+from mailwarden_local.projection import project
 from testkit.filter import HAM, SPAM, Server, mini_policy, write_policy
 from testkit.pg import PgCluster
 from testkit.store import StoreProcess
