@@ -34,6 +34,8 @@ TESTS = [
     # After the surge: it leaves 10 replicas, which the HPA keeps for its scale-down
     # stabilization (300 s), and the surge needs room above replicas.min.
     "e2e/test_75_rollout_at_scale.py",
+    # Last: it kills the suite's PostgreSQL primary (scenario 6).
+    "e2e/test_79_store_failover.py",
 ]
 # What sets each scenario's floor (the figures table's last column).
 FLOORS = {
@@ -55,6 +57,11 @@ FLOORS = {
                              "reaching the server's max age, 15 s)",
     "surge over -> HPA scale-down": "the scale-down stabilization window (shortened to "
                                     "30 s here; 300 s by default) and the 10 %/min policy",
+    "store failover": "the store's pool and readiness noticing the dead primary and "
+                      "reconnecting through the multi-host DSN (libpq tries the dead "
+                      "host, then takes the promoted one); with durability replicated, "
+                      "the HA manager's clone of a new synchronous standby (pg_basebackup) "
+                      "before the store acknowledges again",
     "operator takeover": "kopf peering: the dead peer's record expires after its lifetime "
                          "(15 s) and the standby notices at its next keep-alive",
 }

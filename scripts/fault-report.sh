@@ -9,7 +9,8 @@
 #                                                (rollout with operator takeover, drain,
 #                                                node loss vanished and killed, rollout at
 #                                                10 replicas, surge -> HPA scale-up and
-#                                                scale-down; e2e/, long profile) ->
+#                                                scale-down, store failover under one-click
+#                                                load; e2e/, long profile) ->
 #                                                docs/fault/ha-report.md
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
