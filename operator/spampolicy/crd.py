@@ -55,6 +55,33 @@ SERVER_SCHEMA: dict[str, Any] = {
 
 MAX_GOLDEN_CONFIGMAPS = 16
 
+def _golden_set(key: str, key_schema: dict[str, Any], what: str,
+                rules: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The schema of one golden set: where its messages are (`key`), their label and the
+    bound on their action — the same for every kind of source."""
+    return {
+        "type": "object",
+        "required": [key, "label"],
+        "properties": {
+            key: key_schema,
+            "label": {"type": "string", "enum": ["ham", "spam"],
+                      "description": f"What every message of the {what} is."},
+            "atMost": {"type": "string", "enum": ["ACCEPT", "TAG"],
+                       "description": "Ham only: the most severe action allowed "
+                       "(default TAG)."},
+            "atLeast": {"type": "string", "enum": ["TAG", "QUARANTINE", "REJECT"],
+                        "description": "Spam only: the least severe action "
+                        "required (default TAG)."},
+        },
+        "x-kubernetes-validations": [
+            *(rules or []),
+            {"rule": "!has(self.atMost) || self.label == 'ham'",
+             "message": "atMost is for ham; spam sets take atLeast"},
+            {"rule": "!has(self.atLeast) || self.label == 'spam'",
+             "message": "atLeast is for spam; ham sets take atMost"}],
+    }
+
+
 GOLDEN_CORPUS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "Labelled messages every change of this policy must keep classifying "
@@ -77,31 +104,14 @@ GOLDEN_CORPUS_SCHEMA: dict[str, Any] = {
             "recursive, hidden files skipped) is one raw RFC 5322 message.",
             "minItems": 1,
             "maxItems": MAX_GOLDEN_CONFIGMAPS,
-            "items": {
-                "type": "object",
-                "required": ["path", "label"],
-                "properties": {
-                    "path": {"type": "string", "minLength": 1, "maxLength": 1024,
-                             "description": "Relative path (no `..`, not absolute)."},
-                    "label": {"type": "string", "enum": ["ham", "spam"],
-                              "description": "What every message of the directory is."},
-                    "atMost": {"type": "string", "enum": ["ACCEPT", "TAG"],
-                               "description": "Ham only: the most severe action allowed "
-                               "(default TAG)."},
-                    "atLeast": {"type": "string", "enum": ["TAG", "QUARANTINE", "REJECT"],
-                                "description": "Spam only: the least severe action "
-                                "required (default TAG)."},
-                },
-                "x-kubernetes-validations": [
-                    {"rule": "!self.path.startsWith('/') && "
-                     "!self.path.matches('(^|/)[.][.](/|$)')",
-                     "message": "path is relative to the namespace's folder: no leading / "
-                     "and no .."},
-                    {"rule": "!has(self.atMost) || self.label == 'ham'",
-                     "message": "atMost is for ham; spam sets take atLeast"},
-                    {"rule": "!has(self.atLeast) || self.label == 'spam'",
-                     "message": "atLeast is for spam; ham sets take atMost"}],
-            },
+            "items": _golden_set(
+                "path", {"type": "string", "minLength": 1, "maxLength": 1024,
+                         "description": "Relative path (no `..`, not absolute)."},
+                "directory",
+                [{"rule": "!self.path.startsWith('/') && "
+                  "!self.path.matches('(^|/)[.][.](/|$)')",
+                  "message": "path is relative to the namespace's folder: no leading / "
+                  "and no .."}]),
         },
         "configMaps": {
             "type": "array",
@@ -109,27 +119,9 @@ GOLDEN_CORPUS_SCHEMA: dict[str, Any] = {
             "entry is one raw RFC 5322 message (the key names it).",
             "minItems": 1,
             "maxItems": MAX_GOLDEN_CONFIGMAPS,
-            "items": {
-                "type": "object",
-                "required": ["name", "label"],
-                "properties": {
-                    "name": {"type": "string", "maxLength": 253,
-                             "description": "ConfigMap name."},
-                    "label": {"type": "string", "enum": ["ham", "spam"],
-                              "description": "What every message of the ConfigMap is."},
-                    "atMost": {"type": "string", "enum": ["ACCEPT", "TAG"],
-                               "description": "Ham only: the most severe action allowed "
-                               "(default TAG)."},
-                    "atLeast": {"type": "string", "enum": ["TAG", "QUARANTINE", "REJECT"],
-                                "description": "Spam only: the least severe action "
-                                "required (default TAG)."},
-                },
-                "x-kubernetes-validations": [
-                    {"rule": "!has(self.atMost) || self.label == 'ham'",
-                     "message": "atMost is for ham; spam sets take atLeast"},
-                    {"rule": "!has(self.atLeast) || self.label == 'spam'",
-                     "message": "atLeast is for spam; ham sets take atMost"}],
-            },
+            "items": _golden_set(
+                "name", {"type": "string", "maxLength": 253, "description": "ConfigMap name."},
+                "ConfigMap"),
         },
     },
 }
