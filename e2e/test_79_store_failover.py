@@ -103,7 +103,6 @@ def test_store_failover_under_one_click_load_loses_no_acknowledged_unsubscribe(
     load = LoadRun(e2e.kube, e2e.image, target="", name=f"{prefix}-oneclick", command=command,
                    volumes=({"name": "links", "configMap": {"name": configmap}},)).start()
     time.sleep(LOAD_BEFORE)
-    before = load.answered()
     times = postgres.fail_over()
     load.wait_more_answers(max(10, int(RATE)), timeout=OUTAGE_LIMIT + 60)
     time.sleep(LOAD_AFTER)
@@ -123,8 +122,9 @@ def test_store_failover_under_one_click_load_loses_no_acknowledged_unsubscribe(
     figures.record("store failover", timeline=timeline, answered=seen["acknowledged"],
                    failed=seen["errors"], codes=seen["answers"],
                    clients={"calls": seen["errors"], "window_seconds": seen["error_window"]},
-                   rate=RATE, acked_before_counted=before, **{
-                       k: seen[k] for k in ("lost", "samples", "stale_samples",
+                   rate=RATE, **{
+                       k: seen[k] for k in ("acknowledged_before_kill", "lost", "samples",
+                                            "stale_samples",
                                             "stale_window", "suppressed_everywhere_after")})
     print(f"\nstore failover under one-click load ({RATE:g}/s), seconds after the kill: "
           + ", ".join(f"{k} {v:.2f}" for k, v in timeline.items())
