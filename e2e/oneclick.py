@@ -120,6 +120,7 @@ def judge_failover(summary: dict[str, Any], records: dict[str, list[Any]], *, ki
         "outage_over": round(recovered - killed, 3),
         "error_window": round(max(a[2] for a in failed) - min(a[1] for a in failed), 3)
         if failed else 0.0,
+        "slowest_answer": round(max((a[2] - a[1] for a in attempts), default=0.0), 3),
         "samples": len(samples),
         "stale_samples": len(stale),
         "stale_window": round(max(s[0] for s in stale) - min(s[0] for s in stale), 3)
@@ -132,7 +133,8 @@ def judge_failover(summary: dict[str, Any], records: dict[str, list[Any]], *, ki
 def describe_failover(figures: dict[str, Any]) -> str:
     return (f"{figures['acknowledged']} acknowledged ({figures['acknowledged_before_kill']} "
             f"before the kill), 0 lost; one-click answers {figures['answers']}, errors for "
-            f"{figures['error_window']:.2f} s, acknowledging again "
+            f"{figures['error_window']:.2f} s, slowest answer {figures['slowest_answer']:.2f} s, "
+            "acknowledging again "
             f"{figures['outage_over']:.2f} s after the kill; Classify: "
             f"{figures['samples']} samples, {figures['stale_samples']} not FRESH "
             f"({figures['stale_window']:.2f} s), 0 errors; every acknowledged address "
