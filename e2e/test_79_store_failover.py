@@ -49,7 +49,8 @@ pytestmark = pytest.mark.timeout(900)
 LOAD_BEFORE, LOAD_AFTER = (10.0, 15.0) if figures.long_profile() else (3.0, 3.0)
 RATE = 40.0 if figures.long_profile() else 20.0    # one-click POSTs per second
 LINKS = 2000
-# The outage (kill -> first acknowledgement) must end within this; measured 2-6 s (docs/fault.md).
+# The outage (kill -> every store pod acknowledging) must end within this; measured 0.95-7.0 s
+# on the cluster (docs/fault.md).
 OUTAGE_LIMIT = 30.0
 # How long a one-click POST may take: above the store's wait for a database connection
 # (psycopg_pool's timeout, 10 s), after which it answers 503. At 5 s, POSTs in flight at the
