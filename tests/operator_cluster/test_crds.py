@@ -129,8 +129,14 @@ def test_examples_are_accepted_with_their_defaults(control_plane: ControlPlane,
                                               "spampolicies", "minimal")
     # The API server applied the schema's defaults (complete ones, as written).
     assert got["spec"]["replicas"] == {"min": 2, "max": 10}
-    assert got["spec"]["rollout"] == {"maxSurge": "25%", "strategy": "RollingUpdate",
-                                      "shadow": {"sampleRate": 0.1, "cpuFraction": 0.1}}
+    assert got["spec"]["rollout"] == {
+        "maxSurge": "25%", "strategy": "RollingUpdate",
+        "shadow": {"sampleRate": 0.1, "cpuFraction": 0.1},
+        "canary": {"steps": [{"weight": 10, "holdSeconds": 300},
+                             {"weight": 50, "holdSeconds": 300}],
+                   "guards": {"maxVerdictChangeRate": 0.2, "maxRejectRateIncrease": 0.05,
+                              "maxErrorRateIncrease": 0.01, "maxP99LatencyRatio": 2,
+                              "p99LatencyFloorSeconds": 0.05, "minSamples": 100}}}
     assert got["spec"]["disruption"] == {"maxUnavailable": 1}
     assert got["spec"]["server"]["preStopSeconds"] == 5
     assert got["spec"]["protocols"] == ["grpc"]  # mail-server protocols are opt-in
