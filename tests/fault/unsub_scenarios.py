@@ -17,7 +17,6 @@ window includes all of that; its parts are reported separately.
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 import uuid
@@ -29,9 +28,9 @@ import psycopg
 
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
-from tests.fault.common import FaultEnv, ScenarioResult
-from testkit.pg import PgCluster, PgNode
+from testkit.pg import PgCluster
 from testkit.store import StoreProcess
+from tests.fault.common import FaultEnv, ScenarioResult
 
 ATTEMPT_TIMEOUT = 3.0
 RETRY_PAUSE = 0.1
@@ -217,35 +216,6 @@ def _epoch(value) -> float:
     return parsed.timestamp()
 
 
-def _new_sync_standby(cluster: PgCluster, primary: PgNode, name: str) -> PgNode:
-    """A fresh synchronous standby of `primary` (what an HA manager does after a failover)."""
-    node = PgNode(cluster, name, cluster.base / name)
-    for attempt in range(1, 4):
-        try:
-            cluster._run([str(cluster.bindir / "pg_basebackup"), "-D", str(node.datadir),
-                          "-X", "stream", "-R", "--checkpoint=fast", "--no-sync", "-d",
-                          f"host=127.0.0.1 port={primary.port} user=postgres "
-                          f"application_name={name}"])
-            break
-        except RuntimeError:
-            # pg_basebackup has been seen to crash (SIGSEGV) when started the instant a
-            # promotion finished; an HA manager retries the clone, and so do we.
-            shutil.rmtree(node.datadir, ignore_errors=True)
-            if attempt == 3:
-                raise
-            time.sleep(1.0)
-    node.start()
-    primary.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{name}'")
-    primary.execute("SELECT pg_reload_conf()")
-    deadline = time.monotonic() + 60
-    while primary.execute("SELECT count(*) FROM pg_stat_replication "
-                          "WHERE sync_state = 'sync'")[0][0] < 1:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name} never reached sync_state 'sync'")
-        time.sleep(0.05)
-    return node
-
-
 def _store(workdir: Path, args: list[str], name: str) -> StoreProcess:
     # The server's default readiness interval (2 s), not the unit tests' 0.5 s: it is part
     # of the unavailability a user would see.
@@ -260,34 +230,28 @@ def pg_failover(env: FaultEnv) -> ScenarioResult:
                             "standby promoted", profile.name)
     workdir = env.dir("pg-failover")
     prefix = f"fo{uuid.uuid4().hex[:8]}"
-    extra: list[PgNode] = []
     with PgCluster(standby=True) as cluster:
+        cluster.create_database("app")
+        dsn_file = workdir / "dsn"
+        dsn_file.write_text(cluster.multi_host_dsn("app"))
+        store = _store(workdir, ["--store", "postgres", "--dsn-file", str(dsn_file),
+                                 "--durability", "replicated"], "store")
+        writers = Writers(store.target, profile.unsub_writers, prefix).start()
         try:
-            cluster.create_database("app")
-            dsn_file = workdir / "dsn"
-            dsn_file.write_text(cluster.multi_host_dsn("app"))
-            store = _store(workdir, ["--store", "postgres", "--dsn-file", str(dsn_file),
-                                     "--durability", "replicated"], "store")
-            writers = Writers(store.target, profile.unsub_writers, prefix).start()
-            try:
-                time.sleep(profile.unsub_before)
-                acked_before = len(writers.acked())
-                fault_wall = time.time()
-                killed_at = time.monotonic()
-                cluster.kill_primary()
-                cluster.promote_standby()
-                promoted_at = time.monotonic()
-                extra.append(_new_sync_standby(cluster, cluster.standby, "standby2"))
-                synced_at = time.monotonic()
-                first_ack = _wait_acks_after(writers, killed_at, 120)
-                time.sleep(profile.unsub_after)
-            finally:
-                requests = writers.stop()
-                store.close()
-            rows = _rows_postgres(cluster.standby.dsn("app"), prefix)
+            time.sleep(profile.unsub_before)
+            acked_before = len(writers.acked())
+            fault_wall = time.time()
+            killed_at = time.monotonic()
+            # kill, promote, and a new synchronous standby of the promoted primary
+            failover = cluster.fail_over()
+            promoted_at = killed_at + (failover.promoted - failover.killed)
+            synced_at = killed_at + (failover.synchronous - failover.killed)
+            first_ack = _wait_acks_after(writers, killed_at, 120)
+            time.sleep(profile.unsub_after)
         finally:
-            for node in extra:
-                node.stop(immediate=True)
+            requests = writers.stop()
+            store.close()
+        rows = _rows_postgres(cluster.primary.dsn("app"), prefix)
     stalled = [r for r in requests if r.acked_at and r.first_attempt < first_ack
                and r.acked_at >= first_ack]
     result.figure("writers", f"{profile.unsub_writers} (idempotency key each, retried "
