@@ -22,6 +22,7 @@ Every process started is stopped by ``close()`` (fixtures call it in their final
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -32,6 +33,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +184,41 @@ class PgNode:
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=30)
+
+    def processes(self) -> list[int]:
+        """The postmaster's pid and its children's. Not its process group: PostgreSQL calls
+        setsid() in every child it forks, so the group holds the postmaster alone."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        pids = [self.proc.pid]
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                with open(stat) as f:
+                    # pid (comm) state ppid ...: comm may hold spaces, so split after ')'
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.proc.pid:
+                pids.append(int(stat.split("/")[2]))
+        return pids
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server hung (a frozen disk, a paused VM): the postmaster and every backend
+        SIGSTOPped — open connections stay open, queries and new connections get no answer
+        — and SIGCONTinued on leaving the block."""
+        stopped: list[int] = []
+        try:
+            # The postmaster first, so it forks nothing between the listing and the stop.
+            for pid in self.processes():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+            yield
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def stop(self, immediate: bool = False, timeout: float = 30.0) -> None:
         if self.proc is None:

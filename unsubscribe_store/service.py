@@ -296,13 +296,22 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
             if changes and cursor < feed.head:
                 continue
             now = time.monotonic()
-            if now - last_heartbeat >= interval:
-                server_time = Timestamp()
-                server_time.GetCurrentTime()
-                await self._send(context, pb.WatchEvent(heartbeat=pb.Heartbeat(
-                    head_sequence=max(feed.head, cursor), server_time=server_time)))
-                last_heartbeat = now
-            await feed.wait(wake, max(0.0, interval - (time.monotonic() - last_heartbeat)))
+            due = interval - (now - last_heartbeat)
+            if due <= 0:
+                # A heartbeat tells the consumer it has everything committed: only for a head
+                # the feed read from the database lately. While it cannot (the database is
+                # down, hung or failing over) none is sent and consumers go stale; the
+                # feed's next confirmed read wakes this loop.
+                if feed.confirmed():
+                    server_time = Timestamp()
+                    server_time.GetCurrentTime()
+                    await self._send(context, pb.WatchEvent(heartbeat=pb.Heartbeat(
+                        head_sequence=max(feed.head, cursor), server_time=server_time)))
+                    last_heartbeat = now
+                else:
+                    feed.report_unconfirmed()
+                due = interval
+            await feed.wait(wake, due)
 
     async def FingerprintSnapshot(self, request: pb.FingerprintSnapshotRequest,
                                   context: grpc.aio.ServicerContext) -> None:
