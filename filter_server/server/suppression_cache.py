@@ -47,6 +47,7 @@ from mailwarden.fingerprint_index import (
     entry,
 )
 from mailwarden.fingerprints import FingerprintKey, ForeignFingerprint
+from mailwarden.keepalive import keepalive_options
 from mailwarden.suppression import MailClass
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
@@ -117,7 +118,12 @@ class SuppressionCache:
         self.max_backoff = max_backoff
         self.on_change = on_change
         self.name = name
-        self._channel_options = list(channel_options)
+        # Keepalive (mailwarden/keepalive.py): a stream the store is silent on — a vanished
+        # store, or one withholding heartbeats while it cannot read its database — is
+        # closed within seconds when its connection is dead. gRPC keeps the first of two
+        # options with one key, so a caller's option replaces ours rather than follows it.
+        self._channel_options = list({**dict(keepalive_options()),
+                                      **dict(channel_options)}.items())
         # Called for every connection attempt, so a factory may re-read rotated TLS files;
         # an exception counts as a failed attempt (logged, retried with back-off).
         self._channel_factory = channel_factory or _insecure_channel

@@ -14,6 +14,7 @@ from filter_server.server.config import ServeConfig
 from filter_server.server.store_suppression import tls_channel_factory
 from filter_server.server.suppression_cache import SuppressionCache, _insecure_channel
 from mailwarden.fingerprints import FingerprintKey
+from mailwarden.keepalive import keepalive_options
 
 
 def follow_store(config: ServeConfig, *, index_path: str | os.PathLike[str] | None = None,
@@ -47,4 +48,5 @@ def store_channel(config: ServeConfig) -> grpc.Channel:
     factory = (tls_channel_factory(config.suppression_store_tls_dir)
                if config.suppression_store_tls_dir else _insecure_channel)
     # Room for the fingerprint snapshot's 1 MiB messages whatever the default becomes.
-    return factory(config.suppression_store, [("grpc.max_receive_message_length", 8 << 20)])
+    return factory(config.suppression_store,
+                   [("grpc.max_receive_message_length", 8 << 20), *keepalive_options()])

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     import grpc
 
     from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
+    from mailwarden.keepalive import keepalive_options
 
     if not args.target:
         print("mailwarden learn: give --target HOST:PORT (or set $MAILWARDEN_TARGET)",
@@ -71,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
     if args.tls_dir is not None:
         from mailwarden.tls import TlsConfigError, channel_credentials
         try:
-            channel = grpc.secure_channel(args.target, channel_credentials(args.tls_dir))
+            channel = grpc.secure_channel(args.target, channel_credentials(args.tls_dir),
+                                          keepalive_options())
         except TlsConfigError as exc:
             print(f"mailwarden learn: {exc}", file=sys.stderr)
             return 2
     else:
-        channel = grpc.insecure_channel(args.target)
+        channel = grpc.insecure_channel(args.target, keepalive_options())
     label = filter_pb2.LABEL_SPAM if args.spam else filter_pb2.LABEL_HAM
     origin = filter_pb2.LabelOrigin.Value(ORIGINS[args.origin])
     metadata = bearer_metadata(credential)

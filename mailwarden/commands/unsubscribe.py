@@ -93,7 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _stub(args: argparse.Namespace):
     import grpc
 
+    from mailwarden.keepalive import keepalive_options
     from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
+    # A `watch` or an export only reads: keepalive notices a dead connection in seconds.
+    options = keepalive_options()
     if args.tls_dir:
         from mailwarden.tls import TlsConfigError, channel_credentials
         try:
@@ -101,9 +104,9 @@ def _stub(args: argparse.Namespace):
         except TlsConfigError as exc:
             print(f"mailwarden unsubscribe: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-        channel = grpc.secure_channel(args.target, credentials)
+        channel = grpc.secure_channel(args.target, credentials, options)
     else:
-        channel = grpc.insecure_channel(args.target)
+        channel = grpc.insecure_channel(args.target, options)
     return channel, pb_grpc.UnsubscribeStoreStub(channel)
 
 

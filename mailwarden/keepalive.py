@@ -1,0 +1,46 @@
+"""gRPC keepalive for the clients of the store and of the learning service: the filter pods'
+Watch stream to the unsubscribe store (suppression cache, fingerprint snapshot), the
+`mailwarden unsubscribe ...` commands and `mailwarden learn`.
+
+Without keepalive a connection whose peer vanished without closing it (a node losing power
+or its link, a NAT or firewall dropping the flow) is noticed only when TCP gives up on data
+it sent — about 15 minutes — or never, for a client that only waits to read: a `mailwarden
+unsubscribe watch`, an export, or a Watch stream while the store withholds heartbeats
+because it cannot read its database (unsubscribe_store/feed.py). With it the client pings
+after ``KEEPALIVE_TIME_MS`` with nothing read on a connection that has a call in flight,
+and closes the connection when no answer comes within ``KEEPALIVE_TIMEOUT_MS`` (also its
+TCP_USER_TIMEOUT): the call fails with UNAVAILABLE about 5 s after the peer went silent,
+and the caller reconnects or says so.
+
+Not a ping storm: a Watch stream reads a heartbeat every second while the store is well,
+so it never pings then; a silent one pings every ``KEEPALIVE_TIME_MS``. Both servers take
+client pings up to one per 500 ms without data (``grpc.http2.min_ping_interval_without_data_ms``
+in unsubscribe_store/server.py and filter_server/server/worker.py); a client pinging more
+often than its server allows is sent GOAWAY too_many_pings, which fails every call on the
+connection. ``grpc.http2.max_pings_without_data`` 0 lifts gRPC's own cap of two pings per
+message the client sends: a Watch or an export sends one message and then only reads.
+
+The balancing filter client (mailwarden/client.py) pings much sooner (250 ms / 500 ms): its
+calls are short and a vanished replica must cost them under a second, not five.
+"""
+
+from __future__ import annotations
+
+KEEPALIVE_TIME_MS = 2_000
+KEEPALIVE_TIMEOUT_MS = 3_000
+
+
+def keepalive_options(time_ms: int = KEEPALIVE_TIME_MS,
+                      timeout_ms: int = KEEPALIVE_TIMEOUT_MS) -> list[tuple[str, object]]:
+    """Channel options: ping a connection with a call in flight after ``time_ms`` with
+    nothing read, give it up after ``timeout_ms`` without an answer."""
+    if time_ms < 1000 or timeout_ms <= 0:
+        # Under a second the servers' 500 ms allowance leaves no room for jitter.
+        raise ValueError("keepalive time must be at least 1000 ms and its timeout positive")
+    return [("grpc.keepalive_time_ms", time_ms),
+            ("grpc.keepalive_timeout_ms", timeout_ms),
+            ("grpc.http2.max_pings_without_data", 0),
+            # One ping in flight at a time: a flow-control (BDP) ping sent just before the
+            # peer went silent holds back every keepalive ping until it times out, after
+            # gRPC's default of a minute (seen: a dropped `unsubscribe watch` never noticed).
+            ("grpc.http2.ping_timeout_ms", timeout_ms)]
