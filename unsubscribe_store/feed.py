@@ -75,6 +75,12 @@ class ChangeFeed:
         still wakes the waiter."""
         return self._event
 
+    def confirmed_age(self) -> float:
+        """Seconds since the head was last confirmed (inf: never)."""
+        if self.confirmed_at is None:
+            return float("inf")
+        return time.monotonic() - self.confirmed_at
+
     def confirmed(self) -> bool:
         """Whether ``head`` was confirmed as the database's head within ``vouch_seconds``:
         only then may a heartbeat report it (see the module docstring)."""

@@ -23,6 +23,10 @@ SLOW_CONSUMERS = Counter("mailwarden_unsubscribe_slow_consumers_total",
                          "for --watch-send-timeout seconds")
 READY = Gauge("mailwarden_unsubscribe_ready", "1 when the store reports Ready")
 HEAD = Gauge("mailwarden_unsubscribe_head_sequence", "Last committed change sequence")
+FEED_CONFIRMED_AGE = Gauge("mailwarden_unsubscribe_feed_confirmed_age_seconds",
+                           "Seconds since the change feed last read the database's head; "
+                           "above 3 s (3 poll intervals) Watch heartbeats are withheld and "
+                           "the filter pods' caches go stale (+Inf before the first read)")
 SYNC_STANDBYS = Gauge("mailwarden_unsubscribe_sync_standbys",
                       "Standbys the database reports in synchronous replication")
 REPLICATION_LAG = Gauge("mailwarden_unsubscribe_replication_lag_seconds",

@@ -107,6 +107,7 @@ class ServerState:
         self.snapshot_slots = asyncio.Semaphore(max_concurrent_snapshots)
         self.send_timeout = send_timeout
         self.feed = ChangeFeed(store)
+        metrics.FEED_CONFIRMED_AGE.set_function(self.feed.confirmed_age)
 
 
 def _text(value: str, name: str) -> str:

@@ -23,6 +23,7 @@ import pytest
 from filter_server.server.suppression_cache import SuppressionCache
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from testkit.pg import PgCluster
+from testkit.processes import scraped_total
 from unsubscribe_store.feed import DEFAULT_POLL_SECONDS, VOUCH_POLLS
 
 STALE_AFTER = 1.0
@@ -32,6 +33,7 @@ VOUCH = VOUCH_POLLS * DEFAULT_POLL_SECONDS
 HEARTBEAT = 0.5          # the store's minimum interval (the cache asks for 0.2)
 SLACK = 2.0              # a loaded 2-core machine
 FRESH_LIMIT = VOUCH + HEARTBEAT + STALE_AFTER + SLACK
+CONFIRMED_AGE = "mailwarden_unsubscribe_feed_confirmed_age_seconds"
 # How long a stale cache is watched for coming back FRESH while the outage still lasts.
 HOLD = 2.0
 
@@ -95,11 +97,14 @@ def test_cache_is_not_fresh_while_the_store_cannot_read_its_database(cluster, st
             writer.start()
             hung_fresh = fresh_for(cache, FRESH_LIMIT + 1)
             stayed_stale = never_fresh_for(cache, HOLD)
+            # What the store's owner sees: the feed has not read the head for that long.
+            unconfirmed = scraped_total(store.metrics_url, CONFIRMED_AGE)
         print(f"\ndatabase hung: the cache stayed FRESH {hung_fresh:.2f} s")
         assert hung_fresh <= FRESH_LIMIT, \
             f"the cache said FRESH {hung_fresh:.1f} s into a database hang " \
             f"(vouch {VOUCH:g} s + heartbeat + stale_after {STALE_AFTER:g} s + slack)"
         assert stayed_stale, "the cache went FRESH again while the database was still hung"
+        assert unconfirmed > VOUCH, f"{CONFIRMED_AGE} said {unconfirmed} during the hang"
         writer.join(120)
         assert "during@example.com" in late, "the unsubscribe sent during the hang failed"
         acked.update(late)
