@@ -3,8 +3,9 @@ Watch stream to the unsubscribe store (suppression cache, fingerprint snapshot),
 `mailwarden unsubscribe ...` commands and `mailwarden learn`.
 
 Without keepalive a connection whose peer vanished without closing it (a node losing power
-or its link, a NAT or firewall dropping the flow) is noticed only when TCP gives up on data
-it sent — about 15 minutes — or never, for a client that only waits to read: a `mailwarden
+or its link, a NAT or firewall dropping the flow, a hung process or proxy whose TCP still
+acknowledges) is noticed only when TCP gives up on data it sent — about 15 minutes — or
+never, for a client that only waits to read: a `mailwarden
 unsubscribe watch`, an export, or a Watch stream while the store withholds heartbeats
 because it cannot read its database (unsubscribe_store/feed.py). With it the client pings
 after ``KEEPALIVE_TIME_MS`` with nothing read on a connection that has a call in flight,
@@ -40,7 +41,9 @@ def keepalive_options(time_ms: int = KEEPALIVE_TIME_MS,
     return [("grpc.keepalive_time_ms", time_ms),
             ("grpc.keepalive_timeout_ms", timeout_ms),
             ("grpc.http2.max_pings_without_data", 0),
-            # One ping in flight at a time: a flow-control (BDP) ping sent just before the
-            # peer went silent holds back every keepalive ping until it times out, after
-            # gRPC's default of a minute (seen: a dropped `unsubscribe watch` never noticed).
+            # What closes a connection whose ping is not answered while the peer's TCP
+            # still acknowledges (a hung process or proxy): gRPC (1.85) waits for a ping ack
+            # this long, a minute by default — keepalive_timeout_ms alone only sets
+            # TCP_USER_TIMEOUT, which such a peer never trips (seen: `unsubscribe watch`
+            # through a relay gone silent still waiting after 19 s; 5.3 s with this).
             ("grpc.http2.ping_timeout_ms", timeout_ms)]

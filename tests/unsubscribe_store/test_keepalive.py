@@ -1,9 +1,11 @@
 """gRPC keepalive between the store and its clients (mailwarden/keepalive.py).
 
-- A client whose connection to the store is silently dropped (nothing passes, nothing is
-  closed) notices it within seconds: `mailwarden unsubscribe watch` through a relay that
-  goes silent exits with UNAVAILABLE instead of waiting forever. Without keepalive it
-  waits forever: a Watch stream only reads.
+- A client whose connection to the store goes silent (nothing passes, nothing is closed,
+  the TCP peer — here a relay, as a hung proxy or process would — still acknowledges)
+  notices it within seconds: `mailwarden unsubscribe watch` through a relay that goes
+  silent exits with UNAVAILABLE instead of waiting forever. Without keepalive it waits
+  forever: a Watch stream only reads. (Without `grpc.http2.ping_timeout_ms` too: gRPC
+  waits a minute for the unanswered ping.)
 - The store takes the pings those clients send on a silent stream: a call on which nothing
   moves for seconds (as a Watch stream while the store withholds heartbeats) is not failed
   with GOAWAY too_many_pings (gRPC's default allows one ping per 5 minutes).
