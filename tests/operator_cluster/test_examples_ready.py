@@ -122,6 +122,15 @@ def test_a_learning_spampolicy_records_labelled_mail_with_the_operators_token(
                 "spec": {"policy": {"rules": [{"name": "R1", "target": "body",
                                                "pattern": "viagra", "score": 5}]},
                          "learning": {"enabled": True, "claimName": "learned"}}}
+        # The CRD's CEL rules, on the real API server.
+        for learning, message in (({"enabled": True}, "needs learning.claimName"),
+                                  ({"enabled": True, "claimName": "learned",
+                                    "subPath": "a/../b"}, "no leading / and no ..")):
+            bad = {**body, "spec": {**body["spec"], "learning": learning}}
+            refused_apply = kubectl(control_plane, "apply", "--dry-run=server", "-f", "-",
+                                    stdin=yaml.safe_dump(bad))
+            assert refused_apply.returncode != 0 and message in refused_apply.stderr, \
+                refused_apply.stderr
         done = kubectl(control_plane, "apply", "-f", "-", stdin=yaml.safe_dump(body))
         assert done.returncode == 0, done.stdout + done.stderr
         wait_for("the learning SpamPolicy Ready", lambda: ready(
