@@ -121,6 +121,8 @@ def test_a_learning_spampolicy_records_labelled_mail_with_the_operators_token(
                 "metadata": {"name": "learner", "namespace": namespace},
                 "spec": {"policy": {"rules": [{"name": "R1", "target": "body",
                                                "pattern": "viagra", "score": 5}]},
+                         # One pod is enough to prove the path, and starts sooner.
+                         "replicas": {"min": 1, "max": 1},
                          "learning": {"enabled": True, "claimName": "learned"}}}
         # The CRD's CEL rules, on the real API server.
         for learning, message in (({"enabled": True}, "needs learning.claimName"),
