@@ -6,7 +6,7 @@ from typing import Any
 
 from mailwarden import wire
 from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings, pod_identity
-from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.spampolicy import learning, naming
 from mailwarden_operator.spampolicy.render.tolerations import pod_tolerations
 from mailwarden_operator.unsubscribestore import naming as store_naming
 
@@ -116,11 +116,15 @@ def _spread(policy_name: str, key: str) -> dict[str, Any]:
 
 def render_deployment(owner: dict[str, Any], policy_hash: str,
                       settings: RenderSettings, store_client_secret: str | None = None,
-                      *, shadow_hash: str | None = None) -> dict[str, Any]:
+                      *, shadow_hash: str | None = None,
+                      learn_token_version: str | None = None) -> dict[str, Any]:
     """The filter Deployment serving `policy_hash`; with `shadow_hash`, its pods also
     evaluate that policy in shadow (rollout.strategy Shadow). `store_client_secret`: see
-    store_client_tls_secret (None: plaintext to the store)."""
+    store_client_tls_secret (None: plaintext to the store). `learn_token_version`: the
+    resourceVersion of the Learn admin-token Secret (learning.prepare; None: Learn off)."""
     deployment = _render_deployment(owner, policy_hash, settings, store_client_secret)
+    if learn_token_version is not None:
+        learning.add_to_pod(deployment["spec"]["template"], owner, learn_token_version)
     if shadow_hash is not None:
         _add_shadow(deployment, owner, shadow_hash)
     return deployment
@@ -128,7 +132,8 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
 
 def render_canary_deployment(owner: dict[str, Any], candidate_hash: str, stable_hash: str,
                              replicas: int, settings: RenderSettings,
-                             store_client_secret: str | None = None) -> dict[str, Any]:
+                             store_client_secret: str | None = None,
+                             learn_token_version: str | None = None) -> dict[str, Any]:
     """The canary Deployment (rollout.strategy Canary): pods like the main ones serving
     `candidate_hash`, which also judge a sample with `stable_hash` in shadow (the
     verdict-change guard). Its pods match the Services' selector, so they take a share of
@@ -136,7 +141,8 @@ def render_canary_deployment(owner: dict[str, Any], candidate_hash: str, stable_
     claims the other's pods. No autoscaler: the operator sets `replicas` at each step."""
     policy_name = owner["metadata"]["name"]
     deployment = render_deployment(owner, candidate_hash, settings, store_client_secret,
-                                   shadow_hash=stable_hash)
+                                   shadow_hash=stable_hash,
+                                   learn_token_version=learn_token_version)
     track = {naming.TRACK_LABEL: naming.CANARY_TRACK}
     deployment["metadata"] = naming.child_metadata(
         owner, naming.canary_name(policy_name), extra_labels=track,
