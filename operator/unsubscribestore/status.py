@@ -45,6 +45,7 @@ class StoreObservation:
     rollout: Rollout = field(default_factory=lambda: Rollout(None, False))
     rollout_stuck: bool = False        # the Deployment reports ProgressDeadlineExceeded
     signing_key_secret: str | None = None
+    fingerprint_key_secret: str | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
     apply_failure: ApplyFailure | None = None  # the API server refused a child write
 
@@ -149,6 +150,8 @@ def compute_store_status(previous: dict[str, Any] | None, obs: StoreObservation,
         out["signingKeySecret"] = obs.signing_key_secret
     elif "signingKeySecret" in prev:
         out["signingKeySecret"] = None
+    if obs.fingerprint_key_secret is not None:
+        out["fingerprintKeySecret"] = obs.fingerprint_key_secret
     if r.target_hash is not None:
         out["configHash"] = r.target_hash
     out["endpoints"] = dict(obs.endpoints)
