@@ -17,13 +17,32 @@ from typing import Any
 
 import pytest
 
+from mailwarden_operator.common.kube import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    EVENTS,
+    HPAS,
+    PDBS,
+    PVCS,
+    SECRETS,
+    SERVICES,
+    SPAMPOLICIES,
+    UNSUBSCRIBESTORES,
+)
 from mailwarden_operator.unsubscribestore import naming as store_naming
-from mailwarden_operator.common.kube import (CONFIGMAPS, DEPLOYMENTS, EVENTS, HPAS, PDBS, PVCS,
-                                      SECRETS, SERVICES, SPAMPOLICIES, UNSUBSCRIBESTORES)
-from mailwarden_operator.unsubscribestore.reconcile import (check_fingerprint_key_secret,
-                                                          check_signing_key_secret)
-from tests.operator.conftest import (Cluster, OperatorProcess, condition, example_policy,
-                                     model_configmap, naming, wait_for)
+from mailwarden_operator.unsubscribestore.reconcile import (
+    check_fingerprint_key_secret,
+    check_signing_key_secret,
+)
+from tests.operator.conftest import (
+    Cluster,
+    OperatorProcess,
+    condition,
+    example_policy,
+    model_configmap,
+    naming,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(240)
 DSN = "postgresql://app:s3cret-pw@pg-rw:5432/app?target_session_attrs=read-write"

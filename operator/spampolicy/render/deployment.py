@@ -309,9 +309,9 @@ def _render_deployment(owner: dict[str, Any], policy_hash: str, settings: Render
         ],
     }
     scheduling = spec.get("scheduling") or {}
-    for key in ("nodeSelector", "priorityClassName"):
-        if key in scheduling:
-            pod_spec[key] = scheduling[key]
+    for field in ("nodeSelector", "priorityClassName"):
+        if field in scheduling:
+            pod_spec[field] = scheduling[field]
     pod_spec["tolerations"] = pod_tolerations(scheduling.get("tolerations"))
     pod_spec.update(pod_identity(spec))
     return {
