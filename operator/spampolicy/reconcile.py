@@ -351,12 +351,20 @@ class Reconciler:
         """The store's fingerprint key as the filter pods are to mount it, or None (each
         pod then makes its own key: a Watch snapshot at start, no forgotten suppressions).
 
-        Only a Secret that exists and holds a key the pods accept: a pod mounting a missing
-        Secret would wait in ContainerCreating, one with a bad key would exit, instead of
-        classifying. The pods roll onto the key when it appears (the store's reconciler
-        creates it) and when it is edited (its resourceVersion is in the pod template).
-        Its content is checked here and never leaves this method."""
-        name = suppression_key_secret(owner, store)
+        From the store's status, which names the Secret (and its resourceVersion) only once
+        the store's reconciler has created or checked it: a pod mounting a missing Secret
+        would wait in ContainerCreating, one with a bad key would exit, instead of
+        classifying. So a no-op resync still sends no request. While the store does not
+        exist, its default-named Secret is read (the Secret outlives the store, so a store
+        coming and going does not roll the pods); its content never leaves this method."""
+        if store is not None:
+            status = store.get("status") or {}
+            name, version = status.get("fingerprintKeySecret"), status.get(
+                "fingerprintKeyVersion")
+            if not name or version is None or name != suppression_key_secret(owner, store):
+                return None
+            return SuppressionKey(name, version)
+        name = suppression_key_secret(owner, None)
         if name is None:
             return None
         secret = self.kube.get(SECRETS, owner["metadata"]["namespace"], name)
@@ -365,7 +373,7 @@ class Reconciler:
         try:
             check_fingerprint_key_secret(secret)
         except StoreProblem:
-            return None  # the store reports it (FingerprintKeyInvalid) and does not roll
+            return None
         return SuppressionKey(name, secret["metadata"].get("resourceVersion", ""))
 
     def _apply_canary(self, owner: dict[str, Any], plan: canary.Plan | None,

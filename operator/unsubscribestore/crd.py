@@ -374,7 +374,12 @@ STATUS_SCHEMA: dict[str, Any] = {
                              "description": "Secret with the one-click signing keys."},
         "fingerprintKeySecret": {"type": "string",
                                  "description": "Secret with the suppression fingerprint "
-                                 "key the store and its filter pods share."},
+                                 "key the store and its filter pods share; set once it "
+                                 "exists and holds a usable key."},
+        "fingerprintKeyVersion": {"type": "string",
+                                  "description": "That Secret's resourceVersion (never its "
+                                  "content): a change rolls the filter pods of referencing "
+                                  "SpamPolicies onto the new key."},
         "configHash": {"type": "string",
                        "description": "Hash of the desired pod template (configuration and "
                        "Secret versions)."},

@@ -221,12 +221,17 @@ class StoreReconciler:
         deployment: dict[str, Any] | None = None
         target_hash: str | None = None
         embedded = spec.get("storage", {}).get("type") == "embedded"
+        # The fingerprint key as checked in this reconcile: {"key": (name, resourceVersion)},
+        # {"key": None} when it is unusable, {} when not reached (status keeps what it said).
+        fingerprint: dict[str, tuple[str, str] | None] = {}
         if problem is None and failure is None:
             try:
-                deployment, target_hash = self._apply_children(owner, now)
+                deployment, target_hash = self._apply_children(owner, now, fingerprint)
                 self.backoff.succeeded(namespace, name)
             except StoreProblem as exc:
                 problem = exc
+                if exc.reason == "FingerprintKeyInvalid":
+                    fingerprint["key"] = None
             except KubeError as exc:
                 if not is_persistent(exc):
                     raise
@@ -268,7 +273,7 @@ class StoreReconciler:
             rollout=rollout,
             rollout_stuck=_progress_deadline_exceeded(deployment),
             signing_key_secret=store_naming.signing_key_secret(owner) if one_click else None,
-            fingerprint_key_secret=store_naming.fingerprint_key_secret(owner),
+            fingerprint_key=fingerprint.get("key"), fingerprint_key_known="key" in fingerprint,
             endpoints=endpoints, apply_failure=failure)
         status, transitions = compute_store_status(previous, observation, now)
         patch = status_patch(previous, status)
@@ -285,13 +290,16 @@ class StoreReconciler:
             return "rejected", ready_changed
         return ("changed" if patch else "unchanged"), ready_changed
 
-    def _apply_children(self, owner: dict[str, Any], now: datetime.datetime
+    def _apply_children(self, owner: dict[str, Any], now: datetime.datetime,
+                        fingerprint: dict[str, tuple[str, str] | None]
                         ) -> tuple[dict[str, Any], str]:
         """Check the Secrets, then write every child (nothing when all are as desired);
         returns the Deployment and its config hash. Raises StoreProblem or KubeError."""
         kube = self.kube
         embedded = owner["spec"]["storage"]["type"] == "embedded"
         versions = self._secret_versions(owner, now)
+        fingerprint["key"] = (store_naming.fingerprint_key_secret(owner),
+                              versions["fingerprint-key"])
         if wants_claim(owner):
             ensure_exists(kube, PVCS, render_data_claim(owner))
         desired = render_store_deployment(owner, self.settings, versions)
