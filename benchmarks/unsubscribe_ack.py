@@ -9,9 +9,16 @@
    A negative value means the cache applied the change before the client received its ack.
 3. Primary kill: writers running, SIGKILL to the primary, promote the standby; how many
    acknowledged unsubscribes are missing on the promoted standby (target: none).
+4. Fan-out (`--only fanout`): one store replica followed by `--watchers` Watch streams (one
+   connection each, as filter workers hold them, spread over child processes), with the
+   store holding `--fanout-sizes` suppressions already: ack -> received on *every* stream
+   (p50/p99 over all streams and changes, and per change the slowest stream), and the
+   store's CPU per change per watcher (its CPU while changes flow, less its CPU for the
+   same time with the same streams idle).
 
 Usage: .venv/bin/python benchmarks/unsubscribe_ack.py [--seconds 5] [--clients 1,8,32]
-       [--samples 200] [--only throughput|propagation|kill]
+       [--samples 200] [--watchers 1000] [--fanout-sizes 0,1M] [--fanout-modes single,batch]
+       [--only throughput|propagation|kill|fanout]
 Everything runs on loopback; every process started is stopped at the end.
 """
 
@@ -202,6 +209,159 @@ def propagation(workdir: Path, samples: int, background: int) -> None:
     print(f"   load after:  {uptime()}")
 
 
+def watch_worker(target: str, streams: int, batch: bool) -> None:
+    """Child process: `streams` Watch streams from the current head, one connection each.
+    Prints READY once every stream is open; on 'STOP <sequence>' from stdin waits until
+    every stream has received that sequence and prints {sequence: [monotonic times]}."""
+    import asyncio
+
+    async def run() -> None:
+        received: dict[int, list[float]] = {}
+        opened = 0
+        all_open = asyncio.Event()
+        last = [0] * streams
+        progress = asyncio.Condition()
+
+        async def follow(n: int, head: int) -> None:
+            nonlocal opened
+            # A local subchannel pool: otherwise channels to one target share a connection.
+            channel = grpc.aio.insecure_channel(target, options=[
+                ("grpc.use_local_subchannel_pool", 1)])
+            stub = pb_grpc.UnsubscribeStoreStub(channel)
+            call = stub.Watch(pb.WatchRequest(from_sequence=head, heartbeat_seconds=1.0,
+                                              batch_changes=batch))
+            first = True
+            async for event in call:
+                if first:
+                    first = False
+                    opened += 1
+                    if opened == streams:
+                        all_open.set()
+                kind = event.WhichOneof("event")
+                if kind in ("change", "change_batch"):
+                    now = time.monotonic()
+                    changes = (event.change_batch.changes if kind == "change_batch"
+                               else [event.change])
+                    for change in changes:
+                        received.setdefault(change.sequence, []).append(now)
+                    last[n] = changes[-1].sequence
+                    async with progress:
+                        progress.notify_all()
+
+        async with grpc.aio.insecure_channel(target) as channel:
+            head = (await pb_grpc.UnsubscribeStoreStub(channel).GetStatus(
+                pb.GetStatusRequest(), timeout=30)).head_sequence
+        tasks = [asyncio.create_task(follow(n, head)) for n in range(streams)]
+        await asyncio.wait_for(all_open.wait(), 300)  # every stream has had a heartbeat
+        print("READY", flush=True)
+        line = (await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
+        stop = int(line.split()[1])
+        async with progress:
+            await asyncio.wait_for(progress.wait_for(lambda: min(last) >= stop), 300)
+        for task in tasks:
+            task.cancel()
+        print(json.dumps(received), flush=True)
+    asyncio.run(run())
+
+
+BURST_CLIENTS = 16
+
+
+def fanout(workdir: Path, watchers: int, sizes: list[int], changes: int,
+           modes: list[str], rate: float) -> None:
+    from testkit.procfs import cpu_seconds
+    from testkit.store import seed_postgres
+    processes = max(1, min(8, watchers // 125))
+    print(f"\n== fan-out: {watchers} Watch streams (one connection each, {processes} client "
+          f"processes) on one store replica, {changes} unsubscribes at "
+          f"{f'~{rate:g}/s' if rate else f'full speed ({BURST_CLIENTS} clients)'} (postgres, "
+          "single node)")
+    for size, mode in [(size, mode) for size in sizes for mode in modes]:
+        print(f"   load before: {uptime()}")
+        with PgCluster(fsync=False) as single:
+            dsn = single.create_database("fanout")
+            if size:
+                started = time.monotonic()
+                seed_postgres(dsn, size)
+                print(f"   seeded {size:,} suppressions in {time.monotonic() - started:.0f} s")
+            store = start_store(workdir, pg_args(workdir, dsn, "local", f"fanout{size}"),
+                                f"fanout{size}")
+            assert store.process is not None
+            pid = store.process.pid
+            workers = []
+            try:
+                per = [watchers // processes + (1 if i < watchers % processes else 0)
+                       for i in range(processes)]
+                opened = time.monotonic()
+                for count in per:
+                    workers.append(subprocess.Popen(
+                        [sys.executable, __file__, "--watch-worker", store.target, str(count),
+                         mode],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO))
+                for w in workers:
+                    assert w.stdout is not None
+                    assert w.stdout.readline().strip() == "READY", "a watch worker failed"
+                print(f"   {watchers} streams open after {time.monotonic() - opened:.1f} s")
+                seconds = changes / rate if rate else 2.0
+                time.sleep(2)
+                idle_before = cpu_seconds([pid])
+                time.sleep(seconds)
+                idle_cpu = cpu_seconds([pid]) - idle_before
+                acked: dict[int, float] = {}
+                busy_before = cpu_seconds([pid])
+                with grpc.insecure_channel(store.target) as channel:
+                    stub = pb_grpc.UnsubscribeStoreStub(channel)
+                    began = time.monotonic()
+
+                    def write(first: int, step: int) -> None:
+                        for i in range(first, changes, step):
+                            r = stub.Unsubscribe(pb.UnsubscribeRequest(
+                                address=f"fan{i}-{uuid.uuid4().hex[:6]}@example.com",
+                                scope="news", source="bench"), timeout=60)
+                            acked[r.sequence] = time.monotonic()
+                            if rate:
+                                time.sleep(max(0.0, began + (i + 1) / rate - time.monotonic()))
+                    # A burst: many senders' clicks at once, as concurrent clients.
+                    writers = [threading.Thread(target=write, args=(n, BURST_CLIENTS))
+                               for n in range(BURST_CLIENTS)] if not rate else []
+                    for thread in writers:
+                        thread.start()
+                    for thread in writers:
+                        thread.join()
+                    if rate:
+                        write(0, 1)
+                    head = max(acked)
+                delays: list[float] = []
+                slowest: dict[int, float] = {}
+                for w in workers:
+                    out, _ = w.communicate(f"STOP {head}\n", timeout=600)
+                    for seq, times in json.loads(out.strip().splitlines()[-1]).items():
+                        seq = int(seq)
+                        if seq in acked:
+                            mine = [(t - acked[seq]) * 1000 for t in times]
+                            delays.extend(mine)
+                            slowest[seq] = max(slowest.get(seq, float("-inf")), *mine)
+                busy_cpu = cpu_seconds([pid]) - busy_before
+                busy_seconds = time.monotonic() - began
+            finally:
+                for w in workers:
+                    if w.poll() is None:
+                        w.kill()
+                store.close()
+        expected = watchers * changes
+        # The idle part scaled to the busy part's duration: heartbeats cost the same either way.
+        change_cpu = busy_cpu - idle_cpu * busy_seconds / seconds
+        print(f"   store of {size:,}, {mode} changes: ack -> every stream p50 {pct(delays, 50):6.2f} ms   "
+              f"p99 {pct(delays, 99):6.2f} ms   max {max(delays):7.2f} ms   "
+              f"({len(delays)} of {expected} deliveries; target p99 <= 100 ms)")
+        print(f"   slowest stream per change: p50 {pct(list(slowest.values()), 50):6.2f} ms   "
+              f"p99 {pct(list(slowest.values()), 99):6.2f} ms")
+        print(f"   store CPU: {busy_cpu:.2f} s with changes over {busy_seconds:.1f} s, "
+              f"{idle_cpu:.2f} s idle over {seconds:.1f} s -> "
+              f"{change_cpu / expected * 1e6:.1f} µs per change per watcher")
+        print(f"   load after:  {uptime()}")
+
+
 def primary_kill(workdir: Path, clients: int) -> None:
     print("\n== primary kill (SIGKILL with writes in flight, then promote the standby)")
     print(f"   load before: {uptime()}")
@@ -266,9 +426,18 @@ def _status_after(store: StoreProcess):
         time.sleep(0.2)
 
 
+def _count(text: str) -> int:
+    text = text.strip()
+    scale = {"k": 1_000, "M": 1_000_000}.get(text[-1:], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--cache-worker":
         cache_worker(sys.argv[2])
+        return 0
+    if len(sys.argv) == 5 and sys.argv[1] == "--watch-worker":
+        watch_worker(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "batch")
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
@@ -277,7 +446,20 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=200, help="propagation samples")
     parser.add_argument("--background", type=int, default=8,
                         help="writers running during the second propagation run")
-    parser.add_argument("--only", choices=("throughput", "propagation", "kill"))
+    parser.add_argument("--watchers", type=int, default=1000, help="Watch streams (fan-out)")
+    parser.add_argument("--fanout-sizes", default="0,1M",
+                        help="suppressions already in the store for each fan-out run "
+                             "(comma-separated; k and M suffixes)")
+    parser.add_argument("--fanout-changes", type=int, default=200,
+                        help="unsubscribes per fan-out run")
+    parser.add_argument("--fanout-rate", type=float, default=50.0,
+                        help="unsubscribes per second in a fan-out run (0: a burst, as fast "
+                             "as 16 concurrent clients get them acknowledged)")
+    parser.add_argument("--fanout-modes", default="single,batch",
+                        help="how streams take changes: single (one message each, as "
+                             "consumers that do not ask for batches) and/or batch "
+                             "(WatchRequest.batch_changes, as filter pods do)")
+    parser.add_argument("--only", choices=("throughput", "propagation", "kill", "fanout"))
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores; {uptime()}")
     with tempfile.TemporaryDirectory(prefix="mailwarden-bench-") as tmp:
@@ -289,6 +471,9 @@ def main() -> int:
             propagation(workdir, args.samples, args.background)
         if args.only in (None, "kill"):
             primary_kill(workdir, 4)
+        if args.only in (None, "fanout"):
+            fanout(workdir, args.watchers, [_count(v) for v in args.fanout_sizes.split(",")],
+                   args.fanout_changes, args.fanout_modes.split(","), args.fanout_rate)
     return 0
 
 

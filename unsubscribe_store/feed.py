@@ -69,9 +69,12 @@ class ChangeFeed:
         return [self._window[i] for i in range(start, end)]
 
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        # asyncio.timeout: no task per wait (wait_for makes one), which mattered with
+        # a thousand streams waking on every change.
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
             pass
 
     # --- the reader ------------------------------------------------------------------------

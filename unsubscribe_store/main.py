@@ -130,9 +130,10 @@ def run(args: argparse.Namespace) -> int:
         print(err + "--max-concurrent-snapshots must be at least 1 and --watch-send-timeout "
               "positive", file=sys.stderr)
         return 2
-    if not (args.http_header_timeout > 0 and args.http_body_timeout > 0) \
-            or args.http_max_connections < 0:
-        print(err + "--http-header-timeout and --http-body-timeout must be positive, "
+    if not (args.http_header_timeout > 0 and args.http_body_timeout > 0
+            and args.oneclick_answer_seconds > 0) or args.http_max_connections < 0:
+        print(err + "--http-header-timeout, --http-body-timeout and --oneclick-answer-seconds "
+              "must be positive, "
               "--http-max-connections 0 (automatic) or more", file=sys.stderr)
         return 2
     fingerprint_key = None
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent_snapshots=args.max_concurrent_snapshots,
         watch_send_timeout_seconds=args.watch_send_timeout,
         http_header_timeout=args.http_header_timeout, http_body_timeout=args.http_body_timeout,
+        oneclick_answer_seconds=args.oneclick_answer_seconds,
         http_max_connections=args.http_max_connections, tls_dir=args.tls_dir,
         require_client_cert=args.require_client_cert, fingerprint_key=fingerprint_key,
         fingerprint_dir=args.fingerprint_dir,

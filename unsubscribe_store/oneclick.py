@@ -45,6 +45,15 @@ STATE_KEY = web.AppKey("state", ServerState)
 KEYS_KEY = web.AppKey("keys", KeyRing)
 MAX_AGE_KEY = web.AppKey("max_age_days", int)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
+ANSWER_SECONDS_KEY = web.AppKey("answer_seconds", float)
+
+# A mailbox provider POSTs with a timeout of its own, and a request that hangs past it is
+# neither acknowledged nor clearly refused. While the database cannot commit (a failover,
+# a synchronous standby gone), 503 with Retry-After within this many seconds says "try
+# again" in a form every client understands. The write may still commit after the 503;
+# the retry is then a replay.
+DEFAULT_ANSWER_SECONDS = 3.0
+RETRY_AFTER_SECONDS = "30"
 SOURCE = "one-click"
 
 _HEADERS = {
@@ -68,6 +77,13 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
             f"</body></html>")
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8",
                         headers=_HEADERS)
+
+
+def _try_again() -> web.Response:
+    response = _page("Please try again", "<p>We could not record your request right now. "
+                     "Please try again in a few minutes.</p>", status=503)
+    response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
 
 
 CONFIRM_BODY = ("<p>Do you want to stop receiving these messages?</p>"
@@ -148,15 +164,19 @@ async def one_click(request: web.Request) -> web.Response:
         return _page("Unsubscribed", DONE_BODY)
     if state.store.durability == "replicated" and not state.ready:
         metrics.ONECLICK.labels("unavailable").inc()
-        return _page("Please try again", "<p>We could not record your request right now. "
-                     "Please try again in a few minutes.</p>", status=503)
+        return _try_again()
     try:
-        result = await state.store.unsubscribe(address, scope, Reason.UNSUBSCRIBE, SOURCE)
+        async with asyncio.timeout(request.app[ANSWER_SECONDS_KEY]):
+            result = await state.store.unsubscribe(address, scope, Reason.UNSUBSCRIBE, SOURCE)
     except StoreUnavailable as exc:
         metrics.ONECLICK.labels("unavailable").inc()
         log.warning("one-click unsubscribe not recorded: %s", exc)
-        return _page("Please try again", "<p>We could not record your request right now. "
-                     "Please try again in a few minutes.</p>", status=503)
+        return _try_again()
+    except TimeoutError:
+        metrics.ONECLICK.labels("unavailable").inc()
+        log.warning("one-click unsubscribe not committed within %gs: answered 503",
+                    request.app[ANSWER_SECONDS_KEY])
+        return _try_again()
     outcome = "replay" if result.already_existed else "recorded"
     metrics.ONECLICK.labels(f"{outcome}_expired" if expired else outcome).inc()
     metrics.ACK_SECONDS.observe(time.perf_counter() - started)
@@ -175,12 +195,14 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def build_app(state: ServerState, keys: KeyRing, *, max_age_days: int = 0,
-              body_timeout: float = 10.0) -> web.Application:
+              body_timeout: float = 10.0,
+              answer_seconds: float = DEFAULT_ANSWER_SECONDS) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[STATE_KEY] = state
     app[KEYS_KEY] = keys
     app[MAX_AGE_KEY] = max_age_days
     app[BODY_TIMEOUT_KEY] = body_timeout
+    app[ANSWER_SECONDS_KEY] = answer_seconds
     app.router.add_get("/u/{token}", confirm_page)
     app.router.add_post("/u/{token}", one_click)
     app.router.add_get("/healthz", healthz)

@@ -45,7 +45,7 @@ from unsubscribe_store.http_guard import (
     default_max_connections,
 )
 from unsubscribe_store.model import Readiness, StoreMisconfigured, StoreUnavailable
-from unsubscribe_store.oneclick import build_app
+from unsubscribe_store.oneclick import DEFAULT_ANSWER_SECONDS, build_app
 from unsubscribe_store.service import (
     DEFAULT_MAX_SNAPSHOTS,
     DEFAULT_SEND_TIMEOUT,
@@ -80,6 +80,7 @@ class ServerConfig:
     watch_send_timeout_seconds: float = DEFAULT_SEND_TIMEOUT
     http_header_timeout: float = DEFAULT_HEADER_TIMEOUT
     http_body_timeout: float = DEFAULT_BODY_TIMEOUT
+    oneclick_answer_seconds: float = DEFAULT_ANSWER_SECONDS
     http_max_connections: int = 0          # 0: from the descriptor limit (http_guard)
     # The key shared with the filter pods: with it the store builds and serves the
     # fingerprint snapshot they start from (FingerprintSnapshot); without, they stream a
@@ -202,7 +203,8 @@ class UnsubscribeServer:
         await self._grpc.start()
 
         app = build_app(self.state, cfg.keys, max_age_days=cfg.token_max_age_days,
-                        body_timeout=cfg.http_body_timeout) \
+                        body_timeout=cfg.http_body_timeout,
+                        answer_seconds=cfg.oneclick_answer_seconds) \
             if cfg.keys else _probe_only_app(self.state)
         # Paths carry tokens: no access log. A request head must be complete within the
         # header timeout, which is what aiohttp's keep-alive timer enforces (see http_guard).

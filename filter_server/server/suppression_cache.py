@@ -344,7 +344,8 @@ class SuppressionCache:
                 if resume is None and self._fingerprint_file is not None:
                     resume = self._take_fingerprint_snapshot(channel)
                 request = pb.WatchRequest(snapshot=resume is None, from_sequence=resume or 0,
-                                          heartbeat_seconds=self.heartbeat_seconds)
+                                          heartbeat_seconds=self.heartbeat_seconds,
+                                          batch_changes=True)
                 call = self._call = stub.Watch(request)
                 self._last_event = time.monotonic()
                 if self._stop.is_set():
@@ -378,6 +379,9 @@ class SuppressionCache:
                                             shared=False)
                         pending = None
                         self._loading = 0
+                    elif kind == "change_batch":
+                        if not all(self._apply(c) for c in event.change_batch.changes):
+                            break  # gap: reconnect for a fresh snapshot
                     elif kind == "change":
                         if not self._apply(event.change):
                             break  # gap: reconnect for a fresh snapshot

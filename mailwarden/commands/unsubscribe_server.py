@@ -108,6 +108,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http-body-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="answer 408 to a one-click POST whose body has not arrived this long "
                         "after its head (default: %(default)s)")
+    p.add_argument("--oneclick-answer-seconds", type=float, default=3.0, metavar="SECONDS",
+                   help="answer 503 (Retry-After) to a one-click POST whose unsubscribe is not "
+                        "committed this long after its body arrived, e.g. while the database "
+                        "fails over; nothing is acknowledged that was not committed, and a "
+                        "retry of the same link is idempotent (default: %(default)s)")
     p.add_argument("--http-max-connections", type=int, default=0, metavar="N",
                    help="HTTP connections at once; over it the connection silent longest is "
                         "closed. 0 (default): half of the open-file limit left after 256, at "

@@ -15,7 +15,7 @@ from typing import Any
 
 from filter_server.policy.schema import POLICY_SCHEMA
 from mailwarden_operator.common import crd as common
-from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.spampolicy import learning, naming
 
 DEFAULT_MIN_REPLICAS = 2
 DEFAULT_MAX_REPLICAS = 10
@@ -214,6 +214,7 @@ SPEC_SCHEMA: dict[str, Any] = {
             },
         },
         "goldenCorpus": GOLDEN_CORPUS_SCHEMA,
+        "learning": learning.SCHEMA,
         "image": {"type": "string", "maxLength": 1024,
                   "description": "Filter server image. Default: the operator's "
                   "`--filter-image` (the chart sets it to the release's image)."},

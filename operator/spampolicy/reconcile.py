@@ -41,6 +41,7 @@ from mailwarden_operator.common.status import build_conditions, observe_rollout,
 from mailwarden_operator.spampolicy import (
     canary,
     canary_guards,
+    learning,
     naming,
     shadow_agreement,
     suppression_health,
@@ -173,6 +174,7 @@ class Reconciler:
 
         bundle: PolicyBundle | None = None
         rejected: PolicyRejected | None = None
+        learn_token: str | None = None
         try:
             problems = serving_errors(spec, name)
             if problems:
@@ -185,6 +187,7 @@ class Reconciler:
             # change from serving when no webhook is installed (or it admitted on failure).
             check_golden(spec, candidate, read_configmap,
                          volume=CorpusVolume(self.golden_corpus_dir, namespace))
+            learn_token = learning.prepare(kube, owner)
             bundle = candidate
         except PolicyRejected as exc:
             rejected = exc
@@ -221,10 +224,10 @@ class Reconciler:
                 try:
                     deployment, hpa = self._apply_children(
                         owner, bundle, seen, serving_hash, shadow_hash,
-                        store_client_tls_secret(owner, store), key)
+                        store_client_tls_secret(owner, store), learn_token, key)
                     self._apply_canary(owner, plan, serving_hash,
                                        store_client_tls_secret(owner, store),
-                                       bool(previous.get("canary")), key)
+                                       bool(previous.get("canary")), learn_token, key)
                     target_hash = serving_hash
                     self.backoff.succeeded(namespace, name)
                 except KubeError as exc:
@@ -378,7 +381,8 @@ class Reconciler:
 
     def _apply_canary(self, owner: dict[str, Any], plan: canary.Plan | None,
                       stable_hash: str | None, store_client_secret: str | None,
-                      was_running: bool, key: SuppressionKey | None = None) -> None:
+                      was_running: bool, learn_token: str | None = None,
+                      key: SuppressionKey | None = None) -> None:
         """Run, resize or retire the canary Deployment as the plan says (no plan: the
         strategy is not Canary, so a canary in progress is retired). Policies that never
         ran one pay no request for it."""
@@ -394,7 +398,7 @@ class Reconciler:
             return
         self.applier.apply(DEPLOYMENTS, render_canary_deployment(
             owner, plan.canary_hash, stable_hash, plan.canary_replicas, self.settings,
-            store_client_secret, key), create_only=())
+            store_client_secret, learn_token, key), create_only=())
 
     def _retire_canary(self, owner: dict[str, Any]) -> None:
         """Scale the canary Deployment to 0 (its pods drain as in any scale-down). Not a
@@ -439,6 +443,7 @@ class Reconciler:
                         seen_deployment: dict[str, Any] | None = None,
                         serving_hash: str | None = None, shadow_hash: str | None = None,
                         store_client_secret: str | None = None,
+                        learn_token: str | None = None,
                         key: SuppressionKey | None = None
                         ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Write every child (nothing when all are as desired); returns the Deployment and
@@ -447,7 +452,8 @@ class Reconciler:
         apply = self.applier.apply
         serving_hash = serving_hash or bundle.hash
         wanted = render_deployment(owner, serving_hash, self.settings, store_client_secret,
-                                   shadow_hash=shadow_hash, key=key)
+                                   shadow_hash=shadow_hash, learn_token_version=learn_token,
+                                   key=key)
         if seen_deployment is not None and _template_hash(seen_deployment) == serving_hash \
                 and _shadow_hash(seen_deployment) == shadow_hash:
             # A Deployment event for the current policy: its ConfigMap exists (it was

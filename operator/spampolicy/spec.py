@@ -16,7 +16,7 @@ from mailwarden_operator.common.spec import (
     name_errors,
     positive_count_errors,
 )
-from mailwarden_operator.spampolicy import crd, naming
+from mailwarden_operator.spampolicy import crd, learning, naming
 
 
 def with_defaults(spec: dict[str, Any] | None) -> dict[str, Any]:
@@ -39,6 +39,7 @@ def serving_errors(spec: dict[str, Any], name: str) -> list[str]:
     errors += cpu_request_errors(spec.get("resources"))
     errors += name_errors(naming.KIND, name, naming.MAX_NAME_LENGTH)
     errors += golden_corpus_errors(spec.get("goldenCorpus"))
+    errors += learning.spec_errors(spec)
     return errors
 
 

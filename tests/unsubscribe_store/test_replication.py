@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2
 
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
+from mailwarden.tokens import mint_token
 from testkit.pg import PgCluster
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -196,3 +197,42 @@ def test_store_resumes_on_the_promoted_standby_after_a_whole_failover(start_stor
         status = _wait_status(stub, lambda s: s.ready)
         assert status.ready and status.sync_standbys == 1
         server.close()
+
+
+def test_one_click_answers_503_in_time_while_a_commit_cannot_finish(cluster, start_store,
+                                                                    signing_keys, tmp_path):
+    """A mailbox provider's POST must get an answer it can act on (503: try again) before
+    its own timeout, never a hang, while the database cannot confirm a commit — here a
+    synchronous standby that never comes, which makes PostgreSQL wait forever. Once commits
+    go through again, the same link is acknowledged."""
+    _, keys, _ = signing_keys
+    dsn_file = tmp_path / "local.dsn"
+    dsn_file.write_text(cluster.create_database("app"))
+    server = start_store(["--store", "postgres", "--dsn-file", str(dsn_file)], name="local",
+                         extra_args=["--oneclick-answer-seconds", "2"])
+    url = f"{server.http_url}/u/{mint_token(keys, 'hang@example.com', 'news')}"
+    cluster.set_synchronous("ghost")     # every COMMIT now waits for a standby that never comes
+    started = time.monotonic()
+    status, headers = _post(url, timeout=30)
+    took = time.monotonic() - started
+    assert status == 503, f"answered {status} after {took:.1f} s"
+    assert took < 2 + 1.5, f"a 503 only after {took:.1f} s"
+    assert headers.get("Retry-After"), headers
+    cluster.set_synchronous("")          # commits go through again (the waiting one too)
+    deadline = time.monotonic() + 30
+    while (status := _post(url, timeout=30)[0]) != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status == 200
+    rows = cluster.primary.execute("SELECT address FROM unsubscribe_suppressions", dbname="app")
+    assert rows == [("hang@example.com",)]
+
+
+def _post(url: str, timeout: float) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(url, data=b"List-Unsubscribe=One-Click", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as rsp:
+            return rsp.status, dict(rsp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers)

@@ -119,14 +119,16 @@ class CheckResponse(_message.Message):
     def __init__(self, suppressed: _Optional[_Iterable[_Union[CheckResult, _Mapping]]] = ..., head_sequence: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("from_sequence", "snapshot", "heartbeat_seconds")
+    __slots__ = ("from_sequence", "snapshot", "heartbeat_seconds", "batch_changes")
     FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_CHANGES_FIELD_NUMBER: _ClassVar[int]
     from_sequence: int
     snapshot: bool
     heartbeat_seconds: float
-    def __init__(self, from_sequence: _Optional[int] = ..., snapshot: _Optional[bool] = ..., heartbeat_seconds: _Optional[float] = ...) -> None: ...
+    batch_changes: bool
+    def __init__(self, from_sequence: _Optional[int] = ..., snapshot: _Optional[bool] = ..., heartbeat_seconds: _Optional[float] = ..., batch_changes: _Optional[bool] = ...) -> None: ...
 
 class Change(_message.Message):
     __slots__ = ("sequence", "op", "address", "scope", "reason", "source", "at")
@@ -145,6 +147,12 @@ class Change(_message.Message):
     source: str
     at: _timestamp_pb2.Timestamp
     def __init__(self, sequence: _Optional[int] = ..., op: _Optional[_Union[ChangeOp, str]] = ..., address: _Optional[str] = ..., scope: _Optional[str] = ..., reason: _Optional[_Union[Reason, str]] = ..., source: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ChangeBatch(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
     __slots__ = ("suppressions",)
@@ -169,16 +177,18 @@ class Heartbeat(_message.Message):
     def __init__(self, head_sequence: _Optional[int] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("snapshot_chunk", "snapshot_end", "change", "heartbeat")
+    __slots__ = ("snapshot_chunk", "snapshot_end", "change", "heartbeat", "change_batch")
     SNAPSHOT_CHUNK_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_END_FIELD_NUMBER: _ClassVar[int]
     CHANGE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_BATCH_FIELD_NUMBER: _ClassVar[int]
     snapshot_chunk: SnapshotChunk
     snapshot_end: SnapshotEnd
     change: Change
     heartbeat: Heartbeat
-    def __init__(self, snapshot_chunk: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., snapshot_end: _Optional[_Union[SnapshotEnd, _Mapping]] = ..., change: _Optional[_Union[Change, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    change_batch: ChangeBatch
+    def __init__(self, snapshot_chunk: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., snapshot_end: _Optional[_Union[SnapshotEnd, _Mapping]] = ..., change: _Optional[_Union[Change, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., change_batch: _Optional[_Union[ChangeBatch, _Mapping]] = ...) -> None: ...
 
 class FingerprintSnapshotRequest(_message.Message):
     __slots__ = ("key_id",)

@@ -7,7 +7,7 @@ from typing import Any
 
 from mailwarden import wire
 from mailwarden_operator.common.render import RUN_AS_USER, RenderSettings, pod_identity
-from mailwarden_operator.spampolicy import naming
+from mailwarden_operator.spampolicy import learning, naming
 from mailwarden_operator.spampolicy.render.tolerations import pod_tolerations
 from mailwarden_operator.unsubscribestore import naming as store_naming
 
@@ -142,11 +142,16 @@ def suppression_key_secret(owner: dict[str, Any], store: dict[str, Any] | None) 
 def render_deployment(owner: dict[str, Any], policy_hash: str,
                       settings: RenderSettings, store_client_secret: str | None = None,
                       *, shadow_hash: str | None = None,
+                      learn_token_version: str | None = None,
                       key: SuppressionKey | None = None) -> dict[str, Any]:
     """The filter Deployment serving `policy_hash`; with `shadow_hash`, its pods also
     evaluate that policy in shadow (rollout.strategy Shadow). `store_client_secret`: see
-    store_client_tls_secret (None: plaintext to the store); `key`: see suppression_key."""
+    store_client_tls_secret (None: plaintext to the store). `learn_token_version`: the
+    resourceVersion of the Learn admin-token Secret (learning.prepare; None: Learn off).
+    `key`: the store's fingerprint key (SpamPolicy reconciler, `_suppression_key`)."""
     deployment = _render_deployment(owner, policy_hash, settings, store_client_secret, key)
+    if learn_token_version is not None:
+        learning.add_to_pod(deployment["spec"]["template"], owner, learn_token_version)
     if shadow_hash is not None:
         _add_shadow(deployment, owner, shadow_hash)
     return deployment
@@ -155,6 +160,7 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
 def render_canary_deployment(owner: dict[str, Any], candidate_hash: str, stable_hash: str,
                              replicas: int, settings: RenderSettings,
                              store_client_secret: str | None = None,
+                             learn_token_version: str | None = None,
                              key: SuppressionKey | None = None) -> dict[str, Any]:
     """The canary Deployment (rollout.strategy Canary): pods like the main ones serving
     `candidate_hash`, which also judge a sample with `stable_hash` in shadow (the
@@ -163,7 +169,8 @@ def render_canary_deployment(owner: dict[str, Any], candidate_hash: str, stable_
     claims the other's pods. No autoscaler: the operator sets `replicas` at each step."""
     policy_name = owner["metadata"]["name"]
     deployment = render_deployment(owner, candidate_hash, settings, store_client_secret,
-                                   shadow_hash=stable_hash, key=key)
+                                   shadow_hash=stable_hash,
+                                   learn_token_version=learn_token_version, key=key)
     track = {naming.TRACK_LABEL: naming.CANARY_TRACK}
     deployment["metadata"] = naming.child_metadata(
         owner, naming.canary_name(policy_name), extra_labels=track,
