@@ -330,6 +330,10 @@ def test_a_spampolicy_follows_its_store_without_waiting_for_it(
     assert volumes["suppression-key"]["secret"]["secretName"] == "sup-fingerprint-key"
     assert template["metadata"]["annotations"][naming.SUPPRESSION_KEY_ANNOTATION] == \
         key["metadata"]["resourceVersion"]
+    # That roll is done before the store is broken below: Ready is about the store alone.
+    wait_for(lambda: (lambda b: b if condition(b, "Ready")["status"] == "True"
+                      and condition(b, "Progressing")["status"] == "False" else None)(
+        cluster.kube.get(SPAMPOLICIES, ns, "mail")), 60, "the roll onto the key done")
 
     # The database goes away: the store pods fail /readyz (no ready pod).
     dep = cluster.kube.get(DEPLOYMENTS, ns, "sup-unsubscribe")
