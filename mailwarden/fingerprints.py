@@ -77,6 +77,12 @@ class FingerprintKey:
         except OSError as exc:
             raise KeyUnusable(f"cannot read the suppression key file {path}: "
                               f"{exc.strerror or exc}") from None
+        return cls.from_content(raw, f"the suppression key file {path}")
+
+    @classmethod
+    def from_content(cls, raw: bytes, source: str = "the suppression key") -> FingerprintKey:
+        """A key file's content (see from_file); `source` names it in the error (the
+        operator checks a Secret's value with the rule the pods will apply)."""
         text = raw.strip()
         try:
             decoded = bytes.fromhex(text.decode("ascii"))
@@ -87,7 +93,7 @@ class FingerprintKey:
         try:
             return cls(text)
         except KeyUnusable:
-            raise KeyUnusable(f"the suppression key file {path} holds {len(text)} bytes; "
+            raise KeyUnusable(f"{source} holds {len(text)} bytes; "
                               f"at least {MIN_KEY_BYTES} are needed") from None
 
     def write(self, path: str | os.PathLike[str]) -> None:

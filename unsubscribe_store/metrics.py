@@ -44,6 +44,14 @@ HTTP_REJECTED = Counter("mailwarden_unsubscribe_http_rejected_total",
 DENIED = Counter("mailwarden_unsubscribe_denied_total",
                  "Calls of admin methods (Import, Export, Resubscribe) refused: no admin "
                  "credential or client certificate", ["method"])
+FINGERPRINT_SNAPSHOTS = Counter(
+    "mailwarden_unsubscribe_fingerprint_snapshots_total",
+    "FingerprintSnapshot calls by outcome: sent (a filter pod's index, in one transfer), "
+    "no_key (this store has no --fingerprint-key-file), other_key (the pod holds another "
+    "fingerprint key than the store's: it takes a Watch snapshot instead and cannot apply "
+    "forgotten suppressions)", ["outcome"])
+for _outcome in ("sent", "no_key", "other_key"):
+    FINGERPRINT_SNAPSHOTS.labels(_outcome)
 COMPACTED_CHANGES = Counter("mailwarden_unsubscribe_compacted_changes",
                             "Change-log rows removed by compaction")
 COMPACTED_KEYS = Counter("mailwarden_unsubscribe_compacted_idempotency_keys",

@@ -376,11 +376,13 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                                   context: grpc.aio.ServicerContext) -> None:
         artifact = self.state.artifact
         if artifact is None:
+            metrics.FINGERPRINT_SNAPSHOTS.labels("no_key").inc()
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "this store has no fingerprint key (--fingerprint-key-file): "
                                 "take a Watch snapshot")
         assert artifact is not None
         if request.key_id and not hmac.compare_digest(request.key_id, artifact.key.key_id):
+            metrics.FINGERPRINT_SNAPSHOTS.labels("other_key").inc()
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"this store's fingerprint key is another (id "
                                 f"{artifact.key.key_id.hex()}, yours {request.key_id.hex()}): "
@@ -399,6 +401,7 @@ class UnsubscribeService(pb_grpc.UnsubscribeStoreServicer):
                         await self._send(context, pb.FingerprintSnapshotChunk(
                             data=data, size=size if first else 0))
                         first = False
+            metrics.FINGERPRINT_SNAPSHOTS.labels("sent").inc()
         except _Stalled:
             await self._end_stalled(context)
         except StoreUnavailable as exc:

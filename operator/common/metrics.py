@@ -39,6 +39,9 @@ STORE_READY = Gauge("mailwarden_operator_store_ready",
                     "1 when the UnsubscribeStore is Ready, else 0.", ["namespace", "name"])
 SIGNING_KEYS_GENERATED = Counter("mailwarden_operator_signing_keys_generated_total",
                                  "Signing-key Secrets the operator created (once per store).")
+FINGERPRINT_KEYS_GENERATED = Counter(
+    "mailwarden_operator_fingerprint_keys_generated_total",
+    "Suppression fingerprint-key Secrets the operator created (once per store).")
 
 SPAMPOLICY_CONDITION = Gauge(
     "mailwarden_operator_spampolicy_condition",

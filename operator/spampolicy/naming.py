@@ -41,6 +41,11 @@ SHADOW_POLICY_MOUNT = "/etc/mailwarden/shadow-policy"
 TLS_MOUNT = "/etc/mailwarden/tls"
 SIGNING_KEYS_MOUNT = "/etc/mailwarden/signing-keys"  # the store's, for the bulk gate
 SUPPRESSION_TLS_MOUNT = "/etc/mailwarden/suppression-tls"  # client side of the store's TLS
+# The store's fingerprint-key Secret (`--suppression-key-file`): the pod's index is then the
+# store's fingerprint snapshot, downloaded in one transfer (docs/unsubscribe.md).
+SUPPRESSION_KEY_MOUNT = "/etc/mailwarden/suppression-key"
+# On the pod template: the key Secret's resourceVersion, so editing the key rolls the pods.
+SUPPRESSION_KEY_ANNOTATION = f"{common.GROUP}/suppression-key-version"
 # The pod's suppression index (docs/unsubscribe.md): 8.5 bytes per suppression, so not in
 # the 64 MiB /tmp (past ~7.5 M suppressions the kubelet would evict the pod).
 SUPPRESSION_INDEX_MOUNT = "/var/lib/mailwarden/suppressions"

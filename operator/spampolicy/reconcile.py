@@ -22,6 +22,7 @@ from mailwarden_operator.common.kube import (
     DEPLOYMENTS,
     HPAS,
     PDBS,
+    SECRETS,
     SERVICEMONITORS,
     SERVICES,
     SPAMPOLICIES,
@@ -49,9 +50,11 @@ from mailwarden_operator.spampolicy.golden import CorpusVolume, check_golden
 from mailwarden_operator.spampolicy.policy import PolicyBundle, PolicyRejected, build_bundle
 from mailwarden_operator.spampolicy.render.configmap import render_configmap
 from mailwarden_operator.spampolicy.render.deployment import (
+    SuppressionKey,
     render_canary_deployment,
     render_deployment,
     store_client_tls_secret,
+    suppression_key_secret,
     suppression_store,
 )
 from mailwarden_operator.spampolicy.render.hpa import render_hpa
@@ -60,6 +63,10 @@ from mailwarden_operator.spampolicy.render.servicemonitor import render_servicem
 from mailwarden_operator.spampolicy.render.services import render_headless_service, render_service
 from mailwarden_operator.spampolicy.spec import serving_errors, with_defaults
 from mailwarden_operator.spampolicy.status import Observation, compute_status
+from mailwarden_operator.unsubscribestore.reconcile import (
+    StoreProblem,
+    check_fingerprint_key_secret,
+)
 from mailwarden_operator.unsubscribestore.status import is_ready, ready_message
 
 log = logging.getLogger("mailwarden.operator")
@@ -191,6 +198,7 @@ class Reconciler:
         store = (kube.cached_get if cached_store else kube.get)(
             UNSUBSCRIBESTORES, namespace,
             spec["unsubscribeStoreRef"]["name"]) if store_target else None
+        key = self._suppression_key(owner, store)
         workload = naming.workload_name(name)
         generation = owner["metadata"].get("generation")
         deployment: dict[str, Any] | None = None
@@ -216,10 +224,10 @@ class Reconciler:
                 try:
                     deployment, hpa = self._apply_children(
                         owner, bundle, seen, serving_hash, shadow_hash,
-                        store_client_tls_secret(owner, store), learn_token)
+                        store_client_tls_secret(owner, store), learn_token, key)
                     self._apply_canary(owner, plan, serving_hash,
                                        store_client_tls_secret(owner, store),
-                                       bool(previous.get("canary")), learn_token)
+                                       bool(previous.get("canary")), learn_token, key)
                     target_hash = serving_hash
                     self.backoff.succeeded(namespace, name)
                 except KubeError as exc:
@@ -341,9 +349,40 @@ class Reconciler:
         plan.running = bool(((current or {}).get("spec") or {}).get("replicas"))
         return plan
 
+    def _suppression_key(self, owner: dict[str, Any],
+                         store: dict[str, Any] | None) -> SuppressionKey | None:
+        """The store's fingerprint key as the filter pods are to mount it, or None (each
+        pod then makes its own key: a Watch snapshot at start, no forgotten suppressions).
+
+        From the store's status, which names the Secret (and its resourceVersion) only once
+        the store's reconciler has created or checked it: a pod mounting a missing Secret
+        would wait in ContainerCreating, one with a bad key would exit, instead of
+        classifying. So a no-op resync still sends no request. While the store does not
+        exist, its default-named Secret is read (the Secret outlives the store, so a store
+        coming and going does not roll the pods); its content never leaves this method."""
+        if store is not None:
+            status = store.get("status") or {}
+            name, version = status.get("fingerprintKeySecret"), status.get(
+                "fingerprintKeyVersion")
+            if not name or version is None or name != suppression_key_secret(owner, store):
+                return None
+            return SuppressionKey(name, version)
+        name = suppression_key_secret(owner, None)
+        if name is None:
+            return None
+        secret = self.kube.get(SECRETS, owner["metadata"]["namespace"], name)
+        if secret is None:
+            return None
+        try:
+            check_fingerprint_key_secret(secret)
+        except StoreProblem:
+            return None
+        return SuppressionKey(name, secret["metadata"].get("resourceVersion", ""))
+
     def _apply_canary(self, owner: dict[str, Any], plan: canary.Plan | None,
                       stable_hash: str | None, store_client_secret: str | None,
-                      was_running: bool, learn_token: str | None = None) -> None:
+                      was_running: bool, learn_token: str | None = None,
+                      key: SuppressionKey | None = None) -> None:
         """Run, resize or retire the canary Deployment as the plan says (no plan: the
         strategy is not Canary, so a canary in progress is retired). Policies that never
         ran one pay no request for it."""
@@ -359,7 +398,7 @@ class Reconciler:
             return
         self.applier.apply(DEPLOYMENTS, render_canary_deployment(
             owner, plan.canary_hash, stable_hash, plan.canary_replicas, self.settings,
-            store_client_secret, learn_token), create_only=())
+            store_client_secret, learn_token, key), create_only=())
 
     def _retire_canary(self, owner: dict[str, Any]) -> None:
         """Scale the canary Deployment to 0 (its pods drain as in any scale-down). Not a
@@ -404,7 +443,8 @@ class Reconciler:
                         seen_deployment: dict[str, Any] | None = None,
                         serving_hash: str | None = None, shadow_hash: str | None = None,
                         store_client_secret: str | None = None,
-                        learn_token: str | None = None
+                        learn_token: str | None = None,
+                        key: SuppressionKey | None = None
                         ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Write every child (nothing when all are as desired); returns the Deployment and
         the HorizontalPodAutoscaler (with their status; None when not read). The pods serve
@@ -412,7 +452,8 @@ class Reconciler:
         apply = self.applier.apply
         serving_hash = serving_hash or bundle.hash
         wanted = render_deployment(owner, serving_hash, self.settings, store_client_secret,
-                                   shadow_hash=shadow_hash, learn_token_version=learn_token)
+                                   shadow_hash=shadow_hash, learn_token_version=learn_token,
+                                   key=key)
         if seen_deployment is not None and _template_hash(seen_deployment) == serving_hash \
                 and _shadow_hash(seen_deployment) == shadow_hash:
             # A Deployment event for the current policy: its ConfigMap exists (it was

@@ -141,6 +141,24 @@ SPEC_SCHEMA: dict[str, Any] = {
                                "`<name>-signing-key`)."},
             },
         },
+        "fingerprintKey": {
+            "type": "object",
+            "description": "The Secret with the key of the suppression fingerprints (keyed "
+            "BLAKE2b of address and scope) that the store and the filter pods of every "
+            "SpamPolicy referencing it share: key `key`, at least 32 bytes (raw, or hex "
+            "text). With it the store serves the compact fingerprint snapshot a filter pod "
+            "starts from, the pod's workers share one mapped index, and Forget keeps an "
+            "erased address suppressed by its fingerprint. Generated once when absent (32 "
+            "random bytes, hex), never overwritten, and kept when the store is deleted: "
+            "forgotten suppressions are kept under it. Editing it rolls the store and filter "
+            "pods (rotation: docs/unsubscribe.md).",
+            "default": {},
+            "properties": {
+                "secretName": {"type": "string", "maxLength": 253,
+                               "description": "Secret name (default "
+                               "`<name>-fingerprint-key`)."},
+            },
+        },
         "resubscribe": {
             "type": "object",
             "description": "The admin credential: Import, Export and Resubscribe calls must "
@@ -354,6 +372,14 @@ STATUS_SCHEMA: dict[str, Any] = {
                             "replication)."},
         "signingKeySecret": {"type": "string",
                              "description": "Secret with the one-click signing keys."},
+        "fingerprintKeySecret": {"type": "string",
+                                 "description": "Secret with the suppression fingerprint "
+                                 "key the store and its filter pods share; set once it "
+                                 "exists and holds a usable key."},
+        "fingerprintKeyVersion": {"type": "string",
+                                  "description": "That Secret's resourceVersion (never its "
+                                  "content): a change rolls the filter pods of referencing "
+                                  "SpamPolicies onto the new key."},
         "configHash": {"type": "string",
                        "description": "Hash of the desired pod template (configuration and "
                        "Secret versions)."},

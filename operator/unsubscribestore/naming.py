@@ -35,6 +35,13 @@ CONTAINER_NAME = "unsubscribe"
 MIGRATE_CONTAINER_NAME = "migrate"
 
 SIGNING_KEY_MOUNT = "/etc/mailwarden/signing-key"
+# The suppression fingerprint key (`--fingerprint-key-file`), shared with the filter pods of
+# every SpamPolicy that references the store (their `--suppression-key-file`).
+FINGERPRINT_KEY_MOUNT = "/etc/mailwarden/fingerprint-key"
+FINGERPRINT_KEY_FILE = "key"
+# Where the store keeps its fingerprint snapshot (`--fingerprint-dir`, 8 bytes per
+# suppression): an emptyDir, rebuilt from the database when a pod starts.
+FINGERPRINT_DIR = "/var/cache/mailwarden/fingerprints"  # not under DATA_MOUNT (the claim)
 DSN_MOUNT = "/etc/mailwarden/dsn"
 DSN_FILE = "dsn"
 RESUBSCRIBE_MOUNT = "/etc/mailwarden/resubscribe"
@@ -51,6 +58,7 @@ WORKLOAD_SUFFIX = "-unsubscribe"
 HTTP_SUFFIX = "-unsubscribe-http"
 DATA_SUFFIX = "-unsubscribe-data"
 SIGNING_KEY_SUFFIX = "-signing-key"
+FINGERPRINT_KEY_SUFFIX = "-fingerprint-key"
 CLIENT_TLS_SUFFIX = "-unsubscribe-client-tls"
 # Longest store name whose Service names still fit the 63-character DNS label limit.
 MAX_NAME_LENGTH = 63 - len(HTTP_SUFFIX)
@@ -77,6 +85,17 @@ def signing_key_secret(owner: dict[str, Any]) -> str:
     """The signing-key Secret's name: `spec.signingKey.secretName` or `<store>-signing-key`."""
     configured = ((owner.get("spec") or {}).get("signingKey") or {}).get("secretName")
     return configured or default_signing_key_secret(owner["metadata"]["name"])
+
+
+def default_fingerprint_key_secret(store: str) -> str:
+    return f"{store}{FINGERPRINT_KEY_SUFFIX}"
+
+
+def fingerprint_key_secret(owner: dict[str, Any]) -> str:
+    """The fingerprint-key Secret's name: `spec.fingerprintKey.secretName` or
+    `<store>-fingerprint-key`."""
+    configured = ((owner.get("spec") or {}).get("fingerprintKey") or {}).get("secretName")
+    return configured or default_fingerprint_key_secret(owner["metadata"]["name"])
 
 
 def client_tls_secret(store: str, tls: dict[str, Any]) -> str:

@@ -2,12 +2,13 @@
 
 Same shape as the SpamPolicy's (`spampolicy/reconcile.py`): idempotent, nothing written when
 nothing changed.
-Two children are special:
-- the signing-key Secret is created only when absent (with a fresh random key) and never
-  patched, so a second reconcile, another operator replica or a restart cannot replace a
-  key whose tokens are in inboxes;
+Three children are special:
+- the signing-key and fingerprint-key Secrets are created only when absent (with a fresh
+  random key) and never patched, so a second reconcile, another operator replica or a
+  restart cannot replace a key whose tokens are in inboxes or under which forgotten
+  suppressions are kept;
 - the data claim of an embedded store is created once and never patched.
-Neither carries an owner reference (they outlive the store, see docs/operator.md).
+None carries an owner reference (they outlive the store, see docs/operator.md).
 
 Secrets the store pods mount are read before anything is rendered: a missing one is a
 configuration problem (reported in status, nothing applied, previous pods keep serving)
@@ -21,10 +22,12 @@ import base64
 import binascii
 import datetime
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from mailwarden.fingerprints import FingerprintKey, KeyUnusable
 from mailwarden.tokens import SigningKey, SigningKeyError, generate_key, parse_previous_key_line
 from mailwarden_operator.common import events, metrics
 from mailwarden_operator.common.apply import Applier, ensure_exists
@@ -59,7 +62,10 @@ from mailwarden_operator.unsubscribestore.render.networkpolicy import (
 )
 from mailwarden_operator.unsubscribestore.render.pdb import render_store_pdb
 from mailwarden_operator.unsubscribestore.render.pvc import render_data_claim, wants_claim
-from mailwarden_operator.unsubscribestore.render.secret import render_signing_key_secret
+from mailwarden_operator.unsubscribestore.render.secret import (
+    render_fingerprint_key_secret,
+    render_signing_key_secret,
+)
 from mailwarden_operator.unsubscribestore.render.servicemonitor import render_store_servicemonitor
 from mailwarden_operator.unsubscribestore.render.services import (
     render_grpc_service,
@@ -125,6 +131,21 @@ def check_signing_key_secret(secret: dict[str, Any]) -> None:
             except SigningKeyError as exc:
                 raise StoreProblem("SigningKeyInvalid", f"Secret {name}, '{key}': {exc}") \
                     from None
+
+
+def check_fingerprint_key_secret(secret: dict[str, Any]) -> None:
+    """Raise StoreProblem unless the store and the filter pods would accept the Secret's
+    `key` as their fingerprint key file (at least 32 bytes, raw or hex). Messages never
+    contain key material."""
+    name = secret["metadata"]["name"]
+    value = _secret_value(secret, store_naming.FINGERPRINT_KEY_FILE)
+    if value is None:
+        raise StoreProblem("FingerprintKeyInvalid", f"Secret {name} has no (base64) key "
+                           f"'{store_naming.FINGERPRINT_KEY_FILE}'")
+    try:
+        FingerprintKey.from_content(value, f"'{store_naming.FINGERPRINT_KEY_FILE}'")
+    except KeyUnusable as exc:
+        raise StoreProblem("FingerprintKeyInvalid", f"Secret {name}: {exc}") from None
 
 
 @dataclass
@@ -200,12 +221,17 @@ class StoreReconciler:
         deployment: dict[str, Any] | None = None
         target_hash: str | None = None
         embedded = spec.get("storage", {}).get("type") == "embedded"
+        # The fingerprint key as checked in this reconcile: {"key": (name, resourceVersion)},
+        # {"key": None} when it is unusable, {} when not reached (status keeps what it said).
+        fingerprint: dict[str, tuple[str, str] | None] = {}
         if problem is None and failure is None:
             try:
-                deployment, target_hash = self._apply_children(owner, now)
+                deployment, target_hash = self._apply_children(owner, now, fingerprint)
                 self.backoff.succeeded(namespace, name)
             except StoreProblem as exc:
                 problem = exc
+                if exc.reason == "FingerprintKeyInvalid":
+                    fingerprint["key"] = None
             except KubeError as exc:
                 if not is_persistent(exc):
                     raise
@@ -247,6 +273,7 @@ class StoreReconciler:
             rollout=rollout,
             rollout_stuck=_progress_deadline_exceeded(deployment),
             signing_key_secret=store_naming.signing_key_secret(owner) if one_click else None,
+            fingerprint_key=fingerprint.get("key"), fingerprint_key_known="key" in fingerprint,
             endpoints=endpoints, apply_failure=failure)
         status, transitions = compute_store_status(previous, observation, now)
         patch = status_patch(previous, status)
@@ -263,13 +290,16 @@ class StoreReconciler:
             return "rejected", ready_changed
         return ("changed" if patch else "unchanged"), ready_changed
 
-    def _apply_children(self, owner: dict[str, Any], now: datetime.datetime
+    def _apply_children(self, owner: dict[str, Any], now: datetime.datetime,
+                        fingerprint: dict[str, tuple[str, str] | None]
                         ) -> tuple[dict[str, Any], str]:
         """Check the Secrets, then write every child (nothing when all are as desired);
         returns the Deployment and its config hash. Raises StoreProblem or KubeError."""
         kube = self.kube
         embedded = owner["spec"]["storage"]["type"] == "embedded"
         versions = self._secret_versions(owner, now)
+        fingerprint["key"] = (store_naming.fingerprint_key_secret(owner),
+                              versions["fingerprint-key"])
         if wants_claim(owner):
             ensure_exists(kube, PVCS, render_data_claim(owner))
         desired = render_store_deployment(owner, self.settings, versions)
@@ -308,6 +338,7 @@ class StoreReconciler:
                                 "the store is deleted; rotate by editing it)", now)
             check_signing_key_secret(secret)
             versions["signing-key"] = secret["metadata"].get("resourceVersion", "")
+        versions["fingerprint-key"] = self._fingerprint_key_version(owner, now)
         if spec["storage"]["type"] == "postgres":
             ref = spec["storage"]["postgres"]["dsnSecretRef"]
             versions["dsn"] = self._secret_version(
@@ -317,6 +348,28 @@ class StoreReconciler:
                 namespace, spec["resubscribe"]["secretRef"], "resubscribe.secretRef",
                 "ResubscribeSecret")
         return versions
+
+    def _fingerprint_key_version(self, owner: dict[str, Any],
+                                 now: datetime.datetime) -> str:
+        """Create the fingerprint-key Secret when absent (never replace it), check it;
+        returns its resourceVersion. Raises StoreProblem."""
+        kube = self.kube
+        namespace = owner["metadata"]["namespace"]
+        name = store_naming.fingerprint_key_secret(owner)
+        secret = kube.get(SECRETS, namespace, name)
+        if secret is None:
+            outcome, secret = ensure_exists(
+                kube, SECRETS, render_fingerprint_key_secret(owner, secrets.token_hex(32)))
+            if outcome == "created":
+                metrics.FINGERPRINT_KEYS_GENERATED.inc()
+                log.info("generated the fingerprint-key Secret %s/%s", namespace, name)
+                events.post(kube, owner, store_naming.KIND, "Normal",
+                            "FingerprintKeyGenerated",
+                            f"generated a random suppression fingerprint key in Secret {name} "
+                            "(kept when the store is deleted; see docs/unsubscribe.md before "
+                            "rotating it)", now)
+        check_fingerprint_key_secret(secret)
+        return secret["metadata"].get("resourceVersion", "")
 
     def _secret_version(self, namespace: str, ref: dict[str, str], field_path: str,
                         reason_prefix: str) -> str:

@@ -45,6 +45,10 @@ class StoreObservation:
     rollout: Rollout = field(default_factory=lambda: Rollout(None, False))
     rollout_stuck: bool = False        # the Deployment reports ProgressDeadlineExceeded
     signing_key_secret: str | None = None
+    # The fingerprint-key Secret's (name, resourceVersion) as checked by this reconcile;
+    # None: unusable. Not known (the reconcile stopped before it): status keeps its value.
+    fingerprint_key: tuple[str, str] | None = None
+    fingerprint_key_known: bool = False
     endpoints: dict[str, str] = field(default_factory=dict)
     apply_failure: ApplyFailure | None = None  # the API server refused a child write
 
@@ -149,6 +153,15 @@ def compute_store_status(previous: dict[str, Any] | None, obs: StoreObservation,
         out["signingKeySecret"] = obs.signing_key_secret
     elif "signingKeySecret" in prev:
         out["signingKeySecret"] = None
+    if obs.fingerprint_key_known:
+        # What referencing SpamPolicies mount (and roll on), so they need not read the
+        # Secret at every resync: named only once it exists and holds a usable key.
+        if obs.fingerprint_key is not None:
+            out["fingerprintKeySecret"], out["fingerprintKeyVersion"] = obs.fingerprint_key
+        else:
+            for stale in ("fingerprintKeySecret", "fingerprintKeyVersion"):
+                if stale in prev:
+                    out[stale] = None
     if r.target_hash is not None:
         out["configHash"] = r.target_hash
     out["endpoints"] = dict(obs.endpoints)

@@ -17,12 +17,32 @@ from typing import Any
 
 import pytest
 
+from mailwarden_operator.common.kube import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    EVENTS,
+    HPAS,
+    PDBS,
+    PVCS,
+    SECRETS,
+    SERVICES,
+    SPAMPOLICIES,
+    UNSUBSCRIBESTORES,
+)
 from mailwarden_operator.unsubscribestore import naming as store_naming
-from mailwarden_operator.common.kube import (CONFIGMAPS, DEPLOYMENTS, EVENTS, HPAS, PDBS, PVCS,
-                                      SECRETS, SERVICES, SPAMPOLICIES, UNSUBSCRIBESTORES)
-from mailwarden_operator.unsubscribestore.reconcile import check_signing_key_secret
-from tests.operator.conftest import (Cluster, OperatorProcess, condition, example_policy,
-                                     model_configmap, naming, wait_for)
+from mailwarden_operator.unsubscribestore.reconcile import (
+    check_fingerprint_key_secret,
+    check_signing_key_secret,
+)
+from tests.operator.conftest import (
+    Cluster,
+    OperatorProcess,
+    condition,
+    example_policy,
+    model_configmap,
+    naming,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(240)
 DSN = "postgresql://app:s3cret-pw@pg-rw:5432/app?target_session_attrs=read-write"
@@ -89,16 +109,30 @@ def test_create_generates_the_key_once_and_renders_every_child(
     assert len(key) == 43  # 32 random bytes, base64url
     assert "ownerReferences" not in key_secret["metadata"]
     assert key_secret["metadata"]["labels"][store_naming.STORE_LABEL] == "sup"
-    assert secret_writes(cluster, ns) == [f"POST /api/v1/namespaces/{ns}/secrets"] * 2, \
-        "one Secret from the test (the DSN), one from the operator (the key), nothing else"
-    assert key not in operator.tail(10_000) and DSN not in operator.tail(10_000)
+    # The fingerprint key the filter pods share: generated, usable, not owned (forgotten
+    # suppressions are kept under it).
+    fp_secret = cluster.kube.get(SECRETS, ns, "sup-fingerprint-key")
+    check_fingerprint_key_secret(fp_secret)
+    fp_key = base64.b64decode(fp_secret["data"]["key"]).decode()
+    assert len(bytes.fromhex(fp_key)) == 32
+    assert "ownerReferences" not in fp_secret["metadata"]
+    assert fp_secret["metadata"]["labels"][store_naming.STORE_LABEL] == "sup"
+    assert secret_writes(cluster, ns) == [f"POST /api/v1/namespaces/{ns}/secrets"] * 3, \
+        "one Secret from the test (the DSN), two from the operator (the keys), nothing else"
+    logs = operator.tail(10_000)
+    assert key not in logs and DSN not in logs and fp_key not in logs
 
     dep = cluster.kube.get(DEPLOYMENTS, ns, "sup-unsubscribe")
     pod = dep["spec"]["template"]["spec"]
     assert pod["initContainers"][0]["args"][-1] == "--migrate-only"
     assert "--no-migrate" in pod["containers"][0]["args"]
     secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-    assert secrets == {"dsn": "pg-app", "signing-key": "sup-signing-key"}
+    assert secrets == {"dsn": "pg-app", "signing-key": "sup-signing-key",
+                       "fingerprint-key": "sup-fingerprint-key"}
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--fingerprint-key-file"):][:4] == [
+        "--fingerprint-key-file", "/etc/mailwarden/fingerprint-key/key",
+        "--fingerprint-dir", "/var/cache/mailwarden/fingerprints"]
     assert pod["containers"][0]["image"] == "registry.example/mailwarden:test"
     children = [dep, cluster.kube.get(SERVICES, ns, "sup-unsubscribe"),
                 cluster.kube.get(SERVICES, ns, "sup-unsubscribe-http"),
@@ -114,6 +148,7 @@ def test_create_generates_the_key_once_and_renders_every_child(
     assert (status["storage"], status["durability"]) == ("postgres", "replicated")
     assert status["highlyAvailable"] is True and status["readyReplicas"] == 2
     assert status["signingKeySecret"] == "sup-signing-key"
+    assert status["fingerprintKeySecret"] == "sup-fingerprint-key"
     assert status["endpoints"] == {"grpc": f"sup-unsubscribe.{ns}.svc:50061",
                                    "http": f"http://sup-unsubscribe-http.{ns}.svc:80",
                                    "publicBaseURL": "https://unsub.example.com"}
@@ -124,7 +159,8 @@ def test_create_generates_the_key_once_and_renders_every_child(
                                 "StorageReady": ("True", "StoreReady"),
                                 "Degraded": ("False", "AsExpected"),
                                 "ApplyFailed": ("False", "Applied")}
-    wanted = {"SigningKeyGenerated", "ReadyServing", "StorageReadyStoreReady"}
+    wanted = {"SigningKeyGenerated", "FingerprintKeyGenerated", "ReadyServing",
+              "StorageReadyStoreReady"}
     wait_for(lambda: wanted <= {e["reason"] for e in cluster.kube.list(EVENTS, ns)}, 30,
              f"events {sorted(wanted)}")
     events = cluster.kube.list(EVENTS, ns)
@@ -132,6 +168,7 @@ def test_create_generates_the_key_once_and_renders_every_child(
         assert (event["involvedObject"]["kind"], event["involvedObject"]["name"],
                 event["involvedObject"]["uid"]) == ("UnsubscribeStore", "sup", uid)
     assert operator.metric("mailwarden_operator_signing_keys_generated_total") >= 1
+    assert operator.metric("mailwarden_operator_fingerprint_keys_generated_total") >= 1
 
 
 def test_a_missing_dsn_secret_is_reported_then_picked_up(cluster: Cluster,
@@ -186,9 +223,49 @@ def test_a_users_signing_key_is_used_checked_and_never_written(
              ["metadata"]["annotations"][store_naming.CONFIG_HASH_ANNOTATION]
              != before[store_naming.CONFIG_HASH_ANNOTATION], 30, "pods rolled on rotation")
     writes = secret_writes(cluster, ns)
-    assert writes == [f"POST /api/v1/namespaces/{ns}/secrets"] * 2 + \
-        [f"PATCH /api/v1/namespaces/{ns}/secrets/own-key"] * 2, \
-        "only the test's own writes: the operator never writes a user's Secret"
+    assert sorted(writes) == [f"PATCH /api/v1/namespaces/{ns}/secrets/own-key"] * 2 + \
+        [f"POST /api/v1/namespaces/{ns}/secrets"] * 3, \
+        "the test's own writes and the fingerprint key: never a user's Secret"
+
+
+def test_a_users_fingerprint_key_is_checked_never_written_and_shared(
+        cluster: Cluster, operator: OperatorProcess) -> None:
+    ns = "ownfp"
+    cluster.kube.create(CONFIGMAPS, ns, model_configmap(ns))
+    cluster.kube.create(SECRETS, ns, secret(ns, "own-fp", key="short"))
+    create_store(cluster, ns, fingerprintKey={"secretName": "own-fp"})
+    cluster.kube.create(SPAMPOLICIES, ns, example_policy(
+        ns, "mail", unsubscribeStoreRef={"name": "sup"}))
+    body = wait_condition(cluster, UNSUBSCRIBESTORES, ns, "sup", "Ready", "False",
+                          "FingerprintKeyInvalid")
+    message = condition(body, "Ready")["message"]
+    assert "own-fp" in message and "at least 32" in message and "short" not in message
+    assert cluster.kube.get(DEPLOYMENTS, ns, "sup-unsubscribe") is None
+    # The filter pods are not given a key they would refuse: they classify meanwhile.
+    wait_condition(cluster, SPAMPOLICIES, ns, "mail", "Ready", "True")
+    filter_args = cluster.kube.get(DEPLOYMENTS, ns, naming.workload_name("mail"))[
+        "spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--suppression-store" in filter_args
+    assert "--suppression-key-file" not in filter_args
+
+    cluster.kube.merge_patch(SECRETS, ns, "own-fp", {"data": {
+        "key": base64.b64encode(("ab" * 32).encode()).decode()}})
+    wait_condition(cluster, UNSUBSCRIBESTORES, ns, "sup", "Ready", "True")
+    store_pod = cluster.kube.get(DEPLOYMENTS, ns, "sup-unsubscribe")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in store_pod["volumes"]}
+    assert volumes["fingerprint-key"]["secret"]["secretName"] == "own-fp"
+    assert cluster.kube.get(SECRETS, ns, "sup-fingerprint-key") is None
+
+    def filter_key() -> str | None:
+        pod = cluster.kube.get(DEPLOYMENTS, ns, naming.workload_name("mail"))["spec"][
+            "template"]["spec"]
+        return {v["name"]: v for v in pod["volumes"]}.get("suppression-key", {}).get(
+            "secret", {}).get("secretName")
+    assert wait_for(filter_key, 30, "filter pods given the store's key") == "own-fp"
+    assert sorted(secret_writes(cluster, ns)) == \
+        [f"PATCH /api/v1/namespaces/{ns}/secrets/own-fp"] + \
+        [f"POST /api/v1/namespaces/{ns}/secrets"] * 3, \
+        "the test's own writes and the signing key: never a user's fingerprint key"
 
 
 def test_embedded_store_runs_one_pod_on_a_kept_claim(cluster: Cluster,
@@ -236,6 +313,27 @@ def test_a_spampolicy_follows_its_store_without_waiting_for_it(
     create_store(cluster, ns)
     wait_condition(cluster, SPAMPOLICIES, ns, "mail", "SuppressionReady", "True",
                    "StoreReady")
+    # The filter pods roll onto the store's fingerprint key (the shared index from the
+    # store's fingerprint snapshot), once, when the operator has created it.
+    key = cluster.kube.get(SECRETS, ns, "sup-fingerprint-key")
+
+    def keyed_template() -> dict | None:
+        tpl = cluster.kube.get(DEPLOYMENTS, ns, naming.workload_name("mail"))["spec"][
+            "template"]
+        return tpl if "--suppression-key-file" in tpl["spec"]["containers"][0]["args"] \
+            else None
+    template = wait_for(keyed_template, 30, "filter pods given the store's fingerprint key")
+    args = template["spec"]["containers"][0]["args"]
+    assert args[args.index("--suppression-key-file") + 1] == \
+        "/etc/mailwarden/suppression-key/key"
+    volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+    assert volumes["suppression-key"]["secret"]["secretName"] == "sup-fingerprint-key"
+    assert template["metadata"]["annotations"][naming.SUPPRESSION_KEY_ANNOTATION] == \
+        key["metadata"]["resourceVersion"]
+    # That roll is done before the store is broken below: Ready is about the store alone.
+    wait_for(lambda: (lambda b: b if condition(b, "Ready")["status"] == "True"
+                      and condition(b, "Progressing")["status"] == "False" else None)(
+        cluster.kube.get(SPAMPOLICIES, ns, "mail")), 60, "the roll onto the key done")
 
     # The database goes away: the store pods fail /readyz (no ready pod).
     dep = cluster.kube.get(DEPLOYMENTS, ns, "sup-unsubscribe")
@@ -257,7 +355,7 @@ def test_a_spampolicy_follows_its_store_without_waiting_for_it(
     cluster.kube.delete(UNSUBSCRIBESTORES, ns, "sup")
     wait_condition(cluster, SPAMPOLICIES, ns, "mail", "SuppressionReady", "False",
                    "StoreNotFound")
-    # The store coming and going never rolled the filter pods.
+    # The store going (its key stays) did not roll the filter pods.
     assert cluster.kube.get(DEPLOYMENTS, ns, naming.workload_name("mail"))["spec"][
         "template"] == template
 
@@ -268,6 +366,7 @@ def test_update_restart_and_resync_never_touch_the_key(cluster: Cluster,
     create_store(cluster, ns)
     wait_condition(cluster, UNSUBSCRIBESTORES, ns, "sup", "Ready", "True")
     key = cluster.kube.get(SECRETS, ns, "sup-signing-key")
+    fp_key = cluster.kube.get(SECRETS, ns, "sup-fingerprint-key")
 
     cluster.kube.merge_patch(UNSUBSCRIBESTORES, ns, "sup", {"spec": {
         "replicas": {"min": 2, "max": 8}, "server": {"logLevel": "debug"}}})
@@ -287,10 +386,11 @@ def test_update_restart_and_resync_never_touch_the_key(cluster: Cluster,
     wait_for(lambda: operator.metric("mailwarden_operator_store_reconciles_total",
                                      trigger="resync") >= 2 * len(
         cluster.kube.list(UNSUBSCRIBESTORES, None)), 90, "resyncs after the restart")
-    after = cluster.kube.get(SECRETS, ns, "sup-signing-key")
-    assert after["data"] == key["data"]
-    assert after["metadata"]["resourceVersion"] == key["metadata"]["resourceVersion"]
-    assert secret_writes(cluster, ns) == [f"POST /api/v1/namespaces/{ns}/secrets"] * 2
+    for before in (key, fp_key):
+        after = cluster.kube.get(SECRETS, ns, before["metadata"]["name"])
+        assert after["data"] == before["data"]
+        assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert secret_writes(cluster, ns) == [f"POST /api/v1/namespaces/{ns}/secrets"] * 3
 
 
 def test_a_no_op_reconcile_writes_nothing(cluster: Cluster, operator: OperatorProcess) -> None:
@@ -331,8 +431,9 @@ def test_delete_keeps_the_key_and_leaves_children_to_garbage_collection(
     assert [w for w in cluster.writes()[mark:] if f"/namespaces/{ns}/" in w] == []
     dep = cluster.kube.get(DEPLOYMENTS, ns, "sup-unsubscribe")
     assert dep["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
-    kept = cluster.kube.get(SECRETS, ns, "sup-signing-key")
-    assert kept is not None and "ownerReferences" not in kept["metadata"]
+    for name in ("sup-signing-key", "sup-fingerprint-key"):
+        kept = cluster.kube.get(SECRETS, ns, name)
+        assert kept is not None and "ownerReferences" not in kept["metadata"]
 
 
 def test_the_charts_rbac_allows_every_request_the_operator_made(cluster: Cluster) -> None:

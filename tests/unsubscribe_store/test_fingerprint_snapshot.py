@@ -6,6 +6,7 @@ no address in it. Without the key, or with another one, the store refuses and sa
 
 from __future__ import annotations
 
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -36,6 +37,14 @@ def unsubscribe(stub, address: str, scope: str, reason: int = pb.UNSUBSCRIBE) ->
     return stub.Unsubscribe(pb.UnsubscribeRequest(
         address=address, scope=scope, reason=reason, source="test",
         idempotency_key=uuid.uuid4().hex), timeout=10).sequence
+
+
+def snapshots_served(store) -> dict[str, float]:
+    """The store's mailwarden_unsubscribe_fingerprint_snapshots_total, by outcome."""
+    text = urllib.request.urlopen(store.metrics_url, timeout=10).read().decode()
+    prefix = "mailwarden_unsubscribe_fingerprint_snapshots_total{outcome=\""
+    return {line[len(prefix):].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(prefix)}
 
 
 def fetch(store, key: FingerprintKey, path: Path) -> tuple[SortedFingerprints, int]:
@@ -83,6 +92,7 @@ def test_the_store_serves_its_set_as_fingerprints_and_keeps_it_current(
     assert index.lookup(fp("ann@example.com", "weekly")) is True
     assert index.lookup(fp("dora@example.com", "*")) is False
     assert index.lookup(fp("carl@example.com", "weekly")) is True
+    assert snapshots_served(store) == {"sent": 2, "no_key": 0, "other_key": 0}
 
 
 def test_without_the_key_or_with_another_the_store_says_so(
@@ -93,6 +103,7 @@ def test_without_the_key_or_with_another_the_store_says_so(
         with pytest.raises(SnapshotNotServed, match="no fingerprint key"):
             fetch_fingerprint_snapshot(channel, FingerprintKey(bytes.fromhex(KEY_HEX)),
                                        pod_file)
+    assert snapshots_served(keyless)["no_key"] == 1
     keyless.close()
     keyed = start_store(store_args, name="keyed",
                         extra_args=["--fingerprint-key-file", str(key_file)])
@@ -102,4 +113,5 @@ def test_without_the_key_or_with_another_the_store_says_so(
             fetch_fingerprint_snapshot(channel, other, pod_file)
     # Nothing was left for a worker to map, and no key bytes in the store's log.
     assert not pod_file.exists() and not list(tmp_path.glob(".pod.idx.*"))
+    assert snapshots_served(keyed) == {"sent": 0, "no_key": 0, "other_key": 1}
     assert KEY_HEX not in keyed.log()

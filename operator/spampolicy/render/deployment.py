@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from mailwarden import wire
@@ -18,11 +19,19 @@ DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"},
 TERMINATION_MARGIN_SECONDS = 15
 
 
+@dataclass(frozen=True)
+class SuppressionKey:
+    """The referenced store's fingerprint-key Secret, as the filter pods mount it."""
+    secret: str            # its name (the store's status.fingerprintKeySecret)
+    version: str           # its resourceVersion: a new one (a rotation) rolls the pods
+
+
 def server_args(spec: dict[str, Any], suppression_store: str | None = None,
-                store_tls: bool = False) -> list[str]:
+                store_tls: bool = False, key_file: bool = False) -> list[str]:
     """`mailwarden serve` arguments for this spec (the filter server's CLI contract);
     `suppression_store` is the HOST:PORT of the referenced UnsubscribeStore, `store_tls`
-    whether it serves TLS (the client Secret is mounted at SUPPRESSION_TLS_MOUNT)."""
+    whether it serves TLS (the client Secret is mounted at SUPPRESSION_TLS_MOUNT),
+    `key_file` whether the store's fingerprint key is mounted at SUPPRESSION_KEY_MOUNT."""
     server = spec["server"]
     args = ["serve",
             "--policy-dir", naming.POLICY_MOUNT,
@@ -50,6 +59,9 @@ def server_args(spec: dict[str, Any], suppression_store: str | None = None,
                  "--suppression-index-dir", naming.SUPPRESSION_INDEX_MOUNT]
         if store_tls:
             args += ["--suppression-store-tls-dir", naming.SUPPRESSION_TLS_MOUNT]
+        if key_file:
+            args += ["--suppression-key-file",
+                     f"{naming.SUPPRESSION_KEY_MOUNT}/{store_naming.FINGERPRINT_KEY_FILE}"]
         if bulk_gate_keys(spec):
             args += ["--signing-key-dir", naming.SIGNING_KEYS_MOUNT]
     return args
@@ -114,15 +126,30 @@ def _spread(policy_name: str, key: str) -> dict[str, Any]:
     }
 
 
+def suppression_key_secret(owner: dict[str, Any], store: dict[str, Any] | None) -> str | None:
+    """The fingerprint-key Secret of the store `spec.unsubscribeStoreRef` names: the store's
+    `spec.fingerprintKey.secretName` or `<store>-fingerprint-key`, and the latter while the
+    store does not exist (the Secret outlives its store, so a store coming and going never
+    rolls the filter pods). None without a reference."""
+    ref = owner["spec"].get("unsubscribeStoreRef")
+    if not ref:
+        return None
+    if store is not None:
+        return store_naming.fingerprint_key_secret(store)
+    return store_naming.default_fingerprint_key_secret(ref["name"])
+
+
 def render_deployment(owner: dict[str, Any], policy_hash: str,
                       settings: RenderSettings, store_client_secret: str | None = None,
                       *, shadow_hash: str | None = None,
-                      learn_token_version: str | None = None) -> dict[str, Any]:
+                      learn_token_version: str | None = None,
+                      key: SuppressionKey | None = None) -> dict[str, Any]:
     """The filter Deployment serving `policy_hash`; with `shadow_hash`, its pods also
     evaluate that policy in shadow (rollout.strategy Shadow). `store_client_secret`: see
     store_client_tls_secret (None: plaintext to the store). `learn_token_version`: the
-    resourceVersion of the Learn admin-token Secret (learning.prepare; None: Learn off)."""
-    deployment = _render_deployment(owner, policy_hash, settings, store_client_secret)
+    resourceVersion of the Learn admin-token Secret (learning.prepare; None: Learn off).
+    `key`: the store's fingerprint key (SpamPolicy reconciler, `_suppression_key`)."""
+    deployment = _render_deployment(owner, policy_hash, settings, store_client_secret, key)
     if learn_token_version is not None:
         learning.add_to_pod(deployment["spec"]["template"], owner, learn_token_version)
     if shadow_hash is not None:
@@ -133,7 +160,8 @@ def render_deployment(owner: dict[str, Any], policy_hash: str,
 def render_canary_deployment(owner: dict[str, Any], candidate_hash: str, stable_hash: str,
                              replicas: int, settings: RenderSettings,
                              store_client_secret: str | None = None,
-                             learn_token_version: str | None = None) -> dict[str, Any]:
+                             learn_token_version: str | None = None,
+                             key: SuppressionKey | None = None) -> dict[str, Any]:
     """The canary Deployment (rollout.strategy Canary): pods like the main ones serving
     `candidate_hash`, which also judge a sample with `stable_hash` in shadow (the
     verdict-change guard). Its pods match the Services' selector, so they take a share of
@@ -142,7 +170,7 @@ def render_canary_deployment(owner: dict[str, Any], candidate_hash: str, stable_
     policy_name = owner["metadata"]["name"]
     deployment = render_deployment(owner, candidate_hash, settings, store_client_secret,
                                    shadow_hash=stable_hash,
-                                   learn_token_version=learn_token_version)
+                                   learn_token_version=learn_token_version, key=key)
     track = {naming.TRACK_LABEL: naming.CANARY_TRACK}
     deployment["metadata"] = naming.child_metadata(
         owner, naming.canary_name(policy_name), extra_labels=track,
@@ -171,7 +199,8 @@ def _add_shadow(deployment: dict[str, Any], owner: dict[str, Any], shadow_hash: 
 
 
 def _render_deployment(owner: dict[str, Any], policy_hash: str, settings: RenderSettings,
-                       store_client_secret: str | None) -> dict[str, Any]:
+                       store_client_secret: str | None,
+                       key: SuppressionKey | None) -> dict[str, Any]:
     spec = owner["spec"]
     policy_name = owner["metadata"]["name"]
     server = spec["server"]
@@ -182,7 +211,8 @@ def _render_deployment(owner: dict[str, Any], policy_hash: str, settings: Render
         "imagePullPolicy": spec["imagePullPolicy"],
         "command": ["mailwarden"],
         "args": server_args(spec, suppression_store(owner),
-                            store_tls=store_client_secret is not None),
+                            store_tls=store_client_secret is not None,
+                            key_file=key is not None and bool(suppression_store(owner))),
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE",
@@ -243,6 +273,17 @@ def _render_deployment(owner: dict[str, Any], policy_hash: str, settings: Render
              "readOnly": True})
         volumes.append({"name": "suppression-tls", "secret": {
             "secretName": store_client_secret, "defaultMode": 0o440, "optional": True}})
+    template_annotations = {naming.HASH_ANNOTATION: policy_hash}
+    if key is not None and suppression_store(owner):
+        # Not optional: suppression_key() names it only once it exists.
+        container["volumeMounts"].append(
+            {"name": "suppression-key", "mountPath": naming.SUPPRESSION_KEY_MOUNT,
+             "readOnly": True})
+        volumes.append({"name": "suppression-key", "secret": {
+            "secretName": key.secret, "defaultMode": 0o440,
+            "items": [{"key": store_naming.FINGERPRINT_KEY_FILE,
+                       "path": store_naming.FINGERPRINT_KEY_FILE}]}})
+        template_annotations[naming.SUPPRESSION_KEY_ANNOTATION] = key.version
     if suppression_store(owner):
         # No size limit: the index grows with the store (its pages count against the
         # pod's memory limit as page cache).
@@ -275,9 +316,9 @@ def _render_deployment(owner: dict[str, Any], policy_hash: str, settings: Render
         ],
     }
     scheduling = spec.get("scheduling") or {}
-    for key in ("nodeSelector", "priorityClassName"):
-        if key in scheduling:
-            pod_spec[key] = scheduling[key]
+    for field in ("nodeSelector", "priorityClassName"):
+        if field in scheduling:
+            pod_spec[field] = scheduling[field]
     pod_spec["tolerations"] = pod_tolerations(scheduling.get("tolerations"))
     pod_spec.update(pod_identity(spec))
     return {
@@ -298,7 +339,7 @@ def _render_deployment(owner: dict[str, Any], policy_hash: str, settings: Render
                 "metadata": {
                     "labels": naming.common_labels(policy_name),
                     # The hash in the template is what makes a policy change a rollout.
-                    "annotations": {naming.HASH_ANNOTATION: policy_hash},
+                    "annotations": template_annotations,
                 },
                 "spec": pod_spec,
             },

@@ -69,6 +69,10 @@ def server_args(spec: dict[str, Any]) -> list[str]:
             args += ["--token-max-age-days", str(one_click["tokenMaxAgeDays"])]
     else:
         args.append("--no-one-click")
+    # Always: the key filter pods share (fingerprint snapshot at their start, Forget).
+    args += ["--fingerprint-key-file",
+             f"{naming.FINGERPRINT_KEY_MOUNT}/{naming.FINGERPRINT_KEY_FILE}",
+             "--fingerprint-dir", naming.FINGERPRINT_DIR]
     if "resubscribe" in spec:
         args += ["--admin-token-file",
                  f"{naming.RESUBSCRIBE_MOUNT}/{naming.RESUBSCRIBE_FILE}"]
@@ -151,6 +155,17 @@ def _volumes(owner: dict[str, Any]) -> tuple[list[dict], list[dict], list[dict]]
             "defaultMode": SECRET_MODE}})
         server.append({"name": "signing-key", "mountPath": naming.SIGNING_KEY_MOUNT,
                        "readOnly": True})
+    volumes.append({"name": "fingerprint-key", "secret": {
+        "secretName": naming.fingerprint_key_secret(owner), "defaultMode": SECRET_MODE,
+        "items": [{"key": naming.FINGERPRINT_KEY_FILE,
+                   "path": naming.FINGERPRINT_KEY_FILE}]}})
+    server.append({"name": "fingerprint-key", "mountPath": naming.FINGERPRINT_KEY_MOUNT,
+                   "readOnly": True})
+    # The fingerprint snapshot (8.5 bytes per suppression; rebuilt from the database at
+    # start, so nothing to keep). No size limit: it grows with the store, and the 64 MiB
+    # /tmp would have the pod evicted at ~7.5 M suppressions.
+    volumes.append({"name": "fingerprints", "emptyDir": {}})
+    server.append({"name": "fingerprints", "mountPath": naming.FINGERPRINT_DIR})
     if "resubscribe" in spec:
         ref = spec["resubscribe"]["secretRef"]
         volumes.append({"name": "resubscribe", "secret": {

@@ -1,4 +1,5 @@
-"""The signing-key Secret: created once when absent, never patched, never owned.
+"""The signing-key and fingerprint-key Secrets: created once when absent, never patched,
+never owned.
 
 No owner reference on purpose: tokens already in inboxes must keep working (CASL: at least
 60 days), so deleting and re-creating a store must not replace its key. The Secret is not
@@ -28,4 +29,25 @@ def render_signing_key_secret(owner: dict[str, Any], key: str) -> dict[str, Any]
             annotations={naming.GENERATED_ANNOTATION: MANAGED_BY}),
         "data": {naming.SIGNING_KEY_CURRENT:
                  base64.b64encode(key.encode("ascii")).decode("ascii")},
+    }
+
+
+def render_fingerprint_key_secret(owner: dict[str, Any], key_hex: str) -> dict[str, Any]:
+    """The Secret holding the suppression fingerprint key (`key_hex`: hex text of at least
+    32 random bytes, e.g. `secrets.token_hex(32)`) as `key`, the file the store's
+    `--fingerprint-key-file` and the filter pods' `--suppression-key-file` name.
+
+    Like the signing key: created once, never patched, no owner reference — forgotten
+    suppressions exist only as fingerprints under this key (docs/unsubscribe.md, *Forget*),
+    so a store deleted and re-created on the same data must find the same key."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": naming.child_metadata(
+            owner, naming.fingerprint_key_secret(owner), owned=False,
+            extra_labels={naming.ROLE_LABEL: "fingerprint-key"},
+            annotations={naming.GENERATED_ANNOTATION: MANAGED_BY}),
+        "data": {naming.FINGERPRINT_KEY_FILE:
+                 base64.b64encode(key_hex.encode("ascii")).decode("ascii")},
     }

@@ -2,7 +2,7 @@
 
 The migration init container and then the server are started from exactly the command and
 args of the rendered Deployment, with the volumes laid out as the kubelet mounts them (the
-rendered signing-key Secret with its generated key, the DSN Secret's key under its item
+rendered signing-key and fingerprint-key Secrets with their generated keys, the DSN Secret's key under its item
 path, the data directory), and probed the way the rendered probes do (paths, port, period,
 failure threshold). A real PostgreSQL (testkit/pg.py) and the embedded SQLite store.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets as random_secrets
 import shutil
 import signal
 import subprocess
@@ -33,7 +34,10 @@ from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc
 from mailwarden_operator.common.render import RenderSettings
 from mailwarden_operator.unsubscribestore.render.deployment import render_store_deployment
-from mailwarden_operator.unsubscribestore.render.secret import render_signing_key_secret
+from mailwarden_operator.unsubscribestore.render.secret import (
+    render_fingerprint_key_secret,
+    render_signing_key_secret,
+)
 from mailwarden_operator.unsubscribestore.spec import with_defaults
 from tests.operator.conftest import free_port
 from testkit.pg import PgCluster, PgUnavailable
@@ -60,9 +64,10 @@ class Pod:
     def __init__(self, owner: dict[str, Any], secrets: dict[str, dict[str, bytes]],
                  root: Path) -> None:
         self.owner = owner
-        key_secret = render_signing_key_secret(owner, generate_key())
-        secrets = {**secrets, key_secret["metadata"]["name"]: {
-            k: base64.b64decode(v) for k, v in key_secret["data"].items()}}
+        for key_secret in (render_signing_key_secret(owner, generate_key()),
+                           render_fingerprint_key_secret(owner, random_secrets.token_hex(32))):
+            secrets = {**secrets, key_secret["metadata"]["name"]: {
+                k: base64.b64decode(v) for k, v in key_secret["data"].items()}}
         self.deployment = render_store_deployment(owner, RenderSettings(), {})
         self.spec = self.deployment["spec"]["template"]["spec"]
         self.volumes: dict[str, Path] = {}
@@ -255,7 +260,8 @@ def test_a_rendered_filter_pod_reports_what_the_rendered_store_holds(tmp_path: P
     from mailwarden.filter.v1 import filter_pb2, filter_pb2_grpc
     from mailwarden_operator.spampolicy.policy import build_bundle
     from mailwarden_operator.spampolicy.render.configmap import render_configmap
-    from mailwarden_operator.spampolicy.render.deployment import render_deployment
+    from mailwarden_operator.spampolicy.render.deployment import SuppressionKey, render_deployment
+    from mailwarden_operator.unsubscribestore import naming as store_naming
     from mailwarden_operator.spampolicy.spec import with_defaults as policy_defaults
     from mailwarden_operator.unsubscribestore.naming import grpc_target
     from tests.operator.spampolicy.test_contract import (REPO, _health, _kubelet_layout,
@@ -280,8 +286,14 @@ def test_a_rendered_filter_pod_reports_what_the_rendered_store_holds(tmp_path: P
         model = _model_bytes()
         bundle = build_bundle(body["spec"]["policy"], lambda name: {
             "binaryData": {"model.json.gz": base64.b64encode(model).decode()}})
-        deployment = render_deployment(body, bundle.hash, RenderSettings())
+        # The filter pod mounts the store's fingerprint-key Secret (as the reconciler
+        # passes it once the Secret exists): same key file as the store's.
+        key_name = store_naming.fingerprint_key_secret(owner)
+        deployment = render_deployment(body, bundle.hash, RenderSettings(),
+                                       key=SuppressionKey(key_name, "1"))
         container = deployment["spec"]["template"]["spec"]["containers"][0]
+        key_mount = next(m["mountPath"] for m in container["volumeMounts"]
+                         if m["name"] == "suppression-key")
         policy_dir = _kubelet_layout(render_configmap(body, bundle), tmp_path / "policy")
         mount = next(m["mountPath"] for m in container["volumeMounts"]
                      if m["name"] == "policy")
@@ -291,6 +303,8 @@ def test_a_rendered_filter_pod_reports_what_the_rendered_store_holds(tmp_path: P
         for arg in container["args"]:
             if arg == mount:
                 arg = str(policy_dir)
+            elif arg.startswith(key_mount + "/"):  # the same Secret the store pod mounts
+                arg = str(store_pod.volumes["fingerprint-key"]) + arg[len(key_mount):]
             elif arg == service:  # what the Service and cluster DNS resolve it to
                 arg = f"127.0.0.1:{store_pod.named_ports['grpc']}"
             elif arg.isdigit() and int(arg) in ports:
@@ -331,6 +345,15 @@ def test_a_rendered_filter_pod_reports_what_the_rendered_store_holds(tmp_path: P
                 time.sleep(0.2)
         assert filter_pb2.SuppressionState.Name(reply.suppression_state) == \
             "SUPPRESSION_FRESH"
+        # It started from the store's fingerprint snapshot (one transfer), not a Watch
+        # snapshot: the keys agree.
+        metrics = urllib.request.urlopen(
+            f"http://127.0.0.1:{store_pod.named_ports['metrics']}/metrics", timeout=10
+        ).read().decode()
+        assert 'mailwarden_unsubscribe_fingerprint_snapshots_total{outcome="sent"} 1.0' \
+            in metrics
+        assert 'mailwarden_unsubscribe_fingerprint_snapshots_total{outcome="other_key"} 0.0' \
+            in metrics
     finally:
         if filter_proc is not None and filter_proc.poll() is None:
             os.killpg(filter_proc.pid, signal.SIGKILL)

@@ -6,18 +6,28 @@ from __future__ import annotations
 
 import base64
 import copy
+import secrets
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from mailwarden.tokens import generate_key, load_keyring
 from mailwarden.cli import build_parser
-from mailwarden_operator.unsubscribestore import naming as store_naming
+from mailwarden.tokens import generate_key, load_keyring
 from mailwarden_operator.common.render import RenderSettings
 from mailwarden_operator.spampolicy.render.deployment import render_deployment, server_args
-from mailwarden_operator.unsubscribestore.render.deployment import config_hash, render_store_deployment
+from mailwarden_operator.spampolicy.spec import with_defaults as policy_defaults
+from mailwarden_operator.unsubscribestore import naming as store_naming
+from mailwarden_operator.unsubscribestore.reconcile import (
+    StoreProblem,
+    check_fingerprint_key_secret,
+    check_signing_key_secret,
+)
+from mailwarden_operator.unsubscribestore.render.deployment import (
+    config_hash,
+    render_store_deployment,
+)
 from mailwarden_operator.unsubscribestore.render.hpa import render_store_hpa
 from mailwarden_operator.unsubscribestore.render.networkpolicy import (
     networkpolicy_wanted,
@@ -25,19 +35,21 @@ from mailwarden_operator.unsubscribestore.render.networkpolicy import (
 )
 from mailwarden_operator.unsubscribestore.render.pdb import render_store_pdb
 from mailwarden_operator.unsubscribestore.render.pvc import render_data_claim, wants_claim
-from mailwarden_operator.unsubscribestore.render.secret import render_signing_key_secret
+from mailwarden_operator.unsubscribestore.render.secret import (
+    render_fingerprint_key_secret,
+    render_signing_key_secret,
+)
 from mailwarden_operator.unsubscribestore.render.servicemonitor import render_store_servicemonitor
 from mailwarden_operator.unsubscribestore.render.services import (
-                                                       render_grpc_service,
-                                                       render_http_service)
-from mailwarden_operator.spampolicy.spec import with_defaults as policy_defaults
-from mailwarden_operator.unsubscribestore.reconcile import StoreProblem, check_signing_key_secret
+    render_grpc_service,
+    render_http_service,
+)
 from mailwarden_operator.unsubscribestore.spec import with_defaults
 from tests.operator.k8s_schemas import validate_k8s
 
 REPO = Path(__file__).resolve().parents[3]
 SETTINGS = RenderSettings(default_image="registry.example/mailwarden:1.2.3")
-VERSIONS = {"signing-key": "101", "dsn": "102"}
+VERSIONS = {"signing-key": "101", "dsn": "102", "fingerprint-key": "103"}
 
 
 def store(**spec: Any) -> dict[str, Any]:
@@ -82,6 +94,7 @@ FULL = dict(
 
 def children(body: dict[str, Any]) -> list[dict[str, Any]]:
     out = [render_signing_key_secret(body, generate_key()),
+           render_fingerprint_key_secret(body, secrets.token_hex(32)),
            render_store_deployment(body, SETTINGS, VERSIONS),
            render_grpc_service(body), render_http_service(body),
            render_store_servicemonitor(body), render_store_networkpolicy(body)]
@@ -238,7 +251,8 @@ def test_postgres_server_args_and_mounts() -> None:
     for volume in volumes.values():
         if "secret" in volume:
             assert volume["secret"]["defaultMode"] == 0o440
-    assert all(m.get("readOnly") for p, m in mounts.items() if p != "/tmp")
+    assert all(m.get("readOnly") for p, m in mounts.items()
+               if p not in ("/tmp", store_naming.FINGERPRINT_DIR))
     assert server["image"] == "registry.example/custom:2"
 
 
@@ -317,7 +331,7 @@ def test_a_changed_secret_or_setting_rolls_the_pods() -> None:
     assert hash_of(base) == base["metadata"]["annotations"][store_naming.CONFIG_HASH_ANNOTATION]
     rotated = render_store_deployment(body, SETTINGS, {**VERSIONS, "signing-key": "205"})
     assert rotated["spec"]["template"]["metadata"]["annotations"][
-        store_naming.SECRET_VERSIONS_ANNOTATION] == "dsn=102,signing-key=205"
+        store_naming.SECRET_VERSIONS_ANNOTATION] == "dsn=102,fingerprint-key=103,signing-key=205"
     assert hash_of(rotated) != hash_of(base)
     assert hash_of(render_store_deployment(store(server={"logLevel": "debug"}), SETTINGS,
                                            VERSIONS)) != hash_of(base)
@@ -524,3 +538,111 @@ def test_filter_pods_of_a_plaintext_or_missing_store_connect_in_plaintext() -> N
     # No reference: nothing about the store at all, whatever store is passed.
     from mailwarden_operator.spampolicy.render.deployment import store_client_tls_secret
     assert store_client_tls_secret(_policy(), store(tls=TLS)) is None
+
+
+# -- the suppression fingerprint key (issue 15) -----------------------------------------------
+
+
+def test_the_generated_fingerprint_key_is_what_the_store_and_the_filter_load(
+        tmp_path: Path) -> None:
+    from mailwarden.fingerprints import FingerprintKey
+    secret = render_fingerprint_key_secret(store(), secrets.token_hex(32))
+    assert secret["metadata"]["name"] == "sup-fingerprint-key"
+    assert secret["type"] == "Opaque" and "ownerReferences" not in secret["metadata"]
+    assert secret["metadata"]["labels"][store_naming.ROLE_LABEL] == "fingerprint-key"
+    check_fingerprint_key_secret(secret)
+    path = tmp_path / "key"
+    path.write_bytes(base64.b64decode(secret["data"]["key"]))
+    loaded = FingerprintKey.from_file(path)
+    assert loaded.key_id == FingerprintKey(bytes.fromhex(path.read_text())).key_id
+    named = render_fingerprint_key_secret(
+        store(fingerprintKey={"secretName": "my-fp"}), secrets.token_hex(32))
+    assert named["metadata"]["name"] == "my-fp"
+
+
+@pytest.mark.parametrize("data, problem", [
+    ({}, "has no (base64) key 'key'"),
+    ({"key": base64.b64encode(b"Zq9xKw").decode()}, "at least 32"),
+    ({"key": base64.b64encode(b"ab" * 15).decode()}, "at least 32"),
+])
+def test_unusable_fingerprint_keys_are_refused_without_revealing_them(data, problem) -> None:
+    secret = {"metadata": {"name": "fp"}, "data": data}
+    with pytest.raises(StoreProblem) as caught:
+        check_fingerprint_key_secret(secret)
+    assert caught.value.reason == "FingerprintKeyInvalid"
+    assert problem in caught.value.message and "Zq9xKw" not in caught.value.message
+
+
+def test_the_store_serves_the_fingerprint_snapshot_from_its_key_secret() -> None:
+    for body, secret_name in ((store(), "sup-fingerprint-key"),
+                              (embedded(fingerprintKey={"secretName": "my-fp"}), "my-fp"),
+                              (store(oneClick={"enabled": False}), "sup-fingerprint-key")):
+        pod = _pod(body)
+        server = pod["containers"][0]
+        args = _parse(server["args"])
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m for m in server["volumeMounts"]}
+        directory, filename = str(args.fingerprint_key_file).rsplit("/", 1)
+        secret = volumes[mounts[directory]["name"]]["secret"]
+        assert secret["secretName"] == secret_name and secret["defaultMode"] == 0o440
+        assert secret["items"] == [{"key": "key", "path": filename}]
+        assert mounts[directory]["readOnly"] is True
+        # The snapshot file (8.5 bytes per suppression) is on a volume of its own, not in
+        # the 64 MiB /tmp nor on the embedded store's claim.
+        fp_dir = str(args.fingerprint_dir)
+        assert volumes[mounts[fp_dir]["name"]] == {"name": "fingerprints", "emptyDir": {}}
+        assert not fp_dir.startswith(store_naming.DATA_MOUNT + "/")
+        # The migration needs neither.
+        assert all(m["mountPath"] not in (directory, fp_dir)
+                   for m in pod["initContainers"][0]["volumeMounts"])
+    # Editing the key rolls the store pods (restart: a new snapshot under the new key).
+    before = render_store_deployment(store(), SETTINGS, VERSIONS)
+    after = render_store_deployment(store(), SETTINGS, {**VERSIONS, "fingerprint-key": "104"})
+    assert before["spec"]["template"] != after["spec"]["template"]
+
+
+def _keyed_filter_pod(key: Any, **spec: Any) -> dict[str, Any]:
+    policy = _policy(unsubscribeStoreRef={"name": "sup"}, **spec)
+    dep = render_deployment(policy, "h1", SETTINGS, key=key)
+    validate_k8s(dep)
+    return dep["spec"]["template"]
+
+
+def test_filter_pods_mount_the_stores_fingerprint_key() -> None:
+    from mailwarden_operator.spampolicy import naming as policy_naming
+    from mailwarden_operator.spampolicy.render.deployment import (
+        SuppressionKey,
+        render_canary_deployment,
+        suppression_key_secret,
+    )
+    template = _keyed_filter_pod(SuppressionKey("sup-fingerprint-key", "7"))
+    container = template["spec"]["containers"][0]
+    args = _parse(container["args"])
+    directory, filename = str(args.suppression_key_file).rsplit("/", 1)
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
+    volume = next(v for v in template["spec"]["volumes"] if v["name"] == mount["name"])
+    # Not optional: the operator names it only once it exists and holds a usable key.
+    assert volume["secret"] == {"secretName": "sup-fingerprint-key", "defaultMode": 0o440,
+                                "items": [{"key": "key", "path": filename}]}
+    assert mount["readOnly"] is True
+    assert str(args.suppression_index_dir) == policy_naming.SUPPRESSION_INDEX_MOUNT
+    assert template["metadata"]["annotations"][policy_naming.SUPPRESSION_KEY_ANNOTATION] == "7"
+    # An edited key (new resourceVersion) rolls the pods; the canary mounts it too.
+    assert _keyed_filter_pod(SuppressionKey("sup-fingerprint-key", "8")) != template
+    canary = render_canary_deployment(
+        _policy(unsubscribeStoreRef={"name": "sup"}), "h2", "h1", 1, SETTINGS,
+        key=SuppressionKey("sup-fingerprint-key", "7"))
+    assert "--suppression-key-file" in canary["spec"]["template"]["spec"]["containers"][0][
+        "args"]
+    # Without a key (the Secret is not there yet): each pod makes its own, as before.
+    plain = _keyed_filter_pod(None)
+    assert _parse(plain["spec"]["containers"][0]["args"]).suppression_key_file is None
+    assert all("secret" not in v for v in plain["spec"]["volumes"])
+    # Which Secret: the store's choice, or the default name while the store is absent (the
+    # Secret outlives it, so a store coming and going does not roll the pods).
+    policy = _policy(unsubscribeStoreRef={"name": "sup"})
+    assert suppression_key_secret(policy, store()) == "sup-fingerprint-key"
+    assert suppression_key_secret(policy, None) == "sup-fingerprint-key"
+    assert suppression_key_secret(
+        policy, store(fingerprintKey={"secretName": "my-fp"})) == "my-fp"
+    assert suppression_key_secret(_policy(), store()) is None

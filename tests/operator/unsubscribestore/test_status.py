@@ -133,6 +133,24 @@ def test_removed_fields_are_removed_from_status() -> None:
     assert patch["signingKeySecret"] is None
 
 
+def test_the_fingerprint_key_is_named_once_checked_and_kept_when_not_reached() -> None:
+    """SpamPolicies mount what status names: only a checked key, dropped when it becomes
+    unusable, and kept when a reconcile stopped before checking it (another Secret is
+    missing), so such a problem does not roll the filter pods off the key."""
+    checked, _ = compute_store_status(None, obs(
+        fingerprint_key=("s-fingerprint-key", "41"), fingerprint_key_known=True), T0)
+    assert (checked["fingerprintKeySecret"], checked["fingerprintKeyVersion"]) == \
+        ("s-fingerprint-key", "41")
+    not_reached, _ = compute_store_status(checked, obs(problem_reason="DSNSecretNotFound",
+                                                       problem_message="m"), LATER)
+    assert "fingerprintKeySecret" not in status_patch(checked, not_reached)
+    unusable, _ = compute_store_status(checked, obs(
+        fingerprint_key=None, fingerprint_key_known=True,
+        problem_reason="FingerprintKeyInvalid", problem_message="m"), LATER)
+    patch = status_patch(checked, unusable)
+    assert patch["fingerprintKeySecret"] is None and patch["fingerprintKeyVersion"] is None
+
+
 def test_suppression_ready_is_informational_on_the_spampolicy() -> None:
     live = Rollout("h1", True, desired=2, replicas=2, updated=2, ready=2, available=2)
     status, events = compute_status(None, Observation(
