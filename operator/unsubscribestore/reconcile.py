@@ -104,16 +104,21 @@ def _secret_value(secret: dict[str, Any], key: str) -> bytes | None:
         return None
 
 
+def _required_value(secret: dict[str, Any], key: str, reason: str) -> bytes:
+    value = _secret_value(secret, key)
+    if value is None:
+        raise StoreProblem(reason, f"Secret {secret['metadata']['name']} has no (base64) "
+                                   f"key '{key}'")
+    return value
+
+
 def check_signing_key_secret(secret: dict[str, Any]) -> None:
     """Raise StoreProblem unless the server would accept the Secret as `--signing-key-dir`
     (the server's rule: one key per non-empty line, `current` exactly one, each key at least
     32 bytes, a `previous` key optionally followed by ` retired=YYYY-MM-DD`). Messages never
     contain key material."""
     name = secret["metadata"]["name"]
-    current = _secret_value(secret, store_naming.SIGNING_KEY_CURRENT)
-    if current is None:
-        raise StoreProblem("SigningKeyInvalid", f"Secret {name} has no (base64) key "
-                           f"'{store_naming.SIGNING_KEY_CURRENT}'")
+    current = _required_value(secret, store_naming.SIGNING_KEY_CURRENT, "SigningKeyInvalid")
     for key in (store_naming.SIGNING_KEY_CURRENT, store_naming.SIGNING_KEY_PREVIOUS):
         value = current if key == store_naming.SIGNING_KEY_CURRENT else \
             _secret_value(secret, key)
@@ -138,10 +143,7 @@ def check_fingerprint_key_secret(secret: dict[str, Any]) -> None:
     `key` as their fingerprint key file (at least 32 bytes, raw or hex). Messages never
     contain key material."""
     name = secret["metadata"]["name"]
-    value = _secret_value(secret, store_naming.FINGERPRINT_KEY_FILE)
-    if value is None:
-        raise StoreProblem("FingerprintKeyInvalid", f"Secret {name} has no (base64) key "
-                           f"'{store_naming.FINGERPRINT_KEY_FILE}'")
+    value = _required_value(secret, store_naming.FINGERPRINT_KEY_FILE, "FingerprintKeyInvalid")
     try:
         FingerprintKey.from_content(value, f"'{store_naming.FINGERPRINT_KEY_FILE}'")
     except KeyUnusable as exc:

@@ -16,20 +16,26 @@ from mailwarden_operator.common.naming import MANAGED_BY
 from mailwarden_operator.unsubscribestore import naming
 
 
-def render_signing_key_secret(owner: dict[str, Any], key: str) -> dict[str, Any]:
-    """The Secret holding `key` (text, e.g. `mailwarden.tokens
-    .generate_key()`) as `current`, laid out for `--signing-key-dir`."""
+def _generated_key_secret(owner: dict[str, Any], name: str, role: str, item: str,
+                          value: str) -> dict[str, Any]:
+    """A key Secret the operator generated: created once, never patched, and with no owner
+    reference, so deleting the store object never deletes the key of its data."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
         "metadata": naming.child_metadata(
-            owner, naming.signing_key_secret(owner), owned=False,
-            extra_labels={naming.ROLE_LABEL: "signing-key"},
+            owner, name, owned=False, extra_labels={naming.ROLE_LABEL: role},
             annotations={naming.GENERATED_ANNOTATION: MANAGED_BY}),
-        "data": {naming.SIGNING_KEY_CURRENT:
-                 base64.b64encode(key.encode("ascii")).decode("ascii")},
+        "data": {item: base64.b64encode(value.encode("ascii")).decode("ascii")},
     }
+
+
+def render_signing_key_secret(owner: dict[str, Any], key: str) -> dict[str, Any]:
+    """The Secret holding `key` (text, e.g. `mailwarden.tokens
+    .generate_key()`) as `current`, laid out for `--signing-key-dir`."""
+    return _generated_key_secret(owner, naming.signing_key_secret(owner), "signing-key",
+                                 naming.SIGNING_KEY_CURRENT, key)
 
 
 def render_fingerprint_key_secret(owner: dict[str, Any], key_hex: str) -> dict[str, Any]:
@@ -40,14 +46,5 @@ def render_fingerprint_key_secret(owner: dict[str, Any], key_hex: str) -> dict[s
     Like the signing key: created once, never patched, no owner reference — forgotten
     suppressions exist only as fingerprints under this key (docs/unsubscribe.md, *Forget*),
     so a store deleted and re-created on the same data must find the same key."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": naming.child_metadata(
-            owner, naming.fingerprint_key_secret(owner), owned=False,
-            extra_labels={naming.ROLE_LABEL: "fingerprint-key"},
-            annotations={naming.GENERATED_ANNOTATION: MANAGED_BY}),
-        "data": {naming.FINGERPRINT_KEY_FILE:
-                 base64.b64encode(key_hex.encode("ascii")).decode("ascii")},
-    }
+    return _generated_key_secret(owner, naming.fingerprint_key_secret(owner),
+                                 "fingerprint-key", naming.FINGERPRINT_KEY_FILE, key_hex)
