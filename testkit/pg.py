@@ -176,7 +176,9 @@ class PgNode:
             return cur.fetchall() if cur.description else []
 
     def kill9(self) -> None:
-        """SIGKILL the postmaster and every backend (its process group): a crash."""
+        """SIGKILL the postmaster's process group: a crash. The backends are not in it
+        (PostgreSQL gives each a session of its own); they exit when they find the
+        postmaster gone, as after a real crash. `frozen()` reaches them all."""
         if self.proc is None:
             return
         try:
