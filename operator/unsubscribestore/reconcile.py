@@ -319,28 +319,26 @@ class StoreReconciler:
             store_naming.CONFIG_HASH_ANNOTATION]
 
     def _secret_versions(self, owner: dict[str, Any], now: datetime.datetime) -> dict[str, str]:
-        """Check (and for the signing key, create) the Secrets the pods mount; returns
+        """Check (and for the generated keys, create) the Secrets the pods mount; returns
         their resourceVersions by role. Raises StoreProblem."""
-        kube = self.kube
         spec = owner["spec"]
         namespace = owner["metadata"]["namespace"]
         versions: dict[str, str] = {}
         if spec["oneClick"]["enabled"]:
             name = store_naming.signing_key_secret(owner)
-            secret = kube.get(SECRETS, namespace, name)
-            if secret is None:
-                outcome, secret = ensure_exists(
-                    kube, SECRETS, render_signing_key_secret(owner, generate_key()))
-                if outcome == "created":
-                    metrics.SIGNING_KEYS_GENERATED.inc()
-                    log.info("generated the signing-key Secret %s/%s", namespace, name)
-                    events.post(kube, owner, store_naming.KIND, "Normal",
-                                "SigningKeyGenerated",
-                                f"generated a random signing key in Secret {name} (kept when "
-                                "the store is deleted; rotate by editing it)", now)
-            check_signing_key_secret(secret)
-            versions["signing-key"] = secret["metadata"].get("resourceVersion", "")
-        versions["fingerprint-key"] = self._fingerprint_key_version(owner, now)
+            versions["signing-key"] = self._generated_key_version(
+                owner, now, name, lambda: render_signing_key_secret(owner, generate_key()),
+                metrics.SIGNING_KEYS_GENERATED, "signing-key", "SigningKeyGenerated",
+                f"generated a random signing key in Secret {name} (kept when the store is "
+                "deleted; rotate by editing it)", check_signing_key_secret)
+        name = store_naming.fingerprint_key_secret(owner)
+        versions["fingerprint-key"] = self._generated_key_version(
+            owner, now, name,
+            lambda: render_fingerprint_key_secret(owner, secrets.token_hex(32)),
+            metrics.FINGERPRINT_KEYS_GENERATED, "fingerprint-key", "FingerprintKeyGenerated",
+            f"generated a random suppression fingerprint key in Secret {name} (kept when the "
+            "store is deleted; see docs/unsubscribe.md before rotating it)",
+            check_fingerprint_key_secret)
         if spec["storage"]["type"] == "postgres":
             ref = spec["storage"]["postgres"]["dsnSecretRef"]
             versions["dsn"] = self._secret_version(
@@ -351,26 +349,22 @@ class StoreReconciler:
                 "ResubscribeSecret")
         return versions
 
-    def _fingerprint_key_version(self, owner: dict[str, Any],
-                                 now: datetime.datetime) -> str:
-        """Create the fingerprint-key Secret when absent (never replace it), check it;
-        returns its resourceVersion. Raises StoreProblem."""
+    def _generated_key_version(self, owner: dict[str, Any], now: datetime.datetime, name: str,
+                               render: Callable[[], dict[str, Any]], generated: Any,
+                               role: str, reason: str, message: str,
+                               check: Callable[[dict[str, Any]], None]) -> str:
+        """Create the key Secret `name` with `render()` when absent (never replace it), then
+        `check` it; returns its resourceVersion. Raises StoreProblem."""
         kube = self.kube
         namespace = owner["metadata"]["namespace"]
-        name = store_naming.fingerprint_key_secret(owner)
         secret = kube.get(SECRETS, namespace, name)
         if secret is None:
-            outcome, secret = ensure_exists(
-                kube, SECRETS, render_fingerprint_key_secret(owner, secrets.token_hex(32)))
+            outcome, secret = ensure_exists(kube, SECRETS, render())
             if outcome == "created":
-                metrics.FINGERPRINT_KEYS_GENERATED.inc()
-                log.info("generated the fingerprint-key Secret %s/%s", namespace, name)
-                events.post(kube, owner, store_naming.KIND, "Normal",
-                            "FingerprintKeyGenerated",
-                            f"generated a random suppression fingerprint key in Secret {name} "
-                            "(kept when the store is deleted; see docs/unsubscribe.md before "
-                            "rotating it)", now)
-        check_fingerprint_key_secret(secret)
+                generated.inc()
+                log.info("generated the %s Secret %s/%s", role, namespace, name)
+                events.post(kube, owner, store_naming.KIND, "Normal", reason, message, now)
+        check(secret)
         return secret["metadata"].get("resourceVersion", "")
 
     def _secret_version(self, namespace: str, ref: dict[str, str], field_path: str,
