@@ -47,3 +47,20 @@ def keepalive_options(time_ms: int = KEEPALIVE_TIME_MS,
             # TCP_USER_TIMEOUT, which such a peer never trips (seen: `unsubscribe watch`
             # through a relay gone silent still waiting after 19 s; 5.3 s with this).
             ("grpc.http2.ping_timeout_ms", timeout_ms)]
+
+
+# What both servers (filter pods, unsubscribe store) take and send. They ping idle clients
+# (every 60 s, 20 s to answer) to let go of connections whose client vanished, and take
+# client pings up to one per 500 ms without data: the balancing client pings after 250 ms
+# and then at most once a second (gRPC core's floor), these clients after 2 s; gRPC's
+# default (one per 5 minutes) answers the third with GOAWAY too_many_pings, failing every
+# call on the connection. The key is gRPC core's
+# GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS spelling: the similar-looking
+# "grpc.http2.min_recv_ping_interval_without_data_ms" is silently ignored
+# (tests/mailwarden/test_client.py, tests/unsubscribe_store/test_keepalive.py).
+SERVER_PING_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+]

@@ -31,6 +31,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from mailwarden.fingerprints import FORGOTTEN_PREFIX, FingerprintKey
+from mailwarden.keepalive import SERVER_PING_OPTIONS
 from mailwarden.tls import server_credentials
 from mailwarden.tokens import KeyRing
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
@@ -56,20 +57,6 @@ from unsubscribe_store.store import Store
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["UnsubscribeStore"].full_name
-# Keepalive pings. Clients (the filter pods' Watch streams, `mailwarden unsubscribe`) ping a
-# connection they have read nothing on for 2 s (mailwarden/keepalive.py) — a Watch stream
-# is silent while the store withholds heartbeats — so the server takes pings up to one per
-# 500 ms without data, as the filter server does: gRPC's default (one per 5 minutes)
-# answers the third with GOAWAY too_many_pings, failing every call on the connection. The
-# key is gRPC core's GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS spelling (the
-# similar "grpc.http2.min_recv_ping_interval_without_data_ms" is silently ignored). The
-# server pings idle clients too, to let go of connections whose client vanished.
-PING_OPTIONS: list[tuple[str, object]] = [
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 500),
-]
 # After answering a request whose body was not read (a body timeout), aiohttp drains what
 # the client still sends for this long before closing (its default: 10 s more per client).
 LINGER_SECONDS = 2.0
@@ -197,7 +184,7 @@ class UnsubscribeServer:
             ("grpc.max_connection_age_ms", age_ms),
             ("grpc.max_connection_age_grace_ms", int(cfg.grace_seconds * 1000)),
             ("grpc.so_reuseport", 0),
-            *PING_OPTIONS,
+            *SERVER_PING_OPTIONS,  # the same as the filter server's
         ])
         add_servicer(UnsubscribeService(self.state), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)

@@ -65,6 +65,7 @@ from filter_server.server.suppression import NoSuppressionStore, SuppressionProv
 from filter_server.server.suppression_setup import follow_store
 from filter_server.server.tls import TlsConfigError, server_credentials
 from mailwarden.fingerprints import KeyUnusable
+from mailwarden.keepalive import SERVER_PING_OPTIONS
 
 
 # Calls (and threads) gRPC takes beyond --max-concurrent-rpcs: health checks and reflection
@@ -103,18 +104,10 @@ def server_options(config: ServeConfig) -> list[tuple[str, int]]:
         ("grpc.max_connection_age_grace_ms", config.max_connection_age_grace_ms),
         # Find dead clients' connections; take client keepalive pings up to one per
         # 500 ms without data. The balancing client pings a connection that has calls in
-        # flight and read nothing for 250 ms, then at most once a second (gRPC core's
-        # floor): that turns a silently vanished pod into < 1 s of slow calls instead of
-        # 10 s of failed ones (mailwarden/client.py KEEPALIVE_TIME_MS, docs/fault.md).
-        # Half the client's floor leaves room for jitter; more frequent pings get GOAWAY
-        # too_many_pings after 2 strikes. The key is gRPC core's
-        # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS: the similar-looking
-        # "grpc.http2.min_recv_ping_interval_without_data_ms" is silently ignored (gRPC
-        # then allows one ping per 5 minutes; tests/mailwarden/test_client.py).
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 500),
+        # flight and read nothing for 250 ms: that turns a silently vanished pod into < 1 s
+        # of slow calls instead of 10 s of failed ones (mailwarden/client.py,
+        # docs/fault.md). The same options as the store's (mailwarden/keepalive.py).
+        *SERVER_PING_OPTIONS,
         # Without bandwidth-delay probing a call's flow-control window stays at 64 KiB, so
         # gRPC buffers no more than that of a message the service has not asked to receive
         # yet (with probing: about 8 MiB per waiting call). Admission reserves memory before

@@ -25,7 +25,7 @@ from mailwarden.keepalive import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, keepal
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb
 from testkit.relay import Relay
 from testkit.store import REPO
-from unsubscribe_store.server import PING_OPTIONS
+from mailwarden.keepalive import SERVER_PING_OPTIONS
 
 # Keepalive's ping and its timeout, plus a loaded machine's slack.
 NOTICE_LIMIT = (KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS) / 1000 + 4.0
@@ -86,7 +86,7 @@ def test_the_store_takes_the_pings_of_a_silent_call():
         {"GetStatus": grpc.unary_unary_rpc_method_handler(
             slow_status, request_deserializer=pb.GetStatusRequest.FromString,
             response_serializer=pb.StoreStatus.SerializeToString)})
-    server = grpc.server(ThreadPoolExecutor(2), options=PING_OPTIONS)
+    server = grpc.server(ThreadPoolExecutor(2), options=SERVER_PING_OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
