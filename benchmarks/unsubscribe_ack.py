@@ -43,6 +43,7 @@ import psycopg  # noqa: E402
 
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2 as pb  # noqa: E402
 from mailwarden.unsubscribe.v1 import unsubscribe_pb2_grpc as pb_grpc  # noqa: E402
+from benchmarks.suppression_scale import sizes  # noqa: E402
 from testkit.pg import PgCluster  # noqa: E402
 from testkit.store import StoreProcess  # noqa: E402
 
@@ -426,12 +427,6 @@ def _status_after(store: StoreProcess):
         time.sleep(0.2)
 
 
-def _count(text: str) -> int:
-    text = text.strip()
-    scale = {"k": 1_000, "M": 1_000_000}.get(text[-1:], 1)
-    return int(float(text[:-1] if scale > 1 else text) * scale)
-
-
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--cache-worker":
         cache_worker(sys.argv[2])
@@ -472,8 +467,8 @@ def main() -> int:
         if args.only in (None, "kill"):
             primary_kill(workdir, 4)
         if args.only in (None, "fanout"):
-            fanout(workdir, args.watchers, [_count(v) for v in args.fanout_sizes.split(",")],
-                   args.fanout_changes, args.fanout_modes.split(","), args.fanout_rate)
+            fanout(workdir, args.watchers, sizes(args.fanout_sizes), args.fanout_changes,
+                   args.fanout_modes.split(","), args.fanout_rate)
     return 0
 
 

@@ -84,8 +84,7 @@ class ChangeFeed:
     def confirmed(self) -> bool:
         """Whether ``head`` was confirmed as the database's head within ``vouch_seconds``:
         only then may a heartbeat report it (see the module docstring)."""
-        return self.confirmed_at is not None and \
-            time.monotonic() - self.confirmed_at <= self.vouch_seconds
+        return self.confirmed_age() <= self.vouch_seconds
 
     def after(self, cursor: int, limit: int) -> list[Change] | None:
         """Changes after ``cursor`` from the window (at most ``limit``), or None when the
